@@ -1,0 +1,39 @@
+# Front door: `make`, `make run`, `make test` (DESIGN B.1). CMake does the build.
+BUILD      ?= build
+ASAN_BUILD ?= build-asan
+JOBS       ?= $(shell nproc)
+CONF       ?= deploy/postern.conf
+
+.PHONY: all deps build asan run test test-release test-asan bench clean
+
+all: build
+
+deps:
+	@bash scripts/install-deps.sh
+
+build: deps
+	@cmake -S . -B $(BUILD) -DCMAKE_BUILD_TYPE=RelWithDebInfo >/dev/null
+	@cmake --build $(BUILD) -j $(JOBS)
+
+asan: deps
+	@cmake -S . -B $(ASAN_BUILD) -DCMAKE_BUILD_TYPE=Debug -DPOSTERN_SANITIZE=ON >/dev/null
+	@cmake --build $(ASAN_BUILD) -j $(JOBS)
+
+run: build
+	@mkdir -p var/spool var/drop
+	$(BUILD)/postern -c $(CONF)
+
+test-release: build
+	cd $(BUILD) && ctest --output-on-failure
+
+test-asan: asan
+	cd $(ASAN_BUILD) && ASAN_OPTIONS=detect_leaks=1:abort_on_error=1 \
+	  UBSAN_OPTIONS=print_stacktrace=1:halt_on_error=1 ctest --output-on-failure
+
+test: test-release test-asan
+
+bench: build
+	bash bench/smtp-source-baseline.sh
+
+clean:
+	rm -rf $(BUILD) $(ASAN_BUILD)

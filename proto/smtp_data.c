@@ -1,0 +1,144 @@
+/* DATA scanner (see smtp_data.h). A byte-at-a-time state machine: only a
+ * line start that follows CR LF can begin the end marker, so LF.LF, CR.CR
+ * and LF.CRLF never end the data. */
+#include "smtp_data.h"
+
+#include <ctype.h>
+#include <string.h>
+
+enum {
+	ST_LINE_START,  /* after CR LF (or at the start of DATA) */
+	ST_DOT,         /* "." at line start */
+	ST_DOT_CR,      /* ".CR" at line start */
+	ST_TEXT,        /* inside a line */
+	ST_CR,          /* CR inside a line, LF expected */
+};
+
+static const char rcvd[] = "received:";
+
+void smtp_data_scan_init(struct smtp_data_scan *s,
+			 const struct smtp_data_limits *lim)
+{
+	memset(s, 0, sizeof(*s));
+	s->lim = *lim;
+	s->state = ST_LINE_START;
+	s->in_header = true;
+}
+
+/* Per-octet accounting for an octet that belongs to the message. */
+static void count_octet(struct smtp_data_scan *s, unsigned char c)
+{
+	s->size++;
+	if (++s->line_len > SMTP_DATA_LINE_MAX)
+		s->errors |= SMTP_DATA_LINE_TOO_LONG;
+	if (s->in_header) {
+		s->header_size++;
+		if (s->rcvd_match >= 0) {
+			if ((size_t)s->rcvd_match < sizeof(rcvd) - 1 &&
+			    tolower(c) == rcvd[(size_t)s->rcvd_match]) {
+				if (++s->rcvd_match == (int)sizeof(rcvd) - 1) {
+					s->hops++;
+					s->rcvd_match = -1;
+				}
+			} else {
+				s->rcvd_match = -1;
+			}
+		}
+	}
+}
+
+static void end_line(struct smtp_data_scan *s)
+{
+	/* An empty line (just CR LF) ends the header section. */
+	if (s->in_header && s->line_len == 2)
+		s->in_header = false;
+	s->line_len = 0;
+	s->rcvd_match = 0;
+}
+
+static void check_limits(struct smtp_data_scan *s)
+{
+	if (s->lim.max_size && s->size > s->lim.max_size)
+		s->errors |= SMTP_DATA_TOO_BIG;
+	if (s->lim.max_header_size && s->header_size > s->lim.max_header_size)
+		s->errors |= SMTP_DATA_HEADER_TOO_BIG;
+	if (s->lim.max_hops && s->hops > s->lim.max_hops)
+		s->errors |= SMTP_DATA_TOO_MANY_HOPS;
+}
+
+size_t smtp_data_scan(struct smtp_data_scan *s, const char *buf, size_t len,
+		      size_t *body_len, bool *end)
+{
+	size_t i = 0;
+	*end = false;
+	for (; i < len; i++) {
+		unsigned char c = (unsigned char)buf[i];
+		switch (s->state) {
+		case ST_LINE_START:
+			if (c == '.') {
+				s->state = ST_DOT;
+				continue;
+			}
+			count_octet(s, c);
+			if (c == '\r')
+				s->state = ST_CR;
+			else if (c == '\n') {
+				s->errors |= SMTP_DATA_BARE_CR_LF;
+				s->state = ST_TEXT;
+			} else
+				s->state = ST_TEXT;
+			break;
+		case ST_DOT:
+			if (c == '\r') {
+				s->state = ST_DOT_CR;
+				continue;
+			}
+			count_octet(s, '.');
+			count_octet(s, c);
+			if (c == '\n')
+				s->errors |= SMTP_DATA_BARE_CR_LF;
+			s->state = ST_TEXT;
+			break;
+		case ST_DOT_CR:
+			if (c == '\n') {
+				check_limits(s);
+				*body_len = i + 1 - 3;
+				*end = true;
+				s->state = ST_LINE_START;
+				return i + 1;
+			}
+			/* ".CR" then not LF: a bare CR. */
+			count_octet(s, '.');
+			count_octet(s, '\r');
+			count_octet(s, c);
+			s->errors |= SMTP_DATA_BARE_CR_LF;
+			s->state = c == '\r' ? ST_CR : ST_TEXT;
+			break;
+		case ST_TEXT:
+			count_octet(s, c);
+			if (c == '\r')
+				s->state = ST_CR;
+			else if (c == '\n')
+				s->errors |= SMTP_DATA_BARE_CR_LF;
+			break;
+		case ST_CR:
+			count_octet(s, c);
+			if (c == '\n') {
+				end_line(s);
+				s->state = ST_LINE_START;
+			} else {
+				s->errors |= SMTP_DATA_BARE_CR_LF;
+				s->state = c == '\r' ? ST_CR : ST_TEXT;
+			}
+			break;
+		}
+	}
+	check_limits(s);
+	/* Give back a pending "." or ".CR" at a line start: the caller presents
+	 * it again, so the end marker is always seen whole in one call. */
+	size_t held = s->state == ST_DOT ? 1 : s->state == ST_DOT_CR ? 2 : 0;
+	if (held)
+		s->state = ST_LINE_START;
+	*body_len = len - held;
+	return len - held;
+}

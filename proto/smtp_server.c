@@ -1,0 +1,509 @@
+/* SMTP server session state machine (see smtp_server.h). A command table
+ * maps each verb to a handler; handlers append replies and may return an
+ * event that stops the batch (DATA, QUIT). Sequencing follows RFC 5321 4.1.4. */
+#include "smtp_server.h"
+
+#include <stdlib.h>
+#include <string.h>
+#include <strings.h>
+
+#include "ehlo.h"
+#include "received.h"
+
+/* A handler returns SMTP_EV_NEED_INPUT to go on with the next command. */
+typedef enum smtp_ev (*cmd_handler)(struct smtp_server *s,
+				    const struct smtp_cmd *c);
+
+static void set_state(struct smtp_server *s, enum smtp_state st)
+{
+	s->state = st;
+}
+
+static char *dup_span(const char *p, size_t n)
+{
+	char *d = malloc(n + 1);
+	if (d) {
+		memcpy(d, p, n);
+		d[n] = '\0';
+	}
+	return d;
+}
+
+static void envelope_reset(struct smtp_envelope *e)
+{
+	free(e->from);
+	free(e->envid);
+	for (unsigned i = 0; i < e->nrcpt; i++) {
+		free(e->rcpt[i].addr);
+		free(e->rcpt[i].orcpt);
+	}
+	free(e->rcpt);
+	memset(e, 0, sizeof(*e));
+}
+
+static void reset_transaction(struct smtp_server *s)
+{
+	envelope_reset(&s->env);
+	s->msgid[0] = '\0';
+	s->data_end_pending = false;
+	if (s->state != SMTP_S_CLOSING)
+		set_state(s, s->helo[0] ? SMTP_S_READY : SMTP_S_GREETED);
+}
+
+static void reply(struct smtp_server *s, const char *text)
+{
+	/* Room is reserved before each command; failure here is a bug. */
+	bool ok = smtp_reply_add(&s->out, text);
+	(void)ok;
+}
+
+static enum smtp_ev close_with(struct smtp_server *s, const char *text)
+{
+	reply(s, text);
+	set_state(s, SMTP_S_CLOSING);
+	return SMTP_EV_CLOSE;
+}
+
+/* Counts a protocol error; past the connector's limit the session ends. */
+static enum smtp_ev proto_error(struct smtp_server *s, const char *text)
+{
+	s->errors++;
+	if (s->p->max_protocol_errors && s->errors > s->p->max_protocol_errors)
+		return close_with(s, R_TOO_MANY_ERRORS);
+	reply(s, text);
+	return SMTP_EV_NEED_INPUT;
+}
+
+static uint64_t size_limit(const struct smtp_server *s)
+{
+	return s->p->bypass_size_limit ? 0 : s->p->max_message_size;
+}
+
+static enum smtp_ev do_hello(struct smtp_server *s, const struct smtp_cmd *c,
+			     bool esmtp)
+{
+	if (!smtp_helo_arg_valid(c->arg, c->arg_len))
+		return proto_error(s, R_BAD_DOMAIN);
+	/* HELO/EHLO also resets any transaction (RFC 5321 4.1.4). */
+	envelope_reset(&s->env);
+	memcpy(s->helo, c->arg, c->arg_len);
+	s->helo[c->arg_len] = '\0';
+	s->esmtp = esmtp;
+	set_state(s, SMTP_S_READY);
+	if (!esmtp) {
+		smtp_reply_addf(&s->out, "250 %s Hello [%s]", s->p->hostname,
+				s->client_ip);
+		return SMTP_EV_NEED_INPUT;
+	}
+	struct smtp_ehlo_caps caps = {.max_size = size_limit(s)};
+	smtp_ehlo_reply(&s->out, s->p->hostname, s->client_ip, &caps);
+	return SMTP_EV_NEED_INPUT;
+}
+
+static enum smtp_ev cmd_helo(struct smtp_server *s, const struct smtp_cmd *c)
+{
+	return do_hello(s, c, false);
+}
+
+static enum smtp_ev cmd_ehlo(struct smtp_server *s, const struct smtp_cmd *c)
+{
+	return do_hello(s, c, true);
+}
+
+static enum smtp_ev cmd_mail(struct smtp_server *s, const struct smtp_cmd *c)
+{
+	if (s->state != SMTP_S_READY)
+		return proto_error(s, R_BAD_SEQUENCE);
+	if (!s->p->may_submit) {
+		reply(s, R_NOT_AUTHENTICATED);
+		return SMTP_EV_NEED_INPUT;
+	}
+	struct smtp_mail_arg m;
+	size_t pos;
+	switch (smtp_mail_arg_parse(c->arg, c->arg_len, &m, &pos)) {
+	case SMTP_ARG_OK:
+		break;
+	case SMTP_ARG_SYNTAX:
+		return proto_error(s, R_SYNTAX);
+	case SMTP_ARG_BAD_PATH:
+	case SMTP_ARG_PATH_TOO_LONG:
+		return proto_error(s, R_BAD_SENDER);
+	case SMTP_ARG_UNKNOWN_PARAM:
+		return proto_error(s, R_UNKNOWN_PARAM);
+	case SMTP_ARG_BAD_PARAM:
+		return proto_error(s, R_BAD_PARAM);
+	}
+	bool has_params = m.has_size || m.body || m.ret || m.envid.p || m.smtputf8;
+	if (has_params && !s->esmtp)
+		return proto_error(s, R_UNKNOWN_PARAM);
+	uint64_t lim = size_limit(s);
+	if (m.has_size && lim && m.size > lim) {
+		reply(s, R_TOO_BIG);
+		return SMTP_EV_NEED_INPUT;
+	}
+	envelope_reset(&s->env);
+	s->env.from = dup_span(m.path.mailbox.p, m.path.is_null ? 0 : m.path.mailbox.len);
+	s->env.envid = m.envid.p ? dup_span(m.envid.p, m.envid.len) : NULL;
+	if (!s->env.from || (m.envid.p && !s->env.envid)) {
+		envelope_reset(&s->env);
+		reply(s, R_LOCAL_ERROR);
+		return SMTP_EV_NEED_INPUT;
+	}
+	s->env.size = m.has_size ? m.size : 0;
+	s->env.body = m.body;
+	s->env.ret = m.ret;
+	s->env.smtputf8 = m.smtputf8;
+	set_state(s, SMTP_S_MAIL);
+	reply(s, R_MAIL_OK);
+	return SMTP_EV_NEED_INPUT;
+}
+
+static bool add_rcpt(struct smtp_envelope *e, const struct smtp_rcpt_arg *r)
+{
+	if (e->nrcpt == e->rcpt_cap) {
+		unsigned cap = e->rcpt_cap ? e->rcpt_cap * 2 : 4;
+		struct smtp_rcpt *n = realloc(e->rcpt, cap * sizeof(*n));
+		if (!n)
+			return false;
+		e->rcpt = n;
+		e->rcpt_cap = cap;
+	}
+	struct smtp_rcpt *x = &e->rcpt[e->nrcpt];
+	x->addr = dup_span(r->path.mailbox.p, r->path.mailbox.len);
+	x->orcpt = r->orcpt.p ? dup_span(r->orcpt.p, r->orcpt.len) : NULL;
+	x->notify = r->notify;
+	if (!x->addr || (r->orcpt.p && !x->orcpt)) {
+		free(x->addr);
+		free(x->orcpt);
+		return false;
+	}
+	e->nrcpt++;
+	return true;
+}
+
+static enum smtp_ev cmd_rcpt(struct smtp_server *s, const struct smtp_cmd *c)
+{
+	if (s->state != SMTP_S_MAIL && s->state != SMTP_S_RCPT)
+		return proto_error(s, R_BAD_SEQUENCE);
+	struct smtp_rcpt_arg r;
+	size_t pos;
+	switch (smtp_rcpt_arg_parse(c->arg, c->arg_len, s->env.smtputf8, &r, &pos)) {
+	case SMTP_ARG_OK:
+		break;
+	case SMTP_ARG_SYNTAX:
+		return proto_error(s, R_SYNTAX);
+	case SMTP_ARG_BAD_PATH:
+	case SMTP_ARG_PATH_TOO_LONG:
+		return proto_error(s, R_BAD_RCPT);
+	case SMTP_ARG_UNKNOWN_PARAM:
+		return proto_error(s, R_UNKNOWN_PARAM);
+	case SMTP_ARG_BAD_PARAM:
+		return proto_error(s, R_BAD_PARAM);
+	}
+	if ((r.notify || r.orcpt.p) && !s->esmtp)
+		return proto_error(s, R_UNKNOWN_PARAM);
+	if (s->p->max_recipients && s->env.nrcpt >= s->p->max_recipients) {
+		reply(s, R_TOO_MANY_RCPTS);
+		return SMTP_EV_NEED_INPUT;
+	}
+	const char *refuse = s->p->rcpt_policy
+		? s->p->rcpt_policy(s->p->policy_ctx, &r.path) : NULL;
+	if (refuse) {
+		reply(s, refuse);
+		return SMTP_EV_NEED_INPUT;
+	}
+	if (!add_rcpt(&s->env, &r)) {
+		reply(s, R_LOCAL_ERROR);
+		return SMTP_EV_NEED_INPUT;
+	}
+	set_state(s, SMTP_S_RCPT);
+	reply(s, R_RCPT_OK);
+	return SMTP_EV_NEED_INPUT;
+}
+
+static enum smtp_ev cmd_data(struct smtp_server *s, const struct smtp_cmd *c)
+{
+	if (c->arg_len)
+		return proto_error(s, R_SYNTAX);
+	if (s->state != SMTP_S_RCPT)
+		return proto_error(s, R_BAD_SEQUENCE);
+	struct smtp_data_limits lim = {
+		.max_size = size_limit(s),
+		.max_header_size = s->p->max_header_size,
+		.max_hops = s->p->max_hop_count,
+	};
+	smtp_data_scan_init(&s->scan, &lim);
+	set_state(s, SMTP_S_DATA);
+	reply(s, R_START_DATA);
+	return SMTP_EV_DATA_BEGIN;
+}
+
+static enum smtp_ev cmd_rset(struct smtp_server *s, const struct smtp_cmd *c)
+{
+	if (c->arg_len)
+		return proto_error(s, R_SYNTAX);
+	reset_transaction(s);
+	reply(s, R_RESET);
+	return SMTP_EV_NEED_INPUT;
+}
+
+static enum smtp_ev cmd_noop(struct smtp_server *s, const struct smtp_cmd *c)
+{
+	(void)c;
+	reply(s, R_OK);
+	return SMTP_EV_NEED_INPUT;
+}
+
+static enum smtp_ev cmd_quit(struct smtp_server *s, const struct smtp_cmd *c)
+{
+	(void)c;
+	return close_with(s, R_QUIT);
+}
+
+static enum smtp_ev cmd_vrfy(struct smtp_server *s, const struct smtp_cmd *c)
+{
+	if (!c->arg_len)
+		return proto_error(s, R_SYNTAX);
+	reply(s, R_VRFY);
+	return SMTP_EV_NEED_INPUT;
+}
+
+static enum smtp_ev cmd_expn(struct smtp_server *s, const struct smtp_cmd *c)
+{
+	(void)c;
+	reply(s, R_NOT_IMPLEMENTED);
+	return SMTP_EV_NEED_INPUT;
+}
+
+static enum smtp_ev cmd_help(struct smtp_server *s, const struct smtp_cmd *c)
+{
+	(void)c;
+	reply(s, R_HELP);
+	return SMTP_EV_NEED_INPUT;
+}
+
+static enum smtp_ev cmd_unknown(struct smtp_server *s, const struct smtp_cmd *c)
+{
+	(void)c;
+	return proto_error(s, R_UNRECOGNIZED);
+}
+
+enum cmd_flags {
+	CMD_NEEDS_HELLO = 1 << 0, /* refused with 503 before HELO/EHLO */
+	CMD_ENDS_IDLE = 1 << 1,   /* a draining session closes before it */
+};
+
+static const struct {
+	cmd_handler fn;
+	unsigned flags;
+} commands[SMTP_VERB_COUNT] = {
+	[SMTP_VERB_UNKNOWN] = {cmd_unknown, 0},
+	[SMTP_VERB_HELO] = {cmd_helo, CMD_ENDS_IDLE},
+	[SMTP_VERB_EHLO] = {cmd_ehlo, CMD_ENDS_IDLE},
+	[SMTP_VERB_MAIL] = {cmd_mail, CMD_NEEDS_HELLO | CMD_ENDS_IDLE},
+	[SMTP_VERB_RCPT] = {cmd_rcpt, CMD_NEEDS_HELLO},
+	[SMTP_VERB_DATA] = {cmd_data, CMD_NEEDS_HELLO},
+	[SMTP_VERB_RSET] = {cmd_rset, 0},
+	[SMTP_VERB_NOOP] = {cmd_noop, 0},
+	[SMTP_VERB_QUIT] = {cmd_quit, 0},
+	[SMTP_VERB_VRFY] = {cmd_vrfy, CMD_ENDS_IDLE},
+	[SMTP_VERB_EXPN] = {cmd_expn, CMD_ENDS_IDLE},
+	[SMTP_VERB_HELP] = {cmd_help, 0},
+	/* Not offered in EHLO (yet): unrecognised, as RFC 5321 expects. */
+	[SMTP_VERB_STARTTLS] = {cmd_unknown, 0},
+	[SMTP_VERB_AUTH] = {cmd_unknown, 0},
+	[SMTP_VERB_BDAT] = {cmd_unknown, 0},
+};
+
+void smtp_server_init(struct smtp_server *s, const struct smtp_server_params *p,
+		      const char *client_ip, char *out, size_t outcap)
+{
+	memset(s, 0, sizeof(*s));
+	s->p = p;
+	s->state = SMTP_S_GREETED;
+	smtp_cmd_reader_init(&s->rd);
+	size_t n = strlen(client_ip);
+	if (n >= sizeof(s->client_ip))
+		n = sizeof(s->client_ip) - 1;
+	memcpy(s->client_ip, client_ip, n);
+	s->out.p = out;
+	s->out.cap = outcap;
+	smtp_reply_addf(&s->out, "220 %s Postern ESMTP service ready", p->hostname);
+}
+
+void smtp_server_free(struct smtp_server *s)
+{
+	envelope_reset(&s->env);
+}
+
+static size_t feed_commands(struct smtp_server *s, const char *in, size_t len,
+			    struct smtp_event *ev)
+{
+	size_t used = 0;
+	for (;;) {
+		if (smtp_reply_room(&s->out) < SMTP_REPLY_LINE_MAX * 2) {
+			ev->type = SMTP_EV_FLUSH;
+			return used;
+		}
+		struct smtp_cmd c;
+		size_t n;
+		enum smtp_cmd_result r = smtp_cmd_next(&s->rd, in + used,
+						       len - used, &c, &n);
+		used += n;
+		if (r == SMTP_CMD_AGAIN) {
+			ev->type = SMTP_EV_NEED_INPUT;
+			return used;
+		}
+		enum smtp_ev e;
+		if (r == SMTP_CMD_TOO_LONG) {
+			e = proto_error(s, R_LINE_TOO_LONG);
+		} else {
+			unsigned f = commands[c.verb].flags;
+			if (s->draining && (f & CMD_ENDS_IDLE) &&
+			    !smtp_server_in_transaction(s))
+				e = close_with(s, R_SHUTTING_DOWN);
+			else if ((f & CMD_NEEDS_HELLO) && s->state == SMTP_S_GREETED)
+				e = proto_error(s, R_BAD_SEQUENCE);
+			else
+				e = commands[c.verb].fn(s, &c);
+		}
+		if (e != SMTP_EV_NEED_INPUT) {
+			ev->type = e;
+			return used;
+		}
+	}
+}
+
+static const char *data_error_reply(unsigned errors)
+{
+	/* The smuggling defence comes first: it is the one that matters most. */
+	if (errors & SMTP_DATA_BARE_CR_LF)
+		return R_BARE_LF;
+	if (errors & SMTP_DATA_TOO_BIG)
+		return R_TOO_BIG;
+	if (errors & SMTP_DATA_HEADER_TOO_BIG)
+		return R_HEADER_TOO_BIG;
+	if (errors & SMTP_DATA_TOO_MANY_HOPS)
+		return R_HOPS;
+	return R_DATA_LINE_TOO_LONG;
+}
+
+static size_t finish_data(struct smtp_server *s, struct smtp_event *ev)
+{
+	if (smtp_reply_room(&s->out) < SMTP_REPLY_LINE_MAX) {
+		ev->type = SMTP_EV_FLUSH;
+		return 0;
+	}
+	s->data_end_pending = false;
+	if (s->scan.errors) {
+		reply(s, data_error_reply(s->scan.errors));
+		reset_transaction(s);
+		ev->type = SMTP_EV_DATA_REJECT;
+		return 0;
+	}
+	set_state(s, SMTP_S_STORING);
+	ev->type = SMTP_EV_DATA_END;
+	return 0;
+}
+
+static size_t feed_data(struct smtp_server *s, const char *in, size_t len,
+			struct smtp_event *ev)
+{
+	if (s->data_end_pending)
+		return finish_data(s, ev);
+	size_t body;
+	bool end;
+	size_t n = smtp_data_scan(&s->scan, in, len, &body, &end);
+	if (end)
+		s->data_end_pending = true;
+	if (body && !s->scan.errors) {
+		ev->type = SMTP_EV_DATA_CHUNK;
+		ev->data = in;
+		ev->len = body;
+		return n;
+	}
+	if (end)
+		return n + finish_data(s, ev);
+	ev->type = SMTP_EV_NEED_INPUT;
+	return n;
+}
+
+size_t smtp_server_feed(struct smtp_server *s, const char *in, size_t len,
+			struct smtp_event *ev)
+{
+	ev->data = NULL;
+	ev->len = 0;
+	switch (s->state) {
+	case SMTP_S_CLOSING:
+		ev->type = SMTP_EV_CLOSE;
+		return 0;
+	case SMTP_S_STORING:
+		ev->type = SMTP_EV_WAIT;
+		return 0;
+	case SMTP_S_DATA:
+		return feed_data(s, in, len, ev);
+	default:
+		return feed_commands(s, in, len, ev);
+	}
+}
+
+size_t smtp_server_begin_message(struct smtp_server *s, const char *msgid,
+				 int64_t now, char *hdr, size_t cap)
+{
+	size_t n = strlen(msgid);
+	if (n > SMTP_MSGID_MAX)
+		n = SMTP_MSGID_MAX;
+	memcpy(s->msgid, msgid, n);
+	s->msgid[n] = '\0';
+	struct smtp_received r = {
+		.helo = s->helo,
+		.client_ip = s->client_ip,
+		.hostname = s->p->hostname,
+		.connector = s->p->connector,
+		.protocol = s->env.smtputf8 ? "UTF8SMTP" : s->esmtp ? "ESMTP" : "SMTP",
+		.id = s->msgid,
+		.for_rcpt = s->env.nrcpt == 1 ? s->env.rcpt[0].addr : NULL,
+		.time = now,
+	};
+	return smtp_received_format(hdr, cap, &r);
+}
+
+void smtp_server_stored(struct smtp_server *s, bool ok, bool full)
+{
+	if (s->state != SMTP_S_STORING)
+		return;
+	if (ok) {
+		smtp_reply_addf(&s->out, "250 2.6.0 <%s> Queued mail for delivery",
+				s->msgid);
+		s->messages++;
+	} else {
+		reply(s, full ? R_STORAGE_FULL : R_LOCAL_ERROR);
+	}
+	reset_transaction(s);
+}
+
+bool smtp_server_drain(struct smtp_server *s)
+{
+	s->draining = true;
+	if (smtp_server_in_transaction(s) || s->state == SMTP_S_CLOSING)
+		return false;
+	if (smtp_reply_room(&s->out) >= SMTP_REPLY_LINE_MAX)
+		close_with(s, R_SHUTTING_DOWN);
+	else
+		set_state(s, SMTP_S_CLOSING);
+	return true;
+}
+
+void smtp_server_abort(struct smtp_server *s, const char *text)
+{
+	if (s->state == SMTP_S_CLOSING)
+		return;
+	if (smtp_reply_room(&s->out) >= strlen(text) + 2)
+		reply(s, text);
+	set_state(s, SMTP_S_CLOSING);
+}
+
+void smtp_server_sent(struct smtp_server *s)
+{
+	s->out.len = 0;
+}

@@ -1,0 +1,135 @@
+/* SMTP server session state machine: bytes in, replies and events out.
+ * Holds the session state and the envelope of the current transaction; knows
+ * nothing of sockets, files or clocks (the engine passes time in). Every
+ * command of one received batch is processed before the caller sends the
+ * collected replies (RFC 2920 PIPELINING). */
+#ifndef POSTERN_SMTP_SERVER_H
+#define POSTERN_SMTP_SERVER_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#include "smtp_cmd.h"
+#include "smtp_data.h"
+#include "smtp_path.h"
+#include "smtp_reply.h"
+
+/* What one receive connector allows; owned by the caller, must outlive the
+ * session. */
+struct smtp_server_params {
+	const char *hostname;
+	const char *connector;        /* name, for Received: */
+	uint64_t max_message_size;    /* 0 = unlimited */
+	uint64_t max_header_size;     /* 0 = unlimited */
+	unsigned max_recipients;      /* 0 = unlimited */
+	unsigned max_hop_count;       /* 0 = unlimited */
+	unsigned max_protocol_errors; /* 0 = unlimited */
+	bool may_submit;              /* the connector has a permission group */
+	bool bypass_size_limit;       /* externally secured */
+	/* Decides one recipient: NULL accepts, else the reply text to send. */
+	const char *(*rcpt_policy)(void *ctx, const struct smtp_path *rcpt);
+	void *policy_ctx;
+};
+
+enum smtp_state {
+	SMTP_S_GREETED,     /* banner sent, no HELO/EHLO yet */
+	SMTP_S_READY,       /* after HELO/EHLO, no transaction */
+	SMTP_S_MAIL,        /* MAIL accepted, no recipient yet */
+	SMTP_S_RCPT,        /* at least one recipient accepted */
+	SMTP_S_DATA,        /* receiving message data */
+	SMTP_S_STORING,     /* waiting for the caller to store the message */
+	SMTP_S_CLOSING,     /* last reply queued; close after sending */
+};
+
+enum smtp_ev {
+	SMTP_EV_NEED_INPUT, /* everything usable consumed: send replies, read */
+	SMTP_EV_FLUSH,      /* reply buffer full: send it, then feed again */
+	SMTP_EV_DATA_BEGIN, /* 354 queued: open a message, see smtp_server_begin_message() */
+	SMTP_EV_DATA_CHUNK, /* data/len: message bytes (wire form) to append */
+	SMTP_EV_DATA_END,   /* message complete: store durably, then smtp_server_stored() */
+	SMTP_EV_DATA_REJECT,/* message refused (reply queued): discard it */
+	SMTP_EV_CLOSE,      /* send the queued replies, then close */
+	SMTP_EV_WAIT,       /* storing: do not feed until smtp_server_stored() */
+};
+
+struct smtp_event {
+	enum smtp_ev type;
+	const char *data;
+	size_t len;
+};
+
+struct smtp_rcpt {
+	char *addr;         /* mailbox, NUL-terminated */
+	char *orcpt;        /* ORCPT value or NULL */
+	unsigned notify;    /* SMTP_NOTIFY_* */
+};
+
+struct smtp_envelope {
+	char *from;         /* "" for the null sender */
+	uint64_t size;      /* SIZE= as declared, 0 if none */
+	enum smtp_body body;
+	enum smtp_ret ret;
+	char *envid;        /* or NULL */
+	bool smtputf8;
+	struct smtp_rcpt *rcpt;
+	unsigned nrcpt;
+	unsigned rcpt_cap;
+};
+
+#define SMTP_MSGID_MAX 40
+#define SMTP_HELO_MAX 255
+
+struct smtp_server {
+	const struct smtp_server_params *p;
+	enum smtp_state state;
+	bool esmtp;
+	bool draining;
+	bool data_end_pending;
+	unsigned errors;
+	char client_ip[64];
+	char helo[SMTP_HELO_MAX + 1];
+	char msgid[SMTP_MSGID_MAX + 1];
+	struct smtp_cmd_reader rd;
+	struct smtp_data_scan scan;
+	struct smtp_envelope env;
+	struct smtp_reply_buf out;
+	uint64_t messages;  /* accepted in this session */
+};
+
+/* out/outcap: the buffer replies are collected in (at least 1 KiB). The
+ * banner is queued at once. */
+void smtp_server_init(struct smtp_server *s, const struct smtp_server_params *p,
+		      const char *client_ip, char *out, size_t outcap);
+void smtp_server_free(struct smtp_server *s);
+
+/* Processes input; returns the bytes consumed and what the caller must do. */
+size_t smtp_server_feed(struct smtp_server *s, const char *in, size_t len,
+			struct smtp_event *ev);
+
+/* After SMTP_EV_DATA_BEGIN: records the message id (used in the 250 reply)
+ * and writes the Received: header into hdr. Returns its length or 0. */
+size_t smtp_server_begin_message(struct smtp_server *s, const char *msgid,
+				 int64_t now, char *hdr, size_t cap);
+
+/* After SMTP_EV_DATA_END: the outcome of storing. err is 0 on success (the
+ * message is on stable storage), ENOSPC-like when storage is full (full=true),
+ * else any failure. Queues the reply. */
+void smtp_server_stored(struct smtp_server *s, bool ok, bool full);
+
+/* Ends the session gracefully: idle sessions get 421 now (returns true: send
+ * and close), sessions inside a transaction finish it first. */
+bool smtp_server_drain(struct smtp_server *s);
+
+/* Queues a final reply (e.g. a timeout) and moves to CLOSING. */
+void smtp_server_abort(struct smtp_server *s, const char *reply);
+
+/* Clears sent replies: the caller has handed out.len bytes to the socket. */
+void smtp_server_sent(struct smtp_server *s);
+
+static inline bool smtp_server_in_transaction(const struct smtp_server *s)
+{
+	return s->state >= SMTP_S_MAIL && s->state <= SMTP_S_STORING;
+}
+
+#endif
