@@ -33,7 +33,7 @@
 #define R_TOO_MANY_ERRORS    "421 4.7.0 Too many errors on this connection, closing transmission channel"
 #define R_TIMEOUT            "421 4.4.1 Connection timed out"
 #define R_QUIT               "221 2.0.0 Service closing transmission channel"
-#define R_OK                 "250 2.0.0 OK"
+#define R_NOOP_OK                 "250 2.0.0 OK"
 #define R_RESET              "250 2.0.0 Resetting"
 #define R_VRFY               "252 2.5.0 Cannot VRFY user, but will accept message and attempt delivery"
 #define R_HELP               "214 2.0.0 Commands: HELO EHLO MAIL RCPT DATA RSET NOOP QUIT VRFY HELP"

@@ -250,7 +250,7 @@ static enum smtp_ev cmd_rset(struct smtp_server *s, const struct smtp_cmd *c)
 static enum smtp_ev cmd_noop(struct smtp_server *s, const struct smtp_cmd *c)
 {
 	(void)c;
-	reply(s, R_OK);
+	reply(s, R_NOOP_OK);
 	return SMTP_EV_NEED_INPUT;
 }
 

@@ -1,0 +1,860 @@
+/* Configuration reader (see config.h). One declarative table per section
+ * drives parsing, defaults, bounds and the --check dump, so a setting is
+ * described once. Defaults follow Exchange's Receive connector defaults. */
+#include "config.h"
+
+#include <arpa/inet.h>
+#include <ctype.h>
+#include <errno.h>
+#include <libconfig.h>
+#include <limits.h>
+#include <netinet/in.h>
+#include <stdarg.h>
+#include <stddef.h>
+#include <stdlib.h>
+#include <string.h>
+#include <strings.h>
+#include <unistd.h>
+
+#include "log.h"
+#include "relay.h"
+
+enum setting_kind { K_SIZE, K_COUNT, K_DURATION, K_BOOL, K_RATE_SOURCE };
+
+struct setting {
+	const char *name;
+	enum setting_kind kind;
+	size_t offset;
+	const char *def;   /* default, written as in the file */
+	uint64_t max;      /* 0 = no bound */
+};
+
+#define RC(f) offsetof(struct rconn, f)
+static const struct setting rconn_settings[] = {
+	{"max_message_size", K_SIZE, RC(max_message_size), "36MB", 0},
+	{"max_header_size", K_SIZE, RC(max_header_size), "256KB", 0},
+	{"max_recipients_per_message", K_COUNT, RC(max_recipients), "200", 1000000},
+	{"max_hop_count", K_COUNT, RC(max_hop_count), "60", 500},
+	{"max_protocol_errors", K_COUNT, RC(max_protocol_errors), "5", 1000000},
+	{"message_rate_limit", K_COUNT, RC(message_rate_limit), "unlimited", 0},
+	{"message_rate_source", K_RATE_SOURCE, RC(message_rate_source), "ip", 0},
+	{"max_inbound_connection", K_COUNT, RC(max_inbound_connection), "5000", 0},
+	{"max_inbound_connection_per_source", K_COUNT,
+	 RC(max_inbound_connection_per_source), "20", 0},
+	{"max_inbound_connection_percentage_per_source", K_COUNT,
+	 RC(max_inbound_connection_percentage_per_source), "2", 100},
+	{"connection_timeout", K_DURATION, RC(connection_timeout_ms), "10m", 0},
+	{"connection_inactivity_timeout", K_DURATION,
+	 RC(connection_inactivity_timeout_ms), "5m", 0},
+	{"tarpit_interval", K_DURATION, RC(tarpit_interval_ms), "5s", 600000},
+	{"require_tls", K_BOOL, RC(require_tls), "false", 0},
+	{"protocol_log", K_BOOL, RC(protocol_log), "false", 0},
+};
+#undef RC
+
+static const char *const rate_source_names[] = {"ip", "user", "all", "none"};
+
+struct loader {
+	const char *path;
+	char *err;
+	size_t errlen;
+	bool failed;
+};
+
+static bool fail(struct loader *ld, int line, const char *fmt, ...)
+	__attribute__((format(printf, 3, 4)));
+
+static bool fail(struct loader *ld, int line, const char *fmt, ...)
+{
+	if (ld->failed)
+		return false;
+	ld->failed = true;
+	int n = snprintf(ld->err, ld->errlen, "%s:%d: ", ld->path, line);
+	if (n < 0 || (size_t)n >= ld->errlen)
+		return false;
+	va_list ap;
+	va_start(ap, fmt);
+	vsnprintf(ld->err + n, ld->errlen - (size_t)n, fmt, ap);
+	va_end(ap);
+	return false;
+}
+
+static int line_of(const config_setting_t *s)
+{
+	int l = (int)config_setting_source_line(s);
+	return l > 0 ? l : 1;
+}
+
+/* ---- value parsers ---------------------------------------------------- */
+
+bool conf_parse_size(const char *s, uint64_t *out)
+{
+	if (strcasecmp(s, "unlimited") == 0) {
+		*out = 0;
+		return true;
+	}
+	char *end;
+	errno = 0;
+	unsigned long long v = strtoull(s, &end, 10);
+	if (end == s || errno || *s == '-')
+		return false;
+	while (*end == ' ')
+		end++;
+	uint64_t mul = 1;
+	if (*end == '\0' || strcasecmp(end, "B") == 0)
+		mul = 1;
+	else if (strcasecmp(end, "KB") == 0)
+		mul = 1024;
+	else if (strcasecmp(end, "MB") == 0)
+		mul = 1024 * 1024;
+	else if (strcasecmp(end, "GB") == 0)
+		mul = 1024ULL * 1024 * 1024;
+	else
+		return false;
+	if (v > UINT64_MAX / mul)
+		return false;
+	*out = v * mul;
+	return true;
+}
+
+bool conf_parse_duration_ms(const char *s, uint64_t *out)
+{
+	char *end;
+	errno = 0;
+	unsigned long long v = strtoull(s, &end, 10);
+	if (end == s || errno || *s == '-')
+		return false;
+	uint64_t mul;
+	if (*end == '\0' || strcmp(end, "s") == 0)
+		mul = 1000;
+	else if (strcmp(end, "ms") == 0)
+		mul = 1;
+	else if (strcmp(end, "m") == 0)
+		mul = 60 * 1000;
+	else if (strcmp(end, "h") == 0)
+		mul = 3600 * 1000;
+	else if (strcmp(end, "d") == 0)
+		mul = 86400 * 1000;
+	else
+		return false;
+	if (v > UINT64_MAX / mul)
+		return false;
+	*out = v * mul;
+	return true;
+}
+
+static bool parse_addr(const char *s, int *family, u128 *v)
+{
+	struct in_addr a4;
+	struct in6_addr a6;
+	if (inet_pton(AF_INET, s, &a4) == 1) {
+		*family = 4;
+		*v = ntohl(a4.s_addr);
+		return true;
+	}
+	if (inet_pton(AF_INET6, s, &a6) == 1) {
+		u128 x = 0;
+		for (int i = 0; i < 16; i++)
+			x = (x << 8) | a6.s6_addr[i];
+		/* An IPv4-mapped entry means the IPv4 address. */
+		if ((x >> 32) == 0xffff) {
+			*family = 4;
+			*v = x & 0xffffffffu;
+		} else {
+			*family = 6;
+			*v = x;
+		}
+		return true;
+	}
+	return false;
+}
+
+bool conf_parse_range(const char *s, struct ip_range *r)
+{
+	char buf[96];
+	size_t n = strlen(s);
+	if (n == 0 || n >= sizeof(buf))
+		return false;
+	memcpy(buf, s, n + 1);
+	snprintf(r->text, sizeof(r->text), "%s", s);
+	char *slash = strchr(buf, '/');
+	char *dash = strchr(buf, '-');
+	if (slash) {
+		*slash = '\0';
+		char *end;
+		errno = 0;
+		long bits = strtol(slash + 1, &end, 10);
+		if (end == slash + 1 || *end || errno)
+			return false;
+		u128 v;
+		if (!parse_addr(buf, &r->family, &v))
+			return false;
+		int width = r->family == 4 ? 32 : 128;
+		if (bits < 0 || bits > width)
+			return false;
+		if (strchr(buf, ':') && r->family == 4)
+			return false; /* "::ffff:a.b.c.d/n": ambiguous width */
+		u128 host = bits == width ? 0 : (((u128)1 << (width - bits)) - 1);
+		if (bits == 0)
+			host = width == 128 ? ~(u128)0 : 0xffffffffu;
+		r->lo = v & ~host;
+		r->hi = r->lo | host;
+		if (width == 32) {
+			r->lo &= 0xffffffffu;
+			r->hi &= 0xffffffffu;
+		}
+		return true;
+	}
+	if (dash) {
+		*dash = '\0';
+		int f2;
+		u128 hi;
+		if (!parse_addr(buf, &r->family, &r->lo) ||
+		    !parse_addr(dash + 1, &f2, &hi) || f2 != r->family || hi < r->lo)
+			return false;
+		r->hi = hi;
+		return true;
+	}
+	if (!parse_addr(buf, &r->family, &r->lo))
+		return false;
+	r->hi = r->lo;
+	return true;
+}
+
+bool conf_parse_binding(const char *s, struct binding *b)
+{
+	char host[64];
+	const char *port;
+	memset(b, 0, sizeof(*b));
+	snprintf(b->text, sizeof(b->text), "%s", s);
+	if (s[0] == '[') {
+		const char *close = strchr(s, ']');
+		if (!close || close[1] != ':' || (size_t)(close - s - 1) >= sizeof(host))
+			return false;
+		memcpy(host, s + 1, (size_t)(close - s - 1));
+		host[close - s - 1] = '\0';
+		port = close + 2;
+	} else {
+		const char *colon = strrchr(s, ':');
+		if (!colon || (size_t)(colon - s) >= sizeof(host) ||
+		    memchr(s, ':', (size_t)(colon - s)))
+			return false;
+		memcpy(host, s, (size_t)(colon - s));
+		host[colon - s] = '\0';
+		port = colon + 1;
+	}
+	char *end;
+	long p = strtol(port, &end, 10);
+	if (end == port || *end || p < 1 || p > 65535)
+		return false;
+	struct sockaddr_in *in4 = (struct sockaddr_in *)&b->addr;
+	struct sockaddr_in6 *in6 = (struct sockaddr_in6 *)&b->addr;
+	if (inet_pton(AF_INET, host, &in4->sin_addr) == 1) {
+		in4->sin_family = AF_INET;
+		in4->sin_port = htons((uint16_t)p);
+		b->addrlen = sizeof(*in4);
+		return true;
+	}
+	if (s[0] == '[' && inet_pton(AF_INET6, host, &in6->sin6_addr) == 1) {
+		in6->sin6_family = AF_INET6;
+		in6->sin6_port = htons((uint16_t)p);
+		b->addrlen = sizeof(*in6);
+		return true;
+	}
+	return false;
+}
+
+bool conf_sockaddr_value(const struct sockaddr *sa, int *family, u128 *v)
+{
+	if (sa->sa_family == AF_INET) {
+		*family = 4;
+		*v = ntohl(((const struct sockaddr_in *)sa)->sin_addr.s_addr);
+		return true;
+	}
+	if (sa->sa_family == AF_INET6) {
+		const uint8_t *a = ((const struct sockaddr_in6 *)sa)->sin6_addr.s6_addr;
+		u128 x = 0;
+		for (int i = 0; i < 16; i++)
+			x = (x << 8) | a[i];
+		if ((x >> 32) == 0xffff) {
+			*family = 4;
+			*v = x & 0xffffffffu;
+		} else {
+			*family = 6;
+			*v = x;
+		}
+		return true;
+	}
+	return false;
+}
+
+/* ---- sections --------------------------------------------------------- */
+
+static bool setting_value(struct loader *ld, const struct setting *st,
+			  const config_setting_t *v, const char *text,
+			  uint64_t *out)
+{
+	int line = v ? line_of(v) : 0;
+	char num[32];
+	if (v && (config_setting_type(v) == CONFIG_TYPE_INT ||
+		  config_setting_type(v) == CONFIG_TYPE_INT64)) {
+		long long x = config_setting_get_int64(v);
+		if (x < 0)
+			return fail(ld, line, "%s: must not be negative", st->name);
+		snprintf(num, sizeof(num), "%lld", x);
+		text = num;
+	} else if (v && config_setting_type(v) == CONFIG_TYPE_BOOL) {
+		if (st->kind != K_BOOL)
+			return fail(ld, line, "%s: expected a %s", st->name,
+				    st->kind == K_DURATION ? "duration" : "number");
+		*out = (uint64_t)config_setting_get_bool(v);
+		return true;
+	} else if (v && config_setting_type(v) == CONFIG_TYPE_STRING) {
+		text = config_setting_get_string(v);
+	} else if (v) {
+		return fail(ld, line, "%s: unexpected value type", st->name);
+	}
+	bool ok = false;
+	switch (st->kind) {
+	case K_SIZE:
+		ok = conf_parse_size(text, out);
+		break;
+	case K_COUNT:
+		if (strcasecmp(text, "unlimited") == 0) {
+			*out = 0;
+			ok = true;
+		} else {
+			char *end;
+			errno = 0;
+			unsigned long long x = strtoull(text, &end, 10);
+			ok = end != text && !*end && !errno && *text != '-';
+			*out = x;
+		}
+		break;
+	case K_DURATION:
+		ok = conf_parse_duration_ms(text, out);
+		break;
+	case K_BOOL:
+		ok = strcmp(text, "true") == 0 || strcmp(text, "false") == 0;
+		*out = strcmp(text, "true") == 0;
+		break;
+	case K_RATE_SOURCE:
+		for (unsigned i = 0; i < 4; i++) {
+			if (strcasecmp(text, rate_source_names[i]) == 0) {
+				*out = i;
+				ok = true;
+			}
+		}
+		break;
+	}
+	if (!ok)
+		return fail(ld, line, "%s: invalid value \"%s\"", st->name, text);
+	if (st->max && *out > st->max)
+		return fail(ld, line, "%s: %s is above the maximum %llu", st->name,
+			    text, (unsigned long long)st->max);
+	return true;
+}
+
+static const char *get_string(struct loader *ld, const config_setting_t *grp,
+			      const char *name, bool required)
+{
+	config_setting_t *v = config_setting_get_member(grp, name);
+	if (!v) {
+		if (required)
+			fail(ld, line_of(grp), "missing setting \"%s\"", name);
+		return NULL;
+	}
+	if (config_setting_type(v) != CONFIG_TYPE_STRING) {
+		fail(ld, line_of(v), "%s: expected a string", name);
+		return NULL;
+	}
+	return config_setting_get_string(v);
+}
+
+static bool check_members(struct loader *ld, const config_setting_t *grp,
+			  const char *const *known, const struct setting *tab,
+			  size_t ntab)
+{
+	for (int i = 0; i < config_setting_length(grp); i++) {
+		const config_setting_t *m = config_setting_get_elem(grp, (unsigned)i);
+		const char *name = config_setting_name(m);
+		bool ok = false;
+		for (const char *const *k = known; *k; k++)
+			ok |= strcmp(*k, name) == 0;
+		for (size_t k = 0; k < ntab; k++)
+			ok |= strcmp(tab[k].name, name) == 0;
+		if (!ok)
+			return fail(ld, line_of(m), "unknown setting \"%s\"", name);
+	}
+	return true;
+}
+
+static char *xstrdup(const char *s)
+{
+	char *d = strdup(s);
+	if (!d) {
+		fputs("postern: out of memory\n", stderr);
+		exit(1);
+	}
+	return d;
+}
+
+static void *xcalloc(size_t n, size_t size)
+{
+	void *p = calloc(n ? n : 1, size);
+	if (!p) {
+		fputs("postern: out of memory\n", stderr);
+		exit(1);
+	}
+	return p;
+}
+
+static bool load_server(struct loader *ld, struct conf *c, config_t *cf)
+{
+	static const char *const known[] = {
+		"hostname", "workers", "spool_dir", "stats_socket",
+		"metrics_listen", "shutdown_grace", "log_level", NULL};
+	config_setting_t *srv = config_lookup(cf, "server");
+	char host[256] = "localhost";
+	gethostname(host, sizeof(host) - 1);
+	c->shutdown_grace_ms = 30000;
+	c->log_level = LOG_INFO;
+	if (!srv) {
+		c->hostname = xstrdup(host);
+		c->spool_dir = xstrdup("/var/spool/postern");
+		return true;
+	}
+	if (!config_setting_is_group(srv))
+		return fail(ld, line_of(srv), "server: expected a group { ... }");
+	if (!check_members(ld, srv, known, NULL, 0))
+		return false;
+	const char *s = get_string(ld, srv, "hostname", false);
+	if (s && !smtp_helo_arg_valid(s, strlen(s)))
+		return fail(ld, line_of(config_setting_get_member(srv, "hostname")),
+			    "hostname: \"%s\" is not a valid domain name", s);
+	c->hostname = xstrdup(s ? s : host);
+	s = get_string(ld, srv, "spool_dir", false);
+	c->spool_dir = xstrdup(s ? s : "/var/spool/postern");
+	if ((s = get_string(ld, srv, "stats_socket", false)))
+		c->stats_socket = xstrdup(s);
+	if ((s = get_string(ld, srv, "metrics_listen", false)))
+		c->metrics_listen = xstrdup(s);
+	config_setting_t *w = config_setting_get_member(srv, "workers");
+	if (w) {
+		if (config_setting_type(w) != CONFIG_TYPE_INT ||
+		    config_setting_get_int(w) < 0 || config_setting_get_int(w) > 1024)
+			return fail(ld, line_of(w), "workers: expected 0..1024");
+		c->workers = (unsigned)config_setting_get_int(w);
+	}
+	if ((s = get_string(ld, srv, "shutdown_grace", false)) &&
+	    !conf_parse_duration_ms(s, &c->shutdown_grace_ms))
+		return fail(ld, line_of(config_setting_get_member(srv, "shutdown_grace")),
+			    "shutdown_grace: invalid duration \"%s\"", s);
+	if ((s = get_string(ld, srv, "log_level", false))) {
+		static const char *const lv[] = {"error", "warn", "info", "debug"};
+		int found = -1;
+		for (int i = 0; i < 4; i++)
+			if (strcmp(s, lv[i]) == 0)
+				found = i;
+		if (found < 0)
+			return fail(ld, line_of(config_setting_get_member(srv, "log_level")),
+				    "log_level: expected error, warn, info or debug");
+		c->log_level = found;
+	}
+	return !ld->failed;
+}
+
+static bool load_domains(struct loader *ld, struct conf *c, config_t *cf)
+{
+	static const char *const known[] = {"domain", "type", NULL};
+	config_setting_t *list = config_lookup(cf, "accepted_domains");
+	if (!list)
+		return true;
+	if (!config_setting_is_list(list) && !config_setting_is_array(list))
+		return fail(ld, line_of(list), "accepted_domains: expected a list ( ... )");
+	unsigned n = (unsigned)config_setting_length(list);
+	c->domains = xcalloc(n, sizeof(*c->domains));
+	for (unsigned i = 0; i < n; i++) {
+		config_setting_t *g = config_setting_get_elem(list, i);
+		if (!config_setting_is_group(g))
+			return fail(ld, line_of(g), "accepted_domains: expected { domain = ...; }");
+		if (!check_members(ld, g, known, NULL, 0))
+			return false;
+		const char *d = get_string(ld, g, "domain", true);
+		if (!d)
+			return false;
+		struct accepted_domain *ad = &c->domains[c->ndomains];
+		ad->line = line_of(g);
+		ad->subdomains = strncmp(d, "*.", 2) == 0;
+		const char *name = ad->subdomains ? d + 2 : d;
+		if (!smtp_helo_arg_valid(name, strlen(name)) || name[0] == '[' ||
+		    name[strlen(name) - 1] == '.')
+			return fail(ld, ad->line, "domain: \"%s\" is not a domain name", d);
+		ad->domain = xstrdup(name);
+		for (char *p = ad->domain; *p; p++)
+			*p = (char)tolower((unsigned char)*p);
+		const char *t = get_string(ld, g, "type", false);
+		if (ld->failed)
+			return false;
+		if (!t || strcmp(t, "authoritative") == 0)
+			ad->type = DOMAIN_AUTHORITATIVE;
+		else if (strcmp(t, "internal_relay") == 0)
+			ad->type = DOMAIN_INTERNAL_RELAY;
+		else if (strcmp(t, "external_relay") == 0)
+			ad->type = DOMAIN_EXTERNAL_RELAY;
+		else
+			return fail(ld, ad->line,
+				    "type: expected authoritative, internal_relay or external_relay");
+		for (unsigned k = 0; k < c->ndomains; k++)
+			if (strcmp(c->domains[k].domain, ad->domain) == 0 &&
+			    c->domains[k].subdomains == ad->subdomains)
+				return fail(ld, ad->line, "domain \"%s\" is listed twice", d);
+		c->ndomains++;
+	}
+	return true;
+}
+
+static unsigned add_binding(struct conf *c, const struct binding *b)
+{
+	for (unsigned i = 0; i < c->nbindings; i++) {
+		if (c->bindings[i].addrlen == b->addrlen &&
+		    memcmp(&c->bindings[i].addr, &b->addr, b->addrlen) == 0)
+			return i;
+	}
+	struct binding *n = realloc(c->bindings, (c->nbindings + 1) * sizeof(*n));
+	if (!n) {
+		fputs("postern: out of memory\n", stderr);
+		exit(1);
+	}
+	c->bindings = n;
+	c->bindings[c->nbindings] = *b;
+	return c->nbindings++;
+}
+
+static const config_setting_t *string_list(struct loader *ld,
+					   const config_setting_t *g,
+					   const char *name, bool required)
+{
+	config_setting_t *v = config_setting_get_member(g, name);
+	if (!v) {
+		if (required)
+			fail(ld, line_of(g), "missing setting \"%s\"", name);
+		return NULL;
+	}
+	if (!config_setting_is_array(v) && !config_setting_is_list(v)) {
+		fail(ld, line_of(v), "%s: expected a list [ \"...\", ... ]", name);
+		return NULL;
+	}
+	for (int i = 0; i < config_setting_length(v); i++) {
+		if (config_setting_type(config_setting_get_elem(v, (unsigned)i)) !=
+		    CONFIG_TYPE_STRING) {
+			fail(ld, line_of(v), "%s: expected strings", name);
+			return NULL;
+		}
+	}
+	return v;
+}
+
+static bool load_connector(struct loader *ld, struct conf *c, struct rconn *rc,
+			   const config_setting_t *g)
+{
+	static const char *const known[] = {"name", "bindings", "remote_ip_ranges",
+					    "permission_groups", NULL};
+	rc->conf = c;
+	rc->line = line_of(g);
+	if (!config_setting_is_group(g))
+		return fail(ld, rc->line, "receive_connectors: expected { name = ...; }");
+	if (!check_members(ld, g, known, rconn_settings,
+			   sizeof(rconn_settings) / sizeof(rconn_settings[0])))
+		return false;
+	const char *name = get_string(ld, g, "name", true);
+	if (!name)
+		return false;
+	if (!*name || strlen(name) > 64)
+		return fail(ld, rc->line, "name: 1 to 64 characters");
+	rc->name = xstrdup(name);
+
+	const config_setting_t *v = string_list(ld, g, "bindings", true);
+	if (!v)
+		return false;
+	rc->nbindings = (unsigned)config_setting_length(v);
+	if (!rc->nbindings)
+		return fail(ld, line_of(v), "bindings: at least one ip:port");
+	rc->bindings = xcalloc(rc->nbindings, sizeof(*rc->bindings));
+	for (unsigned i = 0; i < rc->nbindings; i++) {
+		const char *s = config_setting_get_string_elem(v, (int)i);
+		struct binding b;
+		if (!conf_parse_binding(s, &b))
+			return fail(ld, line_of(v),
+				    "bindings: \"%s\" is not ip:port ([ipv6]:port)", s);
+		rc->bindings[i] = add_binding(c, &b);
+	}
+
+	v = string_list(ld, g, "remote_ip_ranges", false);
+	if (ld->failed)
+		return false;
+	if (v) {
+		rc->nranges = (unsigned)config_setting_length(v);
+		rc->ranges = xcalloc(rc->nranges, sizeof(*rc->ranges));
+		for (unsigned i = 0; i < rc->nranges; i++) {
+			const char *s = config_setting_get_string_elem(v, (int)i);
+			if (!conf_parse_range(s, &rc->ranges[i]))
+				return fail(ld, line_of(v),
+					    "remote_ip_ranges: \"%s\" is not an address, a-b range or CIDR", s);
+			rc->ranges[i].line = line_of(v);
+		}
+	} else {
+		/* Exchange's default: every address. */
+		rc->nranges = 2;
+		rc->ranges = xcalloc(2, sizeof(*rc->ranges));
+		conf_parse_range("0.0.0.0/0", &rc->ranges[0]);
+		conf_parse_range("::/0", &rc->ranges[1]);
+	}
+
+	v = string_list(ld, g, "permission_groups", false);
+	if (ld->failed)
+		return false;
+	for (int i = 0; v && i < config_setting_length(v); i++) {
+		const char *s = config_setting_get_string_elem(v, i);
+		if (strcmp(s, "anonymous") == 0)
+			rc->perms |= PERM_ANONYMOUS;
+		else if (strcmp(s, "anonymous_relay") == 0)
+			rc->perms |= PERM_ANONYMOUS_RELAY;
+		else if (strcmp(s, "externally_secured") == 0)
+			rc->perms |= PERM_EXTERNALLY_SECURED;
+		else if (strcmp(s, "authenticated") == 0)
+			rc->perms |= PERM_AUTHENTICATED;
+		else
+			return fail(ld, line_of(v),
+				    "permission_groups: unknown group \"%s\" (anonymous, anonymous_relay, externally_secured, authenticated)", s);
+	}
+
+	for (size_t i = 0; i < sizeof(rconn_settings) / sizeof(rconn_settings[0]); i++) {
+		const struct setting *st = &rconn_settings[i];
+		config_setting_t *m = config_setting_get_member(g, st->name);
+		if (!setting_value(ld, st, m, st->def,
+				   (uint64_t *)((char *)rc + st->offset)))
+			return false;
+	}
+	if (rc->max_hop_count == 0)
+		return fail(ld, rc->line, "max_hop_count: must be at least 1");
+
+	rc->smtp = (struct smtp_server_params){
+		.hostname = c->hostname,
+		.connector = rc->name,
+		.max_message_size = rc->max_message_size,
+		.max_header_size = rc->max_header_size,
+		.max_recipients = (unsigned)rc->max_recipients,
+		.max_hop_count = (unsigned)rc->max_hop_count,
+		.max_protocol_errors = (unsigned)rc->max_protocol_errors,
+		/* AUTH is not implemented yet, so "authenticated" alone admits
+		 * nobody: such a connector answers 530 at MAIL. */
+		.may_submit = (rc->perms & ~PERM_AUTHENTICATED) != 0,
+		.bypass_size_limit = (rc->perms & PERM_EXTERNALLY_SECURED) != 0,
+		.rcpt_policy = relay_rcpt_policy,
+		.policy_ctx = rc,
+	};
+	return true;
+}
+
+static bool load_connectors(struct loader *ld, struct conf *c, config_t *cf)
+{
+	config_setting_t *list = config_lookup(cf, "receive_connectors");
+	if (!list)
+		return fail(ld, 1, "no receive_connectors: nothing to listen on");
+	if (!config_setting_is_list(list))
+		return fail(ld, line_of(list), "receive_connectors: expected a list ( ... )");
+	c->nrc = (unsigned)config_setting_length(list);
+	if (!c->nrc)
+		return fail(ld, line_of(list), "receive_connectors: empty");
+	c->rc = xcalloc(c->nrc, sizeof(*c->rc));
+	for (unsigned i = 0; i < c->nrc; i++) {
+		config_setting_t *g = config_setting_get_elem(list, i);
+		if (!load_connector(ld, c, &c->rc[i], g))
+			return false;
+		for (unsigned k = 0; k < i; k++)
+			if (strcasecmp(c->rc[k].name, c->rc[i].name) == 0)
+				return fail(ld, c->rc[i].line,
+					    "connector name \"%s\" is used twice", c->rc[i].name);
+	}
+	/* Two connectors on one binding with an identical range would make the
+	 * choice arbitrary: refuse, as Exchange does. */
+	for (unsigned a = 0; a < c->nrc; a++)
+		for (unsigned b = a + 1; b < c->nrc; b++)
+			for (unsigned ba = 0; ba < c->rc[a].nbindings; ba++)
+				for (unsigned bb = 0; bb < c->rc[b].nbindings; bb++) {
+					if (c->rc[a].bindings[ba] != c->rc[b].bindings[bb])
+						continue;
+					for (unsigned ra = 0; ra < c->rc[a].nranges; ra++)
+						for (unsigned rb = 0; rb < c->rc[b].nranges; rb++) {
+							const struct ip_range *x = &c->rc[a].ranges[ra];
+							const struct ip_range *y = &c->rc[b].ranges[rb];
+							if (x->family == y->family && x->lo == y->lo &&
+							    x->hi == y->hi)
+								return fail(ld, c->rc[b].line,
+									    "connectors \"%s\" and \"%s\" both claim %s on %s",
+									    c->rc[a].name, c->rc[b].name, y->text,
+									    c->bindings[c->rc[a].bindings[ba]].text);
+						}
+				}
+	return true;
+}
+
+struct conf *conf_load(const char *path, char *err, size_t errlen)
+{
+	struct loader ld = {.path = path, .err = err, .errlen = errlen};
+	config_t cf;
+	config_init(&cf);
+	if (config_read_file(&cf, path) != CONFIG_TRUE) {
+		if (config_error_type(&cf) == CONFIG_ERR_FILE_IO)
+			snprintf(err, errlen, "%s:0: cannot read file: %s", path,
+				 strerror(errno ? errno : ENOENT));
+		else
+			snprintf(err, errlen, "%s:%d: %s",
+				 config_error_file(&cf) ? config_error_file(&cf) : path,
+				 config_error_line(&cf), config_error_text(&cf));
+		config_destroy(&cf);
+		return NULL;
+	}
+	struct conf *c = xcalloc(1, sizeof(*c));
+	c->path = xstrdup(path);
+	static const char *const top[] = {"server", "accepted_domains",
+					  "receive_connectors", "send_connectors",
+					  "queue", NULL};
+	bool ok = check_members(&ld, config_root_setting(&cf), top, NULL, 0) &&
+		  load_server(&ld, c, &cf) && load_domains(&ld, c, &cf) &&
+		  load_connectors(&ld, c, &cf);
+	config_destroy(&cf);
+	if (!ok) {
+		conf_free(c);
+		return NULL;
+	}
+	if (c->workers == 0) {
+		long n = sysconf(_SC_NPROCESSORS_ONLN);
+		c->workers = n > 0 ? (unsigned)n : 1;
+	}
+	return c;
+}
+
+void conf_free(struct conf *c)
+{
+	if (!c)
+		return;
+	for (unsigned i = 0; i < c->nrc; i++) {
+		free(c->rc[i].name);
+		free(c->rc[i].bindings);
+		free(c->rc[i].ranges);
+	}
+	for (unsigned i = 0; i < c->ndomains; i++)
+		free(c->domains[i].domain);
+	free(c->rc);
+	free(c->domains);
+	free(c->bindings);
+	free(c->path);
+	free(c->hostname);
+	free(c->spool_dir);
+	free(c->stats_socket);
+	free(c->metrics_listen);
+	free(c);
+}
+
+const struct rconn *conf_match(const struct conf *c, unsigned b,
+			       const struct sockaddr *sa,
+			       const struct ip_range **why)
+{
+	int family;
+	u128 v;
+	const struct rconn *best = NULL;
+	const struct ip_range *best_r = NULL;
+	if (!conf_sockaddr_value(sa, &family, &v))
+		return NULL;
+	/* Linear scan; the lock-free LPM table replaces this for large tables. */
+	for (unsigned i = 0; i < c->nrc; i++) {
+		const struct rconn *rc = &c->rc[i];
+		bool on = false;
+		for (unsigned k = 0; k < rc->nbindings; k++)
+			on |= rc->bindings[k] == b;
+		if (!on)
+			continue;
+		for (unsigned k = 0; k < rc->nranges; k++) {
+			const struct ip_range *r = &rc->ranges[k];
+			if (r->family != family || v < r->lo || v > r->hi)
+				continue;
+			if (!best_r || r->hi - r->lo < best_r->hi - best_r->lo) {
+				best = rc;
+				best_r = r;
+			}
+		}
+	}
+	if (why)
+		*why = best_r;
+	return best;
+}
+
+static void print_setting(FILE *out, const struct setting *st, uint64_t v)
+{
+	fprintf(out, "    %-46s ", st->name);
+	switch (st->kind) {
+	case K_SIZE:
+	case K_COUNT:
+		if (v == 0 && strcmp(st->def, "unlimited") == 0)
+			fprintf(out, "unlimited\n");
+		else if (v == 0 && st->kind == K_SIZE)
+			fprintf(out, "unlimited\n");
+		else
+			fprintf(out, "%llu\n", (unsigned long long)v);
+		break;
+	case K_DURATION:
+		fprintf(out, "%llums\n", (unsigned long long)v);
+		break;
+	case K_BOOL:
+		fprintf(out, "%s\n", v ? "true" : "false");
+		break;
+	case K_RATE_SOURCE:
+		fprintf(out, "%s\n", rate_source_names[v < 4 ? v : 0]);
+		break;
+	}
+}
+
+void conf_print(const struct conf *c, FILE *out)
+{
+	static const char *const dtype[] = {"authoritative", "internal_relay",
+					    "external_relay"};
+	fprintf(out, "server: hostname=%s workers=%u spool_dir=%s\n", c->hostname,
+		c->workers, c->spool_dir);
+	fprintf(out, "accepted_domains:%s\n", c->ndomains ? "" : " (none)");
+	for (unsigned i = 0; i < c->ndomains; i++)
+		fprintf(out, "  %s%s %s\n", c->domains[i].subdomains ? "*." : "",
+			c->domains[i].domain, dtype[c->domains[i].type]);
+	for (unsigned b = 0; b < c->nbindings; b++) {
+		fprintf(out, "binding %s:\n", c->bindings[b].text);
+		for (unsigned i = 0; i < c->nrc; i++) {
+			const struct rconn *rc = &c->rc[i];
+			bool on = false;
+			for (unsigned k = 0; k < rc->nbindings; k++)
+				on |= rc->bindings[k] == b;
+			if (!on)
+				continue;
+			fprintf(out, "  connector \"%s\" permissions=", rc->name);
+			if (!rc->perms)
+				fprintf(out, "none");
+			const char *sep = "";
+			static const char *const pn[] = {"anonymous", "anonymous_relay",
+							 "externally_secured",
+							 "authenticated"};
+			for (int p = 0; p < 4; p++)
+				if (rc->perms & (1u << p)) {
+					fprintf(out, "%s%s", sep, pn[p]);
+					sep = ",";
+				}
+			fprintf(out, "\n    ranges:");
+			for (unsigned k = 0; k < rc->nranges; k++)
+				fprintf(out, " %s", rc->ranges[k].text);
+			fprintf(out, "\n");
+			for (size_t s = 0; s < sizeof(rconn_settings) / sizeof(rconn_settings[0]); s++)
+				print_setting(out, &rconn_settings[s],
+					      *(const uint64_t *)((const char *)rc +
+								  rconn_settings[s].offset));
+		}
+	}
+}

@@ -1,0 +1,120 @@
+/* Configuration: reads the libconfig file (DESIGN B.2) into one immutable
+ * struct conf, validated, with FILE:LINE errors. Nothing here changes after
+ * conf_load() returns; a reload builds a new struct. */
+#ifndef POSTERN_CONFIG_H
+#define POSTERN_CONFIG_H
+
+#include <stdbool.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <sys/socket.h>
+
+#include "smtp_server.h"
+
+enum perm {
+	PERM_ANONYMOUS = 1 << 0,          /* submit to accepted domains */
+	PERM_ANONYMOUS_RELAY = 1 << 1,    /* relay anywhere */
+	PERM_EXTERNALLY_SECURED = 1 << 2, /* trusted: relay, no size limits */
+	PERM_AUTHENTICATED = 1 << 3,      /* relay after SMTP AUTH */
+};
+
+enum rate_source { RATE_SOURCE_IP, RATE_SOURCE_USER, RATE_SOURCE_ALL,
+		   RATE_SOURCE_NONE };
+
+enum domain_type { DOMAIN_AUTHORITATIVE, DOMAIN_INTERNAL_RELAY,
+		   DOMAIN_EXTERNAL_RELAY };
+
+typedef unsigned __int128 u128;
+
+/* One remote_ip_ranges entry as an inclusive range; IPv4 kept apart from
+ * IPv6 (family 4 or 6). */
+struct ip_range {
+	int family;
+	u128 lo, hi;
+	char text[96];
+	int line;
+};
+
+struct binding {
+	struct sockaddr_storage addr;
+	socklen_t addrlen;
+	char text[64];
+};
+
+struct conf;
+
+struct rconn {
+	const struct conf *conf;
+	char *name;
+	int line;
+	unsigned *bindings;       /* indices into conf->bindings */
+	unsigned nbindings;
+	struct ip_range *ranges;
+	unsigned nranges;
+	unsigned perms;           /* PERM_* */
+	/* Settings below are filled from rconn_settings[] (config.c). */
+	uint64_t max_message_size;        /* bytes, 0 = unlimited */
+	uint64_t max_header_size;         /* bytes, 0 = unlimited */
+	uint64_t max_recipients;          /* 0 = unlimited */
+	uint64_t max_hop_count;
+	uint64_t max_protocol_errors;
+	uint64_t message_rate_limit;      /* per minute, 0 = unlimited */
+	uint64_t message_rate_source;     /* enum rate_source */
+	uint64_t max_inbound_connection;  /* 0 = unlimited */
+	uint64_t max_inbound_connection_per_source;
+	uint64_t max_inbound_connection_percentage_per_source;
+	uint64_t connection_timeout_ms;
+	uint64_t connection_inactivity_timeout_ms;
+	uint64_t tarpit_interval_ms;
+	uint64_t require_tls;
+	uint64_t protocol_log;
+	struct smtp_server_params smtp;   /* what the session state machine sees */
+};
+
+struct accepted_domain {
+	char *domain;     /* lower case, without "*." */
+	bool subdomains;  /* written as "*.domain": subdomains only */
+	enum domain_type type;
+	int line;
+};
+
+struct conf {
+	char *path;
+	char *hostname;
+	unsigned workers;          /* resolved: never 0 */
+	char *spool_dir;
+	char *stats_socket;
+	char *metrics_listen;
+	uint64_t shutdown_grace_ms;
+	int log_level;
+	struct binding *bindings;
+	unsigned nbindings;
+	struct rconn *rc;
+	unsigned nrc;
+	struct accepted_domain *domains;
+	unsigned ndomains;
+};
+
+/* Reads and validates path. On error returns NULL and writes
+ * "FILE:LINE: what is wrong" into err. */
+struct conf *conf_load(const char *path, char *err, size_t errlen);
+void conf_free(struct conf *c);
+
+/* The resolved connector table, as `postern --check` prints it. */
+void conf_print(const struct conf *c, FILE *out);
+
+/* The receive connector a client at sa gets on binding b: the most specific
+ * matching range wins. NULL when none matches. */
+const struct rconn *conf_match(const struct conf *c, unsigned b,
+			       const struct sockaddr *sa,
+			       const struct ip_range **why);
+
+/* Parsers shared with tests and the stats socket. */
+bool conf_parse_range(const char *s, struct ip_range *r);
+bool conf_parse_binding(const char *s, struct binding *b);
+bool conf_parse_size(const char *s, uint64_t *out);
+bool conf_parse_duration_ms(const char *s, uint64_t *out);
+/* Address of sa as family + value (IPv4-mapped IPv6 counts as IPv4). */
+bool conf_sockaddr_value(const struct sockaddr *sa, int *family, u128 *v);
+
+#endif

@@ -1,0 +1,153 @@
+/* postern: command line, startup, signals. The only file with process-wide
+ * state: the loaded configuration, the message store and the workers. */
+#include <errno.h>
+#include <getopt.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#include "config.h"
+#include "listener.h"
+#include "log.h"
+#include "msgstore.h"
+#include "worker.h"
+
+#define POSTERN_VERSION "0.1.0"
+
+static void usage(FILE *out)
+{
+	fprintf(out,
+		"usage: postern -c FILE [--check]\n"
+		"  -c, --config FILE  configuration file (libconfig syntax)\n"
+		"      --check        validate FILE, print the resolved connectors, exit\n"
+		"  -V, --version      print the version\n");
+}
+
+int main(int argc, char **argv)
+{
+	static const struct option opts[] = {
+		{"config", required_argument, NULL, 'c'},
+		{"check", no_argument, NULL, 'k'},
+		{"version", no_argument, NULL, 'V'},
+		{"help", no_argument, NULL, 'h'},
+		{NULL, 0, NULL, 0},
+	};
+	const char *path = NULL;
+	bool check = false;
+	int o;
+	while ((o = getopt_long(argc, argv, "c:Vh", opts, NULL)) != -1) {
+		switch (o) {
+		case 'c':
+			path = optarg;
+			break;
+		case 'k':
+			check = true;
+			break;
+		case 'V':
+			printf("postern %s\n", POSTERN_VERSION);
+			return 0;
+		case 'h':
+			usage(stdout);
+			return 0;
+		default:
+			usage(stderr);
+			return 2;
+		}
+	}
+	if (!path || optind != argc) {
+		usage(stderr);
+		return 2;
+	}
+
+	char err[1024];
+	struct conf *conf = conf_load(path, err, sizeof(err));
+	if (!conf) {
+		fprintf(stderr, "%s\n", err);
+		return 1;
+	}
+	if (check) {
+		conf_print(conf, stdout);
+		conf_free(conf);
+		return 0;
+	}
+	log_set_level((enum log_level)conf->log_level);
+
+	struct msgstore store;
+	if (msgstore_open(&store, conf->spool_dir, err, sizeof(err)) < 0) {
+		fprintf(stderr, "postern: %s\n", err);
+		return 1;
+	}
+
+	/* Signals are taken synchronously by this thread; workers never see them. */
+	sigset_t sigs;
+	sigemptyset(&sigs);
+	sigaddset(&sigs, SIGTERM);
+	sigaddset(&sigs, SIGINT);
+	sigaddset(&sigs, SIGHUP);
+	pthread_sigmask(SIG_BLOCK, &sigs, NULL);
+	signal(SIGPIPE, SIG_IGN);
+
+	unsigned nw = conf->workers;
+	struct worker *workers = calloc(nw, sizeof(*workers));
+	if (!workers) {
+		fprintf(stderr, "postern: out of memory\n");
+		return 1;
+	}
+	for (unsigned i = 0; i < nw; i++) {
+		struct worker *w = &workers[i];
+		w->id = i;
+		w->conf = conf;
+		w->store = &store;
+		w->nlisten = conf->nbindings;
+		w->listen_fds = calloc(conf->nbindings, sizeof(int));
+		for (unsigned b = 0; b < conf->nbindings; b++) {
+			w->listen_fds[b] = listener_open(&conf->bindings[b], err, sizeof(err));
+			if (w->listen_fds[b] < 0) {
+				fprintf(stderr, "postern: %s\n", err);
+				return 1;
+			}
+		}
+	}
+	for (unsigned i = 0; i < nw; i++) {
+		if (worker_start(&workers[i]) < 0) {
+			fprintf(stderr, "postern: worker %u: %s\n", i, workers[i].err);
+			return 1;
+		}
+	}
+	char bl[512] = "";
+	for (unsigned b = 0; b < conf->nbindings; b++) {
+		size_t n = strlen(bl);
+		snprintf(bl + n, sizeof(bl) - n, "%s%s", b ? "," : "", conf->bindings[b].text);
+	}
+	log_msg(LOG_INFO, "event=start version=%s workers=%u bindings=%s connectors=%u spool=%s",
+		POSTERN_VERSION, nw, bl, conf->nrc, conf->spool_dir);
+
+	for (;;) {
+		int sig = sigwaitinfo(&sigs, NULL);
+		if (sig < 0) {
+			if (errno == EINTR)
+				continue;
+			break;
+		}
+		if (sig == SIGHUP) {
+			log_msg(LOG_WARN, "event=reload status=unsupported note=\"configuration reload is not implemented yet; restart to apply changes\"");
+			continue;
+		}
+		log_msg(LOG_INFO, "event=stop signal=%s grace_ms=%llu", sig == SIGTERM ? "TERM" : "INT",
+			(unsigned long long)conf->shutdown_grace_ms);
+		break;
+	}
+	for (unsigned i = 0; i < nw; i++)
+		worker_request_stop(&workers[i]);
+	for (unsigned i = 0; i < nw; i++) {
+		worker_join(&workers[i]);
+		free(workers[i].listen_fds);
+	}
+	free(workers);
+	msgstore_close(&store);
+	conf_free(conf);
+	log_msg(LOG_INFO, "event=exit status=0");
+	return 0;
+}

@@ -1,0 +1,51 @@
+/* The engine's I/O interface: submit accept/recv/send/fsync/timeout/cancel,
+ * reap completions. io_uring today; kept small so an epoll backend can be
+ * added without touching session or store code. Every operation carries a
+ * 64-bit tag packing op | slot | generation. */
+#ifndef POSTERN_RING_H
+#define POSTERN_RING_H
+
+#include <liburing.h>
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+enum ring_op {
+	OP_ACCEPT = 1, /* slot = listener index */
+	OP_RECV,       /* slot/gen = connection */
+	OP_SEND,
+	OP_FSYNC,      /* message file of a connection */
+	OP_DIRSYNC,    /* spool directory, one per batch */
+	OP_TICK,       /* periodic timer */
+	OP_CANCEL,     /* result of a cancel request: ignored */
+};
+
+static inline uint64_t ring_tag(unsigned op, uint32_t slot, uint32_t gen)
+{
+	return (uint64_t)op << 56 | (uint64_t)(slot & 0xffffff) << 32 | gen;
+}
+static inline unsigned ring_tag_op(uint64_t t) { return (unsigned)(t >> 56); }
+static inline uint32_t ring_tag_slot(uint64_t t) { return (uint32_t)(t >> 32) & 0xffffff; }
+static inline uint32_t ring_tag_gen(uint64_t t) { return (uint32_t)t; }
+
+struct ring {
+	struct io_uring uring;
+	bool defer_taskrun;   /* kernel took SINGLE_ISSUER|DEFER_TASKRUN */
+};
+
+/* Must be called on the thread that will submit (SINGLE_ISSUER). Falls back
+ * to plainer setups on older kernels; err says why when it fails. */
+int ring_init(struct ring *r, unsigned entries, char *err, size_t errlen);
+void ring_exit(struct ring *r);
+
+void ring_accept_multishot(struct ring *r, int fd, uint64_t tag);
+void ring_recv_multishot(struct ring *r, int fd, uint16_t bgid, uint64_t tag);
+void ring_send(struct ring *r, int fd, const void *buf, size_t len, uint64_t tag);
+void ring_fsync(struct ring *r, int fd, bool datasync, uint64_t tag);
+void ring_timeout(struct ring *r, struct __kernel_timespec *ts, uint64_t tag);
+void ring_cancel(struct ring *r, uint64_t target);
+
+/* Submits what is queued and waits for at least one completion. */
+int ring_submit_wait(struct ring *r);
+
+#endif

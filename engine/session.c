@@ -1,0 +1,419 @@
+/* Session glue: drives one connection's SMTP state machine (proto/) from
+ * ring completions, writes accepted messages to the store and sends 250 only
+ * once the message is durable. Owns no policy: that is proto/ and relay.c. */
+#include <arpa/inet.h>
+#include <errno.h>
+#include <netinet/in.h>
+#include <netinet/tcp.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/socket.h>
+#include <time.h>
+#include <unistd.h>
+
+#include "log.h"
+#include "worker.h"
+
+/* Input backlog (pipelined commands or the next message while one is being
+ * stored) above which we stop reading from the socket. */
+#define IN_PAUSE (256 * 1024)
+#define IN_MIN_CAP 4096
+
+static uint64_t conn_tag(unsigned op, const struct conn *c)
+{
+	return ring_tag(op, c->slot, c->gen);
+}
+
+static void arm_recv(struct worker *w, struct conn *c)
+{
+	if (c->recv_armed || c->closing || c->read_eof)
+		return;
+	c->recv_armed = true;
+	c->recv_paused = false;
+	c->inflight++;
+	ring_recv_multishot(&w->ring, c->fd, w->br.bgid, conn_tag(OP_RECV, c));
+}
+
+static void process(struct worker *w, struct conn *c);
+
+static void peer_text(const struct sockaddr_storage *ss, char *buf, size_t cap)
+{
+	if (ss->ss_family == AF_INET) {
+		inet_ntop(AF_INET, &((const struct sockaddr_in *)ss)->sin_addr, buf,
+			  (socklen_t)cap);
+		return;
+	}
+	const struct sockaddr_in6 *s6 = (const struct sockaddr_in6 *)ss;
+	if (IN6_IS_ADDR_V4MAPPED(&s6->sin6_addr))
+		inet_ntop(AF_INET, &s6->sin6_addr.s6_addr[12], buf, (socklen_t)cap);
+	else
+		inet_ntop(AF_INET6, &s6->sin6_addr, buf, (socklen_t)cap);
+}
+
+/* Refusal before any session exists: one best-effort line, then close. */
+static void refuse(int fd, const char *line)
+{
+	char buf[256];
+	int n = snprintf(buf, sizeof(buf), "%s\r\n", line);
+	ssize_t r = send(fd, buf, (size_t)n, MSG_DONTWAIT | MSG_NOSIGNAL);
+	(void)r;
+	close(fd);
+}
+
+void session_accept(struct worker *w, unsigned binding, int fd)
+{
+	struct sockaddr_storage ss;
+	socklen_t sl = sizeof(ss);
+	char ip[64] = "unknown";
+	if (w->stopping) {
+		refuse(fd, R_SHUTTING_DOWN);
+		return;
+	}
+	if (getpeername(fd, (struct sockaddr *)&ss, &sl) < 0) {
+		close(fd);
+		return;
+	}
+	peer_text(&ss, ip, sizeof(ip));
+	const struct ip_range *why = NULL;
+	const struct rconn *rc = conf_match(w->conf, binding, (struct sockaddr *)&ss, &why);
+	if (!rc) {
+		w->stats.refused++;
+		log_msg(LOG_WARN, "event=refuse client=%s binding=%s reason=no_connector",
+			ip, w->conf->bindings[binding].text);
+		refuse(fd, "554 5.7.1 No receive connector accepts connections from this address");
+		return;
+	}
+	struct conn *c = worker_conn_alloc(w);
+	if (!c) {
+		w->stats.refused++;
+		log_msg(LOG_WARN, "event=refuse client=%s reason=worker_full", ip);
+		refuse(fd, R_CONN_LIMIT);
+		return;
+	}
+	int one = 1;
+	setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one));
+	c->fd = fd;
+	c->rc = rc;
+	c->binding = binding;
+	c->started_ms = c->active_ms = w->now_ms;
+	snprintf(c->peer, sizeof(c->peer), "%s", ip);
+	msgfile_init(&c->msg);
+	smtp_server_init(&c->smtp, &rc->smtp, ip, c->out, sizeof(c->out));
+	w->stats.connections++;
+	if (log_enabled(LOG_DEBUG)) {
+		char q[160];
+		log_msg(LOG_DEBUG, "event=connect client=%s connector=%s range=%s worker=%u",
+			ip, log_quote(q, sizeof(q), rc->name), why ? why->text : "-", w->id);
+	}
+	process(w, c); /* sends the banner */
+	arm_recv(w, c);
+}
+
+static void maybe_free(struct worker *w, struct conn *c)
+{
+	if (!c->closing || c->inflight)
+		return;
+	if (log_enabled(LOG_DEBUG))
+		log_msg(LOG_DEBUG, "event=disconnect client=%s messages=%llu worker=%u",
+			c->peer, (unsigned long long)c->smtp.messages, w->id);
+	msgfile_discard(w->store, &c->msg);
+	smtp_server_free(&c->smtp);
+	close(c->fd);
+	free(c->in);
+	worker_conn_release(w, c);
+}
+
+void session_close(struct worker *w, struct conn *c)
+{
+	if (!c->closing) {
+		c->closing = true;
+		/* Wakes every operation still pending on the socket. */
+		shutdown(c->fd, SHUT_RDWR);
+		if (c->recv_armed)
+			ring_cancel(&w->ring, conn_tag(OP_RECV, c));
+	}
+	maybe_free(w, c);
+}
+
+static void flush_out(struct worker *w, struct conn *c)
+{
+	if (c->sending || c->closing || c->smtp.out.len == 0)
+		return;
+	c->sending = true;
+	c->sent = 0;
+	c->inflight++;
+	ring_send(&w->ring, c->fd, c->smtp.out.p, c->smtp.out.len, conn_tag(OP_SEND, c));
+}
+
+static void message_begin(struct worker *w, struct conn *c)
+{
+	char id[32], hdr[1024];
+	worker_next_msgid(w, id, sizeof(id));
+	msgfile_create(w->store, &c->msg, id);
+	msgfile_envelope(&c->msg, &c->smtp.env, c->rc->name, c->peer, c->smtp.helo,
+			 (int64_t)time(NULL));
+	size_t n = smtp_server_begin_message(&c->smtp, id, (int64_t)time(NULL), hdr,
+					     sizeof(hdr));
+	msgfile_append(&c->msg, hdr, n);
+}
+
+static bool storage_full(int err)
+{
+	return err == ENOSPC || err == EDQUOT;
+}
+
+static void message_end(struct worker *w, struct conn *c)
+{
+	int err = c->msg.fd < 0 ? (c->msg.err ? c->msg.err : EIO) : msgfile_flush(&c->msg);
+	if (err) {
+		log_msg(LOG_ERROR, "event=store_error id=%s client=%s error=\"%s\"",
+			c->msg.id, c->peer, strerror(err));
+		msgfile_discard(w->store, &c->msg);
+		smtp_server_stored(&c->smtp, false, storage_full(err));
+		return;
+	}
+	c->storing = true;
+	c->inflight++;
+	w->stats.fsyncs++;
+	ring_fsync(&w->ring, c->msg.fd, true, conn_tag(OP_FSYNC, c));
+}
+
+static void log_received(struct worker *w, struct conn *c)
+{
+	char q1[160], q2[600], q3[600];
+	const struct smtp_envelope *e = &c->smtp.env;
+	char from[300];
+	snprintf(from, sizeof(from), "<%s>", e->from);
+	char to[300];
+	snprintf(to, sizeof(to), "<%s>", e->nrcpt ? e->rcpt[0].addr : "");
+	log_msg(LOG_INFO,
+		"event=receive id=%s from=%s to=%s nrcpt=%u connector=%s client=%s size=%llu worker=%u",
+		c->msg.id, log_quote(q2, sizeof(q2), from), log_quote(q3, sizeof(q3), to),
+		e->nrcpt, log_quote(q1, sizeof(q1), c->rc->name), c->peer,
+		(unsigned long long)c->msg.size, w->id);
+}
+
+/* Runs the state machine over buffered input until it needs more input,
+ * must wait (send or store in progress), or ends the session. */
+static void process(struct worker *w, struct conn *c)
+{
+	if (c->closing || c->sending)
+		return;
+	if (c->store_result != STORE_NONE) {
+		smtp_server_stored(&c->smtp, c->store_result == STORE_OK,
+				   c->store_result == STORE_FULL);
+		c->store_result = STORE_NONE;
+	}
+	if (w->stopping && !c->drained) {
+		c->drained = true;
+		smtp_server_drain(&c->smtp);
+	}
+	bool again = true;
+	while (again) {
+		struct smtp_event ev;
+		size_t n = smtp_server_feed(&c->smtp, c->in + c->in_off,
+					    c->in_len - c->in_off, &ev);
+		c->in_off += n;
+		switch (ev.type) {
+		case SMTP_EV_DATA_BEGIN:
+			message_begin(w, c);
+			break;
+		case SMTP_EV_DATA_CHUNK:
+			msgfile_append(&c->msg, ev.data, ev.len);
+			break;
+		case SMTP_EV_DATA_REJECT:
+			w->stats.rejected++;
+			msgfile_discard(w->store, &c->msg);
+			break;
+		case SMTP_EV_DATA_END:
+			message_end(w, c);
+			break;
+		case SMTP_EV_CLOSE:
+			c->close_after_send = true;
+			again = false;
+			break;
+		case SMTP_EV_NEED_INPUT:
+		case SMTP_EV_FLUSH:
+		case SMTP_EV_WAIT:
+			again = false;
+			break;
+		}
+	}
+	size_t left = c->in_len - c->in_off;
+	if (left == 0) {
+		c->in_off = c->in_len = 0;
+		if (c->in_cap > IN_MIN_CAP) {
+			/* An idle connection keeps no input buffer. */
+			free(c->in);
+			c->in = NULL;
+			c->in_cap = 0;
+		}
+	} else if (c->in_off > c->in_cap / 2) {
+		memmove(c->in, c->in + c->in_off, left);
+		c->in_off = 0;
+		c->in_len = left;
+	}
+	if (c->smtp.out.len) {
+		flush_out(w, c);
+		return;
+	}
+	if (c->close_after_send || (c->read_eof && !c->storing)) {
+		session_close(w, c);
+		return;
+	}
+	if (c->recv_paused && left < IN_PAUSE / 2)
+		arm_recv(w, c);
+}
+
+static bool in_append(struct conn *c, const char *p, size_t n)
+{
+	if (c->in_len + n > c->in_cap) {
+		size_t cap = c->in_cap ? c->in_cap : IN_MIN_CAP;
+		while (cap < c->in_len + n)
+			cap *= 2;
+		char *b = realloc(c->in, cap);
+		if (!b)
+			return false;
+		c->in = b;
+		c->in_cap = cap;
+	}
+	memcpy(c->in + c->in_len, p, n);
+	c->in_len += n;
+	return true;
+}
+
+void session_on_recv(struct worker *w, struct conn *c, int res, unsigned flags)
+{
+	if (!(flags & IORING_CQE_F_MORE)) {
+		c->recv_armed = false;
+		c->inflight--;
+	}
+	if (flags & IORING_CQE_F_BUFFER) {
+		unsigned bid = flags >> IORING_CQE_BUFFER_SHIFT;
+		bool ok = res <= 0 || c->closing ||
+			  in_append(c, bufring_buf(&w->br, bid), (size_t)res);
+		bufring_recycle(&w->br, bid);
+		if (!ok) {
+			session_close(w, c);
+			return;
+		}
+	}
+	if (c->closing) {
+		maybe_free(w, c);
+		return;
+	}
+	if (res > 0) {
+		c->active_ms = w->now_ms;
+		w->stats.bytes += (uint64_t)res;
+	} else if (res == 0) {
+		c->read_eof = true;
+	} else if (res != -ENOBUFS && res != -ECANCELED) {
+		session_close(w, c);
+		return;
+	}
+	process(w, c);
+	if (c->closing)
+		return;
+	if (c->in_len - c->in_off >= IN_PAUSE) {
+		if (c->recv_armed && !c->recv_paused) {
+			c->recv_paused = true;
+			ring_cancel(&w->ring, conn_tag(OP_RECV, c));
+		}
+		return;
+	}
+	if (!c->recv_armed && !c->recv_paused)
+		arm_recv(w, c);
+}
+
+void session_on_send(struct worker *w, struct conn *c, int res)
+{
+	c->inflight--;
+	if (c->closing) {
+		maybe_free(w, c);
+		return;
+	}
+	if (res <= 0) {
+		session_close(w, c);
+		return;
+	}
+	c->sent += (size_t)res;
+	if (c->sent < c->smtp.out.len) {
+		c->inflight++;
+		ring_send(&w->ring, c->fd, c->smtp.out.p + c->sent,
+			  c->smtp.out.len - c->sent, conn_tag(OP_SEND, c));
+		return;
+	}
+	smtp_server_sent(&c->smtp);
+	c->sending = false;
+	process(w, c);
+}
+
+void session_on_fsync(struct worker *w, struct conn *c, int res)
+{
+	c->inflight--;
+	if (c->closing) {
+		/* The client is gone and never saw 250: drop the message. */
+		msgfile_discard(w->store, &c->msg);
+		maybe_free(w, c);
+		return;
+	}
+	int err = res < 0 ? -res : msgfile_publish(w->store, &c->msg);
+	if (err) {
+		log_msg(LOG_ERROR, "event=store_error id=%s client=%s error=\"%s\"",
+			c->msg.id, c->peer, strerror(err));
+		msgfile_discard(w->store, &c->msg);
+		c->storing = false;
+		c->store_result = storage_full(err) ? STORE_FULL : STORE_FAILED;
+		process(w, c);
+		return;
+	}
+	worker_dirsync_add(w, c);
+}
+
+void session_on_stored(struct worker *w, struct conn *c, bool ok)
+{
+	c->storing = false;
+	if (ok) {
+		w->stats.messages++;
+		log_received(w, c);
+	}
+	c->store_result = ok ? STORE_OK : STORE_FAILED;
+	if (c->closing) {
+		maybe_free(w, c);
+		return;
+	}
+	process(w, c);
+}
+
+void session_tick(struct worker *w, struct conn *c)
+{
+	if (c->closing)
+		return;
+	if (w->stopping) {
+		if (w->now_ms >= w->stop_deadline_ms) {
+			session_close(w, c);
+			return;
+		}
+		process(w, c);
+		return;
+	}
+	if (c->storing)
+		return; /* waiting on our disk is not the client's fault */
+	const struct rconn *rc = c->rc;
+	bool idle = rc->connection_inactivity_timeout_ms &&
+		    w->now_ms - c->active_ms >= rc->connection_inactivity_timeout_ms;
+	bool old = rc->connection_timeout_ms &&
+		   w->now_ms - c->started_ms >= rc->connection_timeout_ms;
+	if (!idle && !old)
+		return;
+	log_msg(LOG_INFO, "event=timeout client=%s kind=%s", c->peer,
+		idle ? "inactivity" : "connection");
+	if (c->sending) {
+		session_close(w, c); /* the client does not even read */
+		return;
+	}
+	smtp_server_abort(&c->smtp, R_TIMEOUT);
+	c->close_after_send = true;
+	flush_out(w, c);
+}

@@ -1,0 +1,333 @@
+/* Worker thread (see worker.h): ring setup, the completion loop, connection
+ * slots with generations, the directory-fsync batch and the periodic tick
+ * (timeouts, graceful stop). */
+#include "worker.h"
+
+#include <errno.h>
+#include <sched.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/time.h>
+#include <time.h>
+#include <unistd.h>
+
+#include "log.h"
+
+#define RING_ENTRIES 4096
+#define MAX_CONNS_PER_WORKER 65536
+#define BUF_COUNT 512           /* provided receive buffers per worker */
+#define BUF_SIZE (16 * 1024)
+#define TICK_MS 250
+
+uint64_t worker_clock_ms(void)
+{
+	struct timespec ts;
+	clock_gettime(CLOCK_MONOTONIC, &ts);
+	return (uint64_t)ts.tv_sec * 1000 + (uint64_t)ts.tv_nsec / 1000000;
+}
+
+static uint64_t wall_ms(void)
+{
+	struct timeval tv;
+	gettimeofday(&tv, NULL);
+	return (uint64_t)tv.tv_sec * 1000 + (uint64_t)tv.tv_usec / 1000;
+}
+
+/* Ids: time of the run in ms, the worker, a counter. Unique across workers
+ * and restarts; sortable by arrival within a run. */
+void worker_next_msgid(struct worker *w, char *buf, size_t cap)
+{
+	if (w->id_counter > 0xffffff) {
+		uint64_t now = wall_ms();
+		w->id_base_ms = now > w->id_base_ms ? now : w->id_base_ms + 1;
+		w->id_counter = 0;
+	}
+	snprintf(buf, cap, "%011llX%02X%06X", (unsigned long long)w->id_base_ms,
+		 w->id & 0xff, w->id_counter++);
+}
+
+struct conn *worker_conn_alloc(struct worker *w)
+{
+	if (w->nfree == 0)
+		return NULL;
+	struct conn *c = calloc(1, sizeof(*c));
+	if (!c)
+		return NULL;
+	uint32_t slot = w->free_slots[--w->nfree];
+	if (slot + 1 > w->high_water)
+		w->high_water = slot + 1;
+	c->slot = slot;
+	c->gen = ++w->gens[slot];
+	c->fd = -1;
+	w->slots[slot] = c;
+	w->nconns++;
+	return c;
+}
+
+void worker_conn_release(struct worker *w, struct conn *c)
+{
+	w->slots[c->slot] = NULL;
+	w->free_slots[w->nfree++] = c->slot;
+	w->nconns--;
+	free(c);
+}
+
+static struct conn *lookup(struct worker *w, uint64_t tag)
+{
+	uint32_t slot = ring_tag_slot(tag);
+	if (slot >= w->nslots)
+		return NULL;
+	struct conn *c = w->slots[slot];
+	return c && c->gen == ring_tag_gen(tag) ? c : NULL;
+}
+
+static bool push_ref(struct slotref **v, uint32_t *n, uint32_t *cap, struct slotref r)
+{
+	if (*n == *cap) {
+		uint32_t nc = *cap ? *cap * 2 : 64;
+		struct slotref *nv = realloc(*v, nc * sizeof(*nv));
+		if (!nv)
+			return false;
+		*v = nv;
+		*cap = nc;
+	}
+	(*v)[(*n)++] = r;
+	return true;
+}
+
+static void dirsync_start(struct worker *w)
+{
+	struct slotref *t = w->dirsync_batch;
+	uint32_t tc = w->batch_cap;
+	w->dirsync_batch = w->dirsync_pending;
+	w->batch_cap = w->pending_cap;
+	w->nbatch = w->npending;
+	w->dirsync_pending = t;
+	w->pending_cap = tc;
+	w->npending = 0;
+	w->dirsync_inflight = true;
+	w->stats.dirsyncs++;
+	ring_fsync(&w->ring, w->store->dirfd, false, ring_tag(OP_DIRSYNC, 0, 0));
+}
+
+/* A renamed message becomes durable with the next directory fsync; one
+ * fsync covers every rename before it (group commit of the directory). */
+void worker_dirsync_add(struct worker *w, struct conn *c)
+{
+	c->inflight++;
+	if (!push_ref(&w->dirsync_pending, &w->npending, &w->pending_cap,
+		      (struct slotref){c->slot, c->gen})) {
+		c->inflight--;
+		session_on_stored(w, c, false);
+		return;
+	}
+	if (!w->dirsync_inflight)
+		dirsync_start(w);
+}
+
+static void on_dirsync(struct worker *w, int res)
+{
+	if (res < 0)
+		log_msg(LOG_ERROR, "event=store_error op=dirsync error=\"%s\"", strerror(-res));
+	uint32_t n = w->nbatch;
+	w->nbatch = 0;
+	w->dirsync_inflight = false;
+	for (uint32_t i = 0; i < n; i++) {
+		struct slotref r = w->dirsync_batch[i];
+		struct conn *c = r.slot < w->nslots ? w->slots[r.slot] : NULL;
+		if (!c || c->gen != r.gen)
+			continue;
+		c->inflight--;
+		session_on_stored(w, c, res >= 0);
+	}
+	if (w->npending && !w->dirsync_inflight)
+		dirsync_start(w);
+}
+
+static void arm_accept(struct worker *w, unsigned b)
+{
+	ring_accept_multishot(&w->ring, w->listen_fds[b], ring_tag(OP_ACCEPT, b, 0));
+}
+
+static void arm_tick(struct worker *w)
+{
+	w->tick.tv_sec = 0;
+	w->tick.tv_nsec = TICK_MS * 1000000LL;
+	ring_timeout(&w->ring, &w->tick, ring_tag(OP_TICK, 0, 0));
+}
+
+static void begin_stop(struct worker *w)
+{
+	w->stopping = true;
+	w->stop_deadline_ms = w->now_ms + w->conf->shutdown_grace_ms;
+	for (unsigned b = 0; b < w->nlisten; b++) {
+		if (w->listen_fds[b] < 0)
+			continue;
+		ring_cancel(&w->ring, ring_tag(OP_ACCEPT, b, 0));
+		close(w->listen_fds[b]);
+		w->listen_fds[b] = -1;
+	}
+}
+
+static void on_tick(struct worker *w)
+{
+	if (!w->stopping && atomic_load(&w->stop_requested))
+		begin_stop(w);
+	for (uint32_t i = 0; i < w->high_water; i++)
+		if (w->slots[i])
+			session_tick(w, w->slots[i]);
+	arm_tick(w);
+}
+
+static void dispatch(struct worker *w, struct io_uring_cqe *cqe)
+{
+	uint64_t tag = io_uring_cqe_get_data64(cqe);
+	struct conn *c;
+	switch (ring_tag_op(tag)) {
+	case OP_ACCEPT: {
+		unsigned b = ring_tag_slot(tag);
+		if (cqe->res >= 0)
+			session_accept(w, b, cqe->res);
+		else if (cqe->res != -ECANCELED && cqe->res != -EBADF)
+			log_msg(LOG_WARN, "event=accept_error error=\"%s\"", strerror(-cqe->res));
+		if (!(cqe->flags & IORING_CQE_F_MORE) && !w->stopping && w->listen_fds[b] >= 0)
+			arm_accept(w, b);
+		break;
+	}
+	case OP_RECV:
+		if ((c = lookup(w, tag)))
+			session_on_recv(w, c, cqe->res, cqe->flags);
+		else if (cqe->flags & IORING_CQE_F_BUFFER)
+			bufring_recycle(&w->br, cqe->flags >> IORING_CQE_BUFFER_SHIFT);
+		break;
+	case OP_SEND:
+		if ((c = lookup(w, tag)))
+			session_on_send(w, c, cqe->res);
+		break;
+	case OP_FSYNC:
+		if ((c = lookup(w, tag)))
+			session_on_fsync(w, c, cqe->res);
+		break;
+	case OP_DIRSYNC:
+		on_dirsync(w, cqe->res);
+		break;
+	case OP_TICK:
+		on_tick(w);
+		break;
+	default:
+		break;
+	}
+}
+
+static void pin(struct worker *w)
+{
+	long n = sysconf(_SC_NPROCESSORS_ONLN);
+	if (n <= 0)
+		return;
+	cpu_set_t set;
+	CPU_ZERO(&set);
+	CPU_SET(w->id % (unsigned)n, &set);
+	if (pthread_setaffinity_np(pthread_self(), sizeof(set), &set) != 0)
+		log_msg(LOG_WARN, "event=pin_failed worker=%u", w->id);
+}
+
+static int setup(struct worker *w)
+{
+	if (ring_init(&w->ring, RING_ENTRIES, w->err, sizeof(w->err)) < 0)
+		return -1;
+	int ret = bufring_init(&w->br, &w->ring.uring, 0, BUF_COUNT, BUF_SIZE);
+	if (ret < 0) {
+		snprintf(w->err, sizeof(w->err),
+			 "io_uring provided buffer ring unavailable (%s)", strerror(-ret));
+		return -1;
+	}
+	w->nslots = MAX_CONNS_PER_WORKER;
+	w->slots = calloc(w->nslots, sizeof(*w->slots));
+	w->gens = calloc(w->nslots, sizeof(*w->gens));
+	w->free_slots = calloc(w->nslots, sizeof(*w->free_slots));
+	if (!w->slots || !w->gens || !w->free_slots) {
+		snprintf(w->err, sizeof(w->err), "out of memory");
+		return -1;
+	}
+	/* Hand out low slots first so the tick scan stays short. */
+	for (uint32_t i = 0; i < w->nslots; i++)
+		w->free_slots[i] = w->nslots - 1 - i;
+	w->nfree = w->nslots;
+	w->id_base_ms = wall_ms();
+	w->now_ms = worker_clock_ms();
+	for (unsigned b = 0; b < w->nlisten; b++)
+		arm_accept(w, b);
+	arm_tick(w);
+	return 0;
+}
+
+static void *worker_main(void *arg)
+{
+	struct worker *w = arg;
+	pin(w);
+	if (setup(w) < 0) {
+		atomic_store(&w->state, -1);
+		return NULL;
+	}
+	atomic_store(&w->state, 1);
+	for (;;) {
+		int ret = ring_submit_wait(&w->ring);
+		if (ret < 0 && ret != -ETIME && ret != -EBUSY) {
+			log_msg(LOG_ERROR, "event=ring_error worker=%u error=\"%s\"", w->id,
+				strerror(-ret));
+			break;
+		}
+		w->now_ms = worker_clock_ms();
+		struct io_uring_cqe *cqe;
+		unsigned head, seen = 0;
+		io_uring_for_each_cqe(&w->ring.uring, head, cqe) {
+			dispatch(w, cqe);
+			seen++;
+		}
+		io_uring_cq_advance(&w->ring.uring, seen);
+		if (w->stopping && w->nconns == 0 && !w->dirsync_inflight)
+			break;
+	}
+	log_msg(LOG_INFO,
+		"event=worker_exit worker=%u connections=%llu messages=%llu rejected=%llu fsyncs=%llu dirsyncs=%llu",
+		w->id, (unsigned long long)w->stats.connections,
+		(unsigned long long)w->stats.messages, (unsigned long long)w->stats.rejected,
+		(unsigned long long)w->stats.fsyncs, (unsigned long long)w->stats.dirsyncs);
+	bufring_free(&w->br, &w->ring.uring);
+	ring_exit(&w->ring);
+	atomic_store(&w->state, 2);
+	return NULL;
+}
+
+int worker_start(struct worker *w)
+{
+	atomic_store(&w->state, 0);
+	atomic_store(&w->stop_requested, false);
+	int ret = pthread_create(&w->thread, NULL, worker_main, w);
+	if (ret) {
+		snprintf(w->err, sizeof(w->err), "pthread_create: %s", strerror(ret));
+		return -1;
+	}
+	while (atomic_load(&w->state) == 0)
+		usleep(1000);
+	return atomic_load(&w->state) == 1 ? 0 : -1;
+}
+
+void worker_request_stop(struct worker *w)
+{
+	atomic_store(&w->stop_requested, true);
+}
+
+void worker_join(struct worker *w)
+{
+	pthread_join(w->thread, NULL);
+	for (unsigned b = 0; b < w->nlisten; b++)
+		if (w->listen_fds[b] >= 0)
+			close(w->listen_fds[b]);
+	free(w->slots);
+	free(w->gens);
+	free(w->free_slots);
+	free(w->dirsync_pending);
+	free(w->dirsync_batch);
+}

@@ -1,0 +1,118 @@
+/* A worker: one pinned thread, one ring, its own listening sockets and its
+ * own connections. Workers share nothing mutable; main talks to them only
+ * through the stop flag. */
+#ifndef POSTERN_WORKER_H
+#define POSTERN_WORKER_H
+
+#include <pthread.h>
+#include <stdatomic.h>
+#include <stdbool.h>
+#include <stdint.h>
+
+#include "bufring.h"
+#include "config.h"
+#include "msgstore.h"
+#include "ring.h"
+#include "smtp_server.h"
+
+#define CONN_OUT_BUF 2048
+
+struct conn {
+	uint32_t slot;
+	uint32_t gen;
+	int fd;
+	unsigned inflight;        /* ring operations not yet completed */
+	bool recv_armed;
+	bool recv_paused;         /* input backlog: recv cancelled until drained */
+	bool read_eof;            /* client closed its side */
+	bool sending;
+	bool closing;             /* shut down; freed when inflight reaches 0 */
+	bool close_after_send;
+	bool storing;             /* message durability in progress */
+	bool drained;
+	int store_result;         /* STORE_* once storing finished */
+	const struct rconn *rc;
+	unsigned binding;
+	uint64_t started_ms;
+	uint64_t active_ms;
+	size_t sent;              /* bytes of smtp.out handed to the socket */
+	char *in;                 /* received, not yet consumed bytes */
+	size_t in_off, in_len, in_cap;
+	struct msgfile msg;
+	struct smtp_server smtp;
+	char peer[64];
+	char out[CONN_OUT_BUF];
+};
+
+enum { STORE_NONE, STORE_OK, STORE_FULL, STORE_FAILED };
+
+struct slotref {
+	uint32_t slot;
+	uint32_t gen;
+};
+
+struct worker_stats {
+	uint64_t connections;
+	uint64_t refused;         /* no connector / no slot */
+	uint64_t messages;
+	uint64_t rejected;        /* DATA refused */
+	uint64_t bytes;
+	uint64_t fsyncs;
+	uint64_t dirsyncs;
+};
+
+struct worker {
+	unsigned id;
+	pthread_t thread;
+	const struct conf *conf;
+	const struct msgstore *store;
+	int *listen_fds;          /* one per binding, owned */
+	unsigned nlisten;
+	struct ring ring;
+	struct bufring br;
+	struct conn **slots;
+	uint32_t *gens;
+	uint32_t *free_slots;
+	uint32_t nfree;
+	uint32_t nslots;
+	uint32_t high_water;      /* slots below this were ever used */
+	unsigned nconns;
+	struct slotref *dirsync_pending;
+	uint32_t npending, pending_cap;
+	struct slotref *dirsync_batch;
+	uint32_t nbatch, batch_cap;
+	bool dirsync_inflight;
+	bool stopping;
+	uint64_t stop_deadline_ms;
+	uint64_t now_ms;          /* monotonic, refreshed per completion batch */
+	uint64_t id_base_ms;
+	uint32_t id_counter;
+	struct __kernel_timespec tick;
+	struct worker_stats stats;
+	atomic_bool stop_requested;
+	atomic_int state;         /* 0 starting, 1 running, -1 failed, 2 exited */
+	char err[256];
+};
+
+int worker_start(struct worker *w);
+void worker_request_stop(struct worker *w);
+void worker_join(struct worker *w);
+
+uint64_t worker_clock_ms(void);
+
+/* session.c: the connection side of a worker. */
+void session_accept(struct worker *w, unsigned binding, int fd);
+void session_on_recv(struct worker *w, struct conn *c, int res, unsigned flags);
+void session_on_send(struct worker *w, struct conn *c, int res);
+void session_on_fsync(struct worker *w, struct conn *c, int res);
+void session_on_stored(struct worker *w, struct conn *c, bool ok);
+void session_tick(struct worker *w, struct conn *c);
+void session_close(struct worker *w, struct conn *c);
+
+/* worker.c helpers used by session.c */
+struct conn *worker_conn_alloc(struct worker *w);
+void worker_conn_release(struct worker *w, struct conn *c);
+void worker_dirsync_add(struct worker *w, struct conn *c);
+void worker_next_msgid(struct worker *w, char *buf, size_t cap);
+
+#endif
