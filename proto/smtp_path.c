@@ -330,7 +330,7 @@ bool smtp_helo_arg_valid(const char *s, size_t len)
 		return false;
 	size_t n = scan_domain(s, len, false, &k);
 	/* A trailing dot is common in the wild (FQDN form) and harmless here. */
-	if (n + 1 == len && s[n] == '.' && k == SMTP_DOMAIN_NAME)
+	if (n > 0 && n + 1 == len && s[n] == '.' && k == SMTP_DOMAIN_NAME)
 		return true;
 	return n == len;
 }
@@ -449,6 +449,7 @@ enum smtp_arg_err smtp_mail_arg_parse(const char *s, size_t len,
 		*err_pos = i + used;
 		return e;
 	}
+	size_t path_at = i;
 	i += used;
 	for (;;) {
 		struct param p;
@@ -458,8 +459,18 @@ enum smtp_arg_err smtp_mail_arg_parse(const char *s, size_t len,
 			*err_pos = i;
 			return e;
 		}
-		if (done)
+		if (done) {
+			/* The look-ahead can match inside a quoted local part;
+			 * without the real parameter, 8-bit paths are refused. */
+			for (size_t k = path_at; utf8 && !out->smtputf8 &&
+						 k < path_at + used; k++) {
+				if ((unsigned char)s[k] >= 0x80) {
+					*err_pos = k;
+					return SMTP_ARG_BAD_PATH;
+				}
+			}
 			return SMTP_ARG_OK;
+		}
 		*err_pos = (size_t)(p.key.p - s);
 		if (key_is(&p, "SIZE")) {
 			if (out->has_size || !p.has_value || p.value.len > 19)

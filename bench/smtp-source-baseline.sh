@@ -1,0 +1,98 @@
+#!/usr/bin/env bash
+# Durable accept rate: Postfix's smtp-source against Postern and against
+# smtp-sink (no disk) on this machine, in the same run, alternating.
+# Prints a Markdown table; with --append also adds it to BENCHMARKS.md.
+# Usage: bench/smtp-source-baseline.sh [--append] [MESSAGES] [ROUNDS]
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+APPEND=0
+if [ "${1:-}" = "--append" ]; then APPEND=1; shift; fi
+MSGS=${1:-20000}
+ROUNDS=${2:-3}
+SESSIONS=100
+SIZE=1024
+BIN=${POSTERN_BIN:-build/postern}
+SRC=/usr/sbin/smtp-source
+SINK=/usr/sbin/smtp-sink
+[ -x "$BIN" ] || { echo "build first: make" >&2; exit 1; }
+[ -x "$SRC" ] && [ -x "$SINK" ] || { echo "needs postfix's smtp-source/smtp-sink: make deps" >&2; exit 1; }
+
+WORK=$(mktemp -d "${TMPDIR:-/var/tmp}/postern-bench.XXXXXX")
+PIDS=()
+cleanup() { for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done; wait 2>/dev/null || true; rm -rf "$WORK"; }
+trap cleanup EXIT
+
+free_port() { /usr/bin/python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
+wait_port() {
+  for _ in $(seq 1 100); do
+    /usr/bin/python3 -c "import socket,sys; socket.create_connection(('127.0.0.1',$1),0.2).close()" 2>/dev/null && return 0
+    sleep 0.1
+  done
+  echo "port $1 never opened" >&2; return 1
+}
+
+SINK_PORT=$(free_port)
+"$SINK" -u nobody 127.0.0.1:"$SINK_PORT" 1000 & PIDS+=($!)
+PORT=$(free_port)
+cat > "$WORK/postern.conf" <<CONF
+server = { hostname = "bench.example"; workers = 0; spool_dir = "$WORK/spool"; log_level = "warn"; };
+accepted_domains = ( { domain = "corp.example"; type = "authoritative"; } );
+receive_connectors = ( { name = "Bench"; bindings = [ "127.0.0.1:$PORT" ];
+  remote_ip_ranges = [ "127.0.0.0/8" ]; permission_groups = [ "anonymous_relay" ]; } );
+CONF
+"$BIN" -c "$WORK/postern.conf" 2>"$WORK/postern.log" & PIDS+=($!)
+wait_port "$SINK_PORT"; wait_port "$PORT"
+
+# rate PORT EXTRA_FLAGS -> messages per second
+rate() {
+  local t0 t1
+  t0=$(date +%s.%N)
+  "$SRC" -s $SESSIONS -m "$MSGS" -l $SIZE $2 -f a@b.example -t x@corp.example 127.0.0.1:"$1" >/dev/null
+  t1=$(date +%s.%N)
+  /usr/bin/python3 -c "print(round($MSGS/($t1-$t0)))"
+}
+median() { printf '%s\n' "$@" | sort -n | awk '{a[NR]=$1} END{print a[int((NR+1)/2)]}'; }
+
+fsync_rate() {
+  /usr/bin/python3 - "$WORK" <<'PY'
+import os, sys, time
+p = os.path.join(sys.argv[1], "fsync.probe")
+fd = os.open(p, os.O_WRONLY | os.O_CREAT, 0o600)
+n, t0 = 0, time.time()
+while time.time() - t0 < 1.0:
+    os.write(fd, b"x" * 512); os.fdatasync(fd); n += 1
+os.close(fd); os.unlink(p)
+print(round(n / (time.time() - t0)))
+PY
+}
+
+declare -A R
+for mode in reconnect reuse; do
+  flags=""; [ $mode = reuse ] && flags="-d"
+  ps=(); ss=()
+  for _ in $(seq 1 "$ROUNDS"); do
+    ps+=("$(rate "$PORT" "$flags")")
+    ss+=("$(rate "$SINK_PORT" "$flags")")
+    rm -f "$WORK"/spool/*.msg
+  done
+  R[$mode.p]=$(median "${ps[@]}"); R[$mode.s]=$(median "${ss[@]}")
+done
+FS=$(fsync_rate)
+
+CPU=$(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | sed 's/^ //')
+TABLE=$(cat <<MD
+
+### smtp-source: Postern vs smtp-sink ($(date -u +%Y-%m-%d))
+- Machine: $CPU, $(nproc) cores, kernel $(uname -r); fdatasync rate of the spool disk measured now: $FS/s
+- Command: \`bench/smtp-source-baseline.sh $MSGS $ROUNDS\` — smtp-source -s $SESSIONS -m $MSGS -l $SIZE, median of $ROUNDS alternating rounds
+- Durability mode: **durable** — every 250 follows fdatasync of the message file, rename, and an fsync of the spool directory (directory fsyncs group-committed per worker). smtp-sink stores nothing.
+
+| scenario | Postern msg/s | smtp-sink msg/s (ceiling) | Postern / sink |
+|---|---:|---:|---:|
+| 1 KiB, 100 sessions, new connection per message | ${R[reconnect.p]} | ${R[reconnect.s]} | $(/usr/bin/python3 -c "print(f'{${R[reconnect.p]}/${R[reconnect.s]}:.2f}')") |
+| 1 KiB, 100 sessions, connection reuse (-d) | ${R[reuse.p]} | ${R[reuse.s]} | $(/usr/bin/python3 -c "print(f'{${R[reuse.p]}/${R[reuse.s]}:.2f}')") |
+MD
+)
+echo "$TABLE"
+if [ $APPEND = 1 ]; then echo "$TABLE" >> BENCHMARKS.md; fi

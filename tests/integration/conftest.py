@@ -1,0 +1,359 @@
+"""Shared helpers for the Postern integration suite.
+
+Every test starts its own build/postern on a free loopback port with a
+configuration written into tmp_path, talks SMTP to it over loopback (clients
+bind distinct 127.0.0.x source addresses to select receive connectors) and
+stops it with SIGTERM, asserting a clean exit.
+
+Environment:
+  POSTERN_BUILD     build directory holding the postern binary
+                    (default /work/main/build)
+  POSTERN_SANITIZE  "1" when the binary is an ASan/UBSan build: timeouts are
+                    stretched and sanitizer reports in stderr fail the test.
+"""
+import os
+import signal
+import socket
+import subprocess
+import time
+
+import pytest
+
+BUILD = os.environ.get("POSTERN_BUILD", "/work/main/build")
+BINARY = os.path.join(BUILD, "postern")
+SANITIZE = os.environ.get("POSTERN_SANITIZE") == "1"
+# Multiplier for every deadline: sanitizer builds are several times slower.
+SLOW = 3.0 if SANITIZE else 1.0
+
+HOSTNAME = "relay.test.example"
+
+# Reply texts, exactly as in proto/smtp_reply.h (DESIGN B.3).
+R_MAIL_OK = "250 2.1.0 Sender OK"
+R_BAD_SENDER = "550 5.1.7 Invalid address"
+R_NOT_AUTHENTICATED = "530 5.7.1 Client was not authenticated"
+R_RCPT_OK = "250 2.1.5 Recipient OK"
+R_BAD_RCPT = "501 5.1.3 Invalid address"
+R_UNABLE_TO_RELAY = "550 5.7.1 Unable to relay"
+R_TOO_MANY_RCPTS = "452 4.5.3 Too many recipients"
+R_START_DATA = "354 Start mail input; end with <CRLF>.<CRLF>"
+R_TOO_BIG = "552 5.3.4 Message size exceeds fixed maximum message size"
+R_BARE_LF = "550 5.6.11 Bare line feed or carriage return not allowed"
+R_DATA_LINE_TOO_LONG = "550 5.6.0 Message line longer than 1000 octets"
+R_BAD_SEQUENCE = "503 5.5.1 Bad sequence of commands"
+R_UNRECOGNIZED = "500 5.3.3 Unrecognized command"
+R_LINE_TOO_LONG = "500 5.5.2 Line too long"
+R_SYNTAX = "501 5.5.4 Syntax error in parameters or arguments"
+R_BAD_DOMAIN = "501 5.5.4 Invalid domain name"
+R_UNKNOWN_PARAM = "555 5.5.4 Unsupported parameter"
+R_SHUTTING_DOWN = "421 4.3.2 Service shutting down, closing transmission channel"
+R_TOO_MANY_ERRORS = ("421 4.7.0 Too many errors on this connection, "
+                     "closing transmission channel")
+R_TIMEOUT = "421 4.4.1 Connection timed out"
+R_QUIT = "221 2.0.0 Service closing transmission channel"
+R_NOOP_OK = "250 2.0.0 OK"
+R_RESET = "250 2.0.0 Resetting"
+R_VRFY = ("252 2.5.0 Cannot VRFY user, but will accept message and attempt "
+          "delivery")
+R_HELP = "214 2.0.0 Commands: HELO EHLO MAIL RCPT DATA RSET NOOP QUIT VRFY HELP"
+R_GREETING = "220 %s Postern ESMTP service ready" % HOSTNAME
+
+ACCEPTED_DOMAINS = """accepted_domains = (
+  { domain = "corp.example"; type = "authoritative"; }
+);
+"""
+
+# The two connectors on one binding that most tests use. {port} is filled in.
+TWO_CONNECTORS = """receive_connectors = (
+  { name = "Default Frontend";
+    bindings = [ "127.0.0.1:{port}" ];
+    remote_ip_ranges = [ "0.0.0.0-255.255.255.255" ];
+    permission_groups = [ "anonymous" ];
+  },
+  { name = "Anonymous Relay";
+    bindings = [ "127.0.0.1:{port}" ];
+    remote_ip_ranges = [ "127.0.0.10", "127.0.0.20-127.0.0.29" ];
+    permission_groups = [ "anonymous_relay" ];
+    max_recipients_per_message = 5;
+    max_message_size = "64KB";
+  }
+);
+"""
+
+SANITIZER_MARKERS = ("ERROR: AddressSanitizer", "ERROR: LeakSanitizer",
+                     "runtime error:")
+
+
+def free_port():
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def wait_until(pred, timeout, interval=0.02, what="condition"):
+    """Polls pred() until it returns a true value; fails after timeout s."""
+    deadline = time.monotonic() + timeout * SLOW
+    while True:
+        v = pred()
+        if v:
+            return v
+        if time.monotonic() >= deadline:
+            raise AssertionError("timed out after %.1fs waiting for %s"
+                                 % (timeout * SLOW, what))
+        time.sleep(interval)
+
+
+def rss_kb(pid):
+    """VmRSS of a process in kB (from /proc/<pid>/status)."""
+    with open("/proc/%d/status" % pid) as f:
+        for line in f:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1])
+    raise AssertionError("no VmRSS for pid %d" % pid)
+
+
+def make_config(spool, connectors, server_extra="", domains=ACCEPTED_DOMAINS):
+    return ("server = {\n"
+            '  hostname = "%s";\n'
+            "  workers = 2;\n"
+            '  spool_dir = "%s";\n'
+            '  shutdown_grace = "10s";\n'
+            "%s"
+            "};\n%s%s" % (HOSTNAME, spool, server_extra, domains, connectors))
+
+
+def check_sanitizer(text):
+    for marker in SANITIZER_MARKERS:
+        assert marker not in text, "sanitizer report in postern stderr:\n" + text
+
+
+class Postern:
+    """One running postern. .port is the first port, .ports all of them."""
+
+    def __init__(self, tmp_path, connectors, nports=1, server_extra="",
+                 domains=ACCEPTED_DOMAINS, name="postern"):
+        self.dir = tmp_path / name
+        self.dir.mkdir()
+        self.spool = self.dir / "spool"
+        self.ports = [free_port() for _ in range(nports)]
+        self.port = self.ports[0]
+        fmt = {"port": self.port}
+        for i, p in enumerate(self.ports):
+            fmt["port%d" % i] = p
+        self.config = self.dir / "postern.conf"
+        text = connectors
+        for key, val in fmt.items():
+            text = text.replace("{%s}" % key, str(val))
+        self.config.write_text(make_config(self.spool, text, server_extra,
+                                           domains))
+        self.stderr_path = self.dir / "stderr.log"
+        self.proc = None
+        self.stopped = False
+
+    def start(self):
+        assert os.access(BINARY, os.X_OK), "no postern binary at " + BINARY
+        self._err = open(self.stderr_path, "wb")
+        self.proc = subprocess.Popen([BINARY, "-c", str(self.config)],
+                                     stdin=subprocess.DEVNULL,
+                                     stdout=self._err, stderr=self._err)
+        for port in self.ports:
+            wait_until(lambda: self._accepts(port), 10,
+                       what="postern to listen on port %d" % port)
+        return self
+
+    def _accepts(self, port):
+        if self.proc.poll() is not None:
+            raise AssertionError("postern exited with %s during startup:\n%s"
+                                 % (self.proc.returncode, self.stderr()))
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=1):
+                return True
+        except OSError:
+            return False
+
+    @property
+    def pid(self):
+        return self.proc.pid
+
+    def stderr(self):
+        try:
+            return self.stderr_path.read_text(errors="replace")
+        except FileNotFoundError:
+            return ""
+
+    def spool_names(self):
+        return sorted(os.listdir(self.spool))
+
+    def messages(self):
+        """Names of the complete messages (<id>.msg) in the spool."""
+        return sorted(n for n in os.listdir(self.spool) if n.endswith(".msg"))
+
+    def read_message(self, msgid):
+        return (self.spool / (msgid + ".msg")).read_bytes()
+
+    def assert_spool_clean(self):
+        """Only complete messages and the lock file: no partial *.tmp."""
+        odd = [n for n in self.spool_names()
+               if not n.endswith(".msg") and n != "postern.lock"]
+        assert odd == [], "unexpected files in the spool: %r" % odd
+
+    def signal(self, sig=signal.SIGTERM):
+        self.proc.send_signal(sig)
+
+    def wait_exit(self, timeout=20):
+        try:
+            return self.proc.wait(timeout=timeout * SLOW)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait()
+            raise AssertionError("postern did not exit within %.0fs of SIGTERM:\n%s"
+                                 % (timeout * SLOW, self.stderr()))
+
+    def stop(self):
+        """SIGTERM; asserts exit 0, no sanitizer report, a clean spool."""
+        if self.stopped:
+            return self.proc.returncode
+        self.stopped = True
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+        rc = self.wait_exit()
+        self._err.close()
+        text = self.stderr()
+        assert rc == 0, "postern exited %s:\n%s" % (rc, text)
+        check_sanitizer(text)
+        self.assert_spool_clean()
+        return rc
+
+    def kill(self):
+        if self.proc and self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait()
+        self.stopped = True
+
+
+@pytest.fixture
+def postern(tmp_path):
+    """Factory: postern(connectors_text, nports=1, server_extra="") starts a
+    server ("{port}", "{port0}", "{port1}"... in the text are filled in) and
+    returns it running. Servers not stopped by the test are stopped (and
+    checked) at teardown."""
+    started = []
+
+    def factory(connectors=TWO_CONNECTORS, **kw):
+        kw.setdefault("name", "postern%d" % len(started))
+        p = Postern(tmp_path, connectors, **kw)
+        started.append(p)
+        return p.start()
+
+    yield factory
+    errors = []
+    for p in started:
+        if p.stopped:
+            continue
+        try:
+            p.stop()
+        except AssertionError as e:
+            errors.append(str(e))
+        finally:
+            p.kill()
+    assert not errors, "\n".join(errors)
+
+
+class RawClient:
+    """A raw SMTP client socket with a reply reader that understands
+    multi-line replies. Every read is bounded by a deadline."""
+
+    def __init__(self, port, source="127.0.0.50", timeout=10, greet=True):
+        self.timeout = timeout * SLOW
+        self.sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        self.sock.bind((source, 0))
+        self.sock.settimeout(self.timeout)
+        self.sock.connect(("127.0.0.1", port))
+        self.buf = b""
+        self.eof = False
+        self.greeting = self.reply() if greet else None
+
+    def send(self, data):
+        if isinstance(data, str):
+            data = data.encode()
+        self.sock.sendall(data)
+
+    def _fill(self, deadline):
+        remaining = deadline - time.monotonic()
+        if remaining <= 0:
+            raise AssertionError("timed out reading from postern; have %r"
+                                 % self.buf[-300:])
+        self.sock.settimeout(remaining)
+        try:
+            chunk = self.sock.recv(65536)
+        except socket.timeout:
+            raise AssertionError("timed out reading from postern; have %r"
+                                 % self.buf[-300:])
+        if not chunk:
+            self.eof = True
+        self.buf += chunk
+        return chunk
+
+    def line(self, timeout=None):
+        """One reply line without CR LF; None at end of stream."""
+        deadline = time.monotonic() + (timeout * SLOW if timeout else self.timeout)
+        while b"\r\n" not in self.buf:
+            if self.eof or not self._fill(deadline):
+                assert self.buf == b"", "partial line before EOF: %r" % self.buf
+                return None
+        line, self.buf = self.buf.split(b"\r\n", 1)
+        return line.decode("latin-1")
+
+    def reply(self, timeout=None):
+        """A complete reply: the list of its lines. A single-line reply is
+        returned as a string. Fails on EOF."""
+        lines = []
+        while True:
+            ln = self.line(timeout)
+            assert ln is not None, ("connection closed while reading a reply; got %r"
+                                    % lines)
+            assert len(ln) >= 4 and ln[:3].isdigit() and ln[3] in " -", \
+                "malformed reply line %r" % ln
+            lines.append(ln)
+            if ln[3] == " ":
+                return lines[0] if len(lines) == 1 else lines
+
+    def replies(self, n, timeout=None):
+        return [self.reply(timeout) for _ in range(n)]
+
+    def cmd(self, line, timeout=None):
+        self.send(line + "\r\n")
+        return self.reply(timeout)
+
+    def expect_closed(self, timeout=None):
+        """Asserts that the server closes the connection with nothing more
+        to say."""
+        ln = self.line(timeout)
+        assert ln is None, "expected the connection to close, got %r" % ln
+
+    def close(self):
+        try:
+            self.sock.close()
+        except OSError:
+            pass
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+
+@pytest.fixture
+def smtp_raw():
+    """Factory: smtp_raw(port, source="127.0.0.50") -> connected RawClient
+    (greeting already read, in .greeting). Closed at teardown."""
+    clients = []
+
+    def factory(port, source="127.0.0.50", **kw):
+        c = RawClient(port, source, **kw)
+        clients.append(c)
+        return c
+
+    yield factory
+    for c in clients:
+        c.close()

@@ -1,0 +1,314 @@
+/* Unit tests for engine/config.c and engine/relay.c: value parsers, FILE:LINE
+ * errors, most-specific connector selection and the relay decision. */
+#include <stdarg.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <setjmp.h>
+#include <cmocka.h>
+
+#include <arpa/inet.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#include "config.h"
+#include "relay.h"
+#include "smtp_reply.h"
+
+static void test_sizes(void **state)
+{
+	static const struct {
+		const char *in;
+		bool ok;
+		uint64_t want;
+	} cases[] = {
+		{"36MB", true, 36ULL << 20}, {"256KB", true, 256 << 10},
+		{"1GB", true, 1ULL << 30},   {"100", true, 100},
+		{"100B", true, 100},         {"unlimited", true, 0},
+		{"12XB", false, 0},          {"-1", false, 0},
+		{"", false, 0},              {"99999999999999999999GB", false, 0},
+	};
+	for (size_t i = 0; i < sizeof(cases) / sizeof(cases[0]); i++) {
+		uint64_t v = 12345;
+		bool ok = conf_parse_size(cases[i].in, &v);
+		if (ok != cases[i].ok)
+			fail_msg("size %s: ok=%d", cases[i].in, ok);
+		if (ok)
+			assert_int_equal(v, cases[i].want);
+	}
+}
+
+static void test_durations(void **state)
+{
+	static const struct {
+		const char *in;
+		bool ok;
+		uint64_t want;
+	} cases[] = {
+		{"10m", true, 600000}, {"5s", true, 5000}, {"2d", true, 172800000},
+		{"4h", true, 14400000}, {"250ms", true, 250}, {"7", true, 7000},
+		{"5x", false, 0},      {"", false, 0},      {"-5s", false, 0},
+	};
+	for (size_t i = 0; i < sizeof(cases) / sizeof(cases[0]); i++) {
+		uint64_t v = 0;
+		bool ok = conf_parse_duration_ms(cases[i].in, &v);
+		if (ok != cases[i].ok)
+			fail_msg("duration %s: ok=%d", cases[i].in, ok);
+		if (ok)
+			assert_int_equal(v, cases[i].want);
+	}
+}
+
+static void test_ranges(void **state)
+{
+	static const struct {
+		const char *in;
+		bool ok;
+		int family;
+		u128 lo, hi;
+	} cases[] = {
+		{"192.168.5.10", true, 4, 0xc0a8050a, 0xc0a8050a},
+		{"192.168.5.20-192.168.5.29", true, 4, 0xc0a80514, 0xc0a8051d},
+		{"10.1.0.0/16", true, 4, 0x0a010000, 0x0a01ffff},
+		{"10.1.2.3/16", true, 4, 0x0a010000, 0x0a01ffff},
+		{"0.0.0.0/0", true, 4, 0, 0xffffffff},
+		{"0.0.0.0-255.255.255.255", true, 4, 0, 0xffffffff},
+		{"::/0", true, 6, 0, ~(u128)0},
+		{"::1", true, 6, 1, 1},
+		{"::ffff:10.0.0.1", true, 4, 0x0a000001, 0x0a000001},
+		{"10.0.0.300", false, 0, 0, 0},
+		{"10.0.0.9-10.0.0.1", false, 0, 0, 0},
+		{"10.0.0.0/33", false, 0, 0, 0},
+		{"10.0.0.1-::1", false, 0, 0, 0},
+		{"2001:db8::/129", false, 0, 0, 0},
+		{"garbage", false, 0, 0, 0},
+	};
+	for (size_t i = 0; i < sizeof(cases) / sizeof(cases[0]); i++) {
+		struct ip_range r;
+		bool ok = conf_parse_range(cases[i].in, &r);
+		if (ok != cases[i].ok)
+			fail_msg("range %s: ok=%d", cases[i].in, ok);
+		if (!ok)
+			continue;
+		assert_int_equal(r.family, cases[i].family);
+		assert_true(r.lo == cases[i].lo);
+		assert_true(r.hi == cases[i].hi);
+	}
+	struct ip_range r;
+	assert_true(conf_parse_range("2001:db8::/32", &r));
+	assert_true(r.lo == (u128)0x20010db8 << 96);
+	assert_true(r.hi == (((u128)0x20010db8 << 96) | (((u128)1 << 96) - 1)));
+}
+
+static void test_bindings(void **state)
+{
+	struct binding b;
+	assert_true(conf_parse_binding("127.0.0.1:2525", &b));
+	assert_int_equal(b.addr.ss_family, AF_INET);
+	assert_int_equal(ntohs(((struct sockaddr_in *)&b.addr)->sin_port), 2525);
+	assert_true(conf_parse_binding("[::]:25", &b));
+	assert_int_equal(b.addr.ss_family, AF_INET6);
+	assert_false(conf_parse_binding("::1:25", &b));
+	assert_false(conf_parse_binding("127.0.0.1", &b));
+	assert_false(conf_parse_binding("127.0.0.1:0", &b));
+	assert_false(conf_parse_binding("127.0.0.1:65536", &b));
+	assert_false(conf_parse_binding("host.example:25", &b));
+}
+
+static char *write_conf(const char *text)
+{
+	static char path[64];
+	snprintf(path, sizeof(path), "/tmp/postern-test-%d.conf", (int)getpid());
+	FILE *f = fopen(path, "w");
+	assert_non_null(f);
+	fputs(text, f);
+	fclose(f);
+	return path;
+}
+
+static const char good_conf[] =
+	"server = { hostname = \"relay.corp.example\"; workers = 2; spool_dir = \"/tmp/x\"; };\n"
+	"accepted_domains = ( { domain = \"corp.example\"; type = \"authoritative\"; },\n"
+	"  { domain = \"*.sub.example\"; type = \"internal_relay\"; } );\n"
+	"receive_connectors = (\n"
+	"  { name = \"Default Frontend\"; bindings = [ \"127.0.0.1:2525\", \"[::1]:2525\" ];\n"
+	"    remote_ip_ranges = [ \"0.0.0.0-255.255.255.255\", \"::/0\" ];\n"
+	"    permission_groups = [ \"anonymous\" ]; },\n"
+	"  { name = \"Anonymous Relay\"; bindings = [ \"127.0.0.1:2525\" ];\n"
+	"    remote_ip_ranges = [ \"127.0.0.10\", \"127.0.0.20-127.0.0.29\", \"127.0.1.0/24\" ];\n"
+	"    permission_groups = [ \"anonymous_relay\" ]; max_message_size = \"10MB\";\n"
+	"    connection_timeout = \"1m\"; },\n"
+	"  { name = \"Wide Relay\"; bindings = [ \"127.0.0.1:2525\" ];\n"
+	"    remote_ip_ranges = [ \"127.0.0.0/8\" ]; permission_groups = [ ]; }\n"
+	");\n";
+
+static const struct rconn *match_ip(const struct conf *c, unsigned b, const char *ip,
+				    const char **range)
+{
+	struct sockaddr_storage ss;
+	memset(&ss, 0, sizeof(ss));
+	if (strchr(ip, ':')) {
+		struct sockaddr_in6 *s6 = (struct sockaddr_in6 *)&ss;
+		s6->sin6_family = AF_INET6;
+		inet_pton(AF_INET6, ip, &s6->sin6_addr);
+	} else {
+		struct sockaddr_in *s4 = (struct sockaddr_in *)&ss;
+		s4->sin_family = AF_INET;
+		inet_pton(AF_INET, ip, &s4->sin_addr);
+	}
+	const struct ip_range *why = NULL;
+	const struct rconn *rc = conf_match(c, b, (struct sockaddr *)&ss, &why);
+	*range = why ? why->text : NULL;
+	return rc;
+}
+
+static void test_load_and_match(void **state)
+{
+	char err[512] = "";
+	struct conf *c = conf_load(write_conf(good_conf), err, sizeof(err));
+	if (!c)
+		fail_msg("load failed: %s", err);
+	assert_int_equal(c->nrc, 3);
+	assert_int_equal(c->nbindings, 2);
+	assert_int_equal(c->workers, 2);
+	assert_int_equal(c->rc[1].max_message_size, 10 << 20);
+	assert_int_equal(c->rc[0].max_message_size, 36 << 20);
+	assert_int_equal(c->rc[1].connection_timeout_ms, 60000);
+	assert_int_equal(c->rc[0].max_recipients, 200);
+	assert_int_equal(c->rc[2].perms, 0);
+	assert_false(c->rc[2].smtp.may_submit);
+
+	static const struct {
+		unsigned binding;
+		const char *ip;
+		const char *want;   /* connector name or NULL */
+		const char *range;
+	} cases[] = {
+		{0, "127.0.0.10", "Anonymous Relay", "127.0.0.10"},
+		{0, "127.0.0.25", "Anonymous Relay", "127.0.0.20-127.0.0.29"},
+		{0, "127.0.1.7", "Anonymous Relay", "127.0.1.0/24"},
+		{0, "127.0.0.11", "Wide Relay", "127.0.0.0/8"},
+		{0, "10.9.9.9", "Default Frontend", "0.0.0.0-255.255.255.255"},
+		{0, "::ffff:127.0.0.10", "Anonymous Relay", "127.0.0.10"},
+		{0, "2001:db8::1", "Default Frontend", "::/0"},
+		{1, "127.0.0.10", "Default Frontend", "0.0.0.0-255.255.255.255"},
+	};
+	for (size_t i = 0; i < sizeof(cases) / sizeof(cases[0]); i++) {
+		const char *range;
+		const struct rconn *rc = match_ip(c, cases[i].binding, cases[i].ip, &range);
+		if (!rc)
+			fail_msg("%s: no connector", cases[i].ip);
+		assert_string_equal(rc->name, cases[i].want);
+		assert_string_equal(range, cases[i].range);
+	}
+	conf_free(c);
+}
+
+static void test_relay_policy(void **state)
+{
+	char err[512] = "";
+	struct conf *c = conf_load(write_conf(good_conf), err, sizeof(err));
+	assert_non_null(c);
+	static const struct {
+		const char *rcpt;
+		unsigned connector;
+		bool accept;
+	} cases[] = {
+		{"<x@corp.example>", 0, true},
+		{"<x@CORP.Example>", 0, true},
+		{"<x@other.example>", 0, false},
+		{"<x@a.sub.example>", 0, true},
+		{"<x@sub.example>", 0, true},
+		{"<x@notsub.example>", 0, false},
+		{"<user%other.example@corp.example>", 0, false},
+		{"<other!user@corp.example>", 0, false},
+		{"<\"user@other.example\"@corp.example>", 0, false},
+		{"<@corp.example:user@other.example>", 0, false},
+		{"<@other.example:user@corp.example>", 0, true},
+		{"<user@[10.1.2.3]>", 0, false},
+		{"<Postmaster>", 0, true},
+		{"<x@corp.example.evil.example>", 0, false},
+		{"<x@other.example>", 1, true},
+		{"<user@[10.1.2.3]>", 1, true},
+	};
+	for (size_t i = 0; i < sizeof(cases) / sizeof(cases[0]); i++) {
+		struct smtp_path p;
+		size_t used;
+		const char *s = cases[i].rcpt;
+		enum smtp_arg_err e = smtp_path_parse(s, strlen(s), SMTP_PATH_ALLOW_POSTMASTER,
+						      &p, &used);
+		if (e != SMTP_ARG_OK)
+			fail_msg("%s: parse error %d", s, e);
+		const char *r = relay_rcpt_policy(&c->rc[cases[i].connector], &p);
+		if (cases[i].accept && r)
+			fail_msg("%s via %u: refused with %s", s, cases[i].connector, r);
+		if (!cases[i].accept) {
+			if (!r)
+				fail_msg("%s via %u: accepted", s, cases[i].connector);
+			assert_string_equal(r, R_UNABLE_TO_RELAY);
+		}
+	}
+	conf_free(c);
+}
+
+static void test_errors(void **state)
+{
+	static const struct {
+		const char *text;
+		int line;
+		const char *needle;
+	} cases[] = {
+		{"receive_connectors = (\n { name = \"a\"; bindings = [\"127.0.0.1:25\"];\n  bogus = 1; }\n);\n",
+		 3, "unknown setting \"bogus\""},
+		{"receive_connectors = (\n { name = \"a\"; bindings = [\"127.0.0.1:25\"];\n  remote_ip_ranges = [\"10.0.0.300\"]; }\n);\n",
+		 3, "10.0.0.300"},
+		{"receive_connectors = (\n { name = \"a\"; bindings = [\"127.0.0.1:25\"];\n  max_message_size = \"12XB\"; }\n);\n",
+		 3, "max_message_size"},
+		{"receive_connectors = (\n { name = \"a\"; bindings = [\"127.0.0.1:25\"];\n  remote_ip_ranges = [\"10.0.0.0/8\"]; },\n"
+		 " { name = \"b\"; bindings = [\"127.0.0.1:25\"];\n  remote_ip_ranges = [\"10.0.0.0/8\"]; }\n);\n",
+		 4, "both claim 10.0.0.0/8"},
+		{"receive_connectors = (\n { name = \"a\"; bindings = [\"127.0.0.1:25\"];\n  permission_groups = [\"root\"]; }\n);\n",
+		 3, "unknown group \"root\""},
+		{"server = { hostname = \"relay\"; };\nreceive_connectors = (\n { name = ; }\n);\n",
+		 3, "syntax error"},
+		{"server = { workers = 1; };\n", 1, "no receive_connectors"},
+		{"server = { wrkers = 1; };\nreceive_connectors = ( { name = \"a\"; bindings = [\"127.0.0.1:25\"]; } );\n",
+		 1, "unknown setting \"wrkers\""},
+		{"receive_connectors = (\n { name = \"a\"; bindings = [\"localhost:25\"]; }\n);\n",
+		 2, "bindings"},
+	};
+	for (size_t i = 0; i < sizeof(cases) / sizeof(cases[0]); i++) {
+		char err[512] = "";
+		const char *path = write_conf(cases[i].text);
+		struct conf *c = conf_load(path, err, sizeof(err));
+		if (c)
+			fail_msg("case %zu loaded", i);
+		char prefix[128];
+		snprintf(prefix, sizeof(prefix), "%s:%d: ", path, cases[i].line);
+		if (strncmp(err, prefix, strlen(prefix)) != 0 || !strstr(err, cases[i].needle))
+			fail_msg("case %zu: got \"%s\", want prefix \"%s\" and \"%s\"", i, err,
+				 prefix, cases[i].needle);
+	}
+	char err[512];
+	assert_null(conf_load("/nonexistent/postern.conf", err, sizeof(err)));
+	assert_true(strncmp(err, "/nonexistent/postern.conf:0: ", 29) == 0);
+}
+
+int main(void)
+{
+	const struct CMUnitTest tests[] = {
+		cmocka_unit_test(test_sizes),
+		cmocka_unit_test(test_durations),
+		cmocka_unit_test(test_ranges),
+		cmocka_unit_test(test_bindings),
+		cmocka_unit_test(test_load_and_match),
+		cmocka_unit_test(test_relay_policy),
+		cmocka_unit_test(test_errors),
+	};
+	int r = cmocka_run_group_tests(tests, NULL, NULL);
+	char path[64];
+	snprintf(path, sizeof(path), "/tmp/postern-test-%d.conf", (int)getpid());
+	unlink(path);
+	return r;
+}
