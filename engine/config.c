@@ -17,6 +17,8 @@
 #include <unistd.h>
 
 #include "log.h"
+#include "connectors.h"
+#include "lpm.h"
 #include "relay.h"
 
 enum setting_kind { K_SIZE, K_COUNT, K_DURATION, K_BOOL, K_RATE_SOURCE };
@@ -677,26 +679,12 @@ static bool load_connectors(struct loader *ld, struct conf *c, config_t *cf)
 				return fail(ld, c->rc[i].line,
 					    "connector name \"%s\" is used twice", c->rc[i].name);
 	}
-	/* Two connectors on one binding with an identical range would make the
-	 * choice arbitrary: refuse, as Exchange does. */
-	for (unsigned a = 0; a < c->nrc; a++)
-		for (unsigned b = a + 1; b < c->nrc; b++)
-			for (unsigned ba = 0; ba < c->rc[a].nbindings; ba++)
-				for (unsigned bb = 0; bb < c->rc[b].nbindings; bb++) {
-					if (c->rc[a].bindings[ba] != c->rc[b].bindings[bb])
-						continue;
-					for (unsigned ra = 0; ra < c->rc[a].nranges; ra++)
-						for (unsigned rb = 0; rb < c->rc[b].nranges; rb++) {
-							const struct ip_range *x = &c->rc[a].ranges[ra];
-							const struct ip_range *y = &c->rc[b].ranges[rb];
-							if (x->family == y->family && x->lo == y->lo &&
-							    x->hi == y->hi)
-								return fail(ld, c->rc[b].line,
-									    "connectors \"%s\" and \"%s\" both claim %s on %s",
-									    c->rc[a].name, c->rc[b].name, y->text,
-									    c->bindings[c->rc[a].bindings[ba]].text);
-						}
-				}
+	/* Which connector a client gets must never be arbitrary: connectors
+	 * sharing a binding may nest ranges but not cross or repeat them. */
+	char why[512];
+	int line;
+	if (connectors_build(c, why, sizeof(why), &line) < 0)
+		return fail(ld, line, "%s", why);
 	return true;
 }
 
@@ -747,6 +735,7 @@ void conf_free(struct conf *c)
 	}
 	for (unsigned i = 0; i < c->ndomains; i++)
 		free(c->domains[i].domain);
+	connectors_free(c);
 	free(c->rc);
 	free(c->domains);
 	free(c->bindings);
@@ -756,39 +745,6 @@ void conf_free(struct conf *c)
 	free(c->stats_socket);
 	free(c->metrics_listen);
 	free(c);
-}
-
-const struct rconn *conf_match(const struct conf *c, unsigned b,
-			       const struct sockaddr *sa,
-			       const struct ip_range **why)
-{
-	int family;
-	u128 v;
-	const struct rconn *best = NULL;
-	const struct ip_range *best_r = NULL;
-	if (!conf_sockaddr_value(sa, &family, &v))
-		return NULL;
-	/* Linear scan; the lock-free LPM table replaces this for large tables. */
-	for (unsigned i = 0; i < c->nrc; i++) {
-		const struct rconn *rc = &c->rc[i];
-		bool on = false;
-		for (unsigned k = 0; k < rc->nbindings; k++)
-			on |= rc->bindings[k] == b;
-		if (!on)
-			continue;
-		for (unsigned k = 0; k < rc->nranges; k++) {
-			const struct ip_range *r = &rc->ranges[k];
-			if (r->family != family || v < r->lo || v > r->hi)
-				continue;
-			if (!best_r || r->hi - r->lo < best_r->hi - best_r->lo) {
-				best = rc;
-				best_r = r;
-			}
-		}
-	}
-	if (why)
-		*why = best_r;
-	return best;
 }
 
 static void print_setting(FILE *out, const struct setting *st, uint64_t v)
@@ -814,6 +770,35 @@ static void print_setting(FILE *out, const struct setting *st, uint64_t v)
 		fprintf(out, "%s\n", rate_source_names[v < 4 ? v : 0]);
 		break;
 	}
+}
+
+static void print_addr(FILE *out, int family, u128 v)
+{
+	char buf[INET6_ADDRSTRLEN];
+	if (family == 4) {
+		struct in_addr a = {htonl((uint32_t)v)};
+		inet_ntop(AF_INET, &a, buf, sizeof(buf));
+	} else {
+		struct in6_addr a;
+		for (int i = 15; i >= 0; i--, v >>= 8)
+			a.s6_addr[i] = (uint8_t)v;
+		inet_ntop(AF_INET6, &a, buf, sizeof(buf));
+	}
+	fputs(buf, out);
+}
+
+/* "range 10.0.0.20-10.0.0.29 -> 10.0.0.20/30 10.0.0.24/30 10.0.0.28/31" */
+static void print_range(FILE *out, const struct ip_range *r)
+{
+	struct lpm_prefix p[256];
+	size_t n = lpm_range_to_prefixes(r->family == 4 ? 32 : 128, r->lo, r->hi, p);
+	fprintf(out, "    range %s ->", r->text);
+	for (size_t i = 0; i < n; i++) {
+		fputc(' ', out);
+		print_addr(out, r->family, p[i].addr);
+		fprintf(out, "/%u", p[i].len);
+	}
+	fputc('\n', out);
 }
 
 void conf_print(const struct conf *c, FILE *out)
@@ -847,10 +832,9 @@ void conf_print(const struct conf *c, FILE *out)
 					fprintf(out, "%s%s", sep, pn[p]);
 					sep = ",";
 				}
-			fprintf(out, "\n    ranges:");
-			for (unsigned k = 0; k < rc->nranges; k++)
-				fprintf(out, " %s", rc->ranges[k].text);
 			fprintf(out, "\n");
+			for (unsigned k = 0; k < rc->nranges; k++)
+				print_range(out, &rc->ranges[k]);
 			for (size_t s = 0; s < sizeof(rconn_settings) / sizeof(rconn_settings[0]); s++)
 				print_setting(out, &rconn_settings[s],
 					      *(const uint64_t *)((const char *)rc +

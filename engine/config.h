@@ -78,6 +78,8 @@ struct accepted_domain {
 	int line;
 };
 
+struct binding_table; /* connectors.c */
+
 struct conf {
 	char *path;
 	char *hostname;
@@ -93,6 +95,7 @@ struct conf {
 	unsigned nrc;
 	struct accepted_domain *domains;
 	unsigned ndomains;
+	struct binding_table *tables; /* one per binding (connectors.c) */
 };
 
 /* Reads and validates path. On error returns NULL and writes

@@ -268,6 +268,9 @@ static void test_errors(void **state)
 		{"receive_connectors = (\n { name = \"a\"; bindings = [\"127.0.0.1:25\"];\n  remote_ip_ranges = [\"10.0.0.0/8\"]; },\n"
 		 " { name = \"b\"; bindings = [\"127.0.0.1:25\"];\n  remote_ip_ranges = [\"10.0.0.0/8\"]; }\n);\n",
 		 4, "both claim 10.0.0.0/8"},
+		{"receive_connectors = (\n { name = \"a\"; bindings = [\"127.0.0.1:25\"];\n  remote_ip_ranges = [\"10.0.0.0-10.0.0.20\"]; },\n"
+		 " { name = \"b\"; bindings = [\"127.0.0.1:25\"];\n  remote_ip_ranges = [\"10.0.0.16/28\"]; }\n);\n",
+		 4, "overlap without one containing the other"},
 		{"receive_connectors = (\n { name = \"a\"; bindings = [\"127.0.0.1:25\"];\n  permission_groups = [\"root\"]; }\n);\n",
 		 3, "unknown group \"root\""},
 		{"server = { hostname = \"relay\"; };\nreceive_connectors = (\n { name = ; }\n);\n",

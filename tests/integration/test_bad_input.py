@@ -1,0 +1,195 @@
+"""Hostile and broken clients: garbage, huge lines, SMTP smuggling, clients
+that vanish or never read, oversized messages. The server must answer with
+the right replies, store nothing partial and stay alive and bounded."""
+import random
+import socket
+import threading
+import time
+
+import pytest
+
+from conftest import (HOSTNAME, R_BAD_SEQUENCE, R_BARE_LF, R_LINE_TOO_LONG,
+                      R_MAIL_OK, R_NOOP_OK, R_QUIT, R_RCPT_OK, R_START_DATA,
+                      R_TOO_BIG, R_TOO_MANY_ERRORS, SLOW, rss_kb, wait_until)
+
+RSS_LIMIT_KB = 200 * 1024
+
+
+def assert_serves(port, smtp_raw, source="127.0.0.50"):
+    """A fresh client gets a full, prompt dialogue."""
+    c = smtp_raw(port, source, timeout=5)
+    assert c.cmd("EHLO fresh.example")[0] == "250-%s Hello [%s]" % (HOSTNAME, source)
+    assert c.cmd("NOOP") == R_NOOP_OK
+    assert c.cmd("QUIT") == R_QUIT
+    c.expect_closed()
+
+
+def sender_thread(sock, data):
+    """Writes data in the background, tolerating the server closing on us."""
+    def run():
+        try:
+            sock.sendall(data)
+        except OSError:
+            pass
+    t = threading.Thread(target=run, daemon=True)
+    t.start()
+    return t
+
+
+def test_binary_garbage(postern, smtp_raw):
+    p = postern()
+    rnd = random.Random(5321)
+    garbage = bytes(rnd.getrandbits(8) for _ in range(64 * 1024))
+    assert b"\x00" in garbage and b"\n" in garbage
+    c = smtp_raw(p.port, "127.0.0.50")
+    t = sender_thread(c.sock, garbage)
+    lines = []
+    while True:
+        ln = c.line(timeout=10)
+        if ln is None:
+            break
+        lines.append(ln)
+        assert len(lines) < 100, lines
+    t.join(timeout=10 * SLOW)
+    # max_protocol_errors = 5: five 5xx replies, the sixth error closes.
+    assert len(lines) == 6, lines
+    assert all(ln[0] == "5" for ln in lines[:5]), lines
+    assert lines[5] == R_TOO_MANY_ERRORS
+    assert p.proc.poll() is None
+    assert_serves(p.port, smtp_raw)
+    assert p.messages() == []
+
+
+def test_megabyte_line(postern, smtp_raw):
+    p = postern()
+    c = smtp_raw(p.port, "127.0.0.50")
+    assert c.cmd("EHLO client.example")[0].startswith("250-")
+    c.send(b"A" * (1024 * 1024))
+    c.send(b"\r\n")
+    assert c.reply(timeout=20) == R_LINE_TOO_LONG
+    # The session goes on, in a sane state.
+    assert c.cmd("NOOP") == R_NOOP_OK
+    assert c.cmd("MAIL FROM:<a@b.example>") == R_MAIL_OK
+    # A too-long line in the middle of the transaction, then more of them.
+    c.send(b"RCPT TO:<" + b"x" * (300 * 1024) + b"@corp.example>\r\n")
+    assert c.reply(timeout=20) == R_LINE_TOO_LONG
+    assert c.cmd("RCPT TO:<x@corp.example>") == R_RCPT_OK
+    assert rss_kb(p.pid) < RSS_LIMIT_KB
+    assert c.cmd("QUIT") == R_QUIT
+    assert_serves(p.port, smtp_raw)
+
+
+SMUGGLE = {
+    "LF.LF": b"\n.\n",
+    "CR.CR": b"\r.\r",
+    "LF.CRLF": b"\n.\r\n",
+}
+
+
+@pytest.mark.parametrize("fake_end", list(SMUGGLE.values()), ids=list(SMUGGLE))
+def test_smuggling_never_ends_data(postern, smtp_raw, fake_end):
+    p = postern()
+    c = smtp_raw(p.port, "127.0.0.50")
+    assert c.cmd("EHLO client.example")[0].startswith("250-")
+    assert c.cmd("MAIL FROM:<a@b.example>") == R_MAIL_OK
+    assert c.cmd("RCPT TO:<x@corp.example>") == R_RCPT_OK
+    assert c.cmd("DATA") == R_START_DATA
+    body = (b"Subject: innocent\r\n\r\nhello" + fake_end +
+            b"MAIL FROM:<evil@b.example>\r\n"
+            b"RCPT TO:<victim@corp.example>\r\n"
+            b"DATA\r\n"
+            b"Subject: smuggled\r\n\r\nevil\r\n")
+    c.send(body + b".\r\n")
+    assert c.reply() == R_BARE_LF
+    # The transaction is gone and the smuggled MAIL never ran: RCPT is out
+    # of sequence, and nothing else was answered in between.
+    assert c.cmd("RCPT TO:<x@corp.example>") == R_BAD_SEQUENCE
+    assert c.cmd("QUIT") == R_QUIT
+    c.expect_closed()
+    assert p.messages() == []
+    p.assert_spool_clean()
+
+
+def test_smuggling_split_across_writes(postern, smtp_raw):
+    """The fake end marker arrives in pieces: still never the end of data."""
+    p = postern()
+    c = smtp_raw(p.port, "127.0.0.50")
+    assert c.cmd("EHLO client.example")[0].startswith("250-")
+    assert c.cmd("MAIL FROM:<a@b.example>") == R_MAIL_OK
+    assert c.cmd("RCPT TO:<x@corp.example>") == R_RCPT_OK
+    assert c.cmd("DATA") == R_START_DATA
+    for piece in [b"Subject: s\r\n\r\nhello\n", b".", b"\r", b"\nMAIL FROM:<e@b.example>\r\n"]:
+        c.send(piece)
+        time.sleep(0.05)
+    c.send(b"NOOP\r\n.\r\n")
+    assert c.reply() == R_BARE_LF
+    assert c.cmd("NOOP") == R_NOOP_OK
+    assert c.cmd("QUIT") == R_QUIT
+    assert p.messages() == []
+
+
+def test_client_vanishes_mid_data(postern, smtp_raw):
+    p = postern()
+    for _ in range(3):
+        c = smtp_raw(p.port, "127.0.0.50")
+        assert c.cmd("EHLO client.example")[0].startswith("250-")
+        c.send("MAIL FROM:<a@b.example>\r\nRCPT TO:<x@corp.example>\r\nDATA\r\n")
+        assert c.replies(3) == [R_MAIL_OK, R_RCPT_OK, R_START_DATA]
+        c.send(b"Subject: partial\r\n\r\n" + b"some body text\r\n" * 1000 + b"no end")
+        c.close()
+    wait_until(lambda: p.spool_names() == ["postern.lock"], 5,
+               what="the spool to hold nothing but the lock (have %r)" % p.spool_names())
+    assert_serves(p.port, smtp_raw)
+    p.stop()
+    assert p.spool_names() == ["postern.lock"]
+
+
+def test_client_that_never_reads(postern, smtp_raw):
+    p = postern()
+    stuck = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    stuck.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+    stuck.bind(("127.0.0.20", 0))
+    stuck.connect(("127.0.0.1", p.port))
+    stuck.settimeout(3 * SLOW)   # the writer gives up once we stop reading
+    junk = b"".join(b"VRFY junk-%07d-%s\r\n" % (i, b"j" * 40)
+                    for i in range(5 * 1024 * 1024 // 64))
+    payload = b"EHLO stuck.example\r\n" + b"NOOP\r\n" * 10000 + junk
+    t = sender_thread(stuck, payload)
+    try:
+        deadline = time.monotonic() + 3 * SLOW
+        peak = 0
+        while time.monotonic() < deadline:
+            # Others are served promptly meanwhile.
+            assert_serves(p.port, smtp_raw)
+            peak = max(peak, rss_kb(p.pid))
+            time.sleep(0.2)
+        assert peak < RSS_LIMIT_KB, "server RSS %d kB" % peak
+    finally:
+        t.join(timeout=10 * SLOW)
+        stuck.close()
+    assert not t.is_alive()
+    assert_serves(p.port, smtp_raw)
+    assert rss_kb(p.pid) < RSS_LIMIT_KB
+
+
+def test_message_over_max_size(postern, smtp_raw):
+    p = postern()
+    c = smtp_raw(p.port, "127.0.0.10")   # Anonymous Relay: 64KB
+    assert c.cmd("EHLO client.example")[0].startswith("250-")
+    assert c.cmd("MAIL FROM:<a@b.example>") == R_MAIL_OK
+    assert c.cmd("RCPT TO:<x@other.example>") == R_RCPT_OK
+    assert c.cmd("DATA") == R_START_DATA
+    line = b"y" * 98 + b"\r\n"
+    c.send(b"Subject: big\r\n\r\n" + line * 700 + b".\r\n")   # ~70 KB
+    assert c.reply() == R_TOO_BIG
+    assert p.messages() == []
+    p.assert_spool_clean()
+    # The session continues; a message within the limit is accepted.
+    assert c.cmd("MAIL FROM:<a@b.example>") == R_MAIL_OK
+    assert c.cmd("RCPT TO:<x@other.example>") == R_RCPT_OK
+    assert c.cmd("DATA") == R_START_DATA
+    c.send(b"Subject: small\r\n\r\n" + line * 600 + b".\r\n")  # ~60 KB
+    r = c.reply()
+    assert r.startswith("250 2.6.0 <") and r.endswith("> Queued mail for delivery"), r
+    assert c.cmd("QUIT") == R_QUIT
+    assert len(p.messages()) == 1
