@@ -705,6 +705,7 @@ struct conf *conf_load(const char *path, char *err, size_t errlen)
 		return NULL;
 	}
 	struct conf *c = xcalloc(1, sizeof(*c));
+	atomic_init(&c->refs, 1);
 	c->path = xstrdup(path);
 	static const char *const top[] = {"server", "accepted_domains",
 					  "receive_connectors", "send_connectors",
@@ -722,6 +723,17 @@ struct conf *conf_load(const char *path, char *err, size_t errlen)
 		c->workers = n > 0 ? (unsigned)n : 1;
 	}
 	return c;
+}
+
+void conf_ref(struct conf *c)
+{
+	atomic_fetch_add_explicit(&c->refs, 1, memory_order_relaxed);
+}
+
+void conf_unref(struct conf *c)
+{
+	if (c && atomic_fetch_sub_explicit(&c->refs, 1, memory_order_acq_rel) == 1)
+		conf_free(c);
 }
 
 void conf_free(struct conf *c)

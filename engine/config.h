@@ -4,6 +4,7 @@
 #ifndef POSTERN_CONFIG_H
 #define POSTERN_CONFIG_H
 
+#include <stdatomic.h>
 #include <stdbool.h>
 #include <stdint.h>
 #include <stdio.h>
@@ -81,6 +82,7 @@ struct accepted_domain {
 struct binding_table; /* connectors.c */
 
 struct conf {
+	atomic_uint refs;          /* main, each worker, each connection */
 	char *path;
 	char *hostname;
 	unsigned workers;          /* resolved: never 0 */
@@ -102,6 +104,11 @@ struct conf {
  * "FILE:LINE: what is wrong" into err. */
 struct conf *conf_load(const char *path, char *err, size_t errlen);
 void conf_free(struct conf *c);
+
+/* A configuration lives while anything holds it: sessions keep the one they
+ * started with across reloads. conf_load() returns it with one reference. */
+void conf_ref(struct conf *c);
+void conf_unref(struct conf *c);
 
 /* The resolved connector table, as `postern --check` prints it. */
 void conf_print(const struct conf *c, FILE *out);

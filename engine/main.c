@@ -16,6 +16,107 @@
 
 #define POSTERN_VERSION "0.1.0"
 
+static bool same_binding(const struct binding *a, const struct binding *b)
+{
+	return a->addrlen == b->addrlen && memcmp(&a->addr, &b->addr, a->addrlen) == 0;
+}
+
+static void free_reloads(struct worker_reload **rs, unsigned nw)
+{
+	for (unsigned i = 0; i < nw; i++) {
+		if (!rs[i])
+			continue;
+		for (unsigned b = 0; b < rs[i]->nlisten; b++)
+			if (rs[i]->new_fd && rs[i]->new_fd[b] >= 0)
+				close(rs[i]->new_fd[b]);
+		free(rs[i]->keep_from);
+		free(rs[i]->new_fd);
+		free(rs[i]);
+	}
+	free(rs);
+}
+
+/* SIGHUP: load the file again and hand it to every worker. A bad file
+ * changes nothing. Sessions in progress keep the configuration they began
+ * with; new connections get the new one. */
+static void reload(const char *path, struct conf **cur, struct worker *workers,
+		   unsigned nw)
+{
+	char err[1024], q[1100];
+	for (int tries = 0; tries < 200; tries++) {
+		bool pending = false;
+		for (unsigned i = 0; i < nw; i++)
+			pending |= worker_reload_pending(&workers[i]);
+		if (!pending)
+			break;
+		if (tries == 199) {
+			log_msg(LOG_ERROR, "event=reload status=failed error=\"previous reload not yet applied\"");
+			return;
+		}
+		usleep(10000);
+	}
+	struct conf *n = conf_load(path, err, sizeof(err));
+	if (!n) {
+		log_msg(LOG_ERROR, "event=reload status=failed error=%s note=\"keeping the running configuration\"",
+			log_quote(q, sizeof(q), err));
+		return;
+	}
+	const struct conf *old = *cur;
+	if (n->workers != old->workers) {
+		log_msg(LOG_WARN, "event=reload note=\"workers change needs a restart\"");
+		n->workers = old->workers;
+	}
+	if (strcmp(n->spool_dir, old->spool_dir) != 0) {
+		log_msg(LOG_WARN, "event=reload note=\"spool_dir change needs a restart\"");
+		char *keep = strdup(old->spool_dir);
+		if (keep) {
+			free(n->spool_dir);
+			n->spool_dir = keep;
+		}
+	}
+	struct worker_reload **rs = calloc(nw, sizeof(*rs));
+	bool ok = rs != NULL;
+	for (unsigned i = 0; ok && i < nw; i++) {
+		rs[i] = calloc(1, sizeof(**rs));
+		if (!rs[i])
+			break;
+		rs[i]->conf = n;
+		rs[i]->nlisten = n->nbindings;
+		rs[i]->keep_from = malloc((n->nbindings + 1) * sizeof(int));
+		rs[i]->new_fd = malloc((n->nbindings + 1) * sizeof(int));
+		ok = rs[i]->keep_from && rs[i]->new_fd;
+		for (unsigned b = 0; ok && b < n->nbindings; b++) {
+			rs[i]->keep_from[b] = rs[i]->new_fd[b] = -1;
+			for (unsigned ob = 0; ob < old->nbindings; ob++)
+				if (same_binding(&n->bindings[b], &old->bindings[ob]))
+					rs[i]->keep_from[b] = (int)ob;
+			if (rs[i]->keep_from[b] >= 0)
+				continue;
+			rs[i]->new_fd[b] = listener_open(&n->bindings[b], err, sizeof(err));
+			if (rs[i]->new_fd[b] < 0) {
+				log_msg(LOG_ERROR, "event=reload status=failed error=%s note=\"keeping the running configuration\"",
+					log_quote(q, sizeof(q), err));
+				ok = false;
+			}
+		}
+	}
+	if (!ok) {
+		if (rs)
+			free_reloads(rs, nw);
+		conf_unref(n);
+		return;
+	}
+	for (unsigned i = 0; i < nw; i++) {
+		conf_ref(n);
+		worker_reload(&workers[i], rs[i]);
+	}
+	free(rs);
+	conf_unref(*cur);
+	*cur = n;
+	log_set_level((enum log_level)n->log_level);
+	log_msg(LOG_INFO, "event=reload status=ok connectors=%u bindings=%u", n->nrc, n->nbindings);
+}
+
 static void usage(FILE *out)
 {
 	fprintf(out,
@@ -99,6 +200,7 @@ int main(int argc, char **argv)
 		struct worker *w = &workers[i];
 		w->id = i;
 		w->conf = conf;
+		conf_ref(conf);
 		w->store = &store;
 		w->nlisten = conf->nbindings;
 		w->listen_fds = calloc(conf->nbindings, sizeof(int));
@@ -132,7 +234,7 @@ int main(int argc, char **argv)
 			break;
 		}
 		if (sig == SIGHUP) {
-			log_msg(LOG_WARN, "event=reload status=unsupported note=\"configuration reload is not implemented yet; restart to apply changes\"");
+			reload(path, &conf, workers, nw);
 			continue;
 		}
 		log_msg(LOG_INFO, "event=stop signal=%s grace_ms=%llu", sig == SIGTERM ? "TERM" : "INT",
@@ -141,13 +243,11 @@ int main(int argc, char **argv)
 	}
 	for (unsigned i = 0; i < nw; i++)
 		worker_request_stop(&workers[i]);
-	for (unsigned i = 0; i < nw; i++) {
+	for (unsigned i = 0; i < nw; i++)
 		worker_join(&workers[i]);
-		free(workers[i].listen_fds);
-	}
 	free(workers);
 	msgstore_close(&store);
-	conf_free(conf);
+	conf_unref(conf);
 	log_msg(LOG_INFO, "event=exit status=0");
 	return 0;
 }

@@ -18,6 +18,7 @@ enum ring_op {
 	OP_DIRSYNC,    /* spool directory, one per batch */
 	OP_TICK,       /* periodic timer */
 	OP_CANCEL,     /* result of a cancel request: ignored */
+	OP_WAKE,       /* read on the worker's eventfd */
 };
 
 static inline uint64_t ring_tag(unsigned op, uint32_t slot, uint32_t gen)
@@ -44,6 +45,7 @@ void ring_send(struct ring *r, int fd, const void *buf, size_t len, uint64_t tag
 void ring_fsync(struct ring *r, int fd, bool datasync, uint64_t tag);
 void ring_timeout(struct ring *r, struct __kernel_timespec *ts, uint64_t tag);
 void ring_cancel(struct ring *r, uint64_t target);
+void ring_read(struct ring *r, int fd, void *buf, unsigned len, uint64_t tag);
 
 /* Submits what is queued and waits for at least one completion. */
 int ring_submit_wait(struct ring *r);

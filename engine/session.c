@@ -36,6 +36,8 @@ static void arm_recv(struct worker *w, struct conn *c)
 }
 
 static void process(struct worker *w, struct conn *c);
+static void hold(struct conn *c);
+static void release(struct worker *w, struct conn *c);
 
 static void peer_text(const struct sockaddr_storage *ss, char *buf, size_t cap)
 {
@@ -80,7 +82,7 @@ void session_accept(struct worker *w, unsigned binding, int fd)
 	if (!rc) {
 		w->stats.refused++;
 		log_msg(LOG_WARN, "event=refuse client=%s binding=%s reason=no_connector",
-			ip, w->conf->bindings[binding].text);
+			ip, binding < w->conf->nbindings ? w->conf->bindings[binding].text : "-");
 		refuse(fd, "554 5.7.1 No receive connector accepts connections from this address");
 		return;
 	}
@@ -94,6 +96,8 @@ void session_accept(struct worker *w, unsigned binding, int fd)
 	int one = 1;
 	setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one));
 	c->fd = fd;
+	c->conf = w->conf;
+	conf_ref(c->conf);
 	c->rc = rc;
 	c->binding = binding;
 	c->started_ms = c->active_ms = w->now_ms;
@@ -106,8 +110,10 @@ void session_accept(struct worker *w, unsigned binding, int fd)
 		log_msg(LOG_DEBUG, "event=connect client=%s connector=%s range=%s worker=%u",
 			ip, log_quote(q, sizeof(q), rc->name), why ? why->text : "-", w->id);
 	}
+	hold(c);
 	process(w, c); /* sends the banner */
 	arm_recv(w, c);
+	release(w, c);
 }
 
 static void maybe_free(struct worker *w, struct conn *c)
@@ -121,6 +127,7 @@ static void maybe_free(struct worker *w, struct conn *c)
 	smtp_server_free(&c->smtp);
 	close(c->fd);
 	free(c->in);
+	conf_unref(c->conf);
 	worker_conn_release(w, c);
 }
 
@@ -148,7 +155,7 @@ static void flush_out(struct worker *w, struct conn *c)
 
 static void message_begin(struct worker *w, struct conn *c)
 {
-	char id[32], hdr[1024];
+	char id[32], hdr[2048];
 	worker_next_msgid(w, id, sizeof(id));
 	msgfile_create(w->store, &c->msg, id);
 	msgfile_envelope(&c->msg, &c->smtp.env, c->rc->name, c->peer, c->smtp.helo,
@@ -212,7 +219,7 @@ static void process(struct worker *w, struct conn *c)
 	bool again = true;
 	while (again) {
 		struct smtp_event ev;
-		size_t n = smtp_server_feed(&c->smtp, c->in + c->in_off,
+		size_t n = smtp_server_feed(&c->smtp, c->in ? c->in + c->in_off : "",
 					    c->in_len - c->in_off, &ev);
 		c->in_off += n;
 		switch (ev.type) {
@@ -283,12 +290,21 @@ static bool in_append(struct conn *c, const char *p, size_t n)
 	return true;
 }
 
-void session_on_recv(struct worker *w, struct conn *c, int res, unsigned flags)
+/* Completion handlers hold the connection while they run: processing may
+ * close it, and it must not be freed under their feet. */
+static void hold(struct conn *c)
 {
-	if (!(flags & IORING_CQE_F_MORE)) {
-		c->recv_armed = false;
-		c->inflight--;
-	}
+	c->inflight++;
+}
+
+static void release(struct worker *w, struct conn *c)
+{
+	c->inflight--;
+	maybe_free(w, c);
+}
+
+static void on_recv(struct worker *w, struct conn *c, int res, unsigned flags)
+{
 	if (flags & IORING_CQE_F_BUFFER) {
 		unsigned bid = flags >> IORING_CQE_BUFFER_SHIFT;
 		bool ok = res <= 0 || c->closing ||
@@ -299,10 +315,8 @@ void session_on_recv(struct worker *w, struct conn *c, int res, unsigned flags)
 			return;
 		}
 	}
-	if (c->closing) {
-		maybe_free(w, c);
+	if (c->closing)
 		return;
-	}
 	if (res > 0) {
 		c->active_ms = w->now_ms;
 		w->stats.bytes += (uint64_t)res;
@@ -326,20 +340,28 @@ void session_on_recv(struct worker *w, struct conn *c, int res, unsigned flags)
 		arm_recv(w, c);
 }
 
+void session_on_recv(struct worker *w, struct conn *c, int res, unsigned flags)
+{
+	hold(c);
+	if (!(flags & IORING_CQE_F_MORE)) {
+		c->recv_armed = false;
+		c->inflight--;
+	}
+	on_recv(w, c, res, flags);
+	release(w, c);
+}
+
 void session_on_send(struct worker *w, struct conn *c, int res)
 {
-	c->inflight--;
-	if (c->closing) {
-		maybe_free(w, c);
-		return;
-	}
-	if (res <= 0) {
-		session_close(w, c);
+	/* The send's own reference becomes the handler's hold. */
+	if (c->closing || res <= 0) {
+		if (!c->closing)
+			session_close(w, c);
+		release(w, c);
 		return;
 	}
 	c->sent += (size_t)res;
 	if (c->sent < c->smtp.out.len) {
-		c->inflight++;
 		ring_send(&w->ring, c->fd, c->smtp.out.p + c->sent,
 			  c->smtp.out.len - c->sent, conn_tag(OP_SEND, c));
 		return;
@@ -347,15 +369,15 @@ void session_on_send(struct worker *w, struct conn *c, int res)
 	smtp_server_sent(&c->smtp);
 	c->sending = false;
 	process(w, c);
+	release(w, c);
 }
 
 void session_on_fsync(struct worker *w, struct conn *c, int res)
 {
-	c->inflight--;
 	if (c->closing) {
 		/* The client is gone and never saw 250: drop the message. */
 		msgfile_discard(w->store, &c->msg);
-		maybe_free(w, c);
+		release(w, c);
 		return;
 	}
 	int err = res < 0 ? -res : msgfile_publish(w->store, &c->msg);
@@ -366,24 +388,25 @@ void session_on_fsync(struct worker *w, struct conn *c, int res)
 		c->storing = false;
 		c->store_result = storage_full(err) ? STORE_FULL : STORE_FAILED;
 		process(w, c);
+		release(w, c);
 		return;
 	}
 	worker_dirsync_add(w, c);
+	release(w, c);
 }
 
 void session_on_stored(struct worker *w, struct conn *c, bool ok)
 {
+	/* Takes over the reference the directory sync held. */
 	c->storing = false;
 	if (ok) {
 		w->stats.messages++;
 		log_received(w, c);
 	}
 	c->store_result = ok ? STORE_OK : STORE_FAILED;
-	if (c->closing) {
-		maybe_free(w, c);
-		return;
-	}
-	process(w, c);
+	if (!c->closing)
+		process(w, c);
+	release(w, c);
 }
 
 void session_tick(struct worker *w, struct conn *c)

@@ -3,8 +3,11 @@
  * (timeouts, graceful stop). */
 #include "worker.h"
 
+#include <arpa/inet.h>
 #include <errno.h>
+#include <netinet/in.h>
 #include <sched.h>
+#include <sys/eventfd.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -118,7 +121,6 @@ void worker_dirsync_add(struct worker *w, struct conn *c)
 	c->inflight++;
 	if (!push_ref(&w->dirsync_pending, &w->npending, &w->pending_cap,
 		      (struct slotref){c->slot, c->gen})) {
-		c->inflight--;
 		session_on_stored(w, c, false);
 		return;
 	}
@@ -138,7 +140,6 @@ static void on_dirsync(struct worker *w, int res)
 		struct conn *c = r.slot < w->nslots ? w->slots[r.slot] : NULL;
 		if (!c || c->gen != r.gen)
 			continue;
-		c->inflight--;
 		session_on_stored(w, c, res >= 0);
 	}
 	if (w->npending && !w->dirsync_inflight)
@@ -147,7 +148,119 @@ static void on_dirsync(struct worker *w, int res)
 
 static void arm_accept(struct worker *w, unsigned b)
 {
-	ring_accept_multishot(&w->ring, w->listen_fds[b], ring_tag(OP_ACCEPT, b, 0));
+	ring_accept_multishot(&w->ring, w->listen_fds[b],
+			      ring_tag(OP_ACCEPT, b, w->conf_gen));
+}
+
+/* The binding an accepted socket came in on, from its local address: for an
+ * accept that raced with a reload and carries the old numbering. */
+static unsigned binding_of(const struct conf *c, int fd)
+{
+	struct sockaddr_storage ss;
+	socklen_t sl = sizeof(ss);
+	if (getsockname(fd, (struct sockaddr *)&ss, &sl) < 0)
+		return UINT32_MAX;
+	for (int exact = 1; exact >= 0; exact--) {
+		for (unsigned b = 0; b < c->nbindings; b++) {
+			const struct sockaddr_storage *ba = &c->bindings[b].addr;
+			if (ba->ss_family == AF_INET && ss.ss_family == AF_INET) {
+				const struct sockaddr_in *x = (const void *)ba, *y = (const void *)&ss;
+				if (x->sin_port == y->sin_port &&
+				    (exact ? x->sin_addr.s_addr == y->sin_addr.s_addr
+					   : x->sin_addr.s_addr == htonl(INADDR_ANY)))
+					return b;
+			} else if (ba->ss_family == AF_INET6) {
+				const struct sockaddr_in6 *x = (const void *)ba;
+				in_port_t port = ss.ss_family == AF_INET6
+					? ((const struct sockaddr_in6 *)&ss)->sin6_port
+					: ((const struct sockaddr_in *)&ss)->sin_port;
+				bool any = IN6_IS_ADDR_UNSPECIFIED(&x->sin6_addr);
+				bool same = ss.ss_family == AF_INET6 &&
+					    memcmp(&x->sin6_addr, &((const struct sockaddr_in6 *)&ss)->sin6_addr, 16) == 0;
+				if (x->sin6_port == port && (exact ? same : any))
+					return b;
+			}
+		}
+	}
+	return UINT32_MAX;
+}
+
+static void close_listeners(struct worker *w)
+{
+	for (unsigned b = 0; b < w->nlisten; b++) {
+		if (w->listen_fds[b] < 0)
+			continue;
+		ring_cancel(&w->ring, ring_tag(OP_ACCEPT, b, w->conf_gen));
+		close(w->listen_fds[b]);
+		w->listen_fds[b] = -1;
+	}
+}
+
+static void apply_reload(struct worker *w, struct worker_reload *r)
+{
+	int *fds = malloc((r->nlisten ? r->nlisten : 1) * sizeof(*fds));
+	if (!fds) {
+		log_msg(LOG_ERROR, "event=reload worker=%u status=failed error=\"out of memory\"", w->id);
+		for (unsigned b = 0; b < r->nlisten; b++)
+			if (r->new_fd[b] >= 0)
+				close(r->new_fd[b]);
+		conf_unref(r->conf);
+		goto out;
+	}
+	for (unsigned b = 0; b < r->nlisten; b++) {
+		int k = r->keep_from[b];
+		fds[b] = k >= 0 && (unsigned)k < w->nlisten ? w->listen_fds[k] : r->new_fd[b];
+		if (k >= 0 && (unsigned)k < w->nlisten)
+			w->listen_fds[k] = -2; /* moved: neither close nor re-arm */
+	}
+	for (unsigned b = 0; b < w->nlisten; b++) {
+		if (w->listen_fds[b] >= 0) {
+			ring_cancel(&w->ring, ring_tag(OP_ACCEPT, b, w->conf_gen));
+			close(w->listen_fds[b]);
+		} else if (w->listen_fds[b] == -2) {
+			ring_cancel(&w->ring, ring_tag(OP_ACCEPT, b, w->conf_gen));
+		}
+	}
+	free(w->listen_fds);
+	w->listen_fds = fds;
+	w->nlisten = r->nlisten;
+	conf_unref(w->conf);
+	w->conf = r->conf;
+	w->conf_gen++;
+	if (w->stopping)
+		close_listeners(w);
+	else
+		for (unsigned b = 0; b < w->nlisten; b++)
+			if (w->listen_fds[b] >= 0)
+				arm_accept(w, b);
+out:
+	free(r->keep_from);
+	free(r->new_fd);
+	free(r);
+}
+
+static void arm_wake(struct worker *w)
+{
+	ring_read(&w->ring, w->wake_fd, &w->wake_buf, sizeof(w->wake_buf),
+		  ring_tag(OP_WAKE, 0, 0));
+}
+
+static void poke(struct worker *w)
+{
+	uint64_t one = 1;
+	ssize_t n = write(w->wake_fd, &one, sizeof(one));
+	(void)n;
+}
+
+void worker_reload(struct worker *w, struct worker_reload *r)
+{
+	atomic_store(&w->reload, r);
+	poke(w);
+}
+
+bool worker_reload_pending(struct worker *w)
+{
+	return atomic_load(&w->reload) != NULL;
 }
 
 static void arm_tick(struct worker *w)
@@ -161,13 +274,11 @@ static void begin_stop(struct worker *w)
 {
 	w->stopping = true;
 	w->stop_deadline_ms = w->now_ms + w->conf->shutdown_grace_ms;
-	for (unsigned b = 0; b < w->nlisten; b++) {
-		if (w->listen_fds[b] < 0)
-			continue;
-		ring_cancel(&w->ring, ring_tag(OP_ACCEPT, b, 0));
-		close(w->listen_fds[b]);
-		w->listen_fds[b] = -1;
-	}
+	close_listeners(w);
+	/* Idle sessions get their 421 now, not at the next tick. */
+	for (uint32_t i = 0; i < w->high_water; i++)
+		if (w->slots[i])
+			session_tick(w, w->slots[i]);
 }
 
 static void on_tick(struct worker *w)
@@ -187,11 +298,13 @@ static void dispatch(struct worker *w, struct io_uring_cqe *cqe)
 	switch (ring_tag_op(tag)) {
 	case OP_ACCEPT: {
 		unsigned b = ring_tag_slot(tag);
+		bool current = ring_tag_gen(tag) == w->conf_gen;
 		if (cqe->res >= 0)
-			session_accept(w, b, cqe->res);
+			session_accept(w, current ? b : binding_of(w->conf, cqe->res), cqe->res);
 		else if (cqe->res != -ECANCELED && cqe->res != -EBADF)
 			log_msg(LOG_WARN, "event=accept_error error=\"%s\"", strerror(-cqe->res));
-		if (!(cqe->flags & IORING_CQE_F_MORE) && !w->stopping && w->listen_fds[b] >= 0)
+		if (!(cqe->flags & IORING_CQE_F_MORE) && current && !w->stopping &&
+		    w->listen_fds[b] >= 0)
 			arm_accept(w, b);
 		break;
 	}
@@ -214,6 +327,11 @@ static void dispatch(struct worker *w, struct io_uring_cqe *cqe)
 		break;
 	case OP_TICK:
 		on_tick(w);
+		break;
+	case OP_WAKE:
+		if (!w->stopping && atomic_load(&w->stop_requested))
+			begin_stop(w);
+		arm_wake(w);
 		break;
 	default:
 		break;
@@ -259,6 +377,7 @@ static int setup(struct worker *w)
 	for (unsigned b = 0; b < w->nlisten; b++)
 		arm_accept(w, b);
 	arm_tick(w);
+	arm_wake(w);
 	return 0;
 }
 
@@ -286,6 +405,9 @@ static void *worker_main(void *arg)
 			seen++;
 		}
 		io_uring_cq_advance(&w->ring.uring, seen);
+		struct worker_reload *r = atomic_exchange(&w->reload, NULL);
+		if (r)
+			apply_reload(w, r);
 		if (w->stopping && w->nconns == 0 && !w->dirsync_inflight)
 			break;
 	}
@@ -296,12 +418,27 @@ static void *worker_main(void *arg)
 		(unsigned long long)w->stats.fsyncs, (unsigned long long)w->stats.dirsyncs);
 	bufring_free(&w->br, &w->ring.uring);
 	ring_exit(&w->ring);
+	struct worker_reload *r = atomic_exchange(&w->reload, NULL);
+	if (r) {
+		for (unsigned b = 0; b < r->nlisten; b++)
+			if (r->new_fd[b] >= 0)
+				close(r->new_fd[b]);
+		conf_unref(r->conf);
+		free(r->keep_from);
+		free(r->new_fd);
+		free(r);
+	}
 	atomic_store(&w->state, 2);
 	return NULL;
 }
 
 int worker_start(struct worker *w)
 {
+	w->wake_fd = eventfd(0, EFD_CLOEXEC);
+	if (w->wake_fd < 0) {
+		snprintf(w->err, sizeof(w->err), "eventfd: %s", strerror(errno));
+		return -1;
+	}
 	atomic_store(&w->state, 0);
 	atomic_store(&w->stop_requested, false);
 	int ret = pthread_create(&w->thread, NULL, worker_main, w);
@@ -317,6 +454,7 @@ int worker_start(struct worker *w)
 void worker_request_stop(struct worker *w)
 {
 	atomic_store(&w->stop_requested, true);
+	poke(w);
 }
 
 void worker_join(struct worker *w)
@@ -330,4 +468,7 @@ void worker_join(struct worker *w)
 	free(w->free_slots);
 	free(w->dirsync_pending);
 	free(w->dirsync_batch);
+	free(w->listen_fds);
+	conf_unref(w->conf);
+	close(w->wake_fd);
 }

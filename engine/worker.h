@@ -31,6 +31,7 @@ struct conn {
 	bool storing;             /* message durability in progress */
 	bool drained;
 	int store_result;         /* STORE_* once storing finished */
+	struct conf *conf;        /* the configuration the session started with */
 	const struct rconn *rc;
 	unsigned binding;
 	uint64_t started_ms;
@@ -51,6 +52,17 @@ struct slotref {
 	uint32_t gen;
 };
 
+/* A new configuration for a worker: the conf (one reference for the worker)
+ * and, per binding, either the worker's socket for an unchanged binding
+ * (keep_from = its old index) or a new socket (new_fd). The worker closes
+ * the sockets of bindings that are gone. */
+struct worker_reload {
+	struct conf *conf;
+	int *keep_from;
+	int *new_fd;
+	unsigned nlisten;
+};
+
 struct worker_stats {
 	uint64_t connections;
 	uint64_t refused;         /* no connector / no slot */
@@ -64,7 +76,11 @@ struct worker_stats {
 struct worker {
 	unsigned id;
 	pthread_t thread;
-	const struct conf *conf;
+	struct conf *conf;         /* current; one reference held */
+	uint32_t conf_gen;        /* bumped per reload; tags accepts */
+	_Atomic(struct worker_reload *) reload;  /* handed over by main */
+	int wake_fd;              /* eventfd: main pokes the worker */
+	uint64_t wake_buf;
 	const struct msgstore *store;
 	int *listen_fds;          /* one per binding, owned */
 	unsigned nlisten;
@@ -96,6 +112,10 @@ struct worker {
 
 int worker_start(struct worker *w);
 void worker_request_stop(struct worker *w);
+/* Hands a new configuration to a running worker (applied at its next loop
+ * turn). The previous one must have been taken: see worker_reload_pending(). */
+void worker_reload(struct worker *w, struct worker_reload *r);
+bool worker_reload_pending(struct worker *w);
 void worker_join(struct worker *w);
 
 uint64_t worker_clock_ms(void);

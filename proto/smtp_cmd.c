@@ -46,6 +46,8 @@ enum smtp_cmd_result smtp_cmd_next(struct smtp_cmd_reader *r, const char *buf,
 				   size_t *consumed)
 {
 	*consumed = 0;
+	if (len == 0)
+		return SMTP_CMD_AGAIN;
 	if (r->scanned > len)
 		r->scanned = 0;
 	const char *lf = memchr(buf + r->scanned, '\n', len - r->scanned);

@@ -15,6 +15,8 @@ struct run {
 
 static void rec_add(struct run *r, const void *p, size_t n)
 {
+	if (n == 0)
+		return;
 	if (r->len + n > r->cap) {
 		r->cap = (r->len + n) * 2 + 64;
 		r->rec = realloc(r->rec, r->cap);
@@ -86,8 +88,9 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 	tokenize(data, size, 0, &whole);
 	tokenize(data, size, chunk, &split);
 	tokenize(data, size, 1, &bytes);
-	if (whole.len != split.len || memcmp(whole.rec, split.rec, whole.len) != 0 ||
-	    whole.len != bytes.len || memcmp(whole.rec, bytes.rec, whole.len) != 0)
+	if (whole.len != split.len || whole.len != bytes.len ||
+	    (whole.len && (memcmp(whole.rec, split.rec, whole.len) != 0 ||
+			   memcmp(whole.rec, bytes.rec, whole.len) != 0)))
 		abort();
 	free(whole.rec);
 	free(split.rec);

@@ -58,7 +58,8 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 	char *s = malloc(size ? size : 1);
 	if (!s)
 		abort();
-	memcpy(s, data, size);
+	if (size)
+		memcpy(s, data, size);
 
 	for (unsigned flags = 0; flags < 8; flags++) {
 		struct smtp_path p;

@@ -370,7 +370,7 @@ static void test_bad_hello_argument(void **state)
 	static const char *const cases[] = {
 		"HELO\r\n", "EHLO\r\n", "EHLO   \r\n", "EHLO bad..name\r\n",
 		"HELO -x.example\r\n", "EHLO a b\r\n", "EHLO [1.2.3.256]\r\n",
-		"HELO .\r\n", "EHLO b\xc3\xbc" "cher.example\r\n",
+		"HELO .\r\n", "EHLO b\303\274cher.example\r\n",
 	};
 	for (size_t i = 0; i < N_ELEMS(cases); i++) {
 		struct h *h = h_new();
