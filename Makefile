@@ -4,7 +4,7 @@ ASAN_BUILD ?= build-asan
 JOBS       ?= $(shell nproc)
 CONF       ?= deploy/postern.conf
 
-.PHONY: all deps build asan run test test-release test-asan bench clean
+.PHONY: all deps build asan run test test-release test-asan bench fuzz clean
 
 all: build
 
@@ -34,6 +34,19 @@ test: test-release test-asan
 
 bench: build
 	bash bench/smtp-source-baseline.sh
+
+# libFuzzer targets for every proto/ parser (opt-in: not part of `make test`).
+FUZZ_SECONDS ?= 60
+fuzz: deps
+	@command -v clang >/dev/null || apt-get install -y -qq clang
+	@mkdir -p $(BUILD)/fuzz
+	@for t in tests/fuzz/fuzz_*.c; do \
+	  n=$$(basename $$t .c); \
+	  clang -g -O1 -fsanitize=fuzzer,address,undefined -fno-sanitize-recover=all \
+	    -D_GNU_SOURCE -Iproto $$t proto/*.c -o $(BUILD)/fuzz/$$n || exit 1; \
+	  echo "== $$n ($(FUZZ_SECONDS)s)"; \
+	  $(BUILD)/fuzz/$$n -max_total_time=$(FUZZ_SECONDS) -print_final_stats=1 2>&1 | tail -3 || exit 1; \
+	done
 
 clean:
 	rm -rf $(BUILD) $(ASAN_BUILD)

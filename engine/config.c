@@ -87,6 +87,33 @@ static int line_of(const config_setting_t *s)
 	return l > 0 ? l : 1;
 }
 
+/* libconfig numbers a list element by its parser's look-ahead, which is
+ * the next line for the last element of a multi-line list. For errors, find
+ * the element's own line: the first line from the list's start on which the
+ * quoted value appears. */
+static int element_line(const struct loader *ld, const config_setting_t *list,
+			unsigned idx)
+{
+	const config_setting_t *e = config_setting_get_elem(list, idx);
+	int fallback = line_of(e ? e : list);
+	const char *val = e ? config_setting_get_string(e) : NULL;
+	FILE *f = val ? fopen(ld->path, "r") : NULL;
+	if (!f)
+		return fallback;
+	char quoted[300], buf[4096];
+	snprintf(quoted, sizeof(quoted), "\"%s\"", val);
+	int line = 0, found = fallback;
+	while (fgets(buf, sizeof(buf), f)) {
+		line++;
+		if (line >= line_of(list) && line <= fallback && strstr(buf, quoted)) {
+			found = line;
+			break;
+		}
+	}
+	fclose(f);
+	return found;
+}
+
 /* ---- value parsers ---------------------------------------------------- */
 
 bool conf_parse_size(const char *s, uint64_t *out)
@@ -587,7 +614,7 @@ static bool load_connector(struct loader *ld, struct conf *c, struct rconn *rc,
 		const char *s = config_setting_get_string_elem(v, (int)i);
 		struct binding b;
 		if (!conf_parse_binding(s, &b))
-			return fail(ld, line_of(v),
+			return fail(ld, element_line(ld, v, i),
 				    "bindings: \"%s\" is not ip:port ([ipv6]:port)", s);
 		rc->bindings[i] = add_binding(c, &b);
 	}
@@ -601,9 +628,9 @@ static bool load_connector(struct loader *ld, struct conf *c, struct rconn *rc,
 		for (unsigned i = 0; i < rc->nranges; i++) {
 			const char *s = config_setting_get_string_elem(v, (int)i);
 			if (!conf_parse_range(s, &rc->ranges[i]))
-				return fail(ld, line_of(v),
+				return fail(ld, element_line(ld, v, i),
 					    "remote_ip_ranges: \"%s\" is not an address, a-b range or CIDR", s);
-			rc->ranges[i].line = line_of(v);
+			rc->ranges[i].line = line_of(config_setting_get_elem(v, i));
 		}
 	} else {
 		/* Exchange's default: every address. */
@@ -627,7 +654,7 @@ static bool load_connector(struct loader *ld, struct conf *c, struct rconn *rc,
 		else if (strcmp(s, "authenticated") == 0)
 			rc->perms |= PERM_AUTHENTICATED;
 		else
-			return fail(ld, line_of(v),
+			return fail(ld, element_line(ld, v, (unsigned)i),
 				    "permission_groups: unknown group \"%s\" (anonymous, anonymous_relay, externally_secured, authenticated)", s);
 	}
 
