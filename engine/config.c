@@ -223,9 +223,9 @@ bool conf_parse_range(const char *s, struct ip_range *r)
 			return false;
 		if (strchr(buf, ':') && r->family == 4)
 			return false; /* "::ffff:a.b.c.d/n": ambiguous width */
-		u128 host = bits == width ? 0 : (((u128)1 << (width - bits)) - 1);
-		if (bits == 0)
-			host = width == 128 ? ~(u128)0 : 0xffffffffu;
+		u128 host = bits == width ? 0
+			    : bits == 0 ? (width == 128 ? ~(u128)0 : 0xffffffffu)
+					: (((u128)1 << (width - bits)) - 1);
 		r->lo = v & ~host;
 		r->hi = r->lo | host;
 		if (width == 32) {

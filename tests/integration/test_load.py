@@ -1,7 +1,6 @@
 """Load: postfix's smtp-source and swaks against a real postern."""
 import os
 import re
-import shutil
 import subprocess
 
 import pytest

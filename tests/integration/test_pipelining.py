@@ -1,7 +1,6 @@
 """RFC 2920 pipelining: replies come back complete and in order."""
 import re
 import threading
-import time
 
 from conftest import (HOSTNAME, R_MAIL_OK, R_NOOP_OK, R_QUIT, R_RCPT_OK,
                       R_START_DATA, SLOW)

@@ -107,3 +107,20 @@ TWO_AND_ONLY_TEN = """receive_connectors = (
     permission_groups = [ "anonymous_relay" ]; }
 );
 """
+
+
+def test_connector_without_ranges_takes_every_address(postern, smtp_raw):
+    """remote_ip_ranges omitted: Exchange's default, every IPv4 and IPv6
+    address (0.0.0.0/0 and ::/0)."""
+    p = postern("""receive_connectors = (
+  { name = "Everyone"; bindings = [ "127.0.0.1:{port}" ];
+    permission_groups = [ "anonymous" ]; }
+);
+""")
+    for source in ("127.0.0.50", "127.0.0.10"):
+        c = smtp_raw(p.port, source)
+        assert c.cmd("EHLO client.example")[0] == "250-%s Hello [%s]" % (HOSTNAME, source)
+        assert c.cmd("MAIL FROM:<a@b.example>") == R_MAIL_OK
+        assert c.cmd("RCPT TO:<x@corp.example>") == R_RCPT_OK
+        assert c.cmd("RCPT TO:<x@other.example>") == R_UNABLE_TO_RELAY
+        assert c.cmd("QUIT") == R_QUIT
