@@ -124,3 +124,17 @@ def test_connector_without_ranges_takes_every_address(postern, smtp_raw):
         assert c.cmd("RCPT TO:<x@corp.example>") == R_RCPT_OK
         assert c.cmd("RCPT TO:<x@other.example>") == R_UNABLE_TO_RELAY
         assert c.cmd("QUIT") == R_QUIT
+
+
+@pytest.mark.parametrize("rcpt", ["<user@other.example@corp.example>",
+                                  "<x@corp.example.>",
+                                  "<x@other.example.>"])
+def test_malformed_relay_tricks_are_syntax_errors(postern, smtp_raw, rcpt):
+    # A second "@" or a trailing dot is not a path at all: refused as such,
+    # from a relay host too, so no downstream ever sees it.
+    p = postern()
+    for source in ("127.0.0.50", "127.0.0.10"):
+        c = smtp_raw(p.port, source)
+        start_transaction(c)
+        assert c.cmd("RCPT TO:%s" % rcpt) == "501 5.1.3 Invalid address"
+        assert c.cmd("QUIT") == R_QUIT
