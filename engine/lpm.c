@@ -161,8 +161,11 @@ static bool build_family(struct lpm_family *f, unsigned width,
 		f->common_bits = c;
 		f->common = c ? a >> (width - c) : 0;
 	}
-	unsigned rest = width - f->common_bits;
-	f->bucket_bits = rest < BUCKET_BITS_MAX ? rest : BUCKET_BITS_MAX;
+	/* About two buckets per key, at most 2^16: small tables stay small. */
+	unsigned rest = width - f->common_bits, want = 0;
+	while (want < BUCKET_BITS_MAX && ((size_t)1 << want) < 2 * f->n)
+		want++;
+	f->bucket_bits = rest < want ? rest : want;
 	size_t nb = (size_t)1 << f->bucket_bits;
 	f->bucket = malloc((nb + 1) * sizeof(*f->bucket));
 	if (!f->bucket)

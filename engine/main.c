@@ -6,15 +6,66 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 #include <unistd.h>
 
 #include "config.h"
 #include "listener.h"
 #include "log.h"
 #include "msgstore.h"
+#include "stats.h"
 #include "worker.h"
 
 #define POSTERN_VERSION "0.1.0"
+
+/* What the stats thread may ask of main: the configuration in force, and a
+ * reload (run here, on the signal thread, as for SIGHUP). */
+struct app {
+	pthread_mutex_t mu;
+	pthread_cond_t reloaded;
+	struct conf *conf;        /* current; swapped by reload() under mu */
+	uint64_t reload_gen;
+	int reload_status;
+	char reload_result[1024];
+};
+
+static struct conf *app_current(void *arg)
+{
+	struct app *a = arg;
+	pthread_mutex_lock(&a->mu);
+	struct conf *c = a->conf;
+	conf_ref(c);
+	pthread_mutex_unlock(&a->mu);
+	return c;
+}
+
+static int app_reload(void *arg, char *result, size_t cap)
+{
+	struct app *a = arg;
+	pthread_mutex_lock(&a->mu);
+	uint64_t gen = a->reload_gen;
+	kill(getpid(), SIGHUP);
+	struct timespec until;
+	clock_gettime(CLOCK_REALTIME, &until);
+	until.tv_sec += 30;
+	int ret = 0;
+	while (a->reload_gen == gen && ret == 0)
+		ret = pthread_cond_timedwait(&a->reloaded, &a->mu, &until);
+	int status = a->reload_gen == gen ? -1 : a->reload_status;
+	snprintf(result, cap, "%s", a->reload_gen == gen ? "reload timed out" : a->reload_result);
+	pthread_mutex_unlock(&a->mu);
+	return status;
+}
+
+static void app_reloaded(struct app *a, int status, const char *result)
+{
+	pthread_mutex_lock(&a->mu);
+	a->reload_gen++;
+	a->reload_status = status;
+	snprintf(a->reload_result, sizeof(a->reload_result), "%.1000s", result);
+	pthread_cond_broadcast(&a->reloaded);
+	pthread_mutex_unlock(&a->mu);
+}
 
 static bool same_binding(const struct binding *a, const struct binding *b)
 {
@@ -39,9 +90,10 @@ static void free_reloads(struct worker_reload **rs, unsigned nw)
 /* SIGHUP: load the file again and hand it to every worker. A bad file
  * changes nothing. Sessions in progress keep the configuration they began
  * with; new connections get the new one. */
-static void reload(const char *path, struct conf **cur, struct worker *workers,
-		   unsigned nw)
+static int reload_config(const char *path, struct app *app, struct worker *workers,
+			 unsigned nw, char *result, size_t cap)
 {
+	struct conf **cur = &app->conf;
 	char err[1024], q[1100];
 	for (int tries = 0; tries < 200; tries++) {
 		bool pending = false;
@@ -50,16 +102,18 @@ static void reload(const char *path, struct conf **cur, struct worker *workers,
 		if (!pending)
 			break;
 		if (tries == 199) {
-			log_msg(LOG_ERROR, "event=reload status=failed error=\"previous reload not yet applied\"");
-			return;
+			snprintf(result, cap, "previous reload not yet applied");
+			log_msg(LOG_ERROR, "event=reload status=failed error=\"%s\"", result);
+			return -1;
 		}
 		usleep(10000);
 	}
 	struct conf *n = conf_load(path, err, sizeof(err));
 	if (!n) {
+		snprintf(result, cap, "%.900s (keeping the running configuration)", err);
 		log_msg(LOG_ERROR, "event=reload status=failed error=%s note=\"keeping the running configuration\"",
 			log_quote(q, sizeof(q), err));
-		return;
+		return -1;
 	}
 	const struct conf *old = *cur;
 	if (n->workers != old->workers) {
@@ -94,6 +148,7 @@ static void reload(const char *path, struct conf **cur, struct worker *workers,
 				continue;
 			rs[i]->new_fd[b] = listener_open(&n->bindings[b], err, sizeof(err));
 			if (rs[i]->new_fd[b] < 0) {
+				snprintf(result, cap, "%.900s (keeping the running configuration)", err);
 				log_msg(LOG_ERROR, "event=reload status=failed error=%s note=\"keeping the running configuration\"",
 					log_quote(q, sizeof(q), err));
 				ok = false;
@@ -104,17 +159,24 @@ static void reload(const char *path, struct conf **cur, struct worker *workers,
 		if (rs)
 			free_reloads(rs, nw);
 		conf_unref(n);
-		return;
+		if (!rs)
+			snprintf(result, cap, "out of memory");
+		return -1;
 	}
 	for (unsigned i = 0; i < nw; i++) {
 		conf_ref(n);
 		worker_reload(&workers[i], rs[i]);
 	}
 	free(rs);
-	conf_unref(*cur);
+	pthread_mutex_lock(&app->mu);
+	struct conf *prev = *cur;
 	*cur = n;
+	pthread_mutex_unlock(&app->mu);
+	conf_unref(prev);
 	log_set_level((enum log_level)n->log_level);
+	snprintf(result, cap, "reloaded: %u connectors, %u bindings", n->nrc, n->nbindings);
 	log_msg(LOG_INFO, "event=reload status=ok connectors=%u bindings=%u", n->nrc, n->nbindings);
+	return 0;
 }
 
 static void usage(FILE *out)
@@ -218,6 +280,23 @@ int main(int argc, char **argv)
 			return 1;
 		}
 	}
+	struct app app = {.conf = conf};
+	pthread_mutex_init(&app.mu, NULL);
+	pthread_cond_init(&app.reloaded, NULL);
+	struct stats_host host = {
+		.workers = workers,
+		.nworkers = nw,
+		.start_ms = worker_clock_ms(),
+		.current = app_current,
+		.reload = app_reload,
+		.arg = &app,
+	};
+	struct stats_server stats = {.fd = -1};
+	if (conf->stats_socket &&
+	    stats_start(&stats, &host, conf->stats_socket, err, sizeof(err)) < 0) {
+		fprintf(stderr, "postern: %s\n", err);
+		return 1;
+	}
 	char bl[512] = "";
 	for (unsigned b = 0; b < conf->nbindings; b++) {
 		size_t n = strlen(bl);
@@ -234,20 +313,23 @@ int main(int argc, char **argv)
 			break;
 		}
 		if (sig == SIGHUP) {
-			reload(path, &conf, workers, nw);
+			char result[1024];
+			int status = reload_config(path, &app, workers, nw, result, sizeof(result));
+			app_reloaded(&app, status, result);
 			continue;
 		}
 		log_msg(LOG_INFO, "event=stop signal=%s grace_ms=%llu", sig == SIGTERM ? "TERM" : "INT",
-			(unsigned long long)conf->shutdown_grace_ms);
+			(unsigned long long)app.conf->shutdown_grace_ms);
 		break;
 	}
+	stats_stop(&stats);
 	for (unsigned i = 0; i < nw; i++)
 		worker_request_stop(&workers[i]);
 	for (unsigned i = 0; i < nw; i++)
 		worker_join(&workers[i]);
 	free(workers);
 	msgstore_close(&store);
-	conf_unref(conf);
+	conf_unref(app.conf);
 	log_msg(LOG_INFO, "event=exit status=0");
 	return 0;
 }

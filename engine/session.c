@@ -80,7 +80,7 @@ void session_accept(struct worker *w, unsigned binding, int fd)
 	const struct ip_range *why = NULL;
 	const struct rconn *rc = conf_match(w->conf, binding, (struct sockaddr *)&ss, &why);
 	if (!rc) {
-		w->stats.refused++;
+		STAT_ADD(w, refused, 1);
 		log_msg(LOG_WARN, "event=refuse client=%s binding=%s reason=no_connector",
 			ip, binding < w->conf->nbindings ? w->conf->bindings[binding].text : "-");
 		refuse(fd, "554 5.7.1 No receive connector accepts connections from this address");
@@ -88,7 +88,7 @@ void session_accept(struct worker *w, unsigned binding, int fd)
 	}
 	struct conn *c = worker_conn_alloc(w);
 	if (!c) {
-		w->stats.refused++;
+		STAT_ADD(w, refused, 1);
 		log_msg(LOG_WARN, "event=refuse client=%s reason=worker_full", ip);
 		refuse(fd, R_CONN_LIMIT);
 		return;
@@ -104,7 +104,7 @@ void session_accept(struct worker *w, unsigned binding, int fd)
 	snprintf(c->peer, sizeof(c->peer), "%s", ip);
 	msgfile_init(&c->msg);
 	smtp_server_init(&c->smtp, &rc->smtp, ip, c->out, sizeof(c->out));
-	w->stats.connections++;
+	STAT_ADD(w, connections, 1);
 	if (log_enabled(LOG_DEBUG)) {
 		char q[160];
 		log_msg(LOG_DEBUG, "event=connect client=%s connector=%s range=%s worker=%u",
@@ -182,7 +182,7 @@ static void message_end(struct worker *w, struct conn *c)
 	}
 	c->storing = true;
 	c->inflight++;
-	w->stats.fsyncs++;
+	STAT_ADD(w, fsyncs, 1);
 	ring_fsync(&w->ring, c->msg.fd, true, conn_tag(OP_FSYNC, c));
 }
 
@@ -230,7 +230,7 @@ static void process(struct worker *w, struct conn *c)
 			msgfile_append(&c->msg, ev.data, ev.len);
 			break;
 		case SMTP_EV_DATA_REJECT:
-			w->stats.rejected++;
+			STAT_ADD(w, rejected, 1);
 			msgfile_discard(w->store, &c->msg);
 			break;
 		case SMTP_EV_DATA_END:
@@ -319,7 +319,7 @@ static void on_recv(struct worker *w, struct conn *c, int res, unsigned flags)
 		return;
 	if (res > 0) {
 		c->active_ms = w->now_ms;
-		w->stats.bytes += (uint64_t)res;
+		STAT_ADD(w, bytes, (uint64_t)res);
 	} else if (res == 0) {
 		c->read_eof = true;
 	} else if (res != -ENOBUFS && res != -ECANCELED) {
@@ -400,7 +400,7 @@ void session_on_stored(struct worker *w, struct conn *c, bool ok)
 	/* Takes over the reference the directory sync held. */
 	c->storing = false;
 	if (ok) {
-		w->stats.messages++;
+		STAT_ADD(w, messages, 1);
 		log_received(w, c);
 	}
 	c->store_result = ok ? STORE_OK : STORE_FAILED;

@@ -65,6 +65,7 @@ struct conn *worker_conn_alloc(struct worker *w)
 	c->fd = -1;
 	w->slots[slot] = c;
 	w->nconns++;
+	STAT_ADD(w, active, 1);
 	return c;
 }
 
@@ -73,6 +74,7 @@ void worker_conn_release(struct worker *w, struct conn *c)
 	w->slots[c->slot] = NULL;
 	w->free_slots[w->nfree++] = c->slot;
 	w->nconns--;
+	STAT_ADD(w, active, -1);
 	free(c);
 }
 
@@ -110,7 +112,7 @@ static void dirsync_start(struct worker *w)
 	w->pending_cap = tc;
 	w->npending = 0;
 	w->dirsync_inflight = true;
-	w->stats.dirsyncs++;
+	STAT_ADD(w, dirsyncs, 1);
 	ring_fsync(&w->ring, w->store->dirfd, false, ring_tag(OP_DIRSYNC, 0, 0));
 }
 
@@ -413,9 +415,9 @@ static void *worker_main(void *arg)
 	}
 	log_msg(LOG_INFO,
 		"event=worker_exit worker=%u connections=%llu messages=%llu rejected=%llu fsyncs=%llu dirsyncs=%llu",
-		w->id, (unsigned long long)w->stats.connections,
-		(unsigned long long)w->stats.messages, (unsigned long long)w->stats.rejected,
-		(unsigned long long)w->stats.fsyncs, (unsigned long long)w->stats.dirsyncs);
+		w->id, (unsigned long long)STAT_GET(w, connections),
+		(unsigned long long)STAT_GET(w, messages), (unsigned long long)STAT_GET(w, rejected),
+		(unsigned long long)STAT_GET(w, fsyncs), (unsigned long long)STAT_GET(w, dirsyncs));
 	bufring_free(&w->br, &w->ring.uring);
 	ring_exit(&w->ring);
 	struct worker_reload *r = atomic_exchange(&w->reload, NULL);

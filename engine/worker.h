@@ -63,15 +63,26 @@ struct worker_reload {
 	unsigned nlisten;
 };
 
+/* Written only by the owning worker, read by the stats socket: relaxed
+ * atomics, so an increment is a plain add with no lock prefix. */
 struct worker_stats {
-	uint64_t connections;
-	uint64_t refused;         /* no connector / no slot */
-	uint64_t messages;
-	uint64_t rejected;        /* DATA refused */
-	uint64_t bytes;
-	uint64_t fsyncs;
-	uint64_t dirsyncs;
+	_Atomic uint64_t connections;
+	_Atomic uint64_t active;          /* connections open now */
+	_Atomic uint64_t refused;         /* no connector / no slot */
+	_Atomic uint64_t messages;
+	_Atomic uint64_t rejected;        /* DATA refused */
+	_Atomic uint64_t bytes;
+	_Atomic uint64_t fsyncs;
+	_Atomic uint64_t dirsyncs;
 };
+
+#define STAT_ADD(w, field, n)                                                  \
+	atomic_store_explicit(&(w)->stats.field,                               \
+			      atomic_load_explicit(&(w)->stats.field,          \
+						   memory_order_relaxed) + (n),       \
+			      memory_order_relaxed)
+#define STAT_GET(w, field) \
+	atomic_load_explicit(&(w)->stats.field, memory_order_relaxed)
 
 struct worker {
 	unsigned id;

@@ -1,0 +1,44 @@
+/* Stats socket (DESIGN B.4): a unix stream socket, one command per
+ * connection, reply then close. Runs on its own thread; it reads worker
+ * counters (relaxed atomics) and the current configuration (by reference),
+ * and asks main for reloads. Never touches a worker's connections. */
+#ifndef POSTERN_STATS_H
+#define POSTERN_STATS_H
+
+#include <pthread.h>
+#include <stdint.h>
+#include <stdio.h>
+
+#include "config.h"
+#include "worker.h"
+
+struct stats_host {
+	struct worker *workers;
+	unsigned nworkers;
+	uint64_t start_ms;        /* worker_clock_ms() at start */
+	/* The configuration in force, with a reference for the caller. */
+	struct conf *(*current)(void *arg);
+	/* Reloads like SIGHUP; writes the outcome. 0 on success. */
+	int (*reload)(void *arg, char *result, size_t cap);
+	void *arg;
+};
+
+struct stats_server {
+	const struct stats_host *host;
+	int fd;
+	int stop_pipe[2];
+	pthread_t thread;
+	char path[108];
+};
+
+/* Binds path (mode 0660; a stale socket file is replaced) and starts
+ * serving. Returns 0, or -1 with err filled. */
+int stats_start(struct stats_server *s, const struct stats_host *h,
+		const char *path, char *err, size_t errlen);
+void stats_stop(struct stats_server *s);
+
+/* Runs one command line and writes the reply to out. Returns 0 for a
+ * command that succeeded, -1 when the reply is an error. */
+int stats_command(const struct stats_host *h, const char *line, FILE *out);
+
+#endif

@@ -1,0 +1,103 @@
+"""The stats socket and posternctl: match, show info counters, reload."""
+import os
+import smtplib
+import stat
+import subprocess
+
+from conftest import BUILD, R_RCPT_OK, TWO_CONNECTORS, wait_until
+
+CTL = os.path.join(BUILD, "posternctl")
+
+
+def ctl(sock, *args):
+    r = subprocess.run([CTL, "-s", str(sock)] + list(args), capture_output=True,
+                       timeout=30)
+    return r.returncode, r.stdout.decode(), r.stderr.decode()
+
+
+def start(postern, tmp_path, connectors=TWO_CONNECTORS):
+    sock = tmp_path / "run" / "stats.sock"
+    p = postern(connectors, server_extra='  stats_socket = "%s";\n' % sock)
+    wait_until(lambda: sock.exists(), 10, what="stats socket")
+    return p, sock
+
+
+def info(sock):
+    rc, out, err = ctl(sock, "show", "info")
+    assert rc == 0, err
+    return dict(line.split(": ", 1) for line in out.strip().split("\n"))
+
+
+def test_socket_mode_and_match(postern, tmp_path):
+    p, sock = start(postern, tmp_path)
+    assert stat.S_IMODE(os.stat(sock).st_mode) == 0o660
+    b = "127.0.0.1:%d" % p.port
+    cases = {
+        "127.0.0.10": 'binding %s: connector "Anonymous Relay" range 127.0.0.10 '
+                      'permissions=anonymous_relay\n' % b,
+        "127.0.0.25:%d" % p.port: 'binding %s: connector "Anonymous Relay" range '
+                                  '127.0.0.20-127.0.0.29 permissions=anonymous_relay\n' % b,
+        "127.0.0.30": 'binding %s: connector "Default Frontend" range '
+                      '0.0.0.0-255.255.255.255 permissions=anonymous\n' % b,
+        "[::1]": "binding %s: no connector: refused at connect with 554 5.7.1\n" % b,
+    }
+    for addr, want in cases.items():
+        assert ctl(sock, "match", addr) == (0, want, "")
+    rc, out, _ = ctl(sock, "match", "127.0.0.10:1")
+    assert (rc, out) == (1, "error: no binding on port 1\n")
+    rc, out, _ = ctl(sock, "match", "not-an-ip")
+    assert rc == 1 and out.startswith("error: bad address")
+    rc, out, _ = ctl(sock, "show", "nonsense")
+    assert rc == 1 and out.startswith('error: unknown command "show nonsense"; commands:')
+
+
+def test_info_counts_traffic(postern, tmp_path):
+    p, sock = start(postern, tmp_path)
+    # The fixture's readiness probe is the one connection so far.
+    wait_until(lambda: info(sock)["connections_total"] == "1", 10, what="the probe")
+    before = info(sock)
+    assert before["messages_received"] == "0"
+    assert before["connectors"] == "2"
+    for i in range(3):
+        s = smtplib.SMTP("127.0.0.1", p.port, source_address=("127.0.0.10", 0))
+        s.sendmail("a@b.example", ["x@other.example"], b"Subject: %d\r\n\r\nbody\r\n" % i)
+        s.quit()
+    s = smtplib.SMTP("127.0.0.1", p.port, source_address=("127.0.0.50", 0))
+    s.ehlo("c.example")
+    s.mail("a@b.example")
+    assert s.rcpt("x@corp.example") == (250, b"2.1.5 Recipient OK")
+    s.rset()
+    wait_until(lambda: info(sock)["connections_total"] == "5", 10, what="5 connections")
+    now = info(sock)
+    assert now["messages_received"] == "3"
+    assert now["messages_rejected"] == "0"
+    assert now["connections_active"] == "1"
+    s.quit()
+    wait_until(lambda: info(sock)["connections_active"] == "0", 10, what="no connections")
+
+
+def test_reload_command(postern, tmp_path):
+    p, sock = start(postern, tmp_path)
+    rc, out, _ = ctl(sock, "match", "127.0.0.30")
+    assert "Default Frontend" in out
+    p.config.write_text(p.config.read_text().replace(
+        '"127.0.0.10", "127.0.0.20-127.0.0.29"', '"127.0.0.10", "127.0.0.30"'))
+    assert ctl(sock, "reload") == (0, "reloaded: 2 connectors, 1 bindings\n", "")
+    rc, out, _ = ctl(sock, "match", "127.0.0.30")
+    assert 'connector "Anonymous Relay" range 127.0.0.30 ' in out
+    s = smtplib.SMTP("127.0.0.1", p.port, source_address=("127.0.0.30", 0))
+    s.ehlo("c.example")
+    s.mail("a@b.example")
+    assert s.rcpt("x@other.example") == (250, R_RCPT_OK[4:].encode())
+    s.quit()
+    p.config.write_text(p.config.read_text() + "bogus = 1;\n")
+    rc, out, _ = ctl(sock, "reload")
+    assert rc == 1
+    assert out.startswith("error: %s:" % p.config)
+    assert out.endswith('unknown setting "bogus" (keeping the running configuration)\n')
+
+
+def test_ctl_without_server(tmp_path):
+    rc, out, err = ctl(tmp_path / "none.sock", "show", "info")
+    assert rc == 1 and out == ""
+    assert err.startswith("posternctl: cannot connect to %s" % (tmp_path / "none.sock"))
