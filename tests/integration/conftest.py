@@ -7,7 +7,7 @@ stops it with SIGTERM, asserting a clean exit.
 
 Environment:
   POSTERN_BUILD     build directory holding the postern binary
-                    (default /work/main/build)
+                    (default: build/ at the top of the repository)
   POSTERN_SANITIZE  "1" when the binary is an ASan/UBSan build: timeouts are
                     stretched and sanitizer reports in stderr fail the test.
 """
@@ -19,7 +19,9 @@ import time
 
 import pytest
 
-BUILD = os.environ.get("POSTERN_BUILD", "/work/main/build")
+BUILD = os.environ.get(
+    "POSTERN_BUILD",
+    os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "..", "build"))
 BINARY = os.path.join(BUILD, "postern")
 SANITIZE = os.environ.get("POSTERN_SANITIZE") == "1"
 # Multiplier for every deadline: sanitizer builds are several times slower.

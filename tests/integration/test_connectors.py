@@ -74,6 +74,26 @@ def test_ipv4_client_on_dual_stack_listener_matches_ipv4_ranges(postern, smtp_ra
     assert c.cmd("QUIT") == R_QUIT
 
 
+def test_ipv4_client_on_wildcard_dual_stack_listener(postern, smtp_raw):
+    # "[::]:port" takes IPv4 clients as ::ffff:a.b.c.d; they are matched as
+    # IPv4. (Bound to every address, but this test only connects via
+    # loopback.)
+    p = postern("""receive_connectors = (
+  { name = "All"; bindings = [ "[::]:{port}" ];
+    remote_ip_ranges = [ "0.0.0.0/0", "::/0" ]; permission_groups = [ "anonymous" ]; max_message_size = "1000"; },
+  { name = "Relay"; bindings = [ "[::]:{port}" ];
+    remote_ip_ranges = [ "127.0.0.20-127.0.0.29" ]; permission_groups = [ "anonymous_relay" ]; max_message_size = "2000"; }
+);
+""")
+    c = smtp_raw(p.port, "127.0.0.21")
+    assert ehlo_size(c) == "250-SIZE 2000"
+    c2 = smtp_raw(p.port, "127.0.0.30")
+    lines = c2.cmd("EHLO client.example")
+    assert lines[0] == "250-relay.test.example Hello [127.0.0.30]"
+    assert "250-SIZE 1000" in lines
+    assert c.cmd("QUIT") == R_QUIT and c2.cmd("QUIT") == R_QUIT
+
+
 def ipv6_loopback():
     try:
         with socket.socket(socket.AF_INET6) as s:
