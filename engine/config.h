@@ -53,6 +53,7 @@ struct rconn {
 	struct ip_range *ranges;
 	unsigned nranges;
 	unsigned perms;           /* PERM_* */
+	unsigned stats_id;        /* counters slot, stable across reloads (metrics.h) */
 	/* Settings below are filled from rconn_settings[] (config.c). */
 	uint64_t max_message_size;        /* bytes, 0 = unlimited */
 	uint64_t max_header_size;         /* bytes, 0 = unlimited */

@@ -21,6 +21,7 @@
 /* What the stats thread may ask of main: the configuration in force, and a
  * reload (run here, on the signal thread, as for SIGHUP). */
 struct app {
+	struct metrics_registry registry;
 	pthread_mutex_t mu;
 	pthread_cond_t reloaded;
 	struct conf *conf;        /* current; swapped by reload() under mu */
@@ -65,6 +66,14 @@ static void app_reloaded(struct app *a, int status, const char *result)
 	snprintf(a->reload_result, sizeof(a->reload_result), "%.1000s", result);
 	pthread_cond_broadcast(&a->reloaded);
 	pthread_mutex_unlock(&a->mu);
+}
+
+/* Gives each connector its counter slot: the same name keeps the same slot
+ * across reloads. */
+static void assign_stats_ids(struct metrics_registry *r, struct conf *c)
+{
+	for (unsigned i = 0; i < c->nrc; i++)
+		c->rc[i].stats_id = metrics_registry_id(r, c->rc[i].name);
 }
 
 static bool same_binding(const struct binding *a, const struct binding *b)
@@ -116,6 +125,7 @@ static int reload_config(const char *path, struct app *app, struct worker *worke
 		return -1;
 	}
 	const struct conf *old = *cur;
+	assign_stats_ids(&app->registry, n);
 	if (n->workers != old->workers) {
 		log_msg(LOG_WARN, "event=reload note=\"workers change needs a restart\"");
 		n->workers = old->workers;
@@ -236,6 +246,9 @@ int main(int argc, char **argv)
 		return 0;
 	}
 	log_set_level((enum log_level)conf->log_level);
+	static struct app app;
+	app.conf = conf;
+	assign_stats_ids(&app.registry, conf);
 
 	struct msgstore store;
 	if (msgstore_open(&store, conf->spool_dir, err, sizeof(err)) < 0) {
@@ -280,10 +293,11 @@ int main(int argc, char **argv)
 			return 1;
 		}
 	}
-	struct app app = {.conf = conf};
 	pthread_mutex_init(&app.mu, NULL);
 	pthread_cond_init(&app.reloaded, NULL);
 	struct stats_host host = {
+		.registry = &app.registry,
+		.store = &store,
 		.workers = workers,
 		.nworkers = nw,
 		.start_ms = worker_clock_ms(),
@@ -291,9 +305,9 @@ int main(int argc, char **argv)
 		.reload = app_reload,
 		.arg = &app,
 	};
-	struct stats_server stats = {.fd = -1};
-	if (conf->stats_socket &&
-	    stats_start(&stats, &host, conf->stats_socket, err, sizeof(err)) < 0) {
+	struct stats_server stats;
+	if (stats_start(&stats, &host, conf->stats_socket, conf->metrics_listen, err,
+			sizeof(err)) < 0) {
 		fprintf(stderr, "postern: %s\n", err);
 		return 1;
 	}

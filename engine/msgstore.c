@@ -85,24 +85,6 @@ void msgstore_close(struct msgstore *ms)
 	ms->dirfd = ms->lockfd = -1;
 }
 
-long msgstore_count(const struct msgstore *ms)
-{
-	int dfd = dup(ms->dirfd);
-	DIR *d = dfd >= 0 ? fdopendir(dfd) : NULL;
-	if (!d) {
-		if (dfd >= 0)
-			close(dfd);
-		return -1;
-	}
-	rewinddir(d);
-	long n = 0;
-	struct dirent *e;
-	while ((e = readdir(d)))
-		n += has_suffix(e->d_name, ".msg");
-	closedir(d);
-	return n;
-}
-
 void msgfile_init(struct msgfile *f)
 {
 	memset(f, 0, sizeof(*f));
@@ -264,4 +246,117 @@ void msgfile_discard(const struct msgstore *ms, struct msgfile *f)
 	snprintf(name, sizeof(name), "%s.tmp", f->id);
 	release(f);
 	unlinkat(ms->dirfd, name, 0);
+}
+
+/* Reads the envelope block of one message (bounded: 1 MiB). */
+static bool read_envelope(int dirfd, const char *name, struct queued_msg *m,
+			  char **buf_out)
+{
+	int fd = openat(dirfd, name, O_RDONLY | O_CLOEXEC);
+	if (fd < 0)
+		return false;
+	struct stat st;
+	if (fstat(fd, &st) < 0) {
+		close(fd);
+		return false;
+	}
+	m->size = (uint64_t)st.st_size;
+	size_t cap = st.st_size < (1 << 20) ? (size_t)st.st_size : (1 << 20);
+	char *buf = malloc(cap + 1);
+	ssize_t n = buf ? pread(fd, buf, cap, 0) : -1;
+	close(fd);
+	if (n <= 0) {
+		free(buf);
+		return false;
+	}
+	buf[n] = '\0';
+	char *end = strstr(buf, "\r\n\r\n");
+	if (!end || strncmp(buf, "POSTERN/1\r\n", 11) != 0) {
+		free(buf);
+		return false;
+	}
+	end[2] = '\0';
+	for (char *line = buf; *line;) {
+		char *eol = strstr(line, "\r\n");
+		if (!eol)
+			break;
+		*eol = '\0';
+		if (strncmp(line, "id: ", 4) == 0)
+			snprintf(m->id, sizeof(m->id), "%s", line + 4);
+		else if (strncmp(line, "arrival: ", 9) == 0)
+			m->arrival = strtoll(line + 9, NULL, 10);
+		else if (strncmp(line, "connector: ", 11) == 0)
+			snprintf(m->connector, sizeof(m->connector), "%s", line + 11);
+		else if (strncmp(line, "client: ", 8) == 0)
+			snprintf(m->client, sizeof(m->client), "%s", line + 8);
+		else if (strncmp(line, "from: ", 6) == 0) {
+			char *sp = strchr(line + 6, ' ');
+			if (sp)
+				*sp = '\0';
+			snprintf(m->from, sizeof(m->from), "%s", line + 6);
+		} else if (strncmp(line, "rcpt: ", 6) == 0) {
+			char *sp = strchr(line + 6, ' ');
+			if (sp)
+				*sp = '\0';
+			if (m->nrcpt < sizeof(m->rcpt) / sizeof(m->rcpt[0]))
+				m->rcpt[m->nrcpt] = line + 6;
+			m->nrcpt++;
+		}
+		line = eol + 2;
+	}
+	*buf_out = buf;
+	return true;
+}
+
+long msgstore_scan(const struct msgstore *ms,
+		   void (*fn)(void *arg, const struct queued_msg *m), void *arg)
+{
+	int dfd = dup(ms->dirfd);
+	DIR *d = dfd >= 0 ? fdopendir(dfd) : NULL;
+	if (!d) {
+		if (dfd >= 0)
+			close(dfd);
+		return -1;
+	}
+	rewinddir(d);
+	long n = 0;
+	struct dirent *e;
+	while ((e = readdir(d))) {
+		if (!has_suffix(e->d_name, ".msg"))
+			continue;
+		struct queued_msg m;
+		char *buf = NULL;
+		memset(&m, 0, sizeof(m));
+		if (!read_envelope(ms->dirfd, e->d_name, &m, &buf))
+			continue; /* delivered or removed meanwhile */
+		fn(arg, &m);
+		free(buf);
+		n++;
+	}
+	closedir(d);
+	return n;
+}
+
+void msgstore_usage(const struct msgstore *ms, long *messages, uint64_t *bytes)
+{
+	*messages = 0;
+	*bytes = 0;
+	int dfd = dup(ms->dirfd);
+	DIR *d = dfd >= 0 ? fdopendir(dfd) : NULL;
+	if (!d) {
+		if (dfd >= 0)
+			close(dfd);
+		return;
+	}
+	rewinddir(d);
+	struct dirent *e;
+	while ((e = readdir(d))) {
+		struct stat st;
+		if (has_suffix(e->d_name, ".msg") &&
+		    fstatat(ms->dirfd, e->d_name, &st, 0) == 0) {
+			(*messages)++;
+			*bytes += (uint64_t)st.st_size;
+		}
+	}
+	closedir(d);
 }

@@ -32,9 +32,6 @@ struct msgfile {
 int msgstore_open(struct msgstore *ms, const char *dir, char *err, size_t errlen);
 void msgstore_close(struct msgstore *ms);
 
-/* Counts complete messages (<id>.msg) in the store. */
-long msgstore_count(const struct msgstore *ms);
-
 void msgfile_init(struct msgfile *f);
 int msgfile_create(const struct msgstore *ms, struct msgfile *f, const char *id);
 
@@ -49,5 +46,23 @@ int msgfile_flush(struct msgfile *f);
 int msgfile_publish(const struct msgstore *ms, struct msgfile *f);
 /* Closes and removes an unfinished message. */
 void msgfile_discard(const struct msgstore *ms, struct msgfile *f);
+
+/* A queued message as `show queue` lists it (from the envelope block). */
+struct queued_msg {
+	char id[32];
+	int64_t arrival;
+	uint64_t size;          /* bytes of the file */
+	char from[300];
+	char connector[80];
+	char client[64];
+	const char *rcpt[256];  /* first 256 recipients */
+	unsigned nrcpt;         /* all recipients */
+};
+
+/* Calls fn for every complete message. Returns the count, or -1. */
+long msgstore_scan(const struct msgstore *ms,
+		   void (*fn)(void *arg, const struct queued_msg *m), void *arg);
+/* Count and total bytes of complete messages. */
+void msgstore_usage(const struct msgstore *ms, long *messages, uint64_t *bytes);
 
 #endif

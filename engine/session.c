@@ -8,6 +8,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <strings.h>
 #include <sys/socket.h>
 #include <time.h>
 #include <unistd.h>
@@ -37,6 +38,9 @@ static void arm_recv(struct worker *w, struct conn *c)
 
 static void process(struct worker *w, struct conn *c);
 static void hold(struct conn *c);
+static void on_reject(void *ctx, enum smtp_reject why, const char *reply,
+		      const char *rcpt);
+static void on_command(void *ctx, const char *line, size_t len);
 static void release(struct worker *w, struct conn *c);
 
 static void peer_text(const struct sockaddr_storage *ss, char *buf, size_t cap)
@@ -69,6 +73,7 @@ void session_accept(struct worker *w, unsigned binding, int fd)
 	socklen_t sl = sizeof(ss);
 	char ip[64] = "unknown";
 	if (w->stopping) {
+		metric_add(&w->m.refused[REFUSE_SHUTDOWN], 1);
 		refuse(fd, R_SHUTTING_DOWN);
 		return;
 	}
@@ -80,7 +85,7 @@ void session_accept(struct worker *w, unsigned binding, int fd)
 	const struct ip_range *why = NULL;
 	const struct rconn *rc = conf_match(w->conf, binding, (struct sockaddr *)&ss, &why);
 	if (!rc) {
-		STAT_ADD(w, refused, 1);
+		metric_add(&w->m.refused[REFUSE_NO_CONNECTOR], 1);
 		log_msg(LOG_WARN, "event=refuse client=%s binding=%s reason=no_connector",
 			ip, binding < w->conf->nbindings ? w->conf->bindings[binding].text : "-");
 		refuse(fd, "554 5.7.1 No receive connector accepts connections from this address");
@@ -88,7 +93,7 @@ void session_accept(struct worker *w, unsigned binding, int fd)
 	}
 	struct conn *c = worker_conn_alloc(w);
 	if (!c) {
-		STAT_ADD(w, refused, 1);
+		metric_add(&w->m.refused[REFUSE_WORKER_FULL], 1);
 		log_msg(LOG_WARN, "event=refuse client=%s reason=worker_full", ip);
 		refuse(fd, R_CONN_LIMIT);
 		return;
@@ -104,25 +109,92 @@ void session_accept(struct worker *w, unsigned binding, int fd)
 	snprintf(c->peer, sizeof(c->peer), "%s", ip);
 	msgfile_init(&c->msg);
 	smtp_server_init(&c->smtp, &rc->smtp, ip, c->out, sizeof(c->out));
-	STAT_ADD(w, connections, 1);
-	if (log_enabled(LOG_DEBUG)) {
-		char q[160];
-		log_msg(LOG_DEBUG, "event=connect client=%s connector=%s range=%s worker=%u",
-			ip, log_quote(q, sizeof(q), rc->name), why ? why->text : "-", w->id);
-	}
+	c->smtp.hooks = (struct smtp_server_hooks){
+		.reject = on_reject,
+		.command = rc->protocol_log ? on_command : NULL,
+		.ctx = c,
+	};
+	c->w = w;
+	struct connector_counters *cc = &w->m.conn[rc->stats_id];
+	metric_add(&cc->connections, 1);
+	metric_add(&cc->active, 1);
+	char q[160];
+	log_msg(LOG_INFO, "event=connect client=%s connector=%s range=%s worker=%u",
+		ip, log_quote(q, sizeof(q), rc->name), why ? why->text : "-", w->id);
 	hold(c);
 	process(w, c); /* sends the banner */
 	arm_recv(w, c);
 	release(w, c);
 }
 
+/* proto hook: every refusal is counted and logged with its reply. */
+static void on_reject(void *ctx, enum smtp_reject why, const char *reply,
+		      const char *rcpt)
+{
+	struct conn *c = ctx;
+	struct worker *w = c->w;
+	metric_add(&w->m.conn[c->rc->stats_id].rejected[why], 1);
+	char qc[160], qr[600], qf[600], qt[600], from[300], to[300];
+	const struct smtp_envelope *e = &c->smtp.env;
+	snprintf(from, sizeof(from), "<%s>", e->from ? e->from : "");
+	snprintf(to, sizeof(to), "<%s>", rcpt ? rcpt : "");
+	log_msg(LOG_INFO,
+		"event=reject reason=%s from=%s to=%s connector=%s client=%s reply=%s worker=%u",
+		smtp_reject_name(why), e->from ? log_quote(qf, sizeof(qf), from) : "-",
+		rcpt ? log_quote(qt, sizeof(qt), to) : "-", log_quote(qc, sizeof(qc), c->rc->name),
+		c->peer, log_quote(qr, sizeof(qr), reply), w->id);
+}
+
+/* proto hook, for connectors with protocol_log: commands as received,
+ * with AUTH arguments masked. */
+static void on_command(void *ctx, const char *line, size_t len)
+{
+	struct conn *c = ctx;
+	char text[600], q[1300], qc[160];
+	if (len > 512)
+		len = 512;
+	memcpy(text, line, len);
+	text[len] = '\0';
+	if (len >= 4 && strncasecmp(text, "AUTH", 4) == 0) {
+		char *sp = strchr(text + 5 > text + len ? text + len : text + 5, ' ');
+		if (sp)
+			snprintf(sp, sizeof(text) - (size_t)(sp - text), " ****");
+	}
+	log_msg(LOG_INFO, "event=smtp dir=in client=%s connector=%s line=%s", c->peer,
+		log_quote(qc, sizeof(qc), c->rc->name), log_quote(q, sizeof(q), text));
+}
+
+static void log_replies(const struct conn *c)
+{
+	char qc[160];
+	log_quote(qc, sizeof(qc), c->rc->name);
+	const char *p = c->smtp.out.p, *end = p + c->smtp.out.len;
+	while (p < end) {
+		const char *nl = memchr(p, '\n', (size_t)(end - p));
+		size_t n = (size_t)((nl ? nl : end) - p);
+		char line[600], q[1300];
+		size_t k = n && p[n - 1] == '\r' ? n - 1 : n;
+		if (k > 512)
+			k = 512;
+		memcpy(line, p, k);
+		line[k] = '\0';
+		log_msg(LOG_INFO, "event=smtp dir=out client=%s connector=%s line=%s", c->peer,
+			qc, log_quote(q, sizeof(q), line));
+		p += n + 1;
+	}
+}
+
 static void maybe_free(struct worker *w, struct conn *c)
 {
 	if (!c->closing || c->inflight)
 		return;
-	if (log_enabled(LOG_DEBUG))
-		log_msg(LOG_DEBUG, "event=disconnect client=%s messages=%llu worker=%u",
-			c->peer, (unsigned long long)c->smtp.messages, w->id);
+	char q[160];
+	log_msg(LOG_INFO,
+		"event=disconnect client=%s connector=%s messages=%llu rejects=%llu duration_ms=%llu worker=%u",
+		c->peer, log_quote(q, sizeof(q), c->rc->name),
+		(unsigned long long)c->smtp.messages, (unsigned long long)c->smtp.rejects,
+		(unsigned long long)(w->now_ms - c->started_ms), w->id);
+	metric_add(&w->m.conn[c->rc->stats_id].active, (uint64_t)-1);
 	msgfile_discard(w->store, &c->msg);
 	smtp_server_free(&c->smtp);
 	close(c->fd);
@@ -147,6 +219,8 @@ static void flush_out(struct worker *w, struct conn *c)
 {
 	if (c->sending || c->closing || c->smtp.out.len == 0)
 		return;
+	if (c->rc->protocol_log)
+		log_replies(c);
 	c->sending = true;
 	c->sent = 0;
 	c->inflight++;
@@ -182,23 +256,26 @@ static void message_end(struct worker *w, struct conn *c)
 	}
 	c->storing = true;
 	c->inflight++;
-	STAT_ADD(w, fsyncs, 1);
+	metric_add(&w->m.fsyncs, 1);
+	c->data_end_us = worker_clock_us();
 	ring_fsync(&w->ring, c->msg.fd, true, conn_tag(OP_FSYNC, c));
 }
 
 static void log_received(struct worker *w, struct conn *c)
 {
-	char q1[160], q2[600], q3[600];
+	char q1[160], q2[600], q3[1400], q4[200];
 	const struct smtp_envelope *e = &c->smtp.env;
-	char from[300];
+	char from[300], to[1024] = "", reply[120];
 	snprintf(from, sizeof(from), "<%s>", e->from);
-	char to[300];
-	snprintf(to, sizeof(to), "<%s>", e->nrcpt ? e->rcpt[0].addr : "");
+	for (unsigned i = 0; i < e->nrcpt && strlen(to) + 4 < sizeof(to); i++)
+		snprintf(to + strlen(to), sizeof(to) - strlen(to), "%s<%s>", i ? "," : "",
+			 e->rcpt[i].addr);
+	snprintf(reply, sizeof(reply), "250 2.6.0 <%s> Queued mail for delivery", c->msg.id);
 	log_msg(LOG_INFO,
-		"event=receive id=%s from=%s to=%s nrcpt=%u connector=%s client=%s size=%llu worker=%u",
+		"event=receive id=%s from=%s to=%s nrcpt=%u connector=%s client=%s size=%llu reply=%s worker=%u",
 		c->msg.id, log_quote(q2, sizeof(q2), from), log_quote(q3, sizeof(q3), to),
 		e->nrcpt, log_quote(q1, sizeof(q1), c->rc->name), c->peer,
-		(unsigned long long)c->msg.size, w->id);
+		(unsigned long long)c->msg.size, log_quote(q4, sizeof(q4), reply), w->id);
 }
 
 /* Runs the state machine over buffered input until it needs more input,
@@ -230,7 +307,6 @@ static void process(struct worker *w, struct conn *c)
 			msgfile_append(&c->msg, ev.data, ev.len);
 			break;
 		case SMTP_EV_DATA_REJECT:
-			STAT_ADD(w, rejected, 1);
 			msgfile_discard(w->store, &c->msg);
 			break;
 		case SMTP_EV_DATA_END:
@@ -319,7 +395,6 @@ static void on_recv(struct worker *w, struct conn *c, int res, unsigned flags)
 		return;
 	if (res > 0) {
 		c->active_ms = w->now_ms;
-		STAT_ADD(w, bytes, (uint64_t)res);
 	} else if (res == 0) {
 		c->read_eof = true;
 	} else if (res != -ENOBUFS && res != -ECANCELED) {
@@ -400,7 +475,10 @@ void session_on_stored(struct worker *w, struct conn *c, bool ok)
 	/* Takes over the reference the directory sync held. */
 	c->storing = false;
 	if (ok) {
-		STAT_ADD(w, messages, 1);
+		struct connector_counters *cc = &w->m.conn[c->rc->stats_id];
+		metric_add(&cc->messages, 1);
+		metric_add(&cc->bytes, c->msg.size);
+		metric_latency(&w->m.latency, worker_clock_us() - c->data_end_us);
 		log_received(w, c);
 	}
 	c->store_result = ok ? STORE_OK : STORE_FAILED;

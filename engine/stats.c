@@ -19,39 +19,117 @@
 #define STATS_LINE_MAX 512
 
 static const char *const commands_help =
-	"commands: show info | show connectors | match <ip>[:<port>] | reload | help";
+	"commands: show info [json] | show stat [json] | show queue [json] | "
+	"show connectors | show metrics | match <ip>[:<port>] | reload | help";
 
-static void show_info(const struct stats_host *h, const struct conf *c, FILE *out)
+static void show_info(const struct stats_host *h, const struct conf *c,
+		      FILE *out, bool json)
 {
-	uint64_t conns = 0, active = 0, refused = 0, msgs = 0, rejected = 0,
-		 bytes = 0, fsyncs = 0, dirsyncs = 0;
-	for (unsigned i = 0; i < h->nworkers; i++) {
-		struct worker *w = &h->workers[i];
-		conns += STAT_GET(w, connections);
-		active += STAT_GET(w, active);
-		refused += STAT_GET(w, refused);
-		msgs += STAT_GET(w, messages);
-		rejected += STAT_GET(w, rejected);
-		bytes += STAT_GET(w, bytes);
-		fsyncs += STAT_GET(w, fsyncs);
-		dirsyncs += STAT_GET(w, dirsyncs);
-	}
+	struct metrics_totals t;
+	metrics_totals(h->workers, h->nworkers, &t);
 	size_t tbytes, prefixes, intervals;
 	connectors_stats(c, &tbytes, &prefixes, &intervals);
-	fprintf(out,
-		"version: 0.1.0\nuptime_s: %llu\nworkers: %u\nhostname: %s\n"
-		"connectors: %u\nbindings: %u\nconnector_table_prefixes: %zu\n"
-		"connector_table_bytes: %zu\nconnections_total: %llu\n"
-		"connections_active: %llu\nconnections_refused: %llu\n"
-		"messages_received: %llu\nmessages_rejected: %llu\nbytes_received: %llu\n"
-		"fsyncs: %llu\ndirsyncs: %llu\n",
-		(unsigned long long)((worker_clock_ms() - h->start_ms) / 1000),
-		h->nworkers, c->hostname, c->nrc, c->nbindings, prefixes, tbytes,
-		(unsigned long long)conns, (unsigned long long)active,
-		(unsigned long long)refused, (unsigned long long)msgs,
-		(unsigned long long)rejected, (unsigned long long)bytes,
-		(unsigned long long)fsyncs, (unsigned long long)dirsyncs);
-	(void)intervals;
+	struct spool_usage sp;
+	msgstore_usage(h->store, &sp.messages, &sp.bytes);
+	uint64_t refused = 0;
+	for (int k = 0; k < REFUSE_COUNT; k++)
+		refused += t.refused[k];
+	const char *fmt = json
+		? "{\"version\": \"0.1.0\", \"uptime_s\": %llu, \"workers\": %u, "
+		  "\"connectors\": %u, \"bindings\": %u, \"connector_table_prefixes\": %zu, "
+		  "\"connector_table_bytes\": %zu, \"connections_total\": %llu, "
+		  "\"connections_active\": %llu, \"connections_refused\": %llu, "
+		  "\"messages_received\": %llu, \"messages_rejected\": %llu, "
+		  "\"bytes_received\": %llu, \"queue_messages\": %ld, \"spool_bytes\": %llu, "
+		  "\"fsyncs\": %llu, \"dirsyncs\": %llu}\n"
+		: "version: 0.1.0\nuptime_s: %llu\nworkers: %u\nconnectors: %u\nbindings: %u\n"
+		  "connector_table_prefixes: %zu\nconnector_table_bytes: %zu\n"
+		  "connections_total: %llu\nconnections_active: %llu\n"
+		  "connections_refused: %llu\nmessages_received: %llu\n"
+		  "messages_rejected: %llu\nbytes_received: %llu\nqueue_messages: %ld\n"
+		  "spool_bytes: %llu\nfsyncs: %llu\ndirsyncs: %llu\n";
+	fprintf(out, fmt, (unsigned long long)((worker_clock_ms() - h->start_ms) / 1000),
+		h->nworkers, c->nrc, c->nbindings, prefixes, tbytes,
+		(unsigned long long)t.connections, (unsigned long long)t.active,
+		(unsigned long long)refused, (unsigned long long)t.messages,
+		(unsigned long long)t.rejected, (unsigned long long)t.bytes, sp.messages,
+		(unsigned long long)sp.bytes, (unsigned long long)t.fsyncs,
+		(unsigned long long)t.dirsyncs);
+}
+
+struct queue_out {
+	FILE *out;
+	bool json;
+	long n;
+	int64_t now;
+};
+
+static void json_str(FILE *out, const char *s)
+{
+	fputc('"', out);
+	for (; *s; s++) {
+		unsigned char ch = (unsigned char)*s;
+		if (ch == '"' || ch == '\\')
+			fprintf(out, "\\%c", ch);
+		else if (ch < 0x20)
+			fprintf(out, "\\u%04x", ch);
+		else
+			fputc(ch, out);
+	}
+	fputc('"', out);
+}
+
+static void queue_row(void *arg, const struct queued_msg *m)
+{
+	struct queue_out *q = arg;
+	unsigned shown = m->nrcpt < 256 ? m->nrcpt : 256;
+	if (q->json) {
+		fputs(q->n++ ? ", {\"id\": " : "{\"id\": ", q->out);
+		json_str(q->out, m->id);
+		fputs(", \"sender\": ", q->out);
+		json_str(q->out, m->from);
+		fputs(", \"recipients\": [", q->out);
+		for (unsigned i = 0; i < shown; i++) {
+			if (i)
+				fputs(", ", q->out);
+			json_str(q->out, m->rcpt[i]);
+		}
+		fprintf(q->out, "], \"recipient_count\": %u, \"size\": %llu, \"age_s\": %lld, "
+			"\"attempts\": 0, \"next_attempt\": null, \"last_error\": null, \"connector\": ",
+			m->nrcpt, (unsigned long long)m->size, (long long)(q->now - m->arrival));
+		json_str(q->out, m->connector);
+		fputs(", \"client\": ", q->out);
+		json_str(q->out, m->client);
+		fputc('}', q->out);
+		return;
+	}
+	q->n++;
+	fprintf(q->out, "%-20s %8llu %7lld %8d %-12s %-30s %s%s\n", m->id,
+		(unsigned long long)m->size, (long long)(q->now - m->arrival), 0, "-",
+		m->from, shown ? m->rcpt[0] : "", m->nrcpt > 1 ? " ..." : "");
+}
+
+static void show_queue(const struct stats_host *h, FILE *out, bool json)
+{
+	struct queue_out q = {out, json, 0, (int64_t)time(NULL)};
+	if (json)
+		fputs("{\"messages\": [", out);
+	else
+		fprintf(out, "%-20s %8s %7s %8s %-12s %-30s %s\n", "id", "size", "age_s",
+			"attempts", "next_attempt", "sender", "recipients");
+	msgstore_scan(h->store, queue_row, &q);
+	if (json)
+		fprintf(out, "], \"count\": %ld}\n", q.n);
+	else
+		fprintf(out, "%ld message%s queued (delivery is not implemented yet: messages stay in the spool)\n",
+			q.n, q.n == 1 ? "" : "s");
+}
+
+static void show_metrics(const struct stats_host *h, FILE *out)
+{
+	struct spool_usage sp;
+	msgstore_usage(h->store, &sp.messages, &sp.bytes);
+	metrics_print_prometheus(out, h->registry, h->workers, h->nworkers, &sp);
 }
 
 static const char *perm_names(unsigned perms, char *buf, size_t cap)
@@ -167,6 +245,9 @@ int stats_command(const struct stats_host *h, const char *line, FILE *out)
 	size_t n = strlen(cmd);
 	while (n && (cmd[n - 1] == '\n' || cmd[n - 1] == '\r' || cmd[n - 1] == ' '))
 		cmd[--n] = '\0';
+	bool json = n > 5 && strcmp(cmd + n - 5, " json") == 0;
+	if (json)
+		cmd[n - 5] = '\0';
 	int ret = 0;
 	if (strcmp(cmd, "reload") == 0) {
 		char result[1024];
@@ -176,19 +257,84 @@ int stats_command(const struct stats_host *h, const char *line, FILE *out)
 	}
 	struct conf *c = h->current(h->arg);
 	if (strcmp(cmd, "show info") == 0) {
-		show_info(h, c, out);
-	} else if (strcmp(cmd, "show connectors") == 0) {
+		show_info(h, c, out, json);
+	} else if (strcmp(cmd, "show stat") == 0) {
+		metrics_print_stat(out, h->registry, h->workers, h->nworkers, json);
+	} else if (strcmp(cmd, "show queue") == 0) {
+		show_queue(h, out, json);
+	} else if (strcmp(cmd, "show metrics") == 0 && !json) {
+		show_metrics(h, out);
+	} else if (strcmp(cmd, "show connectors") == 0 && !json) {
 		conf_print(c, out);
-	} else if (strncmp(cmd, "match ", 6) == 0) {
+	} else if (strncmp(cmd, "match ", 6) == 0 && !json) {
 		ret = match(c, cmd + 6, out);
 	} else if (strcmp(cmd, "help") == 0) {
 		fprintf(out, "%s\n", commands_help);
 	} else {
-		fprintf(out, "error: unknown command \"%s\"; %s\n", cmd, commands_help);
+		fprintf(out, "error: unknown command \"%s%s\"; %s\n", cmd, json ? " json" : "",
+			commands_help);
 		ret = -1;
 	}
 	conf_unref(c);
 	return ret;
+}
+
+static void write_all(int fd, const char *p, size_t len)
+{
+	for (size_t off = 0; off < len;) {
+		ssize_t w = write(fd, p + off, len - off);
+		if (w <= 0)
+			break;
+		off += (size_t)w;
+	}
+}
+
+/* One HTTP/1.1 request per connection: GET /metrics, else 404 or 405. */
+static void serve_metrics(struct stats_server *s, int fd)
+{
+	struct timeval tv = {.tv_sec = 5};
+	setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof(tv));
+	setsockopt(fd, SOL_SOCKET, SO_SNDTIMEO, &tv, sizeof(tv));
+	char req[8192];
+	size_t n = 0;
+	while (n < sizeof(req) - 1) {
+		ssize_t r = read(fd, req + n, sizeof(req) - 1 - n);
+		if (r <= 0)
+			break;
+		n += (size_t)r;
+		req[n] = '\0';
+		if (strstr(req, "\r\n\r\n") || strstr(req, "\n\n"))
+			break;
+	}
+	req[n] = '\0';
+	char *body = NULL;
+	size_t blen = 0;
+	FILE *out = open_memstream(&body, &blen);
+	if (!out)
+		return;
+	const char *status = "200 OK", *ctype = "text/plain; version=0.0.4; charset=utf-8";
+	bool head = strncmp(req, "HEAD ", 5) == 0;
+	if (strncmp(req, "GET ", 4) != 0 && !head) {
+		status = "405 Method Not Allowed";
+		ctype = "text/plain";
+		fputs("only GET /metrics\n", out);
+	} else if (strncmp(req + (head ? 5 : 4), "/metrics ", 9) != 0 &&
+		   strncmp(req + (head ? 5 : 4), "/metrics?", 9) != 0) {
+		status = "404 Not Found";
+		ctype = "text/plain";
+		fputs("not found: try /metrics\n", out);
+	} else {
+		show_metrics(s->host, out);
+	}
+	fclose(out);
+	char hdr[256];
+	int hn = snprintf(hdr, sizeof(hdr),
+			  "HTTP/1.1 %s\r\nContent-Type: %s\r\nContent-Length: %zu\r\n"
+			  "Connection: close\r\n\r\n", status, ctype, blen);
+	write_all(fd, hdr, (size_t)hn);
+	if (!head)
+		write_all(fd, body, blen);
+	free(body);
 }
 
 static void serve_client(struct stats_server *s, int fd)
@@ -220,43 +366,43 @@ static void serve_client(struct stats_server *s, int fd)
 	else
 		stats_command(s->host, line, out);
 	fclose(out);
-	for (size_t off = 0; off < len;) {
-		ssize_t w = write(fd, reply + off, len - off);
-		if (w <= 0)
-			break;
-		off += (size_t)w;
-	}
+	write_all(fd, reply, len);
 	free(reply);
 }
 
 static void *stats_main(void *arg)
 {
 	struct stats_server *s = arg;
-	struct pollfd pf[2] = {{s->fd, POLLIN, 0}, {s->stop_pipe[0], POLLIN, 0}};
+	struct pollfd pf[3] = {{s->stop_pipe[0], POLLIN, 0}, {s->fd, POLLIN, 0},
+			       {s->metrics_fd, POLLIN, 0}};
 	for (;;) {
-		if (poll(pf, 2, -1) < 0) {
+		if (poll(pf, 3, -1) < 0) {
 			if (errno == EINTR)
 				continue;
 			break;
 		}
-		if (pf[1].revents)
+		if (pf[0].revents)
 			break;
-		int fd = accept4(s->fd, NULL, NULL, SOCK_CLOEXEC);
-		if (fd < 0)
-			continue;
-		serve_client(s, fd);
-		close(fd);
+		for (int i = 1; i < 3; i++) {
+			if (pf[i].fd < 0 || !pf[i].revents)
+				continue;
+			int fd = accept4(pf[i].fd, NULL, NULL, SOCK_CLOEXEC);
+			if (fd < 0)
+				continue;
+			if (i == 1)
+				serve_client(s, fd);
+			else
+				serve_metrics(s, fd);
+			close(fd);
+		}
 	}
 	return NULL;
 }
 
-int stats_start(struct stats_server *s, const struct stats_host *h,
-		const char *path, char *err, size_t errlen)
+static int open_unix(struct stats_server *s, const char *path, char *err,
+		     size_t errlen)
 {
 	struct sockaddr_un sun = {.sun_family = AF_UNIX};
-	memset(s, 0, sizeof(*s));
-	s->host = h;
-	s->fd = -1;
 	if (strlen(path) >= sizeof(sun.sun_path)) {
 		snprintf(err, errlen, "stats_socket %s: path too long", path);
 		return -1;
@@ -272,10 +418,8 @@ int stats_start(struct stats_server *s, const struct stats_host *h,
 		mkdir(dir, 0750);
 	}
 	s->fd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
-	if (s->fd < 0) {
-		snprintf(err, errlen, "stats_socket %s: %s", path, strerror(errno));
-		return -1;
-	}
+	if (s->fd < 0)
+		goto fail;
 	if (bind(s->fd, (struct sockaddr *)&sun, sizeof(sun)) < 0) {
 		if (errno != EADDRINUSE)
 			goto fail;
@@ -288,7 +432,6 @@ int stats_start(struct stats_server *s, const struct stats_host *h,
 			close(probe);
 		if (live) {
 			snprintf(err, errlen, "stats_socket %s: in use by a running postern", path);
-			close(s->fd);
 			return -1;
 		}
 		unlink(path);
@@ -296,31 +439,86 @@ int stats_start(struct stats_server *s, const struct stats_host *h,
 			goto fail;
 	}
 	chmod(path, 0660);
-	if (listen(s->fd, 64) < 0 || pipe2(s->stop_pipe, O_CLOEXEC) < 0)
+	if (listen(s->fd, 64) < 0)
 		goto fail;
-	int ret = pthread_create(&s->thread, NULL, stats_main, s);
-	if (ret) {
-		errno = ret;
-		goto fail;
-	}
 	return 0;
 fail:
 	snprintf(err, errlen, "stats_socket %s: %s", path, strerror(errno));
-	close(s->fd);
-	s->fd = -1;
 	return -1;
+}
+
+static int open_metrics(struct stats_server *s, const char *listen_on, char *err,
+			size_t errlen)
+{
+	struct binding b;
+	if (!conf_parse_binding(listen_on, &b)) {
+		snprintf(err, errlen, "metrics_listen \"%s\": not ip:port", listen_on);
+		return -1;
+	}
+	int one = 1;
+	s->metrics_fd = socket(b.addr.ss_family, SOCK_STREAM | SOCK_CLOEXEC, 0);
+	if (s->metrics_fd < 0 ||
+	    setsockopt(s->metrics_fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof(one)) < 0 ||
+	    bind(s->metrics_fd, (struct sockaddr *)&b.addr, b.addrlen) < 0 ||
+	    listen(s->metrics_fd, 64) < 0) {
+		snprintf(err, errlen, "metrics_listen %s: %s", listen_on, strerror(errno));
+		return -1;
+	}
+	return 0;
+}
+
+static void close_all(struct stats_server *s)
+{
+	if (s->fd >= 0)
+		close(s->fd);
+	if (s->metrics_fd >= 0)
+		close(s->metrics_fd);
+	s->fd = s->metrics_fd = -1;
+}
+
+int stats_start(struct stats_server *s, const struct stats_host *h,
+		const char *path, const char *metrics_listen, char *err,
+		size_t errlen)
+{
+	memset(s, 0, sizeof(*s));
+	s->host = h;
+	s->fd = s->metrics_fd = -1;
+	s->stop_pipe[0] = s->stop_pipe[1] = -1;
+	s->running = false;
+	if (!path && !metrics_listen)
+		return 0;
+	if ((path && open_unix(s, path, err, errlen) < 0) ||
+	    (metrics_listen && open_metrics(s, metrics_listen, err, errlen) < 0)) {
+		close_all(s);
+		return -1;
+	}
+	if (pipe2(s->stop_pipe, O_CLOEXEC) < 0) {
+		snprintf(err, errlen, "stats: pipe: %s", strerror(errno));
+		close_all(s);
+		return -1;
+	}
+	int ret = pthread_create(&s->thread, NULL, stats_main, s);
+	if (ret) {
+		snprintf(err, errlen, "stats: pthread_create: %s", strerror(ret));
+		close_all(s);
+		return -1;
+	}
+	s->running = true;
+	return 0;
 }
 
 void stats_stop(struct stats_server *s)
 {
-	if (s->fd < 0)
+	if (!s->running)
 		return;
 	ssize_t w = write(s->stop_pipe[1], "x", 1);
 	(void)w;
 	pthread_join(s->thread, NULL);
-	close(s->fd);
+	bool had_unix = s->fd >= 0;
+	close_all(s);
 	close(s->stop_pipe[0]);
 	close(s->stop_pipe[1]);
-	unlink(s->path);
-	s->fd = -1;
+	if (had_unix)
+		unlink(s->path);
+	s->running = false;
 }

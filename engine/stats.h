@@ -6,13 +6,18 @@
 #define POSTERN_STATS_H
 
 #include <pthread.h>
+#include <stdbool.h>
 #include <stdint.h>
 #include <stdio.h>
 
 #include "config.h"
+#include "metrics.h"
+#include "msgstore.h"
 #include "worker.h"
 
 struct stats_host {
+	struct metrics_registry *registry;
+	const struct msgstore *store;
 	struct worker *workers;
 	unsigned nworkers;
 	uint64_t start_ms;        /* worker_clock_ms() at start */
@@ -26,15 +31,19 @@ struct stats_host {
 struct stats_server {
 	const struct stats_host *host;
 	int fd;
+	int metrics_fd;           /* HTTP GET /metrics, or -1 */
 	int stop_pipe[2];
 	pthread_t thread;
+	bool running;
 	char path[108];
 };
 
-/* Binds path (mode 0660; a stale socket file is replaced) and starts
- * serving. Returns 0, or -1 with err filled. */
+/* Binds path (mode 0660; a stale socket file is replaced; NULL for none)
+ * and metrics_listen ("ip:port"; NULL for none) and starts serving.
+ * Returns 0, or -1 with err filled. */
 int stats_start(struct stats_server *s, const struct stats_host *h,
-		const char *path, char *err, size_t errlen);
+		const char *path, const char *metrics_listen, char *err,
+		size_t errlen);
 void stats_stop(struct stats_server *s);
 
 /* Runs one command line and writes the reply to out. Returns 0 for a

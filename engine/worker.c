@@ -23,6 +23,13 @@
 #define BUF_SIZE (16 * 1024)
 #define TICK_MS 250
 
+uint64_t worker_clock_us(void)
+{
+	struct timespec ts;
+	clock_gettime(CLOCK_MONOTONIC, &ts);
+	return (uint64_t)ts.tv_sec * 1000000 + (uint64_t)ts.tv_nsec / 1000;
+}
+
 uint64_t worker_clock_ms(void)
 {
 	struct timespec ts;
@@ -65,7 +72,6 @@ struct conn *worker_conn_alloc(struct worker *w)
 	c->fd = -1;
 	w->slots[slot] = c;
 	w->nconns++;
-	STAT_ADD(w, active, 1);
 	return c;
 }
 
@@ -74,7 +80,6 @@ void worker_conn_release(struct worker *w, struct conn *c)
 	w->slots[c->slot] = NULL;
 	w->free_slots[w->nfree++] = c->slot;
 	w->nconns--;
-	STAT_ADD(w, active, -1);
 	free(c);
 }
 
@@ -112,7 +117,7 @@ static void dirsync_start(struct worker *w)
 	w->pending_cap = tc;
 	w->npending = 0;
 	w->dirsync_inflight = true;
-	STAT_ADD(w, dirsyncs, 1);
+	metric_add(&w->m.dirsyncs, 1);
 	ring_fsync(&w->ring, w->store->dirfd, false, ring_tag(OP_DIRSYNC, 0, 0));
 }
 
@@ -413,11 +418,13 @@ static void *worker_main(void *arg)
 		if (w->stopping && w->nconns == 0 && !w->dirsync_inflight)
 			break;
 	}
+	struct metrics_totals t;
+	metrics_totals(w, 1, &t);
 	log_msg(LOG_INFO,
 		"event=worker_exit worker=%u connections=%llu messages=%llu rejected=%llu fsyncs=%llu dirsyncs=%llu",
-		w->id, (unsigned long long)STAT_GET(w, connections),
-		(unsigned long long)STAT_GET(w, messages), (unsigned long long)STAT_GET(w, rejected),
-		(unsigned long long)STAT_GET(w, fsyncs), (unsigned long long)STAT_GET(w, dirsyncs));
+		w->id, (unsigned long long)t.connections, (unsigned long long)t.messages,
+		(unsigned long long)t.rejected, (unsigned long long)t.fsyncs,
+		(unsigned long long)t.dirsyncs);
 	bufring_free(&w->br, &w->ring.uring);
 	ring_exit(&w->ring);
 	struct worker_reload *r = atomic_exchange(&w->reload, NULL);

@@ -11,13 +11,17 @@
 
 #include "bufring.h"
 #include "config.h"
+#include "metrics.h"
 #include "msgstore.h"
 #include "ring.h"
 #include "smtp_server.h"
 
 #define CONN_OUT_BUF 2048
 
+struct worker;
+
 struct conn {
+	struct worker *w;
 	uint32_t slot;
 	uint32_t gen;
 	int fd;
@@ -36,6 +40,7 @@ struct conn {
 	unsigned binding;
 	uint64_t started_ms;
 	uint64_t active_ms;
+	uint64_t data_end_us;     /* end of DATA, for the accept latency */
 	size_t sent;              /* bytes of smtp.out handed to the socket */
 	char *in;                 /* received, not yet consumed bytes */
 	size_t in_off, in_len, in_cap;
@@ -62,27 +67,6 @@ struct worker_reload {
 	int *new_fd;
 	unsigned nlisten;
 };
-
-/* Written only by the owning worker, read by the stats socket: relaxed
- * atomics, so an increment is a plain add with no lock prefix. */
-struct worker_stats {
-	_Atomic uint64_t connections;
-	_Atomic uint64_t active;          /* connections open now */
-	_Atomic uint64_t refused;         /* no connector / no slot */
-	_Atomic uint64_t messages;
-	_Atomic uint64_t rejected;        /* DATA refused */
-	_Atomic uint64_t bytes;
-	_Atomic uint64_t fsyncs;
-	_Atomic uint64_t dirsyncs;
-};
-
-#define STAT_ADD(w, field, n)                                                  \
-	atomic_store_explicit(&(w)->stats.field,                               \
-			      atomic_load_explicit(&(w)->stats.field,          \
-						   memory_order_relaxed) + (n),       \
-			      memory_order_relaxed)
-#define STAT_GET(w, field) \
-	atomic_load_explicit(&(w)->stats.field, memory_order_relaxed)
 
 struct worker {
 	unsigned id;
@@ -115,7 +99,7 @@ struct worker {
 	uint64_t id_base_ms;
 	uint32_t id_counter;
 	struct __kernel_timespec tick;
-	struct worker_stats stats;
+	struct worker_metrics m;  /* written by this worker only */
 	atomic_bool stop_requested;
 	atomic_int state;         /* 0 starting, 1 running, -1 failed, 2 exited */
 	char err[256];
@@ -130,6 +114,7 @@ bool worker_reload_pending(struct worker *w);
 void worker_join(struct worker *w);
 
 uint64_t worker_clock_ms(void);
+uint64_t worker_clock_us(void);
 
 /* session.c: the connection side of a worker. */
 void session_accept(struct worker *w, unsigned binding, int fd);

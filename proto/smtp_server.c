@@ -57,6 +57,35 @@ static void reply(struct smtp_server *s, const char *text)
 	(void)ok;
 }
 
+static const char *const reject_names[SMTP_REJECT_COUNT] = {
+	[SMTP_REJECT_RELAY] = "relay",
+	[SMTP_REJECT_NOT_AUTHENTICATED] = "not_authenticated",
+	[SMTP_REJECT_RECIPIENTS] = "too_many_recipients",
+	[SMTP_REJECT_SIZE] = "size",
+	[SMTP_REJECT_HEADER_SIZE] = "header_size",
+	[SMTP_REJECT_HOP_COUNT] = "hop_count",
+	[SMTP_REJECT_BARE_LF] = "bare_lf",
+	[SMTP_REJECT_LINE_LENGTH] = "line_length",
+	[SMTP_REJECT_STORAGE] = "storage",
+	[SMTP_REJECT_PROTOCOL] = "protocol",
+	[SMTP_REJECT_TOO_MANY_ERRORS] = "too_many_errors",
+};
+
+const char *smtp_reject_name(enum smtp_reject r)
+{
+	return (unsigned)r < SMTP_REJECT_COUNT ? reject_names[r] : "unknown";
+}
+
+/* Queues a refusal and tells the observer. */
+static void refuse(struct smtp_server *s, enum smtp_reject why, const char *text,
+		   const char *rcpt)
+{
+	reply(s, text);
+	s->rejects++;
+	if (s->hooks.reject)
+		s->hooks.reject(s->hooks.ctx, why, text, rcpt);
+}
+
 static enum smtp_ev close_with(struct smtp_server *s, const char *text)
 {
 	reply(s, text);
@@ -68,9 +97,14 @@ static enum smtp_ev close_with(struct smtp_server *s, const char *text)
 static enum smtp_ev proto_error(struct smtp_server *s, const char *text)
 {
 	s->errors++;
-	if (s->p->max_protocol_errors && s->errors > s->p->max_protocol_errors)
+	if (s->p->max_protocol_errors && s->errors > s->p->max_protocol_errors) {
+		s->rejects++;
+		if (s->hooks.reject)
+			s->hooks.reject(s->hooks.ctx, SMTP_REJECT_TOO_MANY_ERRORS,
+					R_TOO_MANY_ERRORS, NULL);
 		return close_with(s, R_TOO_MANY_ERRORS);
-	reply(s, text);
+	}
+	refuse(s, SMTP_REJECT_PROTOCOL, text, NULL);
 	return SMTP_EV_NEED_INPUT;
 }
 
@@ -115,7 +149,7 @@ static enum smtp_ev cmd_mail(struct smtp_server *s, const struct smtp_cmd *c)
 	if (s->state != SMTP_S_READY)
 		return proto_error(s, R_BAD_SEQUENCE);
 	if (!s->p->may_submit) {
-		reply(s, R_NOT_AUTHENTICATED);
+		refuse(s, SMTP_REJECT_NOT_AUTHENTICATED, R_NOT_AUTHENTICATED, NULL);
 		return SMTP_EV_NEED_INPUT;
 	}
 	struct smtp_mail_arg m;
@@ -138,7 +172,7 @@ static enum smtp_ev cmd_mail(struct smtp_server *s, const struct smtp_cmd *c)
 		return proto_error(s, R_UNKNOWN_PARAM);
 	uint64_t lim = size_limit(s);
 	if (m.has_size && lim && m.size > lim) {
-		reply(s, R_TOO_BIG);
+		refuse(s, SMTP_REJECT_SIZE, R_TOO_BIG, NULL);
 		return SMTP_EV_NEED_INPUT;
 	}
 	envelope_reset(&s->env);
@@ -203,13 +237,17 @@ static enum smtp_ev cmd_rcpt(struct smtp_server *s, const struct smtp_cmd *c)
 	if ((r.notify || r.orcpt.p) && !s->esmtp)
 		return proto_error(s, R_UNKNOWN_PARAM);
 	if (s->p->max_recipients && s->env.nrcpt >= s->p->max_recipients) {
-		reply(s, R_TOO_MANY_RCPTS);
+		refuse(s, SMTP_REJECT_RECIPIENTS, R_TOO_MANY_RCPTS, NULL);
 		return SMTP_EV_NEED_INPUT;
 	}
-	const char *refuse = s->p->rcpt_policy
+	const char *refusal = s->p->rcpt_policy
 		? s->p->rcpt_policy(s->p->policy_ctx, &r.path) : NULL;
-	if (refuse) {
-		reply(s, refuse);
+	if (refusal) {
+		char rcpt[SMTP_PATH_MAX + 1];
+		size_t n = r.path.mailbox.len < SMTP_PATH_MAX ? r.path.mailbox.len : SMTP_PATH_MAX;
+		memcpy(rcpt, r.path.mailbox.p, n);
+		rcpt[n] = '\0';
+		refuse(s, SMTP_REJECT_RELAY, refusal, rcpt);
 		return SMTP_EV_NEED_INPUT;
 	}
 	if (!add_rcpt(&s->env, &r)) {
@@ -355,6 +393,8 @@ static size_t feed_commands(struct smtp_server *s, const char *in, size_t len,
 			return used;
 		}
 		enum smtp_ev e;
+		if (r == SMTP_CMD_LINE && s->hooks.command)
+			s->hooks.command(s->hooks.ctx, c.line, c.line_len);
 		if (r == SMTP_CMD_TOO_LONG) {
 			e = proto_error(s, R_LINE_TOO_LONG);
 		} else {
@@ -374,17 +414,26 @@ static size_t feed_commands(struct smtp_server *s, const char *in, size_t len,
 	}
 }
 
-static const char *data_error_reply(unsigned errors)
+static const char *data_error_reply(unsigned errors, enum smtp_reject *why)
 {
 	/* The smuggling defence comes first: it is the one that matters most. */
-	if (errors & SMTP_DATA_BARE_CR_LF)
-		return R_BARE_LF;
-	if (errors & SMTP_DATA_TOO_BIG)
-		return R_TOO_BIG;
-	if (errors & SMTP_DATA_HEADER_TOO_BIG)
-		return R_HEADER_TOO_BIG;
-	if (errors & SMTP_DATA_TOO_MANY_HOPS)
-		return R_HOPS;
+	static const struct {
+		unsigned bit;
+		enum smtp_reject why;
+		const char *text;
+	} order[] = {
+		{SMTP_DATA_BARE_CR_LF, SMTP_REJECT_BARE_LF, R_BARE_LF},
+		{SMTP_DATA_TOO_BIG, SMTP_REJECT_SIZE, R_TOO_BIG},
+		{SMTP_DATA_HEADER_TOO_BIG, SMTP_REJECT_HEADER_SIZE, R_HEADER_TOO_BIG},
+		{SMTP_DATA_TOO_MANY_HOPS, SMTP_REJECT_HOP_COUNT, R_HOPS},
+	};
+	for (size_t i = 0; i < sizeof(order) / sizeof(order[0]); i++) {
+		if (errors & order[i].bit) {
+			*why = order[i].why;
+			return order[i].text;
+		}
+	}
+	*why = SMTP_REJECT_LINE_LENGTH;
 	return R_DATA_LINE_TOO_LONG;
 }
 
@@ -396,7 +445,9 @@ static size_t finish_data(struct smtp_server *s, struct smtp_event *ev)
 	}
 	s->data_end_pending = false;
 	if (s->scan.errors) {
-		reply(s, data_error_reply(s->scan.errors));
+		enum smtp_reject why;
+		const char *text = data_error_reply(s->scan.errors, &why);
+		refuse(s, why, text, NULL);
 		reset_transaction(s);
 		ev->type = SMTP_EV_DATA_REJECT;
 		return 0;
@@ -477,7 +528,7 @@ void smtp_server_stored(struct smtp_server *s, bool ok, bool full)
 				s->msgid);
 		s->messages++;
 	} else {
-		reply(s, full ? R_STORAGE_FULL : R_LOCAL_ERROR);
+		refuse(s, SMTP_REJECT_STORAGE, full ? R_STORAGE_FULL : R_LOCAL_ERROR, NULL);
 	}
 	reset_transaction(s);
 }

@@ -15,6 +15,34 @@
 #include "smtp_path.h"
 #include "smtp_reply.h"
 
+/* Why a command or a message was refused: for counters and logs. */
+enum smtp_reject {
+	SMTP_REJECT_RELAY,          /* recipient refused by the relay policy */
+	SMTP_REJECT_NOT_AUTHENTICATED,
+	SMTP_REJECT_RECIPIENTS,     /* 452: max_recipients_per_message */
+	SMTP_REJECT_SIZE,           /* 552: SIZE= or the data itself */
+	SMTP_REJECT_HEADER_SIZE,
+	SMTP_REJECT_HOP_COUNT,
+	SMTP_REJECT_BARE_LF,
+	SMTP_REJECT_LINE_LENGTH,
+	SMTP_REJECT_STORAGE,        /* 451/452 after DATA */
+	SMTP_REJECT_PROTOCOL,       /* syntax, sequence, unknown command */
+	SMTP_REJECT_TOO_MANY_ERRORS,/* 421 4.7.0 */
+	SMTP_REJECT_COUNT
+};
+
+const char *smtp_reject_name(enum smtp_reject r);
+
+/* Optional observers, called synchronously from smtp_server_feed(). */
+struct smtp_server_hooks {
+	/* A refusal: the reply text and, for RCPT, the recipient. */
+	void (*reject)(void *ctx, enum smtp_reject why, const char *reply,
+		       const char *rcpt);
+	/* Every command line the client sent (never message data). */
+	void (*command)(void *ctx, const char *line, size_t len);
+	void *ctx;
+};
+
 /* What one receive connector allows; owned by the caller, must outlive the
  * session. */
 struct smtp_server_params {
@@ -94,7 +122,9 @@ struct smtp_server {
 	struct smtp_data_scan scan;
 	struct smtp_envelope env;
 	struct smtp_reply_buf out;
+	struct smtp_server_hooks hooks;
 	uint64_t messages;  /* accepted in this session */
+	uint64_t rejects;   /* refusals of any kind in this session */
 };
 
 /* out/outcap: the buffer replies are collected in (at least 1 KiB). The

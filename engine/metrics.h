@@ -1,0 +1,97 @@
+/* Counters and their presentation. Each worker owns its counters (relaxed
+ * atomics written only by that worker, so the hot path has no shared cache
+ * line); readers sum them. Connector counters are keyed by a stable id per
+ * connector name, so they survive reloads. Renders `show stat`, `show info`
+ * and the Prometheus text format (DESIGN B.4). */
+#ifndef POSTERN_METRICS_H
+#define POSTERN_METRICS_H
+
+#include <stdatomic.h>
+#include <stdbool.h>
+#include <stdint.h>
+#include <stdio.h>
+
+#include "smtp_server.h"
+
+#define METRIC_CONNECTORS_MAX 256
+#define METRIC_NAME_MAX 65
+
+struct connector_counters {
+	_Atomic uint64_t connections;
+	_Atomic uint64_t active;
+	_Atomic uint64_t messages;
+	_Atomic uint64_t bytes;
+	_Atomic uint64_t rejected[SMTP_REJECT_COUNT];
+};
+
+/* Upper bounds, in microseconds, of postern_accept_latency_seconds. */
+#define LATENCY_BUCKETS 14
+extern const uint64_t latency_bounds_us[LATENCY_BUCKETS];
+
+struct latency_hist {
+	_Atomic uint64_t bucket[LATENCY_BUCKETS + 1]; /* last: +Inf */
+	_Atomic uint64_t count;
+	_Atomic uint64_t sum_us;
+};
+
+enum refuse_reason { REFUSE_NO_CONNECTOR, REFUSE_WORKER_FULL, REFUSE_SHUTDOWN,
+		     REFUSE_COUNT };
+
+struct worker_metrics {
+	struct connector_counters conn[METRIC_CONNECTORS_MAX];
+	struct latency_hist latency;
+	_Atomic uint64_t refused[REFUSE_COUNT];
+	_Atomic uint64_t fsyncs;
+	_Atomic uint64_t dirsyncs;
+};
+
+static inline void metric_add(_Atomic uint64_t *m, uint64_t n)
+{
+	atomic_store_explicit(m, atomic_load_explicit(m, memory_order_relaxed) + n,
+			      memory_order_relaxed);
+}
+
+static inline uint64_t metric_get(_Atomic uint64_t *m)
+{
+	return atomic_load_explicit(m, memory_order_relaxed);
+}
+
+void metric_latency(struct latency_hist *h, uint64_t us);
+
+/* Connector names seen since start, each with a stable id. Written by the
+ * main thread only; read by the stats thread. */
+struct metrics_registry {
+	atomic_uint n;
+	char names[METRIC_CONNECTORS_MAX][METRIC_NAME_MAX];
+};
+
+/* The id of name, registering it; past the capacity every new name shares
+ * the last id. */
+unsigned metrics_registry_id(struct metrics_registry *r, const char *name);
+
+/* Sums over workers. */
+struct metrics_totals {
+	uint64_t connections, active, messages, bytes, rejected;
+	uint64_t refused[REFUSE_COUNT];
+	uint64_t fsyncs, dirsyncs;
+};
+
+struct worker;
+void metrics_totals(struct worker *w, unsigned nw, struct metrics_totals *t);
+
+struct spool_usage {
+	long messages;
+	uint64_t bytes;
+};
+
+/* `show stat`: one row per receive connector. */
+void metrics_print_stat(FILE *out, struct metrics_registry *r, struct worker *w,
+			unsigned nw, bool json);
+/* Prometheus text exposition format 0.0.4. */
+void metrics_print_prometheus(FILE *out, struct metrics_registry *r,
+			      struct worker *w, unsigned nw,
+			      const struct spool_usage *spool);
+
+extern const char *const refuse_names[REFUSE_COUNT];
+
+#endif
