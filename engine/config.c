@@ -442,7 +442,7 @@ static bool load_server(struct loader *ld, struct conf *c, config_t *cf)
 {
 	static const char *const known[] = {
 		"hostname", "workers", "spool_dir", "stats_socket",
-		"metrics_listen", "shutdown_grace", "log_level", NULL};
+		"metrics_listen", "shutdown_grace", "log_level", "log_file", NULL};
 	config_setting_t *srv = config_lookup(cf, "server");
 	char host[256] = "localhost";
 	gethostname(host, sizeof(host) - 1);
@@ -466,8 +466,15 @@ static bool load_server(struct loader *ld, struct conf *c, config_t *cf)
 	c->spool_dir = xstrdup(s ? s : "/var/spool/postern");
 	if ((s = get_string(ld, srv, "stats_socket", false)))
 		c->stats_socket = xstrdup(s);
-	if ((s = get_string(ld, srv, "metrics_listen", false)))
+	if ((s = get_string(ld, srv, "metrics_listen", false))) {
+		struct binding b;
+		if (!conf_parse_binding(s, &b))
+			return fail(ld, line_of(config_setting_get_member(srv, "metrics_listen")),
+				    "metrics_listen: \"%s\" is not ip:port ([ipv6]:port)", s);
 		c->metrics_listen = xstrdup(s);
+	}
+	if ((s = get_string(ld, srv, "log_file", false)))
+		c->log_file = xstrdup(s);
 	config_setting_t *w = config_setting_get_member(srv, "workers");
 	if (w) {
 		if (config_setting_type(w) != CONFIG_TYPE_INT ||
@@ -783,6 +790,7 @@ void conf_free(struct conf *c)
 	free(c->spool_dir);
 	free(c->stats_socket);
 	free(c->metrics_listen);
+	free(c->log_file);
 	free(c);
 }
 

@@ -90,6 +90,7 @@ struct conf {
 	char *spool_dir;
 	char *stats_socket;
 	char *metrics_listen;
+	char *log_file;            /* NULL: stderr */
 	uint64_t shutdown_grace_ms;
 	int log_level;
 	struct binding *bindings;

@@ -1,6 +1,8 @@
 /* logfmt lines to stderr (see log.h). */
 #include "log.h"
 
+#include <errno.h>
+#include <fcntl.h>
 #include <stdarg.h>
 #include <stdbool.h>
 #include <stdio.h>
@@ -10,6 +12,22 @@
 #include <unistd.h>
 
 static enum log_level max_level = LOG_INFO;
+static int log_fd = STDERR_FILENO;
+
+int log_open_file(const char *path)
+{
+	int fd = open(path, O_WRONLY | O_APPEND | O_CREAT | O_CLOEXEC, 0640);
+	if (fd < 0)
+		return -errno;
+	if (log_fd == STDERR_FILENO) {
+		log_fd = fd;
+		return 0;
+	}
+	/* Swap the file under the same descriptor: writers never see a gap. */
+	int ret = dup3(fd, log_fd, O_CLOEXEC) < 0 ? -errno : 0;
+	close(fd);
+	return ret;
+}
 
 void log_set_level(enum log_level l)
 {
@@ -43,7 +61,7 @@ void log_msg(enum log_level l, const char *fmt, ...)
 	if (len > sizeof(line) - 2)
 		len = sizeof(line) - 2;
 	line[len++] = '\n';
-	ssize_t w = write(STDERR_FILENO, line, len);
+	ssize_t w = write(log_fd, line, len);
 	(void)w;
 }
 

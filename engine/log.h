@@ -7,6 +7,10 @@
 enum log_level { LOG_ERROR, LOG_WARN, LOG_INFO, LOG_DEBUG };
 
 void log_set_level(enum log_level l);
+
+/* Sends log lines to path (appended) instead of stderr. Called again, it
+ * reopens the file: what logrotate needs after moving it. 0 or -errno. */
+int log_open_file(const char *path);
 int log_enabled(enum log_level l);
 
 /* fmt holds the logfmt fields after ts= and level=, e.g.

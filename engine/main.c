@@ -184,6 +184,9 @@ static int reload_config(const char *path, struct app *app, struct worker *worke
 	pthread_mutex_unlock(&app->mu);
 	conf_unref(prev);
 	log_set_level((enum log_level)n->log_level);
+	/* Reopen (or switch) the log file: logrotate sends SIGHUP after a move. */
+	if (n->log_file && log_open_file(n->log_file) < 0)
+		log_msg(LOG_ERROR, "event=reload note=\"cannot open log_file %s\"", n->log_file);
 	snprintf(result, cap, "reloaded: %u connectors, %u bindings", n->nrc, n->nbindings);
 	log_msg(LOG_INFO, "event=reload status=ok connectors=%u bindings=%u", n->nrc, n->nbindings);
 	return 0;
@@ -246,6 +249,11 @@ int main(int argc, char **argv)
 		return 0;
 	}
 	log_set_level((enum log_level)conf->log_level);
+	int lerr = conf->log_file ? log_open_file(conf->log_file) : 0;
+	if (lerr < 0) {
+		fprintf(stderr, "postern: log_file %s: %s\n", conf->log_file, strerror(-lerr));
+		return 1;
+	}
 	static struct app app;
 	app.conf = conf;
 	assign_stats_ids(&app.registry, conf);

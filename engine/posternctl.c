@@ -12,8 +12,10 @@
 static int usage(void)
 {
 	fprintf(stderr,
-		"usage: posternctl -s SOCKET COMMAND...\n"
-		"  commands: show info | show connectors | match <ip>[:<port>] | reload | help\n");
+		"usage: posternctl -s SOCKET [--json] COMMAND...\n"
+		"  commands: show info | show stat | show queue | show connectors | show metrics |\n"
+		"            match <ip>[:<port>] | reload | help\n"
+		"  --json    ask for JSON (show info, show stat, show queue, match)\n");
 	return 2;
 }
 
@@ -25,12 +27,21 @@ int main(int argc, char **argv)
 		path = argv[i + 1];
 		i += 2;
 	}
+	bool json = false;
+	if (i < argc && strcmp(argv[i], "--json") == 0) {
+		json = true;
+		i++;
+	}
 	if (!path || i >= argc)
 		return usage();
 	char cmd[512] = "";
 	for (; i < argc; i++) {
 		size_t n = strlen(cmd);
 		snprintf(cmd + n, sizeof(cmd) - n, "%s%s", n ? " " : "", argv[i]);
+	}
+	if (json) {
+		size_t n = strlen(cmd);
+		snprintf(cmd + n, sizeof(cmd) - n, " json");
 	}
 	struct sockaddr_un sun = {.sun_family = AF_UNIX};
 	if (strlen(path) >= sizeof(sun.sun_path)) {

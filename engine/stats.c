@@ -20,7 +20,7 @@
 
 static const char *const commands_help =
 	"commands: show info [json] | show stat [json] | show queue [json] | "
-	"show connectors | show metrics | match <ip>[:<port>] | reload | help";
+	"show connectors | show metrics | match <ip>[:<port>] [json] | reload | help";
 
 static void show_info(const struct stats_host *h, const struct conf *c,
 		      FILE *out, bool json)
@@ -203,7 +203,7 @@ static int parse_match_arg(const char *arg, struct sockaddr_storage *ss,
 }
 
 /* What a real connection from that address would get, per binding. */
-static int match(const struct conf *c, const char *arg, FILE *out)
+static int match(const struct conf *c, const char *arg, FILE *out, bool json)
 {
 	struct sockaddr_storage ss;
 	unsigned port;
@@ -217,15 +217,33 @@ static int match(const struct conf *c, const char *arg, FILE *out)
 		binding_port(&c->bindings[b], &bp);
 		if (port && bp != port)
 			continue;
+		if (json && shown == 0)
+			fputs("{\"matches\": [", out);
 		shown++;
 		const struct ip_range *why;
 		const struct rconn *rc = conf_match(c, b, (const struct sockaddr *)&ss, &why);
+		char perms[96];
+		if (json) {
+			fputs(shown > 1 ? ", {\"binding\": " : "{\"binding\": ", out);
+			json_str(out, c->bindings[b].text);
+			if (!rc) {
+				fputs(", \"connector\": null, \"reply\": \"554 5.7.1\"}", out);
+				continue;
+			}
+			fputs(", \"connector\": ", out);
+			json_str(out, rc->name);
+			fputs(", \"range\": ", out);
+			json_str(out, why->text);
+			fputs(", \"permission_groups\": ", out);
+			json_str(out, perm_names(rc->perms, perms, sizeof(perms)));
+			fprintf(out, ", \"may_submit\": %s}", rc->smtp.may_submit ? "true" : "false");
+			continue;
+		}
 		if (!rc) {
 			fprintf(out, "binding %s: no connector: refused at connect with 554 5.7.1\n",
 				c->bindings[b].text);
 			continue;
 		}
-		char perms[96];
 		fprintf(out, "binding %s: connector \"%s\" range %s permissions=%s%s\n",
 			c->bindings[b].text, rc->name, why->text,
 			perm_names(rc->perms, perms, sizeof(perms)),
@@ -235,6 +253,8 @@ static int match(const struct conf *c, const char *arg, FILE *out)
 		fprintf(out, "error: no binding on port %u\n", port);
 		return -1;
 	}
+	if (json)
+		fputs("]}\n", out);
 	return 0;
 }
 
@@ -266,8 +286,8 @@ int stats_command(const struct stats_host *h, const char *line, FILE *out)
 		show_metrics(h, out);
 	} else if (strcmp(cmd, "show connectors") == 0 && !json) {
 		conf_print(c, out);
-	} else if (strncmp(cmd, "match ", 6) == 0 && !json) {
-		ret = match(c, cmd + 6, out);
+	} else if (strncmp(cmd, "match ", 6) == 0) {
+		ret = match(c, cmd + 6, out, json);
 	} else if (strcmp(cmd, "help") == 0) {
 		fprintf(out, "%s\n", commands_help);
 	} else {

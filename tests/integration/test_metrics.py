@@ -244,4 +244,4 @@ def test_unknown_command_lists_commands(traffic):
     assert rc == 1
     assert out == ('error: unknown command "frobnicate"; commands: show info [json] | '
                    'show stat [json] | show queue [json] | show connectors | show metrics | '
-                   'match <ip>[:<port>] | reload | help\n')
+                   'match <ip>[:<port>] [json] | reload | help\n')

@@ -101,3 +101,40 @@ def test_ctl_without_server(tmp_path):
     rc, out, err = ctl(tmp_path / "none.sock", "show", "info")
     assert rc == 1 and out == ""
     assert err.startswith("posternctl: cannot connect to %s" % (tmp_path / "none.sock"))
+
+
+def test_match_json(postern, tmp_path):
+    p, sock = start(postern, tmp_path)
+    import json
+    rc, out, _ = ctl(sock, "--json", "match", "127.0.0.25")
+    assert rc == 0
+    assert json.loads(out) == {"matches": [{
+        "binding": "127.0.0.1:%d" % p.port, "connector": "Anonymous Relay",
+        "range": "127.0.0.20-127.0.0.29", "permission_groups": "anonymous_relay",
+        "may_submit": True}]}
+    rc, out, _ = ctl(sock, "match", "::1", "json")
+    assert json.loads(out) == {"matches": [{
+        "binding": "127.0.0.1:%d" % p.port, "connector": None, "reply": "554 5.7.1"}]}
+
+
+def test_log_file_and_reopen(postern, tmp_path):
+    import signal
+    log = tmp_path / "postern.log"
+    p = postern(server_extra='  log_file = "%s";\n' % log)
+
+    def send(n):
+        s = smtplib.SMTP("127.0.0.1", p.port, source_address=("127.0.0.10", 0))
+        s.sendmail("a@b.example", ["x@other.example"], b"Subject: %d\r\n\r\nx\r\n" % n)
+        s.quit()
+    send(1)
+    wait_until(lambda: log.exists() and "event=receive" in log.read_text(), 10,
+               what="receive line in the log file")
+    assert "event=start " in log.read_text()
+    assert "event=receive" not in p.stderr()
+    log.rename(tmp_path / "postern.log.1")       # what logrotate does
+    p.signal(signal.SIGHUP)
+    wait_until(lambda: log.exists(), 10, what="log file reopened")
+    send(2)
+    wait_until(lambda: "event=receive" in log.read_text(), 10,
+               what="receive line in the new log file")
+    assert (tmp_path / "postern.log.1").read_text().count("event=receive") == 1
