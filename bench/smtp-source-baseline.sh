@@ -36,7 +36,7 @@ SINK_PORT=$(free_port)
 "$SINK" -u nobody 127.0.0.1:"$SINK_PORT" 1000 & PIDS+=($!)
 PORT=$(free_port)
 cat > "$WORK/postern.conf" <<CONF
-server = { hostname = "bench.example"; workers = 0; spool_dir = "$WORK/spool"; log_level = "warn"; };
+server = { hostname = "bench.example"; workers = 0; spool_dir = "$WORK/spool"; log_file = "$WORK/postern.log"; };
 accepted_domains = ( { domain = "corp.example"; type = "authoritative"; } );
 receive_connectors = ( { name = "Bench"; bindings = [ "127.0.0.1:$PORT" ];
   remote_ip_ranges = [ "127.0.0.0/8" ]; permission_groups = [ "anonymous_relay" ]; } );
@@ -86,7 +86,7 @@ TABLE=$(cat <<MD
 ### smtp-source: Postern vs smtp-sink ($(date -u +%Y-%m-%d))
 - Machine: $CPU, $(nproc) cores, kernel $(uname -r); fdatasync rate of the spool disk measured now: $FS/s
 - Command: \`bench/smtp-source-baseline.sh $MSGS $ROUNDS\` — smtp-source -s $SESSIONS -m $MSGS -l $SIZE, median of $ROUNDS alternating rounds
-- Durability mode: **durable** — every 250 follows fdatasync of the message file, rename, and an fsync of the spool directory (directory fsyncs group-committed per worker). smtp-sink stores nothing.
+- Durability mode: **durable** — every 250 follows fdatasync of the message file, rename, and an fsync of the spool directory (directory fsyncs group-committed per worker). smtp-sink stores nothing. Postern logs at the default level (info: connect, receive, disconnect lines) to a file.
 
 | scenario | Postern msg/s | smtp-sink msg/s (ceiling) | Postern / sink |
 |---|---:|---:|---:|
