@@ -794,6 +794,26 @@ void conf_free(struct conf *c)
 	free(c);
 }
 
+bool rconn_on_binding(const struct rconn *rc, unsigned b)
+{
+	for (unsigned k = 0; k < rc->nbindings; k++)
+		if (rc->bindings[k] == b)
+			return true;
+	return false;
+}
+
+const char *conf_perm_names(unsigned perms, char *buf, size_t cap)
+{
+	static const char *const pn[] = {"anonymous", "anonymous_relay",
+					 "externally_secured", "authenticated"};
+	size_t n = 0;
+	buf[0] = '\0';
+	for (int p = 0; p < 4; p++)
+		if ((perms & (1u << p)) && n < cap)
+			n += (size_t)snprintf(buf + n, cap - n, "%s%s", n ? "," : "", pn[p]);
+	return buf[0] ? buf : "none";
+}
+
 static void print_setting(FILE *out, const struct setting *st, uint64_t v)
 {
 	fprintf(out, "    %-46s ", st->name);
@@ -862,23 +882,11 @@ void conf_print(const struct conf *c, FILE *out)
 		fprintf(out, "binding %s:\n", c->bindings[b].text);
 		for (unsigned i = 0; i < c->nrc; i++) {
 			const struct rconn *rc = &c->rc[i];
-			bool on = false;
-			for (unsigned k = 0; k < rc->nbindings; k++)
-				on |= rc->bindings[k] == b;
-			if (!on)
+			if (!rconn_on_binding(rc, b))
 				continue;
-			fprintf(out, "  connector \"%s\" permissions=", rc->name);
-			if (!rc->perms)
-				fprintf(out, "none");
-			const char *sep = "";
-			static const char *const pn[] = {"anonymous", "anonymous_relay",
-							 "externally_secured",
-							 "authenticated"};
-			for (int p = 0; p < 4; p++)
-				if (rc->perms & (1u << p)) {
-					fprintf(out, "%s%s", sep, pn[p]);
-					sep = ",";
-				}
+			char perms[96];
+			fprintf(out, "  connector \"%s\" permissions=%s", rc->name,
+				conf_perm_names(rc->perms, perms, sizeof(perms)));
 			fprintf(out, "\n");
 			for (unsigned k = 0; k < rc->nranges; k++)
 				print_range(out, &rc->ranges[k]);

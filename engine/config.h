@@ -121,6 +121,12 @@ const struct rconn *conf_match(const struct conf *c, unsigned b,
 			       const struct sockaddr *sa,
 			       const struct ip_range **why);
 
+/* True when connector rc listens on binding b. */
+bool rconn_on_binding(const struct rconn *rc, unsigned b);
+
+/* "anonymous,anonymous_relay" for perms, "none" for 0. */
+const char *conf_perm_names(unsigned perms, char *buf, size_t cap);
+
 /* Parsers shared with tests and the stats socket. */
 bool conf_parse_range(const char *s, struct ip_range *r);
 bool conf_parse_binding(const char *s, struct binding *b);

@@ -98,9 +98,8 @@ static int build_binding(const struct conf *c, unsigned b, struct binding_table 
 {
 	size_t nranges = 0;
 	for (unsigned i = 0; i < c->nrc; i++)
-		for (unsigned k = 0; k < c->rc[i].nbindings; k++)
-			if (c->rc[i].bindings[k] == b)
-				nranges += c->rc[i].nranges;
+		if (rconn_on_binding(&c->rc[i], b))
+			nranges += c->rc[i].nranges;
 	t->matches = calloc(nranges ? nranges : 1, sizeof(*t->matches));
 	size_t cap = nranges * 8 + 1, n = 0;
 	struct lpm_entry *e = malloc(cap * sizeof(*e));
@@ -110,10 +109,7 @@ static int build_binding(const struct conf *c, unsigned b, struct binding_table 
 	}
 	for (unsigned i = 0; i < c->nrc; i++) {
 		const struct rconn *rc = &c->rc[i];
-		bool on = false;
-		for (unsigned k = 0; k < rc->nbindings; k++)
-			on |= rc->bindings[k] == b;
-		if (!on)
+		if (!rconn_on_binding(rc, b))
 			continue;
 		for (unsigned r = 0; r < rc->nranges; r++) {
 			const struct ip_range *ir = &rc->ranges[r];
@@ -151,23 +147,22 @@ int connectors_build(struct conf *c, char *why, size_t whylen, int *line)
 	for (unsigned b = 0; b < c->nbindings; b++) {
 		size_t n = 0;
 		for (unsigned i = 0; i < c->nrc; i++)
-			for (unsigned k = 0; k < c->rc[i].nbindings; k++)
-				if (c->rc[i].bindings[k] == b)
-					n += c->rc[i].nranges;
+			if (rconn_on_binding(&c->rc[i], b))
+				n += c->rc[i].nranges;
 		struct span *s = malloc((n ? n : 1) * sizeof(*s));
 		if (!s) {
 			snprintf(why, whylen, "out of memory");
 			return -1;
 		}
 		n = 0;
-		for (unsigned i = 0; i < c->nrc; i++)
-			for (unsigned k = 0; k < c->rc[i].nbindings; k++)
-				if (c->rc[i].bindings[k] == b)
-					for (unsigned r = 0; r < c->rc[i].nranges; r++) {
-						const struct ip_range *ir = &c->rc[i].ranges[r];
-						s[n++] = (struct span){ir->family, ir->lo, ir->hi,
-								       &c->rc[i], ir};
-					}
+		for (unsigned i = 0; i < c->nrc; i++) {
+			if (!rconn_on_binding(&c->rc[i], b))
+				continue;
+			for (unsigned r = 0; r < c->rc[i].nranges; r++) {
+				const struct ip_range *ir = &c->rc[i].ranges[r];
+				s[n++] = (struct span){ir->family, ir->lo, ir->hi, &c->rc[i], ir};
+			}
+		}
 		int ret = check_binding(c, b, s, n, why, whylen, line);
 		free(s);
 		if (ret < 0)

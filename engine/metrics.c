@@ -87,7 +87,7 @@ static void connector_sum(struct worker *w, unsigned nw, unsigned id,
 	}
 }
 
-static void json_string(FILE *out, const char *s)
+void json_write_string(FILE *out, const char *s)
 {
 	fputc('"', out);
 	for (; *s; s++) {
@@ -125,7 +125,7 @@ void metrics_print_stat(FILE *out, struct metrics_registry *r, struct worker *w,
 			continue;
 		}
 		fputs(id ? ", {\"name\": " : "{\"name\": ", out);
-		json_string(out, r->names[id]);
+		json_write_string(out, r->names[id]);
 		fprintf(out,
 			", \"connections\": %llu, \"active\": %llu, \"messages\": %llu, \"bytes\": %llu, \"rejected\": {",
 			(unsigned long long)s.connections, (unsigned long long)s.active,

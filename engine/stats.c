@@ -64,42 +64,27 @@ struct queue_out {
 	int64_t now;
 };
 
-static void json_str(FILE *out, const char *s)
-{
-	fputc('"', out);
-	for (; *s; s++) {
-		unsigned char ch = (unsigned char)*s;
-		if (ch == '"' || ch == '\\')
-			fprintf(out, "\\%c", ch);
-		else if (ch < 0x20)
-			fprintf(out, "\\u%04x", ch);
-		else
-			fputc(ch, out);
-	}
-	fputc('"', out);
-}
-
 static void queue_row(void *arg, const struct queued_msg *m)
 {
 	struct queue_out *q = arg;
 	unsigned shown = m->nrcpt < 256 ? m->nrcpt : 256;
 	if (q->json) {
 		fputs(q->n++ ? ", {\"id\": " : "{\"id\": ", q->out);
-		json_str(q->out, m->id);
+		json_write_string(q->out, m->id);
 		fputs(", \"sender\": ", q->out);
-		json_str(q->out, m->from);
+		json_write_string(q->out, m->from);
 		fputs(", \"recipients\": [", q->out);
 		for (unsigned i = 0; i < shown; i++) {
 			if (i)
 				fputs(", ", q->out);
-			json_str(q->out, m->rcpt[i]);
+			json_write_string(q->out, m->rcpt[i]);
 		}
 		fprintf(q->out, "], \"recipient_count\": %u, \"size\": %llu, \"age_s\": %lld, "
 			"\"attempts\": 0, \"next_attempt\": null, \"last_error\": null, \"connector\": ",
 			m->nrcpt, (unsigned long long)m->size, (long long)(q->now - m->arrival));
-		json_str(q->out, m->connector);
+		json_write_string(q->out, m->connector);
 		fputs(", \"client\": ", q->out);
-		json_str(q->out, m->client);
+		json_write_string(q->out, m->client);
 		fputc('}', q->out);
 		return;
 	}
@@ -130,18 +115,6 @@ static void show_metrics(const struct stats_host *h, FILE *out)
 	struct spool_usage sp;
 	msgstore_usage(h->store, &sp.messages, &sp.bytes);
 	metrics_print_prometheus(out, h->registry, h->workers, h->nworkers, &sp);
-}
-
-static const char *perm_names(unsigned perms, char *buf, size_t cap)
-{
-	static const char *const pn[] = {"anonymous", "anonymous_relay",
-					 "externally_secured", "authenticated"};
-	buf[0] = '\0';
-	for (int p = 0; p < 4; p++)
-		if (perms & (1u << p))
-			snprintf(buf + strlen(buf), cap - strlen(buf), "%s%s",
-				 buf[0] ? "," : "", pn[p]);
-	return buf[0] ? buf : "none";
 }
 
 static bool binding_port(const struct binding *b, unsigned *port)
@@ -225,17 +198,17 @@ static int match(const struct conf *c, const char *arg, FILE *out, bool json)
 		char perms[96];
 		if (json) {
 			fputs(shown > 1 ? ", {\"binding\": " : "{\"binding\": ", out);
-			json_str(out, c->bindings[b].text);
+			json_write_string(out, c->bindings[b].text);
 			if (!rc) {
 				fputs(", \"connector\": null, \"reply\": \"554 5.7.1\"}", out);
 				continue;
 			}
 			fputs(", \"connector\": ", out);
-			json_str(out, rc->name);
+			json_write_string(out, rc->name);
 			fputs(", \"range\": ", out);
-			json_str(out, why->text);
+			json_write_string(out, why->text);
 			fputs(", \"permission_groups\": ", out);
-			json_str(out, perm_names(rc->perms, perms, sizeof(perms)));
+			json_write_string(out, conf_perm_names(rc->perms, perms, sizeof(perms)));
 			fprintf(out, ", \"may_submit\": %s}", rc->smtp.may_submit ? "true" : "false");
 			continue;
 		}
@@ -246,7 +219,7 @@ static int match(const struct conf *c, const char *arg, FILE *out, bool json)
 		}
 		fprintf(out, "binding %s: connector \"%s\" range %s permissions=%s%s\n",
 			c->bindings[b].text, rc->name, why->text,
-			perm_names(rc->perms, perms, sizeof(perms)),
+			conf_perm_names(rc->perms, perms, sizeof(perms)),
 			rc->smtp.may_submit ? "" : " (MAIL refused: 530 5.7.1)");
 	}
 	if (!shown) {
@@ -299,6 +272,14 @@ int stats_command(const struct stats_host *h, const char *line, FILE *out)
 	return ret;
 }
 
+/* A stuck client must not stall the stats thread for long. */
+static void set_timeouts(int fd)
+{
+	struct timeval tv = {.tv_sec = 5};
+	setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof(tv));
+	setsockopt(fd, SOL_SOCKET, SO_SNDTIMEO, &tv, sizeof(tv));
+}
+
 static void write_all(int fd, const char *p, size_t len)
 {
 	for (size_t off = 0; off < len;) {
@@ -312,9 +293,7 @@ static void write_all(int fd, const char *p, size_t len)
 /* One HTTP/1.1 request per connection: GET /metrics, else 404 or 405. */
 static void serve_metrics(struct stats_server *s, int fd)
 {
-	struct timeval tv = {.tv_sec = 5};
-	setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof(tv));
-	setsockopt(fd, SOL_SOCKET, SO_SNDTIMEO, &tv, sizeof(tv));
+	set_timeouts(fd);
 	char req[8192];
 	size_t n = 0;
 	while (n < sizeof(req) - 1) {
@@ -359,9 +338,7 @@ static void serve_metrics(struct stats_server *s, int fd)
 
 static void serve_client(struct stats_server *s, int fd)
 {
-	struct timeval tv = {.tv_sec = 5};
-	setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof(tv));
-	setsockopt(fd, SOL_SOCKET, SO_SNDTIMEO, &tv, sizeof(tv));
+	set_timeouts(fd);
 	char line[STATS_LINE_MAX];
 	size_t n = 0;
 	while (n < sizeof(line) - 1) {
