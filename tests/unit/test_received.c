@@ -7,29 +7,13 @@
 #include <setjmp.h>
 #include <cmocka.h>
 
+#include "check.h"
+
 #include <stdbool.h>
 #include <stdio.h>
 #include <string.h>
 
 #include "received.h"
-
-#define N_ELEMS(a) (sizeof(a) / sizeof((a)[0]))
-
-#define CHECK_INT(name, got, want)                                          \
-	do {                                                                \
-		long long g_ = (long long)(got), w_ = (long long)(want);    \
-		if (g_ != w_)                                               \
-			fail_msg("%s: %s = %lld, want %lld", (name), #got,  \
-				 g_, w_);                                   \
-	} while (0)
-
-#define CHECK_STR(name, got, want)                                          \
-	do {                                                                \
-		const char *g_ = (got), *w_ = (want);                       \
-		if (strcmp(g_, w_) != 0)                                    \
-			fail_msg("%s:\n  got  \"%s\"\n  want \"%s\"", (name), \
-				 g_, w_);                                   \
-	} while (0)
 
 #define T_FIXED 1795442520 /* Mon, 23 Nov 2026 14:02:00 +0000 */
 

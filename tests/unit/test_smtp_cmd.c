@@ -7,27 +7,13 @@
 #include <setjmp.h>
 #include <cmocka.h>
 
+#include "check.h"
+
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
 #include "smtp_cmd.h"
-
-#define CHECK_INT(name, got, want)                                          \
-	do {                                                                \
-		long long g_ = (long long)(got), w_ = (long long)(want);    \
-		if (g_ != w_)                                               \
-			fail_msg("%s: %s = %lld, want %lld", (name), #got,  \
-				 g_, w_);                                   \
-	} while (0)
-
-#define CHECK_STR(name, got, want)                                          \
-	do {                                                                \
-		const char *g_ = (got), *w_ = (want);                       \
-		if (strcmp(g_, w_) != 0)                                    \
-			fail_msg("%s: %s\n  got  \"%s\"\n  want \"%s\"",      \
-				 (name), #got, g_, w_);                     \
-	} while (0)
 
 /* ---- smtp_cmd_verb / smtp_verb_name ---------------------------------- */
 

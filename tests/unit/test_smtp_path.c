@@ -7,21 +7,13 @@
 #include <setjmp.h>
 #include <cmocka.h>
 
+#include "check.h"
+
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
 #include "smtp_path.h"
-
-#define N_ELEMS(a) (sizeof(a) / sizeof((a)[0]))
-
-#define CHECK_INT(name, got, want)                                          \
-	do {                                                                \
-		long long g_ = (long long)(got), w_ = (long long)(want);    \
-		if (g_ != w_)                                               \
-			fail_msg("%s: %s = %lld, want %lld", (name), #got,  \
-				 g_, w_);                                   \
-	} while (0)
 
 /* A span compared with a C string; want NULL means "no span" (p == NULL). */
 static void check_span(const char *name, const char *what,

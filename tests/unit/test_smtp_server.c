@@ -8,13 +8,13 @@
 #include <setjmp.h>
 #include <cmocka.h>
 
+#include "check.h"
+
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
 #include "smtp_server.h"
-
-#define N_ELEMS(a) (sizeof(a) / sizeof((a)[0]))
 
 #define HOST "relay.corp.example"
 #define IP "192.0.2.10"
