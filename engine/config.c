@@ -814,29 +814,31 @@ const char *conf_perm_names(unsigned perms, char *buf, size_t cap)
 	return buf[0] ? buf : "none";
 }
 
-static void print_setting(FILE *out, const struct setting *st, uint64_t v)
+/* A setting's value as --check shows it: "unlimited", "600000ms", "ip"... */
+static const char *setting_text(const struct setting *st, uint64_t v, char *buf,
+				size_t cap)
 {
-	fprintf(out, "    %-46s ", st->name);
 	switch (st->kind) {
 	case K_SIZE:
 	case K_COUNT:
-		if (v == 0 && strcmp(st->def, "unlimited") == 0)
-			fprintf(out, "unlimited\n");
-		else if (v == 0 && st->kind == K_SIZE)
-			fprintf(out, "unlimited\n");
-		else
-			fprintf(out, "%llu\n", (unsigned long long)v);
-		break;
+		if (v == 0 && (st->kind == K_SIZE || strcmp(st->def, "unlimited") == 0))
+			return "unlimited";
+		snprintf(buf, cap, "%llu", (unsigned long long)v);
+		return buf;
 	case K_DURATION:
-		fprintf(out, "%llums\n", (unsigned long long)v);
-		break;
+		snprintf(buf, cap, "%llums", (unsigned long long)v);
+		return buf;
 	case K_BOOL:
-		fprintf(out, "%s\n", v ? "true" : "false");
-		break;
+		return v ? "true" : "false";
 	case K_RATE_SOURCE:
-		fprintf(out, "%s\n", rate_source_names[v < 4 ? v : 0]);
-		break;
+		return rate_source_names[v < 4 ? v : 0];
 	}
+	return "";
+}
+
+static uint64_t setting_of(const struct rconn *rc, const struct setting *st)
+{
+	return *(const uint64_t *)((const char *)rc + st->offset);
 }
 
 static void print_addr(FILE *out, int family, u128 v)
@@ -854,18 +856,22 @@ static void print_addr(FILE *out, int family, u128 v)
 	fputs(buf, out);
 }
 
-/* "range 10.0.0.20-10.0.0.29 -> 10.0.0.20/30 10.0.0.24/30 10.0.0.28/31" */
-static void print_range(FILE *out, const struct ip_range *r)
+/* Text: "    range 10.0.0.20-10.0.0.29 -> 10.0.0.20/30 10.0.0.24/30 ...";
+ * JSON: {"range": "...", "prefixes": ["10.0.0.20/30", ...]} */
+static void print_range(FILE *out, const struct ip_range *r, bool json)
 {
 	struct lpm_prefix p[256];
 	size_t n = lpm_range_to_prefixes(r->family == 4 ? 32 : 128, r->lo, r->hi, p);
-	fprintf(out, "    range %s ->", r->text);
+	if (json)
+		fprintf(out, "{\"range\": \"%s\", \"prefixes\": [", r->text);
+	else
+		fprintf(out, "    range %s ->", r->text);
 	for (size_t i = 0; i < n; i++) {
-		fputc(' ', out);
+		fputs(json ? (i ? ", \"" : "\"") : " ", out);
 		print_addr(out, r->family, p[i].addr);
-		fprintf(out, "/%u", p[i].len);
+		fprintf(out, "/%u%s", p[i].len, json ? "\"" : "");
 	}
-	fputc('\n', out);
+	fputs(json ? "]}" : "\n", out);
 }
 
 void conf_print(const struct conf *c, FILE *out)
@@ -889,11 +895,53 @@ void conf_print(const struct conf *c, FILE *out)
 				conf_perm_names(rc->perms, perms, sizeof(perms)));
 			fprintf(out, "\n");
 			for (unsigned k = 0; k < rc->nranges; k++)
-				print_range(out, &rc->ranges[k]);
-			for (size_t s = 0; s < sizeof(rconn_settings) / sizeof(rconn_settings[0]); s++)
-				print_setting(out, &rconn_settings[s],
-					      *(const uint64_t *)((const char *)rc +
-								  rconn_settings[s].offset));
+				print_range(out, &rc->ranges[k], false);
+			for (size_t k = 0; k < sizeof(rconn_settings) / sizeof(rconn_settings[0]); k++) {
+				char v[32];
+				fprintf(out, "    %-46s %s\n", rconn_settings[k].name,
+					setting_text(&rconn_settings[k], setting_of(rc, &rconn_settings[k]),
+						     v, sizeof(v)));
+			}
 		}
 	}
+}
+
+void conf_print_json(const struct conf *c, FILE *out)
+{
+	fprintf(out, "{\"hostname\": ");
+	json_write_string(out, c->hostname);
+	fprintf(out, ", \"workers\": %u, \"bindings\": [", c->workers);
+	for (unsigned b = 0; b < c->nbindings; b++) {
+		fprintf(out, "%s{\"binding\": ", b ? ", " : "");
+		json_write_string(out, c->bindings[b].text);
+		fputs(", \"connectors\": [", out);
+		bool first = true;
+		for (unsigned i = 0; i < c->nrc; i++) {
+			const struct rconn *rc = &c->rc[i];
+			if (!rconn_on_binding(rc, b))
+				continue;
+			char perms[96];
+			fputs(first ? "{\"name\": " : ", {\"name\": ", out);
+			first = false;
+			json_write_string(out, rc->name);
+			fputs(", \"permission_groups\": ", out);
+			json_write_string(out, conf_perm_names(rc->perms, perms, sizeof(perms)));
+			fputs(", \"ranges\": [", out);
+			for (unsigned k = 0; k < rc->nranges; k++) {
+				if (k)
+					fputs(", ", out);
+				print_range(out, &rc->ranges[k], true);
+			}
+			fputs("], \"settings\": {", out);
+			for (size_t k = 0; k < sizeof(rconn_settings) / sizeof(rconn_settings[0]); k++) {
+				char v[32];
+				fprintf(out, "%s\"%s\": ", k ? ", " : "", rconn_settings[k].name);
+				json_write_string(out, setting_text(&rconn_settings[k],
+							    setting_of(rc, &rconn_settings[k]), v, sizeof(v)));
+			}
+			fputs("}}", out);
+		}
+		fputs("]}", out);
+	}
+	fputs("]}\n", out);
 }

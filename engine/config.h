@@ -114,6 +114,7 @@ void conf_unref(struct conf *c);
 
 /* The resolved connector table, as `postern --check` prints it. */
 void conf_print(const struct conf *c, FILE *out);
+void conf_print_json(const struct conf *c, FILE *out);
 
 /* The receive connector a client at sa gets on binding b: the most specific
  * matching range wins. NULL when none matches. */

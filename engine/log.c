@@ -94,3 +94,18 @@ const char *log_quote(char *dst, unsigned cap, const char *s)
 	dst[n] = '\0';
 	return dst;
 }
+
+void json_write_string(FILE *out, const char *s)
+{
+	fputc('"', out);
+	for (; *s; s++) {
+		unsigned char c = (unsigned char)*s;
+		if (c == '"' || c == '\\')
+			fprintf(out, "\\%c", c);
+		else if (c < 0x20)
+			fprintf(out, "\\u%04x", c);
+		else
+			fputc(c, out);
+	}
+	fputc('"', out);
+}

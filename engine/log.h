@@ -4,6 +4,8 @@
 #ifndef POSTERN_LOG_H
 #define POSTERN_LOG_H
 
+#include <stdio.h>
+
 enum log_level { LOG_ERROR, LOG_WARN, LOG_INFO, LOG_DEBUG };
 
 void log_set_level(enum log_level l);
@@ -21,5 +23,8 @@ void log_msg(enum log_level l, const char *fmt, ...)
 /* Copies s into dst as a logfmt value: quoted when it holds spaces, quotes,
  * '=' or control characters, with those escaped. */
 const char *log_quote(char *dst, unsigned cap, const char *s);
+
+/* s as a JSON string literal, escaped. */
+void json_write_string(FILE *out, const char *s);
 
 #endif

@@ -3,6 +3,7 @@
 
 #include <string.h>
 
+#include "log.h"
 #include "worker.h"
 
 const uint64_t latency_bounds_us[LATENCY_BUCKETS] = {
@@ -85,21 +86,6 @@ static void connector_sum(struct worker *w, unsigned nw, unsigned id,
 		for (int k = 0; k < SMTP_REJECT_COUNT; k++)
 			s->rejected[k] += metric_get(&cc->rejected[k]);
 	}
-}
-
-void json_write_string(FILE *out, const char *s)
-{
-	fputc('"', out);
-	for (; *s; s++) {
-		unsigned char c = (unsigned char)*s;
-		if (c == '"' || c == '\\')
-			fprintf(out, "\\%c", c);
-		else if (c < 0x20)
-			fprintf(out, "\\u%04x", c);
-		else
-			fputc(c, out);
-	}
-	fputc('"', out);
 }
 
 void metrics_print_stat(FILE *out, struct metrics_registry *r, struct worker *w,

@@ -94,7 +94,4 @@ void metrics_print_prometheus(FILE *out, struct metrics_registry *r,
 
 extern const char *const refuse_names[REFUSE_COUNT];
 
-/* s as a JSON string literal, escaped. */
-void json_write_string(FILE *out, const char *s);
-
 #endif

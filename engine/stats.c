@@ -20,7 +20,7 @@
 
 static const char *const commands_help =
 	"commands: show info [json] | show stat [json] | show queue [json] | "
-	"show connectors | show metrics | match <ip>[:<port>] [json] | reload | help";
+	"show connectors [json] | show metrics | match <ip>[:<port>] [json] | reload | help";
 
 static void show_info(const struct stats_host *h, const struct conf *c,
 		      FILE *out, bool json)
@@ -257,8 +257,11 @@ int stats_command(const struct stats_host *h, const char *line, FILE *out)
 		show_queue(h, out, json);
 	} else if (strcmp(cmd, "show metrics") == 0 && !json) {
 		show_metrics(h, out);
-	} else if (strcmp(cmd, "show connectors") == 0 && !json) {
-		conf_print(c, out);
+	} else if (strcmp(cmd, "show connectors") == 0) {
+		if (json)
+			conf_print_json(c, out);
+		else
+			conf_print(c, out);
 	} else if (strncmp(cmd, "match ", 6) == 0) {
 		ret = match(c, cmd + 6, out, json);
 	} else if (strcmp(cmd, "help") == 0) {

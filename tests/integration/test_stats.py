@@ -138,3 +138,26 @@ def test_log_file_and_reopen(postern, tmp_path):
     wait_until(lambda: "event=receive" in log.read_text(), 10,
                what="receive line in the new log file")
     assert (tmp_path / "postern.log.1").read_text().count("event=receive") == 1
+
+
+def test_show_connectors_text_and_json(postern, tmp_path):
+    import json
+    p, sock = start(postern, tmp_path)
+    rc, text, _ = ctl(sock, "show", "connectors")
+    assert rc == 0
+    assert "    range 127.0.0.20-127.0.0.29 -> 127.0.0.20/30 127.0.0.24/30 127.0.0.28/31\n" in text
+    assert "    max_recipients_per_message                     5\n" in text
+    rc, out, _ = ctl(sock, "--json", "show", "connectors")
+    assert rc == 0
+    doc = json.loads(out)
+    [binding] = doc["bindings"]
+    assert binding["binding"] == "127.0.0.1:%d" % p.port
+    relay = {c["name"]: c for c in binding["connectors"]}["Anonymous Relay"]
+    assert relay["permission_groups"] == "anonymous_relay"
+    assert relay["ranges"] == [
+        {"range": "127.0.0.10", "prefixes": ["127.0.0.10/32"]},
+        {"range": "127.0.0.20-127.0.0.29",
+         "prefixes": ["127.0.0.20/30", "127.0.0.24/30", "127.0.0.28/31"]}]
+    assert relay["settings"]["max_message_size"] == "65536"
+    assert relay["settings"]["message_rate_limit"] == "unlimited"
+    assert relay["settings"]["connection_timeout"] == "600000ms"
