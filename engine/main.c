@@ -12,7 +12,7 @@
 #include "config.h"
 #include "listener.h"
 #include "log.h"
-#include "msgstore.h"
+#include "spool.h"
 #include "stats.h"
 #include "worker.h"
 
@@ -258,8 +258,8 @@ int main(int argc, char **argv)
 	app.conf = conf;
 	assign_stats_ids(&app.registry, conf);
 
-	struct msgstore store;
-	if (msgstore_open(&store, conf->spool_dir, err, sizeof(err)) < 0) {
+	struct spool store;
+	if (spool_open(&store, conf->spool_dir, err, sizeof(err)) < 0) {
 		fprintf(stderr, "postern: %s\n", err);
 		return 1;
 	}
@@ -284,7 +284,7 @@ int main(int argc, char **argv)
 		w->id = i;
 		w->conf = conf;
 		conf_ref(conf);
-		w->store = &store;
+		w->spool_shared = &store;
 		w->nlisten = conf->nbindings;
 		w->listen_fds = calloc(conf->nbindings, sizeof(int));
 		for (unsigned b = 0; b < conf->nbindings; b++) {
@@ -350,7 +350,7 @@ int main(int argc, char **argv)
 	for (unsigned i = 0; i < nw; i++)
 		worker_join(&workers[i]);
 	free(workers);
-	msgstore_close(&store);
+	spool_close(&store);
 	conf_unref(app.conf);
 	log_msg(LOG_INFO, "event=exit status=0");
 	return 0;

@@ -65,6 +65,7 @@ void metrics_totals(struct worker *w, unsigned nw, struct metrics_totals *t)
 			t->refused[r] += metric_get(&m->refused[r]);
 		t->fsyncs += metric_get(&m->fsyncs);
 		t->dirsyncs += metric_get(&m->dirsyncs);
+		t->flushed_messages += metric_get(&m->flushed_messages);
 	}
 }
 

@@ -41,8 +41,9 @@ struct worker_metrics {
 	struct connector_counters conn[METRIC_CONNECTORS_MAX];
 	struct latency_hist latency;
 	_Atomic uint64_t refused[REFUSE_COUNT];
-	_Atomic uint64_t fsyncs;
-	_Atomic uint64_t dirsyncs;
+	_Atomic uint64_t fsyncs;          /* fdatasync calls of the spool */
+	_Atomic uint64_t dirsyncs;        /* group-commit flushes */
+	_Atomic uint64_t flushed_messages;/* messages made durable by them */
 };
 
 static inline void metric_add(_Atomic uint64_t *m, uint64_t n)
@@ -73,7 +74,7 @@ unsigned metrics_registry_id(struct metrics_registry *r, const char *name);
 struct metrics_totals {
 	uint64_t connections, active, messages, bytes, rejected;
 	uint64_t refused[REFUSE_COUNT];
-	uint64_t fsyncs, dirsyncs;
+	uint64_t fsyncs, dirsyncs, flushed_messages;
 };
 
 struct worker;

@@ -106,6 +106,14 @@ void ring_read(struct ring *r, int fd, void *buf, unsigned len, uint64_t tag)
 	io_uring_sqe_set_data64(sqe, tag);
 }
 
+void ring_writev(struct ring *r, int fd, const struct iovec *iov, unsigned n,
+		 uint64_t off, uint64_t tag)
+{
+	struct io_uring_sqe *sqe = get_sqe(r);
+	io_uring_prep_writev(sqe, fd, iov, n, off);
+	io_uring_sqe_set_data64(sqe, tag);
+}
+
 int ring_submit_wait(struct ring *r)
 {
 	int ret;

@@ -14,11 +14,11 @@ enum ring_op {
 	OP_ACCEPT = 1, /* slot = listener index */
 	OP_RECV,       /* slot/gen = connection */
 	OP_SEND,
-	OP_FSYNC,      /* message file of a connection */
-	OP_DIRSYNC,    /* spool directory, one per batch */
 	OP_TICK,       /* periodic timer */
 	OP_CANCEL,     /* result of a cancel request: ignored */
 	OP_WAKE,       /* read on the worker's eventfd */
+	OP_SPOOL_WRITE,/* low 56 bits: struct spool_write * */
+	OP_SPOOL_SYNC, /* fdatasync of a spool segment or directory */
 };
 
 static inline uint64_t ring_tag(unsigned op, uint32_t slot, uint32_t gen)
@@ -46,6 +46,18 @@ void ring_fsync(struct ring *r, int fd, bool datasync, uint64_t tag);
 void ring_timeout(struct ring *r, struct __kernel_timespec *ts, uint64_t tag);
 void ring_cancel(struct ring *r, uint64_t target);
 void ring_read(struct ring *r, int fd, void *buf, unsigned len, uint64_t tag);
+void ring_writev(struct ring *r, int fd, const struct iovec *iov, unsigned n,
+		 uint64_t off, uint64_t tag);
+
+/* Tags that carry a pointer (user space addresses fit in 56 bits). */
+static inline uint64_t ring_tag_ptr(unsigned op, const void *p)
+{
+	return (uint64_t)op << 56 | (uint64_t)(uintptr_t)p;
+}
+static inline void *ring_tag_to_ptr(uint64_t t)
+{
+	return (void *)(uintptr_t)(t & ((1ull << 56) - 1));
+}
 
 /* Submits what is queued and waits for at least one completion. */
 int ring_submit_wait(struct ring *r);

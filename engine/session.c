@@ -13,6 +13,7 @@
 #include <time.h>
 #include <unistd.h>
 
+#include "envelope.h"
 #include "log.h"
 #include "worker.h"
 
@@ -36,7 +37,15 @@ static void arm_recv(struct worker *w, struct conn *c)
 	ring_recv_multishot(&w->ring, c->fd, w->br.bgid, conn_tag(OP_RECV, c));
 }
 
-static void process(struct worker *w, struct conn *c);
+static void process_input(struct worker *w, struct conn *c, const char *direct,
+			  size_t dlen, int bid);
+static void message_append(struct worker *w, struct conn *c, const char *p, size_t n,
+			   int bid);
+
+static void process(struct worker *w, struct conn *c)
+{
+	process_input(w, c, NULL, 0, -1);
+}
 static void hold(struct conn *c);
 static void on_reject(void *ctx, enum smtp_reject why, const char *reply,
 		      const char *rcpt);
@@ -107,7 +116,6 @@ void session_accept(struct worker *w, unsigned binding, int fd)
 	c->binding = binding;
 	c->started_ms = c->active_ms = w->now_ms;
 	snprintf(c->peer, sizeof(c->peer), "%s", ip);
-	msgfile_init(&c->msg);
 	smtp_server_init(&c->smtp, &rc->smtp, ip, c->out, sizeof(c->out));
 	c->smtp.hooks = (struct smtp_server_hooks){
 		.reject = on_reject,
@@ -195,7 +203,10 @@ static void maybe_free(struct worker *w, struct conn *c)
 		(unsigned long long)c->smtp.messages, (unsigned long long)c->smtp.rejects,
 		(unsigned long long)(w->now_ms - c->started_ms), w->id);
 	metric_add(&w->m.conn[c->rc->stats_id].active, (uint64_t)-1);
-	msgfile_discard(w->store, &c->msg);
+	if (c->recv_starved)
+		w->nstarved--;
+	if (c->smsg)
+		spool_msg_release(&w->spool, c->smsg);
 	smtp_server_free(&c->smtp);
 	close(c->fd);
 	free(c->in);
@@ -229,14 +240,33 @@ static void flush_out(struct worker *w, struct conn *c)
 
 static void message_begin(struct worker *w, struct conn *c)
 {
-	char id[32], hdr[2048];
-	worker_next_msgid(w, id, sizeof(id));
-	msgfile_create(w->store, &c->msg, id);
-	msgfile_envelope(&c->msg, &c->smtp.env, c->rc->name, c->peer, c->smtp.helo,
-			 (int64_t)time(NULL));
-	size_t n = smtp_server_begin_message(&c->smtp, id, (int64_t)time(NULL), hdr,
+	char hdr[2048];
+	uint64_t id = worker_next_msgid(w);
+	snprintf(c->msgid, sizeof(c->msgid), "%016llX", (unsigned long long)id);
+	c->msg_err = 0;
+	c->msg_size = 0;
+	c->arrival = (int64_t)time(NULL);
+	c->smsg = spool_msg_begin(&w->spool, id, &c->msg_err);
+	if (c->smsg)
+		c->smsg->owner = c;
+	size_t n = smtp_server_begin_message(&c->smtp, c->msgid, c->arrival, hdr,
 					     sizeof(hdr));
-	msgfile_append(&c->msg, hdr, n);
+	message_append(w, c, hdr, n, -1);
+}
+
+static void message_append(struct worker *w, struct conn *c, const char *p, size_t n,
+			   int bid)
+{
+	c->msg_size += n;
+	if (c->smsg && spool_msg_append(&w->spool, c->smsg, p, n, bid) && bid >= 0)
+		worker_buf_hold(w, bid);
+}
+
+static void message_abandon(struct worker *w, struct conn *c)
+{
+	if (c->smsg)
+		spool_msg_release(&w->spool, c->smsg);
+	c->smsg = NULL;
 }
 
 static bool storage_full(int err)
@@ -246,19 +276,36 @@ static bool storage_full(int err)
 
 static void message_end(struct worker *w, struct conn *c)
 {
-	int err = c->msg.fd < 0 ? (c->msg.err ? c->msg.err : EIO) : msgfile_flush(&c->msg);
+	int err = c->smsg ? c->smsg->err : (c->msg_err ? c->msg_err : EIO);
 	if (err) {
 		log_msg(LOG_ERROR, "event=store_error id=%s client=%s error=\"%s\"",
-			c->msg.id, c->peer, strerror(err));
-		msgfile_discard(w->store, &c->msg);
+			c->msgid, c->peer, strerror(err));
+		message_abandon(w, c);
 		smtp_server_stored(&c->smtp, false, storage_full(err));
 		return;
 	}
+	char *env = NULL;
+	size_t envlen = 0;
+	FILE *f = open_memstream(&env, &envlen);
+	if (f) {
+		envelope_write(f, c->msgid, &c->smtp.env, c->rc->name, c->peer, c->smtp.helo,
+			       c->arrival);
+		fclose(f);
+	}
+	if (!env) {
+		message_abandon(w, c);
+		smtp_server_stored(&c->smtp, false, false);
+		return;
+	}
+	c->envlen = envlen;
+	spool_msg_commit(&w->spool, c->smsg, env, envlen);
+	free(env);
 	c->storing = true;
-	c->inflight++;
-	metric_add(&w->m.fsyncs, 1);
 	c->data_end_us = worker_clock_us();
-	ring_fsync(&w->ring, c->msg.fd, true, conn_tag(OP_FSYNC, c));
+	/* Usually the writes are still in flight; when they are done the
+	 * message joins the next group commit (session_on_written). */
+	if (spool_msg_written(c->smsg))
+		session_on_written(w, c);
 }
 
 static void log_received(struct worker *w, struct conn *c)
@@ -270,19 +317,65 @@ static void log_received(struct worker *w, struct conn *c)
 	for (unsigned i = 0; i < e->nrcpt && strlen(to) + 4 < sizeof(to); i++)
 		snprintf(to + strlen(to), sizeof(to) - strlen(to), "%s<%s>", i ? "," : "",
 			 e->rcpt[i].addr);
-	snprintf(reply, sizeof(reply), "250 2.6.0 <%s> Queued mail for delivery", c->msg.id);
+	snprintf(reply, sizeof(reply), "250 2.6.0 <%s> Queued mail for delivery", c->msgid);
 	log_msg(LOG_INFO,
 		"event=receive id=%s from=%s to=%s nrcpt=%u connector=%s client=%s size=%llu reply=%s worker=%u",
-		c->msg.id, log_quote(q2, sizeof(q2), from), log_quote(q3, sizeof(q3), to),
+		c->msgid, log_quote(q2, sizeof(q2), from), log_quote(q3, sizeof(q3), to),
 		e->nrcpt, log_quote(q1, sizeof(q1), c->rc->name), c->peer,
-		(unsigned long long)c->msg.size, log_quote(q4, sizeof(q4), reply), w->id);
+		(unsigned long long)c->msg_size, log_quote(q4, sizeof(q4), reply), w->id);
 }
 
-/* Runs the state machine over buffered input until it needs more input,
- * must wait (send or store in progress), or ends the session. */
-static void process(struct worker *w, struct conn *c)
+/* Feeds input to the state machine until it needs more, must wait (send or
+ * store in progress) or ends the session. bid >= 0: in lies in that
+ * provided buffer, and message bytes are written to the spool from it. */
+static size_t feed(struct worker *w, struct conn *c, const char *in, size_t len,
+		   int bid)
 {
-	if (c->closing || c->sending)
+	size_t used = 0;
+	for (;;) {
+		struct smtp_event ev;
+		used += smtp_server_feed(&c->smtp, in + used, len - used, &ev);
+		switch (ev.type) {
+		case SMTP_EV_DATA_BEGIN:
+			message_begin(w, c);
+			break;
+		case SMTP_EV_DATA_CHUNK:
+			message_append(w, c, ev.data, ev.len, bid);
+			break;
+		case SMTP_EV_DATA_REJECT:
+			message_abandon(w, c);
+			break;
+		case SMTP_EV_DATA_END:
+			message_end(w, c);
+			break;
+		case SMTP_EV_CLOSE:
+			c->close_after_send = true;
+			return used;
+		case SMTP_EV_NEED_INPUT:
+		case SMTP_EV_FLUSH:
+		case SMTP_EV_WAIT:
+			return used;
+		}
+	}
+}
+
+static bool in_append(struct conn *c, const char *p, size_t n);
+
+/* Runs the session over what it has received: the buffered input, then
+ * direct (a fresh provided buffer) when given. */
+static void process_input(struct worker *w, struct conn *c, const char *direct,
+			  size_t dlen, int bid)
+{
+	bool busy = c->closing || c->sending;
+	if (direct && (busy || c->in_len > c->in_off)) {
+		/* Something is queued ahead: keep order, take a copy. */
+		if (!in_append(c, direct, dlen)) {
+			session_close(w, c);
+			return;
+		}
+		direct = NULL;
+	}
+	if (busy)
 		return;
 	if (c->store_result != STORE_NONE) {
 		smtp_server_stored(&c->smtp, c->store_result == STORE_OK,
@@ -293,35 +386,14 @@ static void process(struct worker *w, struct conn *c)
 		c->drained = true;
 		smtp_server_drain(&c->smtp);
 	}
-	bool again = true;
-	while (again) {
-		struct smtp_event ev;
-		size_t n = smtp_server_feed(&c->smtp, c->in ? c->in + c->in_off : "",
-					    c->in_len - c->in_off, &ev);
-		c->in_off += n;
-		switch (ev.type) {
-		case SMTP_EV_DATA_BEGIN:
-			message_begin(w, c);
-			break;
-		case SMTP_EV_DATA_CHUNK:
-			msgfile_append(&c->msg, ev.data, ev.len);
-			break;
-		case SMTP_EV_DATA_REJECT:
-			msgfile_discard(w->store, &c->msg);
-			break;
-		case SMTP_EV_DATA_END:
-			message_end(w, c);
-			break;
-		case SMTP_EV_CLOSE:
-			c->close_after_send = true;
-			again = false;
-			break;
-		case SMTP_EV_NEED_INPUT:
-		case SMTP_EV_FLUSH:
-		case SMTP_EV_WAIT:
-			again = false;
-			break;
+	if (direct) {
+		size_t used = feed(w, c, direct, dlen, bid);
+		if (used < dlen && !in_append(c, direct + used, dlen - used)) {
+			session_close(w, c);
+			return;
 		}
+	} else {
+		c->in_off += feed(w, c, c->in ? c->in + c->in_off : "", c->in_len - c->in_off, -1);
 	}
 	size_t left = c->in_len - c->in_off;
 	if (left == 0) {
@@ -379,29 +451,30 @@ static void release(struct worker *w, struct conn *c)
 	maybe_free(w, c);
 }
 
-static void on_recv(struct worker *w, struct conn *c, int res, unsigned flags)
+static void on_recv(struct worker *w, struct conn *c, int res, int bid)
 {
-	if (flags & IORING_CQE_F_BUFFER) {
-		unsigned bid = flags >> IORING_CQE_BUFFER_SHIFT;
-		bool ok = res <= 0 || c->closing ||
-			  in_append(c, bufring_buf(&w->br, bid), (size_t)res);
-		bufring_recycle(&w->br, bid);
-		if (!ok) {
-			session_close(w, c);
-			return;
-		}
-	}
 	if (c->closing)
 		return;
 	if (res > 0) {
 		c->active_ms = w->now_ms;
+		process_input(w, c, bufring_buf(&w->br, (unsigned)bid), (size_t)res, bid);
 	} else if (res == 0) {
 		c->read_eof = true;
-	} else if (res != -ENOBUFS && res != -ECANCELED) {
+		process(w, c);
+	} else if (res == -ENOBUFS) {
+		/* Every receive buffer is held by spool writes in flight: wait for
+		 * one to come back (worker_buf_put) instead of spinning. */
+		if (!c->recv_starved) {
+			c->recv_starved = true;
+			w->nstarved++;
+		}
+		return;
+	} else if (res == -ECANCELED) {
+		process(w, c);
+	} else {
 		session_close(w, c);
 		return;
 	}
-	process(w, c);
 	if (c->closing)
 		return;
 	if (c->in_len - c->in_off >= IN_PAUSE) {
@@ -422,7 +495,12 @@ void session_on_recv(struct worker *w, struct conn *c, int res, unsigned flags)
 		c->recv_armed = false;
 		c->inflight--;
 	}
-	on_recv(w, c, res, flags);
+	int bid = flags & IORING_CQE_F_BUFFER ? (int)(flags >> IORING_CQE_BUFFER_SHIFT) : -1;
+	if (bid >= 0)
+		worker_buf_hold(w, bid);
+	on_recv(w, c, res, bid);
+	if (bid >= 0)
+		worker_buf_put(w, bid);
 	release(w, c);
 }
 
@@ -447,40 +525,42 @@ void session_on_send(struct worker *w, struct conn *c, int res)
 	release(w, c);
 }
 
-void session_on_fsync(struct worker *w, struct conn *c, int res)
+void session_on_written(struct worker *w, struct conn *c)
 {
-	if (c->closing) {
-		/* The client is gone and never saw 250: drop the message. */
-		msgfile_discard(w->store, &c->msg);
-		release(w, c);
-		return;
-	}
-	int err = res < 0 ? -res : msgfile_publish(w->store, &c->msg);
+	int err = c->smsg->err;
 	if (err) {
 		log_msg(LOG_ERROR, "event=store_error id=%s client=%s error=\"%s\"",
-			c->msg.id, c->peer, strerror(err));
-		msgfile_discard(w->store, &c->msg);
+			c->msgid, c->peer, strerror(err));
+		message_abandon(w, c);
 		c->storing = false;
 		c->store_result = storage_full(err) ? STORE_FULL : STORE_FAILED;
+		hold(c);
 		process(w, c);
 		release(w, c);
 		return;
 	}
-	worker_dirsync_add(w, c);
-	release(w, c);
+	worker_commit_add(w, c);
+}
+
+void session_resume_recv(struct worker *w, struct conn *c)
+{
+	c->recv_starved = false;
+	if (!c->closing && !c->recv_paused)
+		arm_recv(w, c);
 }
 
 void session_on_stored(struct worker *w, struct conn *c, bool ok)
 {
-	/* Takes over the reference the directory sync held. */
+	/* Takes over the reference the group commit held. */
 	c->storing = false;
 	if (ok) {
 		struct connector_counters *cc = &w->m.conn[c->rc->stats_id];
 		metric_add(&cc->messages, 1);
-		metric_add(&cc->bytes, c->msg.size);
+		metric_add(&cc->bytes, c->msg_size);
 		metric_latency(&w->m.latency, worker_clock_us() - c->data_end_us);
 		log_received(w, c);
 	}
+	message_abandon(w, c); /* durable now, or failed: the session is done with it */
 	c->store_result = ok ? STORE_OK : STORE_FAILED;
 	if (!c->closing)
 		process(w, c);

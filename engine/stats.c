@@ -14,6 +14,7 @@
 #include <unistd.h>
 
 #include "connectors.h"
+#include "envelope.h"
 #include "log.h"
 
 #define STATS_LINE_MAX 512
@@ -21,6 +22,23 @@
 static const char *const commands_help =
 	"commands: show info [json] | show stat [json] | show queue [json] | "
 	"show connectors [json] | show metrics | match <ip>[:<port>] [json] | reload | help";
+
+/* Queued messages and their bytes (message and envelope), read from the
+ * segments as recovery would. */
+static void usage_row(void *arg, const struct spool_found *f)
+{
+	struct spool_usage *u = arg;
+	u->messages++;
+	u->bytes += f->bytes + f->envlen;
+}
+
+static void spool_usage_of(const struct stats_host *h, struct spool_usage *u)
+{
+	struct spool_scan_stats st;
+	u->messages = 0;
+	u->bytes = 0;
+	spool_scan(h->store->dirfd, usage_row, u, &st);
+}
 
 static void show_info(const struct stats_host *h, const struct conf *c,
 		      FILE *out, bool json)
@@ -30,7 +48,7 @@ static void show_info(const struct stats_host *h, const struct conf *c,
 	size_t tbytes, prefixes, intervals;
 	connectors_stats(c, &tbytes, &prefixes, &intervals);
 	struct spool_usage sp;
-	msgstore_usage(h->store, &sp.messages, &sp.bytes);
+	spool_usage_of(h, &sp);
 	uint64_t refused = 0;
 	for (int k = 0; k < REFUSE_COUNT; k++)
 		refused += t.refused[k];
@@ -64,9 +82,15 @@ struct queue_out {
 	int64_t now;
 };
 
-static void queue_row(void *arg, const struct queued_msg *m)
+static void queue_row(void *arg, const struct spool_found *f)
 {
 	struct queue_out *q = arg;
+	struct envelope_info *m = malloc(sizeof(*m));
+	if (!m || envelope_parse(f->env, f->envlen, m) < 0) {
+		free(m);
+		return;
+	}
+	uint64_t size = f->bytes + f->envlen;
 	unsigned shown = m->nrcpt < 256 ? m->nrcpt : 256;
 	if (q->json) {
 		fputs(q->n++ ? ", {\"id\": " : "{\"id\": ", q->out);
@@ -81,17 +105,18 @@ static void queue_row(void *arg, const struct queued_msg *m)
 		}
 		fprintf(q->out, "], \"recipient_count\": %u, \"size\": %llu, \"age_s\": %lld, "
 			"\"attempts\": 0, \"next_attempt\": null, \"last_error\": null, \"connector\": ",
-			m->nrcpt, (unsigned long long)m->size, (long long)(q->now - m->arrival));
+			m->nrcpt, (unsigned long long)size, (long long)(q->now - m->arrival));
 		json_write_string(q->out, m->connector);
 		fputs(", \"client\": ", q->out);
 		json_write_string(q->out, m->client);
 		fputc('}', q->out);
-		return;
+	} else {
+		q->n++;
+		fprintf(q->out, "%-20s %8llu %7lld %8d %-12s %-30s %s%s\n", m->id,
+			(unsigned long long)size, (long long)(q->now - m->arrival), 0, "-",
+			m->from, shown ? m->rcpt[0] : "", m->nrcpt > 1 ? " ..." : "");
 	}
-	q->n++;
-	fprintf(q->out, "%-20s %8llu %7lld %8d %-12s %-30s %s%s\n", m->id,
-		(unsigned long long)m->size, (long long)(q->now - m->arrival), 0, "-",
-		m->from, shown ? m->rcpt[0] : "", m->nrcpt > 1 ? " ..." : "");
+	free(m);
 }
 
 static void show_queue(const struct stats_host *h, FILE *out, bool json)
@@ -102,7 +127,8 @@ static void show_queue(const struct stats_host *h, FILE *out, bool json)
 	else
 		fprintf(out, "%-20s %8s %7s %8s %-12s %-30s %s\n", "id", "size", "age_s",
 			"attempts", "next_attempt", "sender", "recipients");
-	msgstore_scan(h->store, queue_row, &q);
+	struct spool_scan_stats st;
+	spool_scan(h->store->dirfd, queue_row, &q, &st);
 	if (json)
 		fprintf(out, "], \"count\": %ld}\n", q.n);
 	else
@@ -113,7 +139,7 @@ static void show_queue(const struct stats_host *h, FILE *out, bool json)
 static void show_metrics(const struct stats_host *h, FILE *out)
 {
 	struct spool_usage sp;
-	msgstore_usage(h->store, &sp.messages, &sp.bytes);
+	spool_usage_of(h, &sp);
 	metrics_print_prometheus(out, h->registry, h->workers, h->nworkers, &sp);
 }
 

@@ -12,12 +12,12 @@
 
 #include "config.h"
 #include "metrics.h"
-#include "msgstore.h"
+#include "spool.h"
 #include "worker.h"
 
 struct stats_host {
 	struct metrics_registry *registry;
-	const struct msgstore *store;
+	const struct spool *store;
 	struct worker *workers;
 	unsigned nworkers;
 	uint64_t start_ms;        /* worker_clock_ms() at start */

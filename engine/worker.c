@@ -44,17 +44,43 @@ static uint64_t wall_ms(void)
 	return (uint64_t)tv.tv_sec * 1000 + (uint64_t)tv.tv_usec / 1000;
 }
 
-/* Ids: time of the run in ms, the worker, a counter. Unique across workers
- * and restarts; sortable by arrival within a run. */
-void worker_next_msgid(struct worker *w, char *buf, size_t cap)
+/* Ids: 40 bits of milliseconds since 2020, 8 bits of worker, 16 bits of
+ * counter; the base moves forward whenever the counter wraps, so ids stay
+ * unique across workers and restarts. */
+#define ID_EPOCH_MS 1577836800000ull
+
+uint64_t worker_next_msgid(struct worker *w)
 {
-	if (w->id_counter > 0xffffff) {
+	if (w->id_counter > 0xffff) {
 		uint64_t now = wall_ms();
 		w->id_base_ms = now > w->id_base_ms ? now : w->id_base_ms + 1;
 		w->id_counter = 0;
 	}
-	snprintf(buf, cap, "%011llX%02X%06X", (unsigned long long)w->id_base_ms,
-		 w->id & 0xff, w->id_counter++);
+	uint64_t ms = (w->id_base_ms - ID_EPOCH_MS) & ((1ull << 40) - 1);
+	return ms << 24 | (uint64_t)(w->id & 0xff) << 16 | w->id_counter++;
+}
+
+void worker_buf_hold(struct worker *w, int bid)
+{
+	w->buf_refs[bid]++;
+}
+
+/* The last holder gives the buffer back to the kernel; connections that
+ * ran out of buffers resume. */
+void worker_buf_put(struct worker *w, int bid)
+{
+	if (--w->buf_refs[bid])
+		return;
+	bufring_recycle(&w->br, (unsigned)bid);
+	if (!w->nstarved)
+		return;
+	for (uint32_t i = 0; i < w->high_water && w->nstarved; i++) {
+		struct conn *c = w->slots[i];
+		if (c && c->recv_starved) {
+			w->nstarved--;
+			session_resume_recv(w, c);
+		}
+	}
 }
 
 struct conn *worker_conn_alloc(struct worker *w)
@@ -106,51 +132,54 @@ static bool push_ref(struct slotref **v, uint32_t *n, uint32_t *cap, struct slot
 	return true;
 }
 
-static void dirsync_start(struct worker *w)
+static void commit_done(struct worker *w, bool ok);
+
+/* Group commit: everything written since the last flush becomes durable
+ * with this one; the next flush starts as soon as this one completes. */
+static void commit_start(struct worker *w)
 {
-	struct slotref *t = w->dirsync_batch;
+	struct slotref *t = w->commit_batch;
 	uint32_t tc = w->batch_cap;
-	w->dirsync_batch = w->dirsync_pending;
-	w->batch_cap = w->pending_cap;
-	w->nbatch = w->npending;
-	w->dirsync_pending = t;
-	w->pending_cap = tc;
-	w->npending = 0;
-	w->dirsync_inflight = true;
+	w->commit_batch = w->commit_ready;
+	w->batch_cap = w->ready_cap;
+	w->nbatch = w->nready;
+	w->commit_ready = t;
+	w->ready_cap = tc;
+	w->nready = 0;
+	w->flushing = true;
+	unsigned n = spool_sync_start(&w->spool, ring_tag(OP_SPOOL_SYNC, 0, 0));
+	metric_add(&w->m.fsyncs, n);
 	metric_add(&w->m.dirsyncs, 1);
-	ring_fsync(&w->ring, w->store->dirfd, false, ring_tag(OP_DIRSYNC, 0, 0));
+	if (n == 0)
+		commit_done(w, true);
 }
 
-/* A renamed message becomes durable with the next directory fsync; one
- * fsync covers every rename before it (group commit of the directory). */
-void worker_dirsync_add(struct worker *w, struct conn *c)
+void worker_commit_add(struct worker *w, struct conn *c)
 {
 	c->inflight++;
-	if (!push_ref(&w->dirsync_pending, &w->npending, &w->pending_cap,
+	if (!push_ref(&w->commit_ready, &w->nready, &w->ready_cap,
 		      (struct slotref){c->slot, c->gen})) {
 		session_on_stored(w, c, false);
 		return;
 	}
-	if (!w->dirsync_inflight)
-		dirsync_start(w);
+	if (!w->flushing)
+		commit_start(w);
 }
 
-static void on_dirsync(struct worker *w, int res)
+static void commit_done(struct worker *w, bool ok)
 {
-	if (res < 0)
-		log_msg(LOG_ERROR, "event=store_error op=dirsync error=\"%s\"", strerror(-res));
 	uint32_t n = w->nbatch;
 	w->nbatch = 0;
-	w->dirsync_inflight = false;
+	w->flushing = false;
+	metric_add(&w->m.flushed_messages, n);
 	for (uint32_t i = 0; i < n; i++) {
-		struct slotref r = w->dirsync_batch[i];
+		struct slotref r = w->commit_batch[i];
 		struct conn *c = r.slot < w->nslots ? w->slots[r.slot] : NULL;
-		if (!c || c->gen != r.gen)
-			continue;
-		session_on_stored(w, c, res >= 0);
+		if (c && c->gen == r.gen)
+			session_on_stored(w, c, ok);
 	}
-	if (w->npending && !w->dirsync_inflight)
-		dirsync_start(w);
+	if (w->nready && !w->flushing)
+		commit_start(w);
 }
 
 static void arm_accept(struct worker *w, unsigned b)
@@ -320,18 +349,28 @@ static void dispatch(struct worker *w, struct io_uring_cqe *cqe)
 			session_on_recv(w, c, cqe->res, cqe->flags);
 		else if (cqe->flags & IORING_CQE_F_BUFFER)
 			bufring_recycle(&w->br, cqe->flags >> IORING_CQE_BUFFER_SHIFT);
+		/* (A buffer is recycled directly here: nobody else holds it yet.) */
 		break;
 	case OP_SEND:
 		if ((c = lookup(w, tag)))
 			session_on_send(w, c, cqe->res);
 		break;
-	case OP_FSYNC:
-		if ((c = lookup(w, tag)))
-			session_on_fsync(w, c, cqe->res);
+	case OP_SPOOL_WRITE: {
+		int bid;
+		struct spool_msg *m = spool_write_done(&w->spool, ring_tag_to_ptr(tag),
+						       cqe->res, &bid);
+		if (bid >= 0)
+			worker_buf_put(w, bid);
+		if (m && spool_msg_written(m) && ((struct conn *)m->owner)->storing)
+			session_on_written(w, m->owner);
 		break;
-	case OP_DIRSYNC:
-		on_dirsync(w, cqe->res);
+	}
+	case OP_SPOOL_SYNC: {
+		bool ok;
+		if (spool_sync_done(&w->spool, cqe->res, &ok))
+			commit_done(w, ok);
 		break;
+	}
 	case OP_TICK:
 		on_tick(w);
 		break;
@@ -367,11 +406,13 @@ static int setup(struct worker *w)
 			 "io_uring provided buffer ring unavailable (%s)", strerror(-ret));
 		return -1;
 	}
+	spool_worker_init(&w->spool, w->spool_shared, &w->ring);
+	w->buf_refs = calloc(BUF_COUNT, sizeof(*w->buf_refs));
 	w->nslots = MAX_CONNS_PER_WORKER;
 	w->slots = calloc(w->nslots, sizeof(*w->slots));
 	w->gens = calloc(w->nslots, sizeof(*w->gens));
 	w->free_slots = calloc(w->nslots, sizeof(*w->free_slots));
-	if (!w->slots || !w->gens || !w->free_slots) {
+	if (!w->slots || !w->gens || !w->free_slots || !w->buf_refs) {
 		snprintf(w->err, sizeof(w->err), "out of memory");
 		return -1;
 	}
@@ -415,7 +456,7 @@ static void *worker_main(void *arg)
 		struct worker_reload *r = atomic_exchange(&w->reload, NULL);
 		if (r)
 			apply_reload(w, r);
-		if (w->stopping && w->nconns == 0 && !w->dirsync_inflight)
+		if (w->stopping && w->nconns == 0 && !w->flushing && !w->spool.pending_writes)
 			break;
 	}
 	struct metrics_totals t;
@@ -425,6 +466,7 @@ static void *worker_main(void *arg)
 		w->id, (unsigned long long)t.connections, (unsigned long long)t.messages,
 		(unsigned long long)t.rejected, (unsigned long long)t.fsyncs,
 		(unsigned long long)t.dirsyncs);
+	spool_worker_free(&w->spool);
 	bufring_free(&w->br, &w->ring.uring);
 	ring_exit(&w->ring);
 	struct worker_reload *r = atomic_exchange(&w->reload, NULL);
@@ -475,8 +517,9 @@ void worker_join(struct worker *w)
 	free(w->slots);
 	free(w->gens);
 	free(w->free_slots);
-	free(w->dirsync_pending);
-	free(w->dirsync_batch);
+	free(w->commit_ready);
+	free(w->commit_batch);
+	free(w->buf_refs);
 	free(w->listen_fds);
 	conf_unref(w->conf);
 	close(w->wake_fd);

@@ -12,7 +12,7 @@
 #include "bufring.h"
 #include "config.h"
 #include "metrics.h"
-#include "msgstore.h"
+#include "spool.h"
 #include "ring.h"
 #include "smtp_server.h"
 
@@ -44,7 +44,13 @@ struct conn {
 	size_t sent;              /* bytes of smtp.out handed to the socket */
 	char *in;                 /* received, not yet consumed bytes */
 	size_t in_off, in_len, in_cap;
-	struct msgfile msg;
+	struct spool_msg *smsg;   /* message being received or stored */
+	char msgid[20];
+	int msg_err;              /* why the spool could not take it */
+	uint64_t msg_size;
+	int64_t arrival;
+	size_t envlen;
+	bool recv_starved;        /* recv ended with ENOBUFS: re-armed on a buffer's return */
 	struct smtp_server smtp;
 	char peer[64];
 	char out[CONN_OUT_BUF];
@@ -76,7 +82,10 @@ struct worker {
 	_Atomic(struct worker_reload *) reload;  /* handed over by main */
 	int wake_fd;              /* eventfd: main pokes the worker */
 	uint64_t wake_buf;
-	const struct msgstore *store;
+	struct spool *spool_shared;
+	struct spool_worker spool;
+	uint16_t *buf_refs;       /* per provided buffer: holders (recv, spool writes) */
+	unsigned nstarved;
 	int *listen_fds;          /* one per binding, owned */
 	unsigned nlisten;
 	struct ring ring;
@@ -88,11 +97,11 @@ struct worker {
 	uint32_t nslots;
 	uint32_t high_water;      /* slots below this were ever used */
 	unsigned nconns;
-	struct slotref *dirsync_pending;
-	uint32_t npending, pending_cap;
-	struct slotref *dirsync_batch;
+	struct slotref *commit_ready;     /* stored, waiting for the next flush */
+	uint32_t nready, ready_cap;
+	struct slotref *commit_batch;     /* covered by the flush in flight */
 	uint32_t nbatch, batch_cap;
-	bool dirsync_inflight;
+	bool flushing;
 	bool stopping;
 	uint64_t stop_deadline_ms;
 	uint64_t now_ms;          /* monotonic, refreshed per completion batch */
@@ -120,7 +129,8 @@ uint64_t worker_clock_us(void);
 void session_accept(struct worker *w, unsigned binding, int fd);
 void session_on_recv(struct worker *w, struct conn *c, int res, unsigned flags);
 void session_on_send(struct worker *w, struct conn *c, int res);
-void session_on_fsync(struct worker *w, struct conn *c, int res);
+void session_on_written(struct worker *w, struct conn *c);
+void session_resume_recv(struct worker *w, struct conn *c);
 void session_on_stored(struct worker *w, struct conn *c, bool ok);
 void session_tick(struct worker *w, struct conn *c);
 void session_close(struct worker *w, struct conn *c);
@@ -128,7 +138,9 @@ void session_close(struct worker *w, struct conn *c);
 /* worker.c helpers used by session.c */
 struct conn *worker_conn_alloc(struct worker *w);
 void worker_conn_release(struct worker *w, struct conn *c);
-void worker_dirsync_add(struct worker *w, struct conn *c);
-void worker_next_msgid(struct worker *w, char *buf, size_t cap);
+void worker_commit_add(struct worker *w, struct conn *c);
+uint64_t worker_next_msgid(struct worker *w);
+void worker_buf_hold(struct worker *w, int bid);
+void worker_buf_put(struct worker *w, int bid);
 
 #endif

@@ -1,0 +1,30 @@
+/* The envelope block stored with every message: sender, recipients with
+ * their DSN parameters, connector, client, arrival. Text, CRLF lines,
+ * "POSTERN/1" first and an empty line last, so it reads like a header. */
+#ifndef POSTERN_ENVELOPE_H
+#define POSTERN_ENVELOPE_H
+
+#include <stdint.h>
+#include <stdio.h>
+
+#include "smtp_server.h"
+
+void envelope_write(FILE *out, const char *id, const struct smtp_envelope *env,
+		    const char *connector, const char *client, const char *helo,
+		    int64_t arrival);
+
+/* What `show queue` lists of a stored envelope. */
+struct envelope_info {
+	char id[32];
+	int64_t arrival;
+	char from[300];
+	char connector[80];
+	char client[64];
+	char rcpt[256][300];       /* the first 256 recipients */
+	unsigned nrcpt;            /* all recipients */
+};
+
+/* Parses an envelope block; 0, or -1 when it is not one. */
+int envelope_parse(const char *p, size_t len, struct envelope_info *e);
+
+#endif

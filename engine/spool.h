@@ -1,0 +1,155 @@
+/* The spool: per-worker append-only log segments holding every accepted
+ * message in wire form, with group commit (one fdatasync covers every
+ * message whose writes completed before it) and crash recovery by scanning
+ * checksummed records. Message bytes are written from the receive buffers
+ * as they are (zero copy). Delivery state records arrive with delivery. */
+#ifndef POSTERN_SPOOL_H
+#define POSTERN_SPOOL_H
+
+#include <stdatomic.h>
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <sys/uio.h>
+
+#define SPOOL_SEGMENT_BYTES (64ull << 20)
+#define SPOOL_MAGIC 0x31505350u /* "PSP1" */
+
+enum spool_rec_type { SPOOL_REC_CHUNK = 1, SPOOL_REC_COMMIT = 2 };
+
+/* On disk, little-endian. crc covers type, len, msg and the payload. */
+struct spool_rec_hdr {
+	uint32_t magic;
+	uint8_t type;
+	uint8_t pad[3];
+	uint32_t len;
+	uint32_t crc;
+	uint64_t msg;
+};
+
+/* COMMIT payload: this, then the envelope block ("POSTERN/1\r\n...\r\n\r\n"). */
+struct spool_commit_hdr {
+	uint64_t bytes;    /* message bytes in all chunks */
+	uint32_t chunks;
+	uint32_t envlen;
+};
+
+uint32_t spool_crc32c(uint32_t crc, const void *p, size_t n);
+uint32_t spool_rec_crc(const struct spool_rec_hdr *h, const void *payload, size_t len);
+
+/* Shared by all workers; set up by main. */
+struct spool {
+	int dirfd;
+	int lockfd;
+	_Atomic uint64_t next_seq;   /* segment numbers, never reused */
+};
+
+/* Locks the directory, scans what is there (logging what recovery found)
+ * and prepares new segment numbers. 0, or -1 with err filled. */
+int spool_open(struct spool *sp, const char *dir, char *err, size_t errlen);
+void spool_close(struct spool *sp);
+
+/* A complete message found by a scan. Pointers are valid during the
+ * callback only. */
+struct spool_found {
+	uint64_t id;
+	uint64_t seq;              /* segment */
+	uint64_t bytes;            /* message bytes */
+	uint32_t chunks;
+	const char *env;           /* envelope block */
+	size_t envlen;
+	const struct iovec *chunk; /* the message bytes, in order */
+};
+
+struct spool_scan_stats {
+	uint64_t segments, messages, bytes;
+	uint64_t torn;             /* segments ending in a bad record */
+	uint64_t orphans;          /* messages with chunks but no commit */
+};
+
+/* Reads every segment in dir (read-only) and calls fn for every complete
+ * message. Safe to run while workers append. */
+int spool_scan(int dirfd, void (*fn)(void *arg, const struct spool_found *m),
+	       void *arg, struct spool_scan_stats *st);
+
+/* ---- per worker ------------------------------------------------------- */
+
+struct ring;
+struct spool_seg;
+
+/* One message being received; lives until its writes are done and the
+ * session has finished with it. */
+struct spool_msg {
+	struct spool_seg *seg;
+	uint64_t id;
+	uint64_t bytes;
+	uint32_t chunks;
+	unsigned pending;          /* writes in flight */
+	int err;                   /* first error (errno) */
+	bool open;                 /* the session still holds it */
+	void *owner;               /* the session */
+	bool committed;            /* COMMIT record submitted */
+};
+
+/* A write in flight; its address is the completion tag. */
+struct spool_write {
+	struct spool_rec_hdr hdr;
+	struct iovec iov[2];
+	struct spool_msg *msg;
+	void *owned;               /* payload copy to free, or NULL */
+	int bid;                   /* provided buffer to give back, or -1 */
+	uint32_t expect;
+	struct spool_write *next_free;
+};
+
+struct spool_worker {
+	struct spool *sp;
+	struct ring *ring;
+	struct spool_seg *cur;     /* where new messages go */
+	struct spool_seg *segs;    /* every open segment */
+	struct spool_write *free_writes;
+	bool dir_dirty;            /* a segment was created since the last sync */
+	unsigned sync_inflight;    /* fsyncs of the current batch not yet done */
+	unsigned pending_writes;   /* all writes in flight */
+	bool sync_ok;
+	uint64_t syncs;
+};
+
+void spool_worker_init(struct spool_worker *sw, struct spool *sp, struct ring *r);
+void spool_worker_free(struct spool_worker *sw);
+
+/* Starts a message in the current segment (a new one when it is full).
+ * NULL with *err set (ENOSPC when the disk is full). */
+struct spool_msg *spool_msg_begin(struct spool_worker *sw, uint64_t id, int *err);
+/* Appends message bytes. bid >= 0: p lies in that provided buffer and is
+ * written in place; spool_write_done() hands bid back when the write is
+ * done. bid < 0: p is copied. Returns false when nothing was written (the
+ * message has failed already): the caller keeps its buffer. */
+bool spool_msg_append(struct spool_worker *sw, struct spool_msg *m, const void *p,
+		      size_t n, int bid);
+/* Writes the COMMIT record: header and envelope block. */
+void spool_msg_commit(struct spool_worker *sw, struct spool_msg *m,
+		      const char *env, size_t envlen);
+/* The session lets go: after the sync that covered it, or when the message
+ * will not be committed (its chunks stay as an orphan recovery ignores). */
+void spool_msg_release(struct spool_worker *sw, struct spool_msg *m);
+
+/* A write completed. Returns its message (NULL if the session has let go
+ * of it already) and the provided buffer to give back (or -1). */
+struct spool_msg *spool_write_done(struct spool_worker *sw, struct spool_write *wr,
+				   int res, int *bid);
+
+static inline bool spool_msg_written(const struct spool_msg *m)
+{
+	return m->committed && m->pending == 0;
+}
+
+/* Group commit: fsyncs every segment written since the last sync (and the
+ * directory when a segment was created). Returns how many fsyncs were
+ * submitted; 0 means everything written is already durable. */
+unsigned spool_sync_start(struct spool_worker *sw, uint64_t tag);
+/* One fsync of the batch completed; true when the batch is done, with *ok
+ * telling whether every fsync succeeded. */
+bool spool_sync_done(struct spool_worker *sw, int res, bool *ok);
+
+#endif
