@@ -79,7 +79,7 @@ static struct {
 	int nsizes;
 	unsigned weight_total;
 	int rcpts;
-	bool pipelining, reuse, json;
+	bool pipelining, reuse, json, busy_poll;
 	struct in_addr sources[MAX_SOURCES];
 	int nsources;
 	double rate;
@@ -861,6 +861,8 @@ static void run(void)
 			if (timeout > 100)
 				timeout = 100;
 		}
+		if (opt.busy_poll && timeout > 0 && !g.stopping)
+			timeout = 0;
 		int n = epoll_wait(g.ep, evs, 256, timeout);
 		if (n < 0) {
 			if (errno == EINTR)
@@ -980,6 +982,7 @@ static void usage(void)
 "  --to ADDR|DOMAIN       recipient address or domain (user@corp.example)\n"
 "  --idle S               open --connections sessions, EHLO, hold them idle S s\n"
 "  --ready-file F         (idle) write the established count to F when all are up\n"
+"  --busy-poll            spin on epoll instead of sleeping (uses a whole core)\n"
 "  --json                 print one JSON object on stdout\n");
 	exit(2);
 }
@@ -993,6 +996,7 @@ static void parse_args(int argc, char **argv)
 		{"sources", 1, 0, 'S'}, {"rate", 1, 0, 'R'}, {"from", 1, 0, 'f'},
 		{"to", 1, 0, 't'}, {"json", 0, 0, 'j'}, {"idle", 1, 0, 'i'},
 		{"ready-file", 1, 0, 'F'}, {"helo", 1, 0, 'H'}, {"help", 0, 0, 'h'},
+		{"busy-poll", 0, 0, 'B'},
 		{0, 0, 0, 0}};
 	opt.connections = 100;
 	opt.messages = 10000;
@@ -1024,6 +1028,7 @@ static void parse_args(int argc, char **argv)
 		case 'i': opt.idle = atof(optarg); break;
 		case 'F': opt.ready_file = optarg; break;
 		case 'H': opt.helo = optarg; break;
+		case 'B': opt.busy_poll = true; break;
 		default: usage();
 		}
 	}

@@ -23,6 +23,7 @@ BUILD = os.environ.get(
     "POSTERN_BUILD",
     os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "..", "build"))
 BINARY = os.path.join(BUILD, "postern")
+SPOOL_TOOL = os.path.join(BUILD, "postern-spool")
 SANITIZE = os.environ.get("POSTERN_SANITIZE") == "1"
 # Multiplier for every deadline: sanitizer builds are several times slower.
 SLOW = 3.0 if SANITIZE else 1.0
@@ -185,18 +186,40 @@ class Postern:
     def spool_names(self):
         return sorted(os.listdir(self.spool))
 
+    def _spool_tool(self, *args):
+        if not self.spool.exists():
+            return b""
+        r = subprocess.run([SPOOL_TOOL, str(self.spool)] + list(args),
+                           capture_output=True, timeout=60 * SLOW)
+        assert r.returncode == 0, r.stderr.decode()
+        return r.stdout
+
+    def message_sizes(self):
+        """Queued messages (as recovery would find them): id -> bytes of
+        envelope block and message."""
+        out = self._spool_tool("list").decode()
+        return {line.split()[0]: int(line.split()[1]) for line in out.splitlines()}
+
     def messages(self):
-        """Names of the complete messages (<id>.msg) in the spool."""
-        return sorted(n for n in os.listdir(self.spool) if n.endswith(".msg"))
+        """Ids of the complete messages in the spool, sorted."""
+        return sorted(self.message_sizes())
 
     def read_message(self, msgid):
-        return (self.spool / (msgid + ".msg")).read_bytes()
+        """Envelope block and message bytes, as stored."""
+        return self._spool_tool("cat", msgid)
+
+    def spool_stats(self):
+        import json
+        out = self._spool_tool("stats")
+        return json.loads(out) if out else {"torn_tails": 0, "partial": 0}
 
     def assert_spool_clean(self):
-        """Only complete messages and the lock file: no partial *.tmp."""
+        """Only segments and the lock file, and no torn record: after a
+        clean stop every segment ends in complete records."""
         odd = [n for n in self.spool_names()
-               if not n.endswith(".msg") and n != "postern.lock"]
+               if not (n.startswith("seg-") and n.endswith(".log")) and n != "postern.lock"]
         assert odd == [], "unexpected files in the spool: %r" % odd
+        assert self.spool_stats()["torn_tails"] == 0
 
     def signal(self, sig=signal.SIGTERM):
         self.proc.send_signal(sig)

@@ -36,7 +36,7 @@ def test_pipelined_transactions(postern, smtp_raw):
     c.expect_closed()
     id1, id2 = m1.group(1), m2.group(1)
     assert id1 != id2
-    assert p.messages() == sorted([id1 + ".msg", id2 + ".msg"])
+    assert p.messages() == sorted([id1, id2])
     d1 = p.read_message(id1)
     d2 = p.read_message(id2)
     assert b"\r\nrcpt: <c@corp.example>\r\nrcpt: <d@corp.example>\r\n\r\n" in d1

@@ -70,7 +70,7 @@ def test_message_stored_byte_exact(postern):
     assert s.quit() == split(R_QUIT)
 
     # The 250 promises durability: the file is there, complete, right now.
-    assert p.messages() == [msgid + ".msg"]
+    assert p.messages() == [msgid]
     data = p.read_message(msgid)
     env, sep, message = data.partition(b"\r\n\r\n")
     assert sep
@@ -101,7 +101,7 @@ def test_message_stored_byte_exact(postern):
     assert message[m.end():] == wire[:-3]
     p.stop()
     # Still exactly one message after a clean stop.
-    assert p.messages() == [msgid + ".msg"]
+    assert p.messages() == [msgid]
 
 
 def test_received_for_clause_single_recipient(postern):
