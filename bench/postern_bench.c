@@ -9,6 +9,7 @@
 #include <getopt.h>
 #include <netinet/in.h>
 #include <netinet/tcp.h>
+#include <sched.h>
 #include <signal.h>
 #include <stdarg.h>
 #include <stdbool.h>
@@ -864,6 +865,8 @@ static void run(void)
 		if (opt.busy_poll && timeout > 0 && !g.stopping)
 			timeout = 0;
 		int n = epoll_wait(g.ep, evs, 256, timeout);
+		if (n == 0 && timeout == 0)
+			sched_yield();  /* let a server sharing this core run */
 		if (n < 0) {
 			if (errno == EINTR)
 				continue;

@@ -2,7 +2,8 @@
  * locking it (safe while postern runs). For operators and tests:
  *   postern-spool DIR list     one line per queued message: id, bytes
  *   postern-spool DIR cat ID   envelope block and message, as stored
- *   postern-spool DIR stats    segments, messages, torn tails, partials */
+ *   postern-spool DIR stats    segments, messages, torn tails, partials
+ *   postern-spool DIR dump     every message: "ID LENGTH\n" then that many bytes */
 #include <fcntl.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -23,6 +24,16 @@ static void list_one(void *arg, const struct spool_found *m)
 	       (unsigned long long)(m->bytes + m->envlen));
 }
 
+static void dump_one(void *arg, const struct spool_found *m)
+{
+	(void)arg;
+	printf("%016llX %llu\n", (unsigned long long)m->id,
+	       (unsigned long long)(m->bytes + m->envlen));
+	fwrite(m->env, 1, m->envlen, stdout);
+	for (uint32_t i = 0; i < m->chunks; i++)
+		fwrite(m->chunk[i].iov_base, 1, m->chunk[i].iov_len, stdout);
+}
+
 static void cat_one(void *arg, const struct spool_found *m)
 {
 	struct cat_arg *a = arg;
@@ -37,7 +48,7 @@ static void cat_one(void *arg, const struct spool_found *m)
 int main(int argc, char **argv)
 {
 	if (argc < 3 || (strcmp(argv[2], "cat") == 0 && argc != 4)) {
-		fprintf(stderr, "usage: postern-spool DIR list|stats|cat ID\n");
+		fprintf(stderr, "usage: postern-spool DIR list|stats|dump|cat ID\n");
 		return 2;
 	}
 	int dirfd = open(argv[1], O_RDONLY | O_DIRECTORY | O_CLOEXEC);
@@ -48,6 +59,8 @@ int main(int argc, char **argv)
 	struct spool_scan_stats st;
 	if (strcmp(argv[2], "list") == 0) {
 		spool_scan(dirfd, list_one, NULL, &st);
+	} else if (strcmp(argv[2], "dump") == 0) {
+		spool_scan(dirfd, dump_one, NULL, &st);
 	} else if (strcmp(argv[2], "stats") == 0) {
 		spool_scan(dirfd, NULL, NULL, &st);
 		printf("{\"segments\": %llu, \"messages\": %llu, \"bytes\": %llu, "
@@ -63,7 +76,7 @@ int main(int argc, char **argv)
 			return 1;
 		}
 	} else {
-		fprintf(stderr, "usage: postern-spool DIR list|stats|cat ID\n");
+		fprintf(stderr, "usage: postern-spool DIR list|stats|dump|cat ID\n");
 		return 2;
 	}
 	return 0;

@@ -208,6 +208,16 @@ class Postern:
         """Envelope block and message bytes, as stored."""
         return self._spool_tool("cat", msgid)
 
+    def all_messages(self):
+        """Every complete message: id -> envelope block and message bytes."""
+        out, msgs, pos = self._spool_tool("dump"), {}, 0
+        while pos < len(out):
+            nl = out.index(b"\n", pos)
+            mid, size = out[pos:nl].decode().split()
+            pos = nl + 1 + int(size)
+            msgs[mid] = out[nl + 1:pos]
+        return msgs
+
     def spool_stats(self):
         import json
         out = self._spool_tool("stats")
