@@ -207,11 +207,24 @@ static void scan_segment(int dirfd, uint64_t seq,
 	st->segments++;
 	struct msg_table t = {0};
 	size_t off = 0;
-	while (off + sizeof(struct spool_rec_hdr) <= size) {
+	for (;;) {
+		if (off + sizeof(struct spool_rec_hdr) > size) {
+			/* Not even a header left: zeros end a segment, anything else
+			 * is a header cut short. */
+			for (size_t k = off; k < size; k++)
+				if (base[k]) {
+					st->torn++;
+					break;
+				}
+			break;
+		}
 		struct spool_rec_hdr h;
 		memcpy(&h, base + off, sizeof(h));
-		if (h.magic != SPOOL_MAGIC)
+		if (h.magic != SPOOL_MAGIC) {
+			if (h.magic != 0)
+				st->torn++;
 			break; /* preallocated zeros: the end */
+		}
 		const uint8_t *payload = base + off + sizeof(h);
 		if (h.len > REC_MAX || h.len > size - off - sizeof(h) ||
 		    spool_rec_crc(&h, payload, h.len) != h.crc) {

@@ -115,6 +115,7 @@ def test_kill_9_during_load_loses_nothing(tmp_path, kill_after, cleanup):
     q.__dict__.update(p.__dict__)
     q.proc = None
     q.stopped = False
+    q.crashed = True
     q.start()
     cleanup.append(q)
     log = q.stderr()
