@@ -442,7 +442,8 @@ static bool load_server(struct loader *ld, struct conf *c, config_t *cf)
 {
 	static const char *const known[] = {
 		"hostname", "workers", "spool_dir", "stats_socket",
-		"metrics_listen", "shutdown_grace", "log_level", "log_file", NULL};
+		"metrics_listen", "shutdown_grace", "log_level", "log_file",
+		"spool_segment_size", NULL};
 	config_setting_t *srv = config_lookup(cf, "server");
 	char host[256] = "localhost";
 	gethostname(host, sizeof(host) - 1);
@@ -475,6 +476,11 @@ static bool load_server(struct loader *ld, struct conf *c, config_t *cf)
 	}
 	if ((s = get_string(ld, srv, "log_file", false)))
 		c->log_file = xstrdup(s);
+	c->spool_segment_bytes = 64ull << 20;
+	if ((s = get_string(ld, srv, "spool_segment_size", false)) &&
+	    (!conf_parse_size(s, &c->spool_segment_bytes) || c->spool_segment_bytes < (1 << 20)))
+		return fail(ld, line_of(config_setting_get_member(srv, "spool_segment_size")),
+			    "spool_segment_size: \"%s\" is not a size of at least 1MB", s);
 	config_setting_t *w = config_setting_get_member(srv, "workers");
 	if (w) {
 		if (config_setting_type(w) != CONFIG_TYPE_INT ||

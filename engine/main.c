@@ -259,7 +259,7 @@ int main(int argc, char **argv)
 	assign_stats_ids(&app.registry, conf);
 
 	struct spool store;
-	if (spool_open(&store, conf->spool_dir, err, sizeof(err)) < 0) {
+	if (spool_open(&store, conf->spool_dir, conf->spool_segment_bytes, err, sizeof(err)) < 0) {
 		fprintf(stderr, "postern: %s\n", err);
 		return 1;
 	}

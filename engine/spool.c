@@ -306,9 +306,11 @@ static int mkdir_p(const char *dir)
 	return 0;
 }
 
-int spool_open(struct spool *sp, const char *dir, char *err, size_t errlen)
+int spool_open(struct spool *sp, const char *dir, uint64_t segment_bytes, char *err,
+	       size_t errlen)
 {
 	sp->dirfd = sp->lockfd = -1;
+	sp->segment_bytes = segment_bytes ? segment_bytes : SPOOL_SEGMENT_BYTES;
 	int ret = mkdir_p(dir);
 	if (ret < 0) {
 		snprintf(err, errlen, "spool_dir %s: %s", dir, strerror(-ret));
@@ -403,7 +405,7 @@ static struct spool_seg *new_segment(struct spool_worker *sw, int *err)
 	}
 	/* Preallocated: appends never allocate blocks, and a full disk shows
 	 * here, before any message is accepted into the segment. */
-	int r = fallocate(fd, 0, 0, (off_t)SPOOL_SEGMENT_BYTES);
+	int r = fallocate(fd, 0, 0, (off_t)sw->sp->segment_bytes);
 	if (r < 0 && errno != EOPNOTSUPP) {
 		*err = errno;
 		close(fd);
@@ -427,7 +429,9 @@ static struct spool_seg *new_segment(struct spool_worker *sw, int *err)
 
 struct spool_msg *spool_msg_begin(struct spool_worker *sw, uint64_t id, int *err)
 {
-	if (!sw->cur || sw->cur->tail >= SPOOL_SEGMENT_BYTES - (1 << 20)) {
+	/* A message stays in the segment it starts in (it may run past the
+	 * preallocated end); new messages move on once one is 7/8 full. */
+	if (!sw->cur || sw->cur->tail >= sw->sp->segment_bytes / 8 * 7) {
 		struct spool_seg *s = new_segment(sw, err);
 		if (!s)
 			return NULL;

@@ -42,11 +42,13 @@ struct spool {
 	int dirfd;
 	int lockfd;
 	_Atomic uint64_t next_seq;   /* segment numbers, never reused */
+	uint64_t segment_bytes;      /* preallocated size of a segment */
 };
 
 /* Locks the directory, scans what is there (logging what recovery found)
  * and prepares new segment numbers. 0, or -1 with err filled. */
-int spool_open(struct spool *sp, const char *dir, char *err, size_t errlen);
+int spool_open(struct spool *sp, const char *dir, uint64_t segment_bytes, char *err,
+	       size_t errlen);
 void spool_close(struct spool *sp);
 
 /* A complete message found by a scan. Pointers are valid during the

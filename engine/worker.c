@@ -8,6 +8,7 @@
 #include <netinet/in.h>
 #include <sched.h>
 #include <sys/eventfd.h>
+#include <sys/socket.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -221,13 +222,22 @@ static unsigned binding_of(const struct conf *c, int fd)
 	return UINT32_MAX;
 }
 
+/* The pending multishot accept keeps the socket alive past close(), even
+ * past exit while the ring is torn down; shutdown() takes it out of the
+ * SO_REUSEPORT group now, so a restarted postern gets every connection. */
+static void close_listener(int fd)
+{
+	shutdown(fd, SHUT_RDWR);
+	close(fd);
+}
+
 static void close_listeners(struct worker *w)
 {
 	for (unsigned b = 0; b < w->nlisten; b++) {
 		if (w->listen_fds[b] < 0)
 			continue;
 		ring_cancel(&w->ring, ring_tag(OP_ACCEPT, b, w->conf_gen));
-		close(w->listen_fds[b]);
+		close_listener(w->listen_fds[b]);
 		w->listen_fds[b] = -1;
 	}
 }
@@ -252,7 +262,7 @@ static void apply_reload(struct worker *w, struct worker_reload *r)
 	for (unsigned b = 0; b < w->nlisten; b++) {
 		if (w->listen_fds[b] >= 0) {
 			ring_cancel(&w->ring, ring_tag(OP_ACCEPT, b, w->conf_gen));
-			close(w->listen_fds[b]);
+			close_listener(w->listen_fds[b]);
 		} else if (w->listen_fds[b] == -2) {
 			ring_cancel(&w->ring, ring_tag(OP_ACCEPT, b, w->conf_gen));
 		}
