@@ -36,7 +36,8 @@ SINK_PORT=$(free_port)
 "$SINK" -u nobody 127.0.0.1:"$SINK_PORT" 1000 & PIDS+=($!)
 PORT=$(free_port)
 cat > "$WORK/postern.conf" <<CONF
-server = { hostname = "bench.example"; workers = 0; spool_dir = "$WORK/spool"; log_file = "$WORK/postern.log"; };
+server = { hostname = "bench.example"; workers = 0; spool_dir = "$WORK/spool"; log_file = "$WORK/postern.log";
+  stats_socket = "$WORK/stats.sock"; };
 accepted_domains = ( { domain = "corp.example"; type = "authoritative"; } );
 receive_connectors = ( { name = "Bench"; bindings = [ "127.0.0.1:$PORT" ];
   remote_ip_ranges = [ "127.0.0.0/8" ]; permission_groups = [ "anonymous_relay" ]; } );
@@ -44,12 +45,14 @@ CONF
 "$BIN" -c "$WORK/postern.conf" 2>"$WORK/postern.log" & PIDS+=($!)
 wait_port "$SINK_PORT"; wait_port "$PORT"
 
+CTL="${POSTERN_CTL:-$(dirname "$BIN")/posternctl}"
 # rate PORT EXTRA_FLAGS -> messages per second
 rate() {
   local t0 t1
   t0=$(date +%s.%N)
   "$SRC" -s $SESSIONS -m "$MSGS" -l $SIZE $2 -f a@b.example -t x@corp.example 127.0.0.1:"$1" >/dev/null
   t1=$(date +%s.%N)
+  [ "$1" = "$PORT" ] && echo "$t1 - $t0" >> "$WORK/postern-times"
   /usr/bin/python3 -c "print(round($MSGS/($t1-$t0)))"
 }
 median() { printf '%s\n' "$@" | sort -n | awk '{a[NR]=$1} END{print a[int((NR+1)/2)]}'; }
@@ -67,6 +70,7 @@ print(round(n / (time.time() - t0)))
 PY
 }
 
+INFO0=$("$CTL" -s "$WORK/stats.sock" --json show info)
 declare -A R
 for mode in reconnect reuse; do
   flags=""; [ $mode = reuse ] && flags="-d"
@@ -74,11 +78,34 @@ for mode in reconnect reuse; do
   for _ in $(seq 1 "$ROUNDS"); do
     ps+=("$(rate "$PORT" "$flags")")
     ss+=("$(rate "$SINK_PORT" "$flags")")
-    rm -f "$WORK"/spool/*.msg
   done
   R[$mode.p]=$(median "${ps[@]}"); R[$mode.s]=$(median "${ss[@]}")
 done
 FS=$(fsync_rate)
+INFO1=$("$CTL" -s "$WORK/stats.sock" --json show info)
+METRICS=$("$CTL" -s "$WORK/stats.sock" show metrics)
+# fdatasyncs per second of load, messages per group commit, and latency
+# percentiles (bucket upper bounds) from the accept-latency histogram.
+PTIME=$(/usr/bin/python3 -c "import sys; print(sum(eval(l) for l in open('$WORK/postern-times')))")
+SPOOL=$(/usr/bin/python3 - "$INFO0" "$INFO1" "$PTIME" "$METRICS" <<'PY'
+import json, sys, re
+a, b, t, metrics = json.loads(sys.argv[1]), json.loads(sys.argv[2]), float(sys.argv[3]), sys.argv[4]
+fs = b["fsyncs"] - a["fsyncs"]
+fl = b["flushes"] - a["flushes"]
+fm = b["flushed_messages"] - a["flushed_messages"]
+buckets = [(float(m.group(1)) if m.group(1) != "+Inf" else float("inf"), int(m.group(2)))
+           for m in re.finditer(r'postern_accept_latency_seconds_bucket\{le="([^"]+)"\} (\d+)', metrics)]
+total = buckets[-1][1] if buckets else 0
+def pct(q):
+    for le, n in buckets:
+        if total and n >= q * total:
+            return "<= %g ms" % (le * 1000) if le != float("inf") else "> 5000 ms"
+    return "n/a"
+print("%d fdatasyncs/s during Postern's load, %.1f messages per flush (%d flushes), "
+      "end of data to 250: p50 %s, p99 %s (histogram bucket bounds)" %
+      (fs / t if t else 0, fm / fl if fl else 0, fl, pct(0.5), pct(0.99)))
+PY
+)
 
 CPU=$(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | sed 's/^ //')
 TABLE=$(cat <<MD
@@ -86,12 +113,14 @@ TABLE=$(cat <<MD
 ### smtp-source: Postern vs smtp-sink ($(date -u +%Y-%m-%d))
 - Machine: $CPU, $(nproc) cores, kernel $(uname -r); fdatasync rate of the spool disk measured now: $FS/s
 - Command: \`bench/smtp-source-baseline.sh $MSGS $ROUNDS\` — smtp-source -s $SESSIONS -m $MSGS -l $SIZE, median of $ROUNDS alternating rounds
-- Durability mode: **durable** — every 250 follows fdatasync of the message file, rename, and an fsync of the spool directory (directory fsyncs group-committed per worker). smtp-sink stores nothing. Postern logs at the default level (info: connect, receive, disconnect lines) to a file.
+- Durability mode: **durable** — every 250 follows the fdatasync (group commit, per worker) that covers the message in its log segment. smtp-sink stores nothing. Postern logs at the default level (info: connect, receive, disconnect lines) to a file.
 
 | scenario | Postern msg/s | smtp-sink msg/s (ceiling) | Postern / sink |
 |---|---:|---:|---:|
 | 1 KiB, 100 sessions, new connection per message | ${R[reconnect.p]} | ${R[reconnect.s]} | $(/usr/bin/python3 -c "print(f'{${R[reconnect.p]}/${R[reconnect.s]}:.2f}')") |
 | 1 KiB, 100 sessions, connection reuse (-d) | ${R[reuse.p]} | ${R[reuse.s]} | $(/usr/bin/python3 -c "print(f'{${R[reuse.p]}/${R[reuse.s]}:.2f}')") |
+
+Spool under this load: $SPOOL.
 MD
 )
 echo "$TABLE"

@@ -59,20 +59,20 @@ static void show_info(const struct stats_host *h, const struct conf *c,
 		  "\"connections_active\": %llu, \"connections_refused\": %llu, "
 		  "\"messages_received\": %llu, \"messages_rejected\": %llu, "
 		  "\"bytes_received\": %llu, \"queue_messages\": %ld, \"spool_bytes\": %llu, "
-		  "\"fsyncs\": %llu, \"dirsyncs\": %llu}\n"
+		  "\"fsyncs\": %llu, \"flushes\": %llu, \"flushed_messages\": %llu}\n"
 		: "version: 0.1.0\nuptime_s: %llu\nworkers: %u\nconnectors: %u\nbindings: %u\n"
 		  "connector_table_prefixes: %zu\nconnector_table_bytes: %zu\n"
 		  "connections_total: %llu\nconnections_active: %llu\n"
 		  "connections_refused: %llu\nmessages_received: %llu\n"
 		  "messages_rejected: %llu\nbytes_received: %llu\nqueue_messages: %ld\n"
-		  "spool_bytes: %llu\nfsyncs: %llu\ndirsyncs: %llu\n";
+		  "spool_bytes: %llu\nfsyncs: %llu\nflushes: %llu\nflushed_messages: %llu\n";
 	fprintf(out, fmt, (unsigned long long)((worker_clock_ms() - h->start_ms) / 1000),
 		h->nworkers, c->nrc, c->nbindings, prefixes, tbytes,
 		(unsigned long long)t.connections, (unsigned long long)t.active,
 		(unsigned long long)refused, (unsigned long long)t.messages,
 		(unsigned long long)t.rejected, (unsigned long long)t.bytes, sp.messages,
 		(unsigned long long)sp.bytes, (unsigned long long)t.fsyncs,
-		(unsigned long long)t.dirsyncs);
+		(unsigned long long)t.dirsyncs, (unsigned long long)t.flushed_messages);
 }
 
 struct queue_out {

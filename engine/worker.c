@@ -472,7 +472,7 @@ static void *worker_main(void *arg)
 	struct metrics_totals t;
 	metrics_totals(w, 1, &t);
 	log_msg(LOG_INFO,
-		"event=worker_exit worker=%u connections=%llu messages=%llu rejected=%llu fsyncs=%llu dirsyncs=%llu",
+		"event=worker_exit worker=%u connections=%llu messages=%llu rejected=%llu fsyncs=%llu flushes=%llu",
 		w->id, (unsigned long long)t.connections, (unsigned long long)t.messages,
 		(unsigned long long)t.rejected, (unsigned long long)t.fsyncs,
 		(unsigned long long)t.dirsyncs);
