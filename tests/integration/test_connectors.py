@@ -235,7 +235,7 @@ def test_reload_removes_binding(postern):
         try:
             socket.create_connection(("127.0.0.1", port1), timeout=1).close()
             return False
-        except ConnectionRefusedError:
+        except (ConnectionRefusedError, ConnectionResetError):
             return True
     wait_until(refused, 10, what="port %d to close after reload" % port1)
     assert relay_attempt(port0, "127.0.0.10") == R_RCPT_OK

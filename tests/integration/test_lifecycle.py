@@ -166,7 +166,7 @@ def listener_closed(port):
     try:
         socket.create_connection(("127.0.0.1", port), timeout=1).close()
         return False
-    except ConnectionRefusedError:
+    except (ConnectionRefusedError, ConnectionResetError):
         return True
 
 
