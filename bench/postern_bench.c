@@ -23,6 +23,8 @@
 #include <time.h>
 #include <unistd.h>
 
+#include "bench_sum.h"
+
 #define MAX_SIZES 16
 #define MAX_SOURCES 256
 #define IN_CAP 4096
@@ -142,15 +144,6 @@ static void *xrealloc(void *p, size_t n)
 	return q;
 }
 
-static uint64_t fnv1a(uint64_t h, const char *p, size_t n)
-{
-	for (size_t i = 0; i < n; i++) {
-		h ^= (unsigned char)p[i];
-		h *= 0x100000001b3ULL;
-	}
-	return h;
-}
-#define FNV_INIT 0xcbf29ce484222325ULL
 
 static uint64_t rng_state = 0x243F6A8885A308D3ULL;
 static uint64_t rnd(void)

@@ -20,6 +20,8 @@
 #include <time.h>
 #include <unistd.h>
 
+#include "bench_sum.h"
+
 #define IN_CAP 65536
 #define LINE_MAX_CMD 2048
 
@@ -80,15 +82,6 @@ static void *xrealloc(void *p, size_t n)
 	return q;
 }
 
-static uint64_t fnv1a(uint64_t h, const char *p, size_t n)
-{
-	for (size_t i = 0; i < n; i++) {
-		h ^= (unsigned char)p[i];
-		h *= 0x100000001b3ULL;
-	}
-	return h;
-}
-#define FNV_INIT 0xcbf29ce484222325ULL
 
 /* Returns true if the id hash was new. */
 static bool ids_insert(uint64_t h)
