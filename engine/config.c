@@ -38,7 +38,7 @@ static const struct setting rconn_settings[] = {
 	{"max_recipients_per_message", K_COUNT, RC(max_recipients), "200", 1000000},
 	{"max_hop_count", K_COUNT, RC(max_hop_count), "60", 500},
 	{"max_protocol_errors", K_COUNT, RC(max_protocol_errors), "5", 1000000},
-	{"message_rate_limit", K_COUNT, RC(message_rate_limit), "unlimited", 0},
+	{"message_rate_limit", K_COUNT, RC(message_rate_limit), "unlimited", 60000},
 	{"message_rate_source", K_RATE_SOURCE, RC(message_rate_source), "ip", 0},
 	{"max_inbound_connection", K_COUNT, RC(max_inbound_connection), "5000", 0},
 	{"max_inbound_connection_per_source", K_COUNT,

@@ -14,6 +14,7 @@
 #include "log.h"
 #include "spool.h"
 #include "stats.h"
+#include "throttle.h"
 #include "worker.h"
 
 #define POSTERN_VERSION "0.1.0"
@@ -255,7 +256,12 @@ int main(int argc, char **argv)
 		return 1;
 	}
 	static struct app app;
+	static struct throttle throttle;
 	app.conf = conf;
+	if (throttle_init(&throttle, worker_clock_ms()) < 0) {
+		fprintf(stderr, "postern: out of memory\n");
+		return 1;
+	}
 	assign_stats_ids(&app.registry, conf);
 
 	struct spool store;
@@ -285,6 +291,7 @@ int main(int argc, char **argv)
 		w->conf = conf;
 		conf_ref(conf);
 		w->spool_shared = &store;
+		w->throttle = &throttle;
 		w->nlisten = conf->nbindings;
 		w->listen_fds = calloc(conf->nbindings, sizeof(int));
 		for (unsigned b = 0; b < conf->nbindings; b++) {
@@ -305,6 +312,7 @@ int main(int argc, char **argv)
 	pthread_cond_init(&app.reloaded, NULL);
 	struct stats_host host = {
 		.registry = &app.registry,
+		.throttle = &throttle,
 		.store = &store,
 		.workers = workers,
 		.nworkers = nw,
@@ -351,6 +359,7 @@ int main(int argc, char **argv)
 		worker_join(&workers[i]);
 	free(workers);
 	spool_close(&store);
+	throttle_free(&throttle);
 	conf_unref(app.conf);
 	log_msg(LOG_INFO, "event=exit status=0");
 	return 0;

@@ -11,6 +11,13 @@ const uint64_t latency_bounds_us[LATENCY_BUCKETS] = {
 	500000, 1000000, 2500000, 5000000,
 };
 
+const char *const throttle_reason_names[THROTTLE_REASONS] = {
+	[THROTTLE_MESSAGE_RATE] = "message_rate",
+	[THROTTLE_CONNECTIONS] = "max_inbound_connection",
+	[THROTTLE_CONNECTIONS_PER_SOURCE] = "max_inbound_connection_per_source",
+	[THROTTLE_CONNECTIONS_PERCENTAGE] = "max_inbound_connection_percentage_per_source",
+};
+
 const char *const refuse_names[REFUSE_COUNT] = {
 	[REFUSE_NO_CONNECTOR] = "no_connector",
 	[REFUSE_WORKER_FULL] = "connection_limit",
@@ -192,10 +199,20 @@ void metrics_print_prometheus(FILE *out, struct metrics_registry *r,
 				(unsigned long long)s.rejected[k]);
 		}
 	}
-	/* Families whose producers (throttling, delivery) have not landed yet:
-	 * declared so dashboards and alerts can be written against them. */
+	/* Families whose producer (delivery) has not landed yet: declared so
+	 * dashboards and alerts can be written against them. */
 	family(out, "postern_throttled_total", "counter",
 	       "Throttle events, by receive connector and reason.");
+	for (unsigned id = 0; id < n; id++)
+		for (int k = 0; k < THROTTLE_REASONS; k++) {
+			uint64_t v = 0;
+			for (unsigned i = 0; i < nw; i++)
+				v += metric_get(&w[i].m.conn[id].throttled[k]);
+			fputs("postern_throttled_total{connector=\"", out);
+			label(out, r->names[id]);
+			fprintf(out, "\",reason=\"%s\"} %llu\n", throttle_reason_names[k],
+				(unsigned long long)v);
+		}
 	family(out, "postern_messages_delivered_total", "counter",
 	       "Messages delivered, by send connector.");
 	family(out, "postern_messages_deferred_total", "counter",

@@ -16,7 +16,13 @@
 #define METRIC_CONNECTORS_MAX 256
 #define METRIC_NAME_MAX 65
 
+enum throttle_reason { THROTTLE_MESSAGE_RATE, THROTTLE_CONNECTIONS,
+		       THROTTLE_CONNECTIONS_PER_SOURCE, THROTTLE_CONNECTIONS_PERCENTAGE,
+		       THROTTLE_REASONS };
+extern const char *const throttle_reason_names[THROTTLE_REASONS];
+
 struct connector_counters {
+	_Atomic uint64_t throttled[THROTTLE_REASONS];
 	_Atomic uint64_t connections;
 	_Atomic uint64_t active;
 	_Atomic uint64_t messages;

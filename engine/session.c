@@ -50,6 +50,7 @@ static void hold(struct conn *c);
 static void on_reject(void *ctx, enum smtp_reject why, const char *reply,
 		      const char *rcpt);
 static void on_command(void *ctx, const char *line, size_t len);
+static bool admit_message(void *ctx);
 static void release(struct worker *w, struct conn *c);
 
 static void peer_text(const struct sockaddr_storage *ss, char *buf, size_t cap)
@@ -100,8 +101,26 @@ void session_accept(struct worker *w, unsigned binding, int fd)
 		refuse(fd, "554 5.7.1 No receive connector accepts connections from this address");
 		return;
 	}
+	/* Connection limits, counted across workers (throttle.c). */
+	struct throttle_entry *src = throttle_entry(w->throttle, rc->stats_id, ip);
+	int32_t figure = 0, limit = 0;
+	int why_th = throttle_connect(w->throttle, rc, src, &figure, &limit);
+	if (why_th) {
+		static const enum throttle_reason reasons[] = {
+			0, THROTTLE_CONNECTIONS, THROTTLE_CONNECTIONS_PER_SOURCE,
+			THROTTLE_CONNECTIONS_PERCENTAGE};
+		enum throttle_reason r = reasons[why_th];
+		char q[160];
+		metric_add(&w->m.conn[rc->stats_id].throttled[r], 1);
+		log_msg(LOG_INFO, "event=throttle reason=%s connector=%s client=%s limit=%d current=%d",
+			throttle_reason_names[r], log_quote(q, sizeof(q), rc->name), ip, limit,
+			figure);
+		refuse(fd, R_CONN_LIMIT);
+		return;
+	}
 	struct conn *c = worker_conn_alloc(w);
 	if (!c) {
+		throttle_disconnect(w->throttle, rc, src);
 		metric_add(&w->m.refused[REFUSE_WORKER_FULL], 1);
 		log_msg(LOG_WARN, "event=refuse client=%s reason=worker_full", ip);
 		refuse(fd, R_CONN_LIMIT);
@@ -110,6 +129,12 @@ void session_accept(struct worker *w, unsigned binding, int fd)
 	int one = 1;
 	setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one));
 	c->fd = fd;
+	c->th_source = src;
+	c->th_rate = NULL;
+	if (rc->message_rate_limit && rc->message_rate_source == RATE_SOURCE_IP)
+		c->th_rate = src;
+	else if (rc->message_rate_limit && rc->message_rate_source == RATE_SOURCE_ALL)
+		c->th_rate = throttle_entry(w->throttle, rc->stats_id, "");
 	c->conf = w->conf;
 	conf_ref(c->conf);
 	c->rc = rc;
@@ -120,6 +145,7 @@ void session_accept(struct worker *w, unsigned binding, int fd)
 	c->smtp.hooks = (struct smtp_server_hooks){
 		.reject = on_reject,
 		.command = rc->protocol_log ? on_command : NULL,
+		.admit_message = c->th_rate ? admit_message : NULL,
 		.ctx = c,
 	};
 	c->w = w;
@@ -192,6 +218,25 @@ static void log_replies(const struct conn *c)
 	}
 }
 
+/* proto hook at MAIL: one token of the connector's message rate for this
+ * source (or for the connector as a whole). */
+static bool admit_message(void *ctx)
+{
+	struct conn *c = ctx;
+	struct worker *w = c->w;
+	double left;
+	uint32_t rate = (uint32_t)c->rc->message_rate_limit;
+	if (throttle_take_message(w->throttle, c->th_rate, rate, worker_clock_ms(), &left))
+		return true;
+	char q[160];
+	metric_add(&w->m.conn[c->rc->stats_id].throttled[THROTTLE_MESSAGE_RATE], 1);
+	log_msg(LOG_INFO,
+		"event=throttle reason=message_rate connector=%s client=%s source=%s limit=%u/min tokens=%.2f",
+		log_quote(q, sizeof(q), c->rc->name), c->peer,
+		c->rc->message_rate_source == RATE_SOURCE_ALL ? "all" : "ip", rate, left);
+	return false;
+}
+
 static void maybe_free(struct worker *w, struct conn *c)
 {
 	if (!c->closing || c->inflight)
@@ -203,6 +248,7 @@ static void maybe_free(struct worker *w, struct conn *c)
 		(unsigned long long)c->smtp.messages, (unsigned long long)c->smtp.rejects,
 		(unsigned long long)(w->now_ms - c->started_ms), w->id);
 	metric_add(&w->m.conn[c->rc->stats_id].active, (uint64_t)-1);
+	throttle_disconnect(w->throttle, c->rc, c->th_source);
 	if (c->recv_starved)
 		w->nstarved--;
 	if (c->smsg)

@@ -21,7 +21,8 @@
 
 static const char *const commands_help =
 	"commands: show info [json] | show stat [json] | show queue [json] | "
-	"show connectors [json] | show metrics | match <ip>[:<port>] [json] | reload | help";
+	"show connectors [json] | show throttle | show metrics | match <ip>[:<port>] [json] | "
+	"reload | help";
 
 /* Queued messages and their bytes (message and envelope), read from the
  * segments as recovery would. */
@@ -281,6 +282,8 @@ int stats_command(const struct stats_host *h, const char *line, FILE *out)
 		metrics_print_stat(out, h->registry, h->workers, h->nworkers, json);
 	} else if (strcmp(cmd, "show queue") == 0) {
 		show_queue(h, out, json);
+	} else if (strcmp(cmd, "show throttle") == 0 && !json) {
+		throttle_print(h->throttle, c, worker_clock_ms(), out);
 	} else if (strcmp(cmd, "show metrics") == 0 && !json) {
 		show_metrics(h, out);
 	} else if (strcmp(cmd, "show connectors") == 0) {

@@ -13,10 +13,12 @@
 #include "config.h"
 #include "metrics.h"
 #include "spool.h"
+#include "throttle.h"
 #include "worker.h"
 
 struct stats_host {
 	struct metrics_registry *registry;
+	struct throttle *throttle;
 	const struct spool *store;
 	struct worker *workers;
 	unsigned nworkers;

@@ -13,6 +13,7 @@
 #include "config.h"
 #include "metrics.h"
 #include "spool.h"
+#include "throttle.h"
 #include "ring.h"
 #include "smtp_server.h"
 
@@ -51,6 +52,8 @@ struct conn {
 	int64_t arrival;
 	size_t envlen;
 	bool recv_starved;        /* recv ended with ENOBUFS: re-armed on a buffer's return */
+	struct throttle_entry *th_source;  /* this client's address on this connector */
+	struct throttle_entry *th_rate;    /* the message-rate bucket it draws on */
 	struct smtp_server smtp;
 	char peer[64];
 	char out[CONN_OUT_BUF];
@@ -82,6 +85,7 @@ struct worker {
 	_Atomic(struct worker_reload *) reload;  /* handed over by main */
 	int wake_fd;              /* eventfd: main pokes the worker */
 	uint64_t wake_buf;
+	struct throttle *throttle;
 	struct spool *spool_shared;
 	struct spool_worker spool;
 	uint16_t *buf_refs;       /* per provided buffer: holders (recv, spool writes) */

@@ -175,6 +175,8 @@ static enum smtp_ev cmd_mail(struct smtp_server *s, const struct smtp_cmd *c)
 		refuse(s, SMTP_REJECT_SIZE, R_TOO_BIG, NULL);
 		return SMTP_EV_NEED_INPUT;
 	}
+	if (s->hooks.admit_message && !s->hooks.admit_message(s->hooks.ctx))
+		return close_with(s, R_RATE_EXCEEDED);
 	envelope_reset(&s->env);
 	s->env.from = dup_span(m.path.mailbox.p, m.path.is_null ? 0 : m.path.mailbox.len);
 	s->env.envid = m.envid.p ? dup_span(m.envid.p, m.envid.len) : NULL;

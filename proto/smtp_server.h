@@ -40,6 +40,9 @@ struct smtp_server_hooks {
 		       const char *rcpt);
 	/* Every command line the client sent (never message data). */
 	void (*command)(void *ctx, const char *line, size_t len);
+	/* May this client start one more message (rate limits)? false ends
+	 * the session with 421 4.4.2. */
+	bool (*admit_message)(void *ctx);
 	void *ctx;
 };
 

@@ -244,5 +244,5 @@ def test_unknown_command_lists_commands(traffic):
     rc, out = ctl(traffic.sock, "frobnicate")
     assert rc == 1
     assert out == ('error: unknown command "frobnicate"; commands: show info [json] | '
-                   'show stat [json] | show queue [json] | show connectors [json] | show metrics | '
-                   'match <ip>[:<port>] [json] | reload | help\n')
+                   'show stat [json] | show queue [json] | show connectors [json] | '
+                   'show throttle | show metrics | match <ip>[:<port>] [json] | reload | help\n')

@@ -1,0 +1,120 @@
+"""Receive-connector throttling: message rate per source (token bucket,
+burst = the per-minute figure), connections per source, the exact replies,
+postern_throttled_total and show throttle."""
+import os
+import re
+import socket
+import subprocess
+
+from conftest import BUILD, RawClient, free_port, wait_until
+
+CTL = os.path.join(BUILD, "posternctl")
+
+RATE = """receive_connectors = (
+  { name = "Relay"; bindings = [ "127.0.0.1:{port}" ];
+    remote_ip_ranges = [ "127.0.0.0/8" ]; permission_groups = [ "anonymous_relay" ];
+    message_rate_limit = 60; message_rate_source = "ip";
+    max_inbound_connection_per_source = 3; }
+);
+"""
+
+R_RATE = ("421 4.4.2 Message submission rate for this client has exceeded the "
+          "configured limit")
+R_CONNS = ("421 4.3.2 The maximum number of concurrent connections has exceeded a "
+           "limit, closing transmission channel")
+
+
+def send_one(c, n):
+    c.send("MAIL FROM:<a@app.example>\r\n")
+    r = c.reply()
+    if not r.startswith("250 "):
+        return r
+    c.send("RCPT TO:<x@other.example>\r\nDATA\r\n")
+    assert c.replies(2)[1].startswith("354 ")
+    c.send(b"Subject: %d\r\n\r\nbody\r\n.\r\n" % n)
+    return c.reply()
+
+
+def start(postern, tmp_path):
+    sock = tmp_path / "stats.sock"
+    p = postern(RATE, server_extra='  stats_socket = "%s";\n' % sock)
+    p.sock = sock
+    return p
+
+
+def ctl(sock, *args):
+    r = subprocess.run([CTL, "-s", str(sock)] + list(args), capture_output=True, timeout=30)
+    return r.stdout.decode()
+
+
+def test_message_rate_per_source(postern, tmp_path):
+    p = start(postern, tmp_path)
+    c = RawClient(p.port, "127.0.0.20")
+    c.cmd("EHLO client.example")
+    for n in range(60):
+        r = send_one(c, n)
+        assert r.startswith("250 2.6.0 "), (n, r)
+    # The 61st message: refused with the exact reply, and the connection ends.
+    assert send_one(c, 60) == R_RATE
+    c.expect_closed()
+    c.close()
+    # Another source on the same connector is not affected.
+    d = RawClient(p.port, "127.0.0.21")
+    d.cmd("EHLO client.example")
+    assert send_one(d, 0).startswith("250 2.6.0 ")
+    d.cmd("QUIT")
+    d.close()
+    # The first source is still limited on a new connection.
+    e = RawClient(p.port, "127.0.0.20")
+    e.cmd("EHLO client.example")
+    assert send_one(e, 61) == R_RATE
+    e.close()
+    assert len(p.messages()) == 61
+    metrics = ctl(p.sock, "show", "metrics")
+    assert 'postern_throttled_total{connector="Relay",reason="message_rate"} 2\n' in metrics
+    throttle = ctl(p.sock, "show", "throttle")
+    row = [l for l in throttle.split("\n") if " 127.0.0.20 " in l]
+    assert len(row) == 1 and row[0].split()[-1] == "60", throttle
+    assert not [l for l in throttle.split("\n") if " 127.0.0.21 " in l]
+    log = p.stderr()
+    assert re.search(r"event=throttle reason=message_rate connector=Relay client=127\.0\.0\.20 "
+                     r"source=ip limit=60/min tokens=0\.\d\d", log), log[-2000:]
+
+
+def test_connections_per_source(postern, tmp_path):
+    p = start(postern, tmp_path)
+    held = [RawClient(p.port, "127.0.0.30") for _ in range(3)]
+    for c in held:
+        assert c.greeting.startswith("220 ")
+    s = socket.create_connection(("127.0.0.1", p.port), timeout=10,
+                                 source_address=("127.0.0.30", 0))
+    f = s.makefile("rb")
+    assert f.readline().decode().rstrip("\r\n") == R_CONNS
+    assert f.readline() == b""
+    s.close()
+    other = RawClient(p.port, "127.0.0.31")
+    assert other.greeting.startswith("220 ")
+    held[0].cmd("QUIT")
+    held[0].close()
+    # A slot is free again once the worker has seen the close.
+    def admitted():
+        c = RawClient(p.port, "127.0.0.30")
+        ok = c.greeting.startswith("220 ")
+        c.close()
+        return ok
+    wait_until(lambda: _try(admitted), 10, what="a fourth connection once one closed")
+    for c in held[1:] + [other]:
+        c.close()
+    metrics = ctl(p.sock, "show", "metrics")
+    m = re.search(r'postern_throttled_total\{connector="Relay",'
+                  r'reason="max_inbound_connection_per_source"\} (\d+)', metrics)
+    assert m and int(m.group(1)) >= 1
+    assert re.search(r"event=throttle reason=max_inbound_connection_per_source connector=Relay "
+                     r"client=127\.0\.0\.30 limit=3 current=4", p.stderr())
+
+
+def _try(fn):
+    try:
+        return fn()
+    except AssertionError:
+        return False
