@@ -42,16 +42,17 @@ static void process_input(struct worker *w, struct conn *c, const char *direct,
 static void message_append(struct worker *w, struct conn *c, const char *p, size_t n,
 			   int bid);
 
-static void process(struct worker *w, struct conn *c)
-{
-	process_input(w, c, NULL, 0, -1);
-}
 static void hold(struct conn *c);
+static void release(struct worker *w, struct conn *c);
 static void on_reject(void *ctx, enum smtp_reject why, const char *reply,
 		      const char *rcpt);
 static void on_command(void *ctx, const char *line, size_t len);
 static bool admit_message(void *ctx);
-static void release(struct worker *w, struct conn *c);
+
+static void process(struct worker *w, struct conn *c)
+{
+	process_input(w, c, NULL, 0, -1);
+}
 
 static void peer_text(const struct sockaddr_storage *ss, char *buf, size_t cap)
 {
