@@ -19,6 +19,7 @@ enum ring_op {
 	OP_WAKE,       /* read on the worker's eventfd */
 	OP_SPOOL_WRITE,/* low 56 bits: struct spool_write * */
 	OP_SPOOL_SYNC, /* fdatasync of a spool segment or directory */
+	OP_TARPIT,     /* a connection's delayed 5xx reply is due */
 };
 
 static inline uint64_t ring_tag(unsigned op, uint32_t slot, uint32_t gen)

@@ -273,16 +273,60 @@ void session_close(struct worker *w, struct conn *c)
 	maybe_free(w, c);
 }
 
-static void flush_out(struct worker *w, struct conn *c)
+static void send_out(struct worker *w, struct conn *c)
 {
-	if (c->sending || c->closing || c->smtp.out.len == 0)
-		return;
 	if (c->rc->protocol_log)
 		log_replies(c);
 	c->sending = true;
 	c->sent = 0;
 	c->inflight++;
 	ring_send(&w->ring, c->fd, c->smtp.out.p, c->smtp.out.len, conn_tag(OP_SEND, c));
+}
+
+/* Exchange's tarpit: 5xx replies to clients without relay rights wait
+ * tarpit_interval, which slows down address harvesting and spam runs. */
+static bool tarpit_due(const struct conn *c)
+{
+	const struct rconn *rc = c->rc;
+	if (!rc->tarpit_interval_ms ||
+	    (rc->perms & (PERM_ANONYMOUS_RELAY | PERM_EXTERNALLY_SECURED)))
+		return false;
+	const char *p = c->smtp.out.p, *end = p + c->smtp.out.len;
+	for (; p < end; p = memchr(p, '\n', (size_t)(end - p)) + 1) {
+		if (*p == '5')
+			return true;
+		if (!memchr(p, '\n', (size_t)(end - p)))
+			break;
+	}
+	return false;
+}
+
+static void flush_out(struct worker *w, struct conn *c)
+{
+	if (c->sending || c->closing || c->smtp.out.len == 0)
+		return;
+	if (!tarpit_due(c)) {
+		send_out(w, c);
+		return;
+	}
+	/* Hold the replies (sending keeps the session from adding to them). */
+	uint64_t ms = c->rc->tarpit_interval_ms;
+	c->tarpit.tv_sec = (long long)(ms / 1000);
+	c->tarpit.tv_nsec = (long long)(ms % 1000) * 1000000;
+	c->sending = true;
+	c->inflight++;
+	ring_timeout(&w->ring, &c->tarpit, conn_tag(OP_TARPIT, c));
+}
+
+void session_on_tarpit(struct worker *w, struct conn *c)
+{
+	c->inflight--;
+	c->sending = false;
+	if (c->closing) {
+		maybe_free(w, c);
+		return;
+	}
+	send_out(w, c);
 }
 
 static void message_begin(struct worker *w, struct conn *c)

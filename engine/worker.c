@@ -375,6 +375,10 @@ static void dispatch(struct worker *w, struct io_uring_cqe *cqe)
 			session_on_written(w, m->owner);
 		break;
 	}
+	case OP_TARPIT:
+		if ((c = lookup(w, tag)))
+			session_on_tarpit(w, c);
+		break;
 	case OP_SPOOL_SYNC: {
 		bool ok;
 		if (spool_sync_done(&w->spool, cqe->res, &ok))

@@ -52,6 +52,7 @@ struct conn {
 	int64_t arrival;
 	size_t envlen;
 	bool recv_starved;        /* recv ended with ENOBUFS: re-armed on a buffer's return */
+	struct __kernel_timespec tarpit;  /* delay before a 5xx to an anonymous client */
 	struct throttle_entry *th_source;  /* this client's address on this connector */
 	struct throttle_entry *th_rate;    /* the message-rate bucket it draws on */
 	struct smtp_server smtp;
@@ -135,6 +136,7 @@ void session_on_recv(struct worker *w, struct conn *c, int res, unsigned flags);
 void session_on_send(struct worker *w, struct conn *c, int res);
 void session_on_written(struct worker *w, struct conn *c);
 void session_resume_recv(struct worker *w, struct conn *c);
+void session_on_tarpit(struct worker *w, struct conn *c);
 void session_on_stored(struct worker *w, struct conn *c, bool ok);
 void session_tick(struct worker *w, struct conn *c);
 void session_close(struct worker *w, struct conn *c);

@@ -92,6 +92,23 @@ def free_port():
         return s.getsockname()[1]
 
 
+def free_wildcard_port():
+    """A port free on every address, outside the ephemeral range, for a
+    "[::]:port" binding (an ephemeral port could be taken by any client
+    socket between the check and postern's bind)."""
+    import random
+    for _ in range(200):
+        port = random.randint(20000, 32000)
+        try:
+            with socket.socket(socket.AF_INET6, socket.SOCK_STREAM) as s:
+                s.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 0)
+                s.bind(("::", port))
+            return port
+        except OSError:
+            continue
+    raise AssertionError("no free port for a wildcard binding")
+
+
 def wait_until(pred, timeout, interval=0.02, what="condition"):
     """Polls pred() until it returns a true value; fails after timeout s."""
     deadline = time.monotonic() + timeout * SLOW
@@ -133,17 +150,21 @@ class Postern:
     """One running postern. .port is the first port, .ports all of them."""
 
     def __init__(self, tmp_path, connectors, nports=1, server_extra="",
-                 domains=ACCEPTED_DOMAINS, name="postern"):
+                 domains=ACCEPTED_DOMAINS, name="postern", ports=None):
         self.dir = tmp_path / name
         self.dir.mkdir()
         self.spool = self.dir / "spool"
-        self.ports = [free_port() for _ in range(nports)]
+        self.ports = ports or [free_port() for _ in range(nports)]
         self.port = self.ports[0]
         fmt = {"port": self.port}
         for i, p in enumerate(self.ports):
             fmt["port%d" % i] = p
         self.config = self.dir / "postern.conf"
         text = connectors
+        # Exchange's default 5 s tarpit would slow every refusal in these
+        # tests; a test that is about the tarpit sets tarpit_interval itself.
+        if "tarpit_interval" not in text:
+            text = text.replace("permission_groups = [", 'tarpit_interval = "0s"; permission_groups = [')
         for key, val in fmt.items():
             text = text.replace("{%s}" % key, str(val))
         self.config.write_text(make_config(self.spool, text, server_extra,

@@ -6,7 +6,7 @@ import subprocess
 
 import pytest
 
-from conftest import (BINARY, free_port, R_MAIL_OK, R_QUIT, R_RCPT_OK, R_UNABLE_TO_RELAY,
+from conftest import (BINARY, free_port, free_wildcard_port, R_MAIL_OK, R_QUIT, R_RCPT_OK, R_UNABLE_TO_RELAY,
                       RawClient, wait_until)
 
 # Four connectors nest on one binding; each announces its own SIZE, so EHLO
@@ -78,7 +78,7 @@ def test_ipv4_client_on_wildcard_dual_stack_listener(postern, smtp_raw):
     # "[::]:port" takes IPv4 clients as ::ffff:a.b.c.d; they are matched as
     # IPv4. (Bound to every address, but this test only connects via
     # loopback.)
-    p = postern("""receive_connectors = (
+    p = postern(ports=[free_wildcard_port()], connectors="""receive_connectors = (
   { name = "All"; bindings = [ "[::]:{port}" ];
     remote_ip_ranges = [ "0.0.0.0/0", "::/0" ]; permission_groups = [ "anonymous" ]; max_message_size = "1000"; },
   { name = "Relay"; bindings = [ "[::]:{port}" ];

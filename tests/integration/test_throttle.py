@@ -118,3 +118,43 @@ def _try(fn):
         return fn()
     except AssertionError:
         return False
+
+
+TARPIT = """receive_connectors = (
+  { name = "Frontend"; bindings = [ "127.0.0.1:{port}" ];
+    remote_ip_ranges = [ "0.0.0.0/0" ]; permission_groups = [ "anonymous" ];
+    tarpit_interval = "1s"; },
+  { name = "Relay"; bindings = [ "127.0.0.1:{port}" ];
+    remote_ip_ranges = [ "127.0.0.10" ]; permission_groups = [ "anonymous_relay" ];
+    tarpit_interval = "1s"; }
+);
+"""
+
+
+def timed(c, line):
+    import time
+    t0 = time.monotonic()
+    r = c.cmd(line)
+    return r, time.monotonic() - t0
+
+
+def test_tarpit_delays_5xx_to_anonymous_clients(postern):
+    p = postern(TARPIT)
+    c = RawClient(p.port, "127.0.0.50")
+    c.cmd("EHLO client.example")
+    r, t = timed(c, "MAIL FROM:<a@app.example>")
+    assert r == "250 2.1.0 Sender OK" and t < 0.5, t
+    r, t = timed(c, "RCPT TO:<x@other.example>")
+    assert r == "550 5.7.1 Unable to relay"
+    assert 0.95 <= t < 3, t
+    r, t = timed(c, "RCPT TO:<x@corp.example>")
+    assert r == "250 2.1.5 Recipient OK" and t < 0.5, t
+    c.cmd("QUIT")
+    c.close()
+    # A connector with relay rights is never tarpitted.
+    d = RawClient(p.port, "127.0.0.10")
+    d.cmd("EHLO client.example")
+    r, t = timed(d, "MAIL FROM:<not an address>")
+    assert r == "550 5.1.7 Invalid address" and t < 0.5, t
+    d.cmd("QUIT")
+    d.close()
