@@ -172,6 +172,22 @@ bool conf_parse_duration_ms(const char *s, uint64_t *out)
 	return true;
 }
 
+/* An IPv6 address as a value; an IPv4-mapped one (::ffff:a.b.c.d) is the
+ * IPv4 address, so a dual-stack listener matches IPv4 clients as IPv4. */
+static void addr6_value(const uint8_t a[16], int *family, u128 *v)
+{
+	u128 x = 0;
+	for (int i = 0; i < 16; i++)
+		x = (x << 8) | a[i];
+	if ((x >> 32) == 0xffff) {
+		*family = 4;
+		*v = x & 0xffffffffu;
+	} else {
+		*family = 6;
+		*v = x;
+	}
+}
+
 static bool parse_addr(const char *s, int *family, u128 *v)
 {
 	struct in_addr a4;
@@ -182,17 +198,7 @@ static bool parse_addr(const char *s, int *family, u128 *v)
 		return true;
 	}
 	if (inet_pton(AF_INET6, s, &a6) == 1) {
-		u128 x = 0;
-		for (int i = 0; i < 16; i++)
-			x = (x << 8) | a6.s6_addr[i];
-		/* An IPv4-mapped entry means the IPv4 address. */
-		if ((x >> 32) == 0xffff) {
-			*family = 4;
-			*v = x & 0xffffffffu;
-		} else {
-			*family = 6;
-			*v = x;
-		}
+		addr6_value(a6.s6_addr, family, v);
 		return true;
 	}
 	return false;
@@ -301,17 +307,7 @@ bool conf_sockaddr_value(const struct sockaddr *sa, int *family, u128 *v)
 		return true;
 	}
 	if (sa->sa_family == AF_INET6) {
-		const uint8_t *a = ((const struct sockaddr_in6 *)sa)->sin6_addr.s6_addr;
-		u128 x = 0;
-		for (int i = 0; i < 16; i++)
-			x = (x << 8) | a[i];
-		if ((x >> 32) == 0xffff) {
-			*family = 4;
-			*v = x & 0xffffffffu;
-		} else {
-			*family = 6;
-			*v = x;
-		}
+		addr6_value(((const struct sockaddr_in6 *)sa)->sin6_addr.s6_addr, family, v);
 		return true;
 	}
 	return false;

@@ -375,22 +375,24 @@ static void message_end(struct worker *w, struct conn *c)
 		smtp_server_stored(&c->smtp, false, storage_full(err));
 		return;
 	}
-	char *env = NULL;
-	size_t envlen = 0;
-	FILE *f = open_memstream(&env, &envlen);
+	/* The envelope is written straight into the COMMIT record's buffer,
+	 * behind room for its header. */
+	char *rec = NULL;
+	size_t len = 0;
+	FILE *f = open_memstream(&rec, &len);
 	if (f) {
+		static const struct spool_commit_hdr room;
+		fwrite(&room, sizeof(room), 1, f);
 		envelope_write(f, c->msgid, &c->smtp.env, c->rc->name, c->peer, c->smtp.helo,
 			       c->arrival);
 		fclose(f);
 	}
-	if (!env) {
+	if (!rec) {
 		message_abandon(w, c);
 		smtp_server_stored(&c->smtp, false, false);
 		return;
 	}
-	c->envlen = envlen;
-	spool_msg_commit(&w->spool, c->smsg, env, envlen);
-	free(env);
+	spool_msg_commit(&w->spool, c->smsg, rec, len);
 	c->storing = true;
 	c->data_end_us = worker_clock_us();
 	/* Usually the writes are still in flight; when they are done the

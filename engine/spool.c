@@ -506,27 +506,23 @@ bool spool_msg_append(struct spool_worker *sw, struct spool_msg *m, const void *
 	return true;
 }
 
-void spool_msg_commit(struct spool_worker *sw, struct spool_msg *m,
-		      const char *env, size_t envlen)
+void spool_msg_commit(struct spool_worker *sw, struct spool_msg *m, char *rec,
+		      size_t len)
 {
 	m->committed = true;
-	if (m->err)
-		return;
-	struct spool_commit_hdr ch = {.bytes = m->bytes, .chunks = m->chunks,
-				      .envlen = (uint32_t)envlen};
-	struct spool_write *w = write_alloc(sw);
-	char *buf = malloc(sizeof(ch) + envlen);
-	if (!w || !buf) {
-		free(w);
-		free(buf);
-		m->err = ENOMEM;
+	struct spool_write *w = m->err ? NULL : write_alloc(sw);
+	if (!w) {
+		free(rec);
+		if (!m->err)
+			m->err = ENOMEM;
 		return;
 	}
-	memcpy(buf, &ch, sizeof(ch));
-	memcpy(buf + sizeof(ch), env, envlen);
-	w->owned = buf;
+	struct spool_commit_hdr ch = {.bytes = m->bytes, .chunks = m->chunks,
+				      .envlen = (uint32_t)(len - sizeof(ch))};
+	memcpy(rec, &ch, sizeof(ch));
+	w->owned = rec;
 	w->bid = -1;
-	submit(sw, m, w, SPOOL_REC_COMMIT, buf, sizeof(ch) + envlen);
+	submit(sw, m, w, SPOOL_REC_COMMIT, rec, len);
 }
 
 static void msg_free(struct spool_worker *sw, struct spool_msg *m)
@@ -593,8 +589,6 @@ unsigned spool_sync_start(struct spool_worker *sw, uint64_t tag)
 		n++;
 	}
 	sw->sync_inflight = n;
-	if (n)
-		sw->syncs++;
 	return n;
 }
 

@@ -114,7 +114,6 @@ struct spool_worker {
 	unsigned sync_inflight;    /* fsyncs of the current batch not yet done */
 	unsigned pending_writes;   /* all writes in flight */
 	bool sync_ok;
-	uint64_t syncs;
 };
 
 void spool_worker_init(struct spool_worker *sw, struct spool *sp, struct ring *r);
@@ -129,9 +128,11 @@ struct spool_msg *spool_msg_begin(struct spool_worker *sw, uint64_t id, int *err
  * message has failed already): the caller keeps its buffer. */
 bool spool_msg_append(struct spool_worker *sw, struct spool_msg *m, const void *p,
 		      size_t n, int bid);
-/* Writes the COMMIT record: header and envelope block. */
-void spool_msg_commit(struct spool_worker *sw, struct spool_msg *m,
-		      const char *env, size_t envlen);
+/* Writes the COMMIT record. rec (malloc'd, len bytes) starts with room for
+ * a struct spool_commit_hdr, which this fills in, followed by the envelope
+ * block; the spool owns rec from here on. */
+void spool_msg_commit(struct spool_worker *sw, struct spool_msg *m, char *rec,
+		      size_t len);
 /* The session lets go: after the sync that covered it, or when the message
  * will not be committed (its chunks stay as an orphan recovery ignores). */
 void spool_msg_release(struct spool_worker *sw, struct spool_msg *m);

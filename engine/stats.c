@@ -56,19 +56,21 @@ static void show_info(const struct stats_host *h, const struct conf *c,
 	const char *fmt = json
 		? "{\"version\": \"0.1.0\", \"uptime_s\": %llu, \"workers\": %u, "
 		  "\"connectors\": %u, \"bindings\": %u, \"connector_table_prefixes\": %zu, "
+		  "\"connector_table_intervals\": %zu, "
 		  "\"connector_table_bytes\": %zu, \"connections_total\": %llu, "
 		  "\"connections_active\": %llu, \"connections_refused\": %llu, "
 		  "\"messages_received\": %llu, \"messages_rejected\": %llu, "
 		  "\"bytes_received\": %llu, \"queue_messages\": %ld, \"spool_bytes\": %llu, "
 		  "\"fsyncs\": %llu, \"flushes\": %llu, \"flushed_messages\": %llu}\n"
 		: "version: 0.1.0\nuptime_s: %llu\nworkers: %u\nconnectors: %u\nbindings: %u\n"
-		  "connector_table_prefixes: %zu\nconnector_table_bytes: %zu\n"
+		  "connector_table_prefixes: %zu\nconnector_table_intervals: %zu\n"
+		  "connector_table_bytes: %zu\n"
 		  "connections_total: %llu\nconnections_active: %llu\n"
 		  "connections_refused: %llu\nmessages_received: %llu\n"
 		  "messages_rejected: %llu\nbytes_received: %llu\nqueue_messages: %ld\n"
 		  "spool_bytes: %llu\nfsyncs: %llu\nflushes: %llu\nflushed_messages: %llu\n";
 	fprintf(out, fmt, (unsigned long long)((worker_clock_ms() - h->start_ms) / 1000),
-		h->nworkers, c->nrc, c->nbindings, prefixes, tbytes,
+		h->nworkers, c->nrc, c->nbindings, prefixes, intervals, tbytes,
 		(unsigned long long)t.connections, (unsigned long long)t.active,
 		(unsigned long long)refused, (unsigned long long)t.messages,
 		(unsigned long long)t.rejected, (unsigned long long)t.bytes, sp.messages,

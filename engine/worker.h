@@ -50,7 +50,6 @@ struct conn {
 	int msg_err;              /* why the spool could not take it */
 	uint64_t msg_size;
 	int64_t arrival;
-	size_t envlen;
 	bool recv_starved;        /* recv ended with ENOBUFS: re-armed on a buffer's return */
 	struct __kernel_timespec tarpit;  /* delay before a 5xx to an anonymous client */
 	struct throttle_entry *th_source;  /* this client's address on this connector */
