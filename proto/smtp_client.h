@@ -1,0 +1,158 @@
+/* SMTP client state machine for delivery: reply bytes in, commands and
+ * events out. Knows nothing of sockets, files or clocks: the engine connects,
+ * sends what it is told, sends the stored message body itself (from the
+ * spool, unchanged) and enforces the timeout this module names per stage.
+ * One connection carries any number of messages (connection reuse). */
+#ifndef POSTERN_SMTP_CLIENT_H
+#define POSTERN_SMTP_CLIENT_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#include "smtp_path.h"
+
+/* What the server announced in its EHLO reply. */
+enum smtp_client_ext {
+	SMTPC_EXT_PIPELINING = 1 << 0,
+	SMTPC_EXT_SIZE = 1 << 1,
+	SMTPC_EXT_8BITMIME = 1 << 2,
+	SMTPC_EXT_DSN = 1 << 3,
+	SMTPC_EXT_SMTPUTF8 = 1 << 4,
+	SMTPC_EXT_ENHANCEDSTATUSCODES = 1 << 5,
+	SMTPC_EXT_STARTTLS = 1 << 6,
+	SMTPC_EXT_CHUNKING = 1 << 7,
+};
+
+/* Where in the dialogue a reply (or a failure) came from. */
+enum smtp_client_stage {
+	SMTPC_STAGE_CONNECT,  /* set by the engine: connect failed, timeout, EOF */
+	SMTPC_STAGE_GREETING,
+	SMTPC_STAGE_EHLO,     /* EHLO, or HELO after EHLO was refused */
+	SMTPC_STAGE_MAIL,
+	SMTPC_STAGE_RCPT,
+	SMTPC_STAGE_DATA,     /* the reply to DATA (354 expected) */
+	SMTPC_STAGE_DOT,      /* the reply after the message body */
+	SMTPC_STAGE_LOCAL,    /* refused before sending: SIZE, SMTPUTF8 */
+};
+
+const char *smtp_client_stage_name(enum smtp_client_stage s);
+
+struct smtp_client_rcpt {
+	const char *addr;             /* mailbox, without <> */
+	unsigned notify;              /* SMTP_NOTIFY_* bits, 0 when absent */
+	const char *orcpt;            /* "rfc822;xtext" as received, or NULL */
+};
+
+/* One message to send. Everything must stay valid until SMTPC_EV_MSG_DONE. */
+struct smtp_client_msg {
+	const char *from;             /* "" for the null sender */
+	uint64_t size;                /* stored (wire form) octets, for SIZE= */
+	enum smtp_body body;
+	enum smtp_ret ret;
+	const char *envid;            /* xtext as received, or NULL */
+	bool smtputf8;
+	const struct smtp_client_rcpt *rcpt;
+	unsigned nrcpt;
+};
+
+/* Per recipient, filled in by the time SMTPC_EV_MSG_DONE is returned. */
+struct smtp_client_result {
+	int code;                     /* 250, 451, 550, ... */
+	char status[12];              /* enhanced status "5.1.1"; derived from
+	                               * the code ("4.0.0"/"5.0.0"/"2.0.0") when
+	                               * the server sent none */
+	char text[512];               /* the reply, lines joined by a space,
+	                               * truncated; e.g. "550 5.1.1 No such user" */
+	enum smtp_client_stage stage;
+};
+
+enum smtp_client_event_type {
+	SMTPC_EV_SEND,       /* send out[0..len) completely, then smtp_client_sent() */
+	SMTPC_EV_SEND_BODY,  /* send the stored message (wire form, CRLF-terminated,
+	                      * dot-stuffed) followed by ".\r\n", then smtp_client_sent() */
+	SMTPC_EV_NEED_INPUT, /* wait for more reply bytes */
+	SMTPC_EV_READY,      /* idle, in the initial state: smtp_client_start() or
+	                      * smtp_client_quit() */
+	SMTPC_EV_MSG_DONE,   /* the message's results are complete (also when the
+	                      * connection failed part way: see smtp_client_fail) */
+	SMTPC_EV_CLOSE,      /* close the connection: after QUIT, or the session
+	                      * cannot continue (greeting/EHLO refused, reply
+	                      * syntax, 421) */
+};
+
+struct smtp_client_event {
+	enum smtp_client_event_type type;
+	const char *data;    /* SMTPC_EV_SEND */
+	size_t len;
+};
+
+struct smtp_client_params {
+	const char *helo_name;        /* our hostname, for EHLO/HELO */
+	bool no_pipelining;           /* never pipeline even when offered */
+};
+
+/* Opaque in spirit; fields are for the implementation. */
+struct smtp_client {
+	struct smtp_client_params p;
+	int state;
+	unsigned ext;                 /* SMTPC_EXT_* once EHLO succeeded */
+	uint64_t max_size;            /* SIZE n from EHLO, 0 = none announced */
+	bool esmtp;
+	bool sent_pending;            /* a SEND/SEND_BODY is outstanding */
+	const struct smtp_client_msg *msg;
+	struct smtp_client_result *res;
+	unsigned rcpt_sent, rcpt_replied, rcpt_accepted;
+	unsigned expect;              /* replies still to read for the batch */
+	char *out;                    /* commands to send (owned) */
+	size_t out_len, out_cap;
+	char line[1024];              /* reply line being assembled */
+	size_t line_len;
+	bool line_overflow;
+	char reply[512];              /* the reply being assembled (joined lines) */
+	size_t reply_len;
+	int reply_code;
+	char greeting_name[256];      /* first word of the 220 greeting */
+	struct smtp_client_result session_error; /* why the session ended */
+};
+
+void smtp_client_init(struct smtp_client *c, const struct smtp_client_params *p);
+void smtp_client_free(struct smtp_client *c);
+
+/* Drives the machine: feed reply bytes (or len 0 to ask what to do next
+ * after smtp_client_sent/start/quit). Returns the bytes consumed; call again
+ * with the rest until it returns SMTPC_EV_NEED_INPUT. The connection has
+ * just been established when the machine is fresh (it waits for 220). */
+size_t smtp_client_feed(struct smtp_client *c, const char *in, size_t len,
+			struct smtp_client_event *ev);
+
+/* The last SMTPC_EV_SEND / SMTPC_EV_SEND_BODY has been sent completely. */
+void smtp_client_sent(struct smtp_client *c);
+
+/* Starts a message (only after SMTPC_EV_READY). res has m->nrcpt entries. */
+void smtp_client_start(struct smtp_client *c, const struct smtp_client_msg *m,
+		       struct smtp_client_result *res);
+
+/* Ends the session politely: QUIT, then SMTPC_EV_CLOSE. */
+void smtp_client_quit(struct smtp_client *c);
+
+/* The connection failed (EOF, error, timeout): every recipient of the current
+ * message without a final result gets code/text (e.g. 451, "4.4.2",
+ * "connection lost") with stage SMTPC_STAGE_CONNECT. Returns true when a
+ * message was in progress (its results are then complete). */
+bool smtp_client_fail(struct smtp_client *c, int code, const char *status,
+		      const char *text);
+
+/* The timeout for the current wait in milliseconds (RFC 5321 4.5.3.2:
+ * greeting 5 min, MAIL 5 min, RCPT 5 min, DATA 2 min, data block 3 min,
+ * final dot 10 min), 0 when idle (READY). */
+uint64_t smtp_client_timeout_ms(const struct smtp_client *c);
+
+/* Did the server that took the message offer DSN? (RFC 3461: it then takes
+ * over the NOTIFY duty, so no "relayed" notice is owed.) */
+static inline bool smtp_client_dsn_passed(const struct smtp_client *c)
+{
+	return (c->ext & SMTPC_EXT_DSN) != 0;
+}
+
+#endif
