@@ -4,6 +4,7 @@
 #include "config.h"
 
 #include <arpa/inet.h>
+#include <netdb.h>
 #include <ctype.h>
 #include <errno.h>
 #include <libconfig.h>
@@ -53,6 +54,28 @@ static const struct setting rconn_settings[] = {
 	{"protocol_log", K_BOOL, RC(protocol_log), "false", 0},
 };
 #undef RC
+
+#define SC(f) offsetof(struct sconn, f)
+static const struct setting sconn_settings[] = {
+	{"port", K_COUNT, SC(port), "25", 65535},
+	{"max_connections", K_COUNT, SC(max_connections), "20", 100000},
+	{"max_message_rate", K_COUNT, SC(max_message_rate), "unlimited", 60000},
+	{"max_messages_per_connection", K_COUNT, SC(max_messages_per_connection), "20", 1000000},
+	{"max_recipients_per_message", K_COUNT, SC(max_recipients_per_message), "100", 1000000},
+	{"connect_timeout", K_DURATION, SC(connect_timeout_ms), "30s", 0},
+	{"idle_timeout", K_DURATION, SC(idle_timeout_ms), "5s", 0},
+};
+#undef SC
+
+#define QC(f) offsetof(struct queue_conf, f)
+static const struct setting queue_settings[] = {
+	{"retry_interval", K_DURATION, QC(retry_interval_ms), "15m", 0},
+	{"max_retry_interval", K_DURATION, QC(max_retry_interval_ms), "1h", 0},
+	{"message_expiration", K_DURATION, QC(message_expiration_ms), "2d", 0},
+	{"delay_notification", K_DURATION, QC(delay_notification_ms), "4h", 0},
+	{"max_return_size", K_SIZE, QC(max_return_size), "10MB", 0},
+};
+#undef QC
 
 static const char *const rate_source_names[] = {"ip", "user", "all", "none"};
 
@@ -434,12 +457,47 @@ static void *xcalloc(size_t n, size_t size)
 	return p;
 }
 
+/* dns_servers = [ "127.0.0.1:5353", "[::1]:53" ]: kept as the CSV c-ares
+ * takes. */
+static bool load_dns_servers(struct loader *ld, struct conf *c, config_setting_t *v)
+{
+	if (!config_setting_is_array(v) && !config_setting_is_list(v))
+		return fail(ld, line_of(v), "dns_servers: expected a list [ \"ip[:port]\", ... ]");
+	size_t cap = 1;
+	for (int i = 0; i < config_setting_length(v); i++) {
+		const char *s = config_setting_get_string_elem(v, i);
+		if (!s)
+			return fail(ld, line_of(v), "dns_servers: expected strings");
+		/* ip, ip:port, ipv6, [ipv6]:port */
+		struct binding b;
+		char probe[80];
+		bool ok = conf_parse_binding(s, &b);
+		if (!ok && snprintf(probe, sizeof(probe), "%s:53", s) < (int)sizeof(probe))
+			ok = conf_parse_binding(probe, &b);
+		if (!ok && snprintf(probe, sizeof(probe), "[%s]:53", s) < (int)sizeof(probe))
+			ok = conf_parse_binding(probe, &b);
+		if (!ok)
+			return fail(ld, element_line(ld, v, (unsigned)i),
+				    "dns_servers: \"%s\" is not ip, ip:port or [ipv6]:port", s);
+		cap += strlen(s) + 1;
+	}
+	if (config_setting_length(v) == 0)
+		return true;
+	c->dns_servers = xcalloc(1, cap);
+	for (int i = 0; i < config_setting_length(v); i++) {
+		if (i)
+			strcat(c->dns_servers, ",");
+		strcat(c->dns_servers, config_setting_get_string_elem(v, i));
+	}
+	return true;
+}
+
 static bool load_server(struct loader *ld, struct conf *c, config_t *cf)
 {
 	static const char *const known[] = {
 		"hostname", "workers", "spool_dir", "stats_socket",
 		"metrics_listen", "shutdown_grace", "log_level", "log_file",
-		"spool_segment_size", NULL};
+		"spool_segment_size", "dns_servers", NULL};
 	config_setting_t *srv = config_lookup(cf, "server");
 	char host[256] = "localhost";
 	gethostname(host, sizeof(host) - 1);
@@ -477,6 +535,9 @@ static bool load_server(struct loader *ld, struct conf *c, config_t *cf)
 	    (!conf_parse_size(s, &c->spool_segment_bytes) || c->spool_segment_bytes < (1 << 20)))
 		return fail(ld, line_of(config_setting_get_member(srv, "spool_segment_size")),
 			    "spool_segment_size: \"%s\" is not a size of at least 1MB", s);
+	config_setting_t *ds = config_setting_get_member(srv, "dns_servers");
+	if (ds && !load_dns_servers(ld, c, ds))
+		return false;
 	config_setting_t *w = config_setting_get_member(srv, "workers");
 	if (w) {
 		if (config_setting_type(w) != CONFIG_TYPE_INT ||
@@ -724,6 +785,243 @@ static bool load_connectors(struct loader *ld, struct conf *c, config_t *cf)
 	return true;
 }
 
+static bool load_settings(struct loader *ld, const config_setting_t *g,
+			  const struct setting *tab, size_t n, void *base)
+{
+	for (size_t i = 0; i < n; i++) {
+		config_setting_t *m = g ? config_setting_get_member(g, tab[i].name) : NULL;
+		if (!setting_value(ld, &tab[i], m, tab[i].def,
+				   (uint64_t *)((char *)base + tab[i].offset)))
+			return false;
+	}
+	return true;
+}
+
+static bool load_queue(struct loader *ld, struct conf *c, config_t *cf)
+{
+	config_setting_t *g = config_lookup(cf, "queue");
+	size_t n = sizeof(queue_settings) / sizeof(queue_settings[0]);
+	if (g && !config_setting_is_group(g))
+		return fail(ld, line_of(g), "queue: expected a group { ... }");
+	if (g && !check_members(ld, g, (const char *const[]){NULL}, queue_settings, n))
+		return false;
+	if (!load_settings(ld, g, queue_settings, n, &c->queue))
+		return false;
+	struct queue_conf *q = &c->queue;
+	int line = g ? line_of(g) : 1;
+	if (q->retry_interval_ms < 1000)
+		return fail(ld, line, "retry_interval: at least 1s");
+	if (q->max_retry_interval_ms < q->retry_interval_ms)
+		q->max_retry_interval_ms = q->retry_interval_ms;
+	if (q->message_expiration_ms < 1000)
+		return fail(ld, line, "message_expiration: at least 1s");
+	return true;
+}
+
+static bool parse_address_space(const char *s, struct address_space *a)
+{
+	if (strcmp(s, "*") == 0) {
+		a->domain = xstrdup("");
+		return true;
+	}
+	if (strncmp(s, "*.", 2) == 0) {
+		a->subdomains = true;
+		s += 2;
+	}
+	size_t n = strlen(s);
+	if (!n || n > 253 || !smtp_helo_arg_valid(s, n) || *s == '[')
+		return false;
+	a->domain = xstrdup(s);
+	for (char *p = a->domain; *p; p++)
+		*p = (char)tolower((unsigned char)*p);
+	return true;
+}
+
+/* "host:port" or "[v6]:port"; port defaults to 25. A name is resolved
+ * now: delivery then never waits on DNS for its smart hosts. */
+static bool parse_smart_host(const char *s, struct smart_host *h, char *why, size_t cap)
+{
+	char host[300], port[16] = "25";
+	const char *colon;
+	if (*s == '[') {
+		const char *close = strchr(s, ']');
+		if (!close || (size_t)(close - s - 1) >= sizeof(host))
+			{
+			snprintf(why, cap, "missing ]");
+			return false;
+		}
+		memcpy(host, s + 1, (size_t)(close - s - 1));
+		host[close - s - 1] = '\0';
+		colon = close[1] == ':' ? close + 1 : NULL;
+		if (close[1] && !colon)
+			{
+			snprintf(why, cap, "junk after ]");
+			return false;
+		}
+	} else {
+		colon = strrchr(s, ':');
+		size_t n = colon ? (size_t)(colon - s) : strlen(s);
+		if (n == 0 || n >= sizeof(host))
+			{
+			snprintf(why, cap, "no host");
+			return false;
+		}
+		memcpy(host, s, n);
+		host[n] = '\0';
+	}
+	if (colon) {
+		char *end;
+		unsigned long p = strtoul(colon + 1, &end, 10);
+		if (!colon[1] || *end || p == 0 || p > 65535)
+			{
+			snprintf(why, cap, "bad port");
+			return false;
+		}
+		snprintf(port, sizeof(port), "%lu", p);
+	}
+	struct addrinfo hints = {.ai_socktype = SOCK_STREAM}, *ai = NULL;
+	int r = getaddrinfo(host, port, &hints, &ai);
+	if (r != 0 || !ai) {
+		snprintf(why, cap, "cannot resolve %.100s: %s", host, gai_strerror(r));
+		return false;
+	}
+	memcpy(&h->addr, ai->ai_addr, ai->ai_addrlen);
+	h->addrlen = ai->ai_addrlen;
+	freeaddrinfo(ai);
+	h->text = xstrdup(s);
+	return true;
+}
+
+static bool load_send_connector(struct loader *ld, struct conf *c, struct sconn *sc,
+				const config_setting_t *g)
+{
+	static const char *const known[] = {"name", "address_spaces", "smart_hosts",
+					    "drop_directory", NULL};
+	size_t nset = sizeof(sconn_settings) / sizeof(sconn_settings[0]);
+	sc->line = line_of(g);
+	if (!config_setting_is_group(g))
+		return fail(ld, sc->line, "send_connectors: expected { name = ...; }");
+	if (!check_members(ld, g, known, sconn_settings, nset))
+		return false;
+	const char *name = get_string(ld, g, "name", true);
+	if (!name)
+		return false;
+	if (!*name || strlen(name) > 64)
+		return fail(ld, sc->line, "name: 1 to 64 characters");
+	sc->name = xstrdup(name);
+	const config_setting_t *v = string_list(ld, g, "address_spaces", true);
+	if (!v)
+		return false;
+	sc->nspaces = (unsigned)config_setting_length(v);
+	if (!sc->nspaces)
+		return fail(ld, line_of(v), "address_spaces: at least one (\"*\", \"domain\" or \"*.domain\")");
+	sc->spaces = xcalloc(sc->nspaces, sizeof(*sc->spaces));
+	for (unsigned i = 0; i < sc->nspaces; i++) {
+		const char *s = config_setting_get_string_elem(v, (int)i);
+		sc->spaces[i].line = element_line(ld, v, i);
+		if (!parse_address_space(s, &sc->spaces[i]))
+			return fail(ld, sc->spaces[i].line,
+				    "address_spaces: \"%s\" is not \"*\", a domain or \"*.domain\"", s);
+	}
+	v = string_list(ld, g, "smart_hosts", false);
+	if (ld->failed)
+		return false;
+	if (v) {
+		sc->nhosts = (unsigned)config_setting_length(v);
+		if (!sc->nhosts)
+			return fail(ld, line_of(v), "smart_hosts: empty (leave it out for MX delivery)");
+		sc->hosts = xcalloc(sc->nhosts, sizeof(*sc->hosts));
+		for (unsigned i = 0; i < sc->nhosts; i++) {
+			const char *s = config_setting_get_string_elem(v, (int)i);
+			char why[200];
+			if (!parse_smart_host(s, &sc->hosts[i], why, sizeof(why)))
+				return fail(ld, element_line(ld, v, i),
+					    "smart_hosts: \"%s\": %s (host:port or [ipv6]:port)", s, why);
+		}
+	}
+	const char *d = get_string(ld, g, "drop_directory", false);
+	if (ld->failed)
+		return false;
+	if (d) {
+		if (!*d)
+			return fail(ld, line_of(config_setting_get_member(g, "drop_directory")),
+				    "drop_directory: empty path");
+		if (sc->nhosts)
+			return fail(ld, line_of(config_setting_get_member(g, "drop_directory")),
+				    "drop_directory and smart_hosts exclude each other");
+		sc->drop_dir = xstrdup(d);
+	}
+	if (!load_settings(ld, g, sconn_settings, nset, sc))
+		return false;
+	if (sc->port == 0)
+		return fail(ld, sc->line, "port: 1..65535");
+	if (sc->max_messages_per_connection == 0)
+		sc->max_messages_per_connection = UINT32_MAX;
+	return true;
+}
+
+static bool load_send_connectors(struct loader *ld, struct conf *c, config_t *cf)
+{
+	config_setting_t *list = config_lookup(cf, "send_connectors");
+	if (!list)
+		return true; /* accepts nothing: every recipient is unroutable */
+	if (!config_setting_is_list(list))
+		return fail(ld, line_of(list), "send_connectors: expected a list ( ... )");
+	c->nsc = (unsigned)config_setting_length(list);
+	c->sc = xcalloc(c->nsc, sizeof(*c->sc));
+	for (unsigned i = 0; i < c->nsc; i++) {
+		if (!load_send_connector(ld, c, &c->sc[i], config_setting_get_elem(list, i)))
+			return false;
+		for (unsigned k = 0; k < i; k++) {
+			if (strcasecmp(c->sc[k].name, c->sc[i].name) == 0)
+				return fail(ld, c->sc[i].line,
+					    "send connector name \"%s\" is used twice", c->sc[i].name);
+			/* The same address space twice would make routing
+			 * depend on the order of the file. */
+			for (unsigned a = 0; a < c->sc[i].nspaces; a++)
+				for (unsigned b = 0; b < c->sc[k].nspaces; b++)
+					if (c->sc[i].spaces[a].subdomains == c->sc[k].spaces[b].subdomains &&
+					    strcmp(c->sc[i].spaces[a].domain, c->sc[k].spaces[b].domain) == 0)
+						return fail(ld, c->sc[i].spaces[a].line,
+							    "address space \"%s%s\" is also on send connector \"%s\" (line %d)",
+							    c->sc[i].spaces[a].subdomains ? "*." : "",
+							    *c->sc[i].spaces[a].domain ? c->sc[i].spaces[a].domain : "*",
+							    c->sc[k].name, c->sc[k].spaces[b].line);
+		}
+	}
+	return true;
+}
+
+static unsigned space_score(const struct address_space *a, const char *d, size_t len)
+{
+	size_t n = strlen(a->domain);
+	if (n == 0)
+		return 1; /* "*" */
+	if (len == n && strncasecmp(d, a->domain, n) == 0)
+		return a->subdomains ? 2 * (unsigned)n + 2 : 2 * (unsigned)n + 3;
+	if (a->subdomains && len > n + 1 && d[len - n - 1] == '.' &&
+	    strncasecmp(d + len - n, a->domain, n) == 0)
+		return 2 * (unsigned)n + 2;
+	return 0;
+}
+
+const struct sconn *conf_route(const struct conf *c, const char *domain, size_t len)
+{
+	const struct sconn *best = NULL;
+	unsigned best_score = 0;
+	bool literal = len && domain[0] == '[';
+	for (unsigned i = 0; i < c->nsc; i++)
+		for (unsigned k = 0; k < c->sc[i].nspaces; k++) {
+			const struct address_space *a = &c->sc[i].spaces[k];
+			unsigned sc = literal ? (*a->domain ? 0 : 1) : space_score(a, domain, len);
+			if (sc > best_score) {
+				best_score = sc;
+				best = &c->sc[i];
+			}
+		}
+	return best;
+}
+
 struct conf *conf_load(const char *path, char *err, size_t errlen)
 {
 	struct loader ld = {.path = path, .err = err, .errlen = errlen};
@@ -748,7 +1046,8 @@ struct conf *conf_load(const char *path, char *err, size_t errlen)
 					  "queue", NULL};
 	bool ok = check_members(&ld, config_root_setting(&cf), top, NULL, 0) &&
 		  load_server(&ld, c, &cf) && load_domains(&ld, c, &cf) &&
-		  load_connectors(&ld, c, &cf);
+		  load_connectors(&ld, c, &cf) && load_send_connectors(&ld, c, &cf) &&
+		  load_queue(&ld, c, &cf);
 	config_destroy(&cf);
 	if (!ok) {
 		conf_free(c);
@@ -783,6 +1082,19 @@ void conf_free(struct conf *c)
 	}
 	for (unsigned i = 0; i < c->ndomains; i++)
 		free(c->domains[i].domain);
+	for (unsigned i = 0; i < c->nsc; i++) {
+		struct sconn *sc = &c->sc[i];
+		for (unsigned k = 0; k < sc->nspaces; k++)
+			free(sc->spaces[k].domain);
+		for (unsigned k = 0; k < sc->nhosts; k++)
+			free(sc->hosts[k].text);
+		free(sc->spaces);
+		free(sc->hosts);
+		free(sc->name);
+		free(sc->drop_dir);
+	}
+	free(c->sc);
+	free(c->dns_servers);
 	connectors_free(c);
 	free(c->rc);
 	free(c->domains);

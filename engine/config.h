@@ -82,6 +82,49 @@ struct accepted_domain {
 
 struct binding_table; /* connectors.c */
 
+/* One smart_hosts entry: "host:port", "[v6]:port"; a name is resolved when
+ * the configuration is loaded. */
+struct smart_host {
+	char *text;
+	struct sockaddr_storage addr;
+	socklen_t addrlen;
+};
+
+/* One address_spaces entry: "*", "domain" or "*.domain" (the domain and
+ * every subdomain). Lower case, without "*.". */
+struct address_space {
+	char *domain;      /* "" for "*" */
+	bool subdomains;
+	int line;
+};
+
+struct sconn {
+	char *name;
+	int line;
+	unsigned stats_id;        /* counters slot (metrics.h), stable across reloads */
+	struct address_space *spaces;
+	unsigned nspaces;
+	struct smart_host *hosts; /* tried in order; none: MX lookup */
+	unsigned nhosts;
+	char *drop_dir;           /* drop directory connector */
+	/* Filled from sconn_settings[] (config.c). */
+	uint64_t port;                    /* for MX delivery */
+	uint64_t max_connections;         /* concurrent, all workers; 0 = unlimited */
+	uint64_t max_message_rate;        /* messages per minute, 0 = unlimited */
+	uint64_t max_messages_per_connection;
+	uint64_t max_recipients_per_message;
+	uint64_t connect_timeout_ms;
+	uint64_t idle_timeout_ms;         /* how long an idle connection is kept */
+};
+
+struct queue_conf {
+	uint64_t retry_interval_ms;
+	uint64_t max_retry_interval_ms;
+	uint64_t message_expiration_ms;
+	uint64_t delay_notification_ms;   /* 0 = never */
+	uint64_t max_return_size;         /* RET=FULL: larger originals come back as headers */
+};
+
 struct conf {
 	atomic_uint refs;          /* main, each worker, each connection */
 	char *path;
@@ -101,6 +144,10 @@ struct conf {
 	struct accepted_domain *domains;
 	unsigned ndomains;
 	struct binding_table *tables; /* one per binding (connectors.c) */
+	struct sconn *sc;
+	unsigned nsc;
+	struct queue_conf queue;
+	char *dns_servers;         /* c-ares CSV, NULL: /etc/resolv.conf */
 };
 
 /* Reads and validates path. On error returns NULL and writes
@@ -122,6 +169,12 @@ void conf_print_json(const struct conf *c, FILE *out);
 const struct rconn *conf_match(const struct conf *c, unsigned b,
 			       const struct sockaddr *sa,
 			       const struct ip_range **why);
+
+/* The send connector for a recipient domain (any case, len bytes; an
+ * address literal "[...]" matches "*" only): the most specific address
+ * space wins, "domain" over "*.domain" over a shorter "*.domain" over "*".
+ * NULL when none matches. */
+const struct sconn *conf_route(const struct conf *c, const char *domain, size_t len);
 
 /* True when connector rc listens on binding b. */
 bool rconn_on_binding(const struct rconn *rc, unsigned b);

@@ -3,6 +3,7 @@
 
 #include <stdlib.h>
 #include <string.h>
+#include <strings.h>
 
 /* Values come from the parser (no CR/LF possible) or the configuration;
  * still, never let one break the line structure. */
@@ -100,4 +101,135 @@ int envelope_parse(const char *p, size_t len, struct envelope_info *e)
 		line = eol + 2;
 	}
 	return -1;
+}
+
+static char *dup_n(const char *p, size_t n)
+{
+	char *d = malloc(n + 1);
+	if (d) {
+		memcpy(d, p, n);
+		d[n] = '\0';
+	}
+	return d;
+}
+
+/* "<path>" at p: the mailbox, through the path parser so quoted local
+ * parts holding '>' or spaces come back whole. */
+static char *read_path(const char *p, size_t n, size_t *used)
+{
+	struct smtp_path path;
+	if (smtp_path_parse(p, n, SMTP_PATH_ALLOW_NULL | SMTP_PATH_ALLOW_POSTMASTER |
+					  SMTP_PATH_ALLOW_UTF8, &path, used) != SMTP_ARG_OK)
+		return NULL;
+	return path.is_null ? dup_n("", 0) : dup_n(path.mailbox.p, path.mailbox.len);
+}
+
+static bool param(const char *tok, size_t n, const char *key, const char **val,
+		  size_t *vlen)
+{
+	size_t k = strlen(key);
+	if (n < k || strncasecmp(tok, key, k) != 0)
+		return false;
+	*val = tok + k;
+	*vlen = n - k;
+	return true;
+}
+
+int envelope_read(const char *p, size_t len, struct envelope_full *e)
+{
+	memset(e, 0, sizeof(*e));
+	if (len < 11 || memcmp(p, "POSTERN/1\r\n", 11) != 0)
+		return -1;
+	unsigned cap = 0;
+	const char *end = p + len;
+	for (const char *line = p + 11; line < end;) {
+		const char *eol = memchr(line, '\r', (size_t)(end - line));
+		if (!eol)
+			break;
+		size_t n = (size_t)(eol - line);
+		if (n == 0)
+			return e->env.from ? 0 : -1;
+		const char *v;
+		size_t vl, used;
+		if (param(line, n, "id: ", &v, &vl))
+			snprintf(e->id, sizeof(e->id), "%.*s", (int)vl, v);
+		else if (param(line, n, "arrival: ", &v, &vl))
+			e->arrival = strtoll(v, NULL, 10);
+		else if (param(line, n, "connector: ", &v, &vl))
+			snprintf(e->connector, sizeof(e->connector), "%.*s", (int)vl, v);
+		else if (param(line, n, "client: ", &v, &vl))
+			snprintf(e->client, sizeof(e->client), "%.*s", (int)vl, v);
+		else if (param(line, n, "from: ", &v, &vl) && !e->env.from) {
+			if (!(e->env.from = read_path(v, vl, &used)))
+				return -1;
+			for (const char *t = v + used; t < v + vl;) {
+				while (t < v + vl && *t == ' ')
+					t++;
+				const char *te = memchr(t, ' ', (size_t)(v + vl - t));
+				if (!te)
+					te = v + vl;
+				const char *pv;
+				size_t pl, tn = (size_t)(te - t);
+				if (param(t, tn, "BODY=", &pv, &pl))
+					e->env.body = pl == 4 && !strncasecmp(pv, "7BIT", 4) ? SMTP_BODY_7BIT
+										      : SMTP_BODY_8BITMIME;
+				else if (param(t, tn, "RET=", &pv, &pl))
+					e->env.ret = pl == 4 && !strncasecmp(pv, "FULL", 4) ? SMTP_RET_FULL
+										     : SMTP_RET_HDRS;
+				else if (param(t, tn, "ENVID=", &pv, &pl))
+					e->env.envid = dup_n(pv, pl);
+				else if (tn == 8 && !strncasecmp(t, "SMTPUTF8", 8))
+					e->env.smtputf8 = true;
+				t = te;
+			}
+		} else if (param(line, n, "rcpt: ", &v, &vl)) {
+			if (e->env.nrcpt == cap) {
+				cap = cap ? cap * 2 : 8;
+				struct smtp_rcpt *nr = realloc(e->env.rcpt, cap * sizeof(*nr));
+				if (!nr)
+					return -1;
+				e->env.rcpt = nr;
+			}
+			struct smtp_rcpt *r = &e->env.rcpt[e->env.nrcpt];
+			memset(r, 0, sizeof(*r));
+			if (!(r->addr = read_path(v, vl, &used)))
+				return -1;
+			e->env.nrcpt++;
+			for (const char *t = v + used; t < v + vl;) {
+				while (t < v + vl && *t == ' ')
+					t++;
+				const char *te = memchr(t, ' ', (size_t)(v + vl - t));
+				if (!te)
+					te = v + vl;
+				const char *pv;
+				size_t pl, tn = (size_t)(te - t);
+				if (param(t, tn, "NOTIFY=", &pv, &pl)) {
+					static const char *const names[] = {"NEVER", "SUCCESS", "FAILURE",
+									    "DELAY"};
+					for (int b = 0; b < 4; b++) {
+						const char *hit = memmem(pv, pl, names[b], strlen(names[b]));
+						if (hit)
+							r->notify |= 1u << b;
+					}
+				} else if (param(t, tn, "ORCPT=", &pv, &pl)) {
+					r->orcpt = dup_n(pv, pl);
+				}
+				t = te;
+			}
+		}
+		line = eol + 2;
+	}
+	return -1;
+}
+
+void envelope_full_free(struct envelope_full *e)
+{
+	free(e->env.from);
+	free(e->env.envid);
+	for (unsigned i = 0; i < e->env.nrcpt; i++) {
+		free(e->env.rcpt[i].addr);
+		free(e->env.rcpt[i].orcpt);
+	}
+	free(e->env.rcpt);
+	memset(e, 0, sizeof(*e));
 }

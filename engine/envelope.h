@@ -27,4 +27,18 @@ struct envelope_info {
 /* Parses an envelope block; 0, or -1 when it is not one. */
 int envelope_parse(const char *p, size_t len, struct envelope_info *e);
 
+/* Everything delivery needs of a stored envelope (recovery). */
+struct envelope_full {
+	char id[32];
+	int64_t arrival;
+	char connector[80];
+	char client[64];
+	struct smtp_envelope env;  /* strings malloc'd: envelope_full_free() */
+};
+
+/* 0, or -1 when it is not a whole envelope block (e is then still freed
+ * by envelope_full_free). */
+int envelope_read(const char *p, size_t len, struct envelope_full *e);
+void envelope_full_free(struct envelope_full *e);
+
 #endif

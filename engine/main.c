@@ -15,6 +15,7 @@
 #include "spool.h"
 #include "stats.h"
 #include "throttle.h"
+#include "resolver.h"
 #include "worker.h"
 
 #define POSTERN_VERSION "0.1.0"
@@ -23,6 +24,7 @@
  * reload (run here, on the signal thread, as for SIGHUP). */
 struct app {
 	struct metrics_registry registry;
+	struct metrics_registry send_registry;
 	pthread_mutex_t mu;
 	pthread_cond_t reloaded;
 	struct conf *conf;        /* current; swapped by reload() under mu */
@@ -71,10 +73,12 @@ static void app_reloaded(struct app *a, int status, const char *result)
 
 /* Gives each connector its counter slot: the same name keeps the same slot
  * across reloads. */
-static void assign_stats_ids(struct metrics_registry *r, struct conf *c)
+static void assign_stats_ids(struct app *a, struct conf *c)
 {
 	for (unsigned i = 0; i < c->nrc; i++)
-		c->rc[i].stats_id = metrics_registry_id(r, c->rc[i].name);
+		c->rc[i].stats_id = metrics_registry_id(&a->registry, c->rc[i].name);
+	for (unsigned i = 0; i < c->nsc; i++)
+		c->sc[i].stats_id = metrics_registry_id(&a->send_registry, c->sc[i].name);
 }
 
 static bool same_binding(const struct binding *a, const struct binding *b)
@@ -126,7 +130,7 @@ static int reload_config(const char *path, struct app *app, struct worker *worke
 		return -1;
 	}
 	const struct conf *old = *cur;
-	assign_stats_ids(&app->registry, n);
+	assign_stats_ids(app, n);
 	if (n->workers != old->workers) {
 		log_msg(LOG_WARN, "event=reload note=\"workers change needs a restart\"");
 		n->workers = old->workers;
@@ -262,7 +266,7 @@ int main(int argc, char **argv)
 		fprintf(stderr, "postern: out of memory\n");
 		return 1;
 	}
-	assign_stats_ids(&app.registry, conf);
+	assign_stats_ids(&app, conf);
 
 	struct spool store;
 	if (spool_open(&store, conf->spool_dir, conf->spool_segment_bytes, err, sizeof(err)) < 0) {
@@ -279,6 +283,11 @@ int main(int argc, char **argv)
 	pthread_sigmask(SIG_BLOCK, &sigs, NULL);
 	signal(SIGPIPE, SIG_IGN);
 
+	/* MX lookups for every worker; a changed dns_servers needs a restart. */
+	struct resolver *resolver = resolver_new(conf->dns_servers, err, sizeof(err));
+	if (!resolver)
+		log_msg(LOG_WARN, "event=resolver_unavailable error=\"%s\"", err);
+
 	unsigned nw = conf->workers;
 	struct worker *workers = calloc(nw, sizeof(*workers));
 	if (!workers) {
@@ -292,6 +301,8 @@ int main(int argc, char **argv)
 		conf_ref(conf);
 		w->spool_shared = &store;
 		w->throttle = &throttle;
+		w->resolver = resolver;
+		w->nworkers = nw;
 		w->nlisten = conf->nbindings;
 		w->listen_fds = calloc(conf->nbindings, sizeof(int));
 		for (unsigned b = 0; b < conf->nbindings; b++) {
@@ -312,6 +323,7 @@ int main(int argc, char **argv)
 	pthread_cond_init(&app.reloaded, NULL);
 	struct stats_host host = {
 		.registry = &app.registry,
+		.send_registry = &app.send_registry,
 		.throttle = &throttle,
 		.store = &store,
 		.workers = workers,
@@ -358,6 +370,8 @@ int main(int argc, char **argv)
 	for (unsigned i = 0; i < nw; i++)
 		worker_join(&workers[i]);
 	free(workers);
+	if (resolver)
+		resolver_free(resolver);
 	spool_close(&store);
 	throttle_free(&throttle);
 	conf_unref(app.conf);

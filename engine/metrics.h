@@ -43,8 +43,18 @@ struct latency_hist {
 enum refuse_reason { REFUSE_NO_CONNECTOR, REFUSE_WORKER_FULL, REFUSE_SHUTDOWN,
 		     REFUSE_COUNT };
 
+struct send_counters {
+	_Atomic uint64_t delivered;       /* recipients */
+	_Atomic uint64_t deferred;
+	_Atomic uint64_t bounced;
+	_Atomic uint64_t throttled;
+	_Atomic uint64_t connections;
+};
+
 struct worker_metrics {
 	struct connector_counters conn[METRIC_CONNECTORS_MAX];
+	struct send_counters send[METRIC_CONNECTORS_MAX];
+	_Atomic uint64_t expired;
 	struct latency_hist latency;
 	_Atomic uint64_t refused[REFUSE_COUNT];
 	_Atomic uint64_t fsyncs;          /* fdatasync calls of the spool */

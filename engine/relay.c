@@ -34,16 +34,27 @@ static bool local_part_routes(const struct smtp_span *local)
 	return false;
 }
 
+/* A recipient is taken only when a send connector can carry it: never
+ * accepted and bounced later for want of a route. */
+static const char *routable(const struct rconn *rc, const struct smtp_path *rcpt)
+{
+	const struct conf *c = rc->conf;
+	if (rcpt->domain.len == 0) /* <Postmaster>: ours, routed as our host */
+		return conf_route(c, c->hostname, strlen(c->hostname)) ? NULL
+									: R_UNABLE_TO_ROUTE;
+	return conf_route(c, rcpt->domain.p, rcpt->domain.len) ? NULL : R_UNABLE_TO_ROUTE;
+}
+
 const char *relay_rcpt_policy(void *ctx, const struct smtp_path *rcpt)
 {
 	const struct rconn *rc = ctx;
 	if (rc->perms & (PERM_ANONYMOUS_RELAY | PERM_EXTERNALLY_SECURED))
-		return NULL;
+		return routable(rc, rcpt);
 	if (rcpt->domain.len == 0)
-		return NULL; /* <Postmaster>: always ours (RFC 5321 4.5.1) */
+		return routable(rc, rcpt); /* <Postmaster>: always ours (RFC 5321 4.5.1) */
 	if (rcpt->domain_kind != SMTP_DOMAIN_NAME || local_part_routes(&rcpt->local))
 		return R_UNABLE_TO_RELAY;
 	if (relay_domain_accepted(rc->conf, rcpt->domain.p, rcpt->domain.len))
-		return NULL;
+		return routable(rc, rcpt);
 	return R_UNABLE_TO_RELAY;
 }

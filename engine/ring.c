@@ -99,6 +99,13 @@ void ring_cancel(struct ring *r, uint64_t target)
 	io_uring_sqe_set_data64(sqe, ring_tag(OP_CANCEL, 0, 0));
 }
 
+void ring_poll(struct ring *r, int fd, unsigned mask, uint64_t tag)
+{
+	struct io_uring_sqe *sqe = get_sqe(r);
+	io_uring_prep_poll_add(sqe, fd, mask);
+	io_uring_sqe_set_data64(sqe, tag);
+}
+
 void ring_read(struct ring *r, int fd, void *buf, unsigned len, uint64_t tag)
 {
 	struct io_uring_sqe *sqe = get_sqe(r);

@@ -20,6 +20,7 @@ enum ring_op {
 	OP_SPOOL_WRITE,/* low 56 bits: struct spool_write * */
 	OP_SPOOL_SYNC, /* fdatasync of a spool segment or directory */
 	OP_TARPIT,     /* a connection's delayed 5xx reply is due */
+	OP_OUT_POLL,   /* low 56 bits: struct oconn * (deliver.c) */
 };
 
 static inline uint64_t ring_tag(unsigned op, uint32_t slot, uint32_t gen)
@@ -46,6 +47,7 @@ void ring_send(struct ring *r, int fd, const void *buf, size_t len, uint64_t tag
 void ring_fsync(struct ring *r, int fd, bool datasync, uint64_t tag);
 void ring_timeout(struct ring *r, struct __kernel_timespec *ts, uint64_t tag);
 void ring_cancel(struct ring *r, uint64_t target);
+void ring_poll(struct ring *r, int fd, unsigned mask, uint64_t tag);
 void ring_read(struct ring *r, int fd, void *buf, unsigned len, uint64_t tag);
 void ring_writev(struct ring *r, int fd, const struct iovec *iov, unsigned n,
 		 uint64_t off, uint64_t tag);

@@ -15,6 +15,7 @@
 
 #include "envelope.h"
 #include "log.h"
+#include "queue.h"
 #include "worker.h"
 
 /* Input backlog (pipelined commands or the next message while one is being
@@ -652,6 +653,8 @@ void session_on_stored(struct worker *w, struct conn *c, bool ok)
 		metric_add(&cc->bytes, c->msg_size);
 		metric_latency(&w->m.latency, worker_clock_us() - c->data_end_us);
 		log_received(w, c);
+		queue_add_received(&w->queue, c->smsg, c->msgid, &c->smtp.env, c->peer,
+				   c->rc->name, c->arrival);
 	}
 	message_abandon(w, c); /* durable now, or failed: the session is done with it */
 	c->store_result = ok ? STORE_OK : STORE_FAILED;

@@ -33,6 +33,7 @@ struct spool_seg {
 	unsigned writes;         /* writes in flight */
 	bool dirty;              /* written since the last fsync was submitted */
 	bool syncing;
+	unsigned holds;          /* queued messages stored here */
 	struct spool_seg *next;
 };
 
@@ -93,7 +94,7 @@ static int cmp_u64(const void *a, const void *b)
 }
 
 /* Segment numbers present in the directory, sorted. */
-static uint64_t *list_segments(int dirfd, size_t *count)
+uint64_t *spool_segments(int dirfd, size_t *count)
 {
 	*count = 0;
 	int dfd = dup(dirfd);
@@ -135,6 +136,12 @@ struct pending_msg {
 	uint32_t cap;
 	uint64_t bytes;
 	struct iovec *iov;
+	uint64_t *off;
+	bool committed;
+	uint32_t order;          /* commit order within the segment */
+	const char *env;
+	size_t envlen;
+	struct spool_msg_state st;
 };
 
 struct msg_table {
@@ -178,34 +185,121 @@ static struct pending_msg *table_get(struct msg_table *t, uint64_t id, bool crea
 static void table_free(struct msg_table *t, uint64_t *orphans)
 {
 	for (size_t i = 0; i < t->cap; i++) {
-		if (t->slot[i].id && t->slot[i].iov)
+		if (t->slot[i].id && t->slot[i].iov && !t->slot[i].committed)
 			(*orphans)++;
 		free(t->slot[i].iov);
+		free(t->slot[i].off);
+		free(t->slot[i].st.rcpt);
 	}
 	free(t->slot);
 }
 
-static void scan_segment(int dirfd, uint64_t seq,
-			 void (*fn)(void *arg, const struct spool_found *m), void *arg,
-			 struct spool_scan_stats *st)
+static unsigned count_rcpts(const char *env, size_t len)
+{
+	unsigned n = 0;
+	for (const char *p = env, *end = env + len; p + 8 <= end; p++) {
+		p = memmem(p, (size_t)(end - p), "\r\nrcpt: ", 8);
+		if (!p)
+			break;
+		n++;
+	}
+	return n;
+}
+
+void spool_state_apply(struct spool_msg_state *st, const void *payload, size_t len)
+{
+	struct spool_state_rec r;
+	if (len < sizeof(r))
+		return;
+	memcpy(&r, payload, sizeof(r));
+	size_t tl = r.textlen <= len - sizeof(r) ? r.textlen : len - sizeof(r);
+	switch (r.kind) {
+	case SPOOL_ST_DELIVERED:
+	case SPOOL_ST_FAILED:
+		if (r.rcpt < st->nrcpt && st->rcpt[r.rcpt] == SPOOL_RCPT_PENDING) {
+			st->rcpt[r.rcpt] = r.kind == SPOOL_ST_DELIVERED ? SPOOL_RCPT_DELIVERED
+									: SPOOL_RCPT_FAILED;
+			st->pending--;
+		}
+		break;
+	case SPOOL_ST_DEFERRED:
+		st->attempts = r.attempts;
+		st->last_ms = r.time_ms;
+		st->next_ms = r.next_ms;
+		if (tl >= sizeof(st->last_error))
+			tl = sizeof(st->last_error) - 1;
+		memcpy(st->last_error, (const char *)payload + sizeof(r), tl);
+		st->last_error[tl] = '\0';
+		break;
+	case SPOOL_ST_DELAY_NOTIFIED:
+		st->delay_notified = true;
+		break;
+	}
+}
+
+static int cmp_order(const void *a, const void *b)
+{
+	const struct pending_msg *x = *(struct pending_msg *const *)a;
+	const struct pending_msg *y = *(struct pending_msg *const *)b;
+	return x->order < y->order ? -1 : x->order > y->order;
+}
+
+/* Calls fn for the committed messages of a scanned segment, in commit
+ * order, with the states that followed them. */
+static void report_committed(struct msg_table *t, uint64_t seq, uint32_t ncommitted,
+			     void (*fn)(void *arg, const struct spool_found *m), void *arg,
+			     struct spool_scan_stats *st, bool all)
+{
+	struct pending_msg **v = ncommitted ? malloc(ncommitted * sizeof(*v)) : NULL;
+	size_t n = 0;
+	for (size_t i = 0; v && i < t->cap; i++)
+		if (t->slot[i].id && t->slot[i].committed && n < ncommitted)
+			v[n++] = &t->slot[i];
+	if (v)
+		qsort(v, n, sizeof(*v), cmp_order);
+	for (size_t i = 0; i < n; i++) {
+		struct pending_msg *pm = v[i];
+		if (pm->st.pending == 0)
+			st->finished++;
+		if (!fn || (!all && pm->st.pending == 0))
+			continue;
+		struct spool_found f = {
+			.id = pm->id, .seq = seq, .bytes = pm->bytes, .chunks = pm->chunks,
+			.env = pm->env, .envlen = pm->envlen, .chunk = pm->iov,
+			.chunk_off = pm->off, .state = &pm->st,
+		};
+		fn(arg, &f);
+	}
+	free(v);
+}
+
+int spool_scan_segment(int dirfd, uint64_t seq,
+		       void (*fn)(void *arg, const struct spool_found *m), void *arg,
+		       struct spool_scan_stats *st, bool all, uint64_t *tail)
 {
 	char name[64];
+	*tail = 0;
 	snprintf(name, sizeof(name), SEG_PREFIX "%016" PRIx64 SEG_SUFFIX, seq);
 	int fd = openat(dirfd, name, O_RDONLY | O_CLOEXEC);
 	if (fd < 0)
-		return;
+		return -1;
 	struct stat sb;
-	if (fstat(fd, &sb) < 0 || sb.st_size == 0) {
+	if (fstat(fd, &sb) < 0) {
 		close(fd);
-		return;
+		return -1;
+	}
+	if (sb.st_size == 0) {
+		close(fd);
+		return 0;
 	}
 	size_t size = (size_t)sb.st_size;
 	const uint8_t *base = mmap(NULL, size, PROT_READ, MAP_PRIVATE, fd, 0);
 	close(fd);
 	if (base == MAP_FAILED)
-		return;
+		return -1;
 	st->segments++;
 	struct msg_table t = {0};
+	uint32_t ncommitted = 0;
 	size_t off = 0;
 	for (;;) {
 		if (off + sizeof(struct spool_rec_hdr) > size) {
@@ -231,59 +325,82 @@ static void scan_segment(int dirfd, uint64_t seq,
 			st->torn++;
 			break;
 		}
-		struct pending_msg *pm = table_get(&t, h.msg, true);
-		if (!pm)
-			break;
-		if (h.type == SPOOL_REC_CHUNK) {
+		struct pending_msg *pm = table_get(&t, h.msg, h.type != SPOOL_REC_STATE);
+		if (!pm) {
+			if (h.type != SPOOL_REC_STATE)
+				break; /* out of memory */
+		} else if (h.type == SPOOL_REC_CHUNK && !pm->committed) {
 			if (pm->chunks == pm->cap) {
 				uint32_t ncap = pm->cap ? pm->cap * 2 : 4;
 				struct iovec *ni = realloc(pm->iov, ncap * sizeof(*ni));
-				if (!ni)
+				uint64_t *no = realloc(pm->off, ncap * sizeof(*no));
+				if (ni)
+					pm->iov = ni;
+				if (no)
+					pm->off = no;
+				if (!ni || !no)
 					break;
-				pm->iov = ni;
 				pm->cap = ncap;
 			}
+			pm->off[pm->chunks] = off + sizeof(h);
 			pm->iov[pm->chunks++] = (struct iovec){(void *)payload, h.len};
 			pm->bytes += h.len;
-		} else if (h.type == SPOOL_REC_COMMIT && h.len >= sizeof(struct spool_commit_hdr)) {
+		} else if (h.type == SPOOL_REC_COMMIT && !pm->committed &&
+			   h.len >= sizeof(struct spool_commit_hdr)) {
 			struct spool_commit_hdr ch;
 			memcpy(&ch, payload, sizeof(ch));
 			if (ch.chunks == pm->chunks && ch.bytes == pm->bytes &&
 			    ch.envlen <= h.len - sizeof(ch)) {
-				struct spool_found f = {
-					.id = h.msg, .seq = seq, .bytes = pm->bytes,
-					.chunks = pm->chunks,
-					.env = (const char *)payload + sizeof(ch),
-					.envlen = ch.envlen, .chunk = pm->iov,
-				};
+				pm->committed = true;
+				pm->order = ncommitted++;
+				pm->env = (const char *)payload + sizeof(ch);
+				pm->envlen = ch.envlen;
+				pm->st.nrcpt = pm->st.pending = count_rcpts(pm->env, pm->envlen);
+				pm->st.rcpt = calloc(pm->st.nrcpt ? pm->st.nrcpt : 1, 1);
+				if (!pm->st.rcpt)
+					break;
 				st->messages++;
 				st->bytes += pm->bytes;
-				if (fn)
-					fn(arg, &f);
+			} else {
+				free(pm->iov);
+				free(pm->off);
+				pm->iov = NULL;
+				pm->off = NULL;
+				pm->chunks = pm->cap = 0;
+				pm->bytes = 0;
 			}
-			free(pm->iov);
-			pm->iov = NULL;
-			pm->chunks = pm->cap = 0;
-			pm->bytes = 0;
+		} else if (h.type == SPOOL_REC_STATE && pm->committed) {
+			spool_state_apply(&pm->st, payload, h.len);
 		}
 		off += sizeof(h) + h.len;
 	}
+	*tail = off;
+	report_committed(&t, seq, ncommitted, fn, arg, st, all);
 	table_free(&t, &st->orphans);
 	munmap((void *)base, size);
+	return 0;
+}
+
+int spool_scan_all(int dirfd, void (*fn)(void *arg, const struct spool_found *m),
+		   void *arg, struct spool_scan_stats *st, bool all)
+{
+	memset(st, 0, sizeof(*st));
+	size_t n;
+	uint64_t *seqs = spool_segments(dirfd, &n);
+	if (!seqs)
+		return -1;
+	for (size_t i = 0; i < n; i++) {
+		uint64_t tail;
+		spool_scan_segment(dirfd, seqs[i], fn, arg, st, all, &tail);
+	}
+	free(seqs);
+	return 0;
 }
 
 int spool_scan(int dirfd, void (*fn)(void *arg, const struct spool_found *m),
 	       void *arg, struct spool_scan_stats *st)
 {
-	memset(st, 0, sizeof(*st));
-	size_t n;
-	uint64_t *seqs = list_segments(dirfd, &n);
-	if (!seqs)
-		return -1;
-	for (size_t i = 0; i < n; i++)
-		scan_segment(dirfd, seqs[i], fn, arg, st);
-	free(seqs);
-	return 0;
+	return spool_scan_all(dirfd, fn, arg, st, false);
 }
 
 static int mkdir_p(const char *dir)
@@ -329,7 +446,7 @@ int spool_open(struct spool *sp, const char *dir, uint64_t segment_bytes, char *
 		return -1;
 	}
 	size_t n;
-	uint64_t *seqs = list_segments(sp->dirfd, &n);
+	uint64_t *seqs = spool_segments(sp->dirfd, &n);
 	if (!seqs) {
 		snprintf(err, errlen, "spool_dir %s: cannot list: %s", dir, strerror(errno));
 		spool_close(sp);
@@ -365,20 +482,96 @@ void spool_worker_init(struct spool_worker *sw, struct spool *sp, struct ring *r
 	sw->ring = r;
 }
 
+static void seg_name(char *buf, size_t cap, uint64_t seq)
+{
+	snprintf(buf, cap, SEG_PREFIX "%016" PRIx64 SEG_SUFFIX, seq);
+}
+
+/* Once nothing pins a segment that is no longer written to, every message
+ * in it is finished and that is durable: it goes. */
 static void seg_maybe_close(struct spool_worker *sw, struct spool_seg *s)
 {
-	if (s == sw->cur || s->users || s->writes || s->dirty || s->syncing)
+	if (s == sw->cur || s->users || s->holds || s->writes || s->dirty || s->syncing)
 		return;
 	struct spool_seg **pp = &sw->segs;
 	while (*pp != s)
 		pp = &(*pp)->next;
 	*pp = s->next;
+	if (!sw->stopping) {
+		char name[64];
+		seg_name(name, sizeof(name), s->seq);
+		if (unlinkat(sw->sp->dirfd, name, 0) == 0)
+			log_msg(LOG_DEBUG, "event=segment_deleted segment=%016" PRIx64, s->seq);
+		else
+			log_msg(LOG_WARN, "event=store_error op=unlink segment=%016" PRIx64 " error=\"%s\"",
+				s->seq, strerror(errno));
+	}
 	close(s->fd);
 	free(s);
 }
 
+void spool_seg_hold(struct spool_seg *s)
+{
+	s->holds++;
+}
+
+void spool_seg_put(struct spool_worker *sw, struct spool_seg *s)
+{
+	s->holds--;
+	seg_maybe_close(sw, s);
+}
+
+int spool_seg_fd(const struct spool_seg *s)
+{
+	return s->fd;
+}
+
+uint64_t spool_seg_seq(const struct spool_seg *s)
+{
+	return s->seq;
+}
+
+bool spool_dirty(const struct spool_worker *sw)
+{
+	if (sw->dir_dirty)
+		return true;
+	for (const struct spool_seg *s = sw->segs; s; s = s->next)
+		if (s->dirty)
+			return true;
+	return false;
+}
+
+struct spool_seg *spool_seg_adopt(struct spool_worker *sw, uint64_t seq, uint64_t tail)
+{
+	char name[64];
+	seg_name(name, sizeof(name), seq);
+	int fd = openat(sw->sp->dirfd, name, O_RDWR | O_CLOEXEC);
+	if (fd < 0)
+		return NULL;
+	struct spool_seg *s = calloc(1, sizeof(*s));
+	if (!s) {
+		close(fd);
+		errno = ENOMEM;
+		return NULL;
+	}
+	s->fd = fd;
+	s->seq = seq;
+	s->tail = tail;
+	s->next = sw->segs;
+	sw->segs = s;
+	return s;
+}
+
+/* Called once the caller has taken its holds: a recovered segment with
+ * nothing left in it goes now. */
+void spool_seg_adopted(struct spool_worker *sw, struct spool_seg *s)
+{
+	seg_maybe_close(sw, s);
+}
+
 void spool_worker_free(struct spool_worker *sw)
 {
+	sw->stopping = true;
 	while (sw->segs) {
 		struct spool_seg *s = sw->segs;
 		sw->segs = s->next;
@@ -427,6 +620,21 @@ static struct spool_seg *new_segment(struct spool_worker *sw, int *err)
 	return s;
 }
 
+struct spool_msg *spool_msg_begin_in(struct spool_worker *sw, struct spool_seg *s,
+				     uint64_t id, int *err)
+{
+	struct spool_msg *m = calloc(1, sizeof(*m));
+	if (!m) {
+		*err = ENOMEM;
+		return NULL;
+	}
+	m->seg = s;
+	m->id = id;
+	m->open = true;
+	s->users++;
+	return m;
+}
+
 struct spool_msg *spool_msg_begin(struct spool_worker *sw, uint64_t id, int *err)
 {
 	/* A message stays in the segment it starts in (it may run past the
@@ -445,11 +653,8 @@ struct spool_msg *spool_msg_begin(struct spool_worker *sw, uint64_t id, int *err
 		*err = ENOMEM;
 		return NULL;
 	}
-	m->seg = sw->cur;
-	m->id = id;
-	m->open = true;
-	sw->cur->users++;
-	return m;
+	free(m);
+	return spool_msg_begin_in(sw, sw->cur, id, err);
 }
 
 static struct spool_write *write_alloc(struct spool_worker *sw)
@@ -462,23 +667,55 @@ static struct spool_write *write_alloc(struct spool_worker *sw)
 	return malloc(sizeof(*w));
 }
 
-static void submit(struct spool_worker *sw, struct spool_msg *m, struct spool_write *w,
-		   uint8_t type, const void *payload, size_t n)
+static uint64_t submit_to(struct spool_worker *sw, struct spool_seg *s, uint64_t msgid,
+			  struct spool_write *w, uint8_t type, const void *payload, size_t n)
 {
 	w->hdr = (struct spool_rec_hdr){.magic = SPOOL_MAGIC, .type = type,
-					.len = (uint32_t)n, .msg = m->id};
+					.len = (uint32_t)n, .msg = msgid};
 	w->hdr.crc = spool_rec_crc(&w->hdr, payload, n);
 	w->iov[0] = (struct iovec){&w->hdr, sizeof(w->hdr)};
 	w->iov[1] = (struct iovec){(void *)payload, n};
-	w->msg = m;
+	w->seg = s;
 	w->expect = (uint32_t)(sizeof(w->hdr) + n);
-	struct spool_seg *s = m->seg;
 	uint64_t off = s->tail;
 	s->tail += w->expect;
 	s->writes++;
-	m->pending++;
 	sw->pending_writes++;
 	ring_writev(sw->ring, s->fd, w->iov, 2, off, ring_tag_ptr(OP_SPOOL_WRITE, w));
+	return off + sizeof(w->hdr);
+}
+
+static uint64_t submit(struct spool_worker *sw, struct spool_msg *m, struct spool_write *w,
+		       uint8_t type, const void *payload, size_t n)
+{
+	w->msg = m;
+	m->pending++;
+	return submit_to(sw, m->seg, m->id, w, type, payload, n);
+}
+
+bool spool_state_write(struct spool_worker *sw, struct spool_seg *s, uint64_t msg,
+		       const struct spool_state_rec *rec, const char *text)
+{
+	size_t tl = text ? strlen(text) : 0;
+	if (tl > 1000)
+		tl = 1000;
+	struct spool_write *w = write_alloc(sw);
+	char *buf = malloc(sizeof(*rec) + tl);
+	if (!w || !buf) {
+		free(w);
+		free(buf);
+		return false;
+	}
+	struct spool_state_rec r = *rec;
+	r.textlen = (uint16_t)tl;
+	memcpy(buf, &r, sizeof(r));
+	if (tl)
+		memcpy(buf + sizeof(r), text, tl);
+	w->owned = buf;
+	w->bid = -1;
+	w->msg = NULL;
+	submit_to(sw, s, msg, w, SPOOL_REC_STATE, buf, sizeof(r) + tl);
+	return true;
 }
 
 bool spool_msg_append(struct spool_worker *sw, struct spool_msg *m, const void *p,
@@ -498,11 +735,27 @@ bool spool_msg_append(struct spool_worker *sw, struct spool_msg *m, const void *
 		m->err = ENOMEM;
 		return false;
 	}
+	if (m->chunks == m->off_cap) {
+		uint32_t ncap = m->off_cap ? m->off_cap * 2 : 4;
+		uint64_t *no = realloc(m->off, ncap * sizeof(*no));
+		if (no)
+			m->off = no;
+		uint32_t *nl = no ? realloc(m->len, ncap * sizeof(*nl)) : NULL;
+		if (nl)
+			m->len = nl;
+		if (!no || !nl) {
+			free(w);
+			free(copy);
+			m->err = ENOMEM;
+			return false;
+		}
+		m->off_cap = ncap;
+	}
 	w->owned = copy;
 	w->bid = bid;
-	m->chunks++;
+	m->len[m->chunks] = (uint32_t)n;
+	m->off[m->chunks++] = submit(sw, m, w, SPOOL_REC_CHUNK, copy ? copy : p, n);
 	m->bytes += n;
-	submit(sw, m, w, SPOOL_REC_CHUNK, copy ? copy : p, n);
 	return true;
 }
 
@@ -529,6 +782,8 @@ static void msg_free(struct spool_worker *sw, struct spool_msg *m)
 {
 	struct spool_seg *s = m->seg;
 	s->users--;
+	free(m->off);
+	free(m->len);
 	free(m);
 	seg_maybe_close(sw, s);
 }
@@ -544,10 +799,10 @@ struct spool_msg *spool_write_done(struct spool_worker *sw, struct spool_write *
 				   int res, int *bid)
 {
 	struct spool_msg *m = wr->msg;
-	struct spool_seg *s = m->seg;
+	struct spool_seg *s = wr->seg;
 	*bid = wr->bid;
 	if (res != (int)wr->expect) {
-		if (!m->err)
+		if (m && !m->err)
 			m->err = res < 0 ? -res : EIO;
 		log_msg(LOG_ERROR, "event=store_error op=write segment=%016" PRIx64 " error=\"%s\"",
 			s->seq, res < 0 ? strerror(-res) : "short write");
@@ -555,11 +810,15 @@ struct spool_msg *spool_write_done(struct spool_worker *sw, struct spool_write *
 		s->dirty = true;
 	}
 	s->writes--;
-	m->pending--;
 	sw->pending_writes--;
 	free(wr->owned);
 	wr->next_free = sw->free_writes;
 	sw->free_writes = wr;
+	if (!m) {
+		seg_maybe_close(sw, s);
+		return NULL;
+	}
+	m->pending--;
 	if (!m->open) {
 		if (m->pending == 0)
 			msg_free(sw, m);

@@ -18,6 +18,7 @@
 
 struct stats_host {
 	struct metrics_registry *registry;
+	struct metrics_registry *send_registry;
 	struct throttle *throttle;
 	const struct spool *store;
 	struct worker *workers;

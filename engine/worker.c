@@ -16,6 +16,7 @@
 #include <time.h>
 #include <unistd.h>
 
+#include "deliver.h"
 #include "log.h"
 
 #define RING_ENTRIES 4096
@@ -291,7 +292,7 @@ static void arm_wake(struct worker *w)
 		  ring_tag(OP_WAKE, 0, 0));
 }
 
-static void poke(struct worker *w)
+void worker_poke(struct worker *w)
 {
 	uint64_t one = 1;
 	ssize_t n = write(w->wake_fd, &one, sizeof(one));
@@ -301,7 +302,7 @@ static void poke(struct worker *w)
 void worker_reload(struct worker *w, struct worker_reload *r)
 {
 	atomic_store(&w->reload, r);
-	poke(w);
+	worker_poke(w);
 }
 
 bool worker_reload_pending(struct worker *w)
@@ -321,6 +322,7 @@ static void begin_stop(struct worker *w)
 	w->stopping = true;
 	w->stop_deadline_ms = w->now_ms + w->conf->shutdown_grace_ms;
 	close_listeners(w);
+	deliver_stop(w);
 	/* Idle sessions get their 421 now, not at the next tick. */
 	for (uint32_t i = 0; i < w->high_water; i++)
 		if (w->slots[i])
@@ -334,6 +336,7 @@ static void on_tick(struct worker *w)
 	for (uint32_t i = 0; i < w->high_water; i++)
 		if (w->slots[i])
 			session_tick(w, w->slots[i]);
+	deliver_tick(w);
 	arm_tick(w);
 }
 
@@ -371,10 +374,17 @@ static void dispatch(struct worker *w, struct io_uring_cqe *cqe)
 						       cqe->res, &bid);
 		if (bid >= 0)
 			worker_buf_put(w, bid);
-		if (m && spool_msg_written(m) && ((struct conn *)m->owner)->storing)
-			session_on_written(w, m->owner);
+		if (m && spool_msg_written(m)) {
+			if (m->internal)
+				queue_internal_written(&w->queue, m);
+			else if (((struct conn *)m->owner)->storing)
+				session_on_written(w, m->owner);
+		}
 		break;
 	}
+	case OP_OUT_POLL:
+		deliver_on_poll(w, ring_tag_to_ptr(tag), cqe->res);
+		break;
 	case OP_TARPIT:
 		if ((c = lookup(w, tag)))
 			session_on_tarpit(w, c);
@@ -391,6 +401,7 @@ static void dispatch(struct worker *w, struct io_uring_cqe *cqe)
 	case OP_WAKE:
 		if (!w->stopping && atomic_load(&w->stop_requested))
 			begin_stop(w);
+		deliver_wake(w);
 		arm_wake(w);
 		break;
 	default:
@@ -421,6 +432,9 @@ static int setup(struct worker *w)
 		return -1;
 	}
 	spool_worker_init(&w->spool, w->spool_shared, &w->ring);
+	queue_init(&w->queue, w);
+	if (deliver_init(w) < 0)
+		return -1;
 	w->buf_refs = calloc(BUF_COUNT, sizeof(*w->buf_refs));
 	w->nslots = MAX_CONNS_PER_WORKER;
 	w->slots = calloc(w->nslots, sizeof(*w->slots));
@@ -436,6 +450,7 @@ static int setup(struct worker *w)
 	w->nfree = w->nslots;
 	w->id_base_ms = wall_ms();
 	w->now_ms = worker_clock_ms();
+	queue_recover(&w->queue, w->nworkers ? w->nworkers : 1);
 	for (unsigned b = 0; b < w->nlisten; b++)
 		arm_accept(w, b);
 	arm_tick(w);
@@ -470,7 +485,17 @@ static void *worker_main(void *arg)
 		struct worker_reload *r = atomic_exchange(&w->reload, NULL);
 		if (r)
 			apply_reload(w, r);
-		if (w->stopping && w->nconns == 0 && !w->flushing && !w->spool.pending_writes)
+		if (w->queue.n && !w->stopping) {
+			int64_t now = queue_now_ms();
+			if (w->queue.heap[0]->next_ms <= now)
+				queue_run(&w->queue, now);
+		}
+		/* State records and notices become durable with the next group
+		 * commit; start one when nothing else will. */
+		if (!w->flushing && spool_dirty(&w->spool) && !w->spool.pending_writes)
+			commit_start(w);
+		if (w->stopping && w->nconns == 0 && !w->flushing && !w->spool.pending_writes &&
+		    deliver_idle(w))
 			break;
 	}
 	struct metrics_totals t;
@@ -480,6 +505,9 @@ static void *worker_main(void *arg)
 		w->id, (unsigned long long)t.connections, (unsigned long long)t.messages,
 		(unsigned long long)t.rejected, (unsigned long long)t.fsyncs,
 		(unsigned long long)t.dirsyncs);
+	deliver_free(w);
+	w->spool.stopping = true;
+	queue_free(&w->queue);
 	spool_worker_free(&w->spool);
 	bufring_free(&w->br, &w->ring.uring);
 	ring_exit(&w->ring);
@@ -519,7 +547,7 @@ int worker_start(struct worker *w)
 void worker_request_stop(struct worker *w)
 {
 	atomic_store(&w->stop_requested, true);
-	poke(w);
+	worker_poke(w);
 }
 
 void worker_join(struct worker *w)

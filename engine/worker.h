@@ -12,6 +12,7 @@
 #include "bufring.h"
 #include "config.h"
 #include "metrics.h"
+#include "queue.h"
 #include "spool.h"
 #include "throttle.h"
 #include "ring.h"
@@ -88,6 +89,10 @@ struct worker {
 	struct throttle *throttle;
 	struct spool *spool_shared;
 	struct spool_worker spool;
+	struct queue queue;       /* messages to deliver */
+	struct deliver *dl;       /* outbound connections (deliver.c) */
+	struct resolver *resolver;/* shared, owned by main */
+	unsigned nworkers;
 	uint16_t *buf_refs;       /* per provided buffer: holders (recv, spool writes) */
 	unsigned nstarved;
 	int *listen_fds;          /* one per binding, owned */
@@ -145,6 +150,8 @@ struct conn *worker_conn_alloc(struct worker *w);
 void worker_conn_release(struct worker *w, struct conn *c);
 void worker_commit_add(struct worker *w, struct conn *c);
 uint64_t worker_next_msgid(struct worker *w);
+/* Wakes the worker from another thread (its eventfd). */
+void worker_poke(struct worker *w);
 void worker_buf_hold(struct worker *w, int bid);
 void worker_buf_put(struct worker *w, int bid);
 

@@ -59,6 +59,7 @@ static void reply(struct smtp_server *s, const char *text)
 
 static const char *const reject_names[SMTP_REJECT_COUNT] = {
 	[SMTP_REJECT_RELAY] = "relay",
+	[SMTP_REJECT_NO_ROUTE] = "no_route",
 	[SMTP_REJECT_NOT_AUTHENTICATED] = "not_authenticated",
 	[SMTP_REJECT_RECIPIENTS] = "too_many_recipients",
 	[SMTP_REJECT_SIZE] = "size",
@@ -249,7 +250,8 @@ static enum smtp_ev cmd_rcpt(struct smtp_server *s, const struct smtp_cmd *c)
 		size_t n = r.path.mailbox.len < SMTP_PATH_MAX ? r.path.mailbox.len : SMTP_PATH_MAX;
 		memcpy(rcpt, r.path.mailbox.p, n);
 		rcpt[n] = '\0';
-		refuse(s, SMTP_REJECT_RELAY, refusal, rcpt);
+		refuse(s, strcmp(refusal, R_UNABLE_TO_ROUTE) == 0 ? SMTP_REJECT_NO_ROUTE
+			   : SMTP_REJECT_RELAY, refusal, rcpt);
 		return SMTP_EV_NEED_INPUT;
 	}
 	if (!add_rcpt(&s->env, &r)) {

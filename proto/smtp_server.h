@@ -18,6 +18,7 @@
 /* Why a command or a message was refused: for counters and logs. */
 enum smtp_reject {
 	SMTP_REJECT_RELAY,          /* recipient refused by the relay policy */
+	SMTP_REJECT_NO_ROUTE,       /* no send connector for the recipient */
 	SMTP_REJECT_NOT_AUTHENTICATED,
 	SMTP_REJECT_RECIPIENTS,     /* 452: max_recipients_per_message */
 	SMTP_REJECT_SIZE,           /* 552: SIZE= or the data itself */
