@@ -96,8 +96,21 @@ static void connector_sum(struct worker *w, unsigned nw, unsigned id,
 	}
 }
 
-void metrics_print_stat(FILE *out, struct metrics_registry *r, struct worker *w,
-			unsigned nw, bool json)
+static void send_sum(struct worker *w, unsigned nw, unsigned id, uint64_t v[5])
+{
+	memset(v, 0, 5 * sizeof(*v));
+	for (unsigned i = 0; i < nw; i++) {
+		struct send_counters *sc = &w[i].m.send[id];
+		v[0] += metric_get(&sc->delivered);
+		v[1] += metric_get(&sc->deferred);
+		v[2] += metric_get(&sc->bounced);
+		v[3] += metric_get(&sc->throttled);
+		v[4] += metric_get(&sc->connections);
+	}
+}
+
+void metrics_print_stat(FILE *out, struct metrics_registry *r, struct metrics_registry *sr,
+			struct worker *w, unsigned nw, bool json)
 {
 	unsigned n = atomic_load_explicit(&r->n, memory_order_acquire);
 	if (json)
@@ -130,8 +143,32 @@ void metrics_print_stat(FILE *out, struct metrics_registry *r, struct worker *w,
 				(unsigned long long)s.rejected[k]);
 		fputs("}}", out);
 	}
+	unsigned ns = atomic_load_explicit(&sr->n, memory_order_acquire);
 	if (json)
-		fputs("], \"send_connectors\": []}\n", out);
+		fputs("], \"send_connectors\": [", out);
+	else
+		fprintf(out, "\n%-32s %12s %12s %12s %12s %12s\n", "send connector", "delivered",
+			"deferred", "bounced", "throttled", "connections");
+	for (unsigned id = 0; id < ns; id++) {
+		uint64_t v[5];
+		send_sum(w, nw, id, v);
+		if (json) {
+			fputs(id ? ", {\"name\": " : "{\"name\": ", out);
+			json_write_string(out, sr->names[id]);
+			fprintf(out, ", \"delivered\": %llu, \"deferred\": %llu, \"bounced\": %llu, "
+				"\"throttled\": %llu, \"connections\": %llu}",
+				(unsigned long long)v[0], (unsigned long long)v[1],
+				(unsigned long long)v[2], (unsigned long long)v[3],
+				(unsigned long long)v[4]);
+		} else {
+			fprintf(out, "%-32.32s %12llu %12llu %12llu %12llu %12llu\n", sr->names[id],
+				(unsigned long long)v[0], (unsigned long long)v[1],
+				(unsigned long long)v[2], (unsigned long long)v[3],
+				(unsigned long long)v[4]);
+		}
+	}
+	if (json)
+		fputs("]}\n", out);
 }
 
 /* Label values escape backslash, double quote and newline. */
@@ -165,8 +202,21 @@ static void per_connector(FILE *out, struct metrics_registry *r, struct worker *
 	}
 }
 
+static void per_send(FILE *out, struct metrics_registry *sr, struct worker *w,
+		     unsigned nw, const char *name, int which)
+{
+	unsigned ns = atomic_load_explicit(&sr->n, memory_order_acquire);
+	for (unsigned id = 0; id < ns; id++) {
+		uint64_t v[5];
+		send_sum(w, nw, id, v);
+		fprintf(out, "%s{send_connector=\"", name);
+		label(out, sr->names[id]);
+		fprintf(out, "\"} %llu\n", (unsigned long long)v[which]);
+	}
+}
+
 void metrics_print_prometheus(FILE *out, struct metrics_registry *r,
-			      struct worker *w, unsigned nw,
+			      struct metrics_registry *sr, struct worker *w, unsigned nw,
 			      const struct spool_usage *spool)
 {
 	unsigned n = atomic_load_explicit(&r->n, memory_order_acquire);
@@ -199,10 +249,8 @@ void metrics_print_prometheus(FILE *out, struct metrics_registry *r,
 				(unsigned long long)s.rejected[k]);
 		}
 	}
-	/* Families whose producer (delivery) has not landed yet: declared so
-	 * dashboards and alerts can be written against them. */
 	family(out, "postern_throttled_total", "counter",
-	       "Throttle events, by receive connector and reason.");
+	       "Throttle events, by connector (receive or send) and reason.");
 	for (unsigned id = 0; id < n; id++)
 		for (int k = 0; k < THROTTLE_REASONS; k++) {
 			uint64_t v = 0;
@@ -213,12 +261,26 @@ void metrics_print_prometheus(FILE *out, struct metrics_registry *r,
 			fprintf(out, "\",reason=\"%s\"} %llu\n", throttle_reason_names[k],
 				(unsigned long long)v);
 		}
+	unsigned ns = atomic_load_explicit(&sr->n, memory_order_acquire);
+	for (unsigned id = 0; id < ns; id++) {
+		uint64_t v[5];
+		send_sum(w, nw, id, v);
+		fputs("postern_throttled_total{connector=\"", out);
+		label(out, sr->names[id]);
+		fprintf(out, "\",reason=\"send_message_rate\"} %llu\n", (unsigned long long)v[3]);
+	}
 	family(out, "postern_messages_delivered_total", "counter",
-	       "Messages delivered, by send connector.");
+	       "Recipients delivered (next hop took them), by send connector.");
+	per_send(out, sr, w, nw, "postern_messages_delivered_total", 0);
 	family(out, "postern_messages_deferred_total", "counter",
-	       "Delivery attempts deferred, by send connector.");
+	       "Recipients deferred (temporary failure, retried later), by send connector.");
+	per_send(out, sr, w, nw, "postern_messages_deferred_total", 1);
 	family(out, "postern_messages_bounced_total", "counter",
-	       "Messages bounced, by send connector.");
+	       "Recipients failed permanently (a DSN goes to the sender), by send connector.");
+	per_send(out, sr, w, nw, "postern_messages_bounced_total", 2);
+	family(out, "postern_delivery_connections_total", "counter",
+	       "Outbound SMTP connections established, by send connector.");
+	per_send(out, sr, w, nw, "postern_delivery_connections_total", 4);
 	family(out, "postern_queue_messages", "gauge", "Messages in the queue.");
 	fprintf(out, "postern_queue_messages %ld\n", spool->messages);
 	family(out, "postern_spool_bytes", "gauge", "Bytes of queued messages on disk.");

@@ -101,12 +101,12 @@ struct spool_usage {
 	uint64_t bytes;
 };
 
-/* `show stat`: one row per receive connector. */
-void metrics_print_stat(FILE *out, struct metrics_registry *r, struct worker *w,
-			unsigned nw, bool json);
+/* `show stat`: one row per receive connector, then per send connector. */
+void metrics_print_stat(FILE *out, struct metrics_registry *r, struct metrics_registry *sr,
+			struct worker *w, unsigned nw, bool json);
 /* Prometheus text exposition format 0.0.4. */
 void metrics_print_prometheus(FILE *out, struct metrics_registry *r,
-			      struct worker *w, unsigned nw,
+			      struct metrics_registry *sr, struct worker *w, unsigned nw,
 			      const struct spool_usage *spool);
 
 extern const char *const refuse_names[REFUSE_COUNT];

@@ -94,6 +94,7 @@ static void queue_row(void *arg, const struct spool_found *f)
 		return;
 	}
 	uint64_t size = f->bytes + f->envlen;
+	const struct spool_msg_state *st = f->state;
 	unsigned shown = m->nrcpt < 256 ? m->nrcpt : 256;
 	if (q->json) {
 		fputs(q->n++ ? ", {\"id\": " : "{\"id\": ", q->out);
@@ -106,18 +107,35 @@ static void queue_row(void *arg, const struct spool_found *f)
 				fputs(", ", q->out);
 			json_write_string(q->out, m->rcpt[i]);
 		}
-		fprintf(q->out, "], \"recipient_count\": %u, \"size\": %llu, \"age_s\": %lld, "
-			"\"attempts\": 0, \"next_attempt\": null, \"last_error\": null, \"connector\": ",
-			m->nrcpt, (unsigned long long)size, (long long)(q->now - m->arrival));
+		fprintf(q->out, "], \"recipient_count\": %u, \"pending\": %u, \"size\": %llu, "
+			"\"age_s\": %lld, \"attempts\": %u, \"next_attempt\": ",
+			m->nrcpt, st->pending, (unsigned long long)size,
+			(long long)(q->now - m->arrival), st->attempts);
+		if (st->attempts)
+			fprintf(q->out, "%lld, \"next_attempt_in_s\": %lld", (long long)(st->next_ms / 1000),
+				(long long)(st->next_ms / 1000 - q->now));
+		else
+			fputs("null", q->out);
+		fputs(", \"last_error\": ", q->out);
+		if (st->last_error[0])
+			json_write_string(q->out, st->last_error);
+		else
+			fputs("null", q->out);
+		fputs(", \"connector\": ", q->out);
 		json_write_string(q->out, m->connector);
 		fputs(", \"client\": ", q->out);
 		json_write_string(q->out, m->client);
 		fputc('}', q->out);
 	} else {
 		q->n++;
-		fprintf(q->out, "%-20s %8llu %7lld %8d %-12s %-30s %s%s\n", m->id,
-			(unsigned long long)size, (long long)(q->now - m->arrival), 0, "-",
+		char next[24] = "now";
+		if (st->attempts && st->next_ms / 1000 > q->now)
+			snprintf(next, sizeof(next), "in %llds", (long long)(st->next_ms / 1000 - q->now));
+		fprintf(q->out, "%-20s %8llu %7lld %8u %-12s %-30s %s%s\n", m->id,
+			(unsigned long long)size, (long long)(q->now - m->arrival), st->attempts, next,
 			m->from, shown ? m->rcpt[0] : "", m->nrcpt > 1 ? " ..." : "");
+		if (st->last_error[0])
+			fprintf(q->out, "%20s last error: %s\n", "", st->last_error);
 	}
 	free(m);
 }
@@ -135,15 +153,14 @@ static void show_queue(const struct stats_host *h, FILE *out, bool json)
 	if (json)
 		fprintf(out, "], \"count\": %ld}\n", q.n);
 	else
-		fprintf(out, "%ld message%s queued (delivery is not implemented yet: messages stay in the spool)\n",
-			q.n, q.n == 1 ? "" : "s");
+		fprintf(out, "%ld message%s queued\n", q.n, q.n == 1 ? "" : "s");
 }
 
 static void show_metrics(const struct stats_host *h, FILE *out)
 {
 	struct spool_usage sp;
 	spool_usage_of(h, &sp);
-	metrics_print_prometheus(out, h->registry, h->workers, h->nworkers, &sp);
+	metrics_print_prometheus(out, h->registry, h->send_registry, h->workers, h->nworkers, &sp);
 }
 
 static bool binding_port(const struct binding *b, unsigned *port)
@@ -281,7 +298,7 @@ int stats_command(const struct stats_host *h, const char *line, FILE *out)
 	if (strcmp(cmd, "show info") == 0) {
 		show_info(h, c, out, json);
 	} else if (strcmp(cmd, "show stat") == 0) {
-		metrics_print_stat(out, h->registry, h->workers, h->nworkers, json);
+		metrics_print_stat(out, h->registry, h->send_registry, h->workers, h->nworkers, json);
 	} else if (strcmp(cmd, "show queue") == 0) {
 		show_queue(h, out, json);
 	} else if (strcmp(cmd, "show throttle") == 0 && !json) {

@@ -96,14 +96,22 @@ struct smtp_client_params {
 struct smtp_client {
 	struct smtp_client_params p;
 	int state;
+	int queued;                   /* command to hand out once nothing is
+	                               * outstanding (out is built only then) */
 	unsigned ext;                 /* SMTPC_EXT_* once EHLO succeeded */
 	uint64_t max_size;            /* SIZE n from EHLO, 0 = none announced */
+	unsigned ehlo_ext;            /* collected while the EHLO reply arrives */
+	uint64_t ehlo_size;
 	bool esmtp;
 	bool sent_pending;            /* a SEND/SEND_BODY is outstanding */
+	bool done_pending;            /* SMTPC_EV_MSG_DONE still to return */
+	bool quit_wanted;             /* smtp_client_quit() seen */
+	bool pipelined;               /* this message's MAIL/RCPT/DATA in one SEND */
+	bool mail_replied, mail_failed;
+	bool out_oom;
 	const struct smtp_client_msg *msg;
 	struct smtp_client_result *res;
 	unsigned rcpt_sent, rcpt_replied, rcpt_accepted;
-	unsigned expect;              /* replies still to read for the batch */
 	char *out;                    /* commands to send (owned) */
 	size_t out_len, out_cap;
 	char line[1024];              /* reply line being assembled */
@@ -112,6 +120,9 @@ struct smtp_client {
 	char reply[512];              /* the reply being assembled (joined lines) */
 	size_t reply_len;
 	int reply_code;
+	unsigned reply_lines;         /* lines of it seen so far */
+	char reply_status[12];        /* enhanced status of its first line */
+	bool reply_has_status;        /* ... taken from the text, not derived */
 	char greeting_name[256];      /* first word of the 220 greeting */
 	struct smtp_client_result session_error; /* why the session ended */
 };

@@ -131,7 +131,18 @@ def rss_kb(pid):
     raise AssertionError("no VmRSS for pid %d" % pid)
 
 
+# Tests that are not about delivery keep what they accept in the queue: the
+# only send connector points at a port where nothing listens, so every
+# message is deferred (and stays readable in the spool) for an hour.
+HOLD_SEND_CONNECTOR = (
+    'send_connectors = ( { name = "Hold"; address_spaces = [ "*" ]; '
+    'smart_hosts = [ "127.0.0.1:%d" ]; } );\n'
+    'queue = { retry_interval = "1h"; };\n')
+
+
 def make_config(spool, connectors, server_extra="", domains=ACCEPTED_DOMAINS):
+    if "send_connectors" not in connectors:
+        connectors = connectors + HOLD_SEND_CONNECTOR % free_port()
     return ("server = {\n"
             '  hostname = "%s";\n'
             "  workers = 2;\n"

@@ -159,7 +159,8 @@ RELOADABLE = """receive_connectors = (
 def reload(p, connectors, nth):
     text = p.config.read_text()
     head = text[:text.index("receive_connectors")]
-    p.config.write_text(head + connectors)
+    tail = text[text.index("send_connectors"):]
+    p.config.write_text(head + connectors + tail)
     p.signal(signal.SIGHUP)
     wait_until(lambda: p.stderr().count("event=reload") >= nth, 10,
                what="reload number %d to be logged" % nth)

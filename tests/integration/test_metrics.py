@@ -13,7 +13,7 @@ import urllib.request
 import pytest
 
 from conftest import (BUILD, R_BARE_LF, R_RCPT_OK, R_TOO_BIG, R_UNABLE_TO_RELAY,
-                      RawClient, free_port, wait_until)
+                      SLOW, RawClient, free_port, wait_until)
 
 CTL = os.path.join(BUILD, "posternctl")
 REPO = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "..")
@@ -205,10 +205,20 @@ def test_queue_listing(traffic):
     assert second["sender"] == "<sender@app.example>"
     assert second["recipients"] == ["<b@other.example>", "<c@other.example>"]
     assert second["connector"] == "Anonymous Relay"
-    assert second["attempts"] == 0
+    # The only send connector's smart host refuses connections: one attempt
+    # each, deferred for the hour of retry_interval.
+    wait_until(lambda: all(m["attempts"] == 1 for m in
+                           json.loads(ctl(traffic.sock, "show", "queue", "json")[1])["messages"]),
+               10 * SLOW, what="every message to be tried once")
+    second = {m["id"]: m for m in json.loads(ctl(traffic.sock, "show", "queue", "json")[1])
+              ["messages"]}[traffic.ids[1]]
+    assert second["pending"] == 2
+    assert second["last_error"].startswith("451 4.4.1 No next hop "), second["last_error"]
+    assert "Connection refused" in second["last_error"]
+    assert 3500 <= second["next_attempt_in_s"] <= 3600
     rc, text = ctl(traffic.sock, "show", "queue")
-    assert rc == 0 and text.endswith("3 messages queued (delivery is not implemented "
-                                      "yet: messages stay in the spool)\n")
+    assert rc == 0 and text.endswith("3 messages queued\n")
+    assert text.count("last error: 451 4.4.1") == 3
 
 
 def test_event_log_lines(traffic):

@@ -6,6 +6,8 @@
 #include <setjmp.h>
 #include <cmocka.h>
 
+#include "check.h"
+
 #include <arpa/inet.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -141,7 +143,15 @@ static const char good_conf[] =
 	"    connection_timeout = \"1m\"; },\n"
 	"  { name = \"Wide Relay\"; bindings = [ \"127.0.0.1:2525\" ];\n"
 	"    remote_ip_ranges = [ \"127.0.0.0/8\" ]; permission_groups = [ ]; }\n"
-	");\n";
+	");\n"
+	"send_connectors = (\n"
+	"  { name = \"Internet\"; address_spaces = [ \"*\" ]; port = 2526; },\n"
+	"  { name = \"Corp\"; address_spaces = [ \"*.corp.example\" ];\n"
+	"    smart_hosts = [ \"127.0.0.1:2527\", \"[::1]:2528\" ]; max_connections = 3; },\n"
+	"  { name = \"Exact\"; address_spaces = [ \"mail.corp.example\", \"*.a.corp.example\" ];\n"
+	"    drop_directory = \"/tmp/drop\"; }\n"
+	");\n"
+	"queue = { retry_interval = \"1m\"; message_expiration = \"1d\"; };\n";
 
 static const struct rconn *match_ip(const struct conf *c, unsigned b, const char *ip,
 				    const char **range)
@@ -252,6 +262,62 @@ static void test_relay_policy(void **state)
 	conf_free(c);
 }
 
+static void test_send_routing(void **state)
+{
+	char err[512] = "";
+	struct conf *c = conf_load(write_conf(good_conf), err, sizeof(err));
+	if (!c)
+		fail_msg("%s", err);
+	static const struct {
+		const char *domain;
+		const char *want;
+	} cases[] = {
+		{"other.example", "Internet"},
+		{"corp.example", "Corp"},            /* "*.x" covers x itself */
+		{"CORP.example", "Corp"},
+		{"x.corp.example", "Corp"},
+		{"mail.corp.example", "Exact"},      /* "domain" beats "*.domain" */
+		{"x.mail.corp.example", "Corp"},     /* "mail.corp.example" has no subdomains */
+		{"a.corp.example", "Exact"},         /* longer "*.domain" wins */
+		{"b.a.corp.example", "Exact"},
+		{"xcorp.example", "Internet"},
+		{"[10.1.2.3]", "Internet"},          /* literals match "*" only */
+	};
+	for (size_t i = 0; i < N_ELEMS(cases); i++) {
+		const struct sconn *sc = conf_route(c, cases[i].domain, strlen(cases[i].domain));
+		if (!sc)
+			fail_msg("%s: no route", cases[i].domain);
+		CHECK_STR(cases[i].domain, sc->name, cases[i].want);
+	}
+	const struct sconn *corp = conf_route(c, "corp.example", 12);
+	CHECK_INT("hosts", corp->nhosts, 2);
+	CHECK_INT("max_connections", corp->max_connections, 3);
+	CHECK_INT("port default", corp->port, 25);
+	CHECK_INT("internet port", conf_route(c, "x.org", 5)->port, 2526);
+	CHECK_INT("retry", c->queue.retry_interval_ms, 60000);
+	CHECK_INT("expiration", c->queue.message_expiration_ms, 86400000);
+	CHECK_INT("delay default", c->queue.delay_notification_ms, 4 * 3600000);
+
+	/* Without a "*" connector, an unknown domain has no route and RCPT
+	 * says so; a domain that routes is accepted. */
+	static const char only_drop[] =
+		"receive_connectors = ( { name = \"r\"; bindings = [ \"127.0.0.1:2525\" ];\n"
+		"  permission_groups = [ \"anonymous_relay\" ]; } );\n"
+		"send_connectors = ( { name = \"d\"; address_spaces = [ \"drop.example\" ];\n"
+		"  drop_directory = \"/tmp/d\"; } );\n";
+	struct conf *d = conf_load(write_conf(only_drop), err, sizeof(err));
+	if (!d)
+		fail_msg("%s", err);
+	struct smtp_path p;
+	size_t used;
+	assert_int_equal(smtp_path_parse("<a@other.example>", 17, 0, &p, &used), SMTP_ARG_OK);
+	CHECK_STR("unroutable", relay_rcpt_policy(&d->rc[0], &p), R_UNABLE_TO_ROUTE);
+	assert_int_equal(smtp_path_parse("<a@drop.example>", 16, 0, &p, &used), SMTP_ARG_OK);
+	assert_null(relay_rcpt_policy(&d->rc[0], &p));
+	conf_free(d);
+	conf_free(c);
+}
+
 static void test_errors(void **state)
 {
 	static const struct {
@@ -280,6 +346,28 @@ static void test_errors(void **state)
 		 1, "unknown setting \"wrkers\""},
 		{"receive_connectors = (\n { name = \"a\"; bindings = [\"localhost:25\"]; }\n);\n",
 		 2, "bindings"},
+		{"receive_connectors = ( { name = \"a\"; bindings = [\"127.0.0.1:25\"]; } );\n"
+		 "send_connectors = (\n { name = \"s\";\n  address_spaces = [ \"*\", \"bad domain\" ]; }\n);\n",
+		 4, "address_spaces: \"bad domain\""},
+		{"receive_connectors = ( { name = \"a\"; bindings = [\"127.0.0.1:25\"]; } );\n"
+		 "send_connectors = (\n { name = \"s\"; address_spaces = [ \"*\" ];\n  smart_hosts = [ \"10.0.0.1:0\" ]; }\n);\n",
+		 4, "bad port"},
+		{"receive_connectors = ( { name = \"a\"; bindings = [\"127.0.0.1:25\"]; } );\n"
+		 "send_connectors = (\n { name = \"s\"; address_spaces = [ \"*\" ];\n  smart_hosts = [ \"10.0.0.1\" ];\n  drop_directory = \"/x\"; }\n);\n",
+		 5, "exclude each other"},
+		{"receive_connectors = ( { name = \"a\"; bindings = [\"127.0.0.1:25\"]; } );\n"
+		 "send_connectors = (\n { name = \"s\"; address_spaces = [ \"x.example\" ]; },\n"
+		 " { name = \"t\";\n  address_spaces = [ \"X.example\" ]; }\n);\n",
+		 5, "also on send connector \"s\""},
+		{"receive_connectors = ( { name = \"a\"; bindings = [\"127.0.0.1:25\"]; } );\n"
+		 "send_connectors = (\n { name = \"s\"; address_spaces = [ \"*\" ];\n  max_message_rate = \"fast\"; }\n);\n",
+		 4, "max_message_rate"},
+		{"receive_connectors = ( { name = \"a\"; bindings = [\"127.0.0.1:25\"]; } );\n"
+		 "queue = {\n retry_interval = \"15m\";\n retry = 1; };\n",
+		 4, "unknown setting \"retry\""},
+		{"receive_connectors = ( { name = \"a\"; bindings = [\"127.0.0.1:25\"]; } );\n"
+		 "server = { dns_servers = [\n \"127.0.0.1:53\",\n \"dns.example\" ]; };\n",
+		 4, "dns_servers: \"dns.example\""},
 	};
 	for (size_t i = 0; i < sizeof(cases) / sizeof(cases[0]); i++) {
 		char err[512] = "";
@@ -307,6 +395,7 @@ int main(void)
 		cmocka_unit_test(test_bindings),
 		cmocka_unit_test(test_load_and_match),
 		cmocka_unit_test(test_relay_policy),
+		cmocka_unit_test(test_send_routing),
 		cmocka_unit_test(test_errors),
 	};
 	int r = cmocka_run_group_tests(tests, NULL, NULL);

@@ -107,8 +107,8 @@ static void test_interleaved_messages_and_partials(void **state)
 	chunk(&b, 2, "Received: y\r\n");      /* message 2 never commits */
 	chunk(&b, 1, "Subject: one\r\n\r\nbody\r\n");
 	chunk(&b, 3, "three\r\n");
-	commit(&b, 1, 13 + 22, 2, "POSTERN/1\r\nid: 1\r\n\r\n");
-	commit(&b, 3, 7, 1, "POSTERN/1\r\nid: 3\r\n\r\n");
+	commit(&b, 1, 13 + 22, 2, "POSTERN/1\r\nid: 1\r\nrcpt: <a@b.example>\r\n\r\n");
+	commit(&b, 3, 7, 1, "POSTERN/1\r\nid: 3\r\nrcpt: <a@b.example>\r\n\r\n");
 	write_seg(1, &b, 4096);               /* preallocated zeros after */
 	struct found f = {0};
 	struct spool_scan_stats st;
@@ -117,7 +117,7 @@ static void test_interleaved_messages_and_partials(void **state)
 	assert_true(f.id[0] == 1 && f.id[1] == 3);
 	assert_string_equal(f.bytes[0], "Received: x\r\nSubject: one\r\n\r\nbody\r\n");
 	assert_string_equal(f.bytes[1], "three\r\n");
-	assert_string_equal(f.env[0], "POSTERN/1\r\nid: 1\r\n\r\n");
+	assert_string_equal(f.env[0], "POSTERN/1\r\nid: 1\r\nrcpt: <a@b.example>\r\n\r\n");
 	CHECK_INT("stats", st.messages, 2);
 	CHECK_INT("stats", st.orphans, 1);
 	CHECK_INT("stats", st.torn, 0);
@@ -144,10 +144,10 @@ static void test_torn_tails(void **state)
 		static struct seg_builder b;
 		b.len = 0;
 		chunk(&b, 10, "a\r\n");
-		commit(&b, 10, 3, 1, "E\r\n\r\n");
+		commit(&b, 10, 3, 1, "E\r\nrcpt: <a@b>\r\n\r\n");
 		chunk(&b, 11, "bb\r\n");
 		size_t before_commit = b.len;
-		commit(&b, 11, 4, 1, "F\r\n\r\n");
+		commit(&b, 11, 4, 1, "F\r\nrcpt: <a@b>\r\n\r\n");
 		(void)before_commit;
 		b.len -= cases[i].cut;
 		if (cases[i].corrupt)
@@ -171,11 +171,11 @@ static void test_inconsistent_commit_is_ignored(void **state)
 	static struct seg_builder b;
 	b.len = 0;
 	chunk(&b, 7, "x\r\n");
-	commit(&b, 7, 3, 2, "E\r\n\r\n");     /* claims two chunks */
+	commit(&b, 7, 3, 2, "E\r\nrcpt: <a@b>\r\n\r\n"); /* claims two chunks */
 	chunk(&b, 8, "y\r\n");
-	commit(&b, 8, 99, 1, "E\r\n\r\n");    /* claims 99 bytes */
+	commit(&b, 8, 99, 1, "E\r\nrcpt: <a@b>\r\n\r\n");    /* claims 99 bytes */
 	chunk(&b, 9, "z\r\n");
-	commit(&b, 9, 3, 1, "E\r\n\r\n");
+	commit(&b, 9, 3, 1, "E\r\nrcpt: <a@b>\r\n\r\n");
 	write_seg(9, &b, 0);
 	struct found f = {0};
 	struct spool_scan_stats st;
@@ -184,6 +184,102 @@ static void test_inconsistent_commit_is_ignored(void **state)
 	assert_true(f.id[0] == 9);
 	char name[128];
 	snprintf(name, sizeof(name), "%s/seg-%016llx.log", dir, 9ULL);
+	unlink(name);
+}
+
+static void state(struct seg_builder *b, uint64_t msg, uint32_t rcpt, uint8_t kind,
+		  uint32_t attempts, int64_t next_ms, const char *text)
+{
+	uint8_t tmp[512];
+	struct spool_state_rec r = {.rcpt = rcpt, .kind = kind, .attempts = attempts,
+				    .time_ms = 1000, .next_ms = next_ms,
+				    .textlen = (uint16_t)strlen(text)};
+	memcpy(tmp, &r, sizeof(r));
+	memcpy(tmp + sizeof(r), text, strlen(text));
+	put(b, SPOOL_REC_STATE, msg, tmp, sizeof(r) + strlen(text));
+}
+
+struct state_found {
+	int n;
+	uint64_t id[8];
+	unsigned pending[8];
+	uint32_t attempts[8];
+	int64_t next_ms[8];
+	char error[8][64];
+	uint8_t rcpt[8][4];
+	uint64_t off0[8];
+	bool delay[8];
+};
+
+static void collect_state(void *arg, const struct spool_found *m)
+{
+	struct state_found *f = arg;
+	int i = f->n++;
+	f->id[i] = m->id;
+	f->pending[i] = m->state->pending;
+	f->attempts[i] = m->state->attempts;
+	f->next_ms[i] = m->state->next_ms;
+	f->delay[i] = m->state->delay_notified;
+	snprintf(f->error[i], sizeof(f->error[i]), "%.60s", m->state->last_error);
+	for (unsigned k = 0; k < m->state->nrcpt && k < 4; k++)
+		f->rcpt[i][k] = m->state->rcpt[k];
+	f->off0[i] = m->chunk_off[0];
+}
+
+/* Delivery states follow their message in its segment: finished messages
+ * drop out of the queue, partly delivered ones keep only what is left, a
+ * deferral carries its attempts and error, and states behind a torn record
+ * never count. */
+static void test_state_records(void **state_)
+{
+	static struct seg_builder b;
+	b.len = 0;
+	chunk(&b, 1, "one\r\n");
+	size_t off_msg1 = sizeof(struct spool_rec_hdr);
+	commit(&b, 1, 5, 1, "POSTERN/1\r\nrcpt: <a@x>\r\nrcpt: <b@x>\r\nrcpt: <c@x>\r\n\r\n");
+	chunk(&b, 2, "two\r\n");
+	commit(&b, 2, 5, 1, "POSTERN/1\r\nrcpt: <a@x>\r\n\r\n");
+	state(&b, 1, 0, SPOOL_ST_DELIVERED, 0, 0, "250 ok");
+	state(&b, 2, 0, SPOOL_ST_FAILED, 0, 0, "550 no");     /* 2 is finished */
+	state(&b, 1, 2, SPOOL_ST_FAILED, 0, 0, "550 no");
+	state(&b, 1, 2, SPOOL_ST_DELIVERED, 0, 0, "250 late"); /* a final state stays */
+	state(&b, 1, SPOOL_STATE_MSG, SPOOL_ST_DEFERRED, 3, 123456, "451 4.4.1 refused");
+	state(&b, 1, SPOOL_STATE_MSG, SPOOL_ST_DELAY_NOTIFIED, 3, 0, "");
+	state(&b, 99, 0, SPOOL_ST_DELIVERED, 0, 0, "");      /* unknown message: ignored */
+	chunk(&b, 3, "three\r\n");
+	commit(&b, 3, 7, 1, "POSTERN/1\r\nrcpt: <a@x>\r\n\r\n");
+	size_t good = b.len;
+	state(&b, 3, 0, SPOOL_ST_DELIVERED, 0, 0, "250 ok");
+	b.buf[b.len - 2] ^= 1;                                /* torn */
+	state(&b, 3, 0, SPOOL_ST_DELIVERED, 0, 0, "250 ok");  /* behind the tear */
+	write_seg(4, &b, 64);
+
+	struct state_found f = {0};
+	struct spool_scan_stats st;
+	assert_int_equal(spool_scan(dirfd_, collect_state, &f, &st), 0);
+	CHECK_INT("live", f.n, 2);
+	CHECK_INT("finished", st.finished, 1);
+	CHECK_INT("torn", st.torn, 1);
+	assert_true(f.id[0] == 1 && f.id[1] == 3);
+	CHECK_INT("pending 1", f.pending[0], 1);
+	CHECK_INT("rcpt 0", f.rcpt[0][0], SPOOL_RCPT_DELIVERED);
+	CHECK_INT("rcpt 1", f.rcpt[0][1], SPOOL_RCPT_PENDING);
+	CHECK_INT("rcpt 2", f.rcpt[0][2], SPOOL_RCPT_FAILED);
+	CHECK_INT("attempts", f.attempts[0], 3);
+	CHECK_INT("next", f.next_ms[0], 123456);
+	CHECK_STR("error", f.error[0], "451 4.4.1 refused");
+	assert_true(f.delay[0]);
+	CHECK_INT("chunk offset", f.off0[0], off_msg1);
+	CHECK_INT("pending 3", f.pending[1], 1);
+
+	struct state_found all = {0};
+	assert_int_equal(spool_scan_all(dirfd_, collect_state, &all, &st, true), 0);
+	CHECK_INT("all", all.n, 3);
+	uint64_t tail;
+	assert_int_equal(spool_scan_segment(dirfd_, 4, NULL, NULL, &st, false, &tail), 0);
+	CHECK_INT("tail", tail, good);
+	char name[128];
+	snprintf(name, sizeof(name), "%s/seg-%016llx.log", dir, 4ULL);
 	unlink(name);
 }
 
@@ -203,6 +299,7 @@ int main(void)
 		cmocka_unit_test_setup_teardown(test_interleaved_messages_and_partials, setup, teardown),
 		cmocka_unit_test_setup_teardown(test_torn_tails, setup, teardown),
 		cmocka_unit_test_setup_teardown(test_inconsistent_commit_is_ignored, setup, teardown),
+		cmocka_unit_test_setup_teardown(test_state_records, setup, teardown),
 	};
 	return cmocka_run_group_tests(tests, NULL, NULL);
 }

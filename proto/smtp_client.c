@@ -1,0 +1,907 @@
+/* SMTP client state machine for delivery (see smtp_client.h). Reply bytes are
+ * assembled into lines and lines into one reply; the state then decides the
+ * next command. Commands are written into the out buffer only when they are
+ * handed out, so a send still in flight is never overwritten.
+ * No I/O, no clock, no logging here: the engine does all of that. */
+#include "smtp_client.h"
+
+#include <assert.h>
+#include <inttypes.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <strings.h>
+
+enum client_state {
+	ST_GREETING,    /* connected, waiting for the 220 */
+	ST_EHLO,
+	ST_HELO,
+	ST_READY,       /* idle between messages */
+	ST_TXN,         /* replies to MAIL, RCPT and DATA */
+	ST_BODY,        /* body handed out; the reply to the dot is next */
+	ST_DISCARD_DOT, /* "." after a 354 no recipient needed; reply ignored */
+	ST_RSET,
+	ST_QUIT,
+	ST_CLOSED,
+};
+
+enum client_cmd {
+	CMD_NONE,
+	CMD_EHLO,
+	CMD_HELO,
+	CMD_BATCH,      /* MAIL, every RCPT and DATA (RFC 2920) */
+	CMD_MAIL,
+	CMD_RCPT,       /* the one numbered rcpt_sent */
+	CMD_DATA,
+	CMD_BODY,
+	CMD_DOT,
+	CMD_RSET,
+	CMD_QUIT,
+};
+
+/* RFC 5321 4.5.3.2 */
+#define T_COMMAND_MS (5 * 60 * 1000)
+#define T_DATA_MS (2 * 60 * 1000)
+#define T_BLOCK_MS (3 * 60 * 1000)
+#define T_DOT_MS (10 * 60 * 1000)
+
+static const char *const stage_names[] = {
+	[SMTPC_STAGE_CONNECT] = "connect",
+	[SMTPC_STAGE_GREETING] = "greeting",
+	[SMTPC_STAGE_EHLO] = "ehlo",
+	[SMTPC_STAGE_MAIL] = "mail",
+	[SMTPC_STAGE_RCPT] = "rcpt",
+	[SMTPC_STAGE_DATA] = "data",
+	[SMTPC_STAGE_DOT] = "dot",
+	[SMTPC_STAGE_LOCAL] = "local",
+};
+
+const char *smtp_client_stage_name(enum smtp_client_stage s)
+{
+	if ((unsigned)s < sizeof(stage_names) / sizeof(stage_names[0]))
+		return stage_names[s];
+	return "unknown";
+}
+
+static void copy_str(char *dst, size_t cap, const char *src)
+{
+	size_t n = strlen(src);
+	if (n >= cap)
+		n = cap - 1;
+	memcpy(dst, src, n);
+	dst[n] = '\0';
+}
+
+static void set_result(struct smtp_client_result *r, int code, const char *status,
+		       const char *text, enum smtp_client_stage stage)
+{
+	r->code = code;
+	copy_str(r->status, sizeof(r->status), status);
+	copy_str(r->text, sizeof(r->text), text);
+	r->stage = stage;
+}
+
+/* An accepted recipient holds its provisional RCPT 2xx until the message's
+ * final reply; code 0 means no reply yet. */
+static bool rcpt_open(const struct smtp_client_result *r)
+{
+	return r->code == 0 || (r->stage == SMTPC_STAGE_RCPT && r->code / 100 == 2);
+}
+
+static void fail_open(struct smtp_client *c, int code, const char *status,
+		      const char *text, enum smtp_client_stage stage)
+{
+	if (!c->msg)
+		return;
+	for (unsigned i = 0; i < c->msg->nrcpt; i++)
+		if (rcpt_open(&c->res[i]))
+			set_result(&c->res[i], code, status, text, stage);
+}
+
+static void reply_result(struct smtp_client *c, struct smtp_client_result *r,
+			 enum smtp_client_stage stage)
+{
+	set_result(r, c->reply_code, c->reply_status, c->reply, stage);
+}
+
+static void fail_open_with_reply(struct smtp_client *c, enum smtp_client_stage stage)
+{
+	fail_open(c, c->reply_code, c->reply_status, c->reply, stage);
+}
+
+static enum smtp_client_stage txn_stage(const struct smtp_client *c)
+{
+	if (!c->mail_replied)
+		return SMTPC_STAGE_MAIL;
+	if (c->rcpt_replied < c->msg->nrcpt)
+		return SMTPC_STAGE_RCPT;
+	return SMTPC_STAGE_DATA;
+}
+
+/* Which command the reply being read answers (RSET counts as MAIL: it
+ * belongs to the transaction, and the stages have no slot of its own). */
+static enum smtp_client_stage current_stage(const struct smtp_client *c)
+{
+	switch (c->state) {
+	case ST_GREETING:
+		return SMTPC_STAGE_GREETING;
+	case ST_EHLO:
+	case ST_HELO:
+		return SMTPC_STAGE_EHLO;
+	case ST_TXN:
+		return txn_stage(c);
+	case ST_BODY:
+	case ST_DISCARD_DOT:
+		return SMTPC_STAGE_DOT;
+	case ST_RSET:
+		return SMTPC_STAGE_MAIL;
+	default:
+		return SMTPC_STAGE_CONNECT;
+	}
+}
+
+/* The session cannot go on: the message's open recipients get this result,
+ * MSG_DONE (if a message was under way) and then CLOSE are returned. */
+static void end_session(struct smtp_client *c, int code, const char *status,
+			const char *text, enum smtp_client_stage stage)
+{
+	if (c->session_error.code == 0)
+		set_result(&c->session_error, code, status, text, stage);
+	fail_open(c, code, status, text, stage);
+	if (c->msg)
+		c->done_pending = true;
+	c->queued = CMD_NONE;
+	c->state = ST_CLOSED;
+}
+
+static void end_session_with_reply(struct smtp_client *c)
+{
+	end_session(c, c->reply_code, c->reply_status, c->reply, current_stage(c));
+}
+
+/* A reply we cannot make sense of leaves the dialogue out of step: nothing
+ * after it can be trusted, so the session ends (451: try again later). */
+static void protocol_error(struct smtp_client *c, const char *what,
+			   const char *detail, size_t detail_len)
+{
+	char text[sizeof(c->reply)];
+	int n = snprintf(text, sizeof(text), "451 4.5.0 %s", what);
+	size_t len = n < 0 ? 0 : (size_t)n;
+	if (detail_len && len + 2 < sizeof(text)) {
+		memcpy(text + len, ": ", 2);
+		len += 2;
+		for (size_t i = 0; i < detail_len && len + 1 < sizeof(text); i++) {
+			unsigned char ch = (unsigned char)detail[i];
+			text[len++] = ch < 0x20 || ch == 0x7f ? ' ' : (char)ch;
+		}
+		text[len] = '\0';
+	}
+	end_session(c, 451, "4.5.0", text, current_stage(c));
+}
+
+/* ---- building commands -------------------------------------------------- */
+
+static bool out_room(struct smtp_client *c, size_t n)
+{
+	if (c->out_oom)
+		return false;
+	if (c->out_len + n <= c->out_cap)
+		return true;
+	size_t cap = c->out_cap ? c->out_cap : 512;
+	while (cap < c->out_len + n)
+		cap *= 2;
+	char *p = realloc(c->out, cap);
+	if (!p) {
+		c->out_oom = true;
+		return false;
+	}
+	c->out = p;
+	c->out_cap = cap;
+	return true;
+}
+
+static void out_put(struct smtp_client *c, const char *s, size_t n)
+{
+	if (!out_room(c, n))
+		return;
+	/* No CR or LF may ever reach the middle of a command line. */
+	for (size_t i = 0; i < n; i++)
+		c->out[c->out_len++] = s[i] == '\r' || s[i] == '\n' ? ' ' : s[i];
+}
+
+static void out_str(struct smtp_client *c, const char *s)
+{
+	out_put(c, s, strlen(s));
+}
+
+static void out_end(struct smtp_client *c)
+{
+	if (!out_room(c, 2))
+		return;
+	c->out[c->out_len++] = '\r';
+	c->out[c->out_len++] = '\n';
+}
+
+static void put_mail(struct smtp_client *c)
+{
+	const struct smtp_client_msg *m = c->msg;
+	out_str(c, "MAIL FROM:<");
+	out_str(c, m->from);
+	out_str(c, ">");
+	if (c->ext & SMTPC_EXT_SIZE) {
+		char num[32];
+		snprintf(num, sizeof(num), " SIZE=%" PRIu64, m->size);
+		out_str(c, num);
+	}
+	if (c->ext & SMTPC_EXT_8BITMIME) {
+		if (m->body == SMTP_BODY_8BITMIME)
+			out_str(c, " BODY=8BITMIME");
+		else if (m->body == SMTP_BODY_7BIT)
+			out_str(c, " BODY=7BIT");
+	}
+	if (m->smtputf8 && (c->ext & SMTPC_EXT_SMTPUTF8))
+		out_str(c, " SMTPUTF8");
+	if (c->ext & SMTPC_EXT_DSN) {
+		if (m->ret == SMTP_RET_FULL)
+			out_str(c, " RET=FULL");
+		else if (m->ret == SMTP_RET_HDRS)
+			out_str(c, " RET=HDRS");
+		if (m->envid) {
+			out_str(c, " ENVID=");
+			out_str(c, m->envid);
+		}
+	}
+	out_end(c);
+}
+
+static void put_rcpt(struct smtp_client *c, unsigned i)
+{
+	const struct smtp_client_rcpt *r = &c->msg->rcpt[i];
+	out_str(c, "RCPT TO:<");
+	out_str(c, r->addr);
+	out_str(c, ">");
+	if ((c->ext & SMTPC_EXT_DSN) && r->notify) {
+		static const struct {
+			unsigned bit;
+			const char *name;
+		} words[] = {
+			{SMTP_NOTIFY_SUCCESS, "SUCCESS"},
+			{SMTP_NOTIFY_FAILURE, "FAILURE"},
+			{SMTP_NOTIFY_DELAY, "DELAY"},
+		};
+		out_str(c, " NOTIFY=");
+		if (r->notify & SMTP_NOTIFY_NEVER) {
+			out_str(c, "NEVER");
+		} else {
+			const char *sep = "";
+			for (size_t k = 0; k < sizeof(words) / sizeof(words[0]); k++) {
+				if (r->notify & words[k].bit) {
+					out_str(c, sep);
+					out_str(c, words[k].name);
+					sep = ",";
+				}
+			}
+		}
+	}
+	if ((c->ext & SMTPC_EXT_DSN) && r->orcpt) {
+		out_str(c, " ORCPT=");
+		out_str(c, r->orcpt);
+	}
+	out_end(c);
+}
+
+static void put_line(struct smtp_client *c, const char *verb, const char *arg)
+{
+	out_str(c, verb);
+	if (arg) {
+		out_str(c, " ");
+		out_str(c, arg);
+	}
+	out_end(c);
+}
+
+/* Hands out the queued command. False when it could not be built. */
+static bool emit(struct smtp_client *c, struct smtp_client_event *ev)
+{
+	int cmd = c->queued;
+	c->queued = CMD_NONE;
+	if (cmd == CMD_BODY) {
+		ev->type = SMTPC_EV_SEND_BODY;
+		c->sent_pending = true;
+		return true;
+	}
+	c->out_len = 0;
+	c->out_oom = false;
+	switch (cmd) {
+	case CMD_EHLO:
+		put_line(c, "EHLO", c->p.helo_name);
+		break;
+	case CMD_HELO:
+		put_line(c, "HELO", c->p.helo_name);
+		break;
+	case CMD_BATCH:
+		put_mail(c);
+		for (unsigned i = 0; i < c->msg->nrcpt; i++)
+			put_rcpt(c, i);
+		put_line(c, "DATA", NULL);
+		c->rcpt_sent = c->msg->nrcpt;
+		break;
+	case CMD_MAIL:
+		put_mail(c);
+		break;
+	case CMD_RCPT:
+		put_rcpt(c, c->rcpt_sent++);
+		break;
+	case CMD_DATA:
+		put_line(c, "DATA", NULL);
+		break;
+	case CMD_DOT:
+		put_line(c, ".", NULL);
+		break;
+	case CMD_RSET:
+		put_line(c, "RSET", NULL);
+		break;
+	case CMD_QUIT:
+		put_line(c, "QUIT", NULL);
+		break;
+	default:
+		assert(!"no command queued");
+		return false;
+	}
+	if (c->out_oom) {
+		end_session(c, 451, "4.3.0", "451 4.3.0 Out of memory", SMTPC_STAGE_LOCAL);
+		return false;
+	}
+	ev->type = SMTPC_EV_SEND;
+	ev->data = c->out;
+	ev->len = c->out_len;
+	c->sent_pending = true;
+	return true;
+}
+
+static void queue(struct smtp_client *c, enum client_cmd cmd, enum client_state st)
+{
+	c->queued = cmd;
+	c->state = st;
+}
+
+/* ---- replies -------------------------------------------------------------- */
+
+static bool is_digit(char ch)
+{
+	return ch >= '0' && ch <= '9';
+}
+
+/* "N.N.N" (RFC 3463: class, 1-3 digit subject and detail) of class cls at
+ * the start of s, followed by a space or the end. Returns its length. */
+static size_t enhanced_status_len(const char *s, size_t n, char cls)
+{
+	if (n < 5 || s[0] != cls || s[1] != '.')
+		return 0;
+	size_t i = 2;
+	for (int part = 0; part < 2; part++) {
+		size_t start = i;
+		while (i < n && is_digit(s[i]) && i - start < 4)
+			i++;
+		if (i == start || i - start > 3)
+			return 0;
+		if (part == 0) {
+			if (i >= n || s[i] != '.')
+				return 0;
+			i++;
+		}
+	}
+	if (i < n && s[i] != ' ')
+		return 0;
+	return i;
+}
+
+static void reply_append(struct smtp_client *c, const char *s, size_t n)
+{
+	for (size_t i = 0; i < n && c->reply_len + 1 < sizeof(c->reply); i++) {
+		unsigned char ch = (unsigned char)s[i];
+		c->reply[c->reply_len++] = ch < 0x20 || ch == 0x7f ? ' ' : (char)ch;
+	}
+	c->reply[c->reply_len] = '\0';
+}
+
+static void reply_begin(struct smtp_client *c, int code, const char *line,
+			const char *text, size_t tlen)
+{
+	c->reply_code = code;
+	c->reply_len = 0;
+	reply_append(c, line, 3);
+	if (tlen) {
+		reply_append(c, " ", 1);
+		reply_append(c, text, tlen);
+	}
+	size_t st = enhanced_status_len(text, tlen, line[0]);
+	c->reply_has_status = st > 0;
+	if (st) {
+		memcpy(c->reply_status, text, st);
+		c->reply_status[st] = '\0';
+	} else {
+		snprintf(c->reply_status, sizeof(c->reply_status), "%c.0.0",
+			 line[0] == '2' || line[0] == '4' ? line[0] : '5');
+	}
+}
+
+/* Continuation lines join the text with a single space, without their code
+ * and without a repeat of the first line's enhanced status. */
+static void reply_continue(struct smtp_client *c, const char *text, size_t tlen)
+{
+	if (c->reply_has_status) {
+		size_t sl = strlen(c->reply_status);
+		if (tlen >= sl && memcmp(text, c->reply_status, sl) == 0 &&
+		    (tlen == sl || text[sl] == ' ')) {
+			text += sl;
+			tlen -= sl;
+			while (tlen && *text == ' ') {
+				text++;
+				tlen--;
+			}
+		}
+	}
+	if (!tlen)
+		return;
+	reply_append(c, " ", 1);
+	reply_append(c, text, tlen);
+}
+
+static const struct {
+	const char *name;
+	unsigned bit;
+} ehlo_keywords[] = {
+	{"PIPELINING", SMTPC_EXT_PIPELINING},
+	{"SIZE", SMTPC_EXT_SIZE},
+	{"8BITMIME", SMTPC_EXT_8BITMIME},
+	{"DSN", SMTPC_EXT_DSN},
+	{"SMTPUTF8", SMTPC_EXT_SMTPUTF8},
+	{"ENHANCEDSTATUSCODES", SMTPC_EXT_ENHANCEDSTATUSCODES},
+	{"STARTTLS", SMTPC_EXT_STARTTLS},
+	{"CHUNKING", SMTPC_EXT_CHUNKING},
+};
+
+/* One EHLO extension line: "KEYWORD [params]". */
+static void ehlo_keyword(struct smtp_client *c, const char *s, size_t n)
+{
+	size_t kw = 0;
+	while (kw < n && s[kw] != ' ')
+		kw++;
+	for (size_t k = 0; k < sizeof(ehlo_keywords) / sizeof(ehlo_keywords[0]); k++) {
+		const char *name = ehlo_keywords[k].name;
+		if (strlen(name) == kw && strncasecmp(s, name, kw) == 0) {
+			c->ehlo_ext |= ehlo_keywords[k].bit;
+			break;
+		}
+	}
+	if (kw != 4 || strncasecmp(s, "SIZE", 4) != 0)
+		return;
+	size_t i = kw;
+	while (i < n && s[i] == ' ')
+		i++;
+	uint64_t v = 0;
+	for (; i < n && is_digit(s[i]); i++) {
+		unsigned d = (unsigned)(s[i] - '0');
+		if (v > (UINT64_MAX - d) / 10) {
+			v = 0; /* absurd: as good as no limit */
+			break;
+		}
+		v = v * 10 + d;
+	}
+	c->ehlo_size = v;
+}
+
+static void greeting_word(struct smtp_client *c, const char *s, size_t n)
+{
+	size_t k = 0;
+	while (k < n && k + 1 < sizeof(c->greeting_name) &&
+	       (unsigned char)s[k] > ' ' && s[k] != 0x7f) {
+		c->greeting_name[k] = s[k];
+		k++;
+	}
+	c->greeting_name[k] = '\0';
+}
+
+/* The transaction failed before the body: report, then clear it. */
+static void txn_abandon(struct smtp_client *c)
+{
+	c->done_pending = true;
+	queue(c, CMD_RSET, ST_RSET);
+}
+
+static void unexpected_reply(struct smtp_client *c)
+{
+	protocol_error(c, "Unexpected reply from server", c->reply, c->reply_len);
+}
+
+/* Reply classes that make sense where the dialogue stands; anything else
+ * (a 3xx to MAIL, a 2xx to DATA, a reply while idle) ends the session. */
+static bool class_expected(const struct smtp_client *c, int cls)
+{
+	switch (c->state) {
+	case ST_READY:
+		return false;
+	case ST_TXN:
+		/* After a failed pipelined MAIL the rest only gets 503s. */
+		if (c->mail_failed)
+			return true;
+		return txn_stage(c) == SMTPC_STAGE_DATA ? cls != 2 : cls != 3;
+	case ST_DISCARD_DOT:
+	case ST_RSET:
+		return true;
+	default:
+		return cls != 3;
+	}
+}
+
+static void mail_reply(struct smtp_client *c, int cls)
+{
+	c->mail_replied = true;
+	if (cls == 2) {
+		if (!c->pipelined)
+			c->queued = CMD_RCPT;
+		return;
+	}
+	c->mail_failed = true;
+	fail_open_with_reply(c, SMTPC_STAGE_MAIL);
+	if (!c->pipelined)
+		txn_abandon(c);
+}
+
+static void rcpt_reply(struct smtp_client *c, int cls)
+{
+	if (!c->mail_failed) {
+		reply_result(c, &c->res[c->rcpt_replied], SMTPC_STAGE_RCPT);
+		if (cls == 2)
+			c->rcpt_accepted++;
+	}
+	c->rcpt_replied++;
+	if (c->pipelined)
+		return;
+	if (c->rcpt_replied < c->msg->nrcpt)
+		c->queued = CMD_RCPT;
+	else if (c->rcpt_accepted)
+		c->queued = CMD_DATA;
+	else
+		txn_abandon(c);
+}
+
+static void data_reply(struct smtp_client *c, int cls)
+{
+	if (cls == 3 && c->rcpt_accepted) {
+		queue(c, CMD_BODY, ST_BODY);
+	} else if (cls == 3) {
+		/* Pipelined DATA went through although nobody was accepted:
+		 * end the empty message rather than send the body. */
+		c->done_pending = true;
+		queue(c, CMD_DOT, ST_DISCARD_DOT);
+	} else {
+		fail_open_with_reply(c, SMTPC_STAGE_DATA);
+		txn_abandon(c);
+	}
+}
+
+static void txn_reply(struct smtp_client *c, int cls)
+{
+	switch (txn_stage(c)) {
+	case SMTPC_STAGE_MAIL:
+		mail_reply(c, cls);
+		break;
+	case SMTPC_STAGE_RCPT:
+		rcpt_reply(c, cls);
+		break;
+	default:
+		data_reply(c, cls);
+		break;
+	}
+}
+
+static void hello_reply(struct smtp_client *c, int cls)
+{
+	if (cls == 2) {
+		bool esmtp = c->state == ST_EHLO;
+		c->ext = esmtp ? c->ehlo_ext : 0;
+		c->max_size = (c->ext & SMTPC_EXT_SIZE) ? c->ehlo_size : 0;
+		c->esmtp = esmtp;
+		c->state = ST_READY;
+	} else if (cls == 5 && c->state == ST_EHLO) {
+		/* RFC 5321 4.1.4 / 3.2: an old server refusing EHLO. */
+		queue(c, CMD_HELO, ST_HELO);
+	} else {
+		end_session_with_reply(c);
+	}
+}
+
+static void handle_reply(struct smtp_client *c)
+{
+	int cls = c->reply_code / 100;
+	if (c->state == ST_QUIT && c->queued == CMD_NONE) {
+		c->state = ST_CLOSED;
+		return;
+	}
+	if (c->reply_code == 421) {
+		end_session_with_reply(c);
+		return;
+	}
+	/* queued: a reply to a command not even handed out yet. */
+	if (c->queued != CMD_NONE || !class_expected(c, cls)) {
+		unexpected_reply(c);
+		return;
+	}
+	switch (c->state) {
+	case ST_GREETING:
+		if (cls != 2) {
+			end_session_with_reply(c);
+		} else if (c->quit_wanted) {
+			queue(c, CMD_QUIT, ST_QUIT);
+		} else {
+			c->ehlo_ext = 0;
+			c->ehlo_size = 0;
+			queue(c, CMD_EHLO, ST_EHLO);
+		}
+		break;
+	case ST_EHLO:
+	case ST_HELO:
+		hello_reply(c, cls);
+		break;
+	case ST_TXN:
+		txn_reply(c, cls);
+		break;
+	case ST_BODY:
+		fail_open_with_reply(c, SMTPC_STAGE_DOT);
+		c->done_pending = true;
+		c->state = ST_READY;
+		break;
+	case ST_DISCARD_DOT:
+		c->state = ST_READY;
+		break;
+	case ST_RSET:
+		/* A server that cannot reset is not one to reuse. */
+		if (cls == 2)
+			c->state = ST_READY;
+		else
+			end_session_with_reply(c);
+		break;
+	default:
+		unexpected_reply(c);
+		break;
+	}
+}
+
+/* One complete line in c->line (without its line end). */
+static void process_line(struct smtp_client *c)
+{
+	const char *l = c->line;
+	size_t n = c->line_len;
+	if (!c->line_overflow && n && l[n - 1] == '\r')
+		n--;
+	c->line_len = 0;
+	c->line_overflow = false;
+	bool ok = n >= 3 && l[0] >= '2' && l[0] <= '5' && is_digit(l[1]) &&
+		  is_digit(l[2]) && (n == 3 || l[3] == ' ' || l[3] == '-');
+	if (!ok) {
+		if (c->state == ST_QUIT && c->queued == CMD_NONE) {
+			c->state = ST_CLOSED;
+			return;
+		}
+		c->reply_lines = 0;
+		protocol_error(c, "Malformed reply from server", l, n);
+		return;
+	}
+	const char *text = n > 4 ? l + 4 : "";
+	size_t tlen = n > 4 ? n - 4 : 0;
+	if (c->reply_lines == 0) {
+		int code = (l[0] - '0') * 100 + (l[1] - '0') * 10 + (l[2] - '0');
+		reply_begin(c, code, l, text, tlen);
+		if (c->state == ST_GREETING)
+			greeting_word(c, text, tlen);
+	} else {
+		/* The code of the first line counts (RFC 5321 4.2.1 wants them
+		 * all equal; being lenient costs nothing here). */
+		reply_continue(c, text, tlen);
+		if (c->state == ST_EHLO)
+			ehlo_keyword(c, text, tlen);
+	}
+	c->reply_lines++;
+	if (n == 3 || l[3] == ' ') {
+		c->reply_lines = 0;
+		handle_reply(c);
+	}
+}
+
+/* Takes bytes up to and including the next LF. Overlong lines are cut but
+ * consumed whole. */
+static size_t take_line(struct smtp_client *c, const char *in, size_t len,
+			bool *complete)
+{
+	const char *lf = memchr(in, '\n', len);
+	size_t n = lf ? (size_t)(lf - in) : len;
+	size_t room = sizeof(c->line) - c->line_len;
+	size_t k = n < room ? n : room;
+	memcpy(c->line + c->line_len, in, k);
+	c->line_len += k;
+	if (k < n)
+		c->line_overflow = true;
+	*complete = lf != NULL;
+	return lf ? n + 1 : n;
+}
+
+/* ---- public ----------------------------------------------------------- */
+
+void smtp_client_init(struct smtp_client *c, const struct smtp_client_params *p)
+{
+	memset(c, 0, sizeof(*c));
+	c->p = *p;
+	c->state = ST_GREETING;
+	c->queued = CMD_NONE;
+}
+
+void smtp_client_free(struct smtp_client *c)
+{
+	free(c->out);
+	c->out = NULL;
+	c->out_len = c->out_cap = 0;
+}
+
+/* Events that need no input: in the order MSG_DONE, CLOSE, SEND. */
+static bool next_event(struct smtp_client *c, struct smtp_client_event *ev)
+{
+	if (c->done_pending) {
+		c->done_pending = false;
+		c->msg = NULL;
+		c->res = NULL;
+		ev->type = SMTPC_EV_MSG_DONE;
+		return true;
+	}
+	if (c->state == ST_CLOSED) {
+		ev->type = SMTPC_EV_CLOSE;
+		return true;
+	}
+	if (c->queued != CMD_NONE && !c->sent_pending)
+		return emit(c, ev) || next_event(c, ev);
+	return false;
+}
+
+size_t smtp_client_feed(struct smtp_client *c, const char *in, size_t len,
+			struct smtp_client_event *ev)
+{
+	size_t used = 0;
+	ev->data = NULL;
+	ev->len = 0;
+	for (;;) {
+		if (next_event(c, ev))
+			return used;
+		if (used == len) {
+			ev->type = SMTPC_EV_NEED_INPUT;
+			if (c->state == ST_READY && !c->sent_pending) {
+				if (c->quit_wanted) {
+					queue(c, CMD_QUIT, ST_QUIT);
+					continue;
+				}
+				ev->type = SMTPC_EV_READY;
+			}
+			return used;
+		}
+		bool complete;
+		used += take_line(c, in + used, len - used, &complete);
+		if (complete)
+			process_line(c);
+	}
+}
+
+void smtp_client_sent(struct smtp_client *c)
+{
+	c->sent_pending = false;
+}
+
+static bool has_line_break(const char *s)
+{
+	return s && strpbrk(s, "\r\n") != NULL;
+}
+
+/* Why the message cannot go to this server at all, or NULL. */
+static const char *local_refusal(const struct smtp_client *c,
+				 const struct smtp_client_msg *m, int *code,
+				 const char **status, char *text, size_t cap)
+{
+	bool bad = has_line_break(m->from) || has_line_break(m->envid);
+	for (unsigned i = 0; i < m->nrcpt && !bad; i++)
+		bad = has_line_break(m->rcpt[i].addr) || has_line_break(m->rcpt[i].orcpt);
+	if (bad) {
+		*code = 501;
+		*status = "5.5.4";
+		snprintf(text, cap, "501 5.5.4 Line break in an address or parameter");
+		return text;
+	}
+	if ((c->ext & SMTPC_EXT_SIZE) && c->max_size && m->size > c->max_size) {
+		*code = 552;
+		*status = "5.3.4";
+		snprintf(text, cap,
+			 "552 5.3.4 Message size exceeds the next hop's limit of %" PRIu64,
+			 c->max_size);
+		return text;
+	}
+	if (m->smtputf8 && !(c->ext & SMTPC_EXT_SMTPUTF8)) {
+		*code = 553;
+		*status = "5.6.7";
+		snprintf(text, cap,
+			 "553 5.6.7 SMTPUTF8 is required but the next hop does not offer it");
+		return text;
+	}
+	return NULL;
+}
+
+void smtp_client_start(struct smtp_client *c, const struct smtp_client_msg *m,
+		       struct smtp_client_result *res)
+{
+	assert(c->state == ST_READY && !c->msg && c->queued == CMD_NONE);
+	assert(m->from && (m->nrcpt == 0 || (m->rcpt && res)));
+	for (unsigned i = 0; i < m->nrcpt; i++)
+		memset(&res[i], 0, sizeof(res[i]));
+	c->msg = m;
+	c->res = res;
+	c->mail_replied = c->mail_failed = false;
+	c->rcpt_sent = c->rcpt_replied = c->rcpt_accepted = 0;
+	c->pipelined = (c->ext & SMTPC_EXT_PIPELINING) && !c->p.no_pipelining;
+	int code = 0;
+	const char *status = NULL;
+	char text[sizeof(res->text)];
+	if (m->nrcpt == 0) {
+		c->done_pending = true;
+		return;
+	}
+	if (c->state != ST_READY) {
+		/* Misuse; asserted above. Answer rather than hang the caller. */
+		fail_open(c, 451, "4.3.0", "451 4.3.0 Client not ready", SMTPC_STAGE_LOCAL);
+		c->done_pending = true;
+		return;
+	}
+	if (local_refusal(c, m, &code, &status, text, sizeof(text))) {
+		fail_open(c, code, status, text, SMTPC_STAGE_LOCAL);
+		c->done_pending = true;
+		return;
+	}
+	queue(c, c->pipelined ? CMD_BATCH : CMD_MAIL, ST_TXN);
+}
+
+void smtp_client_quit(struct smtp_client *c)
+{
+	if (c->state == ST_CLOSED)
+		return;
+	c->quit_wanted = true;
+	if (c->state == ST_READY && !c->msg && c->queued == CMD_NONE)
+		queue(c, CMD_QUIT, ST_QUIT);
+}
+
+bool smtp_client_fail(struct smtp_client *c, int code, const char *status,
+		      const char *text)
+{
+	bool had = c->msg != NULL;
+	if (c->state != ST_CLOSED && c->session_error.code == 0)
+		set_result(&c->session_error, code, status, text, SMTPC_STAGE_CONNECT);
+	fail_open(c, code, status, text, SMTPC_STAGE_CONNECT);
+	c->msg = NULL;
+	c->res = NULL;
+	c->done_pending = false;
+	c->queued = CMD_NONE;
+	c->state = ST_CLOSED;
+	return had;
+}
+
+uint64_t smtp_client_timeout_ms(const struct smtp_client *c)
+{
+	switch (c->state) {
+	case ST_READY:
+	case ST_CLOSED:
+		return 0;
+	case ST_TXN:
+		return txn_stage(c) == SMTPC_STAGE_DATA ? T_DATA_MS : T_COMMAND_MS;
+	case ST_BODY:
+		return c->queued == CMD_BODY || c->sent_pending ? T_BLOCK_MS : T_DOT_MS;
+	case ST_DISCARD_DOT:
+		return T_DOT_MS;
+	default:
+		return T_COMMAND_MS;
+	}
+}

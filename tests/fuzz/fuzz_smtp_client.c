@@ -1,0 +1,228 @@
+/* libFuzzer target for the SMTP client state machine (proto/smtp_client.c):
+ * arbitrary bytes as the server's replies, the machine driven the way the
+ * engine drives it (start a message on READY, QUIT when none is left). The
+ * first bytes pick the messages, the chunking, whether sends are
+ * acknowledged late, and a fail() or quit() half way. Checks: bounded
+ * consumption, no send while one is outstanding, well-formed commands,
+ * complete results at MSG_DONE, a MSG_DONE for every message started, and a
+ * dead machine after CLOSE. */
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "smtp_client.h"
+
+#define MAX_RCPT 5
+
+struct ctx {
+	struct smtp_client c;
+	struct smtp_client_msg msg;
+	struct smtp_client_rcpt rcpt[MAX_RCPT];
+	struct smtp_client_result res[MAX_RCPT];
+	unsigned messages_left;
+	bool in_msg, outstanding, late_ack, closed, quit_called;
+};
+
+static const char *const verbs[] = {"EHLO ", "HELO ", "MAIL FROM:<", "RCPT TO:<",
+				    "DATA\r", "RSET\r", "QUIT\r", ".\r"};
+
+/* Lines end in CRLF, carry no other CR or LF and start with a verb. */
+static void check_commands(const char *p, size_t n)
+{
+	if (!p || n < 3 || p[n - 2] != '\r' || p[n - 1] != '\n')
+		abort();
+	size_t i = 0;
+	while (i < n) {
+		const char *lf = memchr(p + i, '\n', n - i);
+		size_t end = (size_t)(lf - p);
+		if (end == i || p[end - 1] != '\r' || memchr(p + i, '\r', end - 1 - i))
+			abort();
+		bool known = false;
+		for (size_t k = 0; k < sizeof(verbs) / sizeof(verbs[0]); k++)
+			if (end + 1 - i >= strlen(verbs[k]) &&
+			    memcmp(p + i, verbs[k], strlen(verbs[k])) == 0)
+				known = true;
+		if (!known)
+			abort();
+		i = end + 1;
+	}
+}
+
+static void check_result(const struct smtp_client_result *r)
+{
+	if (r->code < 200 || r->code > 599 || r->code / 100 == 3)
+		abort();
+	if (r->stage == SMTPC_STAGE_RCPT && r->code / 100 == 2)
+		abort(); /* provisional acceptance left behind */
+	if ((unsigned)r->stage > SMTPC_STAGE_LOCAL)
+		abort();
+	if (!memchr(r->status, '\0', sizeof(r->status)) ||
+	    !memchr(r->text, '\0', sizeof(r->text)))
+		abort();
+	if (r->status[0] != '0' + r->code / 100 || r->status[1] != '.')
+		abort();
+	for (const char *t = r->text; *t; t++)
+		if ((unsigned char)*t < 0x20)
+			abort();
+}
+
+static void check_timeout(const struct smtp_client *c)
+{
+	uint64_t t = smtp_client_timeout_ms(c);
+	if (t != 0 && t != 120000 && t != 180000 && t != 300000 && t != 600000)
+		abort();
+}
+
+static void run(struct ctx *x, const char *in, size_t len)
+{
+	size_t off = 0;
+	for (unsigned iter = 0;; iter++) {
+		if (iter > 100000)
+			abort(); /* no progress */
+		if (x->closed) {
+			struct smtp_client_event ev;
+			if (smtp_client_feed(&x->c, in + off, len - off, &ev) != 0 ||
+			    ev.type != SMTPC_EV_CLOSE)
+				abort();
+			return;
+		}
+		struct smtp_client_event ev;
+		size_t n = smtp_client_feed(&x->c, in + off, len - off, &ev);
+		if (n > len - off)
+			abort();
+		off += n;
+		check_timeout(&x->c);
+		switch (ev.type) {
+		case SMTPC_EV_SEND:
+		case SMTPC_EV_SEND_BODY:
+			if (x->outstanding)
+				abort();
+			if (ev.type == SMTPC_EV_SEND)
+				check_commands(ev.data, ev.len);
+			else if (!x->in_msg)
+				abort();
+			if (x->late_ack)
+				x->outstanding = true;
+			else
+				smtp_client_sent(&x->c);
+			break;
+		case SMTPC_EV_NEED_INPUT:
+			if (off != len)
+				abort();
+			return;
+		case SMTPC_EV_READY:
+			if (off != len || x->in_msg || x->outstanding)
+				abort();
+			if (x->messages_left) {
+				x->messages_left--;
+				x->in_msg = true;
+				smtp_client_start(&x->c, &x->msg, x->res);
+			} else if (!x->quit_called) {
+				x->quit_called = true;
+				smtp_client_quit(&x->c);
+			} else {
+				return;
+			}
+			break;
+		case SMTPC_EV_MSG_DONE:
+			if (!x->in_msg)
+				abort();
+			for (unsigned i = 0; i < x->msg.nrcpt; i++)
+				check_result(&x->res[i]);
+			x->in_msg = false;
+			break;
+		case SMTPC_EV_CLOSE:
+			if (x->in_msg)
+				abort(); /* a message without MSG_DONE */
+			x->closed = true;
+			break;
+		default:
+			abort();
+		}
+	}
+}
+
+static void ack(struct ctx *x)
+{
+	if (x->outstanding) {
+		x->outstanding = false;
+		smtp_client_sent(&x->c);
+		run(x, "", 0);
+	}
+}
+
+int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
+{
+	static const char *const addrs[MAX_RCPT] = {
+		"a@example.com", "b@example.com", "\"q u\"@example.net", "postmaster",
+		"d\xc3\xbc@example.de",
+	};
+	if (size < 6)
+		return 0;
+	struct ctx *x = calloc(1, sizeof(*x));
+	if (!x)
+		abort();
+	struct smtp_client_params p = {
+		.helo_name = "out.example",
+		.no_pipelining = data[0] & 1,
+	};
+	x->late_ack = data[0] & 2;
+	bool fail_midway = data[0] & 4, quit_midway = data[0] & 8;
+	size_t chunk = 1 + data[1] % 32;
+	x->messages_left = data[2] % 4;
+	x->msg.from = data[2] & 0x10 ? "" : "sender@example.org";
+	x->msg.size = (uint64_t)data[3] << (data[2] >> 5);
+	x->msg.body = (enum smtp_body)(data[4] % 3);
+	x->msg.ret = (enum smtp_ret)((data[4] >> 2) % 3);
+	x->msg.envid = data[4] & 0x10 ? "ID+2B1" : NULL;
+	x->msg.smtputf8 = data[4] & 0x20;
+	x->msg.nrcpt = data[5] % (MAX_RCPT + 1);
+	for (unsigned i = 0; i < MAX_RCPT; i++) {
+		x->rcpt[i].addr = addrs[i];
+		x->rcpt[i].notify = (data[5] >> 3) & (i % 2 ? 0xe : 0x1);
+		x->rcpt[i].orcpt = i % 2 ? "rfc822;x@example.com" : NULL;
+	}
+	x->msg.rcpt = x->rcpt;
+	data += 6;
+	size -= 6;
+
+	char *in = malloc(size ? size : 1);
+	if (!in)
+		abort();
+	memcpy(in, data, size);
+	smtp_client_init(&x->c, &p);
+	run(x, "", 0);
+	for (size_t off = 0; off < size && !x->closed;) {
+		size_t n = chunk < size - off ? chunk : size - off;
+		if (!(off & 1))
+			ack(x);
+		run(x, in + off, n);
+		ack(x);
+		off += n;
+		if (fail_midway && off >= size / 2) {
+			fail_midway = false;
+			bool had = smtp_client_fail(&x->c, 451, "4.4.2", "451 4.4.2 lost");
+			if (had != x->in_msg)
+				abort();
+			if (had)
+				for (unsigned i = 0; i < x->msg.nrcpt; i++)
+					check_result(&x->res[i]);
+			x->in_msg = false;
+			run(x, "", 0);
+			if (!x->closed)
+				abort();
+		}
+		if (quit_midway && off >= size / 2 && !x->closed) {
+			quit_midway = false;
+			x->messages_left = 0;
+			x->quit_called = true;
+			smtp_client_quit(&x->c);
+			run(x, "", 0);
+		}
+	}
+	smtp_client_free(&x->c);
+	free(in);
+	free(x);
+	return 0;
+}

@@ -1,0 +1,1212 @@
+/* Unit tests for the SMTP client state machine (proto/smtp_client.c).
+ * Scripted dialogues: server bytes in, the exact commands and events out
+ * ("[BODY]", "[DONE]", "[READY]", "[CLOSE]" in the transcript), results per
+ * recipient. Every dialogue also runs with the server's bytes split at each
+ * position and fed one byte at a time; the transcript must not change. */
+#include <stdarg.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <setjmp.h>
+#include <cmocka.h>
+
+#include "check.h"
+
+#include <stdbool.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "smtp_client.h"
+
+#define HELO_NAME "out.example"
+#define GREET "220 mx.example ESMTP Postfix\r\n"
+#define EHLO "EHLO " HELO_NAME "\r\n"
+#define HELO "HELO " HELO_NAME "\r\n"
+/* PIPELINING SIZE DSN 8BITMIME ENHANCEDSTATUSCODES */
+#define EHLO_FULL                                                           \
+	"250-mx.example\r\n"                                                \
+	"250-PIPELINING\r\n"                                                \
+	"250-SIZE 10240000\r\n"                                             \
+	"250-DSN\r\n"                                                       \
+	"250-8BITMIME\r\n"                                                  \
+	"250 ENHANCEDSTATUSCODES\r\n"
+#define EXT_FULL                                                            \
+	(SMTPC_EXT_PIPELINING | SMTPC_EXT_SIZE | SMTPC_EXT_DSN |            \
+	 SMTPC_EXT_8BITMIME | SMTPC_EXT_ENHANCEDSTATUSCODES)
+/* the same without PIPELINING, SIZE without a limit */
+#define EHLO_NOPIPE                                                         \
+	"250-mx.example Hello out.example [192.0.2.1]\r\n"                  \
+	"250-SIZE\r\n"                                                      \
+	"250-8BITMIME\r\n"                                                  \
+	"250 DSN\r\n"
+
+#define MAX_RCPT 8
+
+/* ---- messages ----------------------------------------------------------- */
+
+static const struct smtp_client_rcpt rcpt_full[] = {
+	{"bob@example.com", SMTP_NOTIFY_SUCCESS | SMTP_NOTIFY_FAILURE,
+	 "rfc822;bob@example.com"},
+	{"carol@example.com", SMTP_NOTIFY_NEVER, NULL},
+	{"dave@example.com", 0, NULL},
+	{"erin@example.com", SMTP_NOTIFY_DELAY | SMTP_NOTIFY_FAILURE | SMTP_NOTIFY_SUCCESS,
+	 "rfc822;erin+2Bx@example.com"},
+};
+
+static const struct smtp_client_msg msg_full = {
+	.from = "alice@example.org",
+	.size = 12345,
+	.body = SMTP_BODY_8BITMIME,
+	.ret = SMTP_RET_HDRS,
+	.envid = "QQ314159",
+	.rcpt = rcpt_full,
+	.nrcpt = 4,
+};
+
+#define BATCH_FULL                                                          \
+	"MAIL FROM:<alice@example.org> SIZE=12345 BODY=8BITMIME RET=HDRS ENVID=QQ314159\r\n" \
+	"RCPT TO:<bob@example.com> NOTIFY=SUCCESS,FAILURE ORCPT=rfc822;bob@example.com\r\n" \
+	"RCPT TO:<carol@example.com> NOTIFY=NEVER\r\n"                      \
+	"RCPT TO:<dave@example.com>\r\n"                                    \
+	"RCPT TO:<erin@example.com> NOTIFY=SUCCESS,FAILURE,DELAY ORCPT=rfc822;erin+2Bx@example.com\r\n" \
+	"DATA\r\n"
+
+static const struct smtp_client_rcpt rcpt_two[] = {
+	{"x@example.net", 0, NULL},
+	{"y@example.net", SMTP_NOTIFY_DELAY, NULL},
+};
+
+static const struct smtp_client_msg msg_two = {
+	.from = "",
+	.size = 100,
+	.body = SMTP_BODY_7BIT,
+	.ret = SMTP_RET_FULL,
+	.rcpt = rcpt_two,
+	.nrcpt = 2,
+};
+
+/* msg_two to a server with DSN, SIZE and 8BITMIME */
+#define MAIL_TWO "MAIL FROM:<> SIZE=100 BODY=7BIT RET=FULL\r\n"
+#define RCPT_X "RCPT TO:<x@example.net>\r\n"
+#define RCPT_Y "RCPT TO:<y@example.net> NOTIFY=DELAY\r\n"
+#define BATCH_TWO MAIL_TWO RCPT_X RCPT_Y "DATA\r\n"
+
+static const struct smtp_client_rcpt rcpt_one[] = {{"z@example.net", 0, NULL}};
+
+static const struct smtp_client_msg msg_one = {
+	.from = "a@example.org",
+	.size = 10,
+	.rcpt = rcpt_one,
+	.nrcpt = 1,
+};
+
+static const struct smtp_client_rcpt rcpt_utf8[] = {
+	{"j\xc3\xb6rg@example.de", SMTP_NOTIFY_FAILURE, "utf-8;j\\x{00F6}rg@example.de"},
+};
+
+static const struct smtp_client_msg msg_utf8 = {
+	.from = "b\xc3\xa4r@example.org",
+	.size = 2000,
+	.body = SMTP_BODY_8BITMIME,
+	.smtputf8 = true,
+	.rcpt = rcpt_utf8,
+	.nrcpt = 1,
+};
+
+static const struct smtp_client_msg msg_big = {
+	.from = "a@example.org",
+	.size = 10240001,
+	.rcpt = rcpt_two,
+	.nrcpt = 2,
+};
+
+static const struct smtp_client_msg msg_limit = {
+	.from = "a@example.org",
+	.size = 10240000,
+	.rcpt = rcpt_one,
+	.nrcpt = 1,
+};
+
+static const struct smtp_client_rcpt rcpt_crlf[] = {
+	{"ok@example.net", 0, NULL},
+	{"evil@example.net>\r\nRSET", 0, NULL},
+};
+
+static const struct smtp_client_msg msg_crlf = {
+	.from = "a@example.org",
+	.rcpt = rcpt_crlf,
+	.nrcpt = 2,
+};
+
+static const struct smtp_client_rcpt rcpt_orcpt_crlf[] = {
+	{"ok@example.net", 0, "rfc822;ok@example.net\nDATA"},
+};
+
+static const struct smtp_client_msg msg_orcpt_crlf = {
+	.from = "a@example.org",
+	.rcpt = rcpt_orcpt_crlf,
+	.nrcpt = 1,
+};
+
+static const struct smtp_client_msg msg_none = {
+	.from = "a@example.org",
+};
+
+/* ---- dialogues ------------------------------------------------------------ */
+
+enum op {
+	OP_END,
+	OP_S,     /* the server sends s */
+	OP_C,     /* the transcript since the last OP_C is exactly s */
+	OP_START, /* smtp_client_start(msg) */
+	OP_QUIT,
+	OP_SENT,  /* manual mode: the outstanding send completed */
+	OP_RES,   /* result of recipient i */
+	OP_SESS,  /* session_error */
+	OP_TMO,   /* smtp_client_timeout_ms() == n */
+	OP_FAIL,  /* smtp_client_fail(code, status, s) returns i */
+	OP_EXT,   /* ext == n, max_size == n2 */
+};
+
+struct step {
+	enum op op;
+	const char *s;
+	const struct smtp_client_msg *msg;
+	int i;
+	int code;
+	const char *status;
+	enum smtp_client_stage stage;
+	uint64_t n, n2;
+};
+
+#define S(x) {.op = OP_S, .s = (x)}
+#define C(x) {.op = OP_C, .s = (x)}
+#define START(m) {.op = OP_START, .msg = (m)}
+/* without asking for the next event afterwards */
+#define START_QUIET(m) {.op = OP_START, .msg = (m), .i = 1}
+#define QUIT {.op = OP_QUIT}
+#define SENT {.op = OP_SENT}
+#define RES(idx, c, st, stg, t)                                             \
+	{.op = OP_RES, .i = (idx), .code = (c), .status = (st),             \
+	 .stage = SMTPC_STAGE_##stg, .s = (t)}
+#define SESS(c, st, stg, t)                                                 \
+	{.op = OP_SESS, .code = (c), .status = (st), .stage = SMTPC_STAGE_##stg, .s = (t)}
+#define NO_SESS SESS(0, "", CONNECT, "")
+#define TMO(ms) {.op = OP_TMO, .n = (ms)}
+#define FAIL(c, st, t, ret) {.op = OP_FAIL, .code = (c), .status = (st), .s = (t), .i = (ret)}
+#define EXT(e, sz) {.op = OP_EXT, .n = (e), .n2 = (sz)}
+#define END {.op = OP_END}
+
+/* Greeting and EHLO: the machine is READY afterwards. */
+#define SESSION(ehlo_reply) S(GREET), C(EHLO), S(ehlo_reply), C("[READY]")
+
+struct dialogue {
+	const char *name;
+	bool no_pipelining;
+	bool manual;         /* the test acknowledges sends with OP_SENT */
+	const char *helo;    /* NULL: HELO_NAME */
+	const struct step *steps;
+};
+
+#define STEPS(...) ((const struct step[]){__VA_ARGS__, END})
+
+/* ---- harness -------------------------------------------------------------- */
+
+#define SPLIT_WHOLE 0
+#define SPLIT_BYTES ((size_t)-1)
+
+struct h {
+	struct smtp_client c;
+	struct smtp_client_params p;
+	struct smtp_client_result res[MAX_RCPT];
+	unsigned nrcpt;
+	char log[16384];
+	size_t log_len;
+	bool manual, outstanding, closed;
+	bool ready;          /* READY reported, no other event since */
+	unsigned dones;
+	const char *name;
+	size_t split, step;
+};
+
+static void log_clear(struct h *h)
+{
+	h->log_len = 0;
+	h->log[0] = '\0';
+}
+
+static void log_add(struct h *h, const char *s, size_t n)
+{
+	if (h->log_len + n >= sizeof(h->log))
+		fail_msg("%s: transcript too long", h->name);
+	memcpy(h->log + h->log_len, s, n);
+	h->log_len += n;
+	h->log[h->log_len] = '\0';
+}
+
+/* Every command line ends in CRLF; no CR or LF anywhere else. */
+static void check_commands(struct h *h, const char *p, size_t n)
+{
+	if (n < 2 || p[n - 2] != '\r' || p[n - 1] != '\n')
+		fail_msg("%s: send does not end in CRLF", h->name);
+	for (size_t i = 0; i < n; i++) {
+		if (p[i] == '\r' && (i + 1 == n || p[i + 1] != '\n'))
+			fail_msg("%s: bare CR in a command", h->name);
+		if (p[i] == '\n' && (i == 0 || p[i - 1] != '\r'))
+			fail_msg("%s: bare LF in a command", h->name);
+	}
+}
+
+static void check_results_complete(struct h *h)
+{
+	for (unsigned i = 0; i < h->nrcpt; i++) {
+		const struct smtp_client_result *r = &h->res[i];
+		if (r->code < 200 || r->code > 599 || r->code / 100 == 3 ||
+		    (r->stage == SMTPC_STAGE_RCPT && r->code / 100 == 2))
+			fail_msg("%s (split %zu, step %zu): recipient %u unfinished at "
+				 "MSG_DONE: %d %s", h->name, h->split, h->step, i,
+				 r->code, smtp_client_stage_name(r->stage));
+		if (r->status[0] != r->code / 100 + '0')
+			fail_msg("%s: recipient %u status %s for code %d", h->name, i,
+				 r->status, r->code);
+	}
+}
+
+/* Runs the machine over in[0..n) the way the engine does. */
+static void h_run(struct h *h, const char *in, size_t n)
+{
+	size_t off = 0;
+	for (unsigned iter = 0;; iter++) {
+		if (iter > 100000)
+			fail_msg("%s: no progress", h->name);
+		struct smtp_client_event ev;
+		memset(&ev, 0, sizeof(ev));
+		ev.type = (enum smtp_client_event_type)-1;
+		size_t used = smtp_client_feed(&h->c, in + off, n - off, &ev);
+		if (used > n - off)
+			fail_msg("%s: consumed %zu of %zu", h->name, used, n - off);
+		off += used;
+		if (ev.type != SMTPC_EV_READY && ev.type != SMTPC_EV_NEED_INPUT)
+			h->ready = false;
+		switch (ev.type) {
+		case SMTPC_EV_SEND:
+		case SMTPC_EV_SEND_BODY:
+			if (h->outstanding)
+				fail_msg("%s (split %zu, step %zu): send while one is "
+					 "outstanding", h->name, h->split, h->step);
+			if (ev.type == SMTPC_EV_SEND) {
+				assert_non_null(ev.data);
+				check_commands(h, ev.data, ev.len);
+				log_add(h, ev.data, ev.len);
+			} else {
+				log_add(h, "[BODY]", 6);
+			}
+			if (h->manual)
+				h->outstanding = true;
+			else
+				smtp_client_sent(&h->c);
+			break;
+		case SMTPC_EV_NEED_INPUT:
+			if (off != n)
+				fail_msg("%s: NEED_INPUT with %zu bytes left", h->name, n - off);
+			return;
+		case SMTPC_EV_READY:
+			if (off != n)
+				fail_msg("%s: READY with %zu bytes left", h->name, n - off);
+			/* Fed a partial line while idle, the machine is still
+			 * ready: report READY once per idle period. */
+			if (!h->ready)
+				log_add(h, "[READY]", 7);
+			h->ready = true;
+			return;
+		case SMTPC_EV_MSG_DONE:
+			check_results_complete(h);
+			h->dones++;
+			log_add(h, "[DONE]", 6);
+			break;
+		case SMTPC_EV_CLOSE:
+			log_add(h, "[CLOSE]", 7);
+			h->closed = true;
+			return;
+		default:
+			fail_msg("%s: bad event %d", h->name, (int)ev.type);
+		}
+	}
+}
+
+static void h_poll(struct h *h)
+{
+	if (!h->closed)
+		h_run(h, "", 0);
+}
+
+static void h_server(struct h *h, const char *s)
+{
+	size_t n = strlen(s);
+	if (h->split == SPLIT_WHOLE || (h->split != SPLIT_BYTES && h->split >= n)) {
+		if (!h->closed)
+			h_run(h, s, n);
+		return;
+	}
+	size_t k = h->split == SPLIT_BYTES ? 1 : h->split;
+	for (size_t off = 0; off < n && !h->closed;) {
+		size_t len = n - off < k ? n - off : k;
+		h_run(h, s + off, len);
+		off += len;
+		if (h->split != SPLIT_BYTES)
+			k = n; /* two pieces */
+	}
+}
+
+static void h_init(struct h *h, const char *name, const struct smtp_client_params *p)
+{
+	memset(h, 0, sizeof(*h));
+	h->name = name;
+	h->p = *p;
+	smtp_client_init(&h->c, &h->p);
+	/* The engine asks what to do first: wait for the greeting. */
+	h_poll(h);
+}
+
+static void check_result(const struct h *h, const char *what,
+			 const struct smtp_client_result *got, int code,
+			 const char *status, enum smtp_client_stage stage,
+			 const char *text)
+{
+	char name[256];
+	snprintf(name, sizeof(name), "%s (split %zu, step %zu) %s", h->name,
+		 h->split, h->step, what);
+	CHECK_INT(name, got->code, code);
+	CHECK_STR(name, got->status, status);
+	CHECK_STR(name, smtp_client_stage_name(got->stage),
+		  smtp_client_stage_name(stage));
+	CHECK_STR(name, got->text, text);
+}
+
+static void run_dialogue(const struct dialogue *d, size_t split)
+{
+	struct h *h = malloc(sizeof(*h));
+	assert_non_null(h);
+	struct smtp_client_params p = {
+		.helo_name = d->helo ? d->helo : HELO_NAME,
+		.no_pipelining = d->no_pipelining,
+	};
+	h_init(h, d->name, &p);
+	h->manual = d->manual;
+	h->split = split;
+	for (const struct step *s = d->steps; s->op != OP_END; s++) {
+		h->step = (size_t)(s - d->steps);
+		switch (s->op) {
+		case OP_S:
+			h_server(h, s->s);
+			break;
+		case OP_C:
+			if (strcmp(h->log, s->s) != 0)
+				fail_msg("%s (split %zu, step %zu): transcript\n--- got ---\n"
+					 "%s\n--- want ---\n%s", d->name, split, h->step,
+					 h->log, s->s);
+			log_clear(h);
+			break;
+		case OP_START:
+			assert_true(s->msg->nrcpt <= MAX_RCPT);
+			memset(h->res, 0x5a, sizeof(h->res));
+			h->nrcpt = s->msg->nrcpt;
+			h->ready = false;
+			smtp_client_start(&h->c, s->msg, h->res);
+			if (!s->i)
+				h_poll(h);
+			break;
+		case OP_QUIT:
+			smtp_client_quit(&h->c);
+			h_poll(h);
+			break;
+		case OP_SENT:
+			if (!h->outstanding)
+				fail_msg("%s step %zu: nothing outstanding", d->name, h->step);
+			h->outstanding = false;
+			smtp_client_sent(&h->c);
+			h_poll(h);
+			break;
+		case OP_RES: {
+			char what[32];
+			snprintf(what, sizeof(what), "rcpt %d", s->i);
+			check_result(h, what, &h->res[s->i], s->code, s->status,
+				     s->stage, s->s);
+			break;
+		}
+		case OP_SESS:
+			check_result(h, "session_error", &h->c.session_error, s->code,
+				     s->status, s->stage, s->s);
+			break;
+		case OP_TMO: {
+			char name[128];
+			snprintf(name, sizeof(name), "%s (split %zu, step %zu)", d->name,
+				 split, h->step);
+			CHECK_INT(name, smtp_client_timeout_ms(&h->c), s->n);
+			break;
+		}
+		case OP_FAIL: {
+			bool r = smtp_client_fail(&h->c, s->code, s->status, s->s);
+			CHECK_INT(d->name, r, s->i);
+			h_poll(h);
+			break;
+		}
+		case OP_EXT:
+			CHECK_INT(d->name, h->c.ext, s->n);
+			CHECK_INT(d->name, h->c.max_size, s->n2);
+			break;
+		default:
+			fail_msg("bad step");
+		}
+	}
+	if (h->log_len)
+		fail_msg("%s (split %zu): unchecked transcript at the end:\n%s",
+			 d->name, split, h->log);
+	smtp_client_free(&h->c);
+	free(h);
+}
+
+/* Whole, split in two at every position of every server chunk, and one
+ * byte at a time. */
+static void run_dialogues(const struct dialogue *d, size_t n)
+{
+	for (size_t i = 0; i < n; i++) {
+		size_t longest = 0;
+		for (const struct step *s = d[i].steps; s->op != OP_END; s++)
+			if (s->op == OP_S && strlen(s->s) > longest)
+				longest = strlen(s->s);
+		run_dialogue(&d[i], SPLIT_WHOLE);
+		for (size_t k = 1; k < longest; k++)
+			run_dialogue(&d[i], k);
+		run_dialogue(&d[i], SPLIT_BYTES);
+	}
+}
+
+/* ---- transactions ----------------------------------------------------------- */
+
+static const struct dialogue transactions[] = {
+	{"pipelined transaction", .steps = STEPS(
+		TMO(300000),
+		S(GREET), C(EHLO), TMO(300000),
+		S(EHLO_FULL), C("[READY]"), EXT(EXT_FULL, 10240000), TMO(0),
+		START(&msg_full), C(BATCH_FULL), TMO(300000),
+		S("250 2.1.0 Ok\r\n"), C(""), TMO(300000),
+		S("250 2.1.5 Ok\r\n"
+		  "550 5.1.1 <carol@example.com>: Recipient address rejected: User unknown\r\n"),
+		C(""),
+		S("250 2.1.5 Ok\r\n250 2.1.5 Ok\r\n"), C(""), TMO(120000),
+		S("354 End data with <CR><LF>.<CR><LF>\r\n"), C("[BODY]"), TMO(600000),
+		S("250 2.0.0 Ok: queued as 4XyZ1\r\n"), C("[DONE][READY]"), TMO(0),
+		RES(0, 250, "2.0.0", DOT, "250 2.0.0 Ok: queued as 4XyZ1"),
+		RES(1, 550, "5.1.1", RCPT,
+		    "550 5.1.1 <carol@example.com>: Recipient address rejected: User unknown"),
+		RES(2, 250, "2.0.0", DOT, "250 2.0.0 Ok: queued as 4XyZ1"),
+		RES(3, 250, "2.0.0", DOT, "250 2.0.0 Ok: queued as 4XyZ1"),
+		QUIT, C("QUIT\r\n"), TMO(300000),
+		S("221 2.0.0 Bye\r\n"), C("[CLOSE]"), TMO(0), NO_SESS)},
+	{"one command at a time without PIPELINING", .steps = STEPS(
+		SESSION(EHLO_NOPIPE), EXT(SMTPC_EXT_SIZE | SMTPC_EXT_8BITMIME | SMTPC_EXT_DSN, 0),
+		START(&msg_two), C(MAIL_TWO), TMO(300000),
+		S("250 Ok\r\n"), C(RCPT_X), TMO(300000),
+		S("250 Ok\r\n"), C(RCPT_Y), TMO(300000),
+		S("250 Ok\r\n"), C("DATA\r\n"), TMO(120000),
+		S("354 go ahead\r\n"), C("[BODY]"), TMO(600000),
+		S("250 Ok: queued\r\n"), C("[DONE][READY]"),
+		RES(0, 250, "2.0.0", DOT, "250 Ok: queued"),
+		RES(1, 250, "2.0.0", DOT, "250 Ok: queued"))},
+	{"no_pipelining although offered", .no_pipelining = true, .steps = STEPS(
+		SESSION(EHLO_FULL),
+		START(&msg_two), C(MAIL_TWO),
+		S("250 2.1.0 Ok\r\n"), C(RCPT_X),
+		S("250 2.1.5 Ok\r\n"), C(RCPT_Y),
+		S("250 2.1.5 Ok\r\n"), C("DATA\r\n"),
+		S("354 go\r\n"), C("[BODY]"),
+		S("250 2.0.0 queued\r\n"), C("[DONE][READY]"))},
+	{"one recipient refused, others accepted (not pipelined)", .steps = STEPS(
+		SESSION(EHLO_NOPIPE),
+		START(&msg_two), C(MAIL_TWO),
+		S("250 Ok\r\n"), C(RCPT_X),
+		S("550 5.1.1 No such user\r\n"), C(RCPT_Y),
+		S("250 Ok\r\n"), C("DATA\r\n"),
+		S("354 go\r\n"), C("[BODY]"),
+		S("250 Ok\r\n"), C("[DONE][READY]"),
+		RES(0, 550, "5.1.1", RCPT, "550 5.1.1 No such user"),
+		RES(1, 250, "2.0.0", DOT, "250 Ok"))},
+	{"two messages on one connection", .steps = STEPS(
+		SESSION(EHLO_FULL),
+		START(&msg_full), C(BATCH_FULL),
+		S("250 2.1.0 Ok\r\n250 2.1.5 Ok\r\n250 2.1.5 Ok\r\n250 2.1.5 Ok\r\n"
+		  "452 4.2.2 Mailbox full\r\n354 go\r\n"),
+		C("[BODY]"),
+		S("250 2.0.0 Ok: queued as A1\r\n"), C("[DONE][READY]"),
+		RES(3, 452, "4.2.2", RCPT, "452 4.2.2 Mailbox full"),
+		RES(2, 250, "2.0.0", DOT, "250 2.0.0 Ok: queued as A1"),
+		START(&msg_two), C(BATCH_TWO),
+		S("250 2.1.0 Ok\r\n250 2.1.5 Ok\r\n250 2.1.5 Ok\r\n354 go\r\n"), C("[BODY]"),
+		S("250 2.0.0 Ok: queued as B2\r\n"), C("[DONE][READY]"),
+		RES(0, 250, "2.0.0", DOT, "250 2.0.0 Ok: queued as B2"),
+		RES(1, 250, "2.0.0", DOT, "250 2.0.0 Ok: queued as B2"),
+		START(&msg_one), C("MAIL FROM:<a@example.org> SIZE=10\r\n"
+				   "RCPT TO:<z@example.net>\r\nDATA\r\n"),
+		S("250 2.1.0 Ok\r\n250 2.1.5 Ok\r\n354 go\r\n"), C("[BODY]"),
+		S("250 2.0.0 Ok: queued as C3\r\n"), C("[DONE][READY]"),
+		RES(0, 250, "2.0.0", DOT, "250 2.0.0 Ok: queued as C3"),
+		QUIT, C("QUIT\r\n"), S("221 Bye\r\n"), C("[CLOSE]"))},
+	{"SMTPUTF8 offered", .steps = STEPS(
+		SESSION("250-mx.example\r\n250-SMTPUTF8\r\n250-8BITMIME\r\n250 DSN\r\n"),
+		START(&msg_utf8),
+		C("MAIL FROM:<b\xc3\xa4r@example.org> BODY=8BITMIME SMTPUTF8\r\n"),
+		S("250 Ok\r\n"),
+		C("RCPT TO:<j\xc3\xb6rg@example.de> NOTIFY=FAILURE "
+		  "ORCPT=utf-8;j\\x{00F6}rg@example.de\r\n"),
+		S("250 Ok\r\n"), C("DATA\r\n"), S("354 go\r\n"), C("[BODY]"),
+		S("250 Ok\r\n"), C("[DONE][READY]"))},
+	{"no recipients", .steps = STEPS(
+		SESSION(EHLO_FULL), START(&msg_none), C("[DONE][READY]"))},
+	{"multi-line replies", .steps = STEPS(
+		S("220-mx.example ESMTP\r\n220-No UCE\r\n220 \r\n"), C(EHLO),
+		S(EHLO_FULL), C("[READY]"),
+		START(&msg_two), C(BATCH_TWO),
+		S("250-2.1.0 Sender\r\n250 2.1.0 ok\r\n"
+		  "550-5.1.1 The email account that you tried to reach does not exist. Please try\r\n"
+		  "550-5.1.1 double-checking the recipient's email address for typos or\r\n"
+		  "550 5.1.1 unnecessary spaces. https://support.example/?p=NoSuchUser x1\r\n"
+		  "250-Recipient\r\n250-\r\n250 ok\r\n"
+		  "354-Go\r\n354 ahead\r\n"),
+		C("[BODY]"),
+		S("250-2.0.0 Ok\r\n250-2.0.0 queued as 99\r\n250 2.0.0 thanks\r\n"),
+		C("[DONE][READY]"),
+		RES(0, 550, "5.1.1", RCPT,
+		    "550 5.1.1 The email account that you tried to reach does not exist. "
+		    "Please try double-checking the recipient's email address for typos "
+		    "or unnecessary spaces. https://support.example/?p=NoSuchUser x1"),
+		RES(1, 250, "2.0.0", DOT, "250 2.0.0 Ok queued as 99 thanks"))},
+	{"bare LF line ends", .steps = STEPS(
+		S("220 mx.example\n"), C(EHLO),
+		S("250-mx.example\n250-PIPELINING\n250 DSN\n"), C("[READY]"),
+		EXT(SMTPC_EXT_PIPELINING | SMTPC_EXT_DSN, 0),
+		START(&msg_one), C("MAIL FROM:<a@example.org>\r\nRCPT TO:<z@example.net>\r\nDATA\r\n"),
+		S("250 ok\n250 ok\r\n354 go\n"), C("[BODY]"),
+		S("250 2.0.0 ok\n"), C("[DONE][READY]"),
+		RES(0, 250, "2.0.0", DOT, "250 2.0.0 ok"))},
+};
+
+static void test_transactions(void **state)
+{
+	run_dialogues(transactions, N_ELEMS(transactions));
+}
+
+/* ---- greeting, EHLO, HELO ------------------------------------------------------ */
+
+static const struct dialogue hellos[] = {
+	{"HELO after EHLO refused", .steps = STEPS(
+		S(GREET), C(EHLO),
+		S("502 5.5.2 Error: command not recognized\r\n"), C(HELO), TMO(300000),
+		S("250 mx.example\r\n"), C("[READY]"), EXT(0, 0),
+		START(&msg_full), C("MAIL FROM:<alice@example.org>\r\n"),
+		S("250 ok\r\n"), C("RCPT TO:<bob@example.com>\r\n"),
+		S("250 ok\r\n"), C("RCPT TO:<carol@example.com>\r\n"),
+		S("250 ok\r\n"), C("RCPT TO:<dave@example.com>\r\n"),
+		S("250 ok\r\n"), C("RCPT TO:<erin@example.com>\r\n"),
+		S("250 ok\r\n"), C("DATA\r\n"),
+		S("354 go\r\n"), C("[BODY]"),
+		S("250 ok\r\n"), C("[DONE][READY]"),
+		RES(3, 250, "2.0.0", DOT, "250 ok"))},
+	{"HELO after EHLO 500, multi-line", .steps = STEPS(
+		S(GREET), C(EHLO),
+		S("500-what\r\n500 5.5.1 unknown\r\n"), C(HELO),
+		S("250 mx.example\r\n"), C("[READY]"), EXT(0, 0))},
+	{"HELO refused", .steps = STEPS(
+		S(GREET), C(EHLO), S("500 unknown command\r\n"), C(HELO),
+		S("550 go away\r\n"), C("[CLOSE]"),
+		SESS(550, "5.0.0", EHLO, "550 go away"))},
+	{"EHLO 4xx: no HELO, close", .steps = STEPS(
+		S(GREET), C(EHLO), S("451 4.3.0 try later\r\n"), C("[CLOSE]"),
+		SESS(451, "4.3.0", EHLO, "451 4.3.0 try later"))},
+	{"EHLO 421", .steps = STEPS(
+		S(GREET), C(EHLO), S("421 4.3.2 too busy\r\n"), C("[CLOSE]"),
+		SESS(421, "4.3.2", EHLO, "421 4.3.2 too busy"))},
+	{"greeting 554", .steps = STEPS(
+		S("554 5.7.1 No SMTP service here\r\n"), C("[CLOSE]"), TMO(0),
+		SESS(554, "5.7.1", GREETING, "554 5.7.1 No SMTP service here"))},
+	{"greeting 421 multi-line", .steps = STEPS(
+		S("421-mx.example busy\r\n421 try later\r\n"), C("[CLOSE]"),
+		SESS(421, "4.0.0", GREETING, "421 mx.example busy try later"))},
+	{"greeting 450", .steps = STEPS(
+		S("450 4.3.2 not now\r\n"), C("[CLOSE]"),
+		SESS(450, "4.3.2", GREETING, "450 4.3.2 not now"))},
+	{"helo_name with a line break is not a second command",
+	 .helo = "out.example\r\nRSET", .steps = STEPS(
+		S(GREET), C("EHLO out.example  RSET\r\n"))},
+};
+
+static void test_hellos(void **state)
+{
+	run_dialogues(hellos, N_ELEMS(hellos));
+}
+
+/* ---- failed transactions ------------------------------------------------------- */
+
+static const struct dialogue failures[] = {
+	{"all recipients refused, pipelined: no body, RSET", .steps = STEPS(
+		SESSION(EHLO_FULL), START(&msg_two), C(BATCH_TWO),
+		S("250 2.1.0 Ok\r\n550 5.1.1 no x\r\n450 4.2.1 y later\r\n"
+		  "554 5.5.1 Error: no valid recipients\r\n"),
+		C("[DONE]RSET\r\n"), TMO(300000),
+		RES(0, 550, "5.1.1", RCPT, "550 5.1.1 no x"),
+		RES(1, 450, "4.2.1", RCPT, "450 4.2.1 y later"),
+		S("250 2.0.0 Ok\r\n"), C("[READY]"), TMO(0),
+		START(&msg_one), C("MAIL FROM:<a@example.org> SIZE=10\r\n"
+				   "RCPT TO:<z@example.net>\r\nDATA\r\n"))},
+	{"all recipients refused, pipelined DATA got 354 anyway", .steps = STEPS(
+		SESSION(EHLO_FULL), START(&msg_two), C(BATCH_TWO),
+		S("250 2.1.0 Ok\r\n550 5.1.1 no x\r\n550 5.1.1 no y\r\n354 go ahead\r\n"),
+		C("[DONE].\r\n"), TMO(600000),
+		RES(0, 550, "5.1.1", RCPT, "550 5.1.1 no x"),
+		RES(1, 550, "5.1.1", RCPT, "550 5.1.1 no y"),
+		S("554 5.5.1 no valid recipients\r\n"), C("[READY]"),
+		QUIT, C("QUIT\r\n"), S("221 bye\r\n"), C("[CLOSE]"), NO_SESS)},
+	{"all recipients refused, one at a time: no DATA, RSET", .steps = STEPS(
+		SESSION(EHLO_NOPIPE), START(&msg_two), C(MAIL_TWO),
+		S("250 Ok\r\n"), C(RCPT_X),
+		S("550 5.7.1 relay denied\r\n"), C(RCPT_Y),
+		S("551 5.1.6 user has moved\r\n"), C("[DONE]RSET\r\n"),
+		RES(0, 550, "5.7.1", RCPT, "550 5.7.1 relay denied"),
+		RES(1, 551, "5.1.6", RCPT, "551 5.1.6 user has moved"),
+		S("250 Ok\r\n"), C("[READY]"))},
+	{"MAIL refused, pipelined", .steps = STEPS(
+		SESSION(EHLO_FULL), START(&msg_two), C(BATCH_TWO),
+		S("553 5.7.1 <>: Sender address rejected\r\n"), C(""),
+		S("503 5.5.1 Error: need MAIL command\r\n"
+		  "503 5.5.1 Error: need MAIL command\r\n"),
+		C(""),
+		S("554 5.5.1 Error: no valid recipients\r\n"), C("[DONE]RSET\r\n"),
+		RES(0, 553, "5.7.1", MAIL, "553 5.7.1 <>: Sender address rejected"),
+		RES(1, 553, "5.7.1", MAIL, "553 5.7.1 <>: Sender address rejected"),
+		S("250 2.0.0 Ok\r\n"), C("[READY]"))},
+	{"MAIL refused, pipelined, DATA 354 anyway", .steps = STEPS(
+		SESSION(EHLO_FULL), START(&msg_two), C(BATCH_TWO),
+		S("451 4.3.0 try later\r\n250 ok\r\n250 ok\r\n354 go\r\n"),
+		C("[DONE].\r\n"),
+		RES(0, 451, "4.3.0", MAIL, "451 4.3.0 try later"),
+		RES(1, 451, "4.3.0", MAIL, "451 4.3.0 try later"),
+		S("250 2.0.0 empty message taken\r\n"), C("[READY]"))},
+	{"MAIL refused, one at a time", .steps = STEPS(
+		SESSION(EHLO_NOPIPE), START(&msg_two), C(MAIL_TWO),
+		S("452 4.3.1 Insufficient system storage\r\n"), C("[DONE]RSET\r\n"),
+		RES(0, 452, "4.3.1", MAIL, "452 4.3.1 Insufficient system storage"),
+		RES(1, 452, "4.3.1", MAIL, "452 4.3.1 Insufficient system storage"),
+		S("250 Ok\r\n"), C("[READY]"))},
+	{"DATA refused", .steps = STEPS(
+		SESSION(EHLO_FULL), START(&msg_two), C(BATCH_TWO),
+		S("250 2.1.0 Ok\r\n250 2.1.5 Ok\r\n550 5.1.1 no y\r\n451 4.3.0 DATA later\r\n"),
+		C("[DONE]RSET\r\n"),
+		RES(0, 451, "4.3.0", DATA, "451 4.3.0 DATA later"),
+		RES(1, 550, "5.1.1", RCPT, "550 5.1.1 no y"),
+		S("250 Ok\r\n"), C("[READY]"))},
+	{"DATA refused, one at a time", .steps = STEPS(
+		SESSION(EHLO_NOPIPE), START(&msg_one),
+		C("MAIL FROM:<a@example.org> SIZE=10\r\n"),
+		S("250 Ok\r\n"), C("RCPT TO:<z@example.net>\r\n"),
+		S("250 Ok\r\n"), C("DATA\r\n"), TMO(120000),
+		S("554 5.7.1 no\r\n"), C("[DONE]RSET\r\n"),
+		RES(0, 554, "5.7.1", DATA, "554 5.7.1 no"),
+		S("250 Ok\r\n"), C("[READY]"))},
+	{"message refused after the dot", .steps = STEPS(
+		SESSION(EHLO_FULL), START(&msg_two), C(BATCH_TWO),
+		S("250 2.1.0 Ok\r\n452 4.5.3 Too many recipients\r\n250 2.1.5 Ok\r\n354 go\r\n"),
+		C("[BODY]"),
+		S("554 5.7.1 Message rejected as spam\r\n"), C("[DONE][READY]"),
+		RES(0, 452, "4.5.3", RCPT, "452 4.5.3 Too many recipients"),
+		RES(1, 554, "5.7.1", DOT, "554 5.7.1 Message rejected as spam"))},
+	{"RSET refused ends the session", .steps = STEPS(
+		SESSION(EHLO_NOPIPE), START(&msg_one),
+		C("MAIL FROM:<a@example.org> SIZE=10\r\n"),
+		S("550 5.7.1 no\r\n"), C("[DONE]RSET\r\n"),
+		S("502 5.5.1 RSET not implemented\r\n"), C("[CLOSE]"),
+		SESS(502, "5.5.1", MAIL, "502 5.5.1 RSET not implemented"))},
+};
+
+static void test_failures(void **state)
+{
+	run_dialogues(failures, N_ELEMS(failures));
+}
+
+/* ---- 421, malformed and unexpected replies --------------------------------------- */
+
+static const struct dialogue aborts[] = {
+	{"421 on a pipelined RCPT", .steps = STEPS(
+		SESSION(EHLO_FULL), START(&msg_full), C(BATCH_FULL),
+		S("250 2.1.0 Ok\r\n250 2.1.5 Ok\r\n550 5.1.1 no carol\r\n"
+		  "421 4.4.2 mx.example Error: timeout exceeded\r\n"),
+		C("[DONE][CLOSE]"),
+		RES(0, 421, "4.4.2", RCPT, "421 4.4.2 mx.example Error: timeout exceeded"),
+		RES(1, 550, "5.1.1", RCPT, "550 5.1.1 no carol"),
+		RES(2, 421, "4.4.2", RCPT, "421 4.4.2 mx.example Error: timeout exceeded"),
+		RES(3, 421, "4.4.2", RCPT, "421 4.4.2 mx.example Error: timeout exceeded"),
+		SESS(421, "4.4.2", RCPT, "421 4.4.2 mx.example Error: timeout exceeded"),
+		S("250 late\r\n"), FAIL(451, "4.4.2", "451 4.4.2 lost", false),
+		SESS(421, "4.4.2", RCPT, "421 4.4.2 mx.example Error: timeout exceeded"))},
+	{"421 to MAIL, one at a time", .steps = STEPS(
+		SESSION(EHLO_NOPIPE), START(&msg_two), C(MAIL_TWO),
+		S("421 4.3.2 shutting down\r\n"), C("[DONE][CLOSE]"), TMO(0),
+		RES(0, 421, "4.3.2", MAIL, "421 4.3.2 shutting down"),
+		RES(1, 421, "4.3.2", MAIL, "421 4.3.2 shutting down"))},
+	{"421 to DATA", .steps = STEPS(
+		SESSION(EHLO_FULL), START(&msg_two), C(BATCH_TWO),
+		S("250 ok\r\n250 ok\r\n550 no\r\n421 bye\r\n"), C("[DONE][CLOSE]"),
+		RES(0, 421, "4.0.0", DATA, "421 bye"),
+		RES(1, 550, "5.0.0", RCPT, "550 no"))},
+	{"421 instead of the reply to the dot", .steps = STEPS(
+		SESSION(EHLO_FULL), START(&msg_two), C(BATCH_TWO),
+		S("250 ok\r\n250 ok\r\n250 ok\r\n354 go\r\n"), C("[BODY]"),
+		S("421 4.4.2 timeout\r\n"), C("[DONE][CLOSE]"),
+		RES(0, 421, "4.4.2", DOT, "421 4.4.2 timeout"),
+		RES(1, 421, "4.4.2", DOT, "421 4.4.2 timeout"))},
+	{"421 to RSET", .steps = STEPS(
+		SESSION(EHLO_NOPIPE), START(&msg_one),
+		C("MAIL FROM:<a@example.org> SIZE=10\r\n"),
+		S("550 no\r\n"), C("[DONE]RSET\r\n"),
+		S("421 4.4.2 bye\r\n"), C("[CLOSE]"),
+		RES(0, 550, "5.0.0", MAIL, "550 no"),
+		SESS(421, "4.4.2", MAIL, "421 4.4.2 bye"))},
+	{"421 while idle", .steps = STEPS(
+		SESSION(EHLO_FULL),
+		S("421 4.4.2 mx.example idle timeout\r\n"), C("[CLOSE]"),
+		SESS(421, "4.4.2", CONNECT, "421 4.4.2 mx.example idle timeout"))},
+	{"malformed reply in a transaction", .steps = STEPS(
+		SESSION(EHLO_FULL), START(&msg_two), C(BATCH_TWO),
+		S("250 ok\r\nhello there\r\n250 ok\r\n"), C("[DONE][CLOSE]"),
+		RES(0, 451, "4.5.0", RCPT, "451 4.5.0 Malformed reply from server: hello there"),
+		RES(1, 451, "4.5.0", RCPT, "451 4.5.0 Malformed reply from server: hello there"),
+		SESS(451, "4.5.0", RCPT, "451 4.5.0 Malformed reply from server: hello there"))},
+	{"malformed greeting", .steps = STEPS(
+		S("SSH-2.0-OpenSSH_9.6\r\n"), C("[CLOSE]"),
+		SESS(451, "4.5.0", GREETING,
+		     "451 4.5.0 Malformed reply from server: SSH-2.0-OpenSSH_9.6"))},
+	{"malformed: empty line", .steps = STEPS(
+		S(GREET), C(EHLO), S("250-mx.example\r\n\r\n"), C("[CLOSE]"),
+		SESS(451, "4.5.0", EHLO, "451 4.5.0 Malformed reply from server"))},
+	{"malformed: code with junk after it", .steps = STEPS(
+		SESSION(EHLO_NOPIPE), START(&msg_one),
+		C("MAIL FROM:<a@example.org> SIZE=10\r\n"),
+		S("250ok\r\n"), C("[DONE][CLOSE]"),
+		RES(0, 451, "4.5.0", MAIL, "451 4.5.0 Malformed reply from server: 250ok"))},
+	{"malformed: code 199", .steps = STEPS(
+		SESSION(EHLO_NOPIPE), START(&msg_one),
+		C("MAIL FROM:<a@example.org> SIZE=10\r\n"),
+		S("199 hmm\r\n"), C("[DONE][CLOSE]"),
+		RES(0, 451, "4.5.0", MAIL, "451 4.5.0 Malformed reply from server: 199 hmm"))},
+	{"malformed: code 25", .steps = STEPS(
+		S("25\r\n"), C("[CLOSE]"),
+		SESS(451, "4.5.0", GREETING, "451 4.5.0 Malformed reply from server: 25"))},
+	{"354 to MAIL is not a reply to MAIL", .steps = STEPS(
+		SESSION(EHLO_NOPIPE), START(&msg_one),
+		C("MAIL FROM:<a@example.org> SIZE=10\r\n"),
+		S("354 what\r\n"), C("[DONE][CLOSE]"),
+		RES(0, 451, "4.5.0", MAIL, "451 4.5.0 Unexpected reply from server: 354 what"))},
+	{"250 to DATA is not a 354", .steps = STEPS(
+		SESSION(EHLO_FULL), START(&msg_one),
+		C("MAIL FROM:<a@example.org> SIZE=10\r\nRCPT TO:<z@example.net>\r\nDATA\r\n"),
+		S("250 ok\r\n250 ok\r\n250 ok\r\n"), C("[DONE][CLOSE]"),
+		RES(0, 451, "4.5.0", DATA, "451 4.5.0 Unexpected reply from server: 250 ok"))},
+	{"reply while idle", .steps = STEPS(
+		SESSION(EHLO_FULL), S("250 hi\r\n"), C("[CLOSE]"),
+		SESS(451, "4.5.0", CONNECT, "451 4.5.0 Unexpected reply from server: 250 hi"))},
+	{"a reply too many after the dot", .steps = STEPS(
+		SESSION(EHLO_FULL), START(&msg_one),
+		C("MAIL FROM:<a@example.org> SIZE=10\r\nRCPT TO:<z@example.net>\r\nDATA\r\n"),
+		S("250 ok\r\n250 ok\r\n354 go\r\n"), C("[BODY]"),
+		S("250 ok\r\n"), C("[DONE][READY]"),
+		S("250 again\r\n"), C("[CLOSE]"),
+		RES(0, 250, "2.0.0", DOT, "250 ok"),
+		SESS(451, "4.5.0", CONNECT, "451 4.5.0 Unexpected reply from server: 250 again"))},
+};
+
+static void test_aborts(void **state)
+{
+	run_dialogues(aborts, N_ELEMS(aborts));
+}
+
+/* ---- local refusals ------------------------------------------------------------ */
+
+static const struct dialogue locals[] = {
+	{"SIZE limit", .steps = STEPS(
+		SESSION(EHLO_FULL), START(&msg_big), C("[DONE][READY]"),
+		RES(0, 552, "5.3.4", LOCAL,
+		    "552 5.3.4 Message size exceeds the next hop's limit of 10240000"),
+		RES(1, 552, "5.3.4", LOCAL,
+		    "552 5.3.4 Message size exceeds the next hop's limit of 10240000"),
+		START(&msg_limit),
+		C("MAIL FROM:<a@example.org> SIZE=10240000\r\nRCPT TO:<z@example.net>\r\nDATA\r\n"))},
+	{"SIZE without a limit", .steps = STEPS(
+		SESSION(EHLO_NOPIPE), START(&msg_big),
+		C("MAIL FROM:<a@example.org> SIZE=10240001\r\n"))},
+	{"SMTPUTF8 not offered", .steps = STEPS(
+		SESSION(EHLO_FULL), START(&msg_utf8), C("[DONE][READY]"),
+		RES(0, 553, "5.6.7", LOCAL,
+		    "553 5.6.7 SMTPUTF8 is required but the next hop does not offer it"),
+		QUIT, C("QUIT\r\n"))},
+	{"SMTPUTF8 after HELO", .steps = STEPS(
+		S(GREET), C(EHLO), S("500 no\r\n"), C(HELO), S("250 ok\r\n"), C("[READY]"),
+		START(&msg_utf8), C("[DONE][READY]"),
+		RES(0, 553, "5.6.7", LOCAL,
+		    "553 5.6.7 SMTPUTF8 is required but the next hop does not offer it"))},
+	{"line break in an address", .steps = STEPS(
+		SESSION(EHLO_FULL), START(&msg_crlf), C("[DONE][READY]"),
+		RES(0, 501, "5.5.4", LOCAL, "501 5.5.4 Line break in an address or parameter"),
+		RES(1, 501, "5.5.4", LOCAL, "501 5.5.4 Line break in an address or parameter"))},
+	{"line break in ORCPT", .steps = STEPS(
+		SESSION(EHLO_FULL), START(&msg_orcpt_crlf), C("[DONE][READY]"),
+		RES(0, 501, "5.5.4", LOCAL, "501 5.5.4 Line break in an address or parameter"))},
+};
+
+static void test_local_refusals(void **state)
+{
+	run_dialogues(locals, N_ELEMS(locals));
+}
+
+/* ---- fail(), quit(), timeouts, sends not yet acknowledged ------------------------- */
+
+static const struct dialogue endings[] = {
+	{"fail() mid-transaction", .steps = STEPS(
+		SESSION(EHLO_FULL), START(&msg_full), C(BATCH_FULL),
+		S("250 2.1.0 Ok\r\n250 2.1.5 Ok\r\n550 5.1.1 no carol\r\n"), C(""),
+		FAIL(451, "4.4.2", "451 4.4.2 Connection lost", true), C("[CLOSE]"), TMO(0),
+		RES(0, 451, "4.4.2", CONNECT, "451 4.4.2 Connection lost"),
+		RES(1, 550, "5.1.1", RCPT, "550 5.1.1 no carol"),
+		RES(2, 451, "4.4.2", CONNECT, "451 4.4.2 Connection lost"),
+		RES(3, 451, "4.4.2", CONNECT, "451 4.4.2 Connection lost"),
+		SESS(451, "4.4.2", CONNECT, "451 4.4.2 Connection lost"),
+		FAIL(451, "4.4.2", "451 4.4.2 again", false),
+		SESS(451, "4.4.2", CONNECT, "451 4.4.2 Connection lost"))},
+	{"fail() while the body is sent", .manual = true, .steps = STEPS(
+		S(GREET), C(EHLO), SENT, S(EHLO_FULL), C("[READY]"),
+		START(&msg_two), C(BATCH_TWO), SENT,
+		S("250 ok\r\n250 ok\r\n550 no\r\n354 go\r\n"), C("[BODY]"), TMO(180000),
+		FAIL(421, "4.4.1", "421 4.4.1 Connection timed out", true), C("[CLOSE]"),
+		RES(0, 421, "4.4.1", CONNECT, "421 4.4.1 Connection timed out"),
+		RES(1, 550, "5.0.0", RCPT, "550 no"))},
+	{"fail() with MSG_DONE not yet returned", .steps = STEPS(
+		SESSION(EHLO_FULL), START_QUIET(&msg_big),
+		FAIL(451, "4.4.2", "451 4.4.2 lost", true), C("[CLOSE]"),
+		RES(0, 552, "5.3.4", LOCAL,
+		    "552 5.3.4 Message size exceeds the next hop's limit of 10240000"))},
+	{"fail() while idle", .steps = STEPS(
+		SESSION(EHLO_FULL), FAIL(451, "4.4.2", "451 4.4.2 lost", false), C("[CLOSE]"),
+		SESS(451, "4.4.2", CONNECT, "451 4.4.2 lost"),
+		S("250 anything\r\n"), C(""))},
+	{"fail() before the greeting", .steps = STEPS(
+		TMO(300000), FAIL(421, "4.4.1", "421 4.4.1 no greeting", false), C("[CLOSE]"),
+		TMO(0))},
+	{"QUIT with a malformed reply", .steps = STEPS(
+		SESSION(EHLO_FULL), QUIT, C("QUIT\r\n"), S("bye\r\n"), C("[CLOSE]"), NO_SESS)},
+	{"QUIT answered by 421", .steps = STEPS(
+		SESSION(EHLO_FULL), QUIT, C("QUIT\r\n"), S("421 bye\r\n"), C("[CLOSE]"), NO_SESS)},
+	{"quit() before the greeting", .steps = STEPS(
+		QUIT, C(""), S(GREET), C("QUIT\r\n"), S("221 bye\r\n"), C("[CLOSE]"))},
+	{"quit() while EHLO is answered", .steps = STEPS(
+		S(GREET), C(EHLO), QUIT, C(""), S(EHLO_FULL), C("QUIT\r\n"),
+		S("221 bye\r\n"), C("[CLOSE]"))},
+	{"quit() during a message waits for it", .steps = STEPS(
+		SESSION(EHLO_FULL), START(&msg_one),
+		C("MAIL FROM:<a@example.org> SIZE=10\r\nRCPT TO:<z@example.net>\r\nDATA\r\n"),
+		QUIT, C(""),
+		S("250 ok\r\n250 ok\r\n354 go\r\n"), C("[BODY]"),
+		S("250 ok\r\n"), C("[DONE]QUIT\r\n"), S("221 bye\r\n"), C("[CLOSE]"))},
+	{"timeouts per stage", .manual = true, .steps = STEPS(
+		TMO(300000), S(GREET), C(EHLO), TMO(300000), SENT, TMO(300000),
+		S(EHLO_FULL), C("[READY]"), TMO(0),
+		START(&msg_two), C(BATCH_TWO), TMO(300000), SENT, TMO(300000),
+		S("250 ok\r\n"), TMO(300000), S("250 ok\r\n"), TMO(300000),
+		S("250 ok\r\n"), TMO(120000),
+		S("354 go\r\n"), C("[BODY]"), TMO(180000), SENT, TMO(600000),
+		S("250 ok\r\n"), C("[DONE][READY]"), TMO(0),
+		QUIT, C("QUIT\r\n"), TMO(300000), SENT,
+		S("221 bye\r\n"), C("[CLOSE]"), TMO(0))},
+	{"timeouts without pipelining", .manual = true, .steps = STEPS(
+		S(GREET), C(EHLO), SENT, S("500 no\r\n"), C(HELO), TMO(300000), SENT,
+		S("250 ok\r\n"), C("[READY]"),
+		START(&msg_one), C("MAIL FROM:<a@example.org>\r\n"), SENT, TMO(300000),
+		S("250 ok\r\n"), C("RCPT TO:<z@example.net>\r\n"), SENT, TMO(300000),
+		S("250 ok\r\n"), C("DATA\r\n"), SENT, TMO(120000),
+		S("250 ok\r\n"), C("[DONE][CLOSE]"), TMO(0))},
+	{"replies before the send is acknowledged", .manual = true, .steps = STEPS(
+		S(GREET), C(EHLO), S(EHLO_NOPIPE), C(""), SENT, C("[READY]"),
+		START(&msg_two), C(MAIL_TWO),
+		S("250 ok\r\n"), C(""), SENT, C(RCPT_X),
+		S("550 no\r\n"), C(""), SENT, C(RCPT_Y),
+		S("550 no\r\n"), C("[DONE]"), SENT, C("RSET\r\n"),
+		S("250 ok\r\n"), C(""), SENT, C("[READY]"))},
+	{"pipelined replies before the batch is acknowledged", .manual = true, .steps = STEPS(
+		S(GREET), C(EHLO), SENT, S(EHLO_FULL), C("[READY]"),
+		START(&msg_two), C(BATCH_TWO),
+		S("250 ok\r\n250 ok\r\n250 ok\r\n354 go\r\n"), C(""), TMO(180000),
+		SENT, C("[BODY]"), TMO(180000),
+		S("250 early\r\n"), C("[DONE]"), SENT, C("[READY]"),
+		RES(0, 250, "2.0.0", DOT, "250 early"))},
+	{"a reply to a command not yet sent", .manual = true, .steps = STEPS(
+		S(GREET), C(EHLO), S(EHLO_NOPIPE), C(""), SENT, C("[READY]"),
+		START(&msg_one), C("MAIL FROM:<a@example.org> SIZE=10\r\n"),
+		S("250 ok\r\n250 ok\r\n"), C("[DONE][CLOSE]"),
+		RES(0, 451, "4.5.0", RCPT, "451 4.5.0 Unexpected reply from server: 250 ok"))},
+};
+
+static void test_endings(void **state)
+{
+	run_dialogues(endings, N_ELEMS(endings));
+}
+
+/* ---- EHLO keywords --------------------------------------------------------------- */
+
+static void test_ehlo_keywords(void **state)
+{
+	static const struct {
+		const char *name;
+		const char *reply;
+		unsigned ext;
+		uint64_t size;
+	} cases[] = {
+		{"everything, any case",
+		 "250-mx.example Hello\r\n250-pipelining\r\n250-Size 52428800\r\n"
+		 "250-8bitmime\r\n250-SMTPUTF8\r\n250-STARTTLS\r\n250-CHUNKING\r\n"
+		 "250-AUTH PLAIN LOGIN\r\n250-DSN\r\n250 EnhancedStatusCodes\r\n",
+		 0xff, 52428800},
+		{"none", "250 mx.example\r\n", 0, 0},
+		{"first line is the domain, not a keyword", "250 PIPELINING\r\n", 0, 0},
+		{"SIZE without a number", "250-mx\r\n250 SIZE\r\n", SMTPC_EXT_SIZE, 0},
+		{"SIZE 0", "250-mx\r\n250 SIZE 0\r\n", SMTPC_EXT_SIZE, 0},
+		{"SIZE junk", "250-mx\r\n250 SIZE abc\r\n", SMTPC_EXT_SIZE, 0},
+		{"SIZE overflow", "250-mx\r\n250 SIZE 99999999999999999999999\r\n",
+		 SMTPC_EXT_SIZE, 0},
+		{"SIZE max", "250-mx\r\n250 SIZE 18446744073709551615\r\n", SMTPC_EXT_SIZE,
+		 UINT64_MAX},
+		{"prefixes are not keywords",
+		 "250-mx\r\n250-PIPELININGX\r\n250-DSNX\r\n250-SIZED 5\r\n250 X-DSN\r\n", 0, 0},
+		{"keyword with parameters", "250-mx\r\n250 DSN foo\r\n", SMTPC_EXT_DSN, 0},
+		{"bare LF", "250-mx\n250-DSN\n250 CHUNKING\n",
+		 SMTPC_EXT_DSN | SMTPC_EXT_CHUNKING, 0},
+		{"refused EHLO offers nothing",
+		 "550-mx\r\n550-PIPELINING\r\n550 DSN\r\n", 0, 0},
+	};
+	for (size_t i = 0; i < N_ELEMS(cases); i++) {
+		struct h *h = malloc(sizeof(*h));
+		assert_non_null(h);
+		struct smtp_client_params p = {.helo_name = HELO_NAME};
+		h_init(h, cases[i].name, &p);
+		h_server(h, GREET);
+		h_server(h, cases[i].reply);
+		if (h->c.esmtp == false) {
+			CHECK_STR(cases[i].name, h->log, EHLO HELO);
+			h_server(h, "250 ok\r\n");
+		}
+		CHECK_INT(cases[i].name, h->c.ext, cases[i].ext);
+		CHECK_INT(cases[i].name, h->c.max_size, cases[i].size);
+		CHECK_STR(cases[i].name, h->c.greeting_name, "mx.example");
+		assert_false(h->closed);
+		smtp_client_free(&h->c);
+		free(h);
+	}
+}
+
+/* ---- results from replies ------------------------------------------------------------ */
+
+/* The reply to the one RCPT of msg_one becomes the recipient's result. */
+static void test_reply_results(void **state)
+{
+	static const struct {
+		const char *name;
+		const char *reply;
+		int code;
+		const char *status, *text;
+	} cases[] = {
+		{"enhanced", "550 5.1.1 No such user\r\n", 550, "5.1.1", "550 5.1.1 No such user"},
+		{"none", "550 No such user\r\n", 550, "5.0.0", "550 No such user"},
+		{"4xx none", "450 busy\r\n", 450, "4.0.0", "450 busy"},
+		{"4xx", "450 4.2.2 Mailbox full\r\n", 450, "4.2.2", "450 4.2.2 Mailbox full"},
+		{"class mismatch", "550 4.1.1 odd\r\n", 550, "5.0.0", "550 4.1.1 odd"},
+		{"class mismatch 4xx", "452 5.2.2 full\r\n", 452, "4.0.0", "452 5.2.2 full"},
+		{"3-digit detail", "550 5.1.10 Recipient not found\r\n", 550, "5.1.10",
+		 "550 5.1.10 Recipient not found"},
+		{"3-digit subject", "550 5.123.456 x\r\n", 550, "5.123.456", "550 5.123.456 x"},
+		{"4-digit detail", "550 5.1.1000 x\r\n", 550, "5.0.0", "550 5.1.1000 x"},
+		{"glued text", "550 5.1.1x y\r\n", 550, "5.0.0", "550 5.1.1x y"},
+		{"two parts", "550 5.1 x\r\n", 550, "5.0.0", "550 5.1 x"},
+		{"empty subject", "550 5..1 x\r\n", 550, "5.0.0", "550 5..1 x"},
+		{"status only", "550 5.7.1\r\n", 550, "5.7.1", "550 5.7.1"},
+		{"code only", "550\r\n", 550, "5.0.0", "550"},
+		{"code and space", "550 \r\n", 550, "5.0.0", "550"},
+		{"multi-line, repeated status",
+		 "550-5.1.1 a\r\n550-5.1.1 b\r\n550 5.1.1 c\r\n", 550, "5.1.1", "550 5.1.1 a b c"},
+		{"multi-line, empty lines", "550-first\r\n550-\r\n550 \r\n", 550,
+		 "5.0.0", "550 first"},
+		{"multi-line, other status kept",
+		 "550-5.1.1 a\r\n550 5.7.1 b\r\n", 550, "5.1.1", "550 5.1.1 a 5.7.1 b"},
+		{"multi-line, code of the first line",
+		 "550-5.1.1 a\r\n551 5.1.1 b\r\n", 550, "5.1.1", "550 5.1.1 a b"},
+		{"control characters", "550 a\tb\x01" "c\r\n", 550, "5.0.0", "550 a b c"},
+		{"CR inside", "550 a\rb\r\n", 550, "5.0.0", "550 a b"},
+		{"bare LF", "554 5.7.1 spam\n", 554, "5.7.1", "554 5.7.1 spam"},
+		{"8-bit text kept", "550 5.1.1 \xc3\xa9t\xc3\xa9\r\n", 550, "5.1.1",
+		 "550 5.1.1 \xc3\xa9t\xc3\xa9"},
+	};
+	for (size_t i = 0; i < N_ELEMS(cases); i++) {
+		char name[128];
+		snprintf(name, sizeof(name), "%s", cases[i].name);
+		struct h *h = malloc(sizeof(*h));
+		assert_non_null(h);
+		struct smtp_client_params p = {.helo_name = HELO_NAME};
+		h_init(h, name, &p);
+		h_server(h, GREET);
+		h_server(h, "250-mx\r\n250 PIPELINING\r\n");
+		h->nrcpt = 1;
+		smtp_client_start(&h->c, &msg_one, h->res);
+		h_poll(h);
+		h_server(h, "250 ok\r\n");
+		h_server(h, cases[i].reply);
+		h_server(h, "554 5.5.1 no valid recipients\r\n");
+		const struct smtp_client_result *r = &h->res[0];
+		CHECK_INT(name, r->code, cases[i].code);
+		CHECK_STR(name, r->status, cases[i].status);
+		CHECK_STR(name, r->text, cases[i].text);
+		CHECK_STR(name, smtp_client_stage_name(r->stage), "rcpt");
+		smtp_client_free(&h->c);
+		free(h);
+	}
+}
+
+/* Overlong lines are cut, consumed whole, and the dialogue stays in step. */
+static void test_long_lines(void **state)
+{
+	size_t n = 5000;
+	char *cont = malloc(n + 3), *last = malloc(n + 3);
+	assert_non_null(cont);
+	assert_non_null(last);
+	memcpy(cont, "550-5.1.1 ", 10);
+	for (size_t i = 10; i < n; i++)
+		cont[i] = (char)('a' + i % 26);
+	memcpy(cont + n, "\r\n", 3);
+	memcpy(last, cont, n + 3);
+	last[3] = ' ';
+	char want[512];
+	memcpy(want, last, sizeof(want) - 1);
+	want[sizeof(want) - 1] = '\0';
+
+	static const size_t splits[] = {SPLIT_WHOLE, 1000, 1023, 1024, 1025, 4999, SPLIT_BYTES};
+	for (size_t s = 0; s < N_ELEMS(splits); s++) {
+		struct h *h = malloc(sizeof(*h));
+		assert_non_null(h);
+		struct smtp_client_params p = {.helo_name = HELO_NAME};
+		h_init(h, "long line", &p);
+		h->split = splits[s];
+		h_server(h, GREET);
+		h_server(h, EHLO_FULL);
+		log_clear(h);
+		h->nrcpt = 2;
+		smtp_client_start(&h->c, &msg_two, h->res);
+		h_poll(h);
+		h_server(h, "250 ok\r\n");
+		h_server(h, cont);
+		h_server(h, last);
+		h_server(h, "250 2.1.5 y ok\r\n354 go\r\n");
+		CHECK_STR("long line", h->log, BATCH_TWO "[BODY]");
+		CHECK_INT("long line", h->res[0].code, 550);
+		CHECK_STR("long line", h->res[0].status, "5.1.1");
+		CHECK_STR("long line", h->res[0].text, want);
+		CHECK_INT("long line", strlen(h->res[0].text), sizeof(h->res[0].text) - 1);
+		cont[0] = last[0] = '2';
+		h_server(h, cont);
+		h_server(h, last);
+		cont[0] = last[0] = '5';
+		CHECK_STR("long line", h->log, BATCH_TWO "[BODY][DONE][READY]");
+		CHECK_INT("long line", h->res[1].code, 250);
+		CHECK_STR("long line", h->res[1].status, "2.0.0");
+		CHECK_STR("long line", smtp_client_stage_name(h->res[1].stage), "dot");
+		assert_false(h->closed);
+		smtp_client_free(&h->c);
+		free(h);
+	}
+	free(cont);
+	free(last);
+}
+
+/* ---- misc ---------------------------------------------------------------------- */
+
+static void test_stage_names(void **state)
+{
+	static const struct {
+		enum smtp_client_stage s;
+		const char *want;
+	} cases[] = {
+		{SMTPC_STAGE_CONNECT, "connect"}, {SMTPC_STAGE_GREETING, "greeting"},
+		{SMTPC_STAGE_EHLO, "ehlo"},       {SMTPC_STAGE_MAIL, "mail"},
+		{SMTPC_STAGE_RCPT, "rcpt"},       {SMTPC_STAGE_DATA, "data"},
+		{SMTPC_STAGE_DOT, "dot"},         {SMTPC_STAGE_LOCAL, "local"},
+		{(enum smtp_client_stage)99, "unknown"},
+	};
+	for (size_t i = 0; i < N_ELEMS(cases); i++)
+		CHECK_STR(cases[i].want, smtp_client_stage_name(cases[i].s), cases[i].want);
+}
+
+/* After CLOSE the machine stays closed and consumes nothing. */
+static void test_closed_stays_closed(void **state)
+{
+	struct smtp_client c;
+	struct smtp_client_params p = {.helo_name = HELO_NAME};
+	struct smtp_client_event ev;
+	smtp_client_init(&c, &p);
+	const char *in = "554 no\r\n220 hello\r\n";
+	size_t used = smtp_client_feed(&c, in, strlen(in), &ev);
+	CHECK_INT("closed", ev.type, SMTPC_EV_CLOSE);
+	CHECK_INT("closed", used, 8);
+	for (int k = 0; k < 3; k++) {
+		used = smtp_client_feed(&c, in + 8, strlen(in) - 8, &ev);
+		CHECK_INT("closed", ev.type, SMTPC_EV_CLOSE);
+		CHECK_INT("closed", used, 0);
+	}
+	CHECK_INT("closed", smtp_client_timeout_ms(&c), 0);
+	smtp_client_free(&c);
+	smtp_client_free(&c); /* harmless twice */
+}
+
+/* The DSN duty passes on only when the server offered DSN. */
+static void test_dsn_passed(void **state)
+{
+	static const struct {
+		const char *ehlo;
+		bool want;
+	} cases[] = {
+		{EHLO_FULL, true},
+		{"250-mx\r\n250 PIPELINING\r\n", false},
+	};
+	for (size_t i = 0; i < N_ELEMS(cases); i++) {
+		struct h *h = malloc(sizeof(*h));
+		assert_non_null(h);
+		struct smtp_client_params p = {.helo_name = HELO_NAME};
+		h_init(h, "dsn", &p);
+		h_server(h, GREET);
+		h_server(h, cases[i].ehlo);
+		CHECK_INT(cases[i].ehlo, smtp_client_dsn_passed(&h->c), cases[i].want);
+		smtp_client_free(&h->c);
+		free(h);
+	}
+}
+
+int main(void)
+{
+	const struct CMUnitTest tests[] = {
+		cmocka_unit_test(test_transactions),
+		cmocka_unit_test(test_hellos),
+		cmocka_unit_test(test_failures),
+		cmocka_unit_test(test_aborts),
+		cmocka_unit_test(test_local_refusals),
+		cmocka_unit_test(test_endings),
+		cmocka_unit_test(test_ehlo_keywords),
+		cmocka_unit_test(test_reply_results),
+		cmocka_unit_test(test_long_lines),
+		cmocka_unit_test(test_stage_names),
+		cmocka_unit_test(test_closed_stays_closed),
+		cmocka_unit_test(test_dsn_passed),
+	};
+	return cmocka_run_group_tests(tests, NULL, NULL);
+}
