@@ -517,7 +517,7 @@ static void describe_target(struct oconn *oc)
 		port = ntohs(a->sin6_port);
 	}
 	if (oc->d->domain[0])
-		snprintf(oc->remote, sizeof(oc->remote), "%.255s[%s]:%u", t->host, ip, port);
+		snprintf(oc->remote, sizeof(oc->remote), "%.200s[%s]:%u", t->host, ip, port);
 	else
 		snprintf(oc->remote, sizeof(oc->remote), "[%s]:%u", ip, port);
 }

@@ -328,6 +328,13 @@ static char *read_original(struct qmsg *m, bool want_all, uint64_t limit, size_t
 static bool inject(struct queue *q, struct qmsg *m, const char *to, const char *text,
 		   size_t len, char *idout)
 {
+	/* A returned original may carry 8-bit text (dsn.h labels it 8bit). */
+	enum smtp_body body = SMTP_BODY_NONE;
+	for (size_t i = 0; i < len; i++)
+		if ((unsigned char)text[i] >= 0x80) {
+			body = SMTP_BODY_8BITMIME;
+			break;
+		}
 	struct worker *w = q->w;
 	uint64_t id = worker_next_msgid(w);
 	char idtxt[20];
@@ -341,7 +348,7 @@ static bool inject(struct queue *q, struct qmsg *m, const char *to, const char *
 		return false;
 	}
 	struct smtp_rcpt rc = {.addr = (char *)to};
-	struct smtp_envelope env = {.from = "", .rcpt = &rc, .nrcpt = 1};
+	struct smtp_envelope env = {.from = "", .body = body, .rcpt = &rc, .nrcpt = 1};
 	char *rec = NULL;
 	size_t rlen = 0;
 	FILE *f = open_memstream(&rec, &rlen);
