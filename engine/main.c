@@ -319,6 +319,7 @@ int main(int argc, char **argv)
 			return 1;
 		}
 	}
+	spool_owner_free(&store); /* every worker has recovered its share */
 	pthread_mutex_init(&app.mu, NULL);
 	pthread_cond_init(&app.reloaded, NULL);
 	struct stats_host host = {

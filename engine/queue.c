@@ -83,6 +83,19 @@ static void schedule(struct queue *q, struct qmsg *m, int64_t at)
 	heap_up(q, m->heap);
 }
 
+static void heap_remove(struct queue *q, struct qmsg *m)
+{
+	size_t i = m->heap;
+	q->n--;
+	if (i != q->n) {
+		q->heap[i] = q->heap[q->n];
+		q->heap[i]->heap = i;
+		heap_down(q, i);
+		heap_up(q, i);
+	}
+	m->heap = SIZE_MAX;
+}
+
 static struct qmsg *heap_pop(struct queue *q)
 {
 	struct qmsg *m = q->heap[0];
@@ -107,7 +120,7 @@ static void qmsg_free(struct queue *q, struct qmsg *m)
 		free(m->r[i].remote);
 	}
 	if (m->seg)
-		spool_seg_put(&q->w->spool, m->seg);
+		spool_seg_put(&q->w->spool, m->seg, m->bytes);
 	q->count--;
 	q->bytes -= m->bytes;
 	free(m->r);
@@ -158,6 +171,9 @@ static struct qmsg *qmsg_new(struct queue *q, uint64_t id, struct spool_seg *seg
 	m->ret = (uint8_t)env->ret;
 	m->smtputf8 = env->smtputf8;
 	m->arrival = arrival;
+	/* Envelopes keep seconds; a fresh message knows better. */
+	int64_t now = queue_now_ms();
+	m->arrival_ms = now / 1000 == arrival ? now : arrival * 1000;
 	m->nrcpt = m->pending = env->nrcpt;
 	for (unsigned i = 0; ok && i < env->nrcpt; i++) {
 		m->r[i].addr = xdup(env->rcpt[i].addr);
@@ -166,7 +182,7 @@ static struct qmsg *qmsg_new(struct queue *q, uint64_t id, struct spool_seg *seg
 		ok = m->r[i].addr && (!env->rcpt[i].orcpt || m->r[i].orcpt);
 	}
 	m->seg = seg;
-	spool_seg_hold(seg);
+	spool_seg_hold(seg, m->bytes);
 	q->count++;
 	q->bytes += m->bytes;
 	if (!ok) {
@@ -182,8 +198,15 @@ void queue_init(struct queue *q, struct worker *w)
 	q->w = w;
 }
 
+static void move_finish(struct queue *q, struct qmove *mv, bool ok);
+
 void queue_free(struct queue *q)
 {
+	while (q->moves) {
+		struct qmove *mv = q->moves;
+		q->moves = mv->next;
+		move_finish(q, mv, false);
+	}
 	while (q->n)
 		qmsg_free(q, heap_pop(q));
 	free(q->heap);
@@ -223,7 +246,9 @@ static void recover_one(void *arg, const struct spool_found *f)
 		envelope_full_free(&e);
 		return;
 	}
-	if (!rc->seg) {
+	uint64_t owner = spool_owner_seq(rc->q->w->spool.sp, f->id);
+	if (!rc->seg || (owner && owner != f->seq)) {
+		/* The older copy of a message compaction moved. */
 		envelope_full_free(&e);
 		return;
 	}
@@ -276,9 +301,9 @@ void queue_recover(struct queue *q, unsigned nworkers)
 				seqs[i], strerror(errno));
 			continue;
 		}
-		spool_seg_hold(rc.seg);
+		spool_seg_hold(rc.seg, 0);
 		spool_scan_segment(w->spool.sp->dirfd, seqs[i], recover_one, &rc, &st, false, &tail);
-		spool_seg_put(&w->spool, rc.seg);
+		spool_seg_put(&w->spool, rc.seg, 0);
 		segs++;
 	}
 	free(seqs);
@@ -381,6 +406,13 @@ static bool inject(struct queue *q, struct qmsg *m, const char *to, const char *
 
 void queue_internal_written(struct queue *q, struct spool_msg *sm)
 {
+	if (sm->move) {
+		struct qmove *mv = sm->owner;
+		mv->stage = 1;
+		mv->failed = sm->err != 0;
+		spool_msg_release(&q->w->spool, sm);
+		return;
+	}
 	struct qmsg *dm = sm->owner;
 	if (sm->err)
 		log_msg(LOG_ERROR, "event=store_error id=%s error=\"%s\"", dm->idtxt,
@@ -414,7 +446,7 @@ static bool notify(struct queue *q, struct qmsg *m, enum dsn_action action,
 			.remote_mta = r->remote, .diagnostic = r->reply,
 			.last_attempt = now_ms / 1000,
 			.will_retry_until = action == DSN_DELAYED
-				? m->arrival + (int64_t)(qc->message_expiration_ms / 1000) : 0,
+				? (m->arrival_ms + (int64_t)qc->message_expiration_ms) / 1000 : 0,
 		};
 	}
 	bool full = m->ret == SMTP_RET_FULL && action == DSN_FAILED;
@@ -487,7 +519,7 @@ static void log_result(const char *event, const struct qmsg *m, const struct qrc
 		log_quote(q2, sizeof(q2), sc ? sc : "none"),
 		log_quote(q4, sizeof(q4), r->remote ? r->remote : "none"), r->status,
 		log_quote(q3, sizeof(q3), r->reply ? r->reply : ""),
-		(double)(now_ms - m->arrival * 1000) / 1000.0, m->attempts + 1);
+		(double)(now_ms - m->arrival_ms) / 1000.0, m->attempts + 1);
 }
 
 static void set_result(struct qrcpt *r, const char *status, const char *reply,
@@ -561,7 +593,7 @@ static void maybe_delay_notice(struct queue *q, struct qmsg *m, int64_t now_ms)
 {
 	const struct queue_conf *qc = &q->w->conf->queue;
 	if (m->delay_notified || !qc->delay_notification_ms || !*m->from ||
-	    now_ms - m->arrival * 1000 < (int64_t)qc->delay_notification_ms)
+	    now_ms - m->arrival_ms < (int64_t)qc->delay_notification_ms)
 		return;
 	unsigned *idx = calloc(m->nrcpt, sizeof(*idx));
 	unsigned n = 0;
@@ -687,7 +719,7 @@ void queue_run(struct queue *q, int64_t now_ms)
 	const struct queue_conf *qc = &w->conf->queue;
 	while (q->n && q->heap[0]->next_ms <= now_ms) {
 		struct qmsg *m = heap_pop(q);
-		if (now_ms - m->arrival * 1000 >= (int64_t)qc->message_expiration_ms) {
+		if (now_ms - m->arrival_ms >= (int64_t)qc->message_expiration_ms) {
 			expire(q, m, now_ms);
 			continue;
 		}
@@ -745,5 +777,173 @@ void queue_job_done(struct queue *q, struct djob *j)
 		bool a = m->attempted_round;
 		m->attempted_round = false;
 		finish_round(q, m, a, now_ms);
+	}
+}
+
+/* ---- compaction ----------------------------------------------------------- */
+
+/* A segment is deleted once its last queued message is finished; one that
+ * keeps a few long-deferred messages would stay forever. Compaction copies
+ * those into the current segment (bytes, envelope and delivery state), and
+ * once the copies are durable the messages let go of the old segment. A
+ * crash in between leaves two copies: recovery takes the newer one
+ * (spool_owner_seq). */
+
+#define COMPACT_INTERVAL_MS 5000
+#define COMPACT_MAX_BYTES (16u << 20)   /* per round */
+
+static void move_finish(struct queue *q, struct qmove *mv, bool ok)
+{
+	struct qmsg *m = mv->m;
+	struct spool_worker *sw = &q->w->spool;
+	if (ok) {
+		struct spool_seg *old = m->seg;
+		m->seg = mv->to;
+		m->nchunks = 1;
+		m->off[0] = mv->off;
+		m->len[0] = mv->len;
+		spool_seg_put(sw, old, m->bytes);
+		q->moved++;
+	} else {
+		spool_seg_put(sw, mv->to, m->bytes);
+	}
+	m->moving = false;
+	if (!q->w->stopping || m->heap == SIZE_MAX)
+		schedule(q, m, m->next_ms);
+	free(mv);
+}
+
+void queue_flush_started(struct queue *q)
+{
+	for (struct qmove *mv = q->moves; mv; mv = mv->next)
+		if (mv->stage == 1)
+			mv->stage = 2;
+}
+
+void queue_flush_done(struct queue *q, bool ok)
+{
+	struct qmove **pp = &q->moves;
+	while (*pp) {
+		struct qmove *mv = *pp;
+		if (mv->stage != 2) {
+			pp = &mv->next;
+			continue;
+		}
+		*pp = mv->next;
+		move_finish(q, mv, ok && !mv->failed);
+	}
+}
+
+static bool move_one(struct queue *q, struct qmsg *m)
+{
+	struct worker *w = q->w;
+	struct spool_worker *sw = &w->spool;
+	size_t len = 0;
+	char *bytes = read_original(m, true, 0, &len);
+	if (!bytes || len != m->bytes) {
+		free(bytes);
+		return false;
+	}
+	int err = 0;
+	struct spool_msg *sm = spool_msg_begin(sw, m->id, &err);
+	struct qmove *mv = calloc(1, sizeof(*mv));
+	if (!sm || !mv || !spool_msg_append(sw, sm, bytes, len, -1)) {
+		if (sm)
+			spool_msg_release(sw, sm);
+		free(mv);
+		free(bytes);
+		return false;
+	}
+	free(bytes);
+	/* The envelope as it was received, from what the queue kept. */
+	struct smtp_rcpt *rc = calloc(m->nrcpt, sizeof(*rc));
+	char *rec = NULL;
+	size_t rlen = 0;
+	FILE *f = rc ? open_memstream(&rec, &rlen) : NULL;
+	if (f) {
+		for (unsigned i = 0; i < m->nrcpt; i++)
+			rc[i] = (struct smtp_rcpt){.addr = m->r[i].addr, .orcpt = m->r[i].orcpt,
+						   .notify = m->r[i].notify};
+		struct smtp_envelope env = {
+			.from = m->from, .body = m->body, .ret = m->ret, .envid = m->envid,
+			.smtputf8 = m->smtputf8, .rcpt = rc, .nrcpt = m->nrcpt};
+		static const struct spool_commit_hdr room;
+		fwrite(&room, sizeof(room), 1, f);
+		envelope_write(f, m->idtxt, &env, m->connector, m->client, "", m->arrival);
+		fclose(f);
+	}
+	free(rc);
+	if (!rec) {
+		spool_msg_release(sw, sm);
+		free(mv);
+		return false;
+	}
+	mv->m = m;
+	mv->to = sm->seg;
+	mv->off = sm->off[0];
+	mv->len = sm->len[0];
+	spool_seg_hold(mv->to, m->bytes);
+	spool_msg_commit(sw, sm, rec, rlen);
+	/* Its delivery state follows it. */
+	for (unsigned i = 0; i < m->nrcpt; i++)
+		if (m->r[i].state != SPOOL_RCPT_PENDING) {
+			struct spool_state_rec r = {
+				.rcpt = i, .kind = m->r[i].state == SPOOL_RCPT_DELIVERED
+							   ? SPOOL_ST_DELIVERED : SPOOL_ST_FAILED,
+				.attempts = m->attempts, .time_ms = queue_now_ms()};
+			spool_state_write(sw, mv->to, m->id, &r, m->r[i].reply);
+		}
+	if (m->attempts) {
+		struct spool_state_rec r = {.rcpt = SPOOL_STATE_MSG, .kind = SPOOL_ST_DEFERRED,
+					    .attempts = m->attempts, .time_ms = queue_now_ms(),
+					    .next_ms = m->next_ms};
+		spool_state_write(sw, mv->to, m->id, &r, m->last_error);
+	}
+	if (m->delay_notified) {
+		struct spool_state_rec r = {.rcpt = SPOOL_STATE_MSG,
+					    .kind = SPOOL_ST_DELAY_NOTIFIED, .time_ms = queue_now_ms()};
+		spool_state_write(sw, mv->to, m->id, &r, NULL);
+	}
+	sm->owner = mv;
+	sm->internal = true;
+	sm->move = true;
+	m->moving = true;
+	mv->next = q->moves;
+	q->moves = mv;
+	if (spool_msg_written(sm))
+		queue_internal_written(q, sm);
+	return true;
+}
+
+void queue_tick(struct queue *q)
+{
+	struct worker *w = q->w;
+	if (w->stopping || q->moves || w->now_ms < q->next_compact_ms)
+		return;
+	q->next_compact_ms = w->now_ms + COMPACT_INTERVAL_MS;
+	struct spool_seg *s = spool_compact_candidate(&w->spool);
+	if (!s)
+		return;
+	/* Messages in a delivery attempt move next round. */
+	uint64_t bytes = 0;
+	unsigned moved = 0;
+	for (size_t i = 0; i < q->n && bytes < COMPACT_MAX_BYTES;) {
+		struct qmsg *m = q->heap[i];
+		if (m->seg != s || m->busy) {
+			i++;
+			continue;
+		}
+		heap_remove(q, m); /* heap[i] is another message now */
+		if (!move_one(q, m)) {
+			schedule(q, m, m->next_ms);
+			break;
+		}
+		bytes += m->bytes;
+		moved++;
+	}
+	if (moved) {
+		q->compactions++;
+		log_msg(LOG_INFO, "event=compact worker=%u segment=%016" PRIx64 " messages=%u bytes=%llu",
+			w->id, spool_seg_seq(s), moved, (unsigned long long)bytes);
 	}
 }

@@ -43,6 +43,7 @@ struct qmsg {
 	uint8_t body, ret;        /* enum smtp_body, enum smtp_ret */
 	bool smtputf8;
 	int64_t arrival;          /* unix seconds */
+	int64_t arrival_ms;       /* wall clock ms (seconds * 1000 after a restart) */
 	unsigned nrcpt, pending;  /* pending: recipients not finished */
 	unsigned busy;            /* delivery jobs in flight */
 	struct qrcpt *r;
@@ -51,6 +52,7 @@ struct qmsg {
 	char *last_error;
 	bool delay_notified;
 	bool attempted_round;     /* a job of this round reached a next hop */
+	bool moving;              /* being compacted: out of the schedule */
 	size_t heap;              /* index in the schedule, or SIZE_MAX */
 };
 
@@ -71,8 +73,22 @@ struct djob {
 	struct djob *next;
 };
 
+/* A message being copied out of a mostly finished segment (compaction). */
+struct qmove {
+	struct qmsg *m;
+	struct spool_seg *to;     /* held */
+	uint64_t off;             /* where its bytes are in the new segment */
+	uint32_t len;
+	int stage;                /* 0 writing, 1 written, 2 covered by a flush */
+	bool failed;
+	struct qmove *next;
+};
+
 struct queue {
 	struct worker *w;
+	struct qmove *moves;      /* compaction in progress */
+	uint64_t next_compact_ms; /* monotonic */
+	uint64_t moved, compactions;
 	struct qmsg **heap;       /* waiting messages, earliest next_ms first */
 	size_t n, cap;
 	size_t count;             /* every queued message */
@@ -99,6 +115,12 @@ void queue_job_done(struct queue *q, struct djob *j);
 
 /* A generated message's bytes are on disk (worker, OP_SPOOL_WRITE). */
 void queue_internal_written(struct queue *q, struct spool_msg *sm);
+
+/* Compaction: the tick looks for a segment worth emptying; the group
+ * commit tells which moved copies are durable. */
+void queue_tick(struct queue *q);
+void queue_flush_started(struct queue *q);
+void queue_flush_done(struct queue *q, bool ok);
 
 /* Wall clock in ms. */
 int64_t queue_now_ms(void);

@@ -34,6 +34,7 @@ struct spool_seg {
 	bool dirty;              /* written since the last fsync was submitted */
 	bool syncing;
 	unsigned holds;          /* queued messages stored here */
+	uint64_t live_bytes;     /* their message bytes */
 	struct spool_seg *next;
 };
 
@@ -381,6 +382,42 @@ int spool_scan_segment(int dirfd, uint64_t seq,
 	return 0;
 }
 
+static void owner_note(void *arg, const struct spool_found *f);
+
+struct dedupe {
+	struct spool owners;
+	void (*fn)(void *arg, const struct spool_found *m);
+	void *arg;
+};
+
+static void dedupe_note(void *arg, const struct spool_found *f)
+{
+	struct dedupe *d = arg;
+	if ((d->owners.used + 1) * 2 > d->owners.owner_cap) {
+		size_t ncap = d->owners.owner_cap ? d->owners.owner_cap * 2 : 1024;
+		struct spool_owner *old = d->owners.owner;
+		size_t ocap = d->owners.owner_cap;
+		d->owners.owner = calloc(ncap, sizeof(*old));
+		d->owners.owner_cap = d->owners.owner ? ncap : 0;
+		d->owners.used = 0;
+		for (size_t i = 0; i < ocap && d->owners.owner; i++)
+			if (old[i].id) {
+				struct spool_found g = {.id = old[i].id, .seq = old[i].seq};
+				owner_note(&d->owners, &g);
+			}
+		free(old);
+	}
+	owner_note(&d->owners, f);
+}
+
+static void dedupe_report(void *arg, const struct spool_found *f)
+{
+	struct dedupe *d = arg;
+	uint64_t seq = spool_owner_seq(&d->owners, f->id);
+	if (!seq || seq == f->seq)
+		d->fn(d->arg, f);
+}
+
 int spool_scan_all(int dirfd, void (*fn)(void *arg, const struct spool_found *m),
 		   void *arg, struct spool_scan_stats *st, bool all)
 {
@@ -389,10 +426,22 @@ int spool_scan_all(int dirfd, void (*fn)(void *arg, const struct spool_found *m)
 	uint64_t *seqs = spool_segments(dirfd, &n);
 	if (!seqs)
 		return -1;
+	/* A message compaction moved may be in two segments until the old
+	 * one goes: report the newer copy only (as recovery does). */
+	struct dedupe d = {.fn = fn, .arg = arg};
+	if (fn && n > 1) {
+		struct spool_scan_stats ignored;
+		memset(&ignored, 0, sizeof(ignored));
+		for (size_t i = 0; i < n; i++) {
+			uint64_t tail;
+			spool_scan_segment(dirfd, seqs[i], dedupe_note, &d, &ignored, all, &tail);
+		}
+	}
 	for (size_t i = 0; i < n; i++) {
 		uint64_t tail;
-		spool_scan_segment(dirfd, seqs[i], fn, arg, st, all, &tail);
+		spool_scan_segment(dirfd, seqs[i], fn ? dedupe_report : NULL, &d, st, all, &tail);
 	}
+	free(d.owners.owner);
 	free(seqs);
 	return 0;
 }
@@ -427,6 +476,8 @@ int spool_open(struct spool *sp, const char *dir, uint64_t segment_bytes, char *
 	       size_t errlen)
 {
 	sp->dirfd = sp->lockfd = -1;
+	sp->owner = NULL;
+	sp->owner_cap = 0;
 	sp->segment_bytes = segment_bytes ? segment_bytes : SPOOL_SEGMENT_BYTES;
 	int ret = mkdir_p(dir);
 	if (ret < 0) {
@@ -456,16 +507,23 @@ int spool_open(struct spool *sp, const char *dir, uint64_t segment_bytes, char *
 	free(seqs);
 	struct spool_scan_stats st;
 	spool_scan(sp->dirfd, NULL, NULL, &st);
+	/* Second pass with room for every live id: who owns which message. */
+	sp->owner_cap = (st.messages - st.finished) * 2 + 16;
+	sp->owner = calloc(sp->owner_cap, sizeof(*sp->owner));
+	if (!sp->owner)
+		sp->owner_cap = 0;
+	spool_scan(sp->dirfd, owner_note, sp, &st);
 	log_msg(LOG_INFO,
-		"event=recover segments=%llu messages=%llu bytes=%llu torn_tails=%llu discarded_partial=%llu",
-		(unsigned long long)st.segments, (unsigned long long)st.messages,
+		"event=recover segments=%llu messages=%llu bytes=%llu torn_tails=%llu discarded_partial=%llu finished=%llu",
+		(unsigned long long)st.segments, (unsigned long long)(st.messages - st.finished),
 		(unsigned long long)st.bytes, (unsigned long long)st.torn,
-		(unsigned long long)st.orphans);
+		(unsigned long long)st.orphans, (unsigned long long)st.finished);
 	return 0;
 }
 
 void spool_close(struct spool *sp)
 {
+	spool_owner_free(sp);
 	if (sp->lockfd >= 0)
 		close(sp->lockfd);
 	if (sp->dirfd >= 0)
@@ -510,15 +568,66 @@ static void seg_maybe_close(struct spool_worker *sw, struct spool_seg *s)
 	free(s);
 }
 
-void spool_seg_hold(struct spool_seg *s)
+void spool_seg_hold(struct spool_seg *s, uint64_t bytes)
 {
 	s->holds++;
+	s->live_bytes += bytes;
 }
 
-void spool_seg_put(struct spool_worker *sw, struct spool_seg *s)
+void spool_seg_put(struct spool_worker *sw, struct spool_seg *s, uint64_t bytes)
 {
 	s->holds--;
+	s->live_bytes -= bytes;
 	seg_maybe_close(sw, s);
+}
+
+struct spool_seg *spool_compact_candidate(struct spool_worker *sw)
+{
+	struct spool_seg *best = NULL;
+	for (struct spool_seg *s = sw->segs; s; s = s->next) {
+		if (s == sw->cur || s->users || s->writes || s->dirty || s->syncing ||
+		    !s->holds || s->tail < sw->sp->segment_bytes / 2 ||
+		    s->live_bytes * 4 >= s->tail)
+			continue;
+		if (!best || s->live_bytes * best->tail < best->live_bytes * s->tail)
+			best = s;
+	}
+	return best;
+}
+
+static size_t owner_slot(const struct spool *sp, uint64_t id)
+{
+	size_t k = id * 0x9E3779B97F4A7C15ull % sp->owner_cap;
+	while (sp->owner[k].id && sp->owner[k].id != id)
+		k = (k + 1) % sp->owner_cap;
+	return k;
+}
+
+uint64_t spool_owner_seq(const struct spool *sp, uint64_t id)
+{
+	if (!sp->owner_cap)
+		return 0;
+	size_t k = owner_slot(sp, id);
+	return sp->owner[k].id == id ? sp->owner[k].seq : 0;
+}
+
+void spool_owner_free(struct spool *sp)
+{
+	free(sp->owner);
+	sp->owner = NULL;
+	sp->owner_cap = 0;
+}
+
+static void owner_note(void *arg, const struct spool_found *f)
+{
+	struct spool *sp = arg;
+	if (!sp->owner_cap)
+		return;
+	size_t k = owner_slot(sp, f->id);
+	if (sp->owner[k].id != f->id)
+		sp->used++;
+	if (sp->owner[k].id != f->id || sp->owner[k].seq < f->seq)
+		sp->owner[k] = (struct spool_owner){f->id, f->seq};
 }
 
 int spool_seg_fd(const struct spool_seg *s)

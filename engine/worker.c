@@ -149,6 +149,7 @@ static void commit_start(struct worker *w)
 	w->ready_cap = tc;
 	w->nready = 0;
 	w->flushing = true;
+	queue_flush_started(&w->queue);
 	unsigned n = spool_sync_start(&w->spool, ring_tag(OP_SPOOL_SYNC, 0, 0));
 	metric_add(&w->m.fsyncs, n);
 	metric_add(&w->m.dirsyncs, 1);
@@ -180,6 +181,7 @@ static void commit_done(struct worker *w, bool ok)
 		if (c && c->gen == r.gen)
 			session_on_stored(w, c, ok);
 	}
+	queue_flush_done(&w->queue, ok);
 	if (w->nready && !w->flushing)
 		commit_start(w);
 }
@@ -337,6 +339,7 @@ static void on_tick(struct worker *w)
 		if (w->slots[i])
 			session_tick(w, w->slots[i]);
 	deliver_tick(w);
+	queue_tick(&w->queue);
 	arm_tick(w);
 }
 
@@ -492,7 +495,7 @@ static void *worker_main(void *arg)
 		}
 		/* State records and notices become durable with the next group
 		 * commit; start one when nothing else will. */
-		if (!w->flushing && spool_dirty(&w->spool) && !w->spool.pending_writes)
+		if (!w->flushing && spool_dirty(&w->spool))
 			commit_start(w);
 		if (w->stopping && w->nconns == 0 && !w->flushing && !w->spool.pending_writes &&
 		    deliver_idle(w))

@@ -283,6 +283,35 @@ static void test_state_records(void **state_)
 	unlink(name);
 }
 
+/* Compaction copies a message into a later segment; until the old segment
+ * goes, both copies exist and only the newer one counts. */
+static void test_moved_copy_wins(void **state_)
+{
+	static struct seg_builder old, newer;
+	old.len = newer.len = 0;
+	chunk(&old, 5, "five\r\n");
+	commit(&old, 5, 6, 1, "POSTERN/1\r\nrcpt: <a@x>\r\nrcpt: <b@x>\r\n\r\n");
+	chunk(&old, 6, "six\r\n");
+	commit(&old, 6, 5, 1, "POSTERN/1\r\nrcpt: <a@x>\r\n\r\n");
+	chunk(&newer, 5, "five\r\n");
+	commit(&newer, 5, 6, 1, "POSTERN/1\r\nrcpt: <a@x>\r\nrcpt: <b@x>\r\n\r\n");
+	state(&newer, 5, 0, SPOOL_ST_DELIVERED, 0, 0, "250 ok");
+	write_seg(20, &old, 0);
+	write_seg(21, &newer, 0);
+	struct state_found f = {0};
+	struct spool_scan_stats st;
+	assert_int_equal(spool_scan(dirfd_, collect_state, &f, &st), 0);
+	CHECK_INT("messages", f.n, 2);
+	assert_true(f.id[0] == 6 && f.id[1] == 5);
+	CHECK_INT("newer copy's state", f.pending[1], 1);
+	CHECK_INT("newer copy's state", f.rcpt[1][0], SPOOL_RCPT_DELIVERED);
+	char name[128];
+	snprintf(name, sizeof(name), "%s/seg-%016llx.log", dir, 20ULL);
+	unlink(name);
+	snprintf(name, sizeof(name), "%s/seg-%016llx.log", dir, 21ULL);
+	unlink(name);
+}
+
 static void test_crc32c_known_values(void **state)
 {
 	/* RFC 3720 B.4 check value and an empty input. */
@@ -300,6 +329,7 @@ int main(void)
 		cmocka_unit_test_setup_teardown(test_torn_tails, setup, teardown),
 		cmocka_unit_test_setup_teardown(test_inconsistent_commit_is_ignored, setup, teardown),
 		cmocka_unit_test_setup_teardown(test_state_records, setup, teardown),
+		cmocka_unit_test_setup_teardown(test_moved_copy_wins, setup, teardown),
 	};
 	return cmocka_run_group_tests(tests, NULL, NULL);
 }
