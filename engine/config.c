@@ -74,6 +74,7 @@ static const struct setting queue_settings[] = {
 	{"message_expiration", K_DURATION, QC(message_expiration_ms), "2d", 0},
 	{"delay_notification", K_DURATION, QC(delay_notification_ms), "4h", 0},
 	{"max_return_size", K_SIZE, QC(max_return_size), "10MB", 0},
+	{"hold", K_BOOL, QC(hold), "false", 0},
 };
 #undef QC
 

@@ -123,6 +123,8 @@ struct queue_conf {
 	uint64_t message_expiration_ms;
 	uint64_t delay_notification_ms;   /* 0 = never */
 	uint64_t max_return_size;         /* RET=FULL: larger originals come back as headers */
+	uint64_t hold;                    /* keep everything queued, deliver nothing
+	                                   * (maintenance; lifted by a reload) */
 };
 
 struct conf {

@@ -942,6 +942,11 @@ static void dest_pump(struct worker *w, struct dest *d)
 		if (d->idle) {
 			struct oconn *oc = d->idle;
 			idle_remove(oc);
+			if (oc->msgs >= d->sc->max_messages_per_connection) {
+				smtp_client_quit(&oc->cl); /* used up: a fresh one follows */
+				conn_run(oc);
+				continue;
+			}
 			if (!conn_take_job(oc)) {
 				go_idle(oc);
 				return; /* rate limited: jobs went back to the queue */

@@ -714,7 +714,7 @@ static void start_attempt(struct queue *q, struct qmsg *m, int64_t now_ms)
 void queue_run(struct queue *q, int64_t now_ms)
 {
 	struct worker *w = q->w;
-	if (w->stopping)
+	if (w->stopping || w->conf->queue.hold)
 		return;
 	const struct queue_conf *qc = &w->conf->queue;
 	while (q->n && q->heap[0]->next_ms <= now_ms) {
