@@ -739,6 +739,13 @@ static int send_body(struct oconn *oc)
 	return 1;
 }
 
+/* Another worker waits for one of the connector's connections. */
+static bool wanted_elsewhere(const struct oconn *oc)
+{
+	return oc->d->th && oc->d->sc->max_connections &&
+	       oc->w->now_ms < atomic_load(&oc->d->th->wanted_until);
+}
+
 static void go_idle(struct oconn *oc)
 {
 	if (oc->idle)
@@ -835,7 +842,7 @@ static void conn_run(struct oconn *oc)
 			if (conn_take_job(oc))
 				continue;
 			if (!w->stopping && oc->msgs < oc->d->sc->max_messages_per_connection &&
-			    oc->d->sc->idle_timeout_ms) {
+			    oc->d->sc->idle_timeout_ms && !wanted_elsewhere(oc)) {
 				go_idle(oc);
 				return;
 			}
@@ -959,7 +966,10 @@ static void dest_pump(struct worker *w, struct dest *d)
 			int32_t now = atomic_fetch_add(&d->th->connections, 1) + 1;
 			if (now > (int32_t)max) {
 				atomic_fetch_sub(&d->th->connections, 1);
-				return; /* a connection finishing picks the jobs up */
+				/* Other workers give back their idle connections;
+				 * this one retries at its next tick. */
+				atomic_store(&d->th->wanted_until, w->now_ms + 1000);
+				return;
 			}
 		}
 		struct djob *j = d->head;
@@ -1060,6 +1070,12 @@ void deliver_tick(struct worker *w)
 	struct deliver *dl = w->dl;
 	for (struct oconn *oc = dl->conns, *next; oc; oc = next) {
 		next = oc->next;
+		if (oc->idle && !oc->closing && wanted_elsewhere(oc)) {
+			idle_remove(oc);
+			smtp_client_quit(&oc->cl);
+			conn_run(oc);
+			continue;
+		}
 		if (oc->closing || !oc->deadline || w->now_ms < oc->deadline)
 			continue;
 		if (oc->fd < 0)
