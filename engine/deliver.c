@@ -48,6 +48,7 @@ struct dest {
 	unsigned nconns;
 	struct oconn *idle;
 	uint64_t last_used;
+	bool throttled;            /* waiting for the send rate limit */
 };
 
 struct oconn {
@@ -668,17 +669,33 @@ static void conn_lost(struct oconn *oc, const char *why)
 }
 
 /* May a job start now under the connector's rate limit? */
+/* May the job at the head of the queue start now under the connector's
+ * rate limit? When not, jobs simply wait in the destination's queue (the
+ * tick tries again): nothing is deferred or bounced for our own limit. One
+ * log line per throttled stretch, one count per delayed job. */
 static bool rate_ok(struct worker *w, struct dest *d)
 {
 	uint64_t rate = d->sc->max_message_rate;
-	if (!rate || !d->th)
+	if (!rate || !d->th || !d->head)
 		return true;
 	double left;
-	if (throttle_take_message(w->throttle, d->th, (uint32_t)rate, w->now_ms, &left))
+	if (throttle_take_message(w->throttle, d->th, (uint32_t)rate, w->now_ms, &left)) {
+		d->throttled = false;
 		return true;
-	metric_add(&w->m.send[d->sc->stats_id].throttled, 1);
-	log_msg(LOG_INFO, "event=throttle reason=send_message_rate send_connector=\"%s\" limit=%llu",
-		d->name, (unsigned long long)rate);
+	}
+	if (!d->head->delayed) {
+		d->head->delayed = true;
+		metric_add(&w->m.send[d->sc->stats_id].throttled, 1);
+	}
+	if (!d->throttled) {
+		d->throttled = true;
+		unsigned waiting = 0;
+		for (const struct djob *j = d->head; j; j = j->next)
+			waiting++;
+		log_msg(LOG_INFO,
+			"event=throttle reason=send_message_rate send_connector=\"%s\" limit=%llu current=%u",
+			d->name, (unsigned long long)rate, waiting);
+	}
 	return false;
 }
 
@@ -686,23 +703,19 @@ static bool conn_take_job(struct oconn *oc)
 {
 	struct dest *d = oc->d;
 	struct worker *w = oc->w;
-	while (d->head && !w->stopping && oc->msgs < d->sc->max_messages_per_connection) {
-		struct djob *j = d->head;
-		d->head = j->next;
-		if (!d->head)
-			d->tail = NULL;
-		j->next = NULL;
-		if (!rate_ok(w, d)) {
-			job_return(w, j);
-			continue;
-		}
-		oc->job = j;
-		oc->job_started = true;
-		oc->msgs++;
-		smtp_client_start(&oc->cl, &j->cmsg, j->res);
-		return true;
-	}
-	return false;
+	if (!d->head || w->stopping || oc->msgs >= d->sc->max_messages_per_connection ||
+	    !rate_ok(w, d))
+		return false;
+	struct djob *j = d->head;
+	d->head = j->next;
+	if (!d->head)
+		d->tail = NULL;
+	j->next = NULL;
+	oc->job = j;
+	oc->job_started = true;
+	oc->msgs++;
+	smtp_client_start(&oc->cl, &j->cmsg, j->res);
+	return true;
 }
 
 /* Sends the stored message from the segment, then ".\r\n". 1 done, 0
@@ -972,20 +985,21 @@ static void dest_pump(struct worker *w, struct dest *d)
 				return;
 			}
 		}
+		if (!rate_ok(w, d)) {
+			if (max && d->th)
+				atomic_fetch_sub(&d->th->connections, 1);
+			return;
+		}
 		struct djob *j = d->head;
 		d->head = j->next;
 		if (!d->head)
 			d->tail = NULL;
 		j->next = NULL;
 		struct oconn *oc = calloc(1, sizeof(*oc));
-		if (!oc || !rate_ok(w, d)) {
+		if (!oc) {
 			if (max && d->th)
 				atomic_fetch_sub(&d->th->connections, 1);
-			free(oc);
-			if (oc)
-				job_return(w, j);
-			else
-				job_fail(w, j, 451, "4.3.0", "451 4.3.0 Out of memory");
+			job_fail(w, j, 451, "4.3.0", "451 4.3.0 Out of memory");
 			continue;
 		}
 		oc->w = w;

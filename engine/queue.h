@@ -67,7 +67,8 @@ struct djob {
 	struct smtp_client_rcpt *crcpt;
 	struct smtp_client_result *res;
 	struct smtp_client_msg cmsg;
-	bool throttled;           /* not attempted: our own send limits */
+	bool throttled;           /* not attempted (stopping): back to the queue as is */
+	bool delayed;             /* waited for the send connector's rate limit */
 	bool dsn_passed;          /* next hop took over DSN duty */
 	char remote[300];         /* next hop, for logs and DSNs */
 	struct djob *next;

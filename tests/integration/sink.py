@@ -4,6 +4,7 @@ as it came over the wire, still dot-stuffed) and answers as the test says.
 Postfix's smtp-sink cannot show the bytes; this can."""
 import socket
 import threading
+import time
 
 
 class Sink:
@@ -134,7 +135,8 @@ class Sink:
                     body = data()
                     if body is None:
                         return
-                    msg = {"mail": mail, "rcpts": rcpts, "data": body, "conn": conn}
+                    msg = {"mail": mail, "rcpts": rcpts, "data": body, "conn": conn,
+                           "t": time.monotonic()}
                     r = self.dot_reply(msg) if self.dot_reply else None
                     r = r or "250 2.0.0 Ok: queued"
                     msg["reply"] = r

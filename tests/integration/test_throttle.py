@@ -158,3 +158,51 @@ def test_tarpit_delays_5xx_to_anonymous_clients(postern):
     assert r == "550 5.1.7 Invalid address" and t < 0.5, t
     d.cmd("QUIT")
     d.close()
+
+
+SEND_RATE = """receive_connectors = (
+  { name = "Relay"; bindings = [ "127.0.0.1:{port}" ];
+    remote_ip_ranges = [ "127.0.0.0/8" ]; permission_groups = [ "anonymous_relay" ]; }
+);
+send_connectors = (
+  { name = "Quota"; address_spaces = [ "*" ]; smart_hosts = [ "127.0.0.1:%d" ];
+    max_message_rate = 120; }
+);
+"""
+
+
+def test_send_connector_message_rate_observed_at_the_sink(postern, tmp_path):
+    """max_message_rate = 120 per minute: a burst of 120 goes at once, then
+    2 per second, measured from the sink's arrival times; nothing is
+    deferred or bounced for it, messages wait."""
+    import json
+    import smtplib
+    import time
+    from conftest import SLOW
+    from sink import Sink
+    sink_port = free_port()
+    with Sink(sink_port) as sink:
+        sock = str(tmp_path / "stats.sock")
+        p = postern(SEND_RATE % sink_port, server_extra='  stats_socket = "%s";\n' % sock)
+        s = smtplib.SMTP("127.0.0.1", p.port, source_address=("127.0.0.10", 0), timeout=10)
+        for i in range(130):
+            s.sendmail("app@app.example", ["x%d@dest.example" % i],
+                       "Subject: %d\r\n\r\nrate\r\n" % i)
+        s.quit()
+        wait_until(lambda: sink.count() == 130, 20 * SLOW, interval=0.05,
+                   what="all 130 messages at the sink")
+        t = sorted(m["t"] for m in sink.snapshot())
+        # The burst: 120 at once (within the time it took to send them).
+        assert t[119] - t[0] < 3 * SLOW
+        # Then the refill rate: 10 more over 5 s, within 10%.
+        rate = 10 / (t[129] - t[119])
+        assert 1.8 <= rate <= 2.2, "observed %.2f msg/s after the burst, limit 2/s" % rate
+    log = p.stderr()
+    assert re.search(r'event=throttle reason=send_message_rate send_connector="Quota" '
+                     r'limit=120 current=\d+', log)
+    assert "event=defer " not in log and "event=bounce " not in log
+    assert log.count("event=deliver ") == 130
+    out = ctl(sock, "show", "stat", "json")
+    quota = [c for c in json.loads(out)["send_connectors"] if c["name"] == "Quota"][0]
+    assert quota["delivered"] == 130 and quota["deferred"] == 0
+    assert quota["throttled"] == 10
