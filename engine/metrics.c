@@ -283,7 +283,8 @@ void metrics_print_prometheus(FILE *out, struct metrics_registry *r,
 	per_send(out, sr, w, nw, "postern_delivery_connections_total", 4);
 	family(out, "postern_queue_messages", "gauge", "Messages in the queue.");
 	fprintf(out, "postern_queue_messages %ld\n", spool->messages);
-	family(out, "postern_spool_bytes", "gauge", "Bytes of queued messages on disk.");
+	family(out, "postern_spool_bytes", "gauge",
+	       "Bytes of queued messages in the spool (as stored, envelopes not counted).");
 	fprintf(out, "postern_spool_bytes %llu\n", (unsigned long long)spool->bytes);
 	family(out, "postern_accept_latency_seconds", "histogram",
 	       "Time from the end of DATA to the 250 reply (message on stable storage).");

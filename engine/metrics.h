@@ -55,6 +55,8 @@ struct worker_metrics {
 	struct connector_counters conn[METRIC_CONNECTORS_MAX];
 	struct send_counters send[METRIC_CONNECTORS_MAX];
 	_Atomic uint64_t expired;
+	_Atomic uint64_t queue_messages;  /* gauges: messages queued now */
+	_Atomic uint64_t queue_bytes;
 	struct latency_hist latency;
 	_Atomic uint64_t refused[REFUSE_COUNT];
 	_Atomic uint64_t fsyncs;          /* fdatasync calls of the spool */

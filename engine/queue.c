@@ -123,6 +123,8 @@ static void qmsg_free(struct queue *q, struct qmsg *m)
 		spool_seg_put(&q->w->spool, m->seg, m->bytes);
 	q->count--;
 	q->bytes -= m->bytes;
+	metric_add(&q->w->m.queue_messages, (uint64_t)-1);
+	metric_add(&q->w->m.queue_bytes, (uint64_t)0 - m->bytes);
 	free(m->r);
 	free(m->off);
 	free(m->len);
@@ -185,6 +187,8 @@ static struct qmsg *qmsg_new(struct queue *q, uint64_t id, struct spool_seg *seg
 	spool_seg_hold(seg, m->bytes);
 	q->count++;
 	q->bytes += m->bytes;
+	metric_add(&q->w->m.queue_messages, 1);
+	metric_add(&q->w->m.queue_bytes, m->bytes);
 	if (!ok) {
 		qmsg_free(q, m);
 		return NULL;
