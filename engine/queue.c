@@ -280,10 +280,10 @@ static void recover_one(void *arg, const struct spool_found *f)
 void queue_recover(struct queue *q, unsigned nworkers)
 {
 	struct worker *w = q->w;
-	size_t n;
-	uint64_t *seqs = spool_segments(w->spool.sp->dirfd, &n);
-	if (!seqs)
-		return;
+	/* Only what was there at start: the other workers are creating
+	 * segments already, and those are theirs. */
+	size_t n = w->spool.sp->nrecover;
+	const uint64_t *seqs = w->spool.sp->recover;
 	struct recover_ctx rc = {.q = q};
 	struct spool_scan_stats st;
 	memset(&st, 0, sizeof(st));
@@ -310,7 +310,6 @@ void queue_recover(struct queue *q, unsigned nworkers)
 		spool_seg_put(&w->spool, rc.seg, 0);
 		segs++;
 	}
-	free(seqs);
 	log_msg(LOG_INFO,
 		"event=queue_recovered worker=%u segments=%u messages=%llu recipients=%llu finished=%llu",
 		w->id, segs, (unsigned long long)rc.messages, (unsigned long long)rc.recipients,
@@ -529,11 +528,14 @@ static void log_result(const char *event, const struct qmsg *m, const struct qrc
 static void set_result(struct qrcpt *r, const char *status, const char *reply,
 		       const char *remote)
 {
+	/* reply or remote may be r's own strings: copy before freeing. */
+	char *nr = xdup(reply);
+	char *nm = remote && *remote ? strdup(remote) : NULL;
 	snprintf(r->status, sizeof(r->status), "%s", status);
 	free(r->reply);
-	r->reply = xdup(reply);
 	free(r->remote);
-	r->remote = remote && *remote ? strdup(remote) : NULL;
+	r->reply = nr;
+	r->remote = nm;
 }
 
 /* The end of a round of attempts for m: bounces for what failed, the

@@ -478,6 +478,8 @@ int spool_open(struct spool *sp, const char *dir, uint64_t segment_bytes, char *
 	sp->dirfd = sp->lockfd = -1;
 	sp->owner = NULL;
 	sp->owner_cap = 0;
+	sp->recover = NULL;
+	sp->nrecover = 0;
 	sp->segment_bytes = segment_bytes ? segment_bytes : SPOOL_SEGMENT_BYTES;
 	int ret = mkdir_p(dir);
 	if (ret < 0) {
@@ -504,7 +506,8 @@ int spool_open(struct spool *sp, const char *dir, uint64_t segment_bytes, char *
 		return -1;
 	}
 	atomic_init(&sp->next_seq, n ? seqs[n - 1] + 1 : 1);
-	free(seqs);
+	sp->recover = seqs;
+	sp->nrecover = n;
 	struct spool_scan_stats st;
 	spool_scan(sp->dirfd, NULL, NULL, &st);
 	/* Second pass with room for every live id: who owns which message. */
@@ -616,6 +619,9 @@ void spool_owner_free(struct spool *sp)
 	free(sp->owner);
 	sp->owner = NULL;
 	sp->owner_cap = 0;
+	free(sp->recover);
+	sp->recover = NULL;
+	sp->nrecover = 0;
 }
 
 static void owner_note(void *arg, const struct spool_found *f)

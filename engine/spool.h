@@ -91,9 +91,12 @@ struct spool {
 	struct spool_owner *owner;   /* open addressing on id; freed after recovery */
 	size_t owner_cap;
 	size_t used;
+	uint64_t *recover;           /* segments present at open, for recovery */
+	size_t nrecover;
 };
 
-/* The segment whose copy of message id recovery uses (0: unknown). */
+/* The segment whose copy of message id recovery uses (0: unknown).
+ * spool_owner_free() also drops the list of segments to recover. */
 uint64_t spool_owner_seq(const struct spool *sp, uint64_t id);
 void spool_owner_free(struct spool *sp);
 
