@@ -18,6 +18,8 @@ class Sink:
         self.dot_reply = dot_reply
         self.messages = []      # dicts: mail, rcpts, data, conn
         self.connections = 0
+        self.active = 0         # connections open now, and the most at once
+        self.max_active = 0
         self.lock = threading.Lock()
         self.sock = None
         self.threads = []
@@ -58,6 +60,8 @@ class Sink:
                 return
             with self.lock:
                 self.connections += 1
+                self.active += 1
+                self.max_active = max(self.max_active, self.active)
                 n = self.connections
             t = threading.Thread(target=self._serve, args=(c, n), daemon=True)
             t.start()
@@ -157,6 +161,8 @@ class Sink:
             return
         finally:
             c.close()
+            with self.lock:
+                self.active -= 1
 
     def count(self):
         with self.lock:

@@ -206,3 +206,37 @@ def test_send_connector_message_rate_observed_at_the_sink(postern, tmp_path):
     quota = [c for c in json.loads(out)["send_connectors"] if c["name"] == "Quota"][0]
     assert quota["delivered"] == 130 and quota["deferred"] == 0
     assert quota["throttled"] == 10
+
+
+def test_send_connector_max_connections_across_workers(postern):
+    """max_connections = 2 holds for the connector as a whole (clients from
+    several addresses land on both workers): the sink never sees more than
+    2 at once, and every message arrives."""
+    import smtplib
+    import threading
+    from conftest import SLOW
+    from sink import Sink
+    sink_port = free_port()
+    text = SEND_RATE.replace("max_message_rate = 120;", "max_connections = 2; "
+                             "max_messages_per_connection = 5;") % sink_port
+    # A slow next hop keeps connections busy, so more would be opened if allowed.
+    with Sink(sink_port, dot_reply=lambda m: __import__("time").sleep(0.05) or None) as sink:
+        p = postern(text)
+
+        def client(k):
+            s = smtplib.SMTP("127.0.0.1", p.port, source_address=("127.0.0.%d" % (10 + k), 0),
+                             timeout=10)
+            for i in range(10):
+                s.sendmail("app@app.example", ["c%d-%d@dest.example" % (k, i)], "Subject: c\r\n\r\nx\r\n")
+            s.quit()
+        threads = [threading.Thread(target=client, args=(k,)) for k in range(4)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(30)
+        wait_until(lambda: sink.count() == 40, 30 * SLOW, interval=0.05,
+                   what="all 40 messages at the sink")
+        assert sink.max_active <= 2, "the sink saw %d connections at once" % sink.max_active
+        assert sink.max_active == 2
+        # 5 messages per connection at most: at least 8 connections in all.
+        assert sink.connections >= 8
