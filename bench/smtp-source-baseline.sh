@@ -42,7 +42,10 @@ accepted_domains = ( { domain = "corp.example"; type = "authoritative"; } );
 receive_connectors = ( { name = "Bench"; bindings = [ "127.0.0.1:$PORT" ];
   remote_ip_ranges = [ "127.0.0.0/8" ]; permission_groups = [ "anonymous_relay" ];
   # 100 sessions from one address: above the Exchange defaults (20 per source).
-  max_inbound_connection_per_source = "unlimited"; } );
+  max_inbound_connection_per_source = "unlimited"; max_inbound_connection_percentage_per_source = 100; } );
+# Accept only (like Postfix's hold queue in bench/compare): the messages stay queued.
+send_connectors = ( { name = "Held"; address_spaces = [ "*" ]; smart_hosts = [ "127.0.0.1:$SINK_PORT" ]; } );
+queue = { hold = true; };
 CONF
 "$BIN" -c "$WORK/postern.conf" 2>"$WORK/postern.log" & PIDS+=($!)
 wait_port "$SINK_PORT"; wait_port "$PORT"
