@@ -44,7 +44,7 @@ fuzz: deps
 	@for t in tests/fuzz/fuzz_*.c; do \
 	  n=$$(basename $$t .c); \
 	  clang -g -O1 -fsanitize=fuzzer,address,undefined -fno-sanitize-recover=all \
-	    -D_GNU_SOURCE -Iproto $$t proto/*.c -o $(BUILD)/fuzz/$$n || exit 1; \
+	    -D_GNU_SOURCE -Iproto -Iengine $$t proto/*.c engine/envelope.c -o $(BUILD)/fuzz/$$n || exit 1; \
 	  echo "== $$n ($(FUZZ_SECONDS)s)"; \
 	  $(BUILD)/fuzz/$$n -max_total_time=$(FUZZ_SECONDS) -print_final_stats=1 2>&1 | tail -3 || exit 1; \
 	done

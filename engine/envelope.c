@@ -55,6 +55,16 @@ void envelope_write(FILE *out, const char *id, const struct smtp_envelope *env,
 	fputs("\r\n", out);
 }
 
+/* A decimal number within p[0..n): the line, never past it. */
+static int64_t number(const char *p, size_t n)
+{
+	int64_t v = 0;
+	bool neg = n && *p == '-';
+	for (size_t i = neg; i < n && p[i] >= '0' && p[i] <= '9' && v < INT64_MAX / 10 - 9; i++)
+		v = v * 10 + (p[i] - '0');
+	return neg ? -v : v;
+}
+
 /* Copies the value of a "key: value" line up to the first space when
  * first_word is set. */
 static void value(char *dst, size_t cap, const char *p, size_t n, bool first_word)
@@ -86,7 +96,7 @@ int envelope_parse(const char *p, size_t len, struct envelope_info *e)
 		if (n > 4 && memcmp(line, "id: ", 4) == 0)
 			value(e->id, sizeof(e->id), line + 4, n - 4, false);
 		else if (n > 9 && memcmp(line, "arrival: ", 9) == 0)
-			e->arrival = strtoll(line + 9, NULL, 10);
+			e->arrival = number(line + 9, n - 9);
 		else if (n > 11 && memcmp(line, "connector: ", 11) == 0)
 			value(e->connector, sizeof(e->connector), line + 11, n - 11, false);
 		else if (n > 8 && memcmp(line, "client: ", 8) == 0)
@@ -140,6 +150,10 @@ int envelope_read(const char *p, size_t len, struct envelope_full *e)
 	memset(e, 0, sizeof(*e));
 	if (len < 11 || memcmp(p, "POSTERN/1\r\n", 11) != 0)
 		return -1;
+	/* envelope_write() never leaves a bare LF: one means corruption. */
+	for (size_t i = 0; i < len; i++)
+		if (p[i] == '\n' && (i == 0 || p[i - 1] != '\r'))
+			return -1;
 	unsigned cap = 0;
 	const char *end = p + len;
 	for (const char *line = p + 11; line < end;) {
@@ -154,7 +168,7 @@ int envelope_read(const char *p, size_t len, struct envelope_full *e)
 		if (param(line, n, "id: ", &v, &vl))
 			snprintf(e->id, sizeof(e->id), "%.*s", (int)vl, v);
 		else if (param(line, n, "arrival: ", &v, &vl))
-			e->arrival = strtoll(v, NULL, 10);
+			e->arrival = number(v, vl);
 		else if (param(line, n, "connector: ", &v, &vl))
 			snprintf(e->connector, sizeof(e->connector), "%.*s", (int)vl, v);
 		else if (param(line, n, "client: ", &v, &vl))
@@ -176,8 +190,10 @@ int envelope_read(const char *p, size_t len, struct envelope_full *e)
 				else if (param(t, tn, "RET=", &pv, &pl))
 					e->env.ret = pl == 4 && !strncasecmp(pv, "FULL", 4) ? SMTP_RET_FULL
 										     : SMTP_RET_HDRS;
-				else if (param(t, tn, "ENVID=", &pv, &pl))
+				else if (param(t, tn, "ENVID=", &pv, &pl)) {
+					free(e->env.envid);
 					e->env.envid = dup_n(pv, pl);
+				}
 				else if (tn == 8 && !strncasecmp(t, "SMTPUTF8", 8))
 					e->env.smtputf8 = true;
 				t = te;
@@ -212,6 +228,7 @@ int envelope_read(const char *p, size_t len, struct envelope_full *e)
 							r->notify |= 1u << b;
 					}
 				} else if (param(t, tn, "ORCPT=", &pv, &pl)) {
+					free(r->orcpt);
 					r->orcpt = dup_n(pv, pl);
 				}
 				t = te;
