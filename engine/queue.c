@@ -822,7 +822,7 @@ static void move_finish(struct queue *q, struct qmove *mv, bool ok)
 void queue_flush_started(struct queue *q)
 {
 	for (struct qmove *mv = q->moves; mv; mv = mv->next)
-		if (mv->stage == 1)
+		if (mv->stage == 1 && mv->end <= spool_seg_written_prefix(mv->to))
 			mv->stage = 2;
 }
 
@@ -890,6 +890,7 @@ static bool move_one(struct queue *q, struct qmsg *m)
 	mv->len = sm->len[0];
 	spool_seg_hold(mv->to, m->bytes);
 	spool_msg_commit(sw, sm, rec, rlen);
+	mv->end = sm->end;
 	/* Its delivery state follows it. */
 	for (unsigned i = 0; i < m->nrcpt; i++)
 		if (m->r[i].state != SPOOL_RCPT_PENDING) {

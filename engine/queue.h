@@ -80,6 +80,7 @@ struct qmove {
 	struct spool_seg *to;     /* held */
 	uint64_t off;             /* where its bytes are in the new segment */
 	uint32_t len;
+	uint64_t end;             /* just past its COMMIT record */
 	int stage;                /* 0 writing, 1 written, 2 covered by a flush */
 	bool failed;
 	struct qmove *next;

@@ -34,6 +34,7 @@ struct spool_seg {
 	bool dirty;              /* written since the last fsync was submitted */
 	bool syncing;
 	unsigned holds;          /* queued messages stored here */
+	struct spool_write *inflight_head, *inflight_tail; /* by offset */
 	uint64_t live_bytes;     /* their message bytes */
 	struct spool_seg *next;
 };
@@ -636,6 +637,11 @@ static void owner_note(void *arg, const struct spool_found *f)
 		sp->owner[k] = (struct spool_owner){f->id, f->seq};
 }
 
+uint64_t spool_seg_written_prefix(const struct spool_seg *s)
+{
+	return s->inflight_head ? s->inflight_head->off : s->tail;
+}
+
 int spool_seg_fd(const struct spool_seg *s)
 {
 	return s->fd;
@@ -794,6 +800,15 @@ static uint64_t submit_to(struct spool_worker *sw, struct spool_seg *s, uint64_t
 	w->expect = (uint32_t)(sizeof(w->hdr) + n);
 	uint64_t off = s->tail;
 	s->tail += w->expect;
+	/* Offsets only grow, so appending keeps the list in offset order. */
+	w->off = off;
+	w->next = NULL;
+	w->prev = s->inflight_tail;
+	if (s->inflight_tail)
+		s->inflight_tail->next = w;
+	else
+		s->inflight_head = w;
+	s->inflight_tail = w;
 	s->writes++;
 	sw->pending_writes++;
 	ring_writev(sw->ring, s->fd, w->iov, 2, off, ring_tag_ptr(OP_SPOOL_WRITE, w));
@@ -891,6 +906,7 @@ void spool_msg_commit(struct spool_worker *sw, struct spool_msg *m, char *rec,
 	w->owned = rec;
 	w->bid = -1;
 	submit(sw, m, w, SPOOL_REC_COMMIT, rec, len);
+	m->end = m->seg->tail;
 }
 
 static void msg_free(struct spool_worker *sw, struct spool_msg *m)
@@ -926,6 +942,14 @@ struct spool_msg *spool_write_done(struct spool_worker *sw, struct spool_write *
 	}
 	s->writes--;
 	sw->pending_writes--;
+	if (wr->prev)
+		wr->prev->next = wr->next;
+	else
+		s->inflight_head = wr->next;
+	if (wr->next)
+		wr->next->prev = wr->prev;
+	else
+		s->inflight_tail = wr->prev;
 	free(wr->owned);
 	wr->next_free = sw->free_writes;
 	sw->free_writes = wr;

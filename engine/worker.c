@@ -138,16 +138,32 @@ static void commit_done(struct worker *w, bool ok);
 
 /* Group commit: everything written since the last flush becomes durable
  * with this one; the next flush starts as soon as this one completes. */
+/* A stored message joins a flush only once every write before it in its
+ * segment is done (spool_msg_flushable): recovery stops at the first hole,
+ * so an earlier message's write still in flight would hide this one. */
+static bool ready_flushable(struct worker *w, struct slotref r)
+{
+	struct conn *c = r.slot < w->nslots ? w->slots[r.slot] : NULL;
+	return !c || c->gen != r.gen || !c->smsg || spool_msg_flushable(c->smsg);
+}
+
 static void commit_start(struct worker *w)
 {
-	struct slotref *t = w->commit_batch;
-	uint32_t tc = w->batch_cap;
-	w->commit_batch = w->commit_ready;
-	w->batch_cap = w->ready_cap;
-	w->nbatch = w->nready;
-	w->commit_ready = t;
-	w->ready_cap = tc;
-	w->nready = 0;
+	/* The batch gets what is flushable now; the rest waits in ready. */
+	uint32_t keep = 0;
+	w->nbatch = 0;
+	for (uint32_t i = 0; i < w->nready; i++) {
+		struct slotref r = w->commit_ready[i];
+		if (ready_flushable(w, r)) {
+			if (!push_ref(&w->commit_batch, &w->nbatch, &w->batch_cap, r))
+				w->commit_ready[keep++] = r;
+		} else {
+			w->commit_ready[keep++] = r;
+		}
+	}
+	w->nready = keep;
+	if (w->nbatch == 0 && !spool_dirty(&w->spool))
+		return; /* a write completing calls again */
 	w->flushing = true;
 	queue_flush_started(&w->queue);
 	unsigned n = spool_sync_start(&w->spool, ring_tag(OP_SPOOL_SYNC, 0, 0));
@@ -383,6 +399,9 @@ static void dispatch(struct worker *w, struct io_uring_cqe *cqe)
 			else if (((struct conn *)m->owner)->storing)
 				session_on_written(w, m->owner);
 		}
+		/* The written prefix moved: waiting messages may be flushable. */
+		if (!w->flushing && w->nready)
+			commit_start(w);
 		break;
 	}
 	case OP_OUT_POLL:
