@@ -29,6 +29,28 @@ int log_open_file(const char *path)
 	return ret;
 }
 
+/* Worker threads collect their lines and write them once per loop turn,
+ * before the ring submits what those lines describe. */
+#define BATCH_CAP 16384
+static __thread char batch[BATCH_CAP];
+static __thread size_t batch_len;
+static __thread bool batching;
+
+void log_batch_begin(void)
+{
+	batching = true;
+	batch_len = 0;
+}
+
+void log_batch_flush(void)
+{
+	if (batch_len) {
+		ssize_t w = write(log_fd, batch, batch_len);
+		(void)w;
+		batch_len = 0;
+	}
+}
+
 void log_set_level(enum log_level l)
 {
 	max_level = l;
@@ -61,6 +83,15 @@ void log_msg(enum log_level l, const char *fmt, ...)
 	if (len > sizeof(line) - 2)
 		len = sizeof(line) - 2;
 	line[len++] = '\n';
+	if (batching) {
+		if (batch_len + len > BATCH_CAP)
+			log_batch_flush();
+		memcpy(batch + batch_len, line, len);
+		batch_len += len;
+		if (l <= LOG_WARN)
+			log_batch_flush();
+		return;
+	}
 	ssize_t w = write(log_fd, line, len);
 	(void)w;
 }

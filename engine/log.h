@@ -20,6 +20,11 @@ int log_enabled(enum log_level l);
 void log_msg(enum log_level l, const char *fmt, ...)
 	__attribute__((format(printf, 2, 3)));
 
+/* From log_batch_begin() on, the calling thread's lines are kept and
+ * written together by log_batch_flush() (errors and warnings at once). */
+void log_batch_begin(void);
+void log_batch_flush(void);
+
 /* Copies s into dst as a logfmt value: quoted when it holds spaces, quotes,
  * '=' or control characters, with those escaped. */
 const char *log_quote(char *dst, unsigned cap, const char *s);

@@ -489,7 +489,9 @@ static void *worker_main(void *arg)
 		return NULL;
 	}
 	atomic_store(&w->state, 1);
+	log_batch_begin();
 	for (;;) {
+		log_batch_flush();
 		int ret = ring_submit_wait(&w->ring);
 		if (ret < 0 && ret != -ETIME && ret != -EBUSY) {
 			log_msg(LOG_ERROR, "event=ring_error worker=%u error=\"%s\"", w->id,
@@ -520,6 +522,7 @@ static void *worker_main(void *arg)
 		    deliver_idle(w))
 			break;
 	}
+	log_batch_flush();
 	struct metrics_totals t;
 	metrics_totals(w, 1, &t);
 	log_msg(LOG_INFO,
@@ -543,6 +546,7 @@ static void *worker_main(void *arg)
 		free(r->new_fd);
 		free(r);
 	}
+	log_batch_flush();
 	atomic_store(&w->state, 2);
 	return NULL;
 }
