@@ -717,6 +717,14 @@ static void start_attempt(struct queue *q, struct qmsg *m, int64_t now_ms)
 	}
 }
 
+void queue_flush_all(struct queue *q)
+{
+	/* All keys become 0: any order is a heap. */
+	for (size_t i = 0; i < q->n; i++)
+		q->heap[i]->next_ms = 0;
+	log_msg(LOG_INFO, "event=flush worker=%u messages=%zu", q->w->id, q->n);
+}
+
 void queue_run(struct queue *q, int64_t now_ms)
 {
 	struct worker *w = q->w;

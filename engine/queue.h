@@ -109,6 +109,9 @@ void queue_add_received(struct queue *q, struct spool_msg *sm, const char *idtxt
  * seq % nworkers == worker id); logs what it found. */
 void queue_recover(struct queue *q, unsigned nworkers);
 
+/* Every waiting message becomes due now (posternctl flush). */
+void queue_flush_all(struct queue *q);
+
 /* Starts every attempt that is due (called from the worker's tick). */
 void queue_run(struct queue *q, int64_t now_ms);
 

@@ -22,7 +22,7 @@
 static const char *const commands_help =
 	"commands: show info [json] | show stat [json] | show queue [json] | "
 	"show connectors [json] | show throttle | show metrics | match <ip>[:<port>] [json] | "
-	"reload | help";
+	"flush | reload | help";
 
 /* Queued messages and their bytes (message and envelope), read from the
  * segments as recovery would. */
@@ -290,6 +290,13 @@ int stats_command(const struct stats_host *h, const char *line, FILE *out)
 		ret = h->reload(h->arg, result, sizeof(result));
 		fprintf(out, "%s%s\n", ret ? "error: " : "", result);
 		return ret;
+	}
+	if (strcmp(cmd, "flush") == 0 && !json) {
+		/* Every queued message is due now (after a next hop came back). */
+		for (unsigned i = 0; i < h->nworkers; i++)
+			worker_flush_queue(&h->workers[i]);
+		fprintf(out, "flushing: every queued message is due now\n");
+		return 0;
 	}
 	struct conf *c = h->current(h->arg);
 	if (strcmp(cmd, "show info") == 0) {

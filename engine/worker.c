@@ -323,6 +323,12 @@ void worker_reload(struct worker *w, struct worker_reload *r)
 	worker_poke(w);
 }
 
+void worker_flush_queue(struct worker *w)
+{
+	atomic_store(&w->flush_requested, true);
+	worker_poke(w);
+}
+
 bool worker_reload_pending(struct worker *w)
 {
 	return atomic_load(&w->reload) != NULL;
@@ -424,6 +430,8 @@ static void dispatch(struct worker *w, struct io_uring_cqe *cqe)
 		if (!w->stopping && atomic_load(&w->stop_requested))
 			begin_stop(w);
 		deliver_wake(w);
+		if (atomic_exchange(&w->flush_requested, false))
+			queue_flush_all(&w->queue);
 		arm_wake(w);
 		break;
 	default:

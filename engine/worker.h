@@ -119,6 +119,7 @@ struct worker {
 	struct __kernel_timespec tick;
 	struct worker_metrics m;  /* written by this worker only */
 	atomic_bool stop_requested;
+	atomic_bool flush_requested;  /* posternctl flush: retry everything now */
 	atomic_int state;         /* 0 starting, 1 running, -1 failed, 2 exited */
 	char err[256];
 };
@@ -129,6 +130,8 @@ void worker_request_stop(struct worker *w);
  * turn). The previous one must have been taken: see worker_reload_pending(). */
 void worker_reload(struct worker *w, struct worker_reload *r);
 bool worker_reload_pending(struct worker *w);
+/* Makes every message queued on the worker due now (any thread). */
+void worker_flush_queue(struct worker *w);
 void worker_join(struct worker *w);
 
 uint64_t worker_clock_ms(void);

@@ -219,6 +219,13 @@ def test_queue_listing(traffic):
     rc, text = ctl(traffic.sock, "show", "queue")
     assert rc == 0 and text.endswith("3 messages queued\n")
     assert text.count("last error: 451 4.4.1") == 3
+    # flush: every message is tried again now, not in an hour.
+    rc, out = ctl(traffic.sock, "flush")
+    assert rc == 0 and out == "flushing: every queued message is due now\n"
+    wait_until(lambda: all(m["attempts"] == 2 for m in
+                           json.loads(ctl(traffic.sock, "show", "queue", "json")[1])["messages"]),
+               10 * SLOW, what="every message to be tried a second time")
+    assert traffic.stderr().count("event=flush ") == 2  # one per worker
 
 
 def test_event_log_lines(traffic):
@@ -255,4 +262,5 @@ def test_unknown_command_lists_commands(traffic):
     assert rc == 1
     assert out == ('error: unknown command "frobnicate"; commands: show info [json] | '
                    'show stat [json] | show queue [json] | show connectors [json] | '
-                   'show throttle | show metrics | match <ip>[:<port>] [json] | reload | help\n')
+                   'show throttle | show metrics | match <ip>[:<port>] [json] | flush | reload | '
+                   'help\n')
