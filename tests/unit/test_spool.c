@@ -14,6 +14,7 @@
 #include <unistd.h>
 
 #include "check.h"
+#include "ring.h"
 #include "spool.h"
 
 struct seg_builder {
@@ -321,6 +322,77 @@ static void test_crc32c_known_values(void **state)
 	assert_int_equal(spool_crc32c(0, zeros, 32), 0x8A9136AAu);
 }
 
+/* Writes through a real ring: a message is flushable only when every
+ * write before it in its segment is done, however the kernel orders the
+ * completions; and the records written are what the scan finds. */
+static void test_flushable_waits_for_earlier_writes(void **state_)
+{
+	struct ring r;
+	char err[256];
+	if (ring_init(&r, 64, err, sizeof(err)) < 0)
+		skip();
+	struct spool sp;
+	assert_int_equal(spool_open(&sp, dir, 1 << 20, err, sizeof(err)), 0);
+	struct spool_worker sw;
+	spool_worker_init(&sw, &sp, &r);
+	int e = 0;
+	struct spool_msg *a = spool_msg_begin(&sw, 0xA, &e);
+	struct spool_msg *b = spool_msg_begin(&sw, 0xB, &e);
+	assert_non_null(a);
+	assert_non_null(b);
+	assert_ptr_equal(a->seg, b->seg);
+	assert_true(spool_msg_append(&sw, a, "aaaa\r\n", 6, -1));
+	assert_true(spool_msg_append(&sw, b, "bbbb\r\n", 6, -1));
+	static const char env[] = "POSTERN/1\r\nrcpt: <x@y>\r\n\r\n";
+	char *rec = malloc(sizeof(struct spool_commit_hdr) + sizeof(env) - 1);
+	memcpy(rec + sizeof(struct spool_commit_hdr), env, sizeof(env) - 1);
+	spool_msg_commit(&sw, b, rec, sizeof(struct spool_commit_hdr) + sizeof(env) - 1);
+	/* Nothing completed yet: b's own writes are pending, and a's too. */
+	assert_false(spool_msg_flushable(b));
+	CHECK_INT("prefix", spool_seg_written_prefix(b->seg), 0);
+	/* Collect the three completions, then hand them over with a's last:
+	 * the order a slow earlier write would give. */
+	struct spool_write *done[3];
+	int res[3];
+	unsigned seen = 0;
+	while (seen < 3) {
+		assert_int_equal(ring_submit_wait(&r), 0);
+		struct io_uring_cqe *cqe;
+		unsigned head, n = 0;
+		io_uring_for_each_cqe(&r.uring, head, cqe) {
+			assert_true(seen < 3);
+			done[seen] = ring_tag_to_ptr(io_uring_cqe_get_data64(cqe));
+			res[seen++] = cqe->res;
+			n++;
+		}
+		io_uring_cq_advance(&r.uring, n);
+	}
+	for (int pass = 0; pass < 2; pass++)
+		for (unsigned i = 0; i < 3; i++) {
+			bool is_a = done[i]->msg == a;
+			if (is_a != (pass == 1))
+				continue;
+			int bid;
+			spool_write_done(&sw, done[i], res[i], &bid);
+			if (pass == 0) /* b's writes done, a's not: not yet */
+				assert_false(spool_msg_flushable(b));
+		}
+	assert_true(spool_msg_written(b));
+	assert_true(spool_msg_flushable(b));
+	CHECK_INT("prefix at the tail", spool_seg_written_prefix(b->seg), b->end);
+	spool_msg_release(&sw, a);
+	spool_msg_release(&sw, b);
+	spool_worker_free(&sw);
+	ring_exit(&r);
+	spool_close(&sp);
+	struct state_found f = {0};
+	struct spool_scan_stats st;
+	assert_int_equal(spool_scan(dirfd_, collect_state, &f, &st), 0);
+	CHECK_INT("found", f.n, 1);
+	assert_true(f.id[0] == 0xB);
+	CHECK_INT("a is partial", st.orphans, 1);
+}
+
 int main(void)
 {
 	const struct CMUnitTest tests[] = {
@@ -330,6 +402,7 @@ int main(void)
 		cmocka_unit_test_setup_teardown(test_inconsistent_commit_is_ignored, setup, teardown),
 		cmocka_unit_test_setup_teardown(test_state_records, setup, teardown),
 		cmocka_unit_test_setup_teardown(test_moved_copy_wins, setup, teardown),
+		cmocka_unit_test_setup_teardown(test_flushable_waits_for_earlier_writes, setup, teardown),
 	};
 	return cmocka_run_group_tests(tests, NULL, NULL);
 }
