@@ -2,7 +2,8 @@
 # Durable accept rate: Postfix's smtp-source against Postern and against
 # smtp-sink (no disk) on this machine, in the same run, alternating.
 # Prints a Markdown table; with --append also adds it to BENCHMARKS.md.
-# Usage: bench/smtp-source-baseline.sh [--append] [MESSAGES] [ROUNDS]
+# Usage: [WORKERS=n] bench/smtp-source-baseline.sh [--append] [MESSAGES] [ROUNDS]
+# WORKERS: Postern's server.workers (default 0: one per CPU).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -36,7 +37,7 @@ SINK_PORT=$(free_port)
 "$SINK" -u nobody 127.0.0.1:"$SINK_PORT" 1000 & PIDS+=($!)
 PORT=$(free_port)
 cat > "$WORK/postern.conf" <<CONF
-server = { hostname = "bench.example"; workers = 0; spool_dir = "$WORK/spool"; log_file = "$WORK/postern.log";
+server = { hostname = "bench.example"; workers = ${WORKERS:-0}; spool_dir = "$WORK/spool"; log_file = "$WORK/postern.log";
   stats_socket = "$WORK/stats.sock"; };
 accepted_domains = ( { domain = "corp.example"; type = "authoritative"; } );
 receive_connectors = ( { name = "Bench"; bindings = [ "127.0.0.1:$PORT" ];
@@ -118,7 +119,7 @@ TABLE=$(cat <<MD
 
 ### smtp-source: Postern vs smtp-sink ($(date -u +%Y-%m-%d))
 - Machine: $CPU, $(nproc) cores, kernel $(uname -r); fdatasync rate of the spool disk measured now: $FS/s
-- Command: \`bench/smtp-source-baseline.sh $MSGS $ROUNDS\` — smtp-source -s $SESSIONS -m $MSGS -l $SIZE, median of $ROUNDS alternating rounds
+- Command: \`$( [ -n "${WORKERS:-}" ] && echo "WORKERS=$WORKERS " )bench/smtp-source-baseline.sh $MSGS $ROUNDS\` (Postern workers: ${WORKERS:-0}, 0 = one per CPU) — smtp-source -s $SESSIONS -m $MSGS -l $SIZE, median of $ROUNDS alternating rounds
 - Durability mode: **durable** — every 250 follows the fdatasync (group commit, per worker) that covers the message in its log segment. smtp-sink stores nothing. Postern logs at the default level (info: connect, receive, disconnect lines) to a file.
 
 | scenario | Postern msg/s | smtp-sink msg/s (ceiling) | Postern / sink |
