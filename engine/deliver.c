@@ -752,11 +752,14 @@ static int send_body(struct oconn *oc)
 	return 1;
 }
 
-/* Another worker waits for one of the connector's connections. */
+/* Another worker waits for one of the connector's connections (the word
+ * holds until when, and which worker asked). */
 static bool wanted_elsewhere(const struct oconn *oc)
 {
-	return oc->d->th && oc->d->sc->max_connections &&
-	       oc->w->now_ms < atomic_load(&oc->d->th->wanted_until);
+	if (!oc->d->th || !oc->d->sc->max_connections)
+		return false;
+	uint64_t v = atomic_load(&oc->d->th->wanted_until);
+	return oc->w->now_ms < v >> 8 && (v & 0xff) != (oc->w->id % 255 + 1);
 }
 
 static void go_idle(struct oconn *oc)
@@ -979,9 +982,13 @@ static void dest_pump(struct worker *w, struct dest *d)
 			int32_t now = atomic_fetch_add(&d->th->connections, 1) + 1;
 			if (now > (int32_t)max) {
 				atomic_fetch_sub(&d->th->connections, 1);
-				/* Other workers give back their idle connections;
-				 * this one retries at its next tick. */
-				atomic_store(&d->th->wanted_until, w->now_ms + 1000);
+				/* A worker below its fair share makes the others
+				 * give back their idle connections; it retries at
+				 * its next tick. */
+				uint64_t fair = max / (w->nworkers ? w->nworkers : 1);
+				if (d->nconns < (fair ? fair : 1))
+					atomic_store(&d->th->wanted_until,
+						     (w->now_ms + 1000) << 8 | (w->id % 255 + 1));
 				return;
 			}
 		}

@@ -22,8 +22,9 @@ struct throttle_entry {
 	_Atomic uint64_t key;        /* 0: free */
 	_Atomic int32_t connections;
 	_Atomic uint64_t bucket;
-	/* Send connectors: until when (worker clock, ms) some worker has jobs
-	 * waiting for a connection; the others then close idle ones. */
+	/* Send connectors: until when (worker clock ms, << 8) a worker (low
+	 * byte: its id + 1) has jobs waiting for a connection; the others
+	 * then close idle ones. */
 	_Atomic uint64_t wanted_until;
 	char source[46];             /* for show throttle; written once */
 	uint32_t connector;          /* stats id */
