@@ -22,6 +22,7 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include "dirs.h"
 #include "log.h"
 #include "queue.h"
 #include "resolver.h"
@@ -60,7 +61,6 @@ struct oconn {
 	bool closing;
 	bool counted;              /* holds one of the connector's connections */
 	bool connecting;
-	bool connected;
 	bool client_ready;         /* smtp_client initialised */
 	unsigned target;
 	char last_error[300];      /* why the last target failed */
@@ -118,13 +118,10 @@ static void dest_pump(struct worker *w, struct dest *d);
 
 /* ---- jobs ------------------------------------------------------------- */
 
-static void job_result_all(struct djob *j, int code, const char *status, const char *text,
-			   bool only_unset)
+static void job_result_all(struct djob *j, int code, const char *status, const char *text)
 {
 	for (unsigned k = 0; k < j->n; k++) {
 		struct smtp_client_result *r = &j->res[k];
-		if (only_unset && r->code)
-			continue;
 		r->code = code;
 		snprintf(r->status, sizeof(r->status), "%s", status);
 		snprintf(r->text, sizeof(r->text), "%s", text);
@@ -135,14 +132,14 @@ static void job_result_all(struct djob *j, int code, const char *status, const c
 static void job_fail(struct worker *w, struct djob *j, int code, const char *status,
 		     const char *text)
 {
-	job_result_all(j, code, status, text, false);
+	job_result_all(j, code, status, text);
 	queue_job_done(&w->queue, j);
 }
 
 /* Not attempted (stopping, our own rate limit): back to the queue as is. */
 static void job_return(struct worker *w, struct djob *j)
 {
-	j->throttled = true;
+	j->not_attempted = true;
 	queue_job_done(&w->queue, j);
 }
 
@@ -300,26 +297,6 @@ static void on_resolved(struct worker *w, struct dest *d, struct resolver_result
 
 /* ---- drop directory --------------------------------------------------- */
 
-static int mkdir_p(const char *dir)
-{
-	char path[4096];
-	size_t n = strlen(dir);
-	if (n == 0 || n >= sizeof(path))
-		return -ENAMETOOLONG;
-	memcpy(path, dir, n + 1);
-	for (char *p = path + 1; *p; p++) {
-		if (*p != '/')
-			continue;
-		*p = '\0';
-		if (mkdir(path, 0750) < 0 && errno != EEXIST)
-			return -errno;
-		*p = '/';
-	}
-	if (mkdir(path, 0750) < 0 && errno != EEXIST)
-		return -errno;
-	return 0;
-}
-
 /* Writes the message as a .eml file: X-Sender/X-Receiver lines carry the
  * envelope (as Exchange's pickup/replay files do), then the message with
  * the SMTP dot-stuffing undone. Atomic: a temporary name, fsync, rename,
@@ -330,7 +307,7 @@ static int drop_write(const struct djob *j, char *path, size_t pathcap)
 {
 	const struct qmsg *m = j->m;
 	const char *dir = j->sc->drop_dir;
-	int ret = mkdir_p(dir);
+	int ret = dirs_make(dir);
 	if (ret < 0)
 		return ret;
 	char tmp[4200];
@@ -548,7 +525,6 @@ static bool conn_connect(struct oconn *oc)
 		}
 		oc->fd = fd;
 		oc->connecting = true;
-		oc->connected = false;
 		oc->armed_in = oc->armed_out = false;
 		set_deadline(oc, d->sc->connect_timeout_ms);
 		arm(oc, true);
@@ -895,7 +871,6 @@ static void conn_connected(struct oconn *oc)
 		return;
 	}
 	oc->connecting = false;
-	oc->connected = true;
 	struct smtp_client_params p = {.helo_name = oc->d->conf->hostname};
 	smtp_client_init(&oc->cl, &p);
 	oc->client_ready = true;
@@ -1078,7 +1053,7 @@ void deliver_wake(struct worker *w)
 			on_resolved(w, it->d, it->res);
 		} else {
 			dl->dropping--;
-			job_result_all(it->job, it->code, it->status, it->text, false);
+			job_result_all(it->job, it->code, it->status, it->text);
 			it->job->dsn_passed = false;
 			queue_job_done(&w->queue, it->job);
 		}

@@ -65,54 +65,6 @@ static int64_t number(const char *p, size_t n)
 	return neg ? -v : v;
 }
 
-/* Copies the value of a "key: value" line up to the first space when
- * first_word is set. */
-static void value(char *dst, size_t cap, const char *p, size_t n, bool first_word)
-{
-	if (first_word) {
-		const char *sp = memchr(p, ' ', n);
-		if (sp)
-			n = (size_t)(sp - p);
-	}
-	if (n >= cap)
-		n = cap - 1;
-	memcpy(dst, p, n);
-	dst[n] = '\0';
-}
-
-int envelope_parse(const char *p, size_t len, struct envelope_info *e)
-{
-	memset(e, 0, sizeof(*e));
-	if (len < 11 || memcmp(p, "POSTERN/1\r\n", 11) != 0)
-		return -1;
-	const char *end = p + len;
-	for (const char *line = p + 11; line < end;) {
-		const char *eol = memchr(line, '\r', (size_t)(end - line));
-		if (!eol)
-			break;
-		size_t n = (size_t)(eol - line);
-		if (n == 0)
-			return 0;
-		if (n > 4 && memcmp(line, "id: ", 4) == 0)
-			value(e->id, sizeof(e->id), line + 4, n - 4, false);
-		else if (n > 9 && memcmp(line, "arrival: ", 9) == 0)
-			e->arrival = number(line + 9, n - 9);
-		else if (n > 11 && memcmp(line, "connector: ", 11) == 0)
-			value(e->connector, sizeof(e->connector), line + 11, n - 11, false);
-		else if (n > 8 && memcmp(line, "client: ", 8) == 0)
-			value(e->client, sizeof(e->client), line + 8, n - 8, false);
-		else if (n > 6 && memcmp(line, "from: ", 6) == 0)
-			value(e->from, sizeof(e->from), line + 6, n - 6, true);
-		else if (n > 6 && memcmp(line, "rcpt: ", 6) == 0) {
-			if (e->nrcpt < 256)
-				value(e->rcpt[e->nrcpt], sizeof(e->rcpt[0]), line + 6, n - 6, true);
-			e->nrcpt++;
-		}
-		line = eol + 2;
-	}
-	return -1;
-}
-
 static char *dup_n(const char *p, size_t n)
 {
 	char *d = malloc(n + 1);
@@ -143,6 +95,60 @@ static bool param(const char *tok, size_t n, const char *key, const char **val,
 	*val = tok + k;
 	*vlen = n - k;
 	return true;
+}
+
+/* The next space-separated word in [*t, end); false at the end. */
+static bool next_word(const char **t, const char *end, const char **w, size_t *wn)
+{
+	while (*t < end && **t == ' ')
+		(*t)++;
+	if (*t >= end)
+		return false;
+	const char *we = memchr(*t, ' ', (size_t)(end - *t));
+	if (!we)
+		we = end;
+	*w = *t;
+	*wn = (size_t)(we - *t);
+	*t = we;
+	return true;
+}
+
+/* BODY= RET= ENVID= SMTPUTF8 after the sender. */
+static void read_mail_params(struct smtp_envelope *env, const char *t, const char *end)
+{
+	const char *w, *pv;
+	size_t wn, pl;
+	while (next_word(&t, end, &w, &wn)) {
+		if (param(w, wn, "BODY=", &pv, &pl))
+			env->body = pl == 4 && !strncasecmp(pv, "7BIT", 4) ? SMTP_BODY_7BIT
+									    : SMTP_BODY_8BITMIME;
+		else if (param(w, wn, "RET=", &pv, &pl))
+			env->ret = pl == 4 && !strncasecmp(pv, "FULL", 4) ? SMTP_RET_FULL
+									   : SMTP_RET_HDRS;
+		else if (param(w, wn, "ENVID=", &pv, &pl)) {
+			free(env->envid);
+			env->envid = dup_n(pv, pl);
+		} else if (wn == 8 && !strncasecmp(w, "SMTPUTF8", 8))
+			env->smtputf8 = true;
+	}
+}
+
+/* NOTIFY= ORCPT= after a recipient. */
+static void read_rcpt_params(struct smtp_rcpt *r, const char *t, const char *end)
+{
+	static const char *const names[] = {"NEVER", "SUCCESS", "FAILURE", "DELAY"};
+	const char *w, *pv;
+	size_t wn, pl;
+	while (next_word(&t, end, &w, &wn)) {
+		if (param(w, wn, "NOTIFY=", &pv, &pl)) {
+			for (int b = 0; b < 4; b++)
+				if (memmem(pv, pl, names[b], strlen(names[b])))
+					r->notify |= 1u << b;
+		} else if (param(w, wn, "ORCPT=", &pv, &pl)) {
+			free(r->orcpt);
+			r->orcpt = dup_n(pv, pl);
+		}
+	}
 }
 
 int envelope_read(const char *p, size_t len, struct envelope_full *e)
@@ -176,28 +182,7 @@ int envelope_read(const char *p, size_t len, struct envelope_full *e)
 		else if (param(line, n, "from: ", &v, &vl) && !e->env.from) {
 			if (!(e->env.from = read_path(v, vl, &used)))
 				return -1;
-			for (const char *t = v + used; t < v + vl;) {
-				while (t < v + vl && *t == ' ')
-					t++;
-				const char *te = memchr(t, ' ', (size_t)(v + vl - t));
-				if (!te)
-					te = v + vl;
-				const char *pv;
-				size_t pl, tn = (size_t)(te - t);
-				if (param(t, tn, "BODY=", &pv, &pl))
-					e->env.body = pl == 4 && !strncasecmp(pv, "7BIT", 4) ? SMTP_BODY_7BIT
-										      : SMTP_BODY_8BITMIME;
-				else if (param(t, tn, "RET=", &pv, &pl))
-					e->env.ret = pl == 4 && !strncasecmp(pv, "FULL", 4) ? SMTP_RET_FULL
-										     : SMTP_RET_HDRS;
-				else if (param(t, tn, "ENVID=", &pv, &pl)) {
-					free(e->env.envid);
-					e->env.envid = dup_n(pv, pl);
-				}
-				else if (tn == 8 && !strncasecmp(t, "SMTPUTF8", 8))
-					e->env.smtputf8 = true;
-				t = te;
-			}
+			read_mail_params(&e->env, v + used, v + vl);
 		} else if (param(line, n, "rcpt: ", &v, &vl)) {
 			if (e->env.nrcpt == cap) {
 				cap = cap ? cap * 2 : 8;
@@ -211,28 +196,7 @@ int envelope_read(const char *p, size_t len, struct envelope_full *e)
 			if (!(r->addr = read_path(v, vl, &used)))
 				return -1;
 			e->env.nrcpt++;
-			for (const char *t = v + used; t < v + vl;) {
-				while (t < v + vl && *t == ' ')
-					t++;
-				const char *te = memchr(t, ' ', (size_t)(v + vl - t));
-				if (!te)
-					te = v + vl;
-				const char *pv;
-				size_t pl, tn = (size_t)(te - t);
-				if (param(t, tn, "NOTIFY=", &pv, &pl)) {
-					static const char *const names[] = {"NEVER", "SUCCESS", "FAILURE",
-									    "DELAY"};
-					for (int b = 0; b < 4; b++) {
-						const char *hit = memmem(pv, pl, names[b], strlen(names[b]));
-						if (hit)
-							r->notify |= 1u << b;
-					}
-				} else if (param(t, tn, "ORCPT=", &pv, &pl)) {
-					free(r->orcpt);
-					r->orcpt = dup_n(pv, pl);
-				}
-				t = te;
-			}
+			read_rcpt_params(r, v + used, v + vl);
 		}
 		line = eol + 2;
 	}

@@ -13,21 +13,7 @@ void envelope_write(FILE *out, const char *id, const struct smtp_envelope *env,
 		    const char *connector, const char *client, const char *helo,
 		    int64_t arrival);
 
-/* What `show queue` lists of a stored envelope. */
-struct envelope_info {
-	char id[32];
-	int64_t arrival;
-	char from[300];
-	char connector[80];
-	char client[64];
-	char rcpt[256][300];       /* the first 256 recipients */
-	unsigned nrcpt;            /* all recipients */
-};
-
-/* Parses an envelope block; 0, or -1 when it is not one. */
-int envelope_parse(const char *p, size_t len, struct envelope_info *e);
-
-/* Everything delivery needs of a stored envelope (recovery). */
+/* A stored envelope, read back (recovery, show queue). */
 struct envelope_full {
 	char id[32];
 	int64_t arrival;

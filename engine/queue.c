@@ -121,8 +121,6 @@ static void qmsg_free(struct queue *q, struct qmsg *m)
 	}
 	if (m->seg)
 		spool_seg_put(&q->w->spool, m->seg, m->bytes);
-	q->count--;
-	q->bytes -= m->bytes;
 	metric_add(&q->w->m.queue_messages, (uint64_t)-1);
 	metric_add(&q->w->m.queue_bytes, (uint64_t)0 - m->bytes);
 	free(m->r);
@@ -185,8 +183,6 @@ static struct qmsg *qmsg_new(struct queue *q, uint64_t id, struct spool_seg *seg
 	}
 	m->seg = seg;
 	spool_seg_hold(seg, m->bytes);
-	q->count++;
-	q->bytes += m->bytes;
 	metric_add(&q->w->m.queue_messages, 1);
 	metric_add(&q->w->m.queue_bytes, m->bytes);
 	if (!ok) {
@@ -217,11 +213,10 @@ void queue_free(struct queue *q)
 	q->heap = NULL;
 }
 
-void queue_add_received(struct queue *q, struct spool_msg *sm, const char *idtxt,
+void queue_add_received(struct queue *q, struct spool_msg *sm,
 			const struct smtp_envelope *env, const char *client,
 			const char *connector, int64_t arrival)
 {
-	(void)idtxt;
 	struct qmsg *m = qmsg_new(q, sm->id, sm->seg, sm->chunks, sm->off, sm->len, NULL,
 				  env, client, connector, arrival);
 	if (!m) {
@@ -753,7 +748,7 @@ void queue_job_done(struct queue *q, struct djob *j)
 		struct qrcpt *r = &m->r[j->idx[k]];
 		const struct smtp_client_result *res = &j->res[k];
 		r->busy = false;
-		if (j->throttled)
+		if (j->not_attempted)
 			continue;
 		set_result(r, res->status[0] ? res->status : default_status(res->code), res->text,
 			   j->remote);
@@ -782,7 +777,7 @@ void queue_job_done(struct queue *q, struct djob *j)
 		notify(q, m, j->sc->drop_dir ? DSN_DELIVERED : DSN_RELAYED, success, nsuccess,
 		       now_ms);
 	free(success);
-	bool attempted = !j->throttled;
+	bool attempted = !j->not_attempted;
 	m->busy--;
 	if (attempted)
 		m->attempted_round = true;
@@ -817,7 +812,6 @@ static void move_finish(struct queue *q, struct qmove *mv, bool ok)
 		m->off[0] = mv->off;
 		m->len[0] = mv->len;
 		spool_seg_put(sw, old, m->bytes);
-		q->moved++;
 	} else {
 		spool_seg_put(sw, mv->to, m->bytes);
 	}
@@ -956,9 +950,7 @@ void queue_tick(struct queue *q)
 		bytes += m->bytes;
 		moved++;
 	}
-	if (moved) {
-		q->compactions++;
+	if (moved)
 		log_msg(LOG_INFO, "event=compact worker=%u segment=%016" PRIx64 " messages=%u bytes=%llu",
 			w->id, spool_seg_seq(s), moved, (unsigned long long)bytes);
-	}
 }

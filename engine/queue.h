@@ -67,7 +67,7 @@ struct djob {
 	struct smtp_client_rcpt *crcpt;
 	struct smtp_client_result *res;
 	struct smtp_client_msg cmsg;
-	bool throttled;           /* not attempted (stopping): back to the queue as is */
+	bool not_attempted;       /* stopping: back to the queue as is */
 	bool delayed;             /* waited for the send connector's rate limit */
 	bool dsn_passed;          /* next hop took over DSN duty */
 	char remote[300];         /* next hop, for logs and DSNs */
@@ -90,18 +90,15 @@ struct queue {
 	struct worker *w;
 	struct qmove *moves;      /* compaction in progress */
 	uint64_t next_compact_ms; /* monotonic */
-	uint64_t moved, compactions;
 	struct qmsg **heap;       /* waiting messages, earliest next_ms first */
 	size_t n, cap;
-	size_t count;             /* every queued message */
-	uint64_t bytes;
 };
 
 void queue_init(struct queue *q, struct worker *w);
 void queue_free(struct queue *q);
 
 /* Takes a message the session just stored (after its group commit). */
-void queue_add_received(struct queue *q, struct spool_msg *sm, const char *idtxt,
+void queue_add_received(struct queue *q, struct spool_msg *sm,
 			const struct smtp_envelope *env, const char *client,
 			const char *connector, int64_t arrival);
 
@@ -115,7 +112,7 @@ void queue_flush_all(struct queue *q);
 /* Starts every attempt that is due (called from the worker's tick). */
 void queue_run(struct queue *q, int64_t now_ms);
 
-/* deliver.c hands a finished (or throttled) job back. */
+/* deliver.c hands a finished (or not attempted) job back. */
 void queue_job_done(struct queue *q, struct djob *j);
 
 /* A generated message's bytes are on disk (worker, OP_SPOOL_WRITE). */

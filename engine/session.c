@@ -653,8 +653,8 @@ void session_on_stored(struct worker *w, struct conn *c, bool ok)
 		metric_add(&cc->bytes, c->msg_size);
 		metric_latency(&w->m.latency, worker_clock_us() - c->data_end_us);
 		log_received(w, c);
-		queue_add_received(&w->queue, c->smsg, c->msgid, &c->smtp.env, c->peer,
-				   c->rc->name, c->arrival);
+		queue_add_received(&w->queue, c->smsg, &c->smtp.env, c->peer, c->rc->name,
+				   c->arrival);
 	}
 	message_abandon(w, c); /* durable now, or failed: the session is done with it */
 	c->store_result = ok ? STORE_OK : STORE_FAILED;

@@ -17,6 +17,7 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include "dirs.h"
 #include "log.h"
 #include "ring.h"
 
@@ -453,26 +454,6 @@ int spool_scan(int dirfd, void (*fn)(void *arg, const struct spool_found *m),
 	return spool_scan_all(dirfd, fn, arg, st, false);
 }
 
-static int mkdir_p(const char *dir)
-{
-	char path[4096];
-	size_t n = strlen(dir);
-	if (n == 0 || n >= sizeof(path))
-		return -ENAMETOOLONG;
-	memcpy(path, dir, n + 1);
-	for (char *p = path + 1; *p; p++) {
-		if (*p != '/')
-			continue;
-		*p = '\0';
-		if (mkdir(path, 0750) < 0 && errno != EEXIST)
-			return -errno;
-		*p = '/';
-	}
-	if (mkdir(path, 0750) < 0 && errno != EEXIST)
-		return -errno;
-	return 0;
-}
-
 int spool_open(struct spool *sp, const char *dir, uint64_t segment_bytes, char *err,
 	       size_t errlen)
 {
@@ -482,7 +463,7 @@ int spool_open(struct spool *sp, const char *dir, uint64_t segment_bytes, char *
 	sp->recover = NULL;
 	sp->nrecover = 0;
 	sp->segment_bytes = segment_bytes ? segment_bytes : SPOOL_SEGMENT_BYTES;
-	int ret = mkdir_p(dir);
+	int ret = dirs_make(dir);
 	if (ret < 0) {
 		snprintf(err, errlen, "spool_dir %s: %s", dir, strerror(-ret));
 		return -1;
@@ -654,12 +635,7 @@ uint64_t spool_seg_seq(const struct spool_seg *s)
 
 bool spool_dirty(const struct spool_worker *sw)
 {
-	if (sw->dir_dirty)
-		return true;
-	for (const struct spool_seg *s = sw->segs; s; s = s->next)
-		if (s->dirty)
-			return true;
-	return false;
+	return sw->dir_dirty || sw->ndirty;
 }
 
 struct spool_seg *spool_seg_adopt(struct spool_worker *sw, uint64_t seq, uint64_t tail)
@@ -683,12 +659,6 @@ struct spool_seg *spool_seg_adopt(struct spool_worker *sw, uint64_t seq, uint64_
 	return s;
 }
 
-/* Called once the caller has taken its holds: a recovered segment with
- * nothing left in it goes now. */
-void spool_seg_adopted(struct spool_worker *sw, struct spool_seg *s)
-{
-	seg_maybe_close(sw, s);
-}
 
 void spool_worker_free(struct spool_worker *sw)
 {
@@ -938,6 +908,8 @@ struct spool_msg *spool_write_done(struct spool_worker *sw, struct spool_write *
 		log_msg(LOG_ERROR, "event=store_error op=write segment=%016" PRIx64 " error=\"%s\"",
 			s->seq, res < 0 ? strerror(-res) : "short write");
 	} else {
+		if (!s->dirty)
+			sw->ndirty++;
 		s->dirty = true;
 	}
 	s->writes--;
@@ -976,6 +948,7 @@ unsigned spool_sync_start(struct spool_worker *sw, uint64_t tag)
 		if (!s->dirty)
 			continue;
 		s->dirty = false;
+		sw->ndirty--;
 		s->syncing = true;
 		ring_fsync(sw->ring, s->fd, true, tag);
 		n++;

@@ -189,6 +189,7 @@ struct spool_worker {
 	struct spool_write *free_writes;
 	bool dir_dirty;            /* a segment was created since the last sync */
 	unsigned sync_inflight;    /* fsyncs of the current batch not yet done */
+	unsigned ndirty;           /* segments with s->dirty set */
 	unsigned pending_writes;   /* all writes in flight */
 	bool sync_ok;
 	bool stopping;             /* closing down: segments are kept */
@@ -229,9 +230,6 @@ uint64_t spool_seg_seq(const struct spool_seg *s);
 /* Takes over a segment found at start (recovery): new records go at tail.
  * NULL with errno on failure. */
 struct spool_seg *spool_seg_adopt(struct spool_worker *sw, uint64_t seq, uint64_t tail);
-/* After the queue took its holds on an adopted segment: one with nothing
- * left to deliver is deleted. */
-void spool_seg_adopted(struct spool_worker *sw, struct spool_seg *s);
 
 /* Appends a STATE record to the segment; text is copied. Durable after the
  * next group commit (spool_dirty() tells one is due). */

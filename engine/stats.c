@@ -82,32 +82,41 @@ struct queue_out {
 	int64_t now;
 };
 
+/* "<addr>" for show queue: paths as they were given. */
+static const char *bracketed(char *buf, size_t cap, const char *addr)
+{
+	snprintf(buf, cap, "<%s>", addr);
+	return buf;
+}
+
 static void queue_row(void *arg, const struct spool_found *f)
 {
 	struct queue_out *q = arg;
-	struct envelope_info *m = malloc(sizeof(*m));
-	if (!m || envelope_parse(f->env, f->envlen, m) < 0) {
-		free(m);
+	struct envelope_full m;
+	if (envelope_read(f->env, f->envlen, &m) < 0) {
+		envelope_full_free(&m);
 		return;
 	}
 	uint64_t size = f->bytes + f->envlen;
 	const struct spool_msg_state *st = f->state;
-	unsigned shown = m->nrcpt < 256 ? m->nrcpt : 256;
+	unsigned nrcpt = m.env.nrcpt, shown = nrcpt < 256 ? nrcpt : 256;
+	char from[SMTP_PATH_MAX + 3], rcpt[SMTP_PATH_MAX + 3];
+	bracketed(from, sizeof(from), m.env.from);
 	if (q->json) {
 		fputs(q->n++ ? ", {\"id\": " : "{\"id\": ", q->out);
-		json_write_string(q->out, m->id);
+		json_write_string(q->out, m.id);
 		fputs(", \"sender\": ", q->out);
-		json_write_string(q->out, m->from);
+		json_write_string(q->out, from);
 		fputs(", \"recipients\": [", q->out);
 		for (unsigned i = 0; i < shown; i++) {
 			if (i)
 				fputs(", ", q->out);
-			json_write_string(q->out, m->rcpt[i]);
+			json_write_string(q->out, bracketed(rcpt, sizeof(rcpt), m.env.rcpt[i].addr));
 		}
 		fprintf(q->out, "], \"recipient_count\": %u, \"pending\": %u, \"size\": %llu, "
 			"\"age_s\": %lld, \"attempts\": %u, \"next_attempt\": ",
-			m->nrcpt, st->pending, (unsigned long long)size,
-			(long long)(q->now - m->arrival), st->attempts);
+			nrcpt, st->pending, (unsigned long long)size,
+			(long long)(q->now - m.arrival), st->attempts);
 		if (st->attempts)
 			fprintf(q->out, "%lld, \"next_attempt_in_s\": %lld", (long long)(st->next_ms / 1000),
 				(long long)(st->next_ms / 1000 - q->now));
@@ -119,22 +128,23 @@ static void queue_row(void *arg, const struct spool_found *f)
 		else
 			fputs("null", q->out);
 		fputs(", \"connector\": ", q->out);
-		json_write_string(q->out, m->connector);
+		json_write_string(q->out, m.connector);
 		fputs(", \"client\": ", q->out);
-		json_write_string(q->out, m->client);
+		json_write_string(q->out, m.client);
 		fputc('}', q->out);
 	} else {
 		q->n++;
 		char next[24] = "now";
 		if (st->attempts && st->next_ms / 1000 > q->now)
 			snprintf(next, sizeof(next), "in %llds", (long long)(st->next_ms / 1000 - q->now));
-		fprintf(q->out, "%-20s %8llu %7lld %8u %-12s %-30s %s%s\n", m->id,
-			(unsigned long long)size, (long long)(q->now - m->arrival), st->attempts, next,
-			m->from, shown ? m->rcpt[0] : "", m->nrcpt > 1 ? " ..." : "");
+		fprintf(q->out, "%-20s %8llu %7lld %8u %-12s %-30s %s%s\n", m.id,
+			(unsigned long long)size, (long long)(q->now - m.arrival), st->attempts, next,
+			from, shown ? bracketed(rcpt, sizeof(rcpt), m.env.rcpt[0].addr) : "",
+			nrcpt > 1 ? " ..." : "");
 		if (st->last_error[0])
 			fprintf(q->out, "%20s last error: %s\n", "", st->last_error);
 	}
-	free(m);
+	envelope_full_free(&m);
 }
 
 static void show_queue(const struct stats_host *h, FILE *out, bool json)

@@ -1,59 +1,59 @@
-"""A next hop for delivery tests: a small threaded SMTP server on loopback
-that records exactly what Postern sends (the MAIL and RCPT lines, the data
-as it came over the wire, still dot-stuffed) and answers as the test says.
-Postfix's smtp-sink cannot show the bytes; this can."""
+"""A next hop for delivery tests: a threaded SMTP server on loopback that
+records exactly what Postern sends and answers as the test says. Postfix's
+smtp-sink cannot show the bytes; this can.
+
+Records every command line (self.lines: (connection number, line)), every
+transaction that got to the end of DATA (self.messages: dicts with conn,
+mail, rcpt_lines, rcpts, data = exact bytes between 354 and CRLF.CRLF with
+the dot-stuffing kept, t = arrival time, reply), the number of connections
+and the most open at once. rcpt_reply(addr, line) and data_reply(txn) may
+return a reply to use instead of the 2xx."""
+import re
 import socket
 import threading
 import time
 
+from conftest import free_port
+
 
 class Sink:
-    def __init__(self, port, host="127.0.0.1", ehlo=("PIPELINING", "8BITMIME",
-                                                     "ENHANCEDSTATUSCODES"),
-                 rcpt_reply=None, dot_reply=None):
-        self.host, self.port = host, port
-        self.ehlo = list(ehlo)
-        # Callables deciding replies; None: accept.
-        self.rcpt_reply = rcpt_reply
-        self.dot_reply = dot_reply
-        self.messages = []      # dicts: mail, rcpts, data, conn
-        self.connections = 0
-        self.active = 0         # connections open now, and the most at once
-        self.max_active = 0
+    def __init__(self, port=None, host="127.0.0.1", ehlo=None, dsn=False,
+                 rcpt_reply=None, data_reply=None, esmtp=True):
+        self.host, self.port = host, port or free_port()
+        self.ehlo = list(ehlo if ehlo is not None else
+                         ["PIPELINING", "SIZE 104857600", "8BITMIME",
+                          "ENHANCEDSTATUSCODES"])
+        if dsn:
+            self.ehlo.append("DSN")
+        self.rcpt_reply, self.data_reply = rcpt_reply, data_reply
+        self.esmtp = esmtp
         self.lock = threading.Lock()
-        self.sock = None
-        self.threads = []
-        self.running = False
-
-    def start(self):
-        self.sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-        self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        self.sock.bind((self.host, self.port))
-        self.sock.listen(64)
-        self.sock.settimeout(0.2)
-        self.running = True
-        t = threading.Thread(target=self._accept, daemon=True)
-        t.start()
-        self.threads.append(t)
-        return self
-
-    def stop(self):
-        self.running = False
-        for t in self.threads:
-            t.join(5)
-        if self.sock:
-            self.sock.close()
+        self.connections = 0
+        self.active = 0          # connections open now, and the most at once
+        self.max_active = 0
+        self.lines = []
+        self.messages = []
+        self.errors = []
+        self.conns = []
+        self.stopping = False
+        self.srv = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        self.srv.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        self.srv.bind((self.host, self.port))
+        self.srv.listen(128)
+        self.srv.settimeout(0.1)
+        self.thread = threading.Thread(target=self._accept, daemon=True)
+        self.thread.start()
 
     def __enter__(self):
-        return self.start()
+        return self
 
     def __exit__(self, *exc):
-        self.stop()
+        self.close()
 
     def _accept(self):
-        while self.running:
+        while not self.stopping:
             try:
-                c, _ = self.sock.accept()
+                s, _ = self.srv.accept()
             except socket.timeout:
                 continue
             except OSError:
@@ -63,106 +63,98 @@ class Sink:
                 self.active += 1
                 self.max_active = max(self.max_active, self.active)
                 n = self.connections
-            t = threading.Thread(target=self._serve, args=(c, n), daemon=True)
-            t.start()
+                self.conns.append(s)
+            threading.Thread(target=self._serve, args=(s, n), daemon=True).start()
 
-    def _serve(self, c, conn):
-        c.settimeout(0.2)
-        buf = b""
-
-        def line():
-            nonlocal buf
-            while self.running:
-                i = buf.find(b"\r\n")
-                if i >= 0:
-                    out, buf = buf[:i], buf[i + 2:]
-                    return out.decode("utf-8", "replace")
-                try:
-                    d = c.recv(65536)
-                except socket.timeout:
-                    continue
-                if not d:
-                    return None
-                buf += d
-            return None
-
-        def data():
-            nonlocal buf
-            while self.running:
-                i = buf.find(b"\r\n.\r\n")
-                if buf.startswith(b".\r\n"):
-                    buf = buf[3:]
-                    return b""
-                if i >= 0:
-                    out, buf = buf[:i + 2], buf[i + 5:]
-                    return out
-                try:
-                    d = c.recv(65536)
-                except socket.timeout:
-                    continue
-                if not d:
-                    return None
-                buf += d
-            return None
-
+    def _serve(self, s, n):
+        f = s.makefile("rb")
         try:
-            c.sendall(b"220 sink.test ESMTP\r\n")
-            mail, rcpts, accepted = None, [], 0
-            while True:
-                cmd = line()
-                if cmd is None:
-                    return
-                verb = cmd[:4].upper()
-                if verb == "EHLO":
-                    ext = ["250-sink.test"] + ["250-" + e for e in self.ehlo[:-1]]
-                    ext.append("250 " + self.ehlo[-1] if self.ehlo else "250 sink.test")
-                    if not self.ehlo:
-                        ext = ["250 sink.test"]
-                    c.sendall(("\r\n".join(ext) + "\r\n").encode())
-                elif verb == "HELO":
-                    c.sendall(b"250 sink.test\r\n")
-                elif verb == "MAIL":
-                    mail, rcpts, accepted = cmd, [], 0
-                    c.sendall(b"250 2.1.0 Ok\r\n")
-                elif verb == "RCPT":
-                    r = self.rcpt_reply(cmd) if self.rcpt_reply else None
-                    r = r or "250 2.1.5 Ok"
-                    rcpts.append((cmd, r))
-                    if r.startswith("2"):
-                        accepted += 1
-                    c.sendall((r + "\r\n").encode())
-                elif verb == "DATA":
-                    if not accepted:
-                        c.sendall(b"554 5.5.1 No valid recipients\r\n")
-                        continue
-                    c.sendall(b"354 End data with <CR><LF>.<CR><LF>\r\n")
-                    body = data()
-                    if body is None:
-                        return
-                    msg = {"mail": mail, "rcpts": rcpts, "data": body, "conn": conn,
-                           "t": time.monotonic()}
-                    r = self.dot_reply(msg) if self.dot_reply else None
-                    r = r or "250 2.0.0 Ok: queued"
-                    msg["reply"] = r
-                    with self.lock:
-                        self.messages.append(msg)
-                    c.sendall((r + "\r\n").encode())
-                elif verb == "RSET":
-                    mail, rcpts, accepted = None, [], 0
-                    c.sendall(b"250 2.0.0 Ok\r\n")
-                elif verb == "QUIT":
-                    c.sendall(b"221 2.0.0 Bye\r\n")
-                    return
-                elif verb == "NOOP":
-                    c.sendall(b"250 2.0.0 Ok\r\n")
-                else:
-                    c.sendall(b"502 5.5.2 Error: command not recognized\r\n")
-        except OSError:
-            return
+            self._session(s, f, n)
+        except (OSError, ValueError):
+            pass
+        except Exception as e:  # a bug in the sink: report it from the test
+            self.errors.append(repr(e))
         finally:
-            c.close()
             with self.lock:
                 self.active -= 1
+            try:
+                s.close()
+            except OSError:
+                pass
+
+    def _session(self, s, f, n):
+        def say(text):
+            s.sendall(text.encode() + b"\r\n")
+        say("220 sink.test ESMTP Sink")
+        txn = None
+        while True:
+            raw = f.readline(4096)
+            if not raw:
+                return
+            line = raw.decode("latin-1").rstrip("\r\n")
+            with self.lock:
+                self.lines.append((n, line))
+            verb = line[:4].upper()
+            if verb == "EHLO" and not self.esmtp:
+                say("502 5.5.2 Error: command not recognized")
+            elif verb == "EHLO":
+                say("\r\n".join(["250-sink.test"] + ["250-" + e for e in self.ehlo[:-1]]
+                                + ["250 " + self.ehlo[-1]]) if self.ehlo else "250 sink.test")
+                txn = None
+            elif verb == "HELO":
+                say("250 sink.test")
+                txn = None
+            elif verb == "MAIL":
+                txn = {"conn": n, "mail": line, "rcpt_lines": [], "rcpts": []}
+                say("250 2.1.0 Ok")
+            elif verb == "RCPT":
+                if txn is None:
+                    say("503 5.5.1 Error: need MAIL command")
+                    continue
+                m = re.match(r"RCPT TO:<([^>]*)>(.*)$", line, re.I)
+                addr = m.group(1) if m else ""
+                reply = self.rcpt_reply(addr, line) if self.rcpt_reply else None
+                reply = reply or "250 2.1.5 Ok"
+                txn["rcpt_lines"].append((line, reply))
+                if reply.startswith("2"):
+                    txn["rcpts"].append(addr)
+                say(reply)
+            elif verb == "DATA":
+                if txn is None or not txn["rcpts"]:
+                    say("554 5.5.1 Error: no valid recipients")
+                    continue
+                say("354 End data with <CR><LF>.<CR><LF>")
+                data = []
+                while True:
+                    l = f.readline(1 << 20)
+                    if not l:
+                        return
+                    if l == b".\r\n":
+                        break
+                    data.append(l)
+                txn["data"] = b"".join(data)
+                txn["t"] = time.monotonic()
+                reply = (self.data_reply(txn) if self.data_reply else None) or \
+                    "250 2.0.0 Ok: queued"
+                txn["reply"] = reply
+                with self.lock:
+                    self.messages.append(txn)
+                txn = None
+                say(reply)
+            elif verb == "RSET":
+                txn = None
+                say("250 2.0.0 Ok")
+            elif verb == "NOOP":
+                say("250 2.0.0 Ok")
+            elif verb == "QUIT":
+                say("221 2.0.0 Bye")
+                return
+            else:
+                say("502 5.5.2 Error: command not recognized")
+
+    def commands(self, verb):
+        with self.lock:
+            return [l for _, l in self.lines if l[:4].upper() == verb]
 
     def count(self):
         with self.lock:
@@ -171,3 +163,19 @@ class Sink:
     def snapshot(self):
         with self.lock:
             return list(self.messages)
+
+    def close(self):
+        self.stopping = True
+        try:
+            self.srv.close()
+        except OSError:
+            pass
+        with self.lock:
+            conns = list(self.conns)
+        for s in conns:
+            try:
+                s.shutdown(socket.SHUT_RDWR)
+            except OSError:
+                pass
+        self.thread.join(5)
+        assert not self.errors, self.errors

@@ -5,7 +5,7 @@ delivery status notifications (bounce, delay, success) and the send
 connector's message rate.
 
 Two kinds of next hop: Postfix's smtp-sink (dumps every transaction to a
-file) and PySink below, a small SMTP server in a thread that records the
+file) and Sink below, a small SMTP server in a thread that records the
 exact bytes it gets and answers what each test tells it to."""
 import email
 import email.utils
@@ -21,6 +21,7 @@ import time
 
 import pytest
 
+from sink import Sink
 from conftest import (BUILD, R_MAIL_OK, R_QUIT, R_RCPT_OK, R_START_DATA,
                       HOSTNAME, SLOW, RawClient, free_port, wait_until)
 
@@ -237,158 +238,6 @@ def check_dsn_envelope(dsn, sender):
 # Next hops
 
 
-class PySink:
-    """A threaded SMTP server on host:port. Records every command line
-    (self.lines: (connection number, line)), every transaction that got to
-    the end of DATA (self.messages: dicts with conn, mail, rcpt_lines,
-    rcpts, data = exact bytes between 354 and CRLF.CRLF, dot-stuffing kept)
-    and the number of connections. rcpt_reply(addr, line) and
-    data_reply(txn) may return a reply to use instead of the 2xx."""
-
-    def __init__(self, port=None, host="127.0.0.1", ehlo=None, dsn=False,
-                 rcpt_reply=None, data_reply=None, esmtp=True):
-        self.host, self.port = host, port or free_port()
-        self.ehlo = list(ehlo if ehlo is not None else
-                         ["PIPELINING", "SIZE 104857600", "8BITMIME",
-                          "ENHANCEDSTATUSCODES"])
-        if dsn:
-            self.ehlo.append("DSN")
-        self.rcpt_reply, self.data_reply = rcpt_reply, data_reply
-        self.esmtp = esmtp
-        self.lock = threading.Lock()
-        self.connections = 0
-        self.lines = []
-        self.messages = []
-        self.errors = []
-        self.conns = []
-        self.stopping = False
-        self.srv = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-        self.srv.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        self.srv.bind((self.host, self.port))
-        self.srv.listen(128)
-        self.srv.settimeout(0.1)
-        self.thread = threading.Thread(target=self._accept, daemon=True)
-        self.thread.start()
-
-    def _accept(self):
-        while not self.stopping:
-            try:
-                s, _ = self.srv.accept()
-            except socket.timeout:
-                continue
-            except OSError:
-                return
-            with self.lock:
-                self.connections += 1
-                n = self.connections
-                self.conns.append(s)
-            threading.Thread(target=self._serve, args=(s, n), daemon=True).start()
-
-    def _serve(self, s, n):
-        f = s.makefile("rb")
-        try:
-            self._session(s, f, n)
-        except (OSError, ValueError):
-            pass
-        except Exception as e:  # a bug in the sink: report it from the test
-            self.errors.append(repr(e))
-        finally:
-            try:
-                s.close()
-            except OSError:
-                pass
-
-    def _session(self, s, f, n):
-        def say(text):
-            s.sendall(text.encode() + b"\r\n")
-        say("220 sink.test ESMTP PySink")
-        txn = None
-        while True:
-            raw = f.readline(4096)
-            if not raw:
-                return
-            line = raw.decode("latin-1").rstrip("\r\n")
-            with self.lock:
-                self.lines.append((n, line))
-            verb = line[:4].upper()
-            if verb == "EHLO" and not self.esmtp:
-                say("502 5.5.2 Error: command not recognized")
-            elif verb == "EHLO":
-                say("\r\n".join(["250-sink.test"] + ["250-" + e for e in self.ehlo[:-1]]
-                                + ["250 " + self.ehlo[-1]]) if self.ehlo else "250 sink.test")
-                txn = None
-            elif verb == "HELO":
-                say("250 sink.test")
-                txn = None
-            elif verb == "MAIL":
-                txn = {"conn": n, "mail": line, "rcpt_lines": [], "rcpts": [],
-                       "t": time.monotonic()}
-                say("250 2.1.0 Ok")
-            elif verb == "RCPT":
-                if txn is None:
-                    say("503 5.5.1 Error: need MAIL command")
-                    continue
-                m = re.match(r"RCPT TO:<([^>]*)>(.*)$", line, re.I)
-                addr = m.group(1) if m else ""
-                reply = self.rcpt_reply(addr, line) if self.rcpt_reply else None
-                reply = reply or "250 2.1.5 Ok"
-                txn["rcpt_lines"].append((line, reply))
-                if reply.startswith("2"):
-                    txn["rcpts"].append(addr)
-                say(reply)
-            elif verb == "DATA":
-                if txn is None or not txn["rcpts"]:
-                    say("554 5.5.1 Error: no valid recipients")
-                    continue
-                say("354 End data with <CR><LF>.<CR><LF>")
-                data = []
-                while True:
-                    l = f.readline(1 << 20)
-                    if not l:
-                        return
-                    if l == b".\r\n":
-                        break
-                    data.append(l)
-                txn["data"] = b"".join(data)
-                reply = (self.data_reply(txn) if self.data_reply else None) or \
-                    "250 2.0.0 Ok: queued"
-                txn["reply"] = reply
-                with self.lock:
-                    self.messages.append(txn)
-                txn = None
-                say(reply)
-            elif verb == "RSET":
-                txn = None
-                say("250 2.0.0 Ok")
-            elif verb == "NOOP":
-                say("250 2.0.0 Ok")
-            elif verb == "QUIT":
-                say("221 2.0.0 Bye")
-                return
-            else:
-                say("502 5.5.2 Error: command not recognized")
-
-    def commands(self, verb):
-        with self.lock:
-            return [l for _, l in self.lines if l[:4].upper() == verb]
-
-    def close(self):
-        self.stopping = True
-        try:
-            self.srv.close()
-        except OSError:
-            pass
-        with self.lock:
-            conns = list(self.conns)
-        for s in conns:
-            try:
-                s.shutdown(socket.SHUT_RDWR)
-            except OSError:
-                pass
-        self.thread.join(5)
-        assert not self.errors, self.errors
-
-
 class SmtpSink:
     """Postfix's smtp-sink on host:port, dumping each transaction to a file
     (-d) in a directory of its own (it runs as nobody when we are root)."""
@@ -450,7 +299,7 @@ class SmtpSink:
 
 @pytest.fixture
 def sinks():
-    """Factory for next hops: sinks(PySink, ...) or sinks(SmtpSink, ...).
+    """Factory for next hops: sinks(Sink, ...) or sinks(SmtpSink, ...).
     Request it before postern so that postern stops first."""
     made = []
 
@@ -497,7 +346,7 @@ def test_basic_relay_to_smtp_sink(sinks, postern):
 
 
 def test_body_is_byte_exact_on_the_wire(sinks, postern):
-    sink = sinks(PySink)
+    sink = sinks(Sink)
     p = postern(config(smart("Smart", ["*"], sink.port)))
     body = (b"Subject: exact bytes\r\n"
             b"Content-Type: text/plain; charset=iso-8859-1\r\n"
@@ -536,7 +385,7 @@ def submit_many(port, source, first, count):
 
 
 def test_hundred_messages_exactly_once_over_reused_connections(sinks, postern):
-    sink = sinks(PySink)
+    sink = sinks(Sink)
     p = postern(config(smart("Smart", ["*"], sink.port)))
     threads = [threading.Thread(target=submit_many,
                                 args=(p.port, "127.0.0.%d" % (10 + i), i * 20, 20))
@@ -562,7 +411,7 @@ def test_hundred_messages_exactly_once_over_reused_connections(sinks, postern):
 
 
 def test_helo_fallback_without_esmtp(sinks, postern):
-    sink = sinks(PySink, esmtp=False)
+    sink = sinks(Sink, esmtp=False)
     p = postern(config(smart("Smart", ["*"], sink.port)))
     qid = submit(p.port, "s@a.test", [("r@other.test", " NOTIFY=FAILURE")],
                  simple_body("plain smtp"), " BODY=7BIT ENVID=X1")
@@ -579,7 +428,7 @@ def test_helo_fallback_without_esmtp(sinks, postern):
 
 def test_bounce_goes_out_with_the_null_sender(sinks, postern):
     bad = sinks(SmtpSink, args=["-f", "RCPT", "-B", "550 5.1.1 Error: no such user here"])
-    home = sinks(PySink)
+    home = sinks(Sink)
     p = postern(config(smart("Smart", ["*"], bad.port), smart("Home", ["a.test"], home.port)))
     qid = submit(p.port, "s@a.test", ["r@other.test"], simple_body("bounce over smtp"))
     wait_event(p, "bounce", id=qid)
@@ -595,7 +444,7 @@ def test_bounce_goes_out_with_the_null_sender(sinks, postern):
 
 
 def test_recipients_of_one_destination_in_one_transaction(sinks, postern):
-    sink = sinks(PySink)
+    sink = sinks(Sink)
     p = postern(config(smart("Smart", ["*"], sink.port)))
     rcpts = ["a@other.test", "b@other.test", "c@other.test"]
     qid = submit(p.port, "s@a.test", rcpts, simple_body("three"))
@@ -705,7 +554,7 @@ def test_4xx_is_retried_then_delivered(sinks, postern):
     def rcpt_reply(addr, line):
         tries.append(time.monotonic())
         return "451 4.3.0 Try again later" if len(tries) == 1 else None
-    sink = sinks(PySink, rcpt_reply=rcpt_reply)
+    sink = sinks(Sink, rcpt_reply=rcpt_reply)
     p = postern(config(smart("Smart", ["*"], sink.port)))
     qid = submit(p.port, "s@a.test", ["r@other.test"], simple_body("retry me"))
     d = wait_event(p, "defer", id=qid)[0]
@@ -922,7 +771,7 @@ def test_recipient_without_route_is_refused(postern, smtp_raw, tmp_path):
 
 
 def test_most_specific_address_space_wins(sinks, postern, tmp_path):
-    sink = sinks(PySink)
+    sink = sinks(Sink)
     exact, wild = tmp_path / "exact", tmp_path / "wild"
     p = postern(config(smart("Any", ["*"], sink.port),
                        drop("Wild", ["*.special.test"], wild),
@@ -953,7 +802,7 @@ def mail_params(line):
 
 @pytest.mark.parametrize("offered", [True, False])
 def test_dsn_parameters_passed_on(sinks, postern, tmp_path, offered):
-    sink = sinks(PySink, dsn=offered)
+    sink = sinks(Sink, dsn=offered)
     dropdir = tmp_path / "dsn"
     p = postern(config(smart("Smart", ["*"], sink.port), drop("Drop", ["drop.test"], dropdir)))
     qid = submit(p.port, "s@drop.test",
@@ -983,7 +832,7 @@ def test_dsn_parameters_passed_on(sinks, postern, tmp_path, offered):
 
 
 def test_send_connector_message_rate(sinks, postern):
-    sink = sinks(PySink)
+    sink = sinks(Sink)
     p = postern(config(smart("Smart", ["*"], sink.port, extra="max_message_rate = 6;")))
     t0 = time.monotonic()
     with RawClient(p.port, "127.0.0.10") as c:

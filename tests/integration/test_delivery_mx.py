@@ -11,7 +11,8 @@ import subprocess
 import pytest
 
 from conftest import free_port, wait_until
-from test_delivery import (PySink, RELAY, check_dsn_envelope, drop, emls,
+from sink import Sink
+from test_delivery import (RELAY, check_dsn_envelope, drop, emls,
                            event_lines, events, queued, simple_body, strip_received,
                            submit, wait_dsns, wait_event)
 
@@ -72,7 +73,7 @@ def dns(tmp_path_factory):
 @pytest.fixture
 def sink_mx2():
     """A next hop on mx2's address only: mx1 (127.0.0.11) refuses the port."""
-    s = PySink(host="127.0.0.12")
+    s = Sink(host="127.0.0.12")
     yield s
     s.close()
 

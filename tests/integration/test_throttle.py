@@ -220,7 +220,7 @@ def test_send_connector_max_connections_across_workers(postern):
     text = SEND_RATE.replace("max_message_rate = 120;", "max_connections = 2; "
                              "max_messages_per_connection = 5;") % sink_port
     # A slow next hop keeps connections busy, so more would be opened if allowed.
-    with Sink(sink_port, dot_reply=lambda m: __import__("time").sleep(0.05) or None) as sink:
+    with Sink(sink_port, data_reply=lambda m: __import__("time").sleep(0.05) or None) as sink:
         p = postern(text)
 
         def client(k):
