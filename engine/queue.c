@@ -466,9 +466,11 @@ static bool notify(struct queue *q, struct qmsg *m, enum dsn_action action,
 		.full = full && olen == m->bytes, .rcpt = dr, .nrcpt = n, .orig = &iov,
 		.norig = 1, .max_return = qc->max_return_size,
 	};
-	size_t cap = olen + 8192, need;
+	/* Usually fits the first time; dsn_compose says how much when not. */
+	size_t cap = olen + 8192;
 	char *out = malloc(cap);
-	if (out && (need = dsn_compose(out, cap, &dm)) >= cap) {
+	size_t need = out ? dsn_compose(out, cap, &dm) : 0;
+	if (out && need >= cap) {
 		free(out);
 		cap = need + 1;
 		out = malloc(cap);
@@ -476,8 +478,6 @@ static bool notify(struct queue *q, struct qmsg *m, enum dsn_action action,
 			free(out);
 			out = NULL;
 		}
-	} else if (out) {
-		need = dsn_compose(out, cap, &dm);
 	}
 	bool ok = out && inject(q, m, m->from, out, need, rid);
 	static const char *const kind[] = {"bounce", "delay", "success", "relayed"};
@@ -743,7 +743,7 @@ void queue_job_done(struct queue *q, struct djob *j)
 	int64_t now_ms = queue_now_ms();
 	struct worker *w = q->w;
 	unsigned sid = j->sc->stats_id;
-	unsigned nsuccess = 0, *success = calloc(j->n, sizeof(*success));
+	unsigned nsuccess = 0, *success = NULL; /* rare: allocated when needed */
 	for (unsigned k = 0; k < j->n; k++) {
 		struct qrcpt *r = &m->r[j->idx[k]];
 		const struct smtp_client_result *res = &j->res[k];
@@ -760,8 +760,12 @@ void queue_job_done(struct queue *q, struct djob *j)
 			metric_add(&w->m.send[sid].delivered, 1);
 			/* RFC 3461 5.2: a next hop without DSN support ends the
 			 * chain: "relayed"; a drop directory is final: "delivered". */
-			if ((r->notify & SMTP_NOTIFY_SUCCESS) && !j->dsn_passed && success)
-				success[nsuccess++] = j->idx[k];
+			if ((r->notify & SMTP_NOTIFY_SUCCESS) && !j->dsn_passed) {
+				if (!success)
+					success = calloc(j->n, sizeof(*success));
+				if (success)
+					success[nsuccess++] = j->idx[k];
+			}
 		} else if (res->code / 100 == 5) {
 			r->failed_now = true;
 			log_result("bounce", m, r, j->sc->name, now_ms);
