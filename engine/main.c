@@ -242,6 +242,18 @@ int main(int argc, char **argv)
 		return 2;
 	}
 
+	/* Signals are taken synchronously by this thread; workers never see them.
+	 * They are blocked before anything slow (spool recovery) so that a
+	 * SIGTERM during startup waits and ends in a clean stop. */
+	sigset_t sigs;
+	sigemptyset(&sigs);
+	sigaddset(&sigs, SIGTERM);
+	sigaddset(&sigs, SIGINT);
+	sigaddset(&sigs, SIGHUP);
+	if (!check)
+		pthread_sigmask(SIG_BLOCK, &sigs, NULL);
+	signal(SIGPIPE, SIG_IGN);
+
 	char err[1024];
 	struct conf *conf = conf_load(path, err, sizeof(err));
 	if (!conf) {
@@ -274,14 +286,6 @@ int main(int argc, char **argv)
 		return 1;
 	}
 
-	/* Signals are taken synchronously by this thread; workers never see them. */
-	sigset_t sigs;
-	sigemptyset(&sigs);
-	sigaddset(&sigs, SIGTERM);
-	sigaddset(&sigs, SIGINT);
-	sigaddset(&sigs, SIGHUP);
-	pthread_sigmask(SIG_BLOCK, &sigs, NULL);
-	signal(SIGPIPE, SIG_IGN);
 
 	/* MX lookups for every worker; a changed dns_servers needs a restart. */
 	struct resolver *resolver = resolver_new(conf->dns_servers, err, sizeof(err));

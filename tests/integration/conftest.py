@@ -12,6 +12,7 @@ Environment:
                     stretched and sanitizer reports in stderr fail the test.
 """
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -193,7 +194,25 @@ class Postern:
         for port in self.ports:
             wait_until(lambda: self._accepts(port), 10,
                        what="postern to listen on port %d" % port)
+        # A port can accept before this process listens: after a kill -9 the
+        # old listener lingers until the kernel tears down its io_uring.
+        wait_until(self._started, 30, what="postern to log event=start")
         return self
+
+    def _started(self):
+        if self.proc.poll() is not None:
+            raise AssertionError("postern exited with %s during startup:\n%s"
+                                 % (self.proc.returncode, self.stderr()))
+        text = self.config.read_text()
+        if re.search(r'log_level = "(warn|error)"', text):
+            return True  # event=start is not logged at these levels
+        m = re.search(r'log_file = "([^"]+)"', text)
+        path = m.group(1) if m else self.stderr_path
+        try:
+            with open(path, "rb") as f:
+                return b"event=start " in f.read()
+        except FileNotFoundError:
+            return False
 
     def _accepts(self, port):
         if self.proc.poll() is not None:
