@@ -65,16 +65,6 @@ static int64_t number(const char *p, size_t n)
 	return neg ? -v : v;
 }
 
-static char *dup_n(const char *p, size_t n)
-{
-	char *d = malloc(n + 1);
-	if (d) {
-		memcpy(d, p, n);
-		d[n] = '\0';
-	}
-	return d;
-}
-
 /* "<path>" at p: the mailbox, through the path parser so quoted local
  * parts holding '>' or spaces come back whole. */
 static char *read_path(const char *p, size_t n, size_t *used)
@@ -83,7 +73,7 @@ static char *read_path(const char *p, size_t n, size_t *used)
 	if (smtp_path_parse(p, n, SMTP_PATH_ALLOW_NULL | SMTP_PATH_ALLOW_POSTMASTER |
 					  SMTP_PATH_ALLOW_UTF8, &path, used) != SMTP_ARG_OK)
 		return NULL;
-	return path.is_null ? dup_n("", 0) : dup_n(path.mailbox.p, path.mailbox.len);
+	return path.is_null ? strdup("") : strndup(path.mailbox.p, path.mailbox.len);
 }
 
 static bool param(const char *tok, size_t n, const char *key, const char **val,
@@ -127,7 +117,7 @@ static void read_mail_params(struct smtp_envelope *env, const char *t, const cha
 									   : SMTP_RET_HDRS;
 		else if (param(w, wn, "ENVID=", &pv, &pl)) {
 			free(env->envid);
-			env->envid = dup_n(pv, pl);
+			env->envid = strndup(pv, pl);
 		} else if (wn == 8 && !strncasecmp(w, "SMTPUTF8", 8))
 			env->smtputf8 = true;
 	}
@@ -146,7 +136,7 @@ static void read_rcpt_params(struct smtp_rcpt *r, const char *t, const char *end
 					r->notify |= 1u << b;
 		} else if (param(w, wn, "ORCPT=", &pv, &pl)) {
 			free(r->orcpt);
-			r->orcpt = dup_n(pv, pl);
+			r->orcpt = strndup(pv, pl);
 		}
 	}
 }

@@ -325,11 +325,9 @@ static void record(struct queue *q, struct qmsg *m, uint32_t rcpt, uint8_t kind,
 
 /* The original as stored, read back for a DSN: the whole message when
  * want_all, else enough to hold its header. */
-static char *read_original(struct qmsg *m, bool want_all, uint64_t limit, size_t *got)
+static char *read_original(struct qmsg *m, bool want_all, size_t *got)
 {
 	uint64_t cap = want_all ? m->bytes : (m->bytes < 65536 ? m->bytes : 65536);
-	if (limit && cap > limit && want_all)
-		cap = limit;
 	char *buf = malloc(cap ? cap : 1);
 	size_t n = 0;
 	int fd = spool_seg_fd(m->seg);
@@ -412,10 +410,16 @@ void queue_internal_written(struct queue *q, struct spool_msg *sm)
 		return;
 	}
 	struct qmsg *dm = sm->owner;
-	if (sm->err)
-		log_msg(LOG_ERROR, "event=store_error id=%s error=\"%s\"", dm->idtxt,
-			strerror(sm->err));
+	int err = sm->err;
 	spool_msg_release(&q->w->spool, sm);
+	if (err) {
+		/* Its bytes are not in the file: nothing to deliver. The state
+		 * records that owed it are lost with it or redo it at recovery. */
+		log_msg(LOG_ERROR, "event=store_error id=%s error=\"%s\"", dm->idtxt,
+			strerror(err));
+		qmsg_free(q, dm);
+		return;
+	}
 	schedule(q, dm, 0);
 }
 
@@ -447,9 +451,12 @@ static bool notify(struct queue *q, struct qmsg *m, enum dsn_action action,
 				? (m->arrival_ms + (int64_t)qc->message_expiration_ms) / 1000 : 0,
 		};
 	}
-	bool full = m->ret == SMTP_RET_FULL && action == DSN_FAILED;
+	/* RET=FULL returns the whole message only up to max_return_size;
+	 * a larger one comes back as headers, and is read as such. */
+	bool full = m->ret == SMTP_RET_FULL && action == DSN_FAILED &&
+		    (!qc->max_return_size || m->bytes <= qc->max_return_size);
 	size_t olen = 0;
-	char *orig = read_original(m, full, qc->max_return_size, &olen);
+	char *orig = read_original(m, full, &olen);
 	if (!orig) {
 		free(dr);
 		return false;
@@ -463,7 +470,7 @@ static bool notify(struct queue *q, struct qmsg *m, enum dsn_action action,
 		.reporting_mta = w->conf->hostname, .postmaster = pm, .to = m->from,
 		.envid = m->envid, .queue_id = m->idtxt, .received_from = m->client,
 		.arrival = m->arrival, .now = now_ms / 1000, .message_id = msgid,
-		.full = full && olen == m->bytes, .rcpt = dr, .nrcpt = n, .orig = &iov,
+		.full = full, .rcpt = dr, .nrcpt = n, .orig = &iov,
 		.norig = 1, .max_return = qc->max_return_size,
 	};
 	/* Usually fits the first time; dsn_compose says how much when not. */
@@ -539,7 +546,7 @@ static void finish_round(struct queue *q, struct qmsg *m, bool attempted, int64_
 {
 	const struct queue_conf *qc = &q->w->conf->queue;
 	unsigned *idx = calloc(m->nrcpt ? m->nrcpt : 1, sizeof(*idx));
-	unsigned nfail = 0, nbounce = 0;
+	unsigned nbounce = 0;
 	for (unsigned i = 0; idx && i < m->nrcpt; i++)
 		if (m->r[i].failed_now && wants(&m->r[i], SMTP_NOTIFY_FAILURE, true))
 			idx[nbounce++] = i;
@@ -552,7 +559,6 @@ static void finish_round(struct queue *q, struct qmsg *m, bool attempted, int64_
 		r->failed_now = false;
 		r->state = SPOOL_RCPT_FAILED;
 		m->pending--;
-		nfail++;
 		record(q, m, i, SPOOL_ST_FAILED, r->reply);
 	}
 	free(idx);
@@ -694,7 +700,6 @@ static void start_attempt(struct queue *q, struct qmsg *m, int64_t now_ms)
 		j->crcpt[j->n] = (struct smtp_client_rcpt){
 			.addr = r->addr, .notify = r->notify, .orcpt = r->orcpt};
 		j->n++;
-		r->busy = true;
 	}
 	if (!jobs) {
 		finish_round(q, m, unroutable, now_ms);
@@ -747,7 +752,6 @@ void queue_job_done(struct queue *q, struct djob *j)
 	for (unsigned k = 0; k < j->n; k++) {
 		struct qrcpt *r = &m->r[j->idx[k]];
 		const struct smtp_client_result *res = &j->res[k];
-		r->busy = false;
 		if (j->not_attempted)
 			continue;
 		set_result(r, res->status[0] ? res->status : default_status(res->code), res->text,
@@ -819,7 +823,6 @@ static void move_finish(struct queue *q, struct qmove *mv, bool ok)
 	} else {
 		spool_seg_put(sw, mv->to, m->bytes);
 	}
-	m->moving = false;
 	if (!q->w->stopping || m->heap == SIZE_MAX)
 		schedule(q, m, m->next_ms);
 	free(mv);
@@ -828,8 +831,10 @@ static void move_finish(struct queue *q, struct qmove *mv, bool ok)
 void queue_flush_started(struct queue *q)
 {
 	for (struct qmove *mv = q->moves; mv; mv = mv->next)
-		if (mv->stage == 1 && mv->end <= spool_seg_written_prefix(mv->to))
+		if (mv->stage == 1 && mv->end <= spool_seg_written_prefix(mv->to)) {
 			mv->stage = 2;
+			mv->failed |= spool_seg_lost_before(mv->to, mv->end);
+		}
 }
 
 void queue_flush_done(struct queue *q, bool ok)
@@ -851,7 +856,7 @@ static bool move_one(struct queue *q, struct qmsg *m)
 	struct worker *w = q->w;
 	struct spool_worker *sw = &w->spool;
 	size_t len = 0;
-	char *bytes = read_original(m, true, 0, &len);
+	char *bytes = read_original(m, true, &len);
 	if (!bytes || len != m->bytes) {
 		free(bytes);
 		return false;
@@ -920,7 +925,6 @@ static bool move_one(struct queue *q, struct qmsg *m)
 	sm->owner = mv;
 	sm->internal = true;
 	sm->move = true;
-	m->moving = true;
 	mv->next = q->moves;
 	q->moves = mv;
 	if (spool_msg_written(sm))

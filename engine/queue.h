@@ -21,7 +21,6 @@ struct qrcpt {
 	char *orcpt;              /* ORCPT as received, or NULL */
 	uint8_t notify;           /* SMTP_NOTIFY_* (0: not given) */
 	uint8_t state;            /* SPOOL_RCPT_* */
-	bool busy;                /* in a delivery attempt now */
 	bool failed_now;          /* failed in this round: goes into its bounce */
 	char status[12];          /* last result */
 	char *reply;              /* last reply or reason */
@@ -52,7 +51,6 @@ struct qmsg {
 	char *last_error;
 	bool delay_notified;
 	bool attempted_round;     /* a job of this round reached a next hop */
-	bool moving;              /* being compacted: out of the schedule */
 	size_t heap;              /* index in the schedule, or SIZE_MAX */
 };
 

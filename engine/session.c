@@ -140,7 +140,6 @@ void session_accept(struct worker *w, unsigned binding, int fd)
 	c->conf = w->conf;
 	conf_ref(c->conf);
 	c->rc = rc;
-	c->binding = binding;
 	c->started_ms = c->active_ms = w->now_ms;
 	snprintf(c->peer, sizeof(c->peer), "%s", ip);
 	smtp_server_init(&c->smtp, &rc->smtp, ip, c->out, sizeof(c->out));
@@ -621,7 +620,7 @@ void session_on_send(struct worker *w, struct conn *c, int res)
 
 void session_on_written(struct worker *w, struct conn *c)
 {
-	int err = c->smsg->err;
+	int err = spool_msg_error(c->smsg);
 	if (err) {
 		log_msg(LOG_ERROR, "event=store_error id=%s client=%s error=\"%s\"",
 			c->msgid, c->peer, strerror(err));

@@ -37,8 +37,13 @@ struct spool_seg {
 	unsigned holds;          /* queued messages stored here */
 	struct spool_write *inflight_head, *inflight_tail; /* by offset */
 	uint64_t live_bytes;     /* their message bytes */
+	uint64_t durable;        /* covered by a completed fdatasync up to here */
+	uint64_t sync_upto;      /* what the fdatasync in flight covers */
+	uint64_t lost_from;      /* a write from here on failed (NO_LOSS: none) */
 	struct spool_seg *next;
 };
+
+#define NO_LOSS UINT64_MAX
 
 /* ---- CRC32C (Castagnoli), table-driven ----------------------------------- */
 
@@ -623,6 +628,18 @@ uint64_t spool_seg_written_prefix(const struct spool_seg *s)
 	return s->inflight_head ? s->inflight_head->off : s->tail;
 }
 
+bool spool_seg_lost_before(const struct spool_seg *s, uint64_t end)
+{
+	return end > s->lost_from;
+}
+
+int spool_msg_error(const struct spool_msg *m)
+{
+	if (m->err)
+		return m->err;
+	return m->committed && spool_seg_lost_before(m->seg, m->end) ? EIO : 0;
+}
+
 int spool_seg_fd(const struct spool_seg *s)
 {
 	return s->fd;
@@ -654,6 +671,8 @@ struct spool_seg *spool_seg_adopt(struct spool_worker *sw, uint64_t seq, uint64_
 	s->fd = fd;
 	s->seq = seq;
 	s->tail = tail;
+	s->durable = tail;
+	s->lost_from = NO_LOSS;
 	s->next = sw->segs;
 	sw->segs = s;
 	return s;
@@ -705,6 +724,7 @@ static struct spool_seg *new_segment(struct spool_worker *sw, int *err)
 	}
 	s->fd = fd;
 	s->seq = seq;
+	s->lost_from = NO_LOSS;
 	s->next = sw->segs;
 	sw->segs = s;
 	sw->dir_dirty = true;
@@ -729,8 +749,10 @@ struct spool_msg *spool_msg_begin_in(struct spool_worker *sw, struct spool_seg *
 struct spool_msg *spool_msg_begin(struct spool_worker *sw, uint64_t id, int *err)
 {
 	/* A message stays in the segment it starts in (it may run past the
-	 * preallocated end); new messages move on once one is 7/8 full. */
-	if (!sw->cur || sw->cur->tail >= sw->sp->segment_bytes / 8 * 7) {
+	 * preallocated end); new messages move on once one is 7/8 full, or
+	 * once a write to it failed. */
+	if (!sw->cur || sw->cur->tail >= sw->sp->segment_bytes / 8 * 7 ||
+	    sw->cur->lost_from != NO_LOSS) {
 		struct spool_seg *s = new_segment(sw, err);
 		if (!s)
 			return NULL;
@@ -739,12 +761,6 @@ struct spool_msg *spool_msg_begin(struct spool_worker *sw, uint64_t id, int *err
 		if (old)
 			seg_maybe_close(sw, old);
 	}
-	struct spool_msg *m = calloc(1, sizeof(*m));
-	if (!m) {
-		*err = ENOMEM;
-		return NULL;
-	}
-	free(m);
 	return spool_msg_begin_in(sw, sw->cur, id, err);
 }
 
@@ -905,6 +921,8 @@ struct spool_msg *spool_write_done(struct spool_worker *sw, struct spool_write *
 	if (res != (int)wr->expect) {
 		if (m && !m->err)
 			m->err = res < 0 ? -res : EIO;
+		if (wr->off < s->lost_from)
+			s->lost_from = wr->off;
 		log_msg(LOG_ERROR, "event=store_error op=write segment=%016" PRIx64 " error=\"%s\"",
 			s->seq, res < 0 ? strerror(-res) : "short write");
 	} else {
@@ -950,6 +968,7 @@ unsigned spool_sync_start(struct spool_worker *sw, uint64_t tag)
 		s->dirty = false;
 		sw->ndirty--;
 		s->syncing = true;
+		s->sync_upto = spool_seg_written_prefix(s);
 		ring_fsync(sw->ring, s->fd, true, tag);
 		n++;
 	}
@@ -971,9 +990,16 @@ bool spool_sync_done(struct spool_worker *sw, int res, bool *ok)
 	}
 	if (--sw->sync_inflight)
 		return false;
-	/* The batch is over: segments may close now. */
+	/* The batch is over: segments may close now. After a failed
+	 * fdatasync the kernel may have dropped the pages it could not write,
+	 * and a later one succeeds without them: what it covered counts as
+	 * lost. */
 	for (struct spool_seg *s = sw->segs, *next; s; s = next) {
 		next = s->next;
+		if (s->syncing && sw->sync_ok)
+			s->durable = s->sync_upto;
+		else if (s->syncing && s->durable < s->lost_from)
+			s->lost_from = s->durable;
 		s->syncing = false;
 		seg_maybe_close(sw, s);
 	}

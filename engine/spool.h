@@ -263,6 +263,15 @@ static inline bool spool_msg_written(const struct spool_msg *m)
  * when the fdatasync starts: its own writes being done is not enough. */
 uint64_t spool_seg_written_prefix(const struct spool_seg *s);
 
+/* A write before this offset failed, or an fdatasync that covered part of
+ * what lies before it: recovery, which stops at the first bad record, would
+ * not find a record ending there. The segment takes no new messages. */
+bool spool_seg_lost_before(const struct spool_seg *s, uint64_t end);
+
+/* The message's first error (errno), EIO when something before its end
+ * in the segment was lost; 0 when it can be acknowledged once flushed. */
+int spool_msg_error(const struct spool_msg *m);
+
 static inline bool spool_msg_flushable(const struct spool_msg *m)
 {
 	return spool_msg_written(m) && m->end <= spool_seg_written_prefix(m->seg);

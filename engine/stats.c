@@ -14,6 +14,7 @@
 #include <unistd.h>
 
 #include "connectors.h"
+#include "dirs.h"
 #include "envelope.h"
 #include "log.h"
 
@@ -477,7 +478,11 @@ static int open_unix(struct stats_server *s, const char *path, char *err,
 	char *slash = strrchr(dir, '/');
 	if (slash && slash != dir) {
 		*slash = '\0';
-		mkdir(dir, 0750);
+		int ret = dirs_make(dir);
+		if (ret < 0) {
+			snprintf(err, errlen, "stats_socket %s: %s", path, strerror(-ret));
+			return -1;
+		}
 	}
 	s->fd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
 	if (s->fd < 0)

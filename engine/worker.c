@@ -12,7 +12,6 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <sys/time.h>
 #include <time.h>
 #include <unistd.h>
 
@@ -39,13 +38,6 @@ uint64_t worker_clock_ms(void)
 	return (uint64_t)ts.tv_sec * 1000 + (uint64_t)ts.tv_nsec / 1000000;
 }
 
-static uint64_t wall_ms(void)
-{
-	struct timeval tv;
-	gettimeofday(&tv, NULL);
-	return (uint64_t)tv.tv_sec * 1000 + (uint64_t)tv.tv_usec / 1000;
-}
-
 /* Ids: 40 bits of milliseconds since 2020, 8 bits of worker, 16 bits of
  * counter; the base moves forward whenever the counter wraps, so ids stay
  * unique across workers and restarts. */
@@ -54,7 +46,7 @@ static uint64_t wall_ms(void)
 uint64_t worker_next_msgid(struct worker *w)
 {
 	if (w->id_counter > 0xffff) {
-		uint64_t now = wall_ms();
+		uint64_t now = (uint64_t)queue_now_ms();
 		w->id_base_ms = now > w->id_base_ms ? now : w->id_base_ms + 1;
 		w->id_counter = 0;
 	}
@@ -195,7 +187,7 @@ static void commit_done(struct worker *w, bool ok)
 		struct slotref r = w->commit_batch[i];
 		struct conn *c = r.slot < w->nslots ? w->slots[r.slot] : NULL;
 		if (c && c->gen == r.gen)
-			session_on_stored(w, c, ok);
+			session_on_stored(w, c, ok && !spool_msg_error(c->smsg));
 	}
 	queue_flush_done(&w->queue, ok);
 	if (w->nready && !w->flushing)
@@ -478,7 +470,7 @@ static int setup(struct worker *w)
 	for (uint32_t i = 0; i < w->nslots; i++)
 		w->free_slots[i] = w->nslots - 1 - i;
 	w->nfree = w->nslots;
-	w->id_base_ms = wall_ms();
+	w->id_base_ms = (uint64_t)queue_now_ms();
 	w->now_ms = worker_clock_ms();
 	queue_recover(&w->queue, w->nworkers ? w->nworkers : 1);
 	for (unsigned b = 0; b < w->nlisten; b++)

@@ -39,7 +39,6 @@ struct conn {
 	int store_result;         /* STORE_* once storing finished */
 	struct conf *conf;        /* the configuration the session started with */
 	const struct rconn *rc;
-	unsigned binding;
 	uint64_t started_ms;
 	uint64_t active_ms;
 	uint64_t data_end_us;     /* end of DATA, for the accept latency */

@@ -10,6 +10,7 @@
 #include <strings.h>
 
 #include "received.h"
+#include "smtp_path.h"
 
 #define DSN_LINE_MAX 998  /* octets before CR LF (RFC 5322 2.1.1) */
 #define DSN_FOLD_AT 78    /* preferred width of the lines we generate */
@@ -364,17 +365,6 @@ struct boundary_scan {
 	uint64_t used[4];
 };
 
-static int hex_digit(char c)
-{
-	if (c >= '0' && c <= '9')
-		return c - '0';
-	if (c >= 'a' && c <= 'f')
-		return c - 'a' + 10;
-	if (c >= 'A' && c <= 'F')
-		return c - 'A' + 10;
-	return -1;
-}
-
 static void boundary_check_line(struct boundary_scan *b)
 {
 	const char *p = b->line;
@@ -385,7 +375,7 @@ static void boundary_check_line(struct boundary_scan *b)
 	}
 	if (n < b->base_len + 2 || strncasecmp(p, b->base, b->base_len) != 0)
 		return;
-	int hi = hex_digit(p[b->base_len]), lo = hex_digit(p[b->base_len + 1]);
+	int hi = smtp_hexval(p[b->base_len]), lo = smtp_hexval(p[b->base_len + 1]);
 	if (hi >= 0 && lo >= 0)
 		b->used[hi >> 2] |= UINT64_C(1) << ((hi & 3) * 16 + lo);
 }
@@ -647,26 +637,15 @@ bool dsn_xtext_decode(const char *in, char *out, size_t cap)
 	out[0] = '\0';
 	if (!in)
 		return false;
-	for (const char *p = in; *p; p++) {
-		unsigned char c = (unsigned char)*p;
-		if (c == '+') {
-			/* RFC 3461 4: upper-case hex only, as smtp_xtext_valid() */
-			int hi = p[1] >= 'a' ? -1 : hex_digit(p[1]);
-			int lo = hi < 0 || p[2] >= 'a' ? -1 : hex_digit(p[2]);
-			if (lo < 0 || (hi == 0 && lo == 0)) /* "+00" would cut the string */
-				goto bad;
-			c = (unsigned char)(hi * 16 + lo);
-			p += 2;
-		} else if (c < 33 || c > 126 || c == '=') {
-			goto bad;
+	size_t len = strlen(in);
+	for (size_t i = 0; i < len;) {
+		int c = smtp_xtext_char(in, len, &i);
+		if (c <= 0 || n + 1 >= cap) { /* "+00" would cut the string */
+			out[0] = '\0';
+			return false;
 		}
-		if (n + 1 >= cap)
-			goto bad;
 		out[n++] = (char)c;
 	}
 	out[n] = '\0';
 	return true;
-bad:
-	out[0] = '\0';
-	return false;
 }

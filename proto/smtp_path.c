@@ -77,9 +77,9 @@ static bool ipv4_valid(const char *s, size_t len)
 	return parts == 4;
 }
 
-static int hexval(unsigned char c)
+int smtp_hexval(int c)
 {
-	if (is_digit(c))
+	if (is_digit((unsigned char)c))
 		return c - '0';
 	if (c >= 'a' && c <= 'f')
 		return c - 'a' + 10;
@@ -104,7 +104,7 @@ static bool ipv6_valid(const char *s, size_t len)
 	}
 	while (i < len) {
 		size_t start = i;
-		while (i < len && hexval((unsigned char)s[i]) >= 0 && i - start < 5)
+		while (i < len && smtp_hexval((unsigned char)s[i]) >= 0 && i - start < 5)
 			i++;
 		if (i < len && s[i] == '.') {
 			/* trailing dotted IPv4 counts for two groups */
@@ -303,23 +303,30 @@ enum smtp_arg_err smtp_path_parse(const char *s, size_t len, unsigned flags,
 	return SMTP_ARG_OK;
 }
 
+int smtp_xtext_char(const char *s, size_t len, size_t *i)
+{
+	unsigned char c = (unsigned char)s[*i];
+	if (c == '+') {
+		/* RFC 3461 4: "+" and two upper-case hex digits */
+		if (*i + 2 >= len || s[*i + 1] >= 'a' || s[*i + 2] >= 'a')
+			return -1;
+		int hi = smtp_hexval(s[*i + 1]), lo = smtp_hexval(s[*i + 2]);
+		if (hi < 0 || lo < 0)
+			return -1;
+		*i += 3;
+		return hi * 16 + lo;
+	}
+	if (c < 33 || c > 126 || c == '=')
+		return -1;
+	*i += 1;
+	return c;
+}
+
 bool smtp_xtext_valid(const char *s, size_t len)
 {
-	for (size_t i = 0; i < len; i++) {
-		unsigned char c = (unsigned char)s[i];
-		if (c == '+') {
-			if (i + 2 >= len)
-				return false;
-			int h1 = hexval((unsigned char)s[i + 1]);
-			int h2 = hexval((unsigned char)s[i + 2]);
-			/* RFC 3461: upper-case hex only */
-			if (h1 < 0 || h2 < 0 || (s[i + 1] >= 'a') || (s[i + 2] >= 'a'))
-				return false;
-			i += 2;
-		} else if (c < 33 || c > 126 || c == '=') {
+	for (size_t i = 0; i < len;)
+		if (smtp_xtext_char(s, len, &i) < 0)
 			return false;
-		}
-	}
 	return true;
 }
 

@@ -94,4 +94,11 @@ bool smtp_helo_arg_valid(const char *s, size_t len);
 /* True when s is a valid xtext (RFC 3461 4). */
 bool smtp_xtext_valid(const char *s, size_t len);
 
+/* The xtext character at s[*i] decoded, *i moved past it; -1 when it is
+ * not valid xtext (*i unchanged). */
+int smtp_xtext_char(const char *s, size_t len, size_t *i);
+
+/* The value of a hex digit of either case, or -1. */
+int smtp_hexval(int c);
+
 #endif

@@ -19,16 +19,6 @@ static void set_state(struct smtp_server *s, enum smtp_state st)
 	s->state = st;
 }
 
-static char *dup_span(const char *p, size_t n)
-{
-	char *d = malloc(n + 1);
-	if (d) {
-		memcpy(d, p, n);
-		d[n] = '\0';
-	}
-	return d;
-}
-
 static void envelope_reset(struct smtp_envelope *e)
 {
 	free(e->from);
@@ -179,8 +169,8 @@ static enum smtp_ev cmd_mail(struct smtp_server *s, const struct smtp_cmd *c)
 	if (s->hooks.admit_message && !s->hooks.admit_message(s->hooks.ctx))
 		return close_with(s, R_RATE_EXCEEDED);
 	envelope_reset(&s->env);
-	s->env.from = dup_span(m.path.mailbox.p, m.path.is_null ? 0 : m.path.mailbox.len);
-	s->env.envid = m.envid.p ? dup_span(m.envid.p, m.envid.len) : NULL;
+	s->env.from = m.path.is_null ? strdup("") : strndup(m.path.mailbox.p, m.path.mailbox.len);
+	s->env.envid = m.envid.p ? strndup(m.envid.p, m.envid.len) : NULL;
 	if (!s->env.from || (m.envid.p && !s->env.envid)) {
 		envelope_reset(&s->env);
 		reply(s, R_LOCAL_ERROR);
@@ -206,8 +196,8 @@ static bool add_rcpt(struct smtp_envelope *e, const struct smtp_rcpt_arg *r)
 		e->rcpt_cap = cap;
 	}
 	struct smtp_rcpt *x = &e->rcpt[e->nrcpt];
-	x->addr = dup_span(r->path.mailbox.p, r->path.mailbox.len);
-	x->orcpt = r->orcpt.p ? dup_span(r->orcpt.p, r->orcpt.len) : NULL;
+	x->addr = strndup(r->path.mailbox.p, r->path.mailbox.len);
+	x->orcpt = r->orcpt.p ? strndup(r->orcpt.p, r->orcpt.len) : NULL;
 	x->notify = r->notify;
 	if (!x->addr || (r->orcpt.p && !x->orcpt)) {
 		free(x->addr);
