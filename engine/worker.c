@@ -155,7 +155,7 @@ static void commit_start(struct worker *w)
 	}
 	w->nready = keep;
 	if (w->nbatch == 0 && !spool_dirty(&w->spool))
-		return; /* a write completing calls again */
+		return; /* the next loop turn tries again */
 	w->flushing = true;
 	queue_flush_started(&w->queue);
 	unsigned n = spool_sync_start(&w->spool, ring_tag(OP_SPOOL_SYNC, 0, 0));
@@ -173,8 +173,6 @@ void worker_commit_add(struct worker *w, struct conn *c)
 		session_on_stored(w, c, false);
 		return;
 	}
-	if (!w->flushing)
-		commit_start(w);
 }
 
 static void commit_done(struct worker *w, bool ok)
@@ -190,8 +188,6 @@ static void commit_done(struct worker *w, bool ok)
 			session_on_stored(w, c, ok && !spool_msg_error(c->smsg));
 	}
 	queue_flush_done(&w->queue, ok);
-	if (w->nready && !w->flushing)
-		commit_start(w);
 }
 
 static void arm_accept(struct worker *w, unsigned b)
@@ -397,9 +393,6 @@ static void dispatch(struct worker *w, struct io_uring_cqe *cqe)
 			else if (((struct conn *)m->owner)->storing)
 				session_on_written(w, m->owner);
 		}
-		/* The written prefix moved: waiting messages may be flushable. */
-		if (!w->flushing && w->nready)
-			commit_start(w);
 		break;
 	}
 	case OP_OUT_POLL:
@@ -514,9 +507,12 @@ static void *worker_main(void *arg)
 			if (w->queue.heap[0]->next_ms <= now)
 				queue_run(&w->queue, now);
 		}
-		/* State records and notices become durable with the next group
-		 * commit; start one when nothing else will. */
-		if (!w->flushing && spool_dirty(&w->spool))
+		/* The next group commit starts once this turn's completions are
+		 * all in: the fdatasync is submitted with the loop's next wait, so
+		 * starting it earlier would only leave out messages whose writes
+		 * complete later in the same turn. It takes the stored messages
+		 * that are flushable, and the state records and notices. */
+		if (!w->flushing && (w->nready || spool_dirty(&w->spool)))
 			commit_start(w);
 		if (w->stopping && w->nconns == 0 && !w->flushing && !w->spool.pending_writes &&
 		    deliver_idle(w))
