@@ -9,8 +9,14 @@
  * still, never let one break the line structure. */
 static void field(FILE *out, const char *s)
 {
-	for (; *s; s++)
-		fputc(*s == '\r' || *s == '\n' ? ' ' : *s, out);
+	for (size_t n; *s; s += n) {
+		n = strcspn(s, "\r\n");
+		fwrite(s, 1, n, out);
+		if (s[n]) {
+			fputc(' ', out);
+			n++;
+		}
+	}
 }
 
 void envelope_write(FILE *out, const char *id, const struct smtp_envelope *env,

@@ -281,13 +281,18 @@ static void report_committed(struct msg_table *t, uint64_t seq, uint32_t ncommit
 	free(v);
 }
 
+static void seg_name(char *buf, size_t cap, uint64_t seq)
+{
+	snprintf(buf, cap, SEG_PREFIX "%016" PRIx64 SEG_SUFFIX, seq);
+}
+
 int spool_scan_segment(int dirfd, uint64_t seq,
 		       void (*fn)(void *arg, const struct spool_found *m), void *arg,
 		       struct spool_scan_stats *st, bool all, uint64_t *tail)
 {
 	char name[64];
 	*tail = 0;
-	snprintf(name, sizeof(name), SEG_PREFIX "%016" PRIx64 SEG_SUFFIX, seq);
+	seg_name(name, sizeof(name), seq);
 	int fd = openat(dirfd, name, O_RDONLY | O_CLOEXEC);
 	if (fd < 0)
 		return -1;
@@ -530,10 +535,6 @@ void spool_worker_init(struct spool_worker *sw, struct spool *sp, struct ring *r
 	sw->ring = r;
 }
 
-static void seg_name(char *buf, size_t cap, uint64_t seq)
-{
-	snprintf(buf, cap, SEG_PREFIX "%016" PRIx64 SEG_SUFFIX, seq);
-}
 
 /* Once nothing pins a segment that is no longer written to, every message
  * in it is finished and that is durable: it goes. */
@@ -700,7 +701,7 @@ static struct spool_seg *new_segment(struct spool_worker *sw, int *err)
 {
 	uint64_t seq = atomic_fetch_add(&sw->sp->next_seq, 1);
 	char name[64];
-	snprintf(name, sizeof(name), SEG_PREFIX "%016" PRIx64 SEG_SUFFIX, seq);
+	seg_name(name, sizeof(name), seq);
 	int fd = openat(sw->sp->dirfd, name, O_RDWR | O_CREAT | O_EXCL | O_CLOEXEC, 0640);
 	if (fd < 0) {
 		*err = errno;
