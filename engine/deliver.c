@@ -10,7 +10,6 @@
 #include <inttypes.h>
 #include <netinet/in.h>
 #include <netinet/tcp.h>
-#include <arpa/inet.h>
 #include <poll.h>
 #include <pthread.h>
 #include <stdio.h>
@@ -36,10 +35,10 @@ struct oconn;
 
 struct dest {
 	struct dest *hnext;
-	char name[72];             /* send connector */
 	char domain[256];          /* "" unless MX delivery */
 	struct conf *conf;         /* held: sc points into it */
-	const struct sconn *sc;
+	const struct sconn *sc;    /* the send connector, by name: from the
+	                            * newest conf it was seen in */
 	struct throttle_entry *th; /* connections and rate, across workers */
 	bool resolving;
 	int64_t resolved_until;    /* monotonic ms */
@@ -147,12 +146,9 @@ static void job_return(struct worker *w, struct djob *j)
 
 static unsigned dest_hash(const char *name, const char *domain)
 {
-	uint32_t h = 2166136261u;
-	for (const char *p = name; *p; p++)
-		h = (h ^ (uint8_t)*p) * 16777619u;
-	h = (h ^ '|') * 16777619u;
-	for (const char *p = domain; *p; p++)
-		h = (h ^ (uint8_t)*p) * 16777619u;
+	uint32_t h = resolver_hash_name(RESOLVER_HASH_INIT, name);
+	h = resolver_hash_name(h, "|");
+	h = resolver_hash_name(h, domain);
 	return h % DEST_BUCKETS;
 }
 
@@ -162,13 +158,12 @@ static struct dest *dest_get(struct worker *w, struct djob *j)
 	unsigned h = dest_hash(j->sc->name, j->domain);
 	struct dest *d = dl->bucket[h];
 	for (; d; d = d->hnext)
-		if (strcmp(d->name, j->sc->name) == 0 && strcmp(d->domain, j->domain) == 0)
+		if (strcmp(d->sc->name, j->sc->name) == 0 && strcmp(d->domain, j->domain) == 0)
 			break;
 	if (!d) {
 		d = calloc(1, sizeof(*d));
 		if (!d)
 			return NULL;
-		snprintf(d->name, sizeof(d->name), "%s", j->sc->name);
 		snprintf(d->domain, sizeof(d->domain), "%s", j->domain);
 		char key[80];
 		snprintf(key, sizeof(key), "send:%s", j->sc->name);
@@ -484,16 +479,10 @@ static void describe_target(struct oconn *oc)
 {
 	const struct resolver_target *t = &oc->d->t[oc->target];
 	char ip[INET6_ADDRSTRLEN] = "?";
-	unsigned port = 0;
-	if (t->addr.ss_family == AF_INET) {
-		const struct sockaddr_in *a = (const void *)&t->addr;
-		inet_ntop(AF_INET, &a->sin_addr, ip, sizeof(ip));
-		port = ntohs(a->sin_port);
-	} else {
-		const struct sockaddr_in6 *a = (const void *)&t->addr;
-		inet_ntop(AF_INET6, &a->sin6_addr, ip, sizeof(ip));
-		port = ntohs(a->sin6_port);
-	}
+	peer_text(&t->addr, ip, sizeof(ip));
+	unsigned port = t->addr.ss_family == AF_INET
+				? ntohs(((const struct sockaddr_in *)&t->addr)->sin_port)
+				: ntohs(((const struct sockaddr_in6 *)&t->addr)->sin6_port);
 	if (oc->d->domain[0])
 		snprintf(oc->remote, sizeof(oc->remote), "%.200s[%s]:%u", t->host, ip, port);
 	else
@@ -539,7 +528,7 @@ static void conn_next_target(struct oconn *oc, const char *why)
 {
 	snprintf(oc->last_error, sizeof(oc->last_error), "%s", why);
 	log_msg(LOG_INFO, "event=connect_failed send_connector=\"%s\" relay=%s error=\"%s\"",
-		oc->d->name, oc->remote, why);
+		oc->d->sc->name, oc->remote, why);
 	if (oc->fd >= 0) {
 		if (oc->armed_out)
 			ring_cancel(&oc->w->ring, poll_tag(oc, true));
@@ -670,7 +659,7 @@ static bool rate_ok(struct worker *w, struct dest *d)
 			waiting++;
 		log_msg(LOG_INFO,
 			"event=throttle reason=send_message_rate send_connector=\"%s\" limit=%llu current=%u",
-			d->name, (unsigned long long)rate, waiting);
+			d->sc->name, (unsigned long long)rate, waiting);
 	}
 	return false;
 }
@@ -879,12 +868,10 @@ static void conn_connected(struct oconn *oc)
 	conn_run(oc);
 }
 
-void deliver_on_poll(struct worker *w, void *p, int res)
+void deliver_on_poll(void *p)
 {
 	struct oconn *oc = (struct oconn *)((uintptr_t)p & ~(uintptr_t)7);
 	bool out = ((uintptr_t)p & 1) != 0;
-	(void)w;
-	(void)res;
 	oc->inflight--;
 	if (out)
 		oc->armed_out = false;
@@ -1054,7 +1041,6 @@ void deliver_wake(struct worker *w)
 		} else {
 			dl->dropping--;
 			job_result_all(it->job, it->code, it->status, it->text);
-			it->job->dsn_passed = false;
 			queue_job_done(&w->queue, it->job);
 		}
 		free(it);

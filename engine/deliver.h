@@ -13,7 +13,6 @@
 
 struct worker;
 struct djob;
-struct resolver;
 
 /* 0, or -1 with w->err set. */
 int deliver_init(struct worker *w);
@@ -21,7 +20,7 @@ void deliver_free(struct worker *w);
 
 void deliver_submit(struct worker *w, struct djob *j);
 /* OP_OUT completions (poll on an outbound connection). */
-void deliver_on_poll(struct worker *w, void *conn, int res);
+void deliver_on_poll(void *conn);
 /* The worker was woken: answers from the resolver and the drop thread. */
 void deliver_wake(struct worker *w);
 /* Timeouts, idle connections, jobs waiting for a connection. */

@@ -139,21 +139,24 @@ static char *xdup(const char *s)
 	return s ? strdup(s) : NULL;
 }
 
-/* A message from its envelope; the chunks are copied. NULL when out of
- * memory. */
+/* A message from its envelope; off and len (malloc'd, nchunks each) are
+ * taken over. NULL when out of memory. */
 static struct qmsg *qmsg_new(struct queue *q, uint64_t id, struct spool_seg *seg,
-			     uint32_t nchunks, const uint64_t *off, const uint32_t *len,
-			     const struct iovec *iov, const struct smtp_envelope *env,
-			     const char *client, const char *connector, int64_t arrival)
+			     uint32_t nchunks, uint64_t *off, uint32_t *len,
+			     const struct smtp_envelope *env, const char *client,
+			     const char *connector, int64_t arrival)
 {
 	struct qmsg *m = calloc(1, sizeof(*m));
-	if (!m)
+	if (!m) {
+		free(off);
+		free(len);
 		return NULL;
+	}
 	m->id = id;
 	snprintf(m->idtxt, sizeof(m->idtxt), "%016" PRIX64, id);
 	m->nchunks = nchunks;
-	m->off = malloc((nchunks ? nchunks : 1) * sizeof(*m->off));
-	m->len = malloc((nchunks ? nchunks : 1) * sizeof(*m->len));
+	m->off = off;
+	m->len = len;
 	m->r = calloc(env->nrcpt ? env->nrcpt : 1, sizeof(*m->r));
 	m->from = xdup(env->from ? env->from : "");
 	m->envid = xdup(env->envid);
@@ -162,11 +165,8 @@ static struct qmsg *qmsg_new(struct queue *q, uint64_t id, struct spool_seg *seg
 	m->heap = SIZE_MAX;
 	bool ok = m->off && m->len && m->r && m->from && m->client && m->connector &&
 		  (!env->envid || m->envid);
-	for (uint32_t i = 0; ok && i < nchunks; i++) {
-		m->off[i] = off[i];
-		m->len[i] = len ? len[i] : (uint32_t)iov[i].iov_len;
-		m->bytes += m->len[i];
-	}
+	for (uint32_t i = 0; ok && i < nchunks; i++)
+		m->bytes += len[i];
 	m->body = (uint8_t)env->body;
 	m->ret = (uint8_t)env->ret;
 	m->smtputf8 = env->smtputf8;
@@ -213,12 +213,25 @@ void queue_free(struct queue *q)
 	q->heap = NULL;
 }
 
+/* The queue takes over the chunk table the spool built while writing. */
+static struct qmsg *qmsg_from_spool(struct queue *q, struct spool_msg *sm,
+				    const struct smtp_envelope *env, const char *client,
+				    const char *connector, int64_t arrival)
+{
+	uint64_t *off = sm->off;
+	uint32_t *len = sm->len;
+	sm->off = NULL;
+	sm->len = NULL;
+	sm->off_cap = 0;
+	return qmsg_new(q, sm->id, sm->seg, sm->chunks, off, len, env, client, connector,
+			arrival);
+}
+
 void queue_add_received(struct queue *q, struct spool_msg *sm,
 			const struct smtp_envelope *env, const char *client,
 			const char *connector, int64_t arrival)
 {
-	struct qmsg *m = qmsg_new(q, sm->id, sm->seg, sm->chunks, sm->off, sm->len, NULL,
-				  env, client, connector, arrival);
+	struct qmsg *m = qmsg_from_spool(q, sm, env, client, connector, arrival);
 	if (!m) {
 		log_msg(LOG_ERROR, "event=queue_error id=%016" PRIX64 " error=\"out of memory\"",
 			sm->id);
@@ -251,8 +264,15 @@ static void recover_one(void *arg, const struct spool_found *f)
 		envelope_full_free(&e);
 		return;
 	}
-	struct qmsg *m = qmsg_new(rc->q, f->id, rc->seg, f->chunks, f->chunk_off, NULL,
-				  f->chunk, &e.env, e.client, e.connector, e.arrival);
+	uint32_t nc = f->chunks ? f->chunks : 1;
+	uint64_t *off = malloc(nc * sizeof(*off));
+	uint32_t *len = malloc(nc * sizeof(*len));
+	for (uint32_t i = 0; off && len && i < f->chunks; i++) {
+		off[i] = f->chunk_off[i];
+		len[i] = (uint32_t)f->chunk[i].iov_len;
+	}
+	struct qmsg *m = qmsg_new(rc->q, f->id, rc->seg, f->chunks, off, len, &e.env, e.client,
+				  e.connector, e.arrival);
 	envelope_full_free(&e);
 	if (!m)
 		return;
@@ -345,8 +365,9 @@ static char *read_original(struct qmsg *m, bool want_all, size_t *got)
 }
 
 /* Writes a generated message (a DSN) into the segment of m, ahead of the
- * records that follow, and queues it once its bytes are on disk. */
-static bool inject(struct queue *q, struct qmsg *m, const char *to, const char *text,
+ * records that follow, and queues it once its bytes are on disk. text is
+ * malloc'd and taken over. */
+static bool inject(struct queue *q, struct qmsg *m, const char *to, char *text,
 		   size_t len, char *idout)
 {
 	/* A returned original may carry 8-bit text (dsn.h labels it 8bit). */
@@ -362,9 +383,11 @@ static bool inject(struct queue *q, struct qmsg *m, const char *to, const char *
 	snprintf(idtxt, sizeof(idtxt), "%016" PRIX64, id);
 	int err = 0;
 	struct spool_msg *sm = spool_msg_begin_in(&w->spool, m->seg, id, &err);
-	if (!sm)
+	if (!sm) {
+		free(text);
 		return false;
-	if (!spool_msg_append(&w->spool, sm, text, len, -1)) {
+	}
+	if (!spool_msg_append_owned(&w->spool, sm, text, len)) {
 		spool_msg_release(&w->spool, sm);
 		return false;
 	}
@@ -385,8 +408,7 @@ static bool inject(struct queue *q, struct qmsg *m, const char *to, const char *
 		return false;
 	}
 	spool_msg_commit(&w->spool, sm, rec, rlen);
-	struct qmsg *dm = qmsg_new(q, id, m->seg, sm->chunks, sm->off, sm->len, NULL, &env,
-				   "127.0.0.1", "postern", now);
+	struct qmsg *dm = qmsg_from_spool(q, sm, &env, "127.0.0.1", "postern", now);
 	if (!dm) {
 		spool_msg_release(&w->spool, sm);
 		return false;
@@ -493,7 +515,6 @@ static bool notify(struct queue *q, struct qmsg *m, enum dsn_action action,
 			kind[action], m->idtxt, rid, m->from, n);
 	else
 		log_msg(LOG_ERROR, "event=dsn_error kind=%s id=%s", kind[action], m->idtxt);
-	free(out);
 	free(orig);
 	free(dr);
 	return ok;
@@ -545,12 +566,18 @@ static void set_result(struct qrcpt *r, const char *status, const char *reply,
 static void finish_round(struct queue *q, struct qmsg *m, bool attempted, int64_t now_ms)
 {
 	const struct queue_conf *qc = &q->w->conf->queue;
-	unsigned *idx = calloc(m->nrcpt ? m->nrcpt : 1, sizeof(*idx));
-	unsigned nbounce = 0;
-	for (unsigned i = 0; idx && i < m->nrcpt; i++)
-		if (m->r[i].failed_now && wants(&m->r[i], SMTP_NOTIFY_FAILURE, true))
-			idx[nbounce++] = i;
-	if (nbounce && !notify(q, m, DSN_FAILED, idx, nbounce, now_ms))
+	/* The bounce's recipient list is allocated only when one is owed. */
+	unsigned *idx = NULL, nbounce = 0;
+	bool owed = false;
+	for (unsigned i = 0; i < m->nrcpt; i++)
+		if (m->r[i].failed_now && wants(&m->r[i], SMTP_NOTIFY_FAILURE, true)) {
+			owed = true;
+			if (!idx)
+				idx = calloc(m->nrcpt, sizeof(*idx));
+			if (idx)
+				idx[nbounce++] = i;
+		}
+	if (owed && (!idx || !notify(q, m, DSN_FAILED, idx, nbounce, now_ms)))
 		log_msg(LOG_ERROR, "event=bounce_error id=%s", m->idtxt);
 	for (unsigned i = 0; i < m->nrcpt; i++) {
 		struct qrcpt *r = &m->r[i];
@@ -628,18 +655,6 @@ static struct djob *job_new(struct queue *q, struct qmsg *m, const struct sconn 
 	struct djob *j = calloc(1, sizeof(*j));
 	if (!j)
 		return NULL;
-	unsigned cap = sc->max_recipients_per_message < m->nrcpt
-		? (unsigned)sc->max_recipients_per_message : m->nrcpt;
-	j->idx = calloc(cap, sizeof(*j->idx));
-	j->crcpt = calloc(cap, sizeof(*j->crcpt));
-	j->res = calloc(cap, sizeof(*j->res));
-	if (!j->idx || !j->crcpt || !j->res) {
-		free(j->idx);
-		free(j->crcpt);
-		free(j->res);
-		free(j);
-		return NULL;
-	}
 	j->m = m;
 	j->conf = q->w->conf;
 	conf_ref(j->conf);
@@ -650,9 +665,35 @@ static struct djob *job_new(struct queue *q, struct qmsg *m, const struct sconn 
 			*p = (char)(*p - 'A' + 'a');
 	j->cmsg = (struct smtp_client_msg){
 		.from = m->from, .size = m->bytes, .body = m->body, .ret = m->ret,
-		.envid = m->envid, .smtputf8 = m->smtputf8, .rcpt = j->crcpt,
+		.envid = m->envid, .smtputf8 = m->smtputf8,
 	};
 	return j;
+}
+
+/* Recipient i joins the job. The arrays grow as recipients come: a message
+ * to many domains makes many jobs of one recipient each. */
+static bool job_add(struct djob *j, unsigned i, const struct qrcpt *r)
+{
+	if (j->n == j->cap) {
+		unsigned nc = j->cap ? j->cap * 2 : 4;
+		unsigned *ni = realloc(j->idx, nc * sizeof(*ni));
+		if (ni)
+			j->idx = ni;
+		struct smtp_client_rcpt *nr = ni ? realloc(j->crcpt, nc * sizeof(*nr)) : NULL;
+		if (nr)
+			j->crcpt = nr;
+		struct smtp_client_result *ns = nr ? realloc(j->res, nc * sizeof(*ns)) : NULL;
+		if (!ns)
+			return false;
+		memset(ns + j->cap, 0, (nc - j->cap) * sizeof(*ns));
+		j->res = ns;
+		j->cap = nc;
+	}
+	j->idx[j->n] = i;
+	j->crcpt[j->n] = (struct smtp_client_rcpt){
+		.addr = r->addr, .notify = r->notify, .orcpt = r->orcpt};
+	j->n++;
+	return true;
 }
 
 static void job_free(struct djob *j)
@@ -689,23 +730,25 @@ static void start_attempt(struct queue *q, struct qmsg *m, int64_t now_ms)
 			if (j->sc == sc && j->n < sc->max_recipients_per_message &&
 			    (sc->nhosts || sc->drop_dir || strcasecmp(j->domain, dom) == 0))
 				break;
-		if (!j) {
-			j = job_new(q, m, sc, dom);
-			if (!j)
-				continue;
+		bool fresh = !j;
+		if (fresh && !(j = job_new(q, m, sc, dom)))
+			continue; /* out of memory: it stays pending */
+		if (!job_add(j, i, r)) {
+			if (fresh)
+				job_free(j);
+			continue;
+		}
+		if (fresh) {
 			j->next = jobs;
 			jobs = j;
 		}
-		j->idx[j->n] = i;
-		j->crcpt[j->n] = (struct smtp_client_rcpt){
-			.addr = r->addr, .notify = r->notify, .orcpt = r->orcpt};
-		j->n++;
 	}
 	if (!jobs) {
 		finish_round(q, m, unroutable, now_ms);
 		return;
 	}
 	for (struct djob *j = jobs; j; j = j->next) {
+		j->cmsg.rcpt = j->crcpt;
 		j->cmsg.nrcpt = j->n;
 		m->busy++;
 	}
@@ -864,14 +907,18 @@ static bool move_one(struct queue *q, struct qmsg *m)
 	int err = 0;
 	struct spool_msg *sm = spool_msg_begin(sw, m->id, &err);
 	struct qmove *mv = calloc(1, sizeof(*mv));
-	if (!sm || !mv || !spool_msg_append(sw, sm, bytes, len, -1)) {
+	if (!sm || !mv) {
 		if (sm)
 			spool_msg_release(sw, sm);
 		free(mv);
 		free(bytes);
 		return false;
 	}
-	free(bytes);
+	if (!spool_msg_append_owned(sw, sm, bytes, len)) {
+		spool_msg_release(sw, sm);
+		free(mv);
+		return false;
+	}
 	/* The envelope as it was received, from what the queue kept. */
 	struct smtp_rcpt *rc = calloc(m->nrcpt, sizeof(*rc));
 	char *rec = NULL;

@@ -60,7 +60,7 @@ struct djob {
 	struct conf *conf;        /* held: sc points into it */
 	const struct sconn *sc;
 	char domain[256];         /* MX delivery: the recipients' domain */
-	unsigned n;
+	unsigned n, cap;
 	unsigned *idx;            /* recipient indices in m->r */
 	struct smtp_client_rcpt *crcpt;
 	struct smtp_client_result *res;

@@ -151,14 +151,6 @@ static uint64_t rng_next(uint64_t *s)
 	return z ^ (z >> 31);
 }
 
-static uint32_t hash_name(const char *s)
-{
-	uint32_t h = 2166136261u;
-	for (; *s; s++)
-		h = (h ^ (unsigned char)*s) * 16777619u;
-	return h;
-}
-
 static struct hnode *ht_find(struct htable *t, const char *key, uint32_t h)
 {
 	for (struct hnode *n = t->b[h & (CACHE_BUCKETS - 1)]; n; n = n->next)
@@ -293,7 +285,7 @@ static const struct answer *cache_get(struct resolver *r, const char *domain, ui
 /* Takes over a->t whether or not it keeps the answer. */
 static void cache_put(struct resolver *r, const char *domain, struct answer *a, uint32_t ttl_s)
 {
-	uint32_t h = hash_name(domain);
+	uint32_t h = resolver_hash_name(RESOLVER_HASH_INIT, domain);
 	struct cache_entry *old = (struct cache_entry *)ht_find(&r->cache, domain, h);
 	if (old)
 		cache_unlink(r, old);
@@ -655,7 +647,7 @@ static void lookup_start(struct resolver *r, struct request *q, uint32_t h)
 
 static void request_run(struct resolver *r, struct request *q)
 {
-	uint32_t h = hash_name(q->domain);
+	uint32_t h = resolver_hash_name(RESOLVER_HASH_INIT, q->domain);
 	const struct answer *a = cache_get(r, q->domain, h);
 	if (a) {
 		answer_request(r, q, a);

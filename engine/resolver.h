@@ -52,4 +52,14 @@ int resolver_lookup(struct resolver *r, const char *domain, resolver_cb cb, void
 
 void resolver_result_free(struct resolver_result *res);
 
+/* FNV-1a over the string s, continuing from h (RESOLVER_HASH_INIT to
+ * start): the resolver's cache and the delivery destinations use it. */
+#define RESOLVER_HASH_INIT 2166136261u
+static inline uint32_t resolver_hash_name(uint32_t h, const char *s)
+{
+	for (; *s; s++)
+		h = (h ^ (unsigned char)*s) * 16777619u;
+	return h;
+}
+
 #endif

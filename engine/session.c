@@ -55,7 +55,7 @@ static void process(struct worker *w, struct conn *c)
 	process_input(w, c, NULL, 0, -1);
 }
 
-static void peer_text(const struct sockaddr_storage *ss, char *buf, size_t cap)
+void peer_text(const struct sockaddr_storage *ss, char *buf, size_t cap)
 {
 	if (ss->ss_family == AF_INET) {
 		inet_ntop(AF_INET, &((const struct sockaddr_in *)ss)->sin_addr, buf,

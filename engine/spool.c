@@ -835,24 +835,13 @@ bool spool_state_write(struct spool_worker *sw, struct spool_seg *s, uint64_t ms
 	return true;
 }
 
-bool spool_msg_append(struct spool_worker *sw, struct spool_msg *m, const void *p,
-		      size_t n, int bid)
+/* p is written from where it lies; owned (p itself, malloc'd, or NULL) is
+ * freed once the write is done, or now when nothing is written. */
+static bool append(struct spool_worker *sw, struct spool_msg *m, const void *p, size_t n,
+		   int bid, void *owned)
 {
-	if (m->err || n == 0)
-		return false;
-	struct spool_write *w = write_alloc(sw);
-	void *copy = NULL;
-	if (w && bid < 0) {
-		copy = malloc(n);
-		if (copy)
-			memcpy(copy, p, n);
-	}
-	if (!w || (bid < 0 && !copy)) {
-		free(w);
-		m->err = ENOMEM;
-		return false;
-	}
-	if (m->chunks == m->off_cap) {
+	struct spool_write *w = m->err || n == 0 ? NULL : write_alloc(sw);
+	if (w && m->chunks == m->off_cap) {
 		uint32_t ncap = m->off_cap ? m->off_cap * 2 : 4;
 		uint64_t *no = realloc(m->off, ncap * sizeof(*no));
 		if (no)
@@ -860,20 +849,46 @@ bool spool_msg_append(struct spool_worker *sw, struct spool_msg *m, const void *
 		uint32_t *nl = no ? realloc(m->len, ncap * sizeof(*nl)) : NULL;
 		if (nl)
 			m->len = nl;
-		if (!no || !nl) {
+		if (nl) {
+			m->off_cap = ncap;
+		} else {
 			free(w);
-			free(copy);
-			m->err = ENOMEM;
-			return false;
+			w = NULL;
 		}
-		m->off_cap = ncap;
 	}
-	w->owned = copy;
+	if (!w) {
+		if (!m->err && n)
+			m->err = ENOMEM;
+		free(owned);
+		return false;
+	}
+	w->owned = owned;
 	w->bid = bid;
 	m->len[m->chunks] = (uint32_t)n;
-	m->off[m->chunks++] = submit(sw, m, w, SPOOL_REC_CHUNK, copy ? copy : p, n);
+	m->off[m->chunks++] = submit(sw, m, w, SPOOL_REC_CHUNK, p, n);
 	m->bytes += n;
 	return true;
+}
+
+bool spool_msg_append(struct spool_worker *sw, struct spool_msg *m, const void *p,
+		      size_t n, int bid)
+{
+	if (m->err || n == 0)
+		return false;
+	if (bid >= 0)
+		return append(sw, m, p, n, bid, NULL);
+	void *copy = malloc(n);
+	if (!copy) {
+		m->err = ENOMEM;
+		return false;
+	}
+	memcpy(copy, p, n);
+	return append(sw, m, copy, n, -1, copy);
+}
+
+bool spool_msg_append_owned(struct spool_worker *sw, struct spool_msg *m, void *p, size_t n)
+{
+	return append(sw, m, p, n, -1, p);
 }
 
 void spool_msg_commit(struct spool_worker *sw, struct spool_msg *m, char *rec,

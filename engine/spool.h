@@ -207,6 +207,9 @@ struct spool_msg *spool_msg_begin(struct spool_worker *sw, uint64_t id, int *err
  * message has failed already): the caller keeps its buffer. */
 bool spool_msg_append(struct spool_worker *sw, struct spool_msg *m, const void *p,
 		      size_t n, int bid);
+/* Appends n bytes at p, a malloc'd buffer the spool takes over (and frees,
+ * whatever the outcome): no copy. */
+bool spool_msg_append_owned(struct spool_worker *sw, struct spool_msg *m, void *p, size_t n);
 /* Writes the COMMIT record. rec (malloc'd, len bytes) starts with room for
  * a struct spool_commit_hdr, which this fills in, followed by the envelope
  * block; the spool owns rec from here on. */

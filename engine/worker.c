@@ -396,7 +396,7 @@ static void dispatch(struct worker *w, struct io_uring_cqe *cqe)
 		break;
 	}
 	case OP_OUT_POLL:
-		deliver_on_poll(w, ring_tag_to_ptr(tag), cqe->res);
+		deliver_on_poll(ring_tag_to_ptr(tag));
 		break;
 	case OP_TARPIT:
 		if ((c = lookup(w, tag)))

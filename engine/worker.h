@@ -146,6 +146,9 @@ void session_on_tarpit(struct worker *w, struct conn *c);
 void session_on_stored(struct worker *w, struct conn *c, bool ok);
 void session_tick(struct worker *w, struct conn *c);
 void session_close(struct worker *w, struct conn *c);
+/* The address of ss as text, without the port; an IPv4-mapped IPv6
+ * address as plain IPv4. */
+void peer_text(const struct sockaddr_storage *ss, char *buf, size_t cap);
 
 /* worker.c helpers used by session.c */
 struct conn *worker_conn_alloc(struct worker *w);
