@@ -244,13 +244,32 @@ void queue_add_received(struct queue *q, struct spool_msg *sm,
 
 struct recover_ctx {
 	struct queue *q;
-	struct spool_seg *seg;
+	struct spool_seg *seg;     /* adopted at its first live message */
+	const uint64_t *tail;      /* where its valid records end */
+	bool adopt_failed;
 	uint64_t messages, recipients;
 };
+
+/* Takes over the segment being scanned: new records go where its valid
+ * ones end (the scan knows that before it reports any message). */
+static void recover_adopt(struct recover_ctx *rc, uint64_t seq)
+{
+	if (rc->seg || rc->adopt_failed)
+		return;
+	rc->seg = spool_seg_adopt(&rc->q->w->spool, seq, *rc->tail);
+	if (!rc->seg) {
+		rc->adopt_failed = true;
+		log_msg(LOG_ERROR, "event=recover_error segment=%016" PRIx64 " error=\"%s\"", seq,
+			strerror(errno));
+		return;
+	}
+	spool_seg_hold(rc->seg, 0);
+}
 
 static void recover_one(void *arg, const struct spool_found *f)
 {
 	struct recover_ctx *rc = arg;
+	recover_adopt(rc, f->seq);
 	struct envelope_full e;
 	if (envelope_read(f->env, f->envlen, &e) < 0 || e.env.nrcpt != f->state->nrcpt) {
 		log_msg(LOG_ERROR, "event=recover_error id=%016" PRIX64 " error=\"unreadable envelope\"",
@@ -306,22 +325,17 @@ void queue_recover(struct queue *q, unsigned nworkers)
 	for (size_t i = 0; i < n; i++) {
 		if (seqs[i] % nworkers != w->id)
 			continue;
-		/* First find where the valid records end, then adopt the
-		 * segment there and queue its live messages. */
-		uint64_t tail;
-		struct spool_scan_stats one;
-		memset(&one, 0, sizeof(one));
-		if (spool_scan_segment(w->spool.sp->dirfd, seqs[i], NULL, NULL, &one, false,
+		uint64_t tail = 0;
+		rc.seg = NULL;
+		rc.tail = &tail;
+		rc.adopt_failed = false;
+		if (spool_scan_segment(w->spool.sp->dirfd, seqs[i], recover_one, &rc, &st, false,
 				       &tail) < 0)
 			continue;
-		rc.seg = spool_seg_adopt(&w->spool, seqs[i], tail);
-		if (!rc.seg) {
-			log_msg(LOG_ERROR, "event=recover_error segment=%016" PRIx64 " error=\"%s\"",
-				seqs[i], strerror(errno));
+		/* A segment with nothing live is adopted too, so that it goes. */
+		recover_adopt(&rc, seqs[i]);
+		if (!rc.seg)
 			continue;
-		}
-		spool_seg_hold(rc.seg, 0);
-		spool_scan_segment(w->spool.sp->dirfd, seqs[i], recover_one, &rc, &st, false, &tail);
 		spool_seg_put(&w->spool, rc.seg, 0);
 		segs++;
 	}
