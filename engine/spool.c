@@ -500,14 +500,18 @@ int spool_open(struct spool *sp, const char *dir, uint64_t segment_bytes, char *
 	atomic_init(&sp->next_seq, n ? seqs[n - 1] + 1 : 1);
 	sp->recover = seqs;
 	sp->nrecover = n;
+	/* One pass: the figures for the log, and who owns which live message
+	 * (the newest segment holding it: compaction may have left two). */
 	struct spool_scan_stats st;
-	spool_scan(sp->dirfd, NULL, NULL, &st);
-	/* Second pass with room for every live id: who owns which message. */
-	sp->owner_cap = (st.messages - st.finished) * 2 + 16;
-	sp->owner = calloc(sp->owner_cap, sizeof(*sp->owner));
-	if (!sp->owner)
-		sp->owner_cap = 0;
-	spool_scan(sp->dirfd, owner_note, sp, &st);
+	memset(&st, 0, sizeof(st));
+	struct dedupe d = {0};
+	for (size_t i = 0; i < n; i++) {
+		uint64_t tail;
+		spool_scan_segment(sp->dirfd, seqs[i], dedupe_note, &d, &st, false, &tail);
+	}
+	sp->owner = d.owners.owner;
+	sp->owner_cap = d.owners.owner_cap;
+	sp->used = d.owners.used;
 	log_msg(LOG_INFO,
 		"event=recover segments=%llu messages=%llu bytes=%llu torn_tails=%llu discarded_partial=%llu finished=%llu",
 		(unsigned long long)st.segments, (unsigned long long)(st.messages - st.finished),
