@@ -407,9 +407,12 @@ static void log_received(struct worker *w, struct conn *c)
 	const struct smtp_envelope *e = &c->smtp.env;
 	char from[300], to[1024] = "", reply[120];
 	snprintf(from, sizeof(from), "<%s>", e->from);
-	for (unsigned i = 0; i < e->nrcpt && strlen(to) + 4 < sizeof(to); i++)
-		snprintf(to + strlen(to), sizeof(to) - strlen(to), "%s<%s>", i ? "," : "",
-			 e->rcpt[i].addr);
+	size_t tl = 0;
+	for (unsigned i = 0; i < e->nrcpt && tl + 4 < sizeof(to); i++) {
+		int k = snprintf(to + tl, sizeof(to) - tl, "%s<%s>", i ? "," : "", e->rcpt[i].addr);
+		if (k < 0 || (tl += (size_t)k) >= sizeof(to))
+			break; /* full: snprintf cut it short */
+	}
 	snprintf(reply, sizeof(reply), "250 2.6.0 <%s> Queued mail for delivery", c->msgid);
 	log_msg(LOG_INFO,
 		"event=receive id=%s from=%s to=%s nrcpt=%u connector=%s client=%s size=%llu reply=%s worker=%u",
