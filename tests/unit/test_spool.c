@@ -323,31 +323,84 @@ static void test_crc32c_known_values(void **state)
 	assert_int_equal(spool_crc32c(0, zeros, 32), 0x8A9136AAu);
 }
 
+/* A ring, a spool in the test directory and a worker's view of it. */
+struct rig {
+	struct ring r;
+	struct spool sp;
+	struct spool_worker sw;
+};
+
+static bool rig_open(struct rig *g)
+{
+	char err[256];
+	if (ring_init(&g->r, 64, err, sizeof(err)) < 0)
+		return false;
+	assert_int_equal(spool_open(&g->sp, dir, 1 << 20, err, sizeof(err)), 0);
+	spool_worker_init(&g->sw, &g->sp, &g->r);
+	return true;
+}
+
+static void rig_close(struct rig *g)
+{
+	spool_worker_free(&g->sw);
+	ring_exit(&g->r);
+	spool_close(&g->sp);
+}
+
+/* Completions of the writes in flight, in the order the ring gives them. */
+static void reap(struct ring *r, struct spool_write **done, int *res, unsigned want)
+{
+	unsigned seen = 0;
+	while (seen < want) {
+		assert_int_equal(ring_submit_wait(r), 0);
+		struct io_uring_cqe *cqe;
+		unsigned head, n = 0;
+		io_uring_for_each_cqe(&r->uring, head, cqe) {
+			assert_true(seen < want); /* no more than expected */
+			done[seen] = ring_tag_to_ptr(io_uring_cqe_get_data64(cqe));
+			res[seen++] = cqe->res;
+			n++;
+		}
+		io_uring_cq_advance(&r->uring, n);
+	}
+}
+
+static void commit_env(struct spool_worker *sw, struct spool_msg *m)
+{
+	static const char env[] = "POSTERN/1\r\nrcpt: <x@y>\r\n\r\n";
+	char *rec = malloc(sizeof(struct spool_commit_hdr) + sizeof(env) - 1);
+	memcpy(rec + sizeof(struct spool_commit_hdr), env, sizeof(env) - 1);
+	spool_msg_commit(sw, m, rec, sizeof(struct spool_commit_hdr) + sizeof(env) - 1);
+}
+
+static struct spool_msg *stored(struct spool_worker *sw, uint64_t id, const char *body)
+{
+	int e = 0;
+	struct spool_msg *m = spool_msg_begin(sw, id, &e);
+	assert_non_null(m);
+	assert_true(spool_msg_append(sw, m, body, strlen(body), -1));
+	commit_env(sw, m);
+	return m;
+}
+
 /* Writes through a real ring: a message is flushable only when every
  * write before it in its segment is done, however the kernel orders the
  * completions; and the records written are what the scan finds. */
 static void test_flushable_waits_for_earlier_writes(void **state_)
 {
-	struct ring r;
-	char err[256];
-	if (ring_init(&r, 64, err, sizeof(err)) < 0)
+	struct rig g;
+	if (!rig_open(&g))
 		skip();
-	struct spool sp;
-	assert_int_equal(spool_open(&sp, dir, 1 << 20, err, sizeof(err)), 0);
-	struct spool_worker sw;
-	spool_worker_init(&sw, &sp, &r);
+	struct spool_worker *sw = &g.sw;
 	int e = 0;
-	struct spool_msg *a = spool_msg_begin(&sw, 0xA, &e);
-	struct spool_msg *b = spool_msg_begin(&sw, 0xB, &e);
+	struct spool_msg *a = spool_msg_begin(sw, 0xA, &e);
+	struct spool_msg *b = spool_msg_begin(sw, 0xB, &e);
 	assert_non_null(a);
 	assert_non_null(b);
 	assert_ptr_equal(a->seg, b->seg);
-	assert_true(spool_msg_append(&sw, a, "aaaa\r\n", 6, -1));
-	assert_true(spool_msg_append(&sw, b, "bbbb\r\n", 6, -1));
-	static const char env[] = "POSTERN/1\r\nrcpt: <x@y>\r\n\r\n";
-	char *rec = malloc(sizeof(struct spool_commit_hdr) + sizeof(env) - 1);
-	memcpy(rec + sizeof(struct spool_commit_hdr), env, sizeof(env) - 1);
-	spool_msg_commit(&sw, b, rec, sizeof(struct spool_commit_hdr) + sizeof(env) - 1);
+	assert_true(spool_msg_append(sw, a, "aaaa\r\n", 6, -1));
+	assert_true(spool_msg_append(sw, b, "bbbb\r\n", 6, -1));
+	commit_env(sw, b);
 	/* Nothing completed yet: b's own writes are pending, and a's too. */
 	assert_false(spool_msg_flushable(b));
 	CHECK_INT("prefix", spool_seg_written_prefix(b->seg), 0);
@@ -355,37 +408,23 @@ static void test_flushable_waits_for_earlier_writes(void **state_)
 	 * the order a slow earlier write would give. */
 	struct spool_write *done[3];
 	int res[3];
-	unsigned seen = 0;
-	while (seen < 3) {
-		assert_int_equal(ring_submit_wait(&r), 0);
-		struct io_uring_cqe *cqe;
-		unsigned head, n = 0;
-		io_uring_for_each_cqe(&r.uring, head, cqe) {
-			assert_true(seen < 3);
-			done[seen] = ring_tag_to_ptr(io_uring_cqe_get_data64(cqe));
-			res[seen++] = cqe->res;
-			n++;
-		}
-		io_uring_cq_advance(&r.uring, n);
-	}
+	reap(&g.r, done, res, 3);
 	for (int pass = 0; pass < 2; pass++)
 		for (unsigned i = 0; i < 3; i++) {
 			bool is_a = done[i]->msg == a;
 			if (is_a != (pass == 1))
 				continue;
 			int bid;
-			spool_write_done(&sw, done[i], res[i], &bid);
+			spool_write_done(sw, done[i], res[i], &bid);
 			if (pass == 0) /* b's writes done, a's not: not yet */
 				assert_false(spool_msg_flushable(b));
 		}
 	assert_true(spool_msg_written(b));
 	assert_true(spool_msg_flushable(b));
 	CHECK_INT("prefix at the tail", spool_seg_written_prefix(b->seg), b->end);
-	spool_msg_release(&sw, a);
-	spool_msg_release(&sw, b);
-	spool_worker_free(&sw);
-	ring_exit(&r);
-	spool_close(&sp);
+	spool_msg_release(sw, a);
+	spool_msg_release(sw, b);
+	rig_close(&g);
 	struct state_found f = {0};
 	struct spool_scan_stats st;
 	assert_int_equal(spool_scan(dirfd_, collect_state, &f, &st), 0);
@@ -394,97 +433,58 @@ static void test_flushable_waits_for_earlier_writes(void **state_)
 	CHECK_INT("a is partial", st.orphans, 1);
 }
 
-/* Completions of the writes in flight, in the order the ring gives them. */
-static unsigned reap(struct ring *r, struct spool_write **done, int *res, unsigned want)
-{
-	unsigned seen = 0;
-	while (seen < want) {
-		assert_int_equal(ring_submit_wait(r), 0);
-		struct io_uring_cqe *cqe;
-		unsigned head, n = 0;
-		io_uring_for_each_cqe(&r->uring, head, cqe) {
-			if (seen < want) {
-				done[seen] = ring_tag_to_ptr(io_uring_cqe_get_data64(cqe));
-				res[seen++] = cqe->res;
-			}
-			n++;
-		}
-		io_uring_cq_advance(&r->uring, n);
-	}
-	return seen;
-}
-
-static struct spool_msg *stored(struct spool_worker *sw, uint64_t id, const char *body)
-{
-	static const char env[] = "POSTERN/1\r\nrcpt: <x@y>\r\n\r\n";
-	int e = 0;
-	struct spool_msg *m = spool_msg_begin(sw, id, &e);
-	assert_non_null(m);
-	assert_true(spool_msg_append(sw, m, body, strlen(body), -1));
-	char *rec = malloc(sizeof(struct spool_commit_hdr) + sizeof(env) - 1);
-	memcpy(rec + sizeof(struct spool_commit_hdr), env, sizeof(env) - 1);
-	spool_msg_commit(sw, m, rec, sizeof(struct spool_commit_hdr) + sizeof(env) - 1);
-	return m;
-}
-
 /* Recovery stops at the first record that is not on disk, so a failed
  * write (or a failed fdatasync) loses everything after it in the segment:
  * a message there must not be acknowledged, however well its own writes
  * went, and new messages go to a new segment. */
 static void test_failed_write_fails_what_follows(void **state_)
 {
-	struct ring r;
-	char err[256];
-	if (ring_init(&r, 64, err, sizeof(err)) < 0)
+	struct rig g;
+	if (!rig_open(&g))
 		skip();
-	struct spool sp;
-	assert_int_equal(spool_open(&sp, dir, 1 << 20, err, sizeof(err)), 0);
-	struct spool_worker sw;
-	spool_worker_init(&sw, &sp, &r);
-	struct spool_msg *a = stored(&sw, 0xA, "aaaa\r\n");
-	struct spool_msg *b = stored(&sw, 0xB, "bbbb\r\n");
+	struct spool_worker *sw = &g.sw;
+	struct spool_msg *a = stored(sw, 0xA, "aaaa\r\n");
+	struct spool_msg *b = stored(sw, 0xB, "bbbb\r\n");
 	assert_ptr_equal(a->seg, b->seg);
 	struct spool_write *done[4];
 	int res[4], bid;
-	reap(&r, done, res, 4);
+	reap(&g.r, done, res, 4);
 	for (unsigned i = 0; i < 4; i++) /* the disk refuses a's first record */
-		spool_write_done(&sw, done[i],
+		spool_write_done(sw, done[i],
 				 done[i]->msg == a && done[i]->off == 0 ? -EIO : res[i], &bid);
 	CHECK_INT("a failed", spool_msg_error(a), EIO);
 	assert_true(spool_msg_flushable(b));
 	CHECK_INT("b lies after the hole", spool_msg_error(b), EIO);
 
-	struct spool_msg *c = stored(&sw, 0xC, "cccc\r\n");
+	struct spool_msg *c = stored(sw, 0xC, "cccc\r\n");
 	assert_ptr_not_equal(c->seg, a->seg);
-	reap(&r, done, res, 2);
+	reap(&g.r, done, res, 2);
 	for (unsigned i = 0; i < 2; i++)
-		spool_write_done(&sw, done[i], res[i], &bid);
+		spool_write_done(sw, done[i], res[i], &bid);
 	CHECK_INT("c is fine", spool_msg_error(c), 0);
 
 	/* An fdatasync fails: what it covered may be gone. */
-	unsigned n = spool_sync_start(&sw, 0);
+	unsigned n = spool_sync_start(sw, 0);
 	assert_true(n > 0);
 	bool ok = true;
 	for (unsigned i = 0; i < n; i++)
-		spool_sync_done(&sw, i == 0 ? -EIO : 0, &ok);
+		spool_sync_done(sw, i == 0 ? -EIO : 0, &ok);
 	assert_false(ok);
 	CHECK_INT("c after a failed sync", spool_msg_error(c), EIO);
-	struct spool_msg *d = stored(&sw, 0xD, "dddd\r\n");
+	struct spool_msg *d = stored(sw, 0xD, "dddd\r\n");
 	assert_ptr_not_equal(d->seg, c->seg);
 	struct spool_write *rest[8];
 	int rres[8];
-	reap(&r, rest, rres, 2 + n); /* the fsyncs (tag 0) and d's writes */
+	reap(&g.r, rest, rres, 2 + n); /* the fsyncs (tag 0) and d's writes */
 	for (unsigned i = 0; i < 2 + n; i++)
 		if (rest[i])
-			spool_write_done(&sw, rest[i], rres[i], &bid);
+			spool_write_done(sw, rest[i], rres[i], &bid);
 	CHECK_INT("d in its new segment", spool_msg_error(d), 0);
-	spool_msg_release(&sw, a);
-	spool_msg_release(&sw, b);
-	spool_msg_release(&sw, c);
-	spool_msg_release(&sw, d);
-	spool_worker_free(&sw);
-	ring_exit(&r);
-	spool_close(&sp);
+	spool_msg_release(sw, a);
+	spool_msg_release(sw, b);
+	spool_msg_release(sw, c);
+	spool_msg_release(sw, d);
+	rig_close(&g);
 }
 
 int main(void)
