@@ -498,7 +498,7 @@ static bool load_server(struct loader *ld, struct conf *c, config_t *cf)
 	static const char *const known[] = {
 		"hostname", "workers", "spool_dir", "stats_socket",
 		"metrics_listen", "shutdown_grace", "log_level", "log_file",
-		"spool_segment_size", "dns_servers", NULL};
+		"spool_segment_size", "dns_servers", "io_backend", NULL};
 	config_setting_t *srv = config_lookup(cf, "server");
 	char host[256] = "localhost";
 	gethostname(host, sizeof(host) - 1);
@@ -550,6 +550,17 @@ static bool load_server(struct loader *ld, struct conf *c, config_t *cf)
 	    !conf_parse_duration_ms(s, &c->shutdown_grace_ms))
 		return fail(ld, line_of(config_setting_get_member(srv, "shutdown_grace")),
 			    "shutdown_grace: invalid duration \"%s\"", s);
+	if ((s = get_string(ld, srv, "io_backend", false))) {
+		static const char *const kinds[] = {"auto", "io_uring", "epoll"};
+		int found = -1;
+		for (int i = 0; i < 3; i++)
+			if (strcmp(s, kinds[i]) == 0)
+				found = i;
+		if (found < 0)
+			return fail(ld, line_of(config_setting_get_member(srv, "io_backend")),
+				    "io_backend: expected auto, io_uring or epoll");
+		c->io_backend = (unsigned)found; /* the order of enum io_backend */
+	}
 	if ((s = get_string(ld, srv, "log_level", false))) {
 		static const char *const lv[] = {"error", "warn", "info", "debug"};
 		int found = -1;

@@ -132,6 +132,7 @@ struct conf {
 	char *path;
 	char *hostname;
 	unsigned workers;          /* resolved: never 0 */
+	unsigned io_backend;       /* enum io_backend (io.h); read at start only */
 	char *spool_dir;
 	char *stats_socket;
 	char *metrics_listen;

@@ -1,33 +1,38 @@
-/* Delivery of queued jobs on the worker's ring: destinations (a send
- * connector, and the recipient domain for MX delivery), outbound SMTP
- * connections driven by proto/smtp_client with the body sent from the spool
- * file by sendfile (no user-space copy), connection reuse and concurrency
- * caps, the send connectors' rate limits, MX answers from the resolver
- * thread and drop-directory writes on a thread of their own. Decides
- * nothing about retries or DSNs: results go back to queue.c. */
+/* Delivery of queued jobs: destinations (a send connector, and the
+ * recipient domain for MX delivery), their targets (smart hosts, or MX
+ * answers from the resolver thread), the jobs waiting for a connection,
+ * connection reuse and concurrency caps across workers, and the send
+ * connectors' rate limits. One connection is outconn.c's, drop
+ * directories are drop.c's. Decides nothing about retries or DSNs: every
+ * job goes back through the done callback. */
 #ifndef POSTERN_DELIVER_H
 #define POSTERN_DELIVER_H
 
 #include <stdbool.h>
+#include <stddef.h>
 #include <stdint.h>
 
-struct worker;
-struct djob;
+#include "io.h"
+#include "job.h"
+#include "wctx.h"
 
-/* 0, or -1 with w->err set. */
-int deliver_init(struct worker *w);
-void deliver_free(struct worker *w);
+struct deliver;
 
-void deliver_submit(struct worker *w, struct djob *j);
-/* OP_OUT completions (poll on an outbound connection). */
-void deliver_on_poll(void *conn);
+/* done(arg, j): a job is finished, failed or not attempted (stopping). */
+struct deliver *deliver_new(struct wctx *w, void (*done)(void *arg, struct djob *j),
+			    void *arg, char *err, size_t errlen);
+void deliver_free(struct deliver *dl);
+
+void deliver_submit(struct deliver *dl, struct djob *j);
+/* IO_OP_OUT completions (an outbound connection's operation). */
+void deliver_on_io(struct deliver *dl, const struct io_cqe *e);
 /* The worker was woken: answers from the resolver and the drop thread. */
-void deliver_wake(struct worker *w);
+void deliver_wake(struct deliver *dl);
 /* Timeouts, idle connections, jobs waiting for a connection. */
-void deliver_tick(struct worker *w);
+void deliver_tick(struct deliver *dl);
 /* Stopping: no new connections; waiting jobs go back to the queue. */
-void deliver_stop(struct worker *w);
+void deliver_stop(struct deliver *dl);
 /* Nothing in flight (connections, lookups, drop writes). */
-bool deliver_idle(const struct worker *w);
+bool deliver_idle(const struct deliver *dl);
 
 #endif

@@ -1,6 +1,8 @@
 /* Listening sockets (see listener.h). */
 #include "listener.h"
 
+
+#include <arpa/inet.h>
 #include <errno.h>
 #include <netinet/in.h>
 #include <stdio.h>
@@ -31,4 +33,18 @@ fail:
 	snprintf(err, errlen, "cannot listen on %s: %s", b->text, strerror(errno));
 	close(fd);
 	return -1;
+}
+
+void peer_text(const struct sockaddr_storage *ss, char *buf, size_t cap)
+{
+	if (ss->ss_family == AF_INET) {
+		inet_ntop(AF_INET, &((const struct sockaddr_in *)ss)->sin_addr, buf,
+			  (socklen_t)cap);
+		return;
+	}
+	const struct sockaddr_in6 *s6 = (const struct sockaddr_in6 *)ss;
+	if (IN6_IS_ADDR_V4MAPPED(&s6->sin6_addr))
+		inet_ntop(AF_INET, &s6->sin6_addr.s6_addr[12], buf, (socklen_t)cap);
+	else
+		inet_ntop(AF_INET6, &s6->sin6_addr, buf, (socklen_t)cap);
 }

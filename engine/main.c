@@ -10,6 +10,7 @@
 #include <unistd.h>
 
 #include "config.h"
+#include "io.h"
 #include "listener.h"
 #include "log.h"
 #include "spool.h"
@@ -31,7 +32,17 @@ struct app {
 	uint64_t reload_gen;
 	int reload_status;
 	char reload_result[1024];
+	struct worker *workers;   /* set once they run */
+	unsigned nworkers;
 };
+
+/* posternctl flush: every worker's queue is due now. */
+static void app_flush(void *arg)
+{
+	struct app *a = arg;
+	for (unsigned i = 0; i < a->nworkers; i++)
+		worker_flush_queue(&a->workers[i]);
+}
 
 static struct conf *app_current(void *arg)
 {
@@ -131,6 +142,10 @@ static int reload_config(const char *path, struct app *app, struct worker *worke
 	}
 	const struct conf *old = *cur;
 	assign_stats_ids(app, n);
+	if (n->io_backend != old->io_backend) {
+		log_msg(LOG_WARN, "event=reload note=\"io_backend change needs a restart\"");
+		n->io_backend = old->io_backend;
+	}
 	if (n->workers != old->workers) {
 		log_msg(LOG_WARN, "event=reload note=\"workers change needs a restart\"");
 		n->workers = old->workers;
@@ -274,7 +289,7 @@ int main(int argc, char **argv)
 	static struct app app;
 	static struct throttle throttle;
 	app.conf = conf;
-	if (throttle_init(&throttle, worker_clock_ms()) < 0) {
+	if (throttle_init(&throttle, wctx_clock_ms()) < 0) {
 		fprintf(stderr, "postern: out of memory\n");
 		return 1;
 	}
@@ -292,21 +307,37 @@ int main(int argc, char **argv)
 	if (!resolver)
 		log_msg(LOG_WARN, "event=resolver_unavailable error=\"%s\"", err);
 
+	/* One backend for every worker, and one line when it is not the one
+	 * asked for. */
+	char why[256];
+	enum io_backend backend = io_probe((enum io_backend)conf->io_backend, why, sizeof(why));
+	if (backend == IO_BACKEND_AUTO) {
+		fprintf(stderr, "postern: server.io_backend = \"io_uring\": %s (kernel.io_uring_disabled, or the container's seccomp profile); use \"auto\" or \"epoll\"\n",
+			why);
+		return 1;
+	}
+	if (backend == IO_BACKEND_EPOLL && conf->io_backend == IO_BACKEND_AUTO)
+		log_msg(LOG_WARN, "event=io_backend backend=epoll reason=\"%s\" note=\"io_uring unavailable: falling back to epoll\"",
+			why);
+
 	unsigned nw = conf->workers;
 	struct worker *workers = calloc(nw, sizeof(*workers));
-	if (!workers) {
+	struct worker_metrics **wm = calloc(nw, sizeof(*wm));
+	if (!workers || !wm) {
 		fprintf(stderr, "postern: out of memory\n");
 		return 1;
 	}
 	for (unsigned i = 0; i < nw; i++) {
 		struct worker *w = &workers[i];
-		w->id = i;
-		w->conf = conf;
+		w->ctx.id = i;
+		w->ctx.conf = conf;
 		conf_ref(conf);
 		w->spool_shared = &store;
-		w->throttle = &throttle;
-		w->resolver = resolver;
-		w->nworkers = nw;
+		w->ctx.throttle = &throttle;
+		w->ctx.resolver = resolver;
+		w->ctx.nworkers = nw;
+		w->backend = backend;
+		wm[i] = &w->m;
 		w->nlisten = conf->nbindings;
 		w->listen_fds = calloc(conf->nbindings, sizeof(int));
 		for (unsigned b = 0; b < conf->nbindings; b++) {
@@ -331,13 +362,17 @@ int main(int argc, char **argv)
 		.send_registry = &app.send_registry,
 		.throttle = &throttle,
 		.store = &store,
-		.workers = workers,
+		.metrics = wm,
 		.nworkers = nw,
-		.start_ms = worker_clock_ms(),
+		.io_backend = io_backend_name(backend),
+		.flush = app_flush,
+		.start_ms = wctx_clock_ms(),
 		.current = app_current,
 		.reload = app_reload,
 		.arg = &app,
 	};
+	app.workers = workers;
+	app.nworkers = nw;
 	struct stats_server stats;
 	if (stats_start(&stats, &host, conf->stats_socket, conf->metrics_listen, err,
 			sizeof(err)) < 0) {
@@ -349,8 +384,8 @@ int main(int argc, char **argv)
 		size_t n = strlen(bl);
 		snprintf(bl + n, sizeof(bl) - n, "%s%s", b ? "," : "", conf->bindings[b].text);
 	}
-	log_msg(LOG_INFO, "event=start version=%s workers=%u bindings=%s connectors=%u spool=%s",
-		POSTERN_VERSION, nw, bl, conf->nrc, conf->spool_dir);
+	log_msg(LOG_INFO, "event=start version=%s workers=%u io_backend=%s bindings=%s connectors=%u spool=%s",
+		POSTERN_VERSION, nw, io_backend_name(backend), bl, conf->nrc, conf->spool_dir);
 
 	for (;;) {
 		int sig = sigwaitinfo(&sigs, NULL);
@@ -375,6 +410,7 @@ int main(int argc, char **argv)
 	for (unsigned i = 0; i < nw; i++)
 		worker_join(&workers[i]);
 	free(workers);
+	free(wm);
 	if (resolver)
 		resolver_free(resolver);
 	spool_close(&store);

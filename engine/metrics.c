@@ -4,7 +4,6 @@
 #include <string.h>
 
 #include "log.h"
-#include "worker.h"
 
 const uint64_t latency_bounds_us[LATENCY_BUCKETS] = {
 	250, 500, 1000, 2000, 5000, 10000, 25000, 50000, 100000, 250000,
@@ -55,11 +54,11 @@ static uint64_t rejected_sum(struct connector_counters *cc)
 	return s;
 }
 
-void metrics_totals(struct worker *w, unsigned nw, struct metrics_totals *t)
+void metrics_totals(struct worker_metrics **w, unsigned nw, struct metrics_totals *t)
 {
 	memset(t, 0, sizeof(*t));
 	for (unsigned i = 0; i < nw; i++) {
-		struct worker_metrics *m = &w[i].m;
+		struct worker_metrics *m = w[i];
 		for (unsigned c = 0; c < METRIC_CONNECTORS_MAX; c++) {
 			struct connector_counters *cc = &m->conn[c];
 			t->connections += metric_get(&cc->connections);
@@ -81,12 +80,12 @@ struct connector_sum {
 	uint64_t rejected[SMTP_REJECT_COUNT];
 };
 
-static void connector_sum(struct worker *w, unsigned nw, unsigned id,
+static void connector_sum(struct worker_metrics **w, unsigned nw, unsigned id,
 			  struct connector_sum *s)
 {
 	memset(s, 0, sizeof(*s));
 	for (unsigned i = 0; i < nw; i++) {
-		struct connector_counters *cc = &w[i].m.conn[id];
+		struct connector_counters *cc = &w[i]->conn[id];
 		s->connections += metric_get(&cc->connections);
 		s->active += metric_get(&cc->active);
 		s->messages += metric_get(&cc->messages);
@@ -96,11 +95,11 @@ static void connector_sum(struct worker *w, unsigned nw, unsigned id,
 	}
 }
 
-static void send_sum(struct worker *w, unsigned nw, unsigned id, uint64_t v[5])
+static void send_sum(struct worker_metrics **w, unsigned nw, unsigned id, uint64_t v[5])
 {
 	memset(v, 0, 5 * sizeof(*v));
 	for (unsigned i = 0; i < nw; i++) {
-		struct send_counters *sc = &w[i].m.send[id];
+		struct send_counters *sc = &w[i]->send[id];
 		v[0] += metric_get(&sc->delivered);
 		v[1] += metric_get(&sc->deferred);
 		v[2] += metric_get(&sc->bounced);
@@ -110,7 +109,7 @@ static void send_sum(struct worker *w, unsigned nw, unsigned id, uint64_t v[5])
 }
 
 void metrics_print_stat(FILE *out, struct metrics_registry *r, struct metrics_registry *sr,
-			struct worker *w, unsigned nw, bool json)
+			struct worker_metrics **w, unsigned nw, bool json)
 {
 	unsigned n = atomic_load_explicit(&r->n, memory_order_acquire);
 	if (json)
@@ -189,7 +188,7 @@ static void family(FILE *out, const char *name, const char *type, const char *he
 	fprintf(out, "# HELP %s %s\n# TYPE %s %s\n", name, help, name, type);
 }
 
-static void per_connector(FILE *out, struct metrics_registry *r, struct worker *w,
+static void per_connector(FILE *out, struct metrics_registry *r, struct worker_metrics **w,
 			  unsigned nw, unsigned n, const char *name, int which)
 {
 	for (unsigned id = 0; id < n; id++) {
@@ -202,7 +201,7 @@ static void per_connector(FILE *out, struct metrics_registry *r, struct worker *
 	}
 }
 
-static void per_send(FILE *out, struct metrics_registry *sr, struct worker *w,
+static void per_send(FILE *out, struct metrics_registry *sr, struct worker_metrics **w,
 		     unsigned nw, const char *name, int which)
 {
 	unsigned ns = atomic_load_explicit(&sr->n, memory_order_acquire);
@@ -216,8 +215,8 @@ static void per_send(FILE *out, struct metrics_registry *sr, struct worker *w,
 }
 
 void metrics_print_prometheus(FILE *out, struct metrics_registry *r,
-			      struct metrics_registry *sr, struct worker *w, unsigned nw,
-			      const struct spool_usage *spool)
+			      struct metrics_registry *sr, struct worker_metrics **w, unsigned nw,
+			      const struct spool_usage *spool, const char *io_backend)
 {
 	unsigned n = atomic_load_explicit(&r->n, memory_order_acquire);
 	family(out, "postern_connections_total", "counter",
@@ -255,7 +254,7 @@ void metrics_print_prometheus(FILE *out, struct metrics_registry *r,
 		for (int k = 0; k < THROTTLE_REASONS; k++) {
 			uint64_t v = 0;
 			for (unsigned i = 0; i < nw; i++)
-				v += metric_get(&w[i].m.conn[id].throttled[k]);
+				v += metric_get(&w[i]->conn[id].throttled[k]);
 			fputs("postern_throttled_total{connector=\"", out);
 			label(out, r->names[id]);
 			fprintf(out, "\",reason=\"%s\"} %llu\n", throttle_reason_names[k],
@@ -281,6 +280,9 @@ void metrics_print_prometheus(FILE *out, struct metrics_registry *r,
 	family(out, "postern_delivery_connections_total", "counter",
 	       "Outbound SMTP connections established, by send connector.");
 	per_send(out, sr, w, nw, "postern_delivery_connections_total", 4);
+	family(out, "postern_io_backend_info", "gauge",
+	       "The I/O backend the workers run on (io_uring, or epoll where io_uring is blocked).");
+	fprintf(out, "postern_io_backend_info{backend=\"%s\"} 1\n", io_backend);
 	family(out, "postern_queue_messages", "gauge", "Messages in the queue.");
 	fprintf(out, "postern_queue_messages %ld\n", spool->messages);
 	family(out, "postern_spool_bytes", "gauge",
@@ -292,7 +294,7 @@ void metrics_print_prometheus(FILE *out, struct metrics_registry *r,
 	for (unsigned b = 0; b <= LATENCY_BUCKETS; b++) {
 		uint64_t v = 0;
 		for (unsigned i = 0; i < nw; i++)
-			v += metric_get(&w[i].m.latency.bucket[b]);
+			v += metric_get(&w[i]->latency.bucket[b]);
 		cum += v;
 		if (b < LATENCY_BUCKETS)
 			fprintf(out, "postern_accept_latency_seconds_bucket{le=\"%g\"} %llu\n",
@@ -304,7 +306,7 @@ void metrics_print_prometheus(FILE *out, struct metrics_registry *r,
 	/* _count must equal the +Inf bucket even while workers add to both. */
 	count = cum;
 	for (unsigned i = 0; i < nw; i++)
-		sum += metric_get(&w[i].m.latency.sum_us);
+		sum += metric_get(&w[i]->latency.sum_us);
 	fprintf(out, "postern_accept_latency_seconds_sum %.6f\n", (double)sum / 1e6);
 	fprintf(out, "postern_accept_latency_seconds_count %llu\n", (unsigned long long)count);
 }

@@ -95,8 +95,8 @@ struct metrics_totals {
 	uint64_t fsyncs, dirsyncs, flushed_messages;
 };
 
-struct worker;
-void metrics_totals(struct worker *w, unsigned nw, struct metrics_totals *t);
+/* w: one counter set per worker. */
+void metrics_totals(struct worker_metrics **w, unsigned nw, struct metrics_totals *t);
 
 struct spool_usage {
 	long messages;
@@ -105,11 +105,12 @@ struct spool_usage {
 
 /* `show stat`: one row per receive connector, then per send connector. */
 void metrics_print_stat(FILE *out, struct metrics_registry *r, struct metrics_registry *sr,
-			struct worker *w, unsigned nw, bool json);
-/* Prometheus text exposition format 0.0.4. */
+			struct worker_metrics **w, unsigned nw, bool json);
+/* Prometheus text exposition format 0.0.4; io_backend names the I/O
+ * backend the workers run on. */
 void metrics_print_prometheus(FILE *out, struct metrics_registry *r,
-			      struct metrics_registry *sr, struct worker *w, unsigned nw,
-			      const struct spool_usage *spool);
+			      struct metrics_registry *sr, struct worker_metrics **w, unsigned nw,
+			      const struct spool_usage *spool, const char *io_backend);
 
 extern const char *const refuse_names[REFUSE_COUNT];
 

@@ -18,14 +18,7 @@
 #include "dsn.h"
 #include "envelope.h"
 #include "log.h"
-#include "worker.h"
-
-int64_t queue_now_ms(void)
-{
-	struct timeval tv;
-	gettimeofday(&tv, NULL);
-	return (int64_t)tv.tv_sec * 1000 + tv.tv_usec / 1000;
-}
+#include "wctx.h"
 
 /* ---- schedule: a binary heap on next_ms -------------------------------- */
 
@@ -120,9 +113,9 @@ static void qmsg_free(struct queue *q, struct qmsg *m)
 		free(m->r[i].remote);
 	}
 	if (m->seg)
-		spool_seg_put(&q->w->spool, m->seg, m->bytes);
-	metric_add(&q->w->m.queue_messages, (uint64_t)-1);
-	metric_add(&q->w->m.queue_bytes, (uint64_t)0 - m->bytes);
+		spool_seg_put(q->w->spool, m->seg, m->bytes);
+	metric_add(&q->w->m->queue_messages, (uint64_t)-1);
+	metric_add(&q->w->m->queue_bytes, (uint64_t)0 - m->bytes);
 	free(m->r);
 	free(m->off);
 	free(m->len);
@@ -153,7 +146,7 @@ static struct qmsg *qmsg_new(struct queue *q, uint64_t id, struct spool_seg *seg
 		return NULL;
 	}
 	m->id = id;
-	snprintf(m->idtxt, sizeof(m->idtxt), "%016" PRIX64, id);
+	wctx_msgid_text(id, m->idtxt);
 	m->nchunks = nchunks;
 	m->off = off;
 	m->len = len;
@@ -172,7 +165,7 @@ static struct qmsg *qmsg_new(struct queue *q, uint64_t id, struct spool_seg *seg
 	m->smtputf8 = env->smtputf8;
 	m->arrival = arrival;
 	/* Envelopes keep seconds; a fresh message knows better. */
-	int64_t now = queue_now_ms();
+	int64_t now = q->w->wall_ms;
 	m->arrival_ms = now / 1000 == arrival ? now : arrival * 1000;
 	m->nrcpt = m->pending = env->nrcpt;
 	for (unsigned i = 0; ok && i < env->nrcpt; i++) {
@@ -183,8 +176,8 @@ static struct qmsg *qmsg_new(struct queue *q, uint64_t id, struct spool_seg *seg
 	}
 	m->seg = seg;
 	spool_seg_hold(seg, m->bytes);
-	metric_add(&q->w->m.queue_messages, 1);
-	metric_add(&q->w->m.queue_bytes, m->bytes);
+	metric_add(&q->w->m->queue_messages, 1);
+	metric_add(&q->w->m->queue_bytes, m->bytes);
 	if (!ok) {
 		qmsg_free(q, m);
 		return NULL;
@@ -192,7 +185,7 @@ static struct qmsg *qmsg_new(struct queue *q, uint64_t id, struct spool_seg *seg
 	return m;
 }
 
-void queue_init(struct queue *q, struct worker *w)
+void queue_init(struct queue *q, struct wctx *w)
 {
 	memset(q, 0, sizeof(*q));
 	q->w = w;
@@ -256,7 +249,7 @@ static void recover_adopt(struct recover_ctx *rc, uint64_t seq)
 {
 	if (rc->seg || rc->adopt_failed)
 		return;
-	rc->seg = spool_seg_adopt(&rc->q->w->spool, seq, *rc->tail);
+	rc->seg = spool_seg_adopt(rc->q->w->spool, seq, *rc->tail);
 	if (!rc->seg) {
 		rc->adopt_failed = true;
 		log_msg(LOG_ERROR, "event=recover_error segment=%016" PRIx64 " error=\"%s\"", seq,
@@ -277,7 +270,7 @@ static void recover_one(void *arg, const struct spool_found *f)
 		envelope_full_free(&e);
 		return;
 	}
-	uint64_t owner = spool_owner_seq(rc->q->w->spool.sp, f->id);
+	uint64_t owner = spool_owner_seq(rc->q->w->spool->sp, f->id);
 	if (!rc->seg || (owner && owner != f->seq)) {
 		/* The older copy of a message compaction moved. */
 		envelope_full_free(&e);
@@ -313,11 +306,11 @@ static void recover_one(void *arg, const struct spool_found *f)
 
 void queue_recover(struct queue *q, unsigned nworkers)
 {
-	struct worker *w = q->w;
+	struct wctx *w = q->w;
 	/* Only what was there at start: the other workers are creating
 	 * segments already, and those are theirs. */
-	size_t n = w->spool.sp->nrecover;
-	const uint64_t *seqs = w->spool.sp->recover;
+	size_t n = w->spool->sp->nrecover;
+	const uint64_t *seqs = w->spool->sp->recover;
 	struct recover_ctx rc = {.q = q};
 	struct spool_scan_stats st;
 	memset(&st, 0, sizeof(st));
@@ -329,14 +322,14 @@ void queue_recover(struct queue *q, unsigned nworkers)
 		rc.seg = NULL;
 		rc.tail = &tail;
 		rc.adopt_failed = false;
-		if (spool_scan_segment(w->spool.sp->dirfd, seqs[i], recover_one, &rc, &st, false,
+		if (spool_scan_segment(w->spool->sp->dirfd, seqs[i], recover_one, &rc, &st, false,
 				       &tail) < 0)
 			continue;
 		/* A segment with nothing live is adopted too, so that it goes. */
 		recover_adopt(&rc, seqs[i]);
 		if (!rc.seg)
 			continue;
-		spool_seg_put(&w->spool, rc.seg, 0);
+		spool_seg_put(w->spool, rc.seg, 0);
 		segs++;
 	}
 	log_msg(LOG_INFO,
@@ -351,8 +344,8 @@ static void record(struct queue *q, struct qmsg *m, uint32_t rcpt, uint8_t kind,
 		   const char *text)
 {
 	struct spool_state_rec r = {.rcpt = rcpt, .kind = kind, .attempts = m->attempts,
-				    .time_ms = queue_now_ms(), .next_ms = m->next_ms};
-	if (!spool_state_write(&q->w->spool, m->seg, m->id, &r, text))
+				    .time_ms = q->w->wall_ms, .next_ms = m->next_ms};
+	if (!spool_state_write(q->w->spool, m->seg, m->id, &r, text))
 		log_msg(LOG_ERROR, "event=store_error id=%s error=\"cannot record state\"",
 			m->idtxt);
 }
@@ -391,40 +384,31 @@ static bool inject(struct queue *q, struct qmsg *m, const char *to, char *text,
 			body = SMTP_BODY_8BITMIME;
 			break;
 		}
-	struct worker *w = q->w;
-	uint64_t id = worker_next_msgid(w);
+	struct wctx *w = q->w;
+	uint64_t id = wctx_next_msgid(w);
 	char idtxt[20];
-	snprintf(idtxt, sizeof(idtxt), "%016" PRIX64, id);
+	wctx_msgid_text(id, idtxt);
 	int err = 0;
-	struct spool_msg *sm = spool_msg_begin_in(&w->spool, m->seg, id, &err);
+	struct spool_msg *sm = spool_msg_begin_in(w->spool, m->seg, id, &err);
 	if (!sm) {
 		free(text);
 		return false;
 	}
-	if (!spool_msg_append_owned(&w->spool, sm, text, len)) {
-		spool_msg_release(&w->spool, sm);
+	if (!spool_msg_append_owned(w->spool, sm, text, len)) {
+		spool_msg_release(w->spool, sm);
 		return false;
 	}
 	struct smtp_rcpt rc = {.addr = (char *)to};
 	struct smtp_envelope env = {.from = "", .body = body, .rcpt = &rc, .nrcpt = 1};
-	char *rec = NULL;
-	size_t rlen = 0;
-	FILE *f = open_memstream(&rec, &rlen);
-	int64_t now = (int64_t)time(NULL);
-	if (f) {
-		static const struct spool_commit_hdr room;
-		fwrite(&room, sizeof(room), 1, f);
-		envelope_write(f, idtxt, &env, "postern", "127.0.0.1", w->conf->hostname, now);
-		fclose(f);
-	}
-	if (!rec) {
-		spool_msg_release(&w->spool, sm);
+	int64_t now = w->wall_ms / 1000;
+	if (!spool_msg_commit_envelope(w->spool, sm, idtxt, &env, "postern", "127.0.0.1",
+				       w->conf->hostname, now)) {
+		spool_msg_release(w->spool, sm);
 		return false;
 	}
-	spool_msg_commit(&w->spool, sm, rec, rlen);
 	struct qmsg *dm = qmsg_from_spool(q, sm, &env, "127.0.0.1", "postern", now);
 	if (!dm) {
-		spool_msg_release(&w->spool, sm);
+		spool_msg_release(w->spool, sm);
 		return false;
 	}
 	/* Delivery reads the bytes from the file: not before they are there. */
@@ -442,12 +426,12 @@ void queue_internal_written(struct queue *q, struct spool_msg *sm)
 		struct qmove *mv = sm->owner;
 		mv->stage = 1;
 		mv->failed = sm->err != 0;
-		spool_msg_release(&q->w->spool, sm);
+		spool_msg_release(q->w->spool, sm);
 		return;
 	}
 	struct qmsg *dm = sm->owner;
 	int err = sm->err;
-	spool_msg_release(&q->w->spool, sm);
+	spool_msg_release(q->w->spool, sm);
 	if (err) {
 		/* Its bytes are not in the file: nothing to deliver. The state
 		 * records that owed it are lost with it or redo it at recovery. */
@@ -471,7 +455,7 @@ static bool notify(struct queue *q, struct qmsg *m, enum dsn_action action,
 {
 	if (!n || !*m->from)
 		return true; /* the null sender never gets a DSN */
-	struct worker *w = q->w;
+	struct wctx *w = q->w;
 	const struct queue_conf *qc = &w->conf->queue;
 	struct dsn_rcpt *dr = calloc(n, sizeof(*dr));
 	if (!dr)
@@ -500,7 +484,7 @@ static bool notify(struct queue *q, struct qmsg *m, enum dsn_action action,
 	struct iovec iov = {orig, olen};
 	char pm[300], msgid[64], rid[20];
 	snprintf(pm, sizeof(pm), "postmaster@%s", w->conf->hostname);
-	uint64_t did = worker_next_msgid(w);
+	uint64_t did = wctx_next_msgid(w);
 	snprintf(msgid, sizeof(msgid), "%016" PRIX64 ".dsn@%.40s", did, w->conf->hostname);
 	struct dsn_msg dm = {
 		.reporting_mta = w->conf->hostname, .postmaster = pm, .to = m->from,
@@ -633,7 +617,7 @@ static void expire(struct queue *q, struct qmsg *m, int64_t now_ms)
 		r->failed_now = true;
 		log_result("expire", m, r, NULL, now_ms);
 	}
-	metric_add(&q->w->m.expired, 1);
+	metric_add(&q->w->m->expired, 1);
 	finish_round(q, m, false, now_ms);
 }
 
@@ -770,7 +754,7 @@ static void start_attempt(struct queue *q, struct qmsg *m, int64_t now_ms)
 		struct djob *j = jobs;
 		jobs = j->next;
 		j->next = NULL;
-		deliver_submit(q->w, j);
+		deliver_submit(q->w->dl, j);
 	}
 }
 
@@ -782,10 +766,11 @@ void queue_flush_all(struct queue *q)
 	log_msg(LOG_INFO, "event=flush worker=%u messages=%zu", q->w->id, q->n);
 }
 
-void queue_run(struct queue *q, int64_t now_ms)
+void queue_run(struct queue *q)
 {
-	struct worker *w = q->w;
-	if (w->stopping || w->conf->queue.hold)
+	struct wctx *w = q->w;
+	int64_t now_ms = w->wall_ms;
+	if (w->stopping || w->conf->queue.hold || !q->n || q->heap[0]->next_ms > now_ms)
 		return;
 	const struct queue_conf *qc = &w->conf->queue;
 	while (q->n && q->heap[0]->next_ms <= now_ms) {
@@ -799,11 +784,16 @@ void queue_run(struct queue *q, int64_t now_ms)
 	}
 }
 
+void queue_job_done_cb(void *arg, struct djob *j)
+{
+	queue_job_done(arg, j);
+}
+
 void queue_job_done(struct queue *q, struct djob *j)
 {
 	struct qmsg *m = j->m;
-	int64_t now_ms = queue_now_ms();
-	struct worker *w = q->w;
+	int64_t now_ms = q->w->wall_ms;
+	struct wctx *w = q->w;
 	unsigned sid = j->sc->stats_id;
 	unsigned nsuccess = 0, *success = NULL; /* rare: allocated when needed */
 	for (unsigned k = 0; k < j->n; k++) {
@@ -818,7 +808,7 @@ void queue_job_done(struct queue *q, struct djob *j)
 			m->pending--;
 			record(q, m, j->idx[k], SPOOL_ST_DELIVERED, res->text);
 			log_result("deliver", m, r, j->sc->name, now_ms);
-			metric_add(&w->m.send[sid].delivered, 1);
+			metric_add(&w->m->send[sid].delivered, 1);
 			/* RFC 3461 5.2: a next hop without DSN support ends the
 			 * chain: "relayed"; a drop directory is final: "delivered". */
 			if ((r->notify & SMTP_NOTIFY_SUCCESS) && !j->dsn_passed) {
@@ -830,12 +820,12 @@ void queue_job_done(struct queue *q, struct djob *j)
 		} else if (res->code / 100 == 5) {
 			r->failed_now = true;
 			log_result("bounce", m, r, j->sc->name, now_ms);
-			metric_add(&w->m.send[sid].bounced, 1);
+			metric_add(&w->m->send[sid].bounced, 1);
 		} else {
 			free(m->last_error);
 			m->last_error = xdup(res->text);
 			log_result("defer", m, r, j->sc->name, now_ms);
-			metric_add(&w->m.send[sid].deferred, 1);
+			metric_add(&w->m->send[sid].deferred, 1);
 		}
 	}
 	if (nsuccess)
@@ -869,7 +859,7 @@ void queue_job_done(struct queue *q, struct djob *j)
 static void move_finish(struct queue *q, struct qmove *mv, bool ok)
 {
 	struct qmsg *m = mv->m;
-	struct spool_worker *sw = &q->w->spool;
+	struct spool_worker *sw = q->w->spool;
 	if (ok) {
 		struct spool_seg *old = m->seg;
 		m->seg = mv->to;
@@ -910,8 +900,8 @@ void queue_flush_done(struct queue *q, bool ok)
 
 static bool move_one(struct queue *q, struct qmsg *m)
 {
-	struct worker *w = q->w;
-	struct spool_worker *sw = &w->spool;
+	struct wctx *w = q->w;
+	struct spool_worker *sw = w->spool;
 	size_t len = 0;
 	char *bytes = read_original(m, true, &len);
 	if (!bytes || len != m->bytes) {
@@ -935,33 +925,28 @@ static bool move_one(struct queue *q, struct qmsg *m)
 	}
 	/* The envelope as it was received, from what the queue kept. */
 	struct smtp_rcpt *rc = calloc(m->nrcpt, sizeof(*rc));
-	char *rec = NULL;
-	size_t rlen = 0;
-	FILE *f = rc ? open_memstream(&rec, &rlen) : NULL;
-	if (f) {
+	bool committed = false;
+	if (rc) {
 		for (unsigned i = 0; i < m->nrcpt; i++)
 			rc[i] = (struct smtp_rcpt){.addr = m->r[i].addr, .orcpt = m->r[i].orcpt,
 						   .notify = m->r[i].notify};
 		struct smtp_envelope env = {
 			.from = m->from, .body = m->body, .ret = m->ret, .envid = m->envid,
 			.smtputf8 = m->smtputf8, .rcpt = rc, .nrcpt = m->nrcpt};
-		static const struct spool_commit_hdr room;
-		fwrite(&room, sizeof(room), 1, f);
-		envelope_write(f, m->idtxt, &env, m->connector, m->client, "", m->arrival);
-		fclose(f);
+		mv->off = sm->off[0];
+		mv->len = sm->len[0];
+		committed = spool_msg_commit_envelope(sw, sm, m->idtxt, &env, m->connector,
+						      m->client, "", m->arrival);
 	}
 	free(rc);
-	if (!rec) {
+	if (!committed) {
 		spool_msg_release(sw, sm);
 		free(mv);
 		return false;
 	}
 	mv->m = m;
 	mv->to = sm->seg;
-	mv->off = sm->off[0];
-	mv->len = sm->len[0];
 	spool_seg_hold(mv->to, m->bytes);
-	spool_msg_commit(sw, sm, rec, rlen);
 	mv->end = sm->end;
 	/* Its delivery state follows it. */
 	for (unsigned i = 0; i < m->nrcpt; i++)
@@ -969,18 +954,18 @@ static bool move_one(struct queue *q, struct qmsg *m)
 			struct spool_state_rec r = {
 				.rcpt = i, .kind = m->r[i].state == SPOOL_RCPT_DELIVERED
 							   ? SPOOL_ST_DELIVERED : SPOOL_ST_FAILED,
-				.attempts = m->attempts, .time_ms = queue_now_ms()};
+				.attempts = m->attempts, .time_ms = q->w->wall_ms};
 			spool_state_write(sw, mv->to, m->id, &r, m->r[i].reply);
 		}
 	if (m->attempts) {
 		struct spool_state_rec r = {.rcpt = SPOOL_STATE_MSG, .kind = SPOOL_ST_DEFERRED,
-					    .attempts = m->attempts, .time_ms = queue_now_ms(),
+					    .attempts = m->attempts, .time_ms = q->w->wall_ms,
 					    .next_ms = m->next_ms};
 		spool_state_write(sw, mv->to, m->id, &r, m->last_error);
 	}
 	if (m->delay_notified) {
 		struct spool_state_rec r = {.rcpt = SPOOL_STATE_MSG,
-					    .kind = SPOOL_ST_DELAY_NOTIFIED, .time_ms = queue_now_ms()};
+					    .kind = SPOOL_ST_DELAY_NOTIFIED, .time_ms = q->w->wall_ms};
 		spool_state_write(sw, mv->to, m->id, &r, NULL);
 	}
 	sm->owner = mv;
@@ -995,11 +980,11 @@ static bool move_one(struct queue *q, struct qmsg *m)
 
 void queue_tick(struct queue *q)
 {
-	struct worker *w = q->w;
+	struct wctx *w = q->w;
 	if (w->stopping || q->moves || w->now_ms < q->next_compact_ms)
 		return;
 	q->next_compact_ms = w->now_ms + COMPACT_INTERVAL_MS;
-	struct spool_seg *s = spool_compact_candidate(&w->spool);
+	struct spool_seg *s = spool_compact_candidate(w->spool);
 	if (!s)
 		return;
 	/* Messages in a delivery attempt move next round. */

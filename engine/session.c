@@ -1,5 +1,5 @@
 /* Session glue: drives one connection's SMTP state machine (proto/) from
- * ring completions, writes accepted messages to the store and sends 250 only
+ * I/O completions, writes accepted messages to the store and sends 250 only
  * once the message is durable. Owns no policy: that is proto/ and relay.c. */
 #include <arpa/inet.h>
 #include <errno.h>
@@ -14,59 +14,43 @@
 #include <unistd.h>
 
 #include "envelope.h"
+#include "listener.h"
 #include "log.h"
 #include "queue.h"
-#include "worker.h"
+#include "session.h"
+#include "spool.h"
+#include "throttle.h"
 
 /* Input backlog (pipelined commands or the next message while one is being
  * stored) above which we stop reading from the socket. */
 #define IN_PAUSE (256 * 1024)
 #define IN_MIN_CAP 4096
 
-static uint64_t conn_tag(unsigned op, const struct conn *c)
-{
-	return ring_tag(op, c->slot, c->gen);
-}
-
-static void arm_recv(struct worker *w, struct conn *c)
+static void arm_recv(struct wctx *w, struct conn *c)
 {
 	if (c->recv_armed || c->closing || c->read_eof)
 		return;
 	c->recv_armed = true;
 	c->recv_paused = false;
 	c->inflight++;
-	ring_recv_multishot(&w->ring, c->fd, w->br.bgid, conn_tag(OP_RECV, c));
+	io_recv(w->io, c->fd, conn_tag(IO_OP_RECV, c));
 }
 
-static void process_input(struct worker *w, struct conn *c, const char *direct,
+static void process_input(struct wctx *w, struct conn *c, const char *direct,
 			  size_t dlen, int bid);
-static void message_append(struct worker *w, struct conn *c, const char *p, size_t n,
+static void message_append(struct wctx *w, struct conn *c, const char *p, size_t n,
 			   int bid);
 
 static void hold(struct conn *c);
-static void release(struct worker *w, struct conn *c);
+static void release(struct wctx *w, struct conn *c);
 static void on_reject(void *ctx, enum smtp_reject why, const char *reply,
 		      const char *rcpt);
 static void on_command(void *ctx, const char *line, size_t len);
 static bool admit_message(void *ctx);
 
-static void process(struct worker *w, struct conn *c)
+static void process(struct wctx *w, struct conn *c)
 {
 	process_input(w, c, NULL, 0, -1);
-}
-
-void peer_text(const struct sockaddr_storage *ss, char *buf, size_t cap)
-{
-	if (ss->ss_family == AF_INET) {
-		inet_ntop(AF_INET, &((const struct sockaddr_in *)ss)->sin_addr, buf,
-			  (socklen_t)cap);
-		return;
-	}
-	const struct sockaddr_in6 *s6 = (const struct sockaddr_in6 *)ss;
-	if (IN6_IS_ADDR_V4MAPPED(&s6->sin6_addr))
-		inet_ntop(AF_INET, &s6->sin6_addr.s6_addr[12], buf, (socklen_t)cap);
-	else
-		inet_ntop(AF_INET6, &s6->sin6_addr, buf, (socklen_t)cap);
 }
 
 /* Refusal before any session exists: one best-effort line, then close. */
@@ -79,13 +63,13 @@ static void refuse(int fd, const char *line)
 	close(fd);
 }
 
-void session_accept(struct worker *w, unsigned binding, int fd)
+void session_accept(struct wctx *w, unsigned binding, int fd)
 {
 	struct sockaddr_storage ss;
 	socklen_t sl = sizeof(ss);
 	char ip[64] = "unknown";
 	if (w->stopping) {
-		metric_add(&w->m.refused[REFUSE_SHUTDOWN], 1);
+		metric_add(&w->m->refused[REFUSE_SHUTDOWN], 1);
 		refuse(fd, R_SHUTTING_DOWN);
 		return;
 	}
@@ -97,7 +81,7 @@ void session_accept(struct worker *w, unsigned binding, int fd)
 	const struct ip_range *why = NULL;
 	const struct rconn *rc = conf_match(w->conf, binding, (struct sockaddr *)&ss, &why);
 	if (!rc) {
-		metric_add(&w->m.refused[REFUSE_NO_CONNECTOR], 1);
+		metric_add(&w->m->refused[REFUSE_NO_CONNECTOR], 1);
 		log_msg(LOG_WARN, "event=refuse client=%s binding=%s reason=no_connector",
 			ip, binding < w->conf->nbindings ? w->conf->bindings[binding].text : "-");
 		refuse(fd, "554 5.7.1 No receive connector accepts connections from this address");
@@ -113,17 +97,17 @@ void session_accept(struct worker *w, unsigned binding, int fd)
 			THROTTLE_CONNECTIONS_PERCENTAGE};
 		enum throttle_reason r = reasons[why_th];
 		char q[160];
-		metric_add(&w->m.conn[rc->stats_id].throttled[r], 1);
+		metric_add(&w->m->conn[rc->stats_id].throttled[r], 1);
 		log_msg(LOG_INFO, "event=throttle reason=%s connector=%s client=%s limit=%d current=%d",
 			throttle_reason_names[r], log_quote(q, sizeof(q), rc->name), ip, limit,
 			figure);
 		refuse(fd, R_CONN_LIMIT);
 		return;
 	}
-	struct conn *c = worker_conn_alloc(w);
+	struct conn *c = conn_alloc(w->conns);
 	if (!c) {
 		throttle_disconnect(w->throttle, rc, src);
-		metric_add(&w->m.refused[REFUSE_WORKER_FULL], 1);
+		metric_add(&w->m->refused[REFUSE_WORKER_FULL], 1);
 		log_msg(LOG_WARN, "event=refuse client=%s reason=worker_full", ip);
 		refuse(fd, R_CONN_LIMIT);
 		return;
@@ -150,7 +134,7 @@ void session_accept(struct worker *w, unsigned binding, int fd)
 		.ctx = c,
 	};
 	c->w = w;
-	struct connector_counters *cc = &w->m.conn[rc->stats_id];
+	struct connector_counters *cc = &w->m->conn[rc->stats_id];
 	metric_add(&cc->connections, 1);
 	metric_add(&cc->active, 1);
 	char q[160];
@@ -167,8 +151,8 @@ static void on_reject(void *ctx, enum smtp_reject why, const char *reply,
 		      const char *rcpt)
 {
 	struct conn *c = ctx;
-	struct worker *w = c->w;
-	metric_add(&w->m.conn[c->rc->stats_id].rejected[why], 1);
+	struct wctx *w = c->w;
+	metric_add(&w->m->conn[c->rc->stats_id].rejected[why], 1);
 	char qc[160], qr[600], qf[600], qt[600], from[300], to[300];
 	const struct smtp_envelope *e = &c->smtp.env;
 	snprintf(from, sizeof(from), "<%s>", e->from ? e->from : "");
@@ -224,13 +208,13 @@ static void log_replies(const struct conn *c)
 static bool admit_message(void *ctx)
 {
 	struct conn *c = ctx;
-	struct worker *w = c->w;
+	struct wctx *w = c->w;
 	double left;
 	uint32_t rate = (uint32_t)c->rc->message_rate_limit;
-	if (throttle_take_message(w->throttle, c->th_rate, rate, worker_clock_ms(), &left))
+	if (throttle_take_message(w->throttle, c->th_rate, rate, w->now_ms, &left))
 		return true;
 	char q[160];
-	metric_add(&w->m.conn[c->rc->stats_id].throttled[THROTTLE_MESSAGE_RATE], 1);
+	metric_add(&w->m->conn[c->rc->stats_id].throttled[THROTTLE_MESSAGE_RATE], 1);
 	log_msg(LOG_INFO,
 		"event=throttle reason=message_rate connector=%s client=%s source=%s limit=%u/min tokens=%.2f",
 		log_quote(q, sizeof(q), c->rc->name), c->peer,
@@ -238,7 +222,7 @@ static bool admit_message(void *ctx)
 	return false;
 }
 
-static void maybe_free(struct worker *w, struct conn *c)
+static void maybe_free(struct wctx *w, struct conn *c)
 {
 	if (!c->closing || c->inflight)
 		return;
@@ -248,39 +232,39 @@ static void maybe_free(struct worker *w, struct conn *c)
 		c->peer, log_quote(q, sizeof(q), c->rc->name),
 		(unsigned long long)c->smtp.messages, (unsigned long long)c->smtp.rejects,
 		(unsigned long long)(w->now_ms - c->started_ms), w->id);
-	metric_add(&w->m.conn[c->rc->stats_id].active, (uint64_t)-1);
+	metric_add(&w->m->conn[c->rc->stats_id].active, (uint64_t)-1);
 	throttle_disconnect(w->throttle, c->rc, c->th_source);
 	if (c->recv_starved)
-		w->nstarved--;
+		w->buf_waiters--;
 	if (c->smsg)
-		spool_msg_release(&w->spool, c->smsg);
+		spool_msg_release(w->spool, c->smsg);
 	smtp_server_free(&c->smtp);
 	close(c->fd);
 	free(c->in);
 	conf_unref(c->conf);
-	worker_conn_release(w, c);
+	conn_release(w->conns, c);
 }
 
-void session_close(struct worker *w, struct conn *c)
+void session_close(struct wctx *w, struct conn *c)
 {
 	if (!c->closing) {
 		c->closing = true;
 		/* Wakes every operation still pending on the socket. */
 		shutdown(c->fd, SHUT_RDWR);
 		if (c->recv_armed)
-			ring_cancel(&w->ring, conn_tag(OP_RECV, c));
+			io_cancel(w->io, conn_tag(IO_OP_RECV, c));
 	}
 	maybe_free(w, c);
 }
 
-static void send_out(struct worker *w, struct conn *c)
+static void send_out(struct wctx *w, struct conn *c)
 {
 	if (c->rc->protocol_log)
 		log_replies(c);
 	c->sending = true;
 	c->sent = 0;
 	c->inflight++;
-	ring_send(&w->ring, c->fd, c->smtp.out.p, c->smtp.out.len, conn_tag(OP_SEND, c));
+	io_send(w->io, c->fd, c->smtp.out.p, c->smtp.out.len, conn_tag(IO_OP_SEND, c));
 }
 
 /* Exchange's tarpit: 5xx replies to clients without relay rights wait
@@ -301,7 +285,7 @@ static bool tarpit_due(const struct conn *c)
 	return false;
 }
 
-static void flush_out(struct worker *w, struct conn *c)
+static void flush_out(struct wctx *w, struct conn *c)
 {
 	if (c->sending || c->closing || c->smtp.out.len == 0)
 		return;
@@ -310,15 +294,12 @@ static void flush_out(struct worker *w, struct conn *c)
 		return;
 	}
 	/* Hold the replies (sending keeps the session from adding to them). */
-	uint64_t ms = c->rc->tarpit_interval_ms;
-	c->tarpit.tv_sec = (long long)(ms / 1000);
-	c->tarpit.tv_nsec = (long long)(ms % 1000) * 1000000;
 	c->sending = true;
 	c->inflight++;
-	ring_timeout(&w->ring, &c->tarpit, conn_tag(OP_TARPIT, c));
+	io_timeout(w->io, c->rc->tarpit_interval_ms, conn_tag(IO_OP_TARPIT, c));
 }
 
-void session_on_tarpit(struct worker *w, struct conn *c)
+void session_on_tarpit(struct wctx *w, struct conn *c)
 {
 	c->inflight--;
 	c->sending = false;
@@ -329,15 +310,15 @@ void session_on_tarpit(struct worker *w, struct conn *c)
 	send_out(w, c);
 }
 
-static void message_begin(struct worker *w, struct conn *c)
+static void message_begin(struct wctx *w, struct conn *c)
 {
 	char hdr[2048];
-	uint64_t id = worker_next_msgid(w);
-	snprintf(c->msgid, sizeof(c->msgid), "%016llX", (unsigned long long)id);
+	uint64_t id = wctx_next_msgid(w);
+	wctx_msgid_text(id, c->msgid);
 	c->msg_err = 0;
 	c->msg_size = 0;
 	c->arrival = (int64_t)time(NULL);
-	c->smsg = spool_msg_begin(&w->spool, id, &c->msg_err);
+	c->smsg = spool_msg_begin(w->spool, id, &c->msg_err);
 	if (c->smsg)
 		c->smsg->owner = c;
 	size_t n = smtp_server_begin_message(&c->smtp, c->msgid, c->arrival, hdr,
@@ -345,18 +326,18 @@ static void message_begin(struct worker *w, struct conn *c)
 	message_append(w, c, hdr, n, -1);
 }
 
-static void message_append(struct worker *w, struct conn *c, const char *p, size_t n,
+static void message_append(struct wctx *w, struct conn *c, const char *p, size_t n,
 			   int bid)
 {
 	c->msg_size += n;
-	if (c->smsg && spool_msg_append(&w->spool, c->smsg, p, n, bid) && bid >= 0)
-		worker_buf_hold(w, bid);
+	if (c->smsg && spool_msg_append(w->spool, c->smsg, p, n, bid) && bid >= 0)
+		wctx_buf_hold(w, bid);
 }
 
-static void message_abandon(struct worker *w, struct conn *c)
+static void message_abandon(struct wctx *w, struct conn *c)
 {
 	if (c->smsg)
-		spool_msg_release(&w->spool, c->smsg);
+		spool_msg_release(w->spool, c->smsg);
 	c->smsg = NULL;
 }
 
@@ -365,7 +346,7 @@ static bool storage_full(int err)
 	return err == ENOSPC || err == EDQUOT;
 }
 
-static void message_end(struct worker *w, struct conn *c)
+static void message_end(struct wctx *w, struct conn *c)
 {
 	int err = c->smsg ? c->smsg->err : (c->msg_err ? c->msg_err : EIO);
 	if (err) {
@@ -375,33 +356,21 @@ static void message_end(struct worker *w, struct conn *c)
 		smtp_server_stored(&c->smtp, false, storage_full(err));
 		return;
 	}
-	/* The envelope is written straight into the COMMIT record's buffer,
-	 * behind room for its header. */
-	char *rec = NULL;
-	size_t len = 0;
-	FILE *f = open_memstream(&rec, &len);
-	if (f) {
-		static const struct spool_commit_hdr room;
-		fwrite(&room, sizeof(room), 1, f);
-		envelope_write(f, c->msgid, &c->smtp.env, c->rc->name, c->peer, c->smtp.helo,
-			       c->arrival);
-		fclose(f);
-	}
-	if (!rec) {
+	if (!spool_msg_commit_envelope(w->spool, c->smsg, c->msgid, &c->smtp.env, c->rc->name,
+				       c->peer, c->smtp.helo, c->arrival)) {
 		message_abandon(w, c);
 		smtp_server_stored(&c->smtp, false, false);
 		return;
 	}
-	spool_msg_commit(&w->spool, c->smsg, rec, len);
 	c->storing = true;
-	c->data_end_us = worker_clock_us();
+	c->data_end_us = wctx_clock_us();
 	/* Usually the writes are still in flight; when they are done the
 	 * message joins the next group commit (session_on_written). */
 	if (spool_msg_written(c->smsg))
-		session_on_written(w, c);
+		session_on_written(w, c->smsg);
 }
 
-static void log_received(struct worker *w, struct conn *c)
+static void log_received(struct wctx *w, struct conn *c)
 {
 	char q1[160], q2[600], q3[1400], q4[200];
 	const struct smtp_envelope *e = &c->smtp.env;
@@ -424,7 +393,7 @@ static void log_received(struct worker *w, struct conn *c)
 /* Feeds input to the state machine until it needs more, must wait (send or
  * store in progress) or ends the session. bid >= 0: in lies in that
  * provided buffer, and message bytes are written to the spool from it. */
-static size_t feed(struct worker *w, struct conn *c, const char *in, size_t len,
+static size_t feed(struct wctx *w, struct conn *c, const char *in, size_t len,
 		   int bid)
 {
 	size_t used = 0;
@@ -459,7 +428,7 @@ static bool in_append(struct conn *c, const char *p, size_t n);
 
 /* Runs the session over what it has received: the buffered input, then
  * direct (a fresh provided buffer) when given. */
-static void process_input(struct worker *w, struct conn *c, const char *direct,
+static void process_input(struct wctx *w, struct conn *c, const char *direct,
 			  size_t dlen, int bid)
 {
 	bool busy = c->closing || c->sending;
@@ -541,28 +510,28 @@ static void hold(struct conn *c)
 	c->inflight++;
 }
 
-static void release(struct worker *w, struct conn *c)
+static void release(struct wctx *w, struct conn *c)
 {
 	c->inflight--;
 	maybe_free(w, c);
 }
 
-static void on_recv(struct worker *w, struct conn *c, int res, int bid)
+static void on_recv(struct wctx *w, struct conn *c, int res, int bid)
 {
 	if (c->closing)
 		return;
 	if (res > 0) {
 		c->active_ms = w->now_ms;
-		process_input(w, c, bufring_buf(&w->br, (unsigned)bid), (size_t)res, bid);
+		process_input(w, c, io_buf(w->io, (unsigned)bid), (size_t)res, bid);
 	} else if (res == 0) {
 		c->read_eof = true;
 		process(w, c);
 	} else if (res == -ENOBUFS) {
 		/* Every receive buffer is held by spool writes in flight: wait for
-		 * one to come back (worker_buf_put) instead of spinning. */
+		 * one to come back (wctx_buf_put) instead of spinning. */
 		if (!c->recv_starved) {
 			c->recv_starved = true;
-			w->nstarved++;
+			w->buf_waiters++;
 		}
 		return;
 	} else if (res == -ECANCELED) {
@@ -576,7 +545,7 @@ static void on_recv(struct worker *w, struct conn *c, int res, int bid)
 	if (c->in_len - c->in_off >= IN_PAUSE) {
 		if (c->recv_armed && !c->recv_paused) {
 			c->recv_paused = true;
-			ring_cancel(&w->ring, conn_tag(OP_RECV, c));
+			io_cancel(w->io, conn_tag(IO_OP_RECV, c));
 		}
 		return;
 	}
@@ -584,23 +553,22 @@ static void on_recv(struct worker *w, struct conn *c, int res, int bid)
 		arm_recv(w, c);
 }
 
-void session_on_recv(struct worker *w, struct conn *c, int res, unsigned flags)
+void session_on_recv(struct wctx *w, struct conn *c, int res, bool more, int bid)
 {
 	hold(c);
-	if (!(flags & IORING_CQE_F_MORE)) {
+	if (!more) {
 		c->recv_armed = false;
 		c->inflight--;
 	}
-	int bid = flags & IORING_CQE_F_BUFFER ? (int)(flags >> IORING_CQE_BUFFER_SHIFT) : -1;
 	if (bid >= 0)
-		worker_buf_hold(w, bid);
+		wctx_buf_hold(w, bid);
 	on_recv(w, c, res, bid);
 	if (bid >= 0)
-		worker_buf_put(w, bid);
+		wctx_buf_put(w, bid);
 	release(w, c);
 }
 
-void session_on_send(struct worker *w, struct conn *c, int res)
+void session_on_send(struct wctx *w, struct conn *c, int res)
 {
 	/* The send's own reference becomes the handler's hold. */
 	if (c->closing || res <= 0) {
@@ -611,8 +579,8 @@ void session_on_send(struct worker *w, struct conn *c, int res)
 	}
 	c->sent += (size_t)res;
 	if (c->sent < c->smtp.out.len) {
-		ring_send(&w->ring, c->fd, c->smtp.out.p + c->sent,
-			  c->smtp.out.len - c->sent, conn_tag(OP_SEND, c));
+		io_send(w->io, c->fd, c->smtp.out.p + c->sent, c->smtp.out.len - c->sent,
+			conn_tag(IO_OP_SEND, c));
 		return;
 	}
 	smtp_server_sent(&c->smtp);
@@ -621,8 +589,11 @@ void session_on_send(struct worker *w, struct conn *c, int res)
 	release(w, c);
 }
 
-void session_on_written(struct worker *w, struct conn *c)
+void session_on_written(struct wctx *w, struct spool_msg *m)
 {
+	struct conn *c = m->owner;
+	if (!c->storing)
+		return;
 	int err = spool_msg_error(c->smsg);
 	if (err) {
 		log_msg(LOG_ERROR, "event=store_error id=%s client=%s error=\"%s\"",
@@ -635,27 +606,38 @@ void session_on_written(struct worker *w, struct conn *c)
 		release(w, c);
 		return;
 	}
-	worker_commit_add(w, c);
+	/* The group commit holds the connection until it answers. */
+	c->inflight++;
+	if (!spool_commit_add(w->spool, c->smsg))
+		session_on_durable(w, c->smsg, false);
 }
 
-void session_resume_recv(struct worker *w, struct conn *c)
+void session_buffers_returned(struct wctx *w)
 {
-	c->recv_starved = false;
-	if (!c->closing && !c->recv_paused)
-		arm_recv(w, c);
+	struct conn_table *t = w->conns;
+	for (uint32_t i = 0; i < t->high_water && w->buf_waiters; i++) {
+		struct conn *c = t->slots[i];
+		if (!c || !c->recv_starved)
+			continue;
+		w->buf_waiters--;
+		c->recv_starved = false;
+		if (!c->closing && !c->recv_paused)
+			arm_recv(w, c);
+	}
 }
 
-void session_on_stored(struct worker *w, struct conn *c, bool ok)
+void session_on_durable(struct wctx *w, struct spool_msg *m, bool ok)
 {
+	struct conn *c = m->owner;
 	/* Takes over the reference the group commit held. */
 	c->storing = false;
 	if (ok) {
-		struct connector_counters *cc = &w->m.conn[c->rc->stats_id];
+		struct connector_counters *cc = &w->m->conn[c->rc->stats_id];
 		metric_add(&cc->messages, 1);
 		metric_add(&cc->bytes, c->msg_size);
-		metric_latency(&w->m.latency, worker_clock_us() - c->data_end_us);
+		metric_latency(&w->m->latency, wctx_clock_us() - c->data_end_us);
 		log_received(w, c);
-		queue_add_received(&w->queue, c->smsg, &c->smtp.env, c->peer, c->rc->name,
+		queue_add_received(w->queue, c->smsg, &c->smtp.env, c->peer, c->rc->name,
 				   c->arrival);
 	}
 	message_abandon(w, c); /* durable now, or failed: the session is done with it */
@@ -665,7 +647,7 @@ void session_on_stored(struct worker *w, struct conn *c, bool ok)
 	release(w, c);
 }
 
-void session_tick(struct worker *w, struct conn *c)
+void session_tick(struct wctx *w, struct conn *c)
 {
 	if (c->closing)
 		return;

@@ -19,7 +19,9 @@
 
 #include "dirs.h"
 #include "log.h"
-#include "ring.h"
+#include "envelope.h"
+#include "io.h"
+#include "metrics.h"
 
 #define SEG_PREFIX "seg-"
 #define SEG_SUFFIX ".log"
@@ -532,11 +534,15 @@ void spool_close(struct spool *sp)
 
 /* ---- writing ------------------------------------------------------------- */
 
-void spool_worker_init(struct spool_worker *sw, struct spool *sp, struct ring *r)
+void spool_worker_init(struct spool_worker *sw, struct spool *sp, struct io *io,
+		       const struct spool_hooks *h, struct worker_metrics *m)
 {
 	memset(sw, 0, sizeof(*sw));
 	sw->sp = sp;
-	sw->ring = r;
+	sw->io = io;
+	if (h)
+		sw->hooks = *h;
+	sw->m = m;
 }
 
 
@@ -699,6 +705,10 @@ void spool_worker_free(struct spool_worker *sw)
 		free(w);
 	}
 	sw->cur = NULL;
+	free(sw->ready);
+	free(sw->batch);
+	sw->ready = sw->batch = NULL;
+	sw->nready = sw->nbatch = 0;
 }
 
 static struct spool_seg *new_segment(struct spool_worker *sw, int *err)
@@ -802,7 +812,7 @@ static uint64_t submit_to(struct spool_worker *sw, struct spool_seg *s, uint64_t
 	s->inflight_tail = w;
 	s->writes++;
 	sw->pending_writes++;
-	ring_writev(sw->ring, s->fd, w->iov, 2, off, ring_tag_ptr(OP_SPOOL_WRITE, w));
+	io_writev(sw->io, s->fd, w->iov, 2, off, io_tag_ptr(IO_OP_SPOOL_WRITE, w, 0));
 	return off + sizeof(w->hdr);
 }
 
@@ -915,6 +925,28 @@ void spool_msg_commit(struct spool_worker *sw, struct spool_msg *m, char *rec,
 	m->end = m->seg->tail;
 }
 
+bool spool_msg_commit_envelope(struct spool_worker *sw, struct spool_msg *m, const char *id,
+			       const struct smtp_envelope *env, const char *connector,
+			       const char *client, const char *helo, int64_t arrival)
+{
+	/* The envelope is written straight into the record's buffer, behind
+	 * room for its header. */
+	char *rec = NULL;
+	size_t len = 0;
+	FILE *f = open_memstream(&rec, &len);
+	if (!f)
+		return false;
+	static const struct spool_commit_hdr room;
+	fwrite(&room, sizeof(room), 1, f);
+	envelope_write(f, id, env, connector, client, helo, arrival);
+	if (fclose(f) != 0 || !rec) {
+		free(rec);
+		return false;
+	}
+	spool_msg_commit(sw, m, rec, len);
+	return true;
+}
+
 static void msg_free(struct spool_worker *sw, struct spool_msg *m)
 {
 	struct spool_seg *s = m->seg;
@@ -989,13 +1021,13 @@ unsigned spool_sync_start(struct spool_worker *sw, uint64_t tag)
 		sw->ndirty--;
 		s->syncing = true;
 		s->sync_upto = spool_seg_written_prefix(s);
-		ring_fsync(sw->ring, s->fd, true, tag);
+		io_fsync(sw->io, s->fd, true, tag);
 		n++;
 	}
 	if (sw->dir_dirty) {
 		/* New segment files become durable with their directory entry. */
 		sw->dir_dirty = false;
-		ring_fsync(sw->ring, sw->sp->dirfd, false, tag);
+		io_fsync(sw->io, sw->sp->dirfd, false, tag);
 		n++;
 	}
 	sw->sync_inflight = n;
@@ -1025,4 +1057,78 @@ bool spool_sync_done(struct spool_worker *sw, int res, bool *ok)
 	}
 	*ok = sw->sync_ok;
 	return true;
+}
+
+/* ---- group commit --------------------------------------------------------- */
+
+static bool push_msg(struct spool_msg ***v, unsigned *n, unsigned *cap, struct spool_msg *m)
+{
+	if (*n == *cap) {
+		unsigned nc = *cap ? *cap * 2 : 64;
+		struct spool_msg **nv = realloc(*v, nc * sizeof(*nv));
+		if (!nv)
+			return false;
+		*v = nv;
+		*cap = nc;
+	}
+	(*v)[(*n)++] = m;
+	return true;
+}
+
+bool spool_commit_add(struct spool_worker *sw, struct spool_msg *m)
+{
+	return push_msg(&sw->ready, &sw->nready, &sw->ready_cap, m);
+}
+
+static void commit_done(struct spool_worker *sw, bool ok)
+{
+	unsigned n = sw->nbatch;
+	sw->nbatch = 0;
+	sw->flushing = false;
+	if (sw->m)
+		metric_add(&sw->m->flushed_messages, n);
+	for (unsigned i = 0; i < n; i++) {
+		struct spool_msg *m = sw->batch[i];
+		sw->hooks.durable(sw->hooks.arg, m, ok && !spool_msg_error(m));
+	}
+	if (sw->hooks.flush_done)
+		sw->hooks.flush_done(sw->hooks.arg, ok);
+}
+
+/* One fdatasync covers everything written since the last one. A message
+ * joins a flush only once every write before it in its segment is done
+ * (spool_msg_flushable): recovery stops at the first hole, so an earlier
+ * message's write still in flight would hide this one. */
+void spool_commit_start(struct spool_worker *sw)
+{
+	if (sw->flushing || (!sw->nready && !spool_dirty(sw)))
+		return;
+	unsigned keep = 0;
+	sw->nbatch = 0;
+	for (unsigned i = 0; i < sw->nready; i++) {
+		struct spool_msg *m = sw->ready[i];
+		if (!spool_msg_flushable(m) ||
+		    !push_msg(&sw->batch, &sw->nbatch, &sw->batch_cap, m))
+			sw->ready[keep++] = m;
+	}
+	sw->nready = keep;
+	if (sw->nbatch == 0 && !spool_dirty(sw))
+		return; /* the next loop turn tries again */
+	sw->flushing = true;
+	if (sw->hooks.flush_started)
+		sw->hooks.flush_started(sw->hooks.arg);
+	unsigned n = spool_sync_start(sw, io_tag(IO_OP_SPOOL_SYNC, 0, 0));
+	if (sw->m) {
+		metric_add(&sw->m->fsyncs, n);
+		metric_add(&sw->m->dirsyncs, 1);
+	}
+	if (n == 0)
+		commit_done(sw, true);
+}
+
+void spool_commit_on_sync(struct spool_worker *sw, int res)
+{
+	bool ok;
+	if (spool_sync_done(sw, res, &ok))
+		commit_done(sw, ok);
 }

@@ -144,8 +144,20 @@ uint64_t *spool_segments(int dirfd, size_t *count);
 
 /* ---- per worker ------------------------------------------------------- */
 
-struct ring;
+struct io;
+struct spool_msg;
 struct spool_seg;
+struct worker_metrics;
+
+/* What the group commit tells the layers above. */
+struct spool_hooks {
+	/* A message handed to spool_commit_add() is durable (ok) or failed. */
+	void (*durable)(void *arg, struct spool_msg *m, bool ok);
+	/* A flush starts / ended: compaction learns which copies it covers. */
+	void (*flush_started)(void *arg);
+	void (*flush_done)(void *arg, bool ok);
+	void *arg;
+};
 
 /* One message being received; lives until its writes are done and the
  * session has finished with it. */
@@ -183,7 +195,14 @@ struct spool_write {
 
 struct spool_worker {
 	struct spool *sp;
-	struct ring *ring;
+	struct io *io;
+	struct spool_hooks hooks;
+	struct worker_metrics *m;  /* fsync and flush counters */
+	struct spool_msg **ready;  /* written, waiting for the next flush */
+	unsigned nready, ready_cap;
+	struct spool_msg **batch;  /* covered by the flush in flight */
+	unsigned nbatch, batch_cap;
+	bool flushing;
 	struct spool_seg *cur;     /* where new messages go */
 	struct spool_seg *segs;    /* every open segment */
 	struct spool_write *free_writes;
@@ -195,7 +214,9 @@ struct spool_worker {
 	bool stopping;             /* closing down: segments are kept */
 };
 
-void spool_worker_init(struct spool_worker *sw, struct spool *sp, struct ring *r);
+/* m (may be NULL in tests) receives the fsync and flush counters. */
+void spool_worker_init(struct spool_worker *sw, struct spool *sp, struct io *io,
+		       const struct spool_hooks *h, struct worker_metrics *m);
 void spool_worker_free(struct spool_worker *sw);
 
 /* Starts a message in the current segment (a new one when it is full).
@@ -215,6 +236,13 @@ bool spool_msg_append_owned(struct spool_worker *sw, struct spool_msg *m, void *
  * block; the spool owns rec from here on. */
 void spool_msg_commit(struct spool_worker *sw, struct spool_msg *m, char *rec,
 		      size_t len);
+/* The one way a message's COMMIT record is made: its envelope block
+ * (envelope_write's fields) behind the commit header. false when memory
+ * is short: nothing was written, the caller releases m. */
+struct smtp_envelope;
+bool spool_msg_commit_envelope(struct spool_worker *sw, struct spool_msg *m, const char *id,
+			       const struct smtp_envelope *env, const char *connector,
+			       const char *client, const char *helo, int64_t arrival);
 /* The session lets go: after the sync that covered it, or when the message
  * will not be committed (its chunks stay as an orphan recovery ignores). */
 void spool_msg_release(struct spool_worker *sw, struct spool_msg *m);
@@ -280,9 +308,19 @@ static inline bool spool_msg_flushable(const struct spool_msg *m)
 	return spool_msg_written(m) && m->end <= spool_seg_written_prefix(m->seg);
 }
 
-/* Group commit: fsyncs every segment written since the last sync (and the
- * directory when a segment was created). Returns how many fsyncs were
- * submitted; 0 means everything written is already durable. */
+/* Group commit. A written message (spool_msg_written) waits for the next
+ * flush; hooks.durable answers it once the fdatasync that covers it is
+ * done. false: out of memory (not added). */
+bool spool_commit_add(struct spool_worker *sw, struct spool_msg *m);
+/* Once per loop turn, after that turn's completions: starts a flush when
+ * none is in flight and something waits (messages, state records). */
+void spool_commit_start(struct spool_worker *sw);
+/* An IO_OP_SPOOL_SYNC completion. */
+void spool_commit_on_sync(struct spool_worker *sw, int res);
+
+/* The fsyncs under the group commit: every segment written since the last
+ * sync (and the directory when a segment was created), tagged tag. Returns
+ * how many were submitted; 0 means everything written is durable. */
 unsigned spool_sync_start(struct spool_worker *sw, uint64_t tag);
 /* One fsync of the batch completed; true when the batch is done, with *ok
  * telling whether every fsync succeeded. */

@@ -17,6 +17,7 @@
 #include "dirs.h"
 #include "envelope.h"
 #include "log.h"
+#include "wctx.h"
 
 #define STATS_LINE_MAX 512
 
@@ -34,8 +35,8 @@ static void spool_usage_of(const struct stats_host *h, struct spool_usage *u)
 	u->messages = 0;
 	u->bytes = 0;
 	for (unsigned i = 0; i < h->nworkers; i++) {
-		u->messages += (long)metric_get(&h->workers[i].m.queue_messages);
-		u->bytes += metric_get(&h->workers[i].m.queue_bytes);
+		u->messages += (long)metric_get(&h->metrics[i]->queue_messages);
+		u->bytes += metric_get(&h->metrics[i]->queue_bytes);
 	}
 }
 
@@ -43,7 +44,7 @@ static void show_info(const struct stats_host *h, const struct conf *c,
 		      FILE *out, bool json)
 {
 	struct metrics_totals t;
-	metrics_totals(h->workers, h->nworkers, &t);
+	metrics_totals(h->metrics, h->nworkers, &t);
 	size_t tbytes, prefixes, intervals;
 	connectors_stats(c, &tbytes, &prefixes, &intervals);
 	struct spool_usage sp;
@@ -52,7 +53,7 @@ static void show_info(const struct stats_host *h, const struct conf *c,
 	for (int k = 0; k < REFUSE_COUNT; k++)
 		refused += t.refused[k];
 	const char *fmt = json
-		? "{\"version\": \"0.1.0\", \"uptime_s\": %llu, \"workers\": %u, "
+		? "{\"version\": \"0.1.0\", \"uptime_s\": %llu, \"workers\": %u, \"io_backend\": \"%s\", "
 		  "\"connectors\": %u, \"bindings\": %u, \"connector_table_prefixes\": %zu, "
 		  "\"connector_table_intervals\": %zu, "
 		  "\"connector_table_bytes\": %zu, \"connections_total\": %llu, "
@@ -60,15 +61,15 @@ static void show_info(const struct stats_host *h, const struct conf *c,
 		  "\"messages_received\": %llu, \"messages_rejected\": %llu, "
 		  "\"bytes_received\": %llu, \"queue_messages\": %ld, \"spool_bytes\": %llu, "
 		  "\"fsyncs\": %llu, \"flushes\": %llu, \"flushed_messages\": %llu}\n"
-		: "version: 0.1.0\nuptime_s: %llu\nworkers: %u\nconnectors: %u\nbindings: %u\n"
+		: "version: 0.1.0\nuptime_s: %llu\nworkers: %u\nio_backend: %s\nconnectors: %u\nbindings: %u\n"
 		  "connector_table_prefixes: %zu\nconnector_table_intervals: %zu\n"
 		  "connector_table_bytes: %zu\n"
 		  "connections_total: %llu\nconnections_active: %llu\n"
 		  "connections_refused: %llu\nmessages_received: %llu\n"
 		  "messages_rejected: %llu\nbytes_received: %llu\nqueue_messages: %ld\n"
 		  "spool_bytes: %llu\nfsyncs: %llu\nflushes: %llu\nflushed_messages: %llu\n";
-	fprintf(out, fmt, (unsigned long long)((worker_clock_ms() - h->start_ms) / 1000),
-		h->nworkers, c->nrc, c->nbindings, prefixes, intervals, tbytes,
+	fprintf(out, fmt, (unsigned long long)((wctx_clock_ms() - h->start_ms) / 1000),
+		h->nworkers, h->io_backend, c->nrc, c->nbindings, prefixes, intervals, tbytes,
 		(unsigned long long)t.connections, (unsigned long long)t.active,
 		(unsigned long long)refused, (unsigned long long)t.messages,
 		(unsigned long long)t.rejected, (unsigned long long)t.bytes, sp.messages,
@@ -168,7 +169,8 @@ static void show_metrics(const struct stats_host *h, FILE *out)
 {
 	struct spool_usage sp;
 	spool_usage_of(h, &sp);
-	metrics_print_prometheus(out, h->registry, h->send_registry, h->workers, h->nworkers, &sp);
+	metrics_print_prometheus(out, h->registry, h->send_registry, h->metrics, h->nworkers, &sp,
+				 h->io_backend);
 }
 
 static bool binding_port(const struct binding *b, unsigned *port)
@@ -304,8 +306,7 @@ int stats_command(const struct stats_host *h, const char *line, FILE *out)
 	}
 	if (strcmp(cmd, "flush") == 0 && !json) {
 		/* Every queued message is due now (after a next hop came back). */
-		for (unsigned i = 0; i < h->nworkers; i++)
-			worker_flush_queue(&h->workers[i]);
+		h->flush(h->arg);
 		fprintf(out, "flushing: every queued message is due now\n");
 		return 0;
 	}
@@ -313,11 +314,11 @@ int stats_command(const struct stats_host *h, const char *line, FILE *out)
 	if (strcmp(cmd, "show info") == 0) {
 		show_info(h, c, out, json);
 	} else if (strcmp(cmd, "show stat") == 0) {
-		metrics_print_stat(out, h->registry, h->send_registry, h->workers, h->nworkers, json);
+		metrics_print_stat(out, h->registry, h->send_registry, h->metrics, h->nworkers, json);
 	} else if (strcmp(cmd, "show queue") == 0) {
 		show_queue(h, out, json);
 	} else if (strcmp(cmd, "show throttle") == 0 && !json) {
-		throttle_print(h->throttle, c, worker_clock_ms(), out);
+		throttle_print(h->throttle, c, wctx_clock_ms(), out);
 	} else if (strcmp(cmd, "show metrics") == 0 && !json) {
 		show_metrics(h, out);
 	} else if (strcmp(cmd, "show connectors") == 0) {

@@ -14,16 +14,18 @@
 #include "metrics.h"
 #include "spool.h"
 #include "throttle.h"
-#include "worker.h"
 
 struct stats_host {
 	struct metrics_registry *registry;
 	struct metrics_registry *send_registry;
 	struct throttle *throttle;
 	const struct spool *store;
-	struct worker *workers;
+	struct worker_metrics **metrics;  /* one per worker */
 	unsigned nworkers;
-	uint64_t start_ms;        /* worker_clock_ms() at start */
+	const char *io_backend;   /* io_uring | epoll */
+	uint64_t start_ms;        /* wctx_clock_ms() at start */
+	/* Every queued message is due now (posternctl flush). */
+	void (*flush)(void *arg);
 	/* The configuration in force, with a reference for the caller. */
 	struct conf *(*current)(void *arg);
 	/* Reloads like SIGHUP; writes the outcome. 0 on success. */

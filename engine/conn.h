@@ -1,0 +1,83 @@
+/* Inbound connections: struct conn (one SMTP client on one worker) and the
+ * worker's table of connection slots with generations, so a completion for
+ * a closed and reused slot is recognised. Knows nothing of SMTP beyond
+ * holding the session state machine. */
+#ifndef POSTERN_CONN_H
+#define POSTERN_CONN_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#include "config.h"
+#include "smtp_server.h"
+#include "wctx.h"
+
+#define CONN_OUT_BUF 2048
+
+struct spool_msg;
+struct throttle_entry;
+
+enum { STORE_NONE, STORE_OK, STORE_FULL, STORE_FAILED };
+
+struct conn {
+	struct wctx *w;
+	uint32_t slot;
+	uint32_t gen;
+	int fd;
+	unsigned inflight;        /* I/O operations not yet completed, and holds */
+	bool recv_armed;
+	bool recv_paused;         /* input backlog: recv cancelled until drained */
+	bool read_eof;            /* client closed its side */
+	bool sending;
+	bool closing;             /* shut down; freed when inflight reaches 0 */
+	bool close_after_send;
+	bool storing;             /* message durability in progress */
+	bool drained;
+	bool recv_starved;        /* recv ended with ENOBUFS: re-armed on a buffer's return */
+	int store_result;         /* STORE_* once storing finished */
+	struct conf *conf;        /* the configuration the session started with */
+	const struct rconn *rc;
+	uint64_t started_ms;
+	uint64_t active_ms;
+	uint64_t data_end_us;     /* end of DATA, for the accept latency */
+	size_t sent;              /* bytes of smtp.out handed to the socket */
+	char *in;                 /* received, not yet consumed bytes */
+	size_t in_off, in_len, in_cap;
+	struct spool_msg *smsg;   /* message being received or stored */
+	char msgid[WCTX_MSGID_LEN];
+	int msg_err;              /* why the spool could not take it */
+	uint64_t msg_size;
+	int64_t arrival;
+	struct throttle_entry *th_source;  /* this client's address on this connector */
+	struct throttle_entry *th_rate;    /* the message-rate bucket it draws on */
+	struct smtp_server smtp;
+	char peer[64];
+	char out[CONN_OUT_BUF];
+};
+
+struct conn_table {
+	struct conn **slots;
+	uint32_t *gens;
+	uint32_t *free_slots;
+	uint32_t nfree;
+	uint32_t nslots;
+	uint32_t high_water;      /* slots below this were ever used */
+	unsigned nconns;
+};
+
+int conn_table_init(struct conn_table *t, uint32_t nslots);
+void conn_table_free(struct conn_table *t);
+/* A zeroed connection in a free slot with a new generation; NULL when the
+ * table is full or memory is short. */
+struct conn *conn_alloc(struct conn_table *t);
+void conn_release(struct conn_table *t, struct conn *c);
+/* The connection a completion's slot and generation name, if still there. */
+struct conn *conn_lookup(const struct conn_table *t, uint32_t slot, uint32_t gen);
+
+static inline uint64_t conn_tag(unsigned op, const struct conn *c)
+{
+	return io_tag(op, c->slot, c->gen);
+}
+
+#endif

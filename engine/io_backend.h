@@ -1,0 +1,54 @@
+/* Private to the I/O interface (io.c) and its backends: the table of
+ * operations each backend fills in. Nothing else includes this. */
+#ifndef POSTERN_IO_BACKEND_H
+#define POSTERN_IO_BACKEND_H
+
+#include "io.h"
+
+struct io_ops {
+	void (*close)(struct io *io);
+	void (*accept)(struct io *io, int fd, uint64_t tag);
+	void (*recv)(struct io *io, int fd, uint64_t tag);
+	void (*recv_into)(struct io *io, int fd, void *buf, size_t len, uint64_t tag);
+	void (*send)(struct io *io, int fd, const void *buf, size_t len, uint64_t tag);
+	void (*sendfile)(struct io *io, int sock, int file, uint64_t off, size_t len,
+			 uint64_t tag);
+	void (*connect)(struct io *io, int fd, const struct sockaddr *sa, socklen_t len,
+			uint64_t tag);
+	void (*writev)(struct io *io, int fd, const struct iovec *iov, unsigned n,
+		       uint64_t off, uint64_t tag);
+	void (*read)(struct io *io, int fd, void *buf, size_t len, uint64_t off, uint64_t tag);
+	void (*fsync)(struct io *io, int fd, bool datasync, uint64_t tag);
+	void (*timeout)(struct io *io, uint64_t ms, uint64_t tag);
+	void (*cancel)(struct io *io, uint64_t target);
+	char *(*buf)(struct io *io, unsigned bid);
+	void (*buf_recycle)(struct io *io, unsigned bid);
+	void (*wake)(struct io *io);
+	int (*wait)(struct io *io, struct io_cqe *out, unsigned max);
+};
+
+/* Every backend's state begins with this. */
+struct io {
+	const struct io_ops *ops;
+	enum io_backend kind;
+};
+
+static inline void io_cqe_decode(struct io_cqe *c, uint64_t tag, int res, bool more,
+				 int bid)
+{
+	c->tag = tag;
+	c->op = (unsigned)(tag >> 56);
+	c->slot = (uint32_t)(tag >> 32) & 0xffffff;
+	c->gen = (uint32_t)tag;
+	c->res = res;
+	c->more = more;
+	c->bid = bid;
+}
+
+/* The backends' constructors (NULL with err). */
+struct io *io_uring_backend_open(const struct io_params *p, char *err, size_t errlen);
+struct io *io_epoll_backend_open(const struct io_params *p, char *err, size_t errlen);
+/* 0 when this process may set up a ring, else -errno. */
+int io_uring_backend_probe(void);
+
+#endif

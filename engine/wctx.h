@@ -1,0 +1,76 @@
+/* What the modules of a worker (session, queue, delivery, spool) may ask of
+ * their worker: the clock of this loop turn, message ids, the I/O
+ * interface, shared services, provided-buffer references and wake-ups.
+ * worker.c fills it in and is the only file that knows struct worker;
+ * nothing here calls up into the worker. */
+#ifndef POSTERN_WCTX_H
+#define POSTERN_WCTX_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#include "config.h"
+#include "io.h"
+#include "metrics.h"
+
+struct conn_table;
+struct deliver;
+struct queue;
+struct resolver;
+struct spool_worker;
+struct throttle;
+
+struct wctx {
+	unsigned id;              /* worker number */
+	unsigned nworkers;
+	struct io *io;
+	struct conf *conf;        /* current; the worker holds one reference */
+	uint64_t now_ms;          /* monotonic, refreshed per loop turn */
+	int64_t wall_ms;          /* wall clock, refreshed with now_ms */
+	bool stopping;            /* graceful stop under way */
+	uint64_t stop_deadline_ms;
+	struct throttle *throttle;     /* shared, across workers */
+	struct resolver *resolver;     /* shared, owned by main */
+	struct spool_worker *spool;
+	struct queue *queue;
+	struct deliver *dl;
+	struct conn_table *conns;      /* inbound connections */
+	struct worker_metrics *m;      /* written by this worker only */
+	/* provided receive buffers: holders per buffer (recv, spool writes) */
+	uint16_t *buf_refs;
+	/* called when a buffer went back to the kernel while a connection
+	 * waits for one (set by the worker) */
+	void (*buf_returned)(struct wctx *w);
+	unsigned buf_waiters;
+	/* message ids */
+	uint64_t id_base_ms;
+	uint32_t id_counter;
+};
+
+uint64_t wctx_clock_ms(void);   /* monotonic */
+uint64_t wctx_clock_us(void);
+int64_t wctx_wall_ms(void);     /* wall clock */
+
+/* A new message id, unique across workers and restarts. */
+uint64_t wctx_next_msgid(struct wctx *w);
+/* The one text form of a message id (16 hex digits). */
+#define WCTX_MSGID_LEN 20
+void wctx_msgid_text(uint64_t id, char out[WCTX_MSGID_LEN]);
+
+/* Provided buffers: a recv completion's buffer is held by whoever keeps
+ * pointing into it (the spool writes it in place); the last holder gives
+ * it back. */
+static inline void wctx_buf_hold(struct wctx *w, int bid)
+{
+	w->buf_refs[bid]++;
+}
+void wctx_buf_put(struct wctx *w, int bid);
+
+/* Wakes the worker from another thread: it answers with an IO_OP_WAKE. */
+static inline void wctx_wake(struct wctx *w)
+{
+	io_wake(w->io);
+}
+
+#endif
