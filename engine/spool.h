@@ -14,6 +14,11 @@
 
 #define SPOOL_SEGMENT_BYTES (64ull << 20)
 #define SPOOL_MAGIC 0x31505350u /* "PSP1" */
+#define SPOOL_SEG_PREFIX "seg-"
+#define SPOOL_SEG_SUFFIX ".log"
+
+/* A segment's file name in the spool directory. */
+void spool_seg_name(char *buf, size_t cap, uint64_t seq);
 
 enum spool_rec_type { SPOOL_REC_CHUNK = 1, SPOOL_REC_COMMIT = 2, SPOOL_REC_STATE = 3 };
 
