@@ -1,9 +1,9 @@
 /* The io_uring backend of the I/O interface (io.h): the only file that
  * includes liburing. One ring per worker (SINGLE_ISSUER|DEFER_TASKRUN where
  * the kernel has them), a provided-buffer ring for multishot recv, the
- * wake-up eventfd read on the ring, and sendfile as two splices through a
- * pipe (both run by the kernel's workers, so no disk read blocks the
- * loop). Knows nothing of what the tags mean. */
+ * wake-up eventfd read on the ring, and sendfile as a ring read into a
+ * staging buffer and a ring send (a cold page is read by the kernel's
+ * workers, never by the loop). Knows nothing of what the tags mean. */
 #include <errno.h>
 #include <fcntl.h>
 #include <liburing.h>
@@ -19,23 +19,26 @@
 
 /* Tags the backend keeps for itself: never handed to the caller. */
 #define OP_INTERNAL_WAKE 0xf0u
-#define OP_INTERNAL_SPLICE 0xf1u /* pointer: struct splice_req */
-#define OP_INTERNAL_QUIET 0xf2u  /* cancels: nobody waits for their result */
+#define OP_INTERNAL_FILE_SEND 0xf1u /* pointer: struct file_send */
+#define OP_INTERNAL_QUIET 0xf2u     /* cancels: nobody waits for their result */
 
-#define PIPE_WANT (1u << 20)
+/* A piece of a file on its way to a socket: read into a staging buffer,
+ * then sent. Both usually complete inline (the segment was written a
+ * moment ago and is in the page cache); a cold page is read by the
+ * kernel's workers, never by the loop. */
+#define FILE_SEND_MAX (64u * 1024)
 
-struct splice_req {
+struct file_send {
 	uint64_t tag;             /* the caller's */
 	int sock, file;
 	uint64_t off;
 	size_t want;              /* bytes asked of the file */
-	size_t in_pipe;           /* bytes moved into the pipe, not yet out */
+	size_t got;               /* read into buf */
 	size_t sent;
-	bool to_sock;             /* stage: pipe -> socket */
-	int pipe[2];
-	size_t pipe_cap;
-	struct splice_req *next;  /* free list, or the active list */
-	struct splice_req *prev;
+	bool sending;             /* stage: buf -> socket */
+	struct file_send *next;   /* free list, or the active list */
+	struct file_send *prev;
+	char buf[FILE_SEND_MAX];
 };
 
 struct io_ur {
@@ -53,8 +56,8 @@ struct io_ur {
 	int wake_fd;
 	uint64_t wake_buf;
 	/* sendfile */
-	struct splice_req *splice_free;
-	struct splice_req *splice_active;
+	struct file_send *fs_free;
+	struct file_send *fs_active;
 	/* completions decided without the kernel (out of memory) */
 	struct io_cqe *early;
 	unsigned nearly, early_cap;
@@ -170,13 +173,11 @@ static void ur_close(struct io *io)
 	free(u->early);
 	if (u->wake_fd >= 0)
 		close(u->wake_fd);
-	struct splice_req *lists[] = {u->splice_free, u->splice_active};
+	struct file_send *lists[] = {u->fs_free, u->fs_active};
 	for (int l = 0; l < 2; l++)
-		for (struct splice_req *s = lists[l], *n; s; s = n) {
-			n = s->next;
-			close(s->pipe[0]);
-			close(s->pipe[1]);
-			free(s);
+		for (struct file_send *f = lists[l], *n; f; f = n) {
+			n = f->next;
+			free(f);
 		}
 	free(u);
 }
@@ -238,60 +239,51 @@ static void early_post(struct io_ur *u, uint64_t tag, int res)
 	io_cqe_decode(&u->early[u->nearly++], tag, res, false, -1);
 }
 
-static void splice_submit(struct io_ur *u, struct splice_req *s)
+static void fs_submit(struct io_ur *u, struct file_send *f)
 {
 	struct io_uring_sqe *sqe = get_sqe(u);
-	if (s->to_sock)
-		io_uring_prep_splice(sqe, s->pipe[0], -1, s->sock, -1, (unsigned)s->in_pipe, 0);
+	if (f->sending)
+		io_uring_prep_send(sqe, f->sock, f->buf + f->sent, f->got - f->sent, MSG_NOSIGNAL);
 	else
-		io_uring_prep_splice(sqe, s->file, (int64_t)s->off, s->pipe[1], -1,
-				     (unsigned)s->want, 0);
-	io_uring_sqe_set_data64(sqe, internal_tag(OP_INTERNAL_SPLICE, s));
+		io_uring_prep_read(sqe, f->file, f->buf, (unsigned)f->want, f->off);
+	io_uring_sqe_set_data64(sqe, internal_tag(OP_INTERNAL_FILE_SEND, f));
 }
 
-static void splice_unlink(struct io_ur *u, struct splice_req *s)
+static void fs_unlink(struct io_ur *u, struct file_send *f)
 {
-	if (s->prev)
-		s->prev->next = s->next;
+	if (f->prev)
+		f->prev->next = f->next;
 	else
-		u->splice_active = s->next;
-	if (s->next)
-		s->next->prev = s->prev;
-	s->next = s->prev = NULL;
+		u->fs_active = f->next;
+	if (f->next)
+		f->next->prev = f->prev;
+	f->next = f->prev = NULL;
 }
 
 static void ur_sendfile(struct io *io, int sock, int file, uint64_t off, size_t len,
 			uint64_t tag)
 {
 	struct io_ur *u = ur(io);
-	struct splice_req *s = u->splice_free;
-	if (s) {
-		u->splice_free = s->next;
-	} else {
-		s = calloc(1, sizeof(*s));
-		if (s && pipe2(s->pipe, O_CLOEXEC) < 0) {
-			free(s);
-			s = NULL;
-		}
-		if (s) {
-			int cap = fcntl(s->pipe[1], F_SETPIPE_SZ, PIPE_WANT);
-			if (cap < 0)
-				cap = fcntl(s->pipe[1], F_GETPIPE_SZ);
-			s->pipe_cap = cap > 0 ? (size_t)cap : 65536;
-		}
-	}
-	if (!s) {
+	struct file_send *f = u->fs_free;
+	if (f)
+		u->fs_free = f->next;
+	else if (!(f = malloc(sizeof(*f)))) {
 		early_post(u, tag, -ENOMEM);
 		return;
 	}
-	*s = (struct splice_req){.tag = tag, .sock = sock, .file = file, .off = off,
-				 .want = len < s->pipe_cap ? len : s->pipe_cap,
-				 .pipe = {s->pipe[0], s->pipe[1]}, .pipe_cap = s->pipe_cap};
-	s->next = u->splice_active;
-	if (s->next)
-		s->next->prev = s;
-	u->splice_active = s;
-	splice_submit(u, s);
+	f->tag = tag;
+	f->sock = sock;
+	f->file = file;
+	f->off = off;
+	f->want = len < FILE_SEND_MAX ? len : FILE_SEND_MAX;
+	f->got = f->sent = 0;
+	f->sending = false;
+	f->prev = NULL;
+	f->next = u->fs_active;
+	if (f->next)
+		f->next->prev = f;
+	u->fs_active = f;
+	fs_submit(u, f);
 }
 
 static void ur_writev(struct io *io, int fd, const struct iovec *iov, unsigned n,
@@ -332,9 +324,9 @@ static void ur_timeout(struct io *io, uint64_t ms, uint64_t tag)
 static void ur_cancel(struct io *io, uint64_t target)
 {
 	struct io_ur *u = ur(io);
-	for (struct splice_req *s = u->splice_active; s; s = s->next)
-		if (s->tag == target) {
-			target = internal_tag(OP_INTERNAL_SPLICE, s);
+	for (struct file_send *f = u->fs_active; f; f = f->next)
+		if (f->tag == target) {
+			target = internal_tag(OP_INTERNAL_FILE_SEND, f);
 			break;
 		}
 	struct io_uring_sqe *sqe = get_sqe(u);
@@ -362,39 +354,31 @@ static void ur_wake(struct io *io)
 	(void)n;
 }
 
-/* A splice step finished: on to the next, or the caller's completion.
- * Returns true when out got a completion. */
-static bool splice_step(struct io_ur *u, struct splice_req *s, int res, struct io_cqe *out)
+/* A step of a file send finished: on to the next, or the caller's
+ * completion. Returns true when out got a completion. */
+static bool fs_step(struct io_ur *u, struct file_send *f, int res, struct io_cqe *out)
 {
-	if (res > 0 && !s->to_sock) {
-		s->in_pipe = (size_t)res;
-		s->to_sock = true;
-		splice_submit(u, s);
+	if (res > 0 && !f->sending) {
+		f->got = (size_t)res;
+		f->sending = true;
+		fs_submit(u, f);
 		return false;
 	}
 	if (res > 0) {
-		s->sent += (size_t)res;
-		s->in_pipe -= (size_t)res;
-		if (s->in_pipe) {
-			splice_submit(u, s);
+		f->sent += (size_t)res;
+		if (f->sent < f->got) {
+			fs_submit(u, f);
 			return false;
 		}
 	}
-	/* Done, or failed: res 0 from the file means it is shorter than
-	 * asked, from the socket that it will take no more. */
-	int result = s->in_pipe == 0 && res >= 0 ? (int)s->sent
-		   : res < 0 ? res : -EPIPE;
-	io_cqe_decode(out, s->tag, result, false, -1);
-	splice_unlink(u, s);
-	if (s->in_pipe) {
-		/* Bytes are stuck in the pipe: it cannot serve anyone else. */
-		close(s->pipe[0]);
-		close(s->pipe[1]);
-		free(s);
-	} else {
-		s->next = u->splice_free;
-		u->splice_free = s;
-	}
+	/* Done, or failed: 0 from the file means it is shorter than asked,
+	 * from the socket that it takes no more. What was sent counts. */
+	int result = f->sending && f->sent ? (int)f->sent
+		   : res < 0 ? res : f->sending ? -EPIPE : 0;
+	io_cqe_decode(out, f->tag, result, false, -1);
+	fs_unlink(u, f);
+	f->next = u->fs_free;
+	u->fs_free = f;
 	return true;
 }
 
@@ -421,9 +405,9 @@ static int ur_wait(struct io *io, struct io_cqe *out, unsigned max)
 				arm_wake(u);
 				io_cqe_decode(&out[n++], io_tag(IO_OP_WAKE, 0, 0), 0, false, -1);
 				break;
-			case OP_INTERNAL_SPLICE:
-				if (splice_step(u, (struct splice_req *)(uintptr_t)(tag & ((1ull << 56) - 1)),
-						cqe->res, &out[n]))
+			case OP_INTERNAL_FILE_SEND:
+				if (fs_step(u, (struct file_send *)(uintptr_t)(tag & ((1ull << 56) - 1)),
+					    cqe->res, &out[n]))
 					n++;
 				break;
 			case OP_INTERNAL_QUIET:
