@@ -1204,8 +1204,9 @@ void conf_print(const struct conf *c, FILE *out)
 {
 	static const char *const dtype[] = {"authoritative", "internal_relay",
 					    "external_relay"};
-	fprintf(out, "server: hostname=%s workers=%u spool_dir=%s\n", c->hostname,
-		c->workers, c->spool_dir);
+	static const char *const backends[] = {"auto", "io_uring", "epoll"};
+	fprintf(out, "server: hostname=%s workers=%u io_backend=%s spool_dir=%s\n", c->hostname,
+		c->workers, backends[c->io_backend % 3], c->spool_dir);
 	fprintf(out, "accepted_domains:%s\n", c->ndomains ? "" : " (none)");
 	for (unsigned i = 0; i < c->ndomains; i++)
 		fprintf(out, "  %s%s %s\n", c->domains[i].subdomains ? "*." : "",

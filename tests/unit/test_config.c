@@ -182,6 +182,7 @@ static void test_load_and_match(void **state)
 	assert_int_equal(c->nrc, 3);
 	assert_int_equal(c->nbindings, 2);
 	assert_int_equal(c->workers, 2);
+	assert_int_equal(c->io_backend, 0); /* auto unless set */
 	assert_int_equal(c->rc[1].max_message_size, 10 << 20);
 	assert_int_equal(c->rc[0].max_message_size, 36 << 20);
 	assert_int_equal(c->rc[1].connection_timeout_ms, 60000);
@@ -342,6 +343,8 @@ static void test_errors(void **state)
 		{"server = { hostname = \"relay\"; };\nreceive_connectors = (\n { name = ; }\n);\n",
 		 3, "syntax error"},
 		{"server = { workers = 1; };\n", 1, "no receive_connectors"},
+		{"server = {\n  io_backend = \"kqueue\"; };\nreceive_connectors = ( { name = \"a\"; bindings = [\"127.0.0.1:25\"]; } );\n",
+		 2, "io_backend: expected auto, io_uring or epoll"},
 		{"server = { wrkers = 1; };\nreceive_connectors = ( { name = \"a\"; bindings = [\"127.0.0.1:25\"]; } );\n",
 		 1, "unknown setting \"wrkers\""},
 		{"receive_connectors = (\n { name = \"a\"; bindings = [\"localhost:25\"]; }\n);\n",
@@ -386,9 +389,31 @@ static void test_errors(void **state)
 	assert_true(strncmp(err, "/nonexistent/postern.conf:0: ", 29) == 0);
 }
 
+/* server.io_backend: each word maps to its backend (enum io_backend order). */
+static void test_io_backend_values(void **state)
+{
+	static const struct {
+		const char *word;
+		unsigned want;
+	} cases[] = {{"auto", 0}, {"io_uring", 1}, {"epoll", 2}};
+	for (size_t i = 0; i < N_ELEMS(cases); i++) {
+		char text[512], err[1024];
+		snprintf(text, sizeof(text),
+			 "server = { io_backend = \"%s\"; };\n"
+			 "receive_connectors = ( { name = \"a\"; bindings = [\"127.0.0.1:25\"]; } );\n",
+			 cases[i].word);
+		struct conf *c = conf_load(write_conf(text), err, sizeof(err));
+		if (!c)
+			fail_msg("%s: load failed: %s", cases[i].word, err);
+		CHECK_INT(cases[i].word, c->io_backend, cases[i].want);
+		conf_free(c);
+	}
+}
+
 int main(void)
 {
 	const struct CMUnitTest tests[] = {
+		cmocka_unit_test(test_io_backend_values),
 		cmocka_unit_test(test_sizes),
 		cmocka_unit_test(test_durations),
 		cmocka_unit_test(test_ranges),
