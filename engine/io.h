@@ -90,7 +90,11 @@ void io_close(struct io *io);
 enum io_backend io_kind(const struct io *io);
 
 /* Sockets. Socket fds may be blocking or not: the backend sets what it
- * needs. Accepted sockets are close-on-exec. */
+ * needs. Accepted sockets are close-on-exec. At most one operation may be
+ * pending on each side of a socket: one of accept/recv/recv_into, and one
+ * of send/sendfile/connect. Before closing a socket, cancel what is
+ * pending and wait for its completions (a cancelled sendfile already
+ * under way may still complete with the bytes it sent). */
 
 /* Multishot accept: one completion per connection (res = fd), more=false
  * when it ended (error or cancel): the caller re-arms. */
@@ -111,7 +115,8 @@ void io_connect(struct io *io, int fd, const struct sockaddr *sa, socklen_t len,
 		uint64_t tag);
 
 /* Files (on a helper thread with epoll). iov and buf must stay valid until
- * the completion; res is bytes or -errno, short only at end of file. */
+ * the completion; res is bytes or -errno, short at end of file (a read may
+ * also come back short on io_uring: callers treat short as an error). */
 void io_writev(struct io *io, int fd, const struct iovec *iov, unsigned n, uint64_t off,
 	       uint64_t tag);
 void io_read(struct io *io, int fd, void *buf, size_t len, uint64_t off, uint64_t tag);
@@ -130,7 +135,7 @@ char *io_buf(struct io *io, unsigned bid);
 void io_buf_recycle(struct io *io, unsigned bid);
 
 /* Any thread: makes the worker's io_wait return an IO_OP_WAKE completion
- * (wake-ups coalesce: one completion may answer several calls). */
+ * with res 0 (wake-ups coalesce: one completion may answer several calls). */
 void io_wake(struct io *io);
 
 /* Submits what is queued, waits for at least one completion and decodes

@@ -1,8 +1,7 @@
-/* The epoll backend of the I/O interface (io.h), for hosts where io_uring
- * cannot be had: level-triggered readiness for sockets, timers in a
- * min-heap, and every call that may wait on the disk (file I/O, sendfile)
- * on one helper thread. Completions are only ever handed out by io_wait,
- * as io_uring's are. Knows nothing of what the tags mean. */
+/* The epoll backend of the I/O interface (io.h), where io_uring cannot be
+ * had: level-triggered socket readiness, timers in a min-heap, and whatever
+ * may wait on the disk (file I/O, sendfile) on one helper thread. Hands out
+ * completions only from io_wait, as io_uring does; knows nothing of tags. */
 #include <assert.h>
 #include <errno.h>
 #include <fcntl.h>
@@ -33,6 +32,7 @@
 #define EP_PAGE (1u << EP_PAGE_SHIFT)
 /* What the kernel moves at most in one read or write: keeps res an int. */
 #define EP_MAX_RW 0x7ffff000u
+#define EP_STAGE (64u * 1024)   /* sendfile's page-cache fast path */
 
 enum ep_kind {
 	EP_NONE,
@@ -131,6 +131,7 @@ struct io_ep {
 	bool stop;
 	struct ep_job *todo, **todo_tail;
 	struct ep_job *done, **done_tail;
+	char *stage;            /* EP_STAGE bytes: a hot file range on its way out */
 };
 
 static struct io_ep *ep(struct io *io)
@@ -753,6 +754,7 @@ static void ep_close(struct io *io)
 	free(e->hash);
 	free(e->heap);
 	free(e->bufs);
+	free(e->stage);
 	free(e->free_bids);
 	free(e->q);
 	free(e);
@@ -821,6 +823,19 @@ static void ep_sendfile(struct io *io, int sock, int file, uint64_t off, size_t 
 	if (err) {
 		ep_post(e, tag, err, false, -1);
 		return;
+	}
+	/* The segment was usually written a moment ago: a read that may not
+	 * wait (RWF_NOWAIT) gets the range from the page cache, and it is
+	 * sent from here. Only a cold range, or a full socket, takes the
+	 * helper thread's path. */
+	size_t want = len < EP_STAGE ? len : EP_STAGE;
+	struct iovec iov = {e->stage, want};
+	if (want && preadv2(file, &iov, 1, (off_t)off, RWF_NOWAIT) == (ssize_t)want) {
+		ssize_t n = send(sock, e->stage, want, MSG_NOSIGNAL | MSG_DONTWAIT);
+		if (n > 0 || (n < 0 && !ep_again(errno))) {
+			ep_post(e, tag, n < 0 ? -errno : (int)n, false, -1);
+			return;
+		}
 	}
 	struct ep_job *j = ep_job_new(e, EP_JOB_SENDFILE, sock, tag);
 	if (!j)
@@ -980,6 +995,10 @@ static int ep_wait(struct io *io, struct io_cqe *out, unsigned max)
 	if (!max)
 		return 0;
 	struct epoll_event evs[EP_EVENTS];
+	/* A caller that takes fewer than are queued gets them without a new
+	 * look: level-triggered sockets would add to the queue each time. */
+	if (e->q_len >= max)
+		return (int)ep_deliver(e, out, max);
 	for (;;) {
 		/* Completions already queued go out now; only a look at what
 		 * else is ready first. */
@@ -1042,8 +1061,9 @@ struct io *io_epoll_backend_open(const struct io_params *p, char *err, size_t er
 	e->hash = calloc((size_t)1 << e->hash_bits, sizeof(*e->hash));
 	e->free_bids = malloc(((size_t)e->nbufs + 1) * sizeof(*e->free_bids));
 	e->bufs = malloc((size_t)e->nbufs * e->bufsz + 1);
+	e->stage = malloc(EP_STAGE);
 	int ret = -ENOMEM;
-	if (e->hash && e->free_bids && e->bufs) {
+	if (e->hash && e->free_bids && e->bufs && e->stage) {
 		e->epfd = epoll_create1(EPOLL_CLOEXEC);
 		ret = e->epfd < 0 ? -errno : 0;
 	}

@@ -386,8 +386,13 @@ static int ur_wait(struct io *io, struct io_cqe *out, unsigned max)
 {
 	struct io_ur *u = ur(io);
 	unsigned n = 0;
-	while (u->nearly && n < max) {
-		out[n++] = u->early[--u->nearly];
+	if (u->nearly) {
+		/* Oldest first; what does not fit waits for the next call. */
+		unsigned k = u->nearly < max ? u->nearly : max;
+		memcpy(out, u->early, k * sizeof(*out));
+		memmove(u->early, u->early + k, (u->nearly - k) * sizeof(*out));
+		u->nearly -= k;
+		n = k;
 	}
 	while (n == 0) {
 		int ret = io_uring_submit_and_wait(&u->ring, 1);
