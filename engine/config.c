@@ -198,19 +198,7 @@ bool conf_parse_duration_ms(const char *s, uint64_t *out)
 
 /* An IPv6 address as a value; an IPv4-mapped one (::ffff:a.b.c.d) is the
  * IPv4 address, so a dual-stack listener matches IPv4 clients as IPv4. */
-static void addr6_value(const uint8_t a[16], int *family, u128 *v)
-{
-	u128 x = 0;
-	for (int i = 0; i < 16; i++)
-		x = (x << 8) | a[i];
-	if ((x >> 32) == 0xffff) {
-		*family = 4;
-		*v = x & 0xffffffffu;
-	} else {
-		*family = 6;
-		*v = x;
-	}
-}
+
 
 static bool parse_addr(const char *s, int *family, u128 *v)
 {
@@ -222,7 +210,7 @@ static bool parse_addr(const char *s, int *family, u128 *v)
 		return true;
 	}
 	if (inet_pton(AF_INET6, s, &a6) == 1) {
-		addr6_value(a6.s6_addr, family, v);
+		conf_addr6_value(a6.s6_addr, family, v);
 		return true;
 	}
 	return false;
@@ -323,19 +311,6 @@ bool conf_parse_binding(const char *s, struct binding *b)
 	return false;
 }
 
-bool conf_sockaddr_value(const struct sockaddr *sa, int *family, u128 *v)
-{
-	if (sa->sa_family == AF_INET) {
-		*family = 4;
-		*v = ntohl(((const struct sockaddr_in *)sa)->sin_addr.s_addr);
-		return true;
-	}
-	if (sa->sa_family == AF_INET6) {
-		addr6_value(((const struct sockaddr_in6 *)sa)->sin6_addr.s6_addr, family, v);
-		return true;
-	}
-	return false;
-}
 
 /* ---- sections --------------------------------------------------------- */
 
@@ -1120,13 +1095,6 @@ void conf_free(struct conf *c)
 	free(c);
 }
 
-bool rconn_on_binding(const struct rconn *rc, unsigned b)
-{
-	for (unsigned k = 0; k < rc->nbindings; k++)
-		if (rc->bindings[k] == b)
-			return true;
-	return false;
-}
 
 const char *conf_perm_names(unsigned perms, char *buf, size_t cap)
 {

@@ -8,6 +8,8 @@
 #include <stdbool.h>
 #include <stdint.h>
 #include <stdio.h>
+#include <arpa/inet.h>
+#include <netinet/in.h>
 #include <sys/socket.h>
 
 #include "smtp_server.h"
@@ -180,7 +182,13 @@ const struct rconn *conf_match(const struct conf *c, unsigned b,
 const struct sconn *conf_route(const struct conf *c, const char *domain, size_t len);
 
 /* True when connector rc listens on binding b. */
-bool rconn_on_binding(const struct rconn *rc, unsigned b);
+static inline bool rconn_on_binding(const struct rconn *rc, unsigned b)
+{
+	for (unsigned k = 0; k < rc->nbindings; k++)
+		if (rc->bindings[k] == b)
+			return true;
+	return false;
+}
 
 /* "anonymous,anonymous_relay" for perms, "none" for 0. */
 const char *conf_perm_names(unsigned perms, char *buf, size_t cap);
@@ -190,7 +198,34 @@ bool conf_parse_range(const char *s, struct ip_range *r);
 bool conf_parse_binding(const char *s, struct binding *b);
 bool conf_parse_size(const char *s, uint64_t *out);
 bool conf_parse_duration_ms(const char *s, uint64_t *out);
+/* An IPv6 address as family + value (IPv4-mapped counts as IPv4). */
+static inline void conf_addr6_value(const uint8_t a[16], int *family, u128 *v)
+{
+	u128 x = 0;
+	for (int i = 0; i < 16; i++)
+		x = (x << 8) | a[i];
+	if ((x >> 32) == 0xffff) {
+		*family = 4;
+		*v = x & 0xffffffffu;
+	} else {
+		*family = 6;
+		*v = x;
+	}
+}
+
 /* Address of sa as family + value (IPv4-mapped IPv6 counts as IPv4). */
-bool conf_sockaddr_value(const struct sockaddr *sa, int *family, u128 *v);
+static inline bool conf_sockaddr_value(const struct sockaddr *sa, int *family, u128 *v)
+{
+	if (sa->sa_family == AF_INET) {
+		*family = 4;
+		*v = ntohl(((const struct sockaddr_in *)sa)->sin_addr.s_addr);
+		return true;
+	}
+	if (sa->sa_family == AF_INET6) {
+		conf_addr6_value(((const struct sockaddr_in6 *)sa)->sin6_addr.s6_addr, family, v);
+		return true;
+	}
+	return false;
+}
 
 #endif

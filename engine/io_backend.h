@@ -1,4 +1,4 @@
-/* Private to the I/O interface (io.c) and its backends: the table of
+/* Private to the I/O interface (io_select.c) and its backends: the table of
  * operations each backend fills in. Nothing else includes this. */
 #ifndef POSTERN_IO_BACKEND_H
 #define POSTERN_IO_BACKEND_H
