@@ -48,7 +48,8 @@ static inline void io_cqe_decode(struct io_cqe *c, uint64_t tag, int res, bool m
 /* The backends' constructors (NULL with err). */
 struct io *io_uring_backend_open(const struct io_params *p, char *err, size_t errlen);
 struct io *io_epoll_backend_open(const struct io_params *p, char *err, size_t errlen);
-/* 0 when this process may set up a ring, else -errno. */
-int io_uring_backend_probe(void);
+/* 0 when this process can set up what a worker's io_uring backend needs;
+ * else -1 with why filled in. */
+int io_uring_backend_probe(char *why, size_t whylen);
 
 #endif

@@ -26,10 +26,8 @@ enum io_backend io_probe(enum io_backend want, char *why, size_t whylen)
 		why[0] = '\0';
 	if (want == IO_BACKEND_EPOLL)
 		return IO_BACKEND_EPOLL;
-	int ret = io_uring_backend_probe();
-	if (ret == 0)
+	if (io_uring_backend_probe(why, whylen) == 0)
 		return IO_BACKEND_URING;
-	snprintf(why, whylen, "io_uring_setup: %s", strerror(-ret));
 	return want == IO_BACKEND_URING ? IO_BACKEND_AUTO : IO_BACKEND_EPOLL;
 }
 

@@ -84,15 +84,6 @@ static struct io_uring_sqe *get_sqe(struct io_ur *u)
 	return sqe;
 }
 
-int io_uring_backend_probe(void)
-{
-	struct io_uring r;
-	int ret = io_uring_queue_init(2, &r, 0);
-	if (ret == 0)
-		io_uring_queue_exit(&r);
-	return ret;
-}
-
 static int ring_setup(struct io_ur *u, unsigned entries, char *err, size_t errlen)
 {
 	static const unsigned tries[] = {
@@ -117,9 +108,7 @@ static int ring_setup(struct io_ur *u, unsigned entries, char *err, size_t errle
 		if (ret != -EINVAL)
 			break;
 	}
-	snprintf(err, errlen,
-		 "io_uring unavailable (%s): check kernel.io_uring_disabled and the container's seccomp profile, or set server.io_backend = \"epoll\"",
-		 strerror(-ret));
+	snprintf(err, errlen, "io_uring_setup: %s", strerror(-ret));
 	return ret;
 }
 
@@ -436,6 +425,18 @@ static const struct io_ops ur_ops = {
 	.read = ur_read, .fsync = ur_fsync, .timeout = ur_timeout, .cancel = ur_cancel,
 	.buf = ur_buf, .buf_recycle = ur_buf_recycle, .wake = ur_wake, .wait = ur_wait,
 };
+
+/* The whole setup a worker does (ring, provided buffers), once: a kernel
+ * may allow io_uring_setup and still lack what the workers need. */
+int io_uring_backend_probe(char *why, size_t whylen)
+{
+	struct io_params p = {.entries = 8, .nbufs = 2, .bufsz = 4096};
+	struct io *io = io_uring_backend_open(&p, why, whylen);
+	if (!io)
+		return -1;
+	ur_close(io);
+	return 0;
+}
 
 struct io *io_uring_backend_open(const struct io_params *p, char *err, size_t errlen)
 {
