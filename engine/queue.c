@@ -1,20 +1,17 @@
-/* Delivery queue (see queue.h): schedule, routing into jobs, retries,
- * expiry and DSNs. Every state change goes into the message's own spool
- * segment before it counts: a bounce is written ahead of the FAILED records
- * it answers, so recovery never sees a failure whose bounce was lost. */
+/* Delivery queue (see queue.h). State changes go into the message's own
+ * segment before they count, and what follows a DSN waits for it (the
+ * original is read back asynchronously): a bounce precedes the FAILED
+ * records it answers, so recovery never sees a failure whose bounce was lost. */
 #include "queue.h"
 
+#include <assert.h>
 #include <errno.h>
 #include <inttypes.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <strings.h>
-#include <sys/time.h>
-#include <time.h>
-#include <unistd.h>
 
-#include "deliver.h"
 #include "dsn.h"
 #include "envelope.h"
 #include "log.h"
@@ -185,21 +182,45 @@ static struct qmsg *qmsg_new(struct queue *q, uint64_t id, struct spool_seg *seg
 	return m;
 }
 
-void queue_init(struct queue *q, struct wctx *w)
+/* ---- compaction's view of the queue (spool_compact.c moves) ------------- */
+
+static bool read_original(struct queue *q, struct qmsg *m, bool want_all,
+			  void (*done)(void *ctx, char *buf, size_t len), void *ctx, bool notice);
+
+static void compact_take(void *arg, struct qmsg *m)
+{
+	heap_remove(arg, m);
+}
+
+static void compact_put_back(void *arg, struct qmsg *m)
+{
+	assert(m->heap == SIZE_MAX);
+	schedule(arg, m, m->next_ms);
+}
+
+static bool compact_read(void *arg, struct qmsg *m,
+			 void (*done)(void *ctx, char *buf, size_t len), void *ctx)
+{
+	return read_original(arg, m, true, done, ctx, false);
+}
+
+void queue_init(struct queue *q, struct wctx *w, queue_submit_fn *submit, struct deliver *dl)
 {
 	memset(q, 0, sizeof(*q));
 	q->w = w;
+	q->submit = submit;
+	q->dl = dl;
+	struct spool_compact_ops ops = {.take = compact_take, .put_back = compact_put_back,
+					.read = compact_read, .arg = q};
+	spool_compact_init(&q->compact, w, &ops);
 }
 
-static void move_finish(struct queue *q, struct qmove *mv, bool ok);
+static void abandon_reads(struct queue *q);
 
 void queue_free(struct queue *q)
 {
-	while (q->moves) {
-		struct qmove *mv = q->moves;
-		q->moves = mv->next;
-		move_finish(q, mv, false);
-	}
+	abandon_reads(q);
+	spool_compact_free(&q->compact);
 	while (q->n)
 		qmsg_free(q, heap_pop(q));
 	free(q->heap);
@@ -350,25 +371,119 @@ static void record(struct queue *q, struct qmsg *m, uint32_t rcpt, uint8_t kind,
 			m->idtxt);
 }
 
-/* The original as stored, read back for a DSN: the whole message when
- * want_all, else enough to hold its header. */
-static char *read_original(struct qmsg *m, bool want_all, size_t *got)
+/* ---- reading stored messages back ----------------------------------------- */
+
+/* One chunk's read; its address is the completion's tag. */
+struct qread_piece {
+	struct qread *rd;
+	uint32_t want;
+};
+
+/* A read of a stored message, one io_read per chunk, all in flight at
+ * once. Its message is out of the schedule meanwhile (or held by a job),
+ * so neither it nor its segment goes, and nothing else starts on it. */
+struct qread {
+	struct queue *q;
+	char idtxt[WCTX_MSGID_LEN];
+	char *buf;
+	size_t len;
+	unsigned left;            /* chunk reads not completed */
+	int err;                  /* the first failure: errno, -1 for a short read */
+	void (*done)(void *ctx, char *buf, size_t len);
+	void *ctx;
+	bool notice;              /* ctx is a struct qnotice */
+	struct qread *prev, *next;
+	struct qread_piece piece[];
+};
+
+static void read_unlink(struct queue *q, struct qread *rd)
+{
+	if (rd->prev)
+		rd->prev->next = rd->next;
+	else
+		q->reads = rd->next;
+	if (rd->next)
+		rd->next->prev = rd->prev;
+	q->nreads--;
+}
+
+static void read_finish(struct qread *rd)
+{
+	struct queue *q = rd->q;
+	read_unlink(q, rd);
+	char *buf = rd->buf;
+	if (rd->err) {
+		log_msg(LOG_ERROR, "event=store_error op=read id=%s error=\"%s\"", rd->idtxt,
+			rd->err < 0 ? "short read" : strerror(rd->err));
+		free(buf);
+		buf = NULL;
+	}
+	void (*done)(void *, char *, size_t) = rd->done;
+	void *ctx = rd->ctx;
+	size_t len = rd->len;
+	free(rd);
+	done(ctx, buf, len);
+}
+
+/* Reads the original of m as stored: the whole message when want_all,
+ * else enough to hold its header. done(ctx, buf, len) follows, from
+ * queue_on_read (or at once when there is nothing to read), with buf
+ * malloc'd for the callee, or NULL when the read failed. false: not
+ * started (out of memory), done will not be called. */
+static bool read_original(struct queue *q, struct qmsg *m, bool want_all,
+			  void (*done)(void *ctx, char *buf, size_t len), void *ctx, bool notice)
 {
 	uint64_t cap = want_all ? m->bytes : (m->bytes < 65536 ? m->bytes : 65536);
+	uint32_t np = 0;
+	for (uint64_t n = 0; np < m->nchunks && n < cap; np++)
+		n += m->len[np] < cap - n ? m->len[np] : cap - n;
+	struct qread *rd = calloc(1, sizeof(*rd) + np * sizeof(rd->piece[0]));
 	char *buf = malloc(cap ? cap : 1);
-	size_t n = 0;
+	if (!rd || !buf) {
+		free(rd);
+		free(buf);
+		return false;
+	}
+	rd->q = q;
+	memcpy(rd->idtxt, m->idtxt, sizeof(rd->idtxt));
+	rd->buf = buf;
+	rd->len = cap;
+	rd->left = np;
+	rd->done = done;
+	rd->ctx = ctx;
+	rd->notice = notice;
+	rd->next = q->reads;
+	if (q->reads)
+		q->reads->prev = rd;
+	q->reads = rd;
+	q->nreads++;
+	if (np == 0) {
+		read_finish(rd);
+		return true;
+	}
 	int fd = spool_seg_fd(m->seg);
-	for (uint32_t i = 0; buf && i < m->nchunks && n < cap; i++) {
-		size_t want = m->len[i] < cap - n ? m->len[i] : cap - n;
-		ssize_t r = pread(fd, buf + n, want, (off_t)m->off[i]);
-		if (r != (ssize_t)want) {
-			free(buf);
-			return NULL;
-		}
+	uint64_t n = 0;
+	for (uint32_t i = 0; i < np; i++) {
+		uint32_t want = m->len[i] < cap - n ? m->len[i] : (uint32_t)(cap - n);
+		rd->piece[i] = (struct qread_piece){.rd = rd, .want = want};
+		io_read(q->w->io, fd, buf + n, want, m->off[i],
+			io_tag_ptr(IO_OP_READ, &rd->piece[i], 0));
 		n += want;
 	}
-	*got = n;
-	return buf;
+	return true;
+}
+
+void queue_on_read(struct queue *q, const struct io_cqe *e)
+{
+	struct qread_piece *p = io_cqe_ptr(e);
+	struct qread *rd = p->rd;
+	assert(rd->q == q && rd->left > 0);
+	/* Segments are preallocated and the chunk was written: a short read
+	 * is as bad as an error. */
+	if (e->res != (int)p->want && !rd->err)
+		rd->err = e->res < 0 ? -e->res : -1;
+	if (--rd->left == 0)
+		read_finish(rd);
 }
 
 /* Writes a generated message (a DSN) into the segment of m, ahead of the
@@ -423,10 +538,7 @@ static bool inject(struct queue *q, struct qmsg *m, const char *to, char *text,
 void queue_internal_written(struct queue *q, struct spool_msg *sm)
 {
 	if (sm->move) {
-		struct qmove *mv = sm->owner;
-		mv->stage = 1;
-		mv->failed = sm->err != 0;
-		spool_msg_release(q->w->spool, sm);
+		spool_compact_written(&q->compact, sm);
 		return;
 	}
 	struct qmsg *dm = sm->owner;
@@ -448,49 +560,93 @@ static const char *default_status(int code)
 	return code / 100 == 2 ? "2.0.0" : code / 100 == 4 ? "4.0.0" : "5.0.0";
 }
 
-/* Sends one notice about the recipients of m selected by want (a DSN
- * action for each): a bounce, a delay notice or a success notice. */
-static bool notify(struct queue *q, struct qmsg *m, enum dsn_action action,
-		   const unsigned *idx, unsigned n, int64_t now_ms)
+/* ---- notices: a DSN, then what waited for it ------------------------------ */
+
+/* What follows a notice, once it is out or could not be sent. */
+enum notice_then {
+	NOTICE_THEN_FINISH,   /* a bounce: the round's FAILED records, after it */
+	NOTICE_THEN_ATTEMPT,  /* a delay notice: its record, then the attempt */
+	NOTICE_THEN_RELEASE,  /* a success notice: its job's hold on m ends */
+};
+
+/* A notice waiting for the original it returns. */
+struct qnotice {
+	struct queue *q;
+	struct qmsg *m;
+	enum dsn_action action;
+	enum notice_then then;
+	bool attempted;           /* NOTICE_THEN_FINISH: the round reached a next hop */
+	bool full;                /* returns the whole original */
+	int64_t now_ms;
+	unsigned n;
+	unsigned idx[];           /* the recipients it is about */
+};
+
+static const char *const notice_kind[] = {"bounce", "delay", "success", "relayed"};
+
+static void round_close(struct queue *q, struct qmsg *m, bool attempted, int64_t now_ms);
+static void start_attempt(struct queue *q, struct qmsg *m, int64_t now_ms);
+static void job_release(struct queue *q, struct qmsg *m, int64_t now_ms);
+
+static void notice_continue(struct queue *q, struct qmsg *m, enum notice_then then,
+			    bool attempted, int64_t now_ms, bool sent)
 {
-	if (!n || !*m->from)
-		return true; /* the null sender never gets a DSN */
+	switch (then) {
+	case NOTICE_THEN_FINISH:
+		if (!sent)
+			log_msg(LOG_ERROR, "event=bounce_error id=%s", m->idtxt);
+		round_close(q, m, attempted, now_ms);
+		return;
+	case NOTICE_THEN_ATTEMPT:
+		if (sent)
+			record(q, m, SPOOL_STATE_MSG, SPOOL_ST_DELAY_NOTIFIED, NULL);
+		/* A stop or a hold may have come while the original was read. */
+		if (q->w->stopping || q->w->conf->queue.hold)
+			schedule(q, m, m->next_ms);
+		else
+			start_attempt(q, m, now_ms);
+		return;
+	case NOTICE_THEN_RELEASE:
+		job_release(q, m, now_ms);
+		return;
+	}
+}
+
+/* Composes the notice around the original and injects it. */
+static bool notice_compose(struct qnotice *nt, char *orig, size_t olen)
+{
+	struct queue *q = nt->q;
+	struct qmsg *m = nt->m;
 	struct wctx *w = q->w;
 	const struct queue_conf *qc = &w->conf->queue;
-	struct dsn_rcpt *dr = calloc(n, sizeof(*dr));
-	if (!dr)
+	struct dsn_rcpt *dr = calloc(nt->n, sizeof(*dr));
+	if (!dr) {
+		log_msg(LOG_ERROR, "event=dsn_error kind=%s id=%s error=\"out of memory\"",
+			notice_kind[nt->action], m->idtxt);
 		return false;
-	for (unsigned k = 0; k < n; k++) {
-		struct qrcpt *r = &m->r[idx[k]];
+	}
+	for (unsigned k = 0; k < nt->n; k++) {
+		struct qrcpt *r = &m->r[nt->idx[k]];
 		dr[k] = (struct dsn_rcpt){
-			.addr = r->addr, .orcpt = r->orcpt, .action = action,
-			.status = r->status[0] ? r->status : action == DSN_DELAYED ? "4.0.0" : "5.0.0",
+			.addr = r->addr, .orcpt = r->orcpt, .action = nt->action,
+			.status = r->status[0] ? r->status
+				: nt->action == DSN_DELAYED ? "4.0.0" : "5.0.0",
 			.remote_mta = r->remote, .diagnostic = r->reply,
-			.last_attempt = now_ms / 1000,
-			.will_retry_until = action == DSN_DELAYED
+			.last_attempt = nt->now_ms / 1000,
+			.will_retry_until = nt->action == DSN_DELAYED
 				? (m->arrival_ms + (int64_t)qc->message_expiration_ms) / 1000 : 0,
 		};
 	}
-	/* RET=FULL returns the whole message only up to max_return_size;
-	 * a larger one comes back as headers, and is read as such. */
-	bool full = m->ret == SMTP_RET_FULL && action == DSN_FAILED &&
-		    (!qc->max_return_size || m->bytes <= qc->max_return_size);
-	size_t olen = 0;
-	char *orig = read_original(m, full, &olen);
-	if (!orig) {
-		free(dr);
-		return false;
-	}
 	struct iovec iov = {orig, olen};
-	char pm[300], msgid[64], rid[20];
+	char pm[300], msgid[64], rid[WCTX_MSGID_LEN];
 	snprintf(pm, sizeof(pm), "postmaster@%s", w->conf->hostname);
 	uint64_t did = wctx_next_msgid(w);
 	snprintf(msgid, sizeof(msgid), "%016" PRIX64 ".dsn@%.40s", did, w->conf->hostname);
 	struct dsn_msg dm = {
 		.reporting_mta = w->conf->hostname, .postmaster = pm, .to = m->from,
 		.envid = m->envid, .queue_id = m->idtxt, .received_from = m->client,
-		.arrival = m->arrival, .now = now_ms / 1000, .message_id = msgid,
-		.full = full, .rcpt = dr, .nrcpt = n, .orig = &iov,
+		.arrival = m->arrival, .now = nt->now_ms / 1000, .message_id = msgid,
+		.full = nt->full, .rcpt = dr, .nrcpt = nt->n, .orig = &iov,
 		.norig = 1, .max_return = qc->max_return_size,
 	};
 	/* Usually fits the first time; dsn_compose says how much when not. */
@@ -507,15 +663,86 @@ static bool notify(struct queue *q, struct qmsg *m, enum dsn_action action,
 		}
 	}
 	bool ok = out && inject(q, m, m->from, out, need, rid);
-	static const char *const kind[] = {"bounce", "delay", "success", "relayed"};
 	if (ok)
 		log_msg(LOG_INFO, "event=dsn kind=%s id=%s dsn_id=%s to=<%s> recipients=%u",
-			kind[action], m->idtxt, rid, m->from, n);
+			notice_kind[nt->action], m->idtxt, rid, m->from, nt->n);
 	else
-		log_msg(LOG_ERROR, "event=dsn_error kind=%s id=%s", kind[action], m->idtxt);
-	free(orig);
+		log_msg(LOG_ERROR, "event=dsn_error kind=%s id=%s", notice_kind[nt->action],
+			m->idtxt);
 	free(dr);
 	return ok;
+}
+
+static void notice_read_done(void *ctx, char *orig, size_t olen)
+{
+	struct qnotice *nt = ctx;
+	bool sent = false;
+	if (orig)
+		sent = notice_compose(nt, orig, olen);
+	else
+		log_msg(LOG_ERROR,
+			"event=dsn_error kind=%s id=%s error=\"cannot read the original\"",
+			notice_kind[nt->action], nt->m->idtxt);
+	free(orig);
+	struct queue *q = nt->q;
+	struct qmsg *m = nt->m;
+	enum notice_then then = nt->then;
+	bool attempted = nt->attempted;
+	int64_t now_ms = nt->now_ms;
+	free(nt);
+	notice_continue(q, m, then, attempted, now_ms, sent);
+}
+
+/* Sends one notice about the recipients idx of m (one DSN action for all):
+ * a bounce, a delay notice or a success notice; then goes on with then,
+ * at once or once the original has been read. The caller lets go of m
+ * here: the continuation may free it. */
+static void notice_send(struct queue *q, struct qmsg *m, enum dsn_action action,
+			const unsigned *idx, unsigned n, int64_t now_ms,
+			enum notice_then then, bool attempted)
+{
+	if (!n || !*m->from) {
+		/* the null sender never gets a DSN */
+		notice_continue(q, m, then, attempted, now_ms, true);
+		return;
+	}
+	const struct queue_conf *qc = &q->w->conf->queue;
+	struct qnotice *nt = malloc(sizeof(*nt) + n * sizeof(nt->idx[0]));
+	if (nt) {
+		*nt = (struct qnotice){.q = q, .m = m, .action = action, .then = then,
+				       .attempted = attempted, .now_ms = now_ms, .n = n};
+		memcpy(nt->idx, idx, n * sizeof(nt->idx[0]));
+		/* RET=FULL returns the whole message only up to
+		 * max_return_size; a larger one comes back as headers, and is
+		 * read as such. */
+		nt->full = m->ret == SMTP_RET_FULL && action == DSN_FAILED &&
+			   (!qc->max_return_size || m->bytes <= qc->max_return_size);
+		if (read_original(q, m, nt->full, notice_read_done, nt, true))
+			return;
+		free(nt);
+	}
+	log_msg(LOG_ERROR, "event=dsn_error kind=%s id=%s error=\"out of memory\"",
+		notice_kind[action], m->idtxt);
+	notice_continue(q, m, then, attempted, now_ms, false);
+}
+
+/* Exit with reads in flight: their buffers are left to the kernel. */
+static void abandon_reads(struct queue *q)
+{
+	while (q->reads) {
+		struct qread *rd = q->reads;
+		read_unlink(q, rd);
+		log_msg(LOG_WARN, "event=queue_error id=%s error=\"read in flight at exit\"",
+			rd->idtxt);
+		if (rd->notice) {
+			struct qnotice *nt = rd->ctx;
+			/* A success notice holds m like a job; the others own it. */
+			if (nt->then != NOTICE_THEN_RELEASE || --nt->m->busy == 0)
+				qmsg_free(q, nt->m);
+			free(nt);
+		}
+		free(rd);
+	}
 }
 
 static bool wants(const struct qrcpt *r, unsigned bit, bool by_default)
@@ -559,11 +786,10 @@ static void set_result(struct qrcpt *r, const char *status, const char *reply,
 	r->remote = nm;
 }
 
-/* The end of a round of attempts for m: bounces for what failed, the
- * deferral record for what is left, or the end of the message. */
+/* The end of a round of attempts for m: the bounce for what failed, then
+ * round_close once it is out. */
 static void finish_round(struct queue *q, struct qmsg *m, bool attempted, int64_t now_ms)
 {
-	const struct queue_conf *qc = &q->w->conf->queue;
 	/* The bounce's recipient list is allocated only when one is owed. */
 	unsigned *idx = NULL, nbounce = 0;
 	bool owed = false;
@@ -575,8 +801,21 @@ static void finish_round(struct queue *q, struct qmsg *m, bool attempted, int64_
 			if (idx)
 				idx[nbounce++] = i;
 		}
-	if (owed && (!idx || !notify(q, m, DSN_FAILED, idx, nbounce, now_ms)))
-		log_msg(LOG_ERROR, "event=bounce_error id=%s", m->idtxt);
+	if (owed && idx) {
+		notice_send(q, m, DSN_FAILED, idx, nbounce, now_ms, NOTICE_THEN_FINISH, attempted);
+	} else {
+		if (owed)
+			log_msg(LOG_ERROR, "event=bounce_error id=%s", m->idtxt);
+		round_close(q, m, attempted, now_ms);
+	}
+	free(idx);
+}
+
+/* After the bounce, when one was owed: the FAILED records it answers, then
+ * the deferral record for what is left, or the end of the message. */
+static void round_close(struct queue *q, struct qmsg *m, bool attempted, int64_t now_ms)
+{
+	const struct queue_conf *qc = &q->w->conf->queue;
 	for (unsigned i = 0; i < m->nrcpt; i++) {
 		struct qrcpt *r = &m->r[i];
 		if (!r->failed_now)
@@ -586,7 +825,6 @@ static void finish_round(struct queue *q, struct qmsg *m, bool attempted, int64_
 		m->pending--;
 		record(q, m, i, SPOOL_ST_FAILED, r->reply);
 	}
-	free(idx);
 	if (m->pending == 0) {
 		qmsg_free(q, m);
 		return;
@@ -621,12 +859,16 @@ static void expire(struct queue *q, struct qmsg *m, int64_t now_ms)
 	finish_round(q, m, false, now_ms);
 }
 
-static void maybe_delay_notice(struct queue *q, struct qmsg *m, int64_t now_ms)
+/* m is due: its attempt starts, behind a delay notice when one is owed
+ * (its DELAY_NOTIFIED record follows the notice). */
+static void attempt_due(struct queue *q, struct qmsg *m, int64_t now_ms)
 {
 	const struct queue_conf *qc = &q->w->conf->queue;
 	if (m->delay_notified || !qc->delay_notification_ms || !*m->from ||
-	    now_ms - m->arrival_ms < (int64_t)qc->delay_notification_ms)
+	    now_ms - m->arrival_ms < (int64_t)qc->delay_notification_ms) {
+		start_attempt(q, m, now_ms);
 		return;
+	}
 	unsigned *idx = calloc(m->nrcpt, sizeof(*idx));
 	unsigned n = 0;
 	for (unsigned i = 0; idx && i < m->nrcpt; i++)
@@ -634,8 +876,10 @@ static void maybe_delay_notice(struct queue *q, struct qmsg *m, int64_t now_ms)
 		    wants(&m->r[i], SMTP_NOTIFY_DELAY, true))
 			idx[n++] = i;
 	m->delay_notified = true;
-	if (n && notify(q, m, DSN_DELAYED, idx, n, now_ms))
-		record(q, m, SPOOL_STATE_MSG, SPOOL_ST_DELAY_NOTIFIED, NULL);
+	if (n)
+		notice_send(q, m, DSN_DELAYED, idx, n, now_ms, NOTICE_THEN_ATTEMPT, false);
+	else
+		start_attempt(q, m, now_ms);
 	free(idx);
 }
 
@@ -754,7 +998,7 @@ static void start_attempt(struct queue *q, struct qmsg *m, int64_t now_ms)
 		struct djob *j = jobs;
 		jobs = j->next;
 		j->next = NULL;
-		deliver_submit(q->w->dl, j);
+		q->submit(q->dl, j);
 	}
 }
 
@@ -779,14 +1023,25 @@ void queue_run(struct queue *q)
 			expire(q, m, now_ms);
 			continue;
 		}
-		maybe_delay_notice(q, m, now_ms);
-		start_attempt(q, m, now_ms);
+		attempt_due(q, m, now_ms);
 	}
 }
 
 void queue_job_done_cb(void *arg, struct djob *j)
 {
 	queue_job_done(arg, j);
+}
+
+/* A job (or a success notice standing in for it) lets go of m; the last
+ * one ends the round. */
+static void job_release(struct queue *q, struct qmsg *m, int64_t now_ms)
+{
+	assert(m->busy > 0);
+	if (--m->busy)
+		return;
+	bool a = m->attempted_round;
+	m->attempted_round = false;
+	finish_round(q, m, a, now_ms);
 }
 
 void queue_job_done(struct queue *q, struct djob *j)
@@ -828,183 +1083,34 @@ void queue_job_done(struct queue *q, struct djob *j)
 			metric_add(&w->m->send[sid].deferred, 1);
 		}
 	}
-	if (nsuccess)
-		notify(q, m, j->sc->drop_dir ? DSN_DELIVERED : DSN_RELAYED, success, nsuccess,
-		       now_ms);
-	free(success);
-	bool attempted = !j->not_attempted;
-	m->busy--;
-	if (attempted)
+	enum dsn_action done_as = j->sc->drop_dir ? DSN_DELIVERED : DSN_RELAYED;
+	if (!j->not_attempted)
 		m->attempted_round = true;
 	job_free(j);
-	if (m->busy == 0) {
-		bool a = m->attempted_round;
-		m->attempted_round = false;
-		finish_round(q, m, a, now_ms);
-	}
+	/* A success notice keeps the job's hold on m until it is out. */
+	if (nsuccess)
+		notice_send(q, m, done_as, success, nsuccess, now_ms, NOTICE_THEN_RELEASE, false);
+	else
+		job_release(q, m, now_ms);
+	free(success);
 }
 
-/* ---- compaction ----------------------------------------------------------- */
-
-/* A segment is deleted once its last queued message is finished; one that
- * keeps a few long-deferred messages would stay forever. Compaction copies
- * those into the current segment (bytes, envelope and delivery state), and
- * once the copies are durable the messages let go of the old segment. A
- * crash in between leaves two copies: recovery takes the newer one
- * (spool_owner_seq). */
-
-#define COMPACT_INTERVAL_MS 5000
-#define COMPACT_MAX_BYTES (16u << 20)   /* per round */
-
-static void move_finish(struct queue *q, struct qmove *mv, bool ok)
+bool queue_idle(const struct queue *q)
 {
-	struct qmsg *m = mv->m;
-	struct spool_worker *sw = q->w->spool;
-	if (ok) {
-		struct spool_seg *old = m->seg;
-		m->seg = mv->to;
-		m->nchunks = 1;
-		m->off[0] = mv->off;
-		m->len[0] = mv->len;
-		spool_seg_put(sw, old, m->bytes);
-	} else {
-		spool_seg_put(sw, mv->to, m->bytes);
-	}
-	if (!q->w->stopping || m->heap == SIZE_MAX)
-		schedule(q, m, m->next_ms);
-	free(mv);
-}
-
-void queue_flush_started(struct queue *q)
-{
-	for (struct qmove *mv = q->moves; mv; mv = mv->next)
-		if (mv->stage == 1 && mv->end <= spool_seg_written_prefix(mv->to)) {
-			mv->stage = 2;
-			mv->failed |= spool_seg_lost_before(mv->to, mv->end);
-		}
-}
-
-void queue_flush_done(struct queue *q, bool ok)
-{
-	struct qmove **pp = &q->moves;
-	while (*pp) {
-		struct qmove *mv = *pp;
-		if (mv->stage != 2) {
-			pp = &mv->next;
-			continue;
-		}
-		*pp = mv->next;
-		move_finish(q, mv, ok && !mv->failed);
-	}
-}
-
-static bool move_one(struct queue *q, struct qmsg *m)
-{
-	struct wctx *w = q->w;
-	struct spool_worker *sw = w->spool;
-	size_t len = 0;
-	char *bytes = read_original(m, true, &len);
-	if (!bytes || len != m->bytes) {
-		free(bytes);
-		return false;
-	}
-	int err = 0;
-	struct spool_msg *sm = spool_msg_begin(sw, m->id, &err);
-	struct qmove *mv = calloc(1, sizeof(*mv));
-	if (!sm || !mv) {
-		if (sm)
-			spool_msg_release(sw, sm);
-		free(mv);
-		free(bytes);
-		return false;
-	}
-	if (!spool_msg_append_owned(sw, sm, bytes, len)) {
-		spool_msg_release(sw, sm);
-		free(mv);
-		return false;
-	}
-	/* The envelope as it was received, from what the queue kept. */
-	struct smtp_rcpt *rc = calloc(m->nrcpt, sizeof(*rc));
-	bool committed = false;
-	if (rc) {
-		for (unsigned i = 0; i < m->nrcpt; i++)
-			rc[i] = (struct smtp_rcpt){.addr = m->r[i].addr, .orcpt = m->r[i].orcpt,
-						   .notify = m->r[i].notify};
-		struct smtp_envelope env = {
-			.from = m->from, .body = m->body, .ret = m->ret, .envid = m->envid,
-			.smtputf8 = m->smtputf8, .rcpt = rc, .nrcpt = m->nrcpt};
-		mv->off = sm->off[0];
-		mv->len = sm->len[0];
-		committed = spool_msg_commit_envelope(sw, sm, m->idtxt, &env, m->connector,
-						      m->client, "", m->arrival);
-	}
-	free(rc);
-	if (!committed) {
-		spool_msg_release(sw, sm);
-		free(mv);
-		return false;
-	}
-	mv->m = m;
-	mv->to = sm->seg;
-	spool_seg_hold(mv->to, m->bytes);
-	mv->end = sm->end;
-	/* Its delivery state follows it. */
-	for (unsigned i = 0; i < m->nrcpt; i++)
-		if (m->r[i].state != SPOOL_RCPT_PENDING) {
-			struct spool_state_rec r = {
-				.rcpt = i, .kind = m->r[i].state == SPOOL_RCPT_DELIVERED
-							   ? SPOOL_ST_DELIVERED : SPOOL_ST_FAILED,
-				.attempts = m->attempts, .time_ms = q->w->wall_ms};
-			spool_state_write(sw, mv->to, m->id, &r, m->r[i].reply);
-		}
-	if (m->attempts) {
-		struct spool_state_rec r = {.rcpt = SPOOL_STATE_MSG, .kind = SPOOL_ST_DEFERRED,
-					    .attempts = m->attempts, .time_ms = q->w->wall_ms,
-					    .next_ms = m->next_ms};
-		spool_state_write(sw, mv->to, m->id, &r, m->last_error);
-	}
-	if (m->delay_notified) {
-		struct spool_state_rec r = {.rcpt = SPOOL_STATE_MSG,
-					    .kind = SPOOL_ST_DELAY_NOTIFIED, .time_ms = q->w->wall_ms};
-		spool_state_write(sw, mv->to, m->id, &r, NULL);
-	}
-	sm->owner = mv;
-	sm->internal = true;
-	sm->move = true;
-	mv->next = q->moves;
-	q->moves = mv;
-	if (spool_msg_written(sm))
-		queue_internal_written(q, sm);
-	return true;
+	return q->nreads == 0 && spool_compact_idle(&q->compact);
 }
 
 void queue_tick(struct queue *q)
 {
-	struct wctx *w = q->w;
-	if (w->stopping || q->moves || w->now_ms < q->next_compact_ms)
-		return;
-	q->next_compact_ms = w->now_ms + COMPACT_INTERVAL_MS;
-	struct spool_seg *s = spool_compact_candidate(w->spool);
-	if (!s)
-		return;
-	/* Messages in a delivery attempt move next round. */
-	uint64_t bytes = 0;
-	unsigned moved = 0;
-	for (size_t i = 0; i < q->n && bytes < COMPACT_MAX_BYTES;) {
-		struct qmsg *m = q->heap[i];
-		if (m->seg != s || m->busy) {
-			i++;
-			continue;
-		}
-		heap_remove(q, m); /* heap[i] is another message now */
-		if (!move_one(q, m)) {
-			schedule(q, m, m->next_ms);
-			break;
-		}
-		bytes += m->bytes;
-		moved++;
-	}
-	if (moved)
-		log_msg(LOG_INFO, "event=compact worker=%u segment=%016" PRIx64 " messages=%u bytes=%llu",
-			w->id, spool_seg_seq(s), moved, (unsigned long long)bytes);
+	spool_compact_tick(&q->compact, q->heap, q->n);
+}
+
+void queue_flush_started(struct queue *q)
+{
+	spool_compact_flush_started(&q->compact);
+}
+
+void queue_flush_done(struct queue *q, bool ok)
+{
+	spool_compact_flush_done(&q->compact, ok);
 }

@@ -1,8 +1,7 @@
 /* The delivery queue of one worker: every message it accepted or recovered
- * that still has recipients to deliver, scheduled by next attempt. Owns the
- * queue policy: routing recipients to send connectors, retries with
- * backoff, expiry, and the DSNs (bounces, delay and success notices) with
- * their spool records. Connections and the SMTP dialogue are deliver.c's. */
+ * that still has recipients, scheduled by next attempt, and the policy:
+ * routing to send connectors, retries with backoff, expiry, DSNs and their
+ * spool records. Not the SMTP dialogue (deliver.c) nor moves (spool_compact.c). */
 #ifndef POSTERN_QUEUE_H
 #define POSTERN_QUEUE_H
 
@@ -14,30 +13,30 @@
 #include "io.h"
 #include "job.h"
 #include "spool.h"
+#include "spool_compact.h"
 
+struct deliver;
+struct qread;
 struct wctx;
 
-/* A message being copied out of a mostly finished segment (compaction). */
-struct qmove {
-	struct qmsg *m;
-	struct spool_seg *to;     /* held */
-	uint64_t off;             /* where its bytes are in the new segment */
-	uint32_t len;
-	uint64_t end;             /* just past its COMMIT record */
-	int stage;                /* 0 writing, 1 written, 2 covered by a flush */
-	bool failed;
-	struct qmove *next;
-};
+/* How a job reaches delivery: deliver_submit in the worker, a fake in
+ * tests. Every job submitted comes back through queue_job_done. */
+typedef void queue_submit_fn(struct deliver *dl, struct djob *j);
 
 struct queue {
 	struct wctx *w;
-	struct qmove *moves;      /* compaction in progress */
-	uint64_t next_compact_ms; /* monotonic */
+	queue_submit_fn *submit;
+	struct deliver *dl;       /* submit's first argument */
+	struct spool_compact compact;
+	struct qread *reads;      /* reads of stored messages in flight */
+	unsigned nreads;
 	struct qmsg **heap;       /* waiting messages, earliest next_ms first */
 	size_t n, cap;
 };
 
-void queue_init(struct queue *q, struct wctx *w);
+void queue_init(struct queue *q, struct wctx *w, queue_submit_fn *submit, struct deliver *dl);
+/* At exit; a read still in flight (the loop ended on an error) keeps its
+ * buffer, which the kernel may still write into. */
 void queue_free(struct queue *q);
 
 /* Takes a message the session just stored (after its group commit). */
@@ -60,8 +59,16 @@ void queue_run(struct queue *q);
 void queue_job_done(struct queue *q, struct djob *j);
 void queue_job_done_cb(void *arg, struct djob *j);
 
-/* A generated message's bytes are on disk (worker, OP_SPOOL_WRITE). */
+/* A generated message's bytes are on disk (worker, IO_OP_SPOOL_WRITE). */
 void queue_internal_written(struct queue *q, struct spool_msg *sm);
+
+/* An IO_OP_READ completion: a chunk of a stored message read back for a
+ * DSN or a compaction move. */
+void queue_on_read(struct queue *q, const struct io_cqe *e);
+
+/* Nothing the queue started is still in flight: no read, no move waiting
+ * for its read or its writes. A stopping worker waits for it. */
+bool queue_idle(const struct queue *q);
 
 /* Compaction: the tick looks for a segment worth emptying; the group
  * commit tells which moved copies are durable. */

@@ -231,6 +231,11 @@ static void on_out(struct worker *w, const struct io_cqe *e)
 	deliver_on_io(w->ctx.dl, e);
 }
 
+static void on_read(struct worker *w, const struct io_cqe *e)
+{
+	queue_on_read(&w->queue, e);
+}
+
 static void on_tick(struct worker *w, const struct io_cqe *e)
 {
 	if (!w->ctx.stopping && atomic_load(&w->stop_requested))
@@ -267,6 +272,7 @@ static const handler_fn handlers[IO_OP_MAX_] = {
 	[IO_OP_SPOOL_SYNC] = on_spool_sync,
 	[IO_OP_TARPIT] = on_tarpit,
 	[IO_OP_OUT] = on_out,
+	[IO_OP_READ] = on_read,
 };
 
 static void dispatch(struct worker *w, const struct io_cqe *e)
@@ -330,10 +336,10 @@ static int setup(struct worker *w)
 	struct spool_hooks h = {.durable = hook_durable, .flush_started = hook_flush_started,
 				.flush_done = hook_flush_done, .arg = x};
 	spool_worker_init(&w->spool, w->spool_shared, x->io, &h, &w->m);
-	queue_init(&w->queue, x);
 	x->dl = deliver_new(x, queue_job_done_cb, &w->queue, w->err, sizeof(w->err));
 	if (!x->dl)
 		return -1;
+	queue_init(&w->queue, x, deliver_submit, x->dl);
 	x->now_ms = wctx_clock_ms();
 	x->wall_ms = wctx_wall_ms();
 	queue_recover(&w->queue, x->nworkers ? x->nworkers : 1);
@@ -378,7 +384,8 @@ static void *worker_main(void *arg)
 		 * complete later in the same turn. */
 		spool_commit_start(&w->spool);
 		if (x->stopping && w->conns.nconns == 0 && !w->spool.flushing &&
-		    !w->spool.pending_writes && deliver_idle(x->dl))
+		    !w->spool.pending_writes && deliver_idle(x->dl) &&
+		    queue_idle(&w->queue))
 			break;
 	}
 	log_batch_flush();
