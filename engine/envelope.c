@@ -73,11 +73,12 @@ static int64_t number(const char *p, size_t n)
 
 /* "<path>" at p: the mailbox, through the path parser so quoted local
  * parts holding '>' or spaces come back whole. */
-static char *read_path(const char *p, size_t n, size_t *used)
+static char *read_path(const char *p, size_t n, size_t *used, bool allow_null)
 {
 	struct smtp_path path;
-	if (smtp_path_parse(p, n, SMTP_PATH_ALLOW_NULL | SMTP_PATH_ALLOW_POSTMASTER |
-					  SMTP_PATH_ALLOW_UTF8, &path, used) != SMTP_ARG_OK)
+	unsigned flags = SMTP_PATH_ALLOW_POSTMASTER | SMTP_PATH_ALLOW_UTF8 |
+			 (allow_null ? SMTP_PATH_ALLOW_NULL : 0);
+	if (smtp_path_parse(p, n, flags, &path, used) != SMTP_ARG_OK)
 		return NULL;
 	return path.is_null ? strdup("") : strndup(path.mailbox.p, path.mailbox.len);
 }
@@ -160,7 +161,9 @@ int envelope_read(const char *p, size_t len, struct envelope_full *e)
 	const char *end = p + len;
 	for (const char *line = p + 11; line < end;) {
 		const char *eol = memchr(line, '\r', (size_t)(end - line));
-		if (!eol)
+		/* Every line ends in CRLF: a bare CR, or a block cut after the
+		 * CR, is not an envelope. */
+		if (!eol || eol + 1 >= end || eol[1] != '\n')
 			break;
 		size_t n = (size_t)(eol - line);
 		if (n == 0)
@@ -176,7 +179,7 @@ int envelope_read(const char *p, size_t len, struct envelope_full *e)
 		else if (param(line, n, "client: ", &v, &vl))
 			snprintf(e->client, sizeof(e->client), "%.*s", (int)vl, v);
 		else if (param(line, n, "from: ", &v, &vl) && !e->env.from) {
-			if (!(e->env.from = read_path(v, vl, &used)))
+			if (!(e->env.from = read_path(v, vl, &used, true)))
 				return -1;
 			read_mail_params(&e->env, v + used, v + vl);
 		} else if (param(line, n, "rcpt: ", &v, &vl)) {
@@ -189,7 +192,7 @@ int envelope_read(const char *p, size_t len, struct envelope_full *e)
 			}
 			struct smtp_rcpt *r = &e->env.rcpt[e->env.nrcpt];
 			memset(r, 0, sizeof(*r));
-			if (!(r->addr = read_path(v, vl, &used)))
+			if (!(r->addr = read_path(v, vl, &used, false)))
 				return -1;
 			e->env.nrcpt++;
 			read_rcpt_params(r, v + used, v + vl);

@@ -268,7 +268,9 @@ static void job_finished(struct oconn *oc)
 	job_give_back(oc);
 }
 
-void outconn_lost(struct oconn *oc, const char *why)
+/* The connection broke or timed out. A job that has not started yet
+ * tries the next target instead. */
+static void lost(struct oconn *oc, const char *why)
 {
 	if (oc->state == OC_CLOSING || oc->state == OC_SWITCHING)
 		return;
@@ -285,6 +287,19 @@ void outconn_lost(struct oconn *oc, const char *why)
 		job_give_back(oc);
 	}
 	outconn_close(oc);
+}
+
+void outconn_lost(struct oconn *oc, const char *why)
+{
+	if (oc->state == OC_CLOSING)
+		return;
+	/* The owner gives up on it (we stop): no next target. A job not
+	 * started goes back untouched. */
+	if (!oc->job || !oc->job_started) {
+		outconn_close(oc);
+		return;
+	}
+	lost(oc, why);
 }
 
 static void submit_send(struct oconn *oc)
@@ -360,7 +375,7 @@ static void run(struct oconn *oc)
 			if (oc->in_off >= oc->in_len)
 				oc->in_off = oc->in_len = 0;
 			if (oc->in_len == sizeof(oc->in)) {
-				outconn_lost(oc, "reply line too long");
+				lost(oc, "reply line too long");
 				return;
 			}
 			set_deadline(oc, smtp_client_timeout_ms(&oc->cl));
@@ -463,7 +478,7 @@ void outconn_on_io(struct oconn *oc, const struct io_cqe *e)
 		return;
 	case SUB_SEND:
 		if (e->res <= 0) {
-			outconn_lost(oc, why_text(e->res, why, sizeof(why)));
+			lost(oc, why_text(e->res, why, sizeof(why)));
 			return;
 		}
 		oc->out_off += (size_t)e->res;
@@ -477,10 +492,13 @@ void outconn_on_io(struct oconn *oc, const struct io_cqe *e)
 	case SUB_SENDFILE:
 		if (e->res <= 0) {
 			/* 0: the segment is shorter than the record said */
-			outconn_lost(oc, e->res == 0 ? strerror(EIO) : strerror(-e->res));
+			lost(oc, e->res == 0 ? strerror(EIO) : strerror(-e->res));
 			return;
 		}
 		oc->ext_off += (uint64_t)e->res;
+		/* RFC 5321 4.5.3.2.5: the timeout is per send of data, not for
+		 * the whole body. */
+		set_deadline(oc, BODY_TIMEOUT_MS);
 		run(oc);
 		return;
 	case SUB_RECV:
@@ -491,7 +509,7 @@ void outconn_on_io(struct oconn *oc, const struct io_cqe *e)
 			return;
 		}
 		if (e->res <= 0) {
-			outconn_lost(oc, why_text(e->res, why, sizeof(why)));
+			lost(oc, why_text(e->res, why, sizeof(why)));
 			return;
 		}
 		oc->in_len += (size_t)e->res;
@@ -515,7 +533,7 @@ void outconn_tick(struct oconn *oc)
 		outconn_close(oc);
 		break;
 	case OC_SESSION:
-		outconn_lost(oc, "timed out waiting for the next hop");
+		lost(oc, "timed out waiting for the next hop");
 		break;
 	case OC_SWITCHING:
 	case OC_CLOSING:

@@ -100,7 +100,8 @@ bool outconn_open(struct wctx *w, const struct outconn_ops *ops, void *owner,
 bool outconn_take(struct oconn *oc, struct djob *j);
 /* QUIT and close (idle, or told to give its connection back). */
 void outconn_quit(struct oconn *oc);
-/* The connection broke or we stop: its job fails with a 4xx. */
+/* We stop (the owner gives up on it): a job under way fails with a 4xx,
+ * one not started yet goes back untouched; no next target is tried. */
 void outconn_lost(struct oconn *oc, const char *why);
 /* Closes now; a job not started goes back (not_attempted). */
 void outconn_close(struct oconn *oc);
