@@ -295,18 +295,6 @@ int main(int argc, char **argv)
 	}
 	assign_stats_ids(&app, conf);
 
-	struct spool store;
-	if (spool_open(&store, conf->spool_dir, conf->spool_segment_bytes, err, sizeof(err)) < 0) {
-		fprintf(stderr, "postern: %s\n", err);
-		return 1;
-	}
-
-
-	/* MX lookups for every worker; a changed dns_servers needs a restart. */
-	struct resolver *resolver = resolver_new(conf->dns_servers, err, sizeof(err));
-	if (!resolver)
-		log_msg(LOG_WARN, "event=resolver_unavailable error=\"%s\"", err);
-
 	/* One backend for every worker, and one line when it is not the one
 	 * asked for. */
 	char why[256];
@@ -320,11 +308,24 @@ int main(int argc, char **argv)
 		log_msg(LOG_WARN, "event=io_backend backend=epoll reason=\"%s\" note=\"io_uring unavailable: falling back to epoll\"",
 			why);
 
+	struct spool store;
+	if (spool_open(&store, conf->spool_dir, conf->spool_segment_bytes, err, sizeof(err)) < 0) {
+		fprintf(stderr, "postern: %s\n", err);
+		return 1;
+	}
+
+
+	/* MX lookups for every worker; a changed dns_servers needs a restart. */
+	struct resolver *resolver = resolver_new(conf->dns_servers, err, sizeof(err));
+	if (!resolver)
+		log_msg(LOG_WARN, "event=resolver_unavailable error=\"%s\"", err);
+
 	unsigned nw = conf->workers;
 	struct worker *workers = calloc(nw, sizeof(*workers));
 	struct worker_metrics **wm = calloc(nw, sizeof(*wm));
 	if (!workers || !wm) {
 		fprintf(stderr, "postern: out of memory\n");
+		spool_close(&store);
 		return 1;
 	}
 	for (unsigned i = 0; i < nw; i++) {
@@ -344,14 +345,19 @@ int main(int argc, char **argv)
 			w->listen_fds[b] = listener_open(&conf->bindings[b], err, sizeof(err));
 			if (w->listen_fds[b] < 0) {
 				fprintf(stderr, "postern: %s\n", err);
-				return 1;
+				spool_close(&store);
+				spool_close(&store);
+			spool_close(&store);
+		return 1;
 			}
 		}
 	}
 	for (unsigned i = 0; i < nw; i++) {
 		if (worker_start(&workers[i]) < 0) {
 			fprintf(stderr, "postern: worker %u: %s\n", i, workers[i].err);
-			return 1;
+			spool_close(&store);
+			spool_close(&store);
+		return 1;
 		}
 	}
 	spool_owner_free(&store); /* every worker has recovered its share */
@@ -377,6 +383,7 @@ int main(int argc, char **argv)
 	if (stats_start(&stats, &host, conf->stats_socket, conf->metrics_listen, err,
 			sizeof(err)) < 0) {
 		fprintf(stderr, "postern: %s\n", err);
+		spool_close(&store);
 		return 1;
 	}
 	char bl[512] = "";

@@ -7,7 +7,7 @@ PKGS=(
   build-essential cmake pkg-config
   liburing-dev libjemalloc-dev android-libboringssl-dev libhyperscan-dev
   libconfig-dev libc-ares-dev libcmocka-dev
-  python3 python3-pytest swaks postfix socat dnsmasq-base
+  python3 python3-pytest python3-seccomp swaks postfix socat dnsmasq-base
 )
 
 missing=()

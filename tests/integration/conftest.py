@@ -10,6 +10,12 @@ Environment:
                     (default: build/ at the top of the repository)
   POSTERN_SANITIZE  "1" when the binary is an ASan/UBSan build: timeouts are
                     stretched and sanitizer reports in stderr fail the test.
+  POSTERN_IO_BACKEND  "auto", "io_uring" or "epoll": written as
+                    `io_backend = "<value>";` into the server group of every
+                    configuration make_config() builds, unless the test's
+                    server_extra sets io_backend itself (ctest's
+                    integration_epoll runs the suite this way). Unset: the
+                    key is not written and postern's default (auto) applies.
 """
 import os
 import re
@@ -28,6 +34,10 @@ SPOOL_TOOL = os.path.join(BUILD, "postern-spool")
 SANITIZE = os.environ.get("POSTERN_SANITIZE") == "1"
 # Multiplier for every deadline: sanitizer builds are several times slower.
 SLOW = 3.0 if SANITIZE else 1.0
+IO_BACKEND = os.environ.get("POSTERN_IO_BACKEND") or None
+if IO_BACKEND not in (None, "auto", "io_uring", "epoll"):
+    raise pytest.UsageError("POSTERN_IO_BACKEND=%r: expected auto, io_uring or epoll"
+                            % IO_BACKEND)
 
 HOSTNAME = "relay.test.example"
 
@@ -144,6 +154,8 @@ HOLD_SEND_CONNECTOR = (
 def make_config(spool, connectors, server_extra="", domains=ACCEPTED_DOMAINS):
     if "send_connectors" not in connectors:
         connectors = connectors + HOLD_SEND_CONNECTOR % free_port()
+    if IO_BACKEND and not re.search(r"\bio_backend\s*=", server_extra):
+        server_extra += '  io_backend = "%s";\n' % IO_BACKEND
     return ("server = {\n"
             '  hostname = "%s";\n'
             "  workers = 2;\n"
@@ -162,7 +174,10 @@ class Postern:
     """One running postern. .port is the first port, .ports all of them."""
 
     def __init__(self, tmp_path, connectors, nports=1, server_extra="",
-                 domains=ACCEPTED_DOMAINS, name="postern", ports=None):
+                 domains=ACCEPTED_DOMAINS, name="postern", ports=None, wrapper=()):
+        # wrapper: a command that postern's argv is appended to, which must
+        # exec it (same pid), e.g. one that loads a seccomp filter first.
+        self.wrapper = list(wrapper)
         self.dir = tmp_path / name
         self.dir.mkdir()
         self.spool = self.dir / "spool"
@@ -188,7 +203,7 @@ class Postern:
     def start(self):
         assert os.access(BINARY, os.X_OK), "no postern binary at " + BINARY
         self._err = open(self.stderr_path, "wb")
-        self.proc = subprocess.Popen([BINARY, "-c", str(self.config)],
+        self.proc = subprocess.Popen(self.wrapper + [BINARY, "-c", str(self.config)],
                                      stdin=subprocess.DEVNULL,
                                      stdout=self._err, stderr=self._err)
         for port in self.ports:
@@ -210,9 +225,19 @@ class Postern:
         path = m.group(1) if m else self.stderr_path
         try:
             with open(path, "rb") as f:
-                return b"event=start " in f.read()
+                log = f.read()
         except FileNotFoundError:
             return False
+        starts = re.findall(rb"[^\n]*event=start [^\n]*", log)
+        if not starts:
+            return False
+        # The backend asked for is the one that runs (POSTERN_IO_BACKEND or
+        # the test's own key): a run meant for epoll must not pass on io_uring.
+        m = re.search(r'\bio_backend = "(io_uring|epoll)"', text)
+        if m:
+            want = b" io_backend=%s " % m.group(1).encode()
+            assert want in starts[-1], "postern started with another backend: %r" % starts[-1]
+        return True
 
     def _accepts(self, port):
         if self.proc.poll() is not None:
