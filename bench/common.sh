@@ -1,4 +1,5 @@
-# Shared by bench/compare and bench/backends (sourced, not run): numbers,
+# Shared by bench/compare, bench/backends and bench/smtp-source-baseline.sh
+# (sourced, not run): numbers,
 # machine facts, postern-sink, one Postern under a private config, the
 # postern-bench runs and the end-to-end and idle-memory measurements.
 # Expects: ROOT WORK PY BENCH SINK_BIN POSTERN SESSIONS DUR E2E_MSGS E2E_WAIT

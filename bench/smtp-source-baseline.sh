@@ -24,14 +24,10 @@ PIDS=()
 cleanup() { for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done; wait 2>/dev/null || true; rm -rf "$WORK"; }
 trap cleanup EXIT
 
-free_port() { /usr/bin/python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
-wait_port() {
-  for _ in $(seq 1 100); do
-    /usr/bin/python3 -c "import socket,sys; socket.create_connection(('127.0.0.1',$1),0.2).close()" 2>/dev/null && return 0
-    sleep 0.1
-  done
-  echo "port $1 never opened" >&2; return 1
-}
+PY=/usr/bin/python3
+log() { echo "smtp-source-baseline: $*" >&2; }
+# free_port, wait_port, median, fsync_rate
+. bench/common.sh
 
 SINK_PORT=$(free_port)
 "$SINK" -u nobody 127.0.0.1:"$SINK_PORT" 1000 & PIDS+=($!)
@@ -61,20 +57,6 @@ rate() {
   t1=$(date +%s.%N)
   [ "$1" = "$PORT" ] && echo "$t1 - $t0" >> "$WORK/postern-times"
   /usr/bin/python3 -c "print(round($MSGS/($t1-$t0)))"
-}
-median() { printf '%s\n' "$@" | sort -n | awk '{a[NR]=$1} END{print a[int((NR+1)/2)]}'; }
-
-fsync_rate() {
-  /usr/bin/python3 - "$WORK" <<'PY'
-import os, sys, time
-p = os.path.join(sys.argv[1], "fsync.probe")
-fd = os.open(p, os.O_WRONLY | os.O_CREAT, 0o600)
-n, t0 = 0, time.time()
-while time.time() - t0 < 1.0:
-    os.write(fd, b"x" * 512); os.fdatasync(fd); n += 1
-os.close(fd); os.unlink(p)
-print(round(n / (time.time() - t0)))
-PY
 }
 
 INFO0=$("$CTL" -s "$WORK/stats.sock" --json show info)

@@ -12,6 +12,7 @@
 
 #include "drop.h"
 #include "log.h"
+#include "mailbox.h"
 #include "outconn.h"
 #include "resolver.h"
 #include "throttle.h"
@@ -41,7 +42,7 @@ struct dest {
 
 /* An MX answer, from the resolver thread. */
 struct answer {
-	struct answer *next;
+	struct mailbox_node node;  /* first */
 	struct deliver *dl;
 	struct dest *d;
 	struct resolver_result *res;
@@ -56,8 +57,7 @@ struct deliver {
 	unsigned nconns;
 	unsigned resolving;
 	struct drop_writer *drop;
-	pthread_mutex_t lock;      /* answers */
-	struct answer *answers;
+	struct mailbox answers;    /* from the resolver thread */
 };
 
 static void dest_pump(struct deliver *dl, struct dest *d);
@@ -155,10 +155,7 @@ static void resolved_cb(void *arg, struct resolver_result *res)
 	struct answer *it = arg;
 	struct deliver *dl = it->dl;
 	it->res = res;
-	pthread_mutex_lock(&dl->lock);
-	it->next = dl->answers;
-	dl->answers = it;
-	pthread_mutex_unlock(&dl->lock);
+	mailbox_post(&dl->answers, &it->node);
 	wctx_wake(dl->w);
 }
 
@@ -464,21 +461,9 @@ static void drop_done(void *arg, struct djob *j)
 
 void deliver_wake(struct deliver *dl)
 {
-	pthread_mutex_lock(&dl->lock);
-	struct answer *it = dl->answers;
-	dl->answers = NULL;
-	pthread_mutex_unlock(&dl->lock);
-	/* Oldest first. */
-	struct answer *rev = NULL;
-	while (it) {
-		struct answer *n = it->next;
-		it->next = rev;
-		rev = it;
-		it = n;
-	}
-	while (rev) {
-		it = rev;
-		rev = it->next;
+	for (struct mailbox_node *n = mailbox_take(&dl->answers), *next; n; n = next) {
+		next = n->next;
+		struct answer *it = (struct answer *)n;
 		on_resolved(dl, it->d, it->res);
 		free(it);
 	}
@@ -555,7 +540,7 @@ struct deliver *deliver_new(struct wctx *w, void (*done)(void *arg, struct djob 
 	dl->w = w;
 	dl->done = done;
 	dl->done_arg = arg;
-	pthread_mutex_init(&dl->lock, NULL);
+	mailbox_init(&dl->answers);
 	return dl;
 }
 
@@ -577,13 +562,13 @@ void deliver_free(struct deliver *dl)
 			free(d->t);
 			free(d);
 		}
-	while (dl->answers) {
-		struct answer *it = dl->answers;
-		dl->answers = it->next;
+	for (struct mailbox_node *n = mailbox_take(&dl->answers), *next; n; n = next) {
+		next = n->next;
+		struct answer *it = (struct answer *)n;
 		if (it->res)
 			resolver_result_free(it->res);
 		free(it);
 	}
-	pthread_mutex_destroy(&dl->lock);
+	mailbox_destroy(&dl->answers);
 	free(dl);
 }

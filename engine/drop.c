@@ -15,10 +15,12 @@
 #include <unistd.h>
 
 #include "dirs.h"
+#include "mailbox.h"
 #include "spool.h"
 
 struct drop_item {
-	struct drop_item *next;
+	struct mailbox_node node;  /* first: the done mailbox */
+	struct drop_item *next;    /* the todo queue */
 	struct djob *job;
 };
 
@@ -27,7 +29,7 @@ struct drop_writer {
 	pthread_mutex_t lock;
 	pthread_cond_t cond;
 	struct drop_item *todo, **todo_tail;  /* oldest first */
-	struct drop_item *done;               /* newest first */
+	struct mailbox done;                  /* written, back to the worker */
 	unsigned pending;                     /* worker's count: queued or being written */
 	bool stop;
 	bool started;
@@ -132,10 +134,9 @@ static void *drop_main(void *arg)
 			d->todo_tail = &d->todo;
 		pthread_mutex_unlock(&d->lock);
 		write_one(it->job);
-		pthread_mutex_lock(&d->lock);
-		it->next = d->done;
-		d->done = it;
+		mailbox_post(&d->done, &it->node);
 		wctx_wake(d->w);
+		pthread_mutex_lock(&d->lock);
 	}
 	pthread_mutex_unlock(&d->lock);
 	return NULL;
@@ -148,6 +149,7 @@ struct drop_writer *drop_new(struct wctx *w)
 		return NULL;
 	d->w = w;
 	pthread_mutex_init(&d->lock, NULL);
+	mailbox_init(&d->done);
 	pthread_cond_init(&d->cond, NULL);
 	d->todo_tail = &d->todo;
 	return d;
@@ -177,21 +179,9 @@ bool drop_submit(struct drop_writer *d, struct djob *j)
 
 void drop_collect(struct drop_writer *d, void (*fn)(void *arg, struct djob *j), void *arg)
 {
-	pthread_mutex_lock(&d->lock);
-	struct drop_item *it = d->done;
-	d->done = NULL;
-	pthread_mutex_unlock(&d->lock);
-	/* Oldest first. */
-	struct drop_item *rev = NULL;
-	while (it) {
-		struct drop_item *n = it->next;
-		it->next = rev;
-		rev = it;
-		it = n;
-	}
-	while (rev) {
-		it = rev;
-		rev = it->next;
+	for (struct mailbox_node *n = mailbox_take(&d->done), *next; n; n = next) {
+		next = n->next;
+		struct drop_item *it = (struct drop_item *)n;
 		d->pending--;
 		fn(arg, it->job);
 		free(it);
@@ -214,12 +204,15 @@ void drop_free(struct drop_writer *d)
 		pthread_mutex_unlock(&d->lock);
 		pthread_join(d->thread, NULL);
 	}
-	struct drop_item *lists[] = {d->todo, d->done};
-	for (int l = 0; l < 2; l++)
-		for (struct drop_item *it = lists[l], *n; it; it = n) {
-			n = it->next;
-			free(it);
-		}
+	for (struct drop_item *it = d->todo, *n; it; it = n) {
+		n = it->next;
+		free(it);
+	}
+	for (struct mailbox_node *it = mailbox_take(&d->done), *n; it; it = n) {
+		n = it->next;
+		free(it);
+	}
+	mailbox_destroy(&d->done);
 	pthread_mutex_destroy(&d->lock);
 	pthread_cond_destroy(&d->cond);
 	free(d);

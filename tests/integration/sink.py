@@ -31,6 +31,7 @@ class Sink:
         self.connections = 0
         self.active = 0          # connections open now, and the most at once
         self.max_active = 0
+        self.quit_counted = set()  # sessions whose end was counted at QUIT
         self.lines = []
         self.messages = []
         self.errors = []
@@ -76,7 +77,8 @@ class Sink:
             self.errors.append(repr(e))
         finally:
             with self.lock:
-                self.active -= 1
+                if n not in self.quit_counted:
+                    self.active -= 1
             try:
                 s.close()
             except OSError:
@@ -147,7 +149,14 @@ class Sink:
             elif verb == "NOOP":
                 say("250 2.0.0 Ok")
             elif verb == "QUIT":
-                say("221 2.0.0 Bye")
+                # The session ends with the 221: counted as closed in the
+                # same step, so a client that opens its next connection
+                # as soon as it has the 221 (and not before) is not seen
+                # twice by a late decrement of this thread.
+                with self.lock:
+                    say("221 2.0.0 Bye")
+                    self.active -= 1
+                    self.quit_counted.add(n)
                 return
             else:
                 say("502 5.5.2 Error: command not recognized")
