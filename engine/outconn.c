@@ -302,6 +302,29 @@ void outconn_lost(struct oconn *oc, const char *why)
 	lost(oc, why);
 }
 
+/* A recv stays armed for the whole session, not only when the client
+ * machine asks for input: replies are there as soon as they arrive, one
+ * loop turn earlier than a recv submitted after the send completed. The
+ * buffer is compacted only here, with no recv in flight into it. false:
+ * a reply line fills the whole buffer. */
+static bool arm_recv(struct oconn *oc)
+{
+	if (oc->in_busy || oc->fd < 0)
+		return true;
+	if (oc->in_off) {
+		memmove(oc->in, oc->in + oc->in_off, oc->in_len - oc->in_off);
+		oc->in_len -= oc->in_off;
+		oc->in_off = 0;
+	}
+	if (oc->in_len == sizeof(oc->in))
+		return false;
+	oc->in_busy = true;
+	oc->inflight++;
+	io_recv_into(oc->w->io, oc->fd, oc->in + oc->in_len, sizeof(oc->in) - oc->in_len,
+		     tag(oc, SUB_RECV));
+	return true;
+}
+
 static void submit_send(struct oconn *oc)
 {
 	oc->out_busy = true;
@@ -370,19 +393,9 @@ static void run(struct oconn *oc)
 			set_deadline(oc, BODY_TIMEOUT_MS);
 			continue;
 		case SMTPC_EV_NEED_INPUT:
-			if (oc->in_busy)
-				return;
-			if (oc->in_off >= oc->in_len)
-				oc->in_off = oc->in_len = 0;
-			if (oc->in_len == sizeof(oc->in)) {
-				lost(oc, "reply line too long");
-				return;
-			}
 			set_deadline(oc, smtp_client_timeout_ms(&oc->cl));
-			oc->in_busy = true;
-			oc->inflight++;
-			io_recv_into(oc->w->io, oc->fd, oc->in + oc->in_len,
-				     sizeof(oc->in) - oc->in_len, tag(oc, SUB_RECV));
+			if (!arm_recv(oc))
+				lost(oc, "reply line too long");
 			return;
 		case SMTPC_EV_READY: {
 			if (oc->job && !oc->job_started) {
@@ -396,15 +409,10 @@ static void run(struct oconn *oc)
 				continue;
 			}
 			if (oc->ops->may_idle(oc)) {
+				/* The armed recv notices the server closing. */
 				enter(oc, OC_IDLE);
-				/* A recv stays armed: it notices the server closing. */
-				if (!oc->in_busy) {
-					oc->in_off = oc->in_len = 0;
-					oc->in_busy = true;
-					oc->inflight++;
-					io_recv_into(oc->w->io, oc->fd, oc->in, sizeof(oc->in),
-						     tag(oc, SUB_RECV));
-				}
+				if (!arm_recv(oc))
+					outconn_close(oc);
 				return;
 			}
 			smtp_client_quit(&oc->cl);
@@ -440,6 +448,10 @@ static void on_connected(struct oconn *oc, int res)
 	oc->client_ready = true;
 	metric_add(&oc->w->m->send[oc->p.stats_id].connections, 1);
 	enter(oc, OC_SESSION);
+	if (!arm_recv(oc)) {
+		lost(oc, "reply line too long");
+		return;
+	}
 	run(oc);
 }
 
@@ -447,6 +459,27 @@ static const char *why_text(int res, char *buf, size_t cap)
 {
 	snprintf(buf, cap, "%s", res == 0 ? "connection closed by the next hop" : strerror(-res));
 	return buf;
+}
+
+/* After an operation or a hold ended: a closing connection goes once
+ * nothing is in flight, a switching one then moves to its next target.
+ * true: the caller must leave oc alone. */
+static bool settle(struct oconn *oc)
+{
+	if (oc->state == OC_CLOSING) {
+		if (!oc->inflight)
+			finalize(oc);
+		return true;
+	}
+	if (oc->state != OC_SWITCHING)
+		return false;
+	if (!oc->inflight) {
+		drop_socket(oc);
+		oc->target++;
+		if (!connect_next(oc))
+			give_up(oc);
+	}
+	return true;
 }
 
 void outconn_on_io(struct oconn *oc, const struct io_cqe *e)
@@ -458,20 +491,8 @@ void outconn_on_io(struct oconn *oc, const struct io_cqe *e)
 		oc->in_busy = false;
 	else
 		oc->out_busy = false;
-	if (oc->state == OC_CLOSING) {
-		if (!oc->inflight)
-			finalize(oc);
+	if (settle(oc))
 		return;
-	}
-	if (oc->state == OC_SWITCHING) {
-		if (!oc->inflight) {
-			drop_socket(oc);
-			oc->target++;
-			if (!connect_next(oc))
-				give_up(oc);
-		}
-		return;
-	}
 	switch (sub) {
 	case SUB_CONNECT:
 		on_connected(oc, e->res);
@@ -513,7 +534,13 @@ void outconn_on_io(struct oconn *oc, const struct io_cqe *e)
 			return;
 		}
 		oc->in_len += (size_t)e->res;
+		/* Held while it runs: the session may close it under our feet,
+		 * and the recv is re-armed after what it consumed. */
+		oc->inflight++;
 		run(oc);
+		oc->inflight--;
+		if (!settle(oc) && oc->state == OC_SESSION && !arm_recv(oc))
+			lost(oc, "reply line too long");
 		return;
 	}
 }

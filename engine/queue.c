@@ -247,8 +247,9 @@ void queue_add_received(struct queue *q, struct spool_msg *sm,
 {
 	struct qmsg *m = qmsg_from_spool(q, sm, env, client, connector, arrival);
 	if (!m) {
-		log_msg(LOG_ERROR, "event=queue_error id=%016" PRIX64 " error=\"out of memory\"",
-			sm->id);
+		char id[WCTX_MSGID_LEN];
+		wctx_msgid_text(sm->id, id);
+		log_msg(LOG_ERROR, "event=queue_error id=%s error=\"out of memory\"", id);
 		return;
 	}
 	schedule(q, m, 0);
@@ -286,8 +287,9 @@ static void recover_one(void *arg, const struct spool_found *f)
 	recover_adopt(rc, f->seq);
 	struct envelope_full e;
 	if (envelope_read(f->env, f->envlen, &e) < 0 || e.env.nrcpt != f->state->nrcpt) {
-		log_msg(LOG_ERROR, "event=recover_error id=%016" PRIX64 " error=\"unreadable envelope\"",
-			f->id);
+		char id[WCTX_MSGID_LEN];
+		wctx_msgid_text(f->id, id);
+		log_msg(LOG_ERROR, "event=recover_error id=%s error=\"unreadable envelope\"", id);
 		envelope_full_free(&e);
 		return;
 	}
@@ -638,10 +640,11 @@ static bool notice_compose(struct qnotice *nt, char *orig, size_t olen)
 		};
 	}
 	struct iovec iov = {orig, olen};
-	char pm[300], msgid[64], rid[WCTX_MSGID_LEN];
+	char pm[300], msgid[80], rid[WCTX_MSGID_LEN];
 	snprintf(pm, sizeof(pm), "postmaster@%s", w->conf->hostname);
-	uint64_t did = wctx_next_msgid(w);
-	snprintf(msgid, sizeof(msgid), "%016" PRIX64 ".dsn@%.40s", did, w->conf->hostname);
+	char did[WCTX_MSGID_LEN];
+	wctx_msgid_text(wctx_next_msgid(w), did);
+	snprintf(msgid, sizeof(msgid), "%s.dsn@%.40s", did, w->conf->hostname);
 	struct dsn_msg dm = {
 		.reporting_mta = w->conf->hostname, .postmaster = pm, .to = m->from,
 		.envid = m->envid, .queue_id = m->idtxt, .received_from = m->client,

@@ -11,6 +11,7 @@
 #include <unistd.h>
 
 #include "spool.h"
+#include "wctx.h"
 
 struct cat_arg {
 	uint64_t id;
@@ -20,15 +21,17 @@ struct cat_arg {
 static void list_one(void *arg, const struct spool_found *m)
 {
 	(void)arg;
-	printf("%016llX %llu\n", (unsigned long long)m->id,
-	       (unsigned long long)(m->bytes + m->envlen));
+	char id[WCTX_MSGID_LEN];
+	wctx_msgid_text(m->id, id);
+	printf("%s %llu\n", id, (unsigned long long)(m->bytes + m->envlen));
 }
 
 static void dump_one(void *arg, const struct spool_found *m)
 {
 	(void)arg;
-	printf("%016llX %llu\n", (unsigned long long)m->id,
-	       (unsigned long long)(m->bytes + m->envlen));
+	char id[WCTX_MSGID_LEN];
+	wctx_msgid_text(m->id, id);
+	printf("%s %llu\n", id, (unsigned long long)(m->bytes + m->envlen));
 	fwrite(m->env, 1, m->envlen, stdout);
 	for (uint32_t i = 0; i < m->chunks; i++)
 		fwrite(m->chunk[i].iov_base, 1, m->chunk[i].iov_len, stdout);

@@ -1144,9 +1144,9 @@ static void test_greeting_554(void **state)
 	CHECK_INT("connections counted", connections(r), 2);
 }
 
-/* (f) The peer half-closes right after its 354: the body and the end of
- * data still go out, then end of stream: 451 4.4.2 for every recipient
- * (their RCPT 250s were provisional), no QUIT. */
+/* (f) The peer half-closes right after its 354: sending stops wherever
+ * the end of stream is seen, 451 4.4.2 for every recipient (their RCPT
+ * 250s were provisional), no QUIT. */
 static void test_closed_mid_data(void **state)
 {
 	struct rig *r = *state;
@@ -1161,7 +1161,17 @@ static void test_closed_mid_data(void **state)
 	conn_open(r, params(), t, &p->port, 1);
 	assert_true(drive(r, is_closed, WAIT_MS));
 	peer_ok(p);
-	CHECK_STR("bytes the peer got", peer_got(p, 0), rig_str(r, EHLO "%s", wire_txn(r, t)));
+	/* The recv is armed all through the session, so the end of stream
+	 * may be seen before, during or after the body (it goes out in three
+	 * pieces): the peer got the commands, then a prefix of the rest,
+	 * never anything else. */
+	const char *got = peer_got(p, 0);
+	const char *all = rig_str(r, EHLO "%s", wire_txn(r, t));
+	const char *cmds_end = strstr(all, "DATA\r\n");
+	assert_non_null(cmds_end);
+	size_t cmds = (size_t)(cmds_end - all) + 6;
+	if (strlen(got) < cmds || strncmp(got, all, strlen(got)) != 0)
+		CHECK_STR("bytes the peer got", got, all);
 	CHECK_STR("callbacks", r->calls, "opened done(1) closed");
 	check_all("lost", t, 451, "4.4.2",
 		  rig_str(r, "451 4.4.2 [127.0.0.1]:%u: connection closed by the next hop", p->port),
