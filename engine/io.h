@@ -138,6 +138,11 @@ void io_buf_recycle(struct io *io, unsigned bid);
  * with res 0 (wake-ups coalesce: one completion may answer several calls). */
 void io_wake(struct io *io);
 
+/* Hands what is queued to the kernel now instead of at the next io_wait:
+ * for a send whose latency matters more than one syscall (an outbound
+ * SMTP step waits for it). Nothing to do where operations start at once. */
+void io_submit(struct io *io);
+
 /* Submits what is queued, waits for at least one completion and decodes
  * up to max of them into out. Returns how many, or -errno. */
 int io_wait(struct io *io, struct io_cqe *out, unsigned max);

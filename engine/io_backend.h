@@ -24,6 +24,7 @@ struct io_ops {
 	char *(*buf)(struct io *io, unsigned bid);
 	void (*buf_recycle)(struct io *io, unsigned bid);
 	void (*wake)(struct io *io);
+	void (*submit)(struct io *io);   /* NULL: operations start at once */
 	int (*wait)(struct io *io, struct io_cqe *out, unsigned max);
 };
 

@@ -91,6 +91,12 @@ char *io_buf(struct io *io, unsigned bid) { return io->ops->buf(io, bid); }
 void io_buf_recycle(struct io *io, unsigned bid) { io->ops->buf_recycle(io, bid); }
 void io_wake(struct io *io) { io->ops->wake(io); }
 
+void io_submit(struct io *io)
+{
+	if (io->ops->submit)
+		io->ops->submit(io);
+}
+
 int io_wait(struct io *io, struct io_cqe *out, unsigned max)
 {
 	return io->ops->wait(io, out, max);

@@ -336,6 +336,11 @@ static void ur_buf_recycle(struct io *io, unsigned bid)
 	io_uring_buf_ring_advance(u->br, 1);
 }
 
+static void ur_submit(struct io *io)
+{
+	io_uring_submit(&ur(io)->ring);
+}
+
 static void ur_wake(struct io *io)
 {
 	uint64_t one = 1;
@@ -351,6 +356,8 @@ static bool fs_step(struct io_ur *u, struct file_send *f, int res, struct io_cqe
 		f->got = (size_t)res;
 		f->sending = true;
 		fs_submit(u, f);
+		/* Out now, not after the rest of this loop turn. */
+		io_uring_submit(&u->ring);
 		return false;
 	}
 	if (res > 0) {
@@ -424,6 +431,7 @@ static const struct io_ops ur_ops = {
 	.send = ur_send, .sendfile = ur_sendfile, .connect = ur_connect, .writev = ur_writev,
 	.read = ur_read, .fsync = ur_fsync, .timeout = ur_timeout, .cancel = ur_cancel,
 	.buf = ur_buf, .buf_recycle = ur_buf_recycle, .wake = ur_wake, .wait = ur_wait,
+	.submit = ur_submit,
 };
 
 /* The whole setup a worker does (ring, provided buffers), once: a kernel

@@ -332,6 +332,9 @@ static void submit_send(struct oconn *oc)
 	oc->inflight++;
 	io_send(oc->w->io, oc->fd, oc->out + oc->out_off, oc->out_len - oc->out_off,
 		tag(oc, SUB_SEND));
+	/* The next hop waits for it, and the message waits for the next hop:
+	 * out now, as a plain send() would be, not at the end of the turn. */
+	io_submit(oc->w->io);
 }
 
 /* The next piece of the stored message; false once all of it is sent. */
@@ -350,6 +353,7 @@ static bool submit_body(struct oconn *oc)
 		oc->inflight++;
 		io_sendfile(oc->w->io, oc->fd, spool_seg_fd(m->seg), m->off[oc->ext] + oc->ext_off,
 			    (size_t)left, tag(oc, SUB_SENDFILE));
+		io_submit(oc->w->io);
 		return true;
 	}
 	return false;
