@@ -107,9 +107,13 @@ void io_recv(struct io *io, int fd, uint64_t tag);
 void io_recv_into(struct io *io, int fd, void *buf, size_t len, uint64_t tag);
 /* One send; res may be short: the caller sends the rest. */
 void io_send(struct io *io, int fd, const void *buf, size_t len, uint64_t tag);
-/* Up to len bytes of file at off to the socket; res may be short. */
+/* Up to len bytes of file at off to the socket, then tail (at most
+ * IO_TAIL_MAX bytes, copied; NULL for none) when the whole range goes out
+ * in this operation: res counts both and may be short. The end-of-data
+ * line rides with the last piece of a message this way. */
+#define IO_TAIL_MAX 16
 void io_sendfile(struct io *io, int sock, int file, uint64_t off, size_t len,
-		 uint64_t tag);
+		 const void *tail, size_t taillen, uint64_t tag);
 /* Connects a new socket: res 0 or -errno. sa is copied. */
 void io_connect(struct io *io, int fd, const struct sockaddr *sa, socklen_t len,
 		uint64_t tag);

@@ -12,7 +12,7 @@ struct io_ops {
 	void (*recv_into)(struct io *io, int fd, void *buf, size_t len, uint64_t tag);
 	void (*send)(struct io *io, int fd, const void *buf, size_t len, uint64_t tag);
 	void (*sendfile)(struct io *io, int sock, int file, uint64_t off, size_t len,
-			 uint64_t tag);
+			 const void *tail, size_t taillen, uint64_t tag);
 	void (*connect)(struct io *io, int fd, const struct sockaddr *sa, socklen_t len,
 			uint64_t tag);
 	void (*writev)(struct io *io, int fd, const struct iovec *iov, unsigned n,

@@ -816,7 +816,7 @@ static void ep_send(struct io *io, int fd, const void *buf, size_t len, uint64_t
 }
 
 static void ep_sendfile(struct io *io, int sock, int file, uint64_t off, size_t len,
-			uint64_t tag)
+			const void *tail, size_t taillen, uint64_t tag)
 {
 	struct io_ep *e = ep(io);
 	int err = sock >= 0 ? ep_nonblock(sock) : -EBADF;
@@ -828,10 +828,15 @@ static void ep_sendfile(struct io *io, int sock, int file, uint64_t off, size_t 
 	 * wait (RWF_NOWAIT) gets the range from the page cache, and it is
 	 * sent from here. Only a cold range, or a full socket, takes the
 	 * helper thread's path. */
-	size_t want = len < EP_STAGE ? len : EP_STAGE;
+	size_t want = len < EP_STAGE - taillen ? len : EP_STAGE - taillen;
 	struct iovec iov = {e->stage, want};
 	if (want && preadv2(file, &iov, 1, (off_t)off, RWF_NOWAIT) == (ssize_t)want) {
-		ssize_t n = send(sock, e->stage, want, MSG_NOSIGNAL | MSG_DONTWAIT);
+		size_t out = want;
+		if (want == len && taillen) {
+			memcpy(e->stage + want, tail, taillen);
+			out += taillen;
+		}
+		ssize_t n = send(sock, e->stage, out, MSG_NOSIGNAL | MSG_DONTWAIT);
 		if (n > 0 || (n < 0 && !ep_again(errno))) {
 			ep_post(e, tag, n < 0 ? -errno : (int)n, false, -1);
 			return;

@@ -58,9 +58,12 @@ void io_send(struct io *io, int fd, const void *buf, size_t len, uint64_t tag)
 	io->ops->send(io, fd, buf, len, tag);
 }
 
-void io_sendfile(struct io *io, int sock, int file, uint64_t off, size_t len, uint64_t tag)
+void io_sendfile(struct io *io, int sock, int file, uint64_t off, size_t len,
+		 const void *tail, size_t taillen, uint64_t tag)
 {
-	io->ops->sendfile(io, sock, file, off, len, tag);
+	if (!tail || taillen > IO_TAIL_MAX)
+		taillen = 0;
+	io->ops->sendfile(io, sock, file, off, len, tail, taillen, tag);
 }
 
 void io_connect(struct io *io, int fd, const struct sockaddr *sa, socklen_t len,

@@ -33,6 +33,9 @@ struct file_send {
 	int sock, file;
 	uint64_t off;
 	size_t want;              /* bytes asked of the file */
+	size_t len;               /* the whole range asked for */
+	char tail[IO_TAIL_MAX];   /* sent behind it when all of it fits */
+	size_t taillen;
 	size_t got;               /* read into buf */
 	size_t sent;
 	bool sending;             /* stage: buf -> socket */
@@ -250,7 +253,7 @@ static void fs_unlink(struct io_ur *u, struct file_send *f)
 }
 
 static void ur_sendfile(struct io *io, int sock, int file, uint64_t off, size_t len,
-			uint64_t tag)
+			const void *tail, size_t taillen, uint64_t tag)
 {
 	struct io_ur *u = ur(io);
 	struct file_send *f = u->fs_free;
@@ -264,7 +267,11 @@ static void ur_sendfile(struct io *io, int sock, int file, uint64_t off, size_t 
 	f->sock = sock;
 	f->file = file;
 	f->off = off;
-	f->want = len < FILE_SEND_MAX ? len : FILE_SEND_MAX;
+	f->len = len;
+	f->want = len < FILE_SEND_MAX - taillen ? len : FILE_SEND_MAX - taillen;
+	f->taillen = taillen;
+	if (taillen)
+		memcpy(f->tail, tail, taillen);
 	f->got = f->sent = 0;
 	f->sending = false;
 	f->prev = NULL;
@@ -354,6 +361,10 @@ static bool fs_step(struct io_ur *u, struct file_send *f, int res, struct io_cqe
 {
 	if (res > 0 && !f->sending) {
 		f->got = (size_t)res;
+		if (f->got == f->len && f->taillen) {
+			memcpy(f->buf + f->got, f->tail, f->taillen);
+			f->got += f->taillen;
+		}
 		f->sending = true;
 		fs_submit(u, f);
 		/* Out now, not after the rest of this loop turn. */

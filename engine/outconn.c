@@ -337,7 +337,10 @@ static void submit_send(struct oconn *oc)
 	io_submit(oc->w->io);
 }
 
-/* The next piece of the stored message; false once all of it is sent. */
+static const char dot[] = ".\r\n";
+
+/* The next piece of the stored message, the end-of-data line riding with
+ * the last one; false once all of it is sent. */
 static bool submit_body(struct oconn *oc)
 {
 	const struct qmsg *m = oc->job->m;
@@ -348,11 +351,13 @@ static bool submit_body(struct oconn *oc)
 			oc->ext_off = 0;
 			continue;
 		}
+		bool last = oc->ext + 1 == m->nchunks;
 		oc->out_busy = true;
 		oc->out_sub = SUB_SENDFILE;
 		oc->inflight++;
 		io_sendfile(oc->w->io, oc->fd, spool_seg_fd(m->seg), m->off[oc->ext] + oc->ext_off,
-			    (size_t)left, tag(oc, SUB_SENDFILE));
+			    (size_t)left, last ? dot + oc->dot_off : NULL, last ? 3 - oc->dot_off : 0,
+			    tag(oc, SUB_SENDFILE));
 		io_submit(oc->w->io);
 		return true;
 	}
@@ -361,7 +366,6 @@ static bool submit_body(struct oconn *oc)
 
 static void run(struct oconn *oc)
 {
-	static const char dot[] = ".\r\n";
 	for (;;) {
 		if (oc->state != OC_SESSION || oc->out_busy)
 			return;
@@ -372,11 +376,17 @@ static void run(struct oconn *oc)
 		if (oc->body) {
 			if (submit_body(oc))
 				return;
-			/* The end of data, sent like any command line. */
 			oc->body = false;
-			oc->out = dot;
-			oc->out_len = 3;
-			oc->out_off = 0;
+			if (oc->dot_off < 3) {
+				/* What did not ride with the body (an empty one, or
+				 * a short send), like any command line. */
+				oc->out = dot + oc->dot_off;
+				oc->out_len = 3 - oc->dot_off;
+				oc->out_off = 0;
+				continue;
+			}
+			smtp_client_sent(&oc->cl);
+			set_deadline(oc, smtp_client_timeout_ms(&oc->cl));
 			continue;
 		}
 		struct smtp_client_event ev;
@@ -394,6 +404,7 @@ static void run(struct oconn *oc)
 			oc->body = true;
 			oc->ext = 0;
 			oc->ext_off = 0;
+			oc->dot_off = 0;
 			set_deadline(oc, BODY_TIMEOUT_MS);
 			continue;
 		case SMTPC_EV_NEED_INPUT:
@@ -520,7 +531,12 @@ void outconn_on_io(struct oconn *oc, const struct io_cqe *e)
 			lost(oc, e->res == 0 ? strerror(EIO) : strerror(-e->res));
 			return;
 		}
-		oc->ext_off += (uint64_t)e->res;
+		{
+			uint64_t left = oc->job->m->len[oc->ext] - oc->ext_off, n = (uint64_t)e->res;
+			oc->ext_off += n < left ? n : left;
+			if (n > left)
+				oc->dot_off += (size_t)(n - left);
+		}
 		/* RFC 5321 4.5.3.2.5: the timeout is per send of data, not for
 		 * the whole body. */
 		set_deadline(oc, BODY_TIMEOUT_MS);

@@ -85,6 +85,7 @@ struct oconn {
 	bool body;                        /* the body is being sent */
 	uint32_t ext;                     /* its chunk */
 	uint64_t ext_off;
+	size_t dot_off;                   /* of ".\r\n", sent behind the body */
 	uint64_t deadline;                /* monotonic ms, 0 = none */
 	struct oconn *idle_next;          /* the owner's lists */
 	struct oconn *next, *prev;

@@ -487,21 +487,37 @@ static void test_sendfile(void **state)
 	fill_pattern(data, size, 3);
 	int file = rig_tmpfile(r);
 	assert_int_equal(pwrite(file, data, size, 0), (ssize_t)size);
-	struct reader *rd = rig_reader_start(r, cli, len);
+	struct reader *rd = rig_reader_start(r, cli, len + 3);
 	uint64_t tag = io_tag_ptr(IO_OP_OUT, data, 5);
 	size_t done = 0;
+	/* The range, then a tail: the tail goes only behind the whole range,
+	 * and what of it a short send left is sent like any buffer. */
+	static const char tail[] = ".\r\n";
+	size_t tail_done = 0;
 	for (int i = 0; done < len && i < 10000; i++) {
-		io_sendfile(r->io, srv, file, off + done, len - done, tag);
+		io_sendfile(r->io, srv, file, off + done, len - done, tail, 3, tag);
 		struct io_cqe c = rig_await(r, tag, "sendfile");
 		CHECK_INT("sendfile", c.more, false);
 		CHECK_INT("sendfile", c.bid, -1);
-		assert_true(c.res > 0 && (size_t)c.res <= len - done);
-		done += (size_t)c.res;
+		assert_true(c.res > 0 && (size_t)c.res <= len - done + 3);
+		size_t n = (size_t)c.res;
+		if (n > len - done) {
+			tail_done = n - (len - done);
+			n = len - done;
+		}
+		done += n;
 	}
 	CHECK_INT("sendfile", done, len);
+	while (tail_done < 3) {
+		io_send(r->io, srv, tail + tail_done, 3 - tail_done, tag);
+		struct io_cqe c = rig_await(r, tag, "tail");
+		assert_true(c.res > 0);
+		tail_done += (size_t)c.res;
+	}
 	rd = rig_reader_join(r);
-	CHECK_INT("peer", rd->got, len);
+	CHECK_INT("peer", rd->got, len + 3);
 	assert_memory_equal(rd->buf, data + off, len);
+	assert_memory_equal(rd->buf + len, tail, 3);
 	reader_free(rd);
 	free(data);
 }
