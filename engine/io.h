@@ -107,6 +107,10 @@ void io_recv(struct io *io, int fd, uint64_t tag);
 void io_recv_into(struct io *io, int fd, void *buf, size_t len, uint64_t tag);
 /* One send; res may be short: the caller sends the rest. */
 void io_send(struct io *io, int fd, const void *buf, size_t len, uint64_t tag);
+/* The same, tried at once rather than with the loop's next batch: for a
+ * peer that waits for it before it answers (an outbound SMTP step). The
+ * completion still comes from io_wait. sendfile is always tried at once. */
+void io_send_eager(struct io *io, int fd, const void *buf, size_t len, uint64_t tag);
 /* Up to len bytes of file at off to the socket, then tail (at most
  * IO_TAIL_MAX bytes, copied; NULL for none) when the whole range goes out
  * in this operation: res counts both and may be short. The end-of-data
@@ -141,11 +145,6 @@ void io_buf_recycle(struct io *io, unsigned bid);
 /* Any thread: makes the worker's io_wait return an IO_OP_WAKE completion
  * with res 0 (wake-ups coalesce: one completion may answer several calls). */
 void io_wake(struct io *io);
-
-/* Hands what is queued to the kernel now instead of at the next io_wait:
- * for a send whose latency matters more than one syscall (an outbound
- * SMTP step waits for it). Nothing to do where operations start at once. */
-void io_submit(struct io *io);
 
 /* Submits what is queued, waits for at least one completion and decodes
  * up to max of them into out. Returns how many, or -errno. */

@@ -24,7 +24,8 @@ struct io_ops {
 	char *(*buf)(struct io *io, unsigned bid);
 	void (*buf_recycle)(struct io *io, unsigned bid);
 	void (*wake)(struct io *io);
-	void (*submit)(struct io *io);   /* NULL: operations start at once */
+	/* NULL: send already tries at once */
+	void (*send_eager)(struct io *io, int fd, const void *buf, size_t len, uint64_t tag);
 	int (*wait)(struct io *io, struct io_cqe *out, unsigned max);
 };
 

@@ -94,10 +94,9 @@ char *io_buf(struct io *io, unsigned bid) { return io->ops->buf(io, bid); }
 void io_buf_recycle(struct io *io, unsigned bid) { io->ops->buf_recycle(io, bid); }
 void io_wake(struct io *io) { io->ops->wake(io); }
 
-void io_submit(struct io *io)
+void io_send_eager(struct io *io, int fd, const void *buf, size_t len, uint64_t tag)
 {
-	if (io->ops->submit)
-		io->ops->submit(io);
+	(io->ops->send_eager ? io->ops->send_eager : io->ops->send)(io, fd, buf, len, tag);
 }
 
 int io_wait(struct io *io, struct io_cqe *out, unsigned max)

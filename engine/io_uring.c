@@ -12,6 +12,8 @@
 #include <string.h>
 #include <sys/eventfd.h>
 #include <sys/mman.h>
+#include <sys/socket.h>
+#include <sys/uio.h>
 #include <unistd.h>
 
 #include "io_backend.h"
@@ -197,6 +199,35 @@ static void ur_recv_into(struct io *io, int fd, void *buf, size_t len, uint64_t 
 	io_uring_sqe_set_data64(sqe, tag);
 }
 
+static void early_post(struct io_ur *u, uint64_t tag, int res)
+{
+	if (u->nearly == u->early_cap) {
+		unsigned cap = u->early_cap ? u->early_cap * 2 : 16;
+		struct io_cqe *e = realloc(u->early, cap * sizeof(*e));
+		if (!e) {
+			log_msg(LOG_ERROR, "event=io_error error=\"out of memory: a completion is lost\"");
+			return;
+		}
+		u->early = e;
+		u->early_cap = cap;
+	}
+	io_cqe_decode(&u->early[u->nearly++], tag, res, false, -1);
+}
+
+/* A send tried at once, as a plain send() would be: its completion is
+ * posted without the kernel's ring, and only a full socket waits on it. */
+static void ur_send_eager(struct io *io, int fd, const void *buf, size_t len, uint64_t tag)
+{
+	ssize_t n = send(fd, buf, len, MSG_NOSIGNAL | MSG_DONTWAIT);
+	if (n > 0 || (n < 0 && errno != EAGAIN && errno != EWOULDBLOCK)) {
+		early_post(ur(io), tag, n < 0 ? -errno : (int)n);
+		return;
+	}
+	struct io_uring_sqe *sqe = get_sqe(ur(io));
+	io_uring_prep_send(sqe, fd, buf, len, MSG_NOSIGNAL);
+	io_uring_sqe_set_data64(sqe, tag);
+}
+
 static void ur_send(struct io *io, int fd, const void *buf, size_t len, uint64_t tag)
 {
 	struct io_uring_sqe *sqe = get_sqe(ur(io));
@@ -216,20 +247,6 @@ static void ur_connect(struct io *io, int fd, const struct sockaddr *sa, socklen
 	io_uring_submit(&u->ring);
 }
 
-static void early_post(struct io_ur *u, uint64_t tag, int res)
-{
-	if (u->nearly == u->early_cap) {
-		unsigned cap = u->early_cap ? u->early_cap * 2 : 16;
-		struct io_cqe *e = realloc(u->early, cap * sizeof(*e));
-		if (!e) {
-			log_msg(LOG_ERROR, "event=io_error error=\"out of memory: a completion is lost\"");
-			return;
-		}
-		u->early = e;
-		u->early_cap = cap;
-	}
-	io_cqe_decode(&u->early[u->nearly++], tag, res, false, -1);
-}
 
 static void fs_submit(struct io_ur *u, struct file_send *f)
 {
@@ -272,6 +289,24 @@ static void ur_sendfile(struct io *io, int sock, int file, uint64_t off, size_t 
 	f->taillen = taillen;
 	if (taillen)
 		memcpy(f->tail, tail, taillen);
+	/* The segment was usually written a moment ago: a read that may not
+	 * wait (RWF_NOWAIT) finds it in the page cache, and it goes out at
+	 * once. A cold range or a full socket takes the ring. */
+	struct iovec iov = {f->buf, f->want};
+	if (preadv2(file, &iov, 1, (off_t)off, RWF_NOWAIT) == (ssize_t)f->want) {
+		size_t out = f->want;
+		if (out == len && taillen) {
+			memcpy(f->buf + out, tail, taillen);
+			out += taillen;
+		}
+		ssize_t n = send(sock, f->buf, out, MSG_NOSIGNAL | MSG_DONTWAIT);
+		if (n > 0 || (n < 0 && errno != EAGAIN && errno != EWOULDBLOCK)) {
+			early_post(u, tag, n < 0 ? -errno : (int)n);
+			f->next = u->fs_free;
+			u->fs_free = f;
+			return;
+		}
+	}
 	f->got = f->sent = 0;
 	f->sending = false;
 	f->prev = NULL;
@@ -343,11 +378,6 @@ static void ur_buf_recycle(struct io *io, unsigned bid)
 	io_uring_buf_ring_advance(u->br, 1);
 }
 
-static void ur_submit(struct io *io)
-{
-	io_uring_submit(&ur(io)->ring);
-}
-
 static void ur_wake(struct io *io)
 {
 	uint64_t one = 1;
@@ -367,8 +397,6 @@ static bool fs_step(struct io_ur *u, struct file_send *f, int res, struct io_cqe
 		}
 		f->sending = true;
 		fs_submit(u, f);
-		/* Out now, not after the rest of this loop turn. */
-		io_uring_submit(&u->ring);
 		return false;
 	}
 	if (res > 0) {
@@ -389,50 +417,61 @@ static bool fs_step(struct io_ur *u, struct file_send *f, int res, struct io_cqe
 	return true;
 }
 
+/* Decodes what the ring has completed into out[n..max); returns the new n. */
+static unsigned reap(struct io_ur *u, struct io_cqe *out, unsigned n, unsigned max)
+{
+	struct io_uring_cqe *cqe;
+	unsigned head, seen = 0;
+	io_uring_for_each_cqe(&u->ring, head, cqe) {
+		if (n == max)
+			break;
+		seen++;
+		uint64_t tag = io_uring_cqe_get_data64(cqe);
+		switch ((unsigned)(tag >> 56)) {
+		case OP_INTERNAL_WAKE:
+			arm_wake(u);
+			io_cqe_decode(&out[n++], io_tag(IO_OP_WAKE, 0, 0), 0, false, -1);
+			break;
+		case OP_INTERNAL_FILE_SEND:
+			if (fs_step(u, (struct file_send *)(uintptr_t)(tag & ((1ull << 56) - 1)),
+				    cqe->res, &out[n]))
+				n++;
+			break;
+		case OP_INTERNAL_QUIET:
+			break;
+		default:
+			io_cqe_decode(&out[n++], tag, cqe->res,
+				      (cqe->flags & IORING_CQE_F_MORE) != 0,
+				      cqe->flags & IORING_CQE_F_BUFFER
+					      ? (int)(cqe->flags >> IORING_CQE_BUFFER_SHIFT)
+					      : -1);
+		}
+	}
+	io_uring_cq_advance(&u->ring, seen);
+	return n;
+}
+
 static int ur_wait(struct io *io, struct io_cqe *out, unsigned max)
 {
 	struct io_ur *u = ur(io);
 	unsigned n = 0;
 	if (u->nearly) {
-		/* Oldest first; what does not fit waits for the next call. */
+		/* Oldest first; what does not fit waits for the next call. The
+		 * ring is still submitted and reaped, without sleeping, so a run
+		 * of operations done at once never starves it. */
 		unsigned k = u->nearly < max ? u->nearly : max;
 		memcpy(out, u->early, k * sizeof(*out));
 		memmove(u->early, u->early + k, (u->nearly - k) * sizeof(*out));
 		u->nearly -= k;
 		n = k;
+		io_uring_submit_and_get_events(&u->ring);
+		return (int)reap(u, out, n, max);
 	}
 	while (n == 0) {
 		int ret = io_uring_submit_and_wait(&u->ring, 1);
 		if (ret < 0 && ret != -EINTR && ret != -ETIME && ret != -EBUSY)
 			return ret;
-		struct io_uring_cqe *cqe;
-		unsigned head, seen = 0;
-		io_uring_for_each_cqe(&u->ring, head, cqe) {
-			if (n == max)
-				break;
-			seen++;
-			uint64_t tag = io_uring_cqe_get_data64(cqe);
-			switch ((unsigned)(tag >> 56)) {
-			case OP_INTERNAL_WAKE:
-				arm_wake(u);
-				io_cqe_decode(&out[n++], io_tag(IO_OP_WAKE, 0, 0), 0, false, -1);
-				break;
-			case OP_INTERNAL_FILE_SEND:
-				if (fs_step(u, (struct file_send *)(uintptr_t)(tag & ((1ull << 56) - 1)),
-					    cqe->res, &out[n]))
-					n++;
-				break;
-			case OP_INTERNAL_QUIET:
-				break;
-			default:
-				io_cqe_decode(&out[n++], tag, cqe->res,
-					      (cqe->flags & IORING_CQE_F_MORE) != 0,
-					      cqe->flags & IORING_CQE_F_BUFFER
-						      ? (int)(cqe->flags >> IORING_CQE_BUFFER_SHIFT)
-						      : -1);
-			}
-		}
-		io_uring_cq_advance(&u->ring, seen);
+		n = reap(u, out, n, max);
 	}
 	return (int)n;
 }
@@ -442,7 +481,7 @@ static const struct io_ops ur_ops = {
 	.send = ur_send, .sendfile = ur_sendfile, .connect = ur_connect, .writev = ur_writev,
 	.read = ur_read, .fsync = ur_fsync, .timeout = ur_timeout, .cancel = ur_cancel,
 	.buf = ur_buf, .buf_recycle = ur_buf_recycle, .wake = ur_wake, .wait = ur_wait,
-	.submit = ur_submit,
+	.send_eager = ur_send_eager,
 };
 
 /* The whole setup a worker does (ring, provided buffers), once: a kernel

@@ -330,11 +330,10 @@ static void submit_send(struct oconn *oc)
 	oc->out_busy = true;
 	oc->out_sub = SUB_SEND;
 	oc->inflight++;
-	io_send(oc->w->io, oc->fd, oc->out + oc->out_off, oc->out_len - oc->out_off,
-		tag(oc, SUB_SEND));
 	/* The next hop waits for it, and the message waits for the next hop:
-	 * out now, as a plain send() would be, not at the end of the turn. */
-	io_submit(oc->w->io);
+	 * out now, as a plain send() would be, not with the turn's batch. */
+	io_send_eager(oc->w->io, oc->fd, oc->out + oc->out_off, oc->out_len - oc->out_off,
+		      tag(oc, SUB_SEND));
 }
 
 static const char dot[] = ".\r\n";
@@ -358,7 +357,6 @@ static bool submit_body(struct oconn *oc)
 		io_sendfile(oc->w->io, oc->fd, spool_seg_fd(m->seg), m->off[oc->ext] + oc->ext_off,
 			    (size_t)left, last ? dot + oc->dot_off : NULL, last ? 3 - oc->dot_off : 0,
 			    tag(oc, SUB_SENDFILE));
-		io_submit(oc->w->io);
 		return true;
 	}
 	return false;
