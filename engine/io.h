@@ -107,10 +107,15 @@ void io_recv(struct io *io, int fd, uint64_t tag);
 void io_recv_into(struct io *io, int fd, void *buf, size_t len, uint64_t tag);
 /* One send; res may be short: the caller sends the rest. */
 void io_send(struct io *io, int fd, const void *buf, size_t len, uint64_t tag);
-/* The same, tried at once rather than with the loop's next batch: for a
- * peer that waits for it before it answers (an outbound SMTP step). The
- * completion still comes from io_wait. sendfile is always tried at once. */
-void io_send_eager(struct io *io, int fd, const void *buf, size_t len, uint64_t tag);
+/* Sends that do not wait, for a peer that waits for them before it
+ * answers (an outbound SMTP step): done now, as a plain send() would be,
+ * instead of with the loop's next batch. They return the bytes sent, or
+ * -EAGAIN when they would have to wait (the socket is full, or the file
+ * range is not in the page cache): then the caller submits io_send or
+ * io_sendfile. No completion follows either way. */
+long io_try_send(struct io *io, int fd, const void *buf, size_t len);
+long io_try_sendfile(struct io *io, int sock, int file, uint64_t off, size_t len,
+		     const void *tail, size_t taillen);
 /* Up to len bytes of file at off to the socket, then tail (at most
  * IO_TAIL_MAX bytes, copied; NULL for none) when the whole range goes out
  * in this operation: res counts both and may be short. The end-of-data

@@ -24,8 +24,6 @@ struct io_ops {
 	char *(*buf)(struct io *io, unsigned bid);
 	void (*buf_recycle)(struct io *io, unsigned bid);
 	void (*wake)(struct io *io);
-	/* NULL: send already tries at once */
-	void (*send_eager)(struct io *io, int fd, const void *buf, size_t len, uint64_t tag);
 	int (*wait)(struct io *io, struct io_cqe *out, unsigned max);
 };
 
@@ -33,7 +31,10 @@ struct io_ops {
 struct io {
 	const struct io_ops *ops;
 	enum io_backend kind;
+	char *stage;              /* IO_STAGE bytes for io_try_sendfile */
 };
+
+#define IO_STAGE (64u * 1024)
 
 static inline void io_cqe_decode(struct io_cqe *c, uint64_t tag, int res, bool more,
 				 int bid)

@@ -4,7 +4,10 @@
 
 #include <errno.h>
 #include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
+#include <sys/socket.h>
+#include <sys/uio.h>
 
 #include "io_backend.h"
 
@@ -36,14 +39,27 @@ struct io *io_open(enum io_backend b, const struct io_params *p, char *err, size
 	struct io *io = b == IO_BACKEND_EPOLL ? io_epoll_backend_open(p, err, errlen)
 		      : b == IO_BACKEND_URING ? io_uring_backend_open(p, err, errlen)
 					      : NULL;
-	if (io)
-		io->kind = b;
-	else if (b != IO_BACKEND_EPOLL && b != IO_BACKEND_URING)
-		snprintf(err, errlen, "no I/O backend chosen");
+	if (!io) {
+		if (b != IO_BACKEND_EPOLL && b != IO_BACKEND_URING)
+			snprintf(err, errlen, "no I/O backend chosen");
+		return NULL;
+	}
+	io->kind = b;
+	io->stage = malloc(IO_STAGE);
+	if (!io->stage) {
+		snprintf(err, errlen, "out of memory");
+		io_close(io);
+		return NULL;
+	}
 	return io;
 }
 
-void io_close(struct io *io) { io->ops->close(io); }
+void io_close(struct io *io)
+{
+	free(io->stage);
+	io->stage = NULL;
+	io->ops->close(io);
+}
 enum io_backend io_kind(const struct io *io) { return io->kind; }
 void io_accept(struct io *io, int fd, uint64_t tag) { io->ops->accept(io, fd, tag); }
 void io_recv(struct io *io, int fd, uint64_t tag) { io->ops->recv(io, fd, tag); }
@@ -94,9 +110,30 @@ char *io_buf(struct io *io, unsigned bid) { return io->ops->buf(io, bid); }
 void io_buf_recycle(struct io *io, unsigned bid) { io->ops->buf_recycle(io, bid); }
 void io_wake(struct io *io) { io->ops->wake(io); }
 
-void io_send_eager(struct io *io, int fd, const void *buf, size_t len, uint64_t tag)
+long io_try_send(struct io *io, int fd, const void *buf, size_t len)
 {
-	(io->ops->send_eager ? io->ops->send_eager : io->ops->send)(io, fd, buf, len, tag);
+	ssize_t n = send(fd, buf, len, MSG_NOSIGNAL | MSG_DONTWAIT);
+	return n >= 0 ? (long)n : errno == EWOULDBLOCK ? -EAGAIN : -errno;
+}
+
+long io_try_sendfile(struct io *io, int sock, int file, uint64_t off, size_t len,
+		     const void *tail, size_t taillen)
+{
+	if (!tail || taillen > IO_TAIL_MAX)
+		taillen = 0;
+	/* The segment was usually written a moment ago: a read that may not
+	 * wait (RWF_NOWAIT) gets the range from the page cache; a cold one
+	 * is left to io_sendfile, which never reads on the loop. */
+	size_t want = len < IO_STAGE - taillen ? len : IO_STAGE - taillen;
+	struct iovec iov = {io->stage, want};
+	if (!want || preadv2(file, &iov, 1, (off_t)off, RWF_NOWAIT) != (ssize_t)want)
+		return -EAGAIN;
+	size_t out = want;
+	if (want == len && taillen) {
+		memcpy(io->stage + want, tail, taillen);
+		out += taillen;
+	}
+	return io_try_send(io, sock, io->stage, out);
 }
 
 int io_wait(struct io *io, struct io_cqe *out, unsigned max)

@@ -214,20 +214,6 @@ static void early_post(struct io_ur *u, uint64_t tag, int res)
 	io_cqe_decode(&u->early[u->nearly++], tag, res, false, -1);
 }
 
-/* A send tried at once, as a plain send() would be: its completion is
- * posted without the kernel's ring, and only a full socket waits on it. */
-static void ur_send_eager(struct io *io, int fd, const void *buf, size_t len, uint64_t tag)
-{
-	ssize_t n = send(fd, buf, len, MSG_NOSIGNAL | MSG_DONTWAIT);
-	if (n > 0 || (n < 0 && errno != EAGAIN && errno != EWOULDBLOCK)) {
-		early_post(ur(io), tag, n < 0 ? -errno : (int)n);
-		return;
-	}
-	struct io_uring_sqe *sqe = get_sqe(ur(io));
-	io_uring_prep_send(sqe, fd, buf, len, MSG_NOSIGNAL);
-	io_uring_sqe_set_data64(sqe, tag);
-}
-
 static void ur_send(struct io *io, int fd, const void *buf, size_t len, uint64_t tag)
 {
 	struct io_uring_sqe *sqe = get_sqe(ur(io));
@@ -289,24 +275,6 @@ static void ur_sendfile(struct io *io, int sock, int file, uint64_t off, size_t 
 	f->taillen = taillen;
 	if (taillen)
 		memcpy(f->tail, tail, taillen);
-	/* The segment was usually written a moment ago: a read that may not
-	 * wait (RWF_NOWAIT) finds it in the page cache, and it goes out at
-	 * once. A cold range or a full socket takes the ring. */
-	struct iovec iov = {f->buf, f->want};
-	if (preadv2(file, &iov, 1, (off_t)off, RWF_NOWAIT) == (ssize_t)f->want) {
-		size_t out = f->want;
-		if (out == len && taillen) {
-			memcpy(f->buf + out, tail, taillen);
-			out += taillen;
-		}
-		ssize_t n = send(sock, f->buf, out, MSG_NOSIGNAL | MSG_DONTWAIT);
-		if (n > 0 || (n < 0 && errno != EAGAIN && errno != EWOULDBLOCK)) {
-			early_post(u, tag, n < 0 ? -errno : (int)n);
-			f->next = u->fs_free;
-			u->fs_free = f;
-			return;
-		}
-	}
 	f->got = f->sent = 0;
 	f->sending = false;
 	f->prev = NULL;
@@ -457,8 +425,7 @@ static int ur_wait(struct io *io, struct io_cqe *out, unsigned max)
 	unsigned n = 0;
 	if (u->nearly) {
 		/* Oldest first; what does not fit waits for the next call. The
-		 * ring is still submitted and reaped, without sleeping, so a run
-		 * of operations done at once never starves it. */
+		 * ring is still submitted and reaped, without sleeping. */
 		unsigned k = u->nearly < max ? u->nearly : max;
 		memcpy(out, u->early, k * sizeof(*out));
 		memmove(u->early, u->early + k, (u->nearly - k) * sizeof(*out));
@@ -481,7 +448,6 @@ static const struct io_ops ur_ops = {
 	.send = ur_send, .sendfile = ur_sendfile, .connect = ur_connect, .writev = ur_writev,
 	.read = ur_read, .fsync = ur_fsync, .timeout = ur_timeout, .cancel = ur_cancel,
 	.buf = ur_buf, .buf_recycle = ur_buf_recycle, .wake = ur_wake, .wait = ur_wait,
-	.send_eager = ur_send_eager,
 };
 
 /* The whole setup a worker does (ring, provided buffers), once: a kernel

@@ -325,22 +325,51 @@ static bool arm_recv(struct oconn *oc)
 	return true;
 }
 
-static void submit_send(struct oconn *oc)
+/* Sends what is pending at once when the socket takes it (the next hop
+ * waits for it, and the message for the next hop); true when all of it
+ * went. Otherwise a send is submitted, or the connection was lost. */
+static bool send_now(struct oconn *oc)
 {
+	while (oc->out_off < oc->out_len) {
+		long n = io_try_send(oc->w->io, oc->fd, oc->out + oc->out_off,
+				     oc->out_len - oc->out_off);
+		if (n == -EAGAIN)
+			break;
+		if (n <= 0) {
+			lost(oc, n == 0 ? "connection closed by the next hop" : strerror((int)-n));
+			return false;
+		}
+		oc->out_off += (size_t)n;
+	}
+	if (oc->out_off == oc->out_len)
+		return true;
 	oc->out_busy = true;
 	oc->out_sub = SUB_SEND;
 	oc->inflight++;
-	/* The next hop waits for it, and the message waits for the next hop:
-	 * out now, as a plain send() would be, not with the turn's batch. */
-	io_send_eager(oc->w->io, oc->fd, oc->out + oc->out_off, oc->out_len - oc->out_off,
-		      tag(oc, SUB_SEND));
+	io_send(oc->w->io, oc->fd, oc->out + oc->out_off, oc->out_len - oc->out_off,
+		tag(oc, SUB_SEND));
+	return false;
+}
+
+/* The body's bytes went out: n of them, the end-of-data line's last. */
+static void body_sent(struct oconn *oc, uint64_t n)
+{
+	uint64_t left = oc->job->m->len[oc->ext] - oc->ext_off;
+	oc->ext_off += n < left ? n : left;
+	if (n > left)
+		oc->dot_off += (size_t)(n - left);
+	/* RFC 5321 4.5.3.2.5: the timeout is per send of data, not for the
+	 * whole body. */
+	set_deadline(oc, BODY_TIMEOUT_MS);
 }
 
 static const char dot[] = ".\r\n";
 
-/* The next piece of the stored message, the end-of-data line riding with
- * the last one; false once all of it is sent. */
-static bool submit_body(struct oconn *oc)
+/* Sends the stored message, the end-of-data line riding with its last
+ * piece: at once while the socket and the page cache allow, then by a
+ * submitted io_sendfile. false once all of it is sent; true when an
+ * operation is under way or the connection was lost. */
+static bool send_body(struct oconn *oc)
 {
 	const struct qmsg *m = oc->job->m;
 	while (oc->ext < m->nchunks) {
@@ -351,11 +380,23 @@ static bool submit_body(struct oconn *oc)
 			continue;
 		}
 		bool last = oc->ext + 1 == m->nchunks;
+		const char *tail = last ? dot + oc->dot_off : NULL;
+		size_t taillen = last ? 3 - oc->dot_off : 0;
+		int seg = spool_seg_fd(m->seg);
+		uint64_t off = m->off[oc->ext] + oc->ext_off;
+		long n = io_try_sendfile(oc->w->io, oc->fd, seg, off, (size_t)left, tail, taillen);
+		if (n > 0) {
+			body_sent(oc, (uint64_t)n);
+			continue;
+		}
+		if (n != -EAGAIN) {
+			lost(oc, n == 0 ? "connection closed by the next hop" : strerror((int)-n));
+			return true;
+		}
 		oc->out_busy = true;
 		oc->out_sub = SUB_SENDFILE;
 		oc->inflight++;
-		io_sendfile(oc->w->io, oc->fd, spool_seg_fd(m->seg), m->off[oc->ext] + oc->ext_off,
-			    (size_t)left, last ? dot + oc->dot_off : NULL, last ? 3 - oc->dot_off : 0,
+		io_sendfile(oc->w->io, oc->fd, seg, off, (size_t)left, tail, taillen,
 			    tag(oc, SUB_SENDFILE));
 		return true;
 	}
@@ -368,11 +409,15 @@ static void run(struct oconn *oc)
 		if (oc->state != OC_SESSION || oc->out_busy)
 			return;
 		if (oc->out_len) {
-			submit_send(oc);
-			return;
+			if (!send_now(oc))
+				return;
+			oc->out_len = 0;
+			smtp_client_sent(&oc->cl);
+			set_deadline(oc, smtp_client_timeout_ms(&oc->cl));
+			continue;
 		}
 		if (oc->body) {
-			if (submit_body(oc))
+			if (send_body(oc))
 				return;
 			oc->body = false;
 			if (oc->dot_off < 3) {
@@ -529,15 +574,7 @@ void outconn_on_io(struct oconn *oc, const struct io_cqe *e)
 			lost(oc, e->res == 0 ? strerror(EIO) : strerror(-e->res));
 			return;
 		}
-		{
-			uint64_t left = oc->job->m->len[oc->ext] - oc->ext_off, n = (uint64_t)e->res;
-			oc->ext_off += n < left ? n : left;
-			if (n > left)
-				oc->dot_off += (size_t)(n - left);
-		}
-		/* RFC 5321 4.5.3.2.5: the timeout is per send of data, not for
-		 * the whole body. */
-		set_deadline(oc, BODY_TIMEOUT_MS);
+		body_sent(oc, (uint64_t)e->res);
 		run(oc);
 		return;
 	case SUB_RECV:
