@@ -38,6 +38,7 @@ struct dest {
 	struct oconn *idle;
 	uint64_t last_used;
 	bool throttled;            /* waiting for the send rate limit */
+	bool starved;              /* jobs wait for a connection another worker holds */
 };
 
 /* An MX answer, from the resolver thread. */
@@ -56,11 +57,13 @@ struct deliver {
 	struct oconn *conns;       /* every connection */
 	unsigned nconns;
 	unsigned resolving;
+	unsigned nstarved;         /* dests with d->starved set */
 	struct drop_writer *drop;
 	struct mailbox answers;    /* from the resolver thread */
 };
 
 static void dest_pump(struct deliver *dl, struct dest *d);
+static bool wanted_elsewhere(const struct oconn *oc);
 
 /* ---- jobs ------------------------------------------------------------- */
 
@@ -260,8 +263,13 @@ static void oc_closed(struct oconn *oc)
 		oc->next->prev = oc->prev;
 	dl->nconns--;
 	d->nconns--;
-	if (d->sc->max_connections && d->th)
+	if (d->sc->max_connections && d->th) {
 		atomic_fetch_sub(&d->th->connections, 1);
+		/* One of the connector's connections is free: a worker waiting
+		 * for it takes it now, not at its next tick. */
+		if (wanted_elsewhere(oc))
+			wctx_wake_peers(dl->w);
+	}
 	if (!dl->w->stopping)
 		dest_pump(dl, d);
 }
@@ -398,9 +406,18 @@ static void dest_pump(struct deliver *dl, struct dest *d)
 				 * give back their idle connections; it retries at
 				 * its next tick. */
 				uint64_t fair = max / (w->nworkers ? w->nworkers : 1);
-				if (d->nconns < (fair ? fair : 1))
-					atomic_store(&d->th->wanted_until,
-						     (w->now_ms + 1000) << 8 | (w->id % 255 + 1));
+				if (d->nconns < (fair ? fair : 1)) {
+					uint64_t want = (w->now_ms + 1000) << 8 | (w->id % 255 + 1);
+					uint64_t was = atomic_exchange(&d->th->wanted_until, want);
+					/* Newly wanted: the others look at their idle
+					 * connections now, not at their next tick. */
+					if ((was & 0xff) != (want & 0xff) || w->now_ms >= was >> 8)
+						wctx_wake_peers(w);
+				}
+				if (!d->starved) {
+					d->starved = true;
+					dl->nstarved++;
+				}
 				return;
 			}
 		}
@@ -468,6 +485,23 @@ void deliver_wake(struct deliver *dl)
 		free(it);
 	}
 	drop_collect(dl->drop, drop_done, dl);
+	/* A peer may want a connection we hold idle, or have freed one. */
+	for (struct oconn *oc = dl->conns, *next; oc; oc = next) {
+		next = oc->next;
+		if (oc->state == OC_IDLE && wanted_elsewhere(oc)) {
+			idle_remove(dest_of(oc), oc);
+			outconn_quit(oc);
+		}
+	}
+	if (dl->w->stopping || !dl->nstarved)
+		return;
+	for (unsigned b = 0; b < DEST_BUCKETS && dl->nstarved; b++)
+		for (struct dest *d = dl->bucket[b]; d; d = d->hnext)
+			if (d->starved) {
+				d->starved = false;
+				dl->nstarved--;
+				dest_pump(dl, d);
+			}
 }
 
 void deliver_tick(struct deliver *dl)
@@ -495,6 +529,8 @@ void deliver_tick(struct deliver *dl)
 			if (!d->head && !d->nconns && !d->resolving &&
 			    w->now_ms - d->last_used > DEST_KEEP_MS) {
 				*pp = d->hnext;
+				if (d->starved)
+					dl->nstarved--;
 				conf_unref(d->conf);
 				free(d->t);
 				free(d);

@@ -323,7 +323,8 @@ int main(int argc, char **argv)
 	unsigned nw = conf->workers;
 	struct worker *workers = calloc(nw, sizeof(*workers));
 	struct worker_metrics **wm = calloc(nw, sizeof(*wm));
-	if (!workers || !wm) {
+	struct io *_Atomic *peers = calloc(nw, sizeof(*peers));
+	if (!workers || !wm || !peers) {
 		fprintf(stderr, "postern: out of memory\n");
 		spool_close(&store);
 		return 1;
@@ -338,6 +339,7 @@ int main(int argc, char **argv)
 		w->ctx.resolver = resolver;
 		w->ctx.nworkers = nw;
 		w->backend = backend;
+		w->peers = peers;
 		wm[i] = &w->m;
 		w->nlisten = conf->nbindings;
 		w->listen_fds = calloc(conf->nbindings, sizeof(int));
@@ -418,6 +420,7 @@ int main(int argc, char **argv)
 		worker_join(&workers[i]);
 	free(workers);
 	free(wm);
+	free(peers);
 	if (resolver)
 		resolver_free(resolver);
 	spool_close(&store);

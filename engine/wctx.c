@@ -3,6 +3,7 @@
 #include "wctx.h"
 
 #include <inttypes.h>
+#include <stdatomic.h>
 #include <stdio.h>
 #include <sys/time.h>
 #include <time.h>
@@ -54,4 +55,13 @@ void wctx_buf_put(struct wctx *w, int bid)
 	io_buf_recycle(w->io, (unsigned)bid);
 	if (w->buf_waiters && w->buf_returned)
 		w->buf_returned(w);
+}
+
+void wctx_wake_peers(struct wctx *w)
+{
+	for (unsigned i = 0; w->peers && i < w->nworkers; i++) {
+		struct io *io = atomic_load(&w->peers[i]);
+		if (i != w->id && io)
+			io_wake(io);
+	}
 }

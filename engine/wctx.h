@@ -43,6 +43,9 @@ struct wctx {
 	 * waits for one (set by the worker) */
 	void (*buf_returned)(struct wctx *w);
 	unsigned buf_waiters;
+	/* every worker's I/O, by worker id (NULL until it runs): a worker
+	 * that needs a connection another one holds wakes it */
+	struct io *_Atomic *peers;
 	/* message ids */
 	uint64_t id_base_ms;
 	uint32_t id_counter;
@@ -72,5 +75,8 @@ static inline void wctx_wake(struct wctx *w)
 {
 	io_wake(w->io);
 }
+
+/* Wakes every other worker (they look at what they could give back). */
+void wctx_wake_peers(struct wctx *w);
 
 #endif

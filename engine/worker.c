@@ -323,6 +323,9 @@ static int setup(struct worker *w)
 	x->io = io_open(w->backend, &p, w->err, sizeof(w->err));
 	if (!x->io)
 		return -1;
+	x->peers = w->peers;
+	if (x->peers)
+		atomic_store(&x->peers[x->id], x->io);
 	x->spool = &w->spool;
 	x->queue = &w->queue;
 	x->conns = &w->conns;
@@ -440,6 +443,8 @@ void worker_join(struct worker *w)
 			close(w->listen_fds[b]);
 	/* Closed here, not on the worker thread: other threads may still
 	 * wake it until it is joined. */
+	if (w->peers)
+		atomic_store(&w->peers[w->ctx.id], NULL);
 	if (w->ctx.io)
 		io_close(w->ctx.io);
 	w->ctx.io = NULL;

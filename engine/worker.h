@@ -34,6 +34,7 @@ struct worker {
 	struct wctx ctx;          /* what the worker's modules see of it */
 	pthread_t thread;
 	enum io_backend backend;  /* chosen by main (io_probe) */
+	struct io *_Atomic *peers;  /* main's table: this worker writes its own */
 	uint32_t conf_gen;        /* bumped per reload; tags accepts */
 	_Atomic(struct worker_reload *) reload;  /* handed over by main */
 	struct spool *spool_shared;
