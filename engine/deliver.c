@@ -38,7 +38,7 @@ struct dest {
 	struct oconn *idle;
 	uint64_t last_used;
 	bool throttled;            /* waiting for the send rate limit */
-	bool starved;              /* jobs wait for a connection another worker holds */
+	bool starved;              /* jobs wait for a connection held by another worker */
 };
 
 /* An MX answer, from the resolver thread. */
