@@ -23,7 +23,7 @@
 #define BUF_COUNT 512           /* provided receive buffers per worker */
 #define BUF_SIZE (16 * 1024)
 #define TICK_MS 250
-#define CQE_BATCH 256
+#define CQE_BATCH 1024
 
 static void arm_accept(struct worker *w, unsigned b)
 {
