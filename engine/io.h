@@ -16,14 +16,13 @@
 #include <sys/socket.h>
 #include <sys/uio.h>
 
-/* Tags' op numbers; worker.c routes completions by them. IO_OP_WAKE and
- * IO_OP_CANCEL are produced by the interface itself. */
+/* Tags' op numbers; worker.c routes completions by them. IO_OP_WAKE is
+ * produced by the interface itself. */
 enum io_op {
 	IO_OP_ACCEPT = 1, /* slot = listener index, gen = configuration */
 	IO_OP_RECV,       /* slot/gen = inbound connection */
 	IO_OP_SEND,
 	IO_OP_TICK,       /* periodic timer */
-	IO_OP_CANCEL,     /* result of a cancel request: ignored */
 	IO_OP_WAKE,       /* io_wake() from another thread */
 	IO_OP_SPOOL_WRITE,/* pointer: struct spool_write */
 	IO_OP_SPOOL_SYNC, /* fdatasync of a spool segment or directory */
@@ -118,7 +117,8 @@ long io_try_sendfile(struct io *io, int sock, int file, uint64_t off, size_t len
 		     const void *tail, size_t taillen);
 /* Up to len bytes of file at off to the socket, then tail (at most
  * IO_TAIL_MAX bytes, copied; NULL for none) when the whole range goes out
- * in this operation: res counts both and may be short. The end-of-data
+ * in this operation and the backend can add it: res counts both and may
+ * be short, and res <= len means none of the tail went. The end-of-data
  * line rides with the last piece of a message this way. */
 #define IO_TAIL_MAX 16
 void io_sendfile(struct io *io, int sock, int file, uint64_t off, size_t len,

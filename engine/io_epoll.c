@@ -32,7 +32,6 @@
 #define EP_PAGE (1u << EP_PAGE_SHIFT)
 /* What the kernel moves at most in one read or write: keeps res an int. */
 #define EP_MAX_RW 0x7ffff000u
-#define EP_STAGE (64u * 1024)   /* sendfile's page-cache fast path */
 
 enum ep_kind {
 	EP_NONE,
@@ -131,7 +130,6 @@ struct io_ep {
 	bool stop;
 	struct ep_job *todo, **todo_tail;
 	struct ep_job *done, **done_tail;
-	char *stage;            /* EP_STAGE bytes: a hot file range on its way out */
 };
 
 static struct io_ep *ep(struct io *io)
@@ -754,7 +752,6 @@ static void ep_close(struct io *io)
 	free(e->hash);
 	free(e->heap);
 	free(e->bufs);
-	free(e->stage);
 	free(e->free_bids);
 	free(e->q);
 	free(e);
@@ -824,24 +821,11 @@ static void ep_sendfile(struct io *io, int sock, int file, uint64_t off, size_t 
 		ep_post(e, tag, err, false, -1);
 		return;
 	}
-	/* The segment was usually written a moment ago: a read that may not
-	 * wait (RWF_NOWAIT) gets the range from the page cache, and it is
-	 * sent from here. Only a cold range, or a full socket, takes the
-	 * helper thread's path. */
-	size_t want = len < EP_STAGE - taillen ? len : EP_STAGE - taillen;
-	struct iovec iov = {e->stage, want};
-	if (want && preadv2(file, &iov, 1, (off_t)off, RWF_NOWAIT) == (ssize_t)want) {
-		size_t out = want;
-		if (want == len && taillen) {
-			memcpy(e->stage + want, tail, taillen);
-			out += taillen;
-		}
-		ssize_t n = send(sock, e->stage, out, MSG_NOSIGNAL | MSG_DONTWAIT);
-		if (n > 0 || (n < 0 && !ep_again(errno))) {
-			ep_post(e, tag, n < 0 ? -errno : (int)n, false, -1);
-			return;
-		}
-	}
+	/* io_try_sendfile has already sent what the page cache held: what
+	 * comes here waits for the disk or for room, on the helper thread. The
+	 * tail is left to the caller (res never exceeds len here). */
+	(void)tail;
+	(void)taillen;
 	struct ep_job *j = ep_job_new(e, EP_JOB_SENDFILE, sock, tag);
 	if (!j)
 		return;
@@ -1066,9 +1050,8 @@ struct io *io_epoll_backend_open(const struct io_params *p, char *err, size_t er
 	e->hash = calloc((size_t)1 << e->hash_bits, sizeof(*e->hash));
 	e->free_bids = malloc(((size_t)e->nbufs + 1) * sizeof(*e->free_bids));
 	e->bufs = malloc((size_t)e->nbufs * e->bufsz + 1);
-	e->stage = malloc(EP_STAGE);
 	int ret = -ENOMEM;
-	if (e->hash && e->free_bids && e->bufs && e->stage) {
+	if (e->hash && e->free_bids && e->bufs) {
 		e->epfd = epoll_create1(EPOLL_CLOEXEC);
 		ret = e->epfd < 0 ? -errno : 0;
 	}

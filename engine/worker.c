@@ -255,10 +255,6 @@ static void on_wake(struct worker *w, const struct io_cqe *e)
 		queue_flush_all(&w->queue);
 }
 
-static void on_ignored(struct worker *w, const struct io_cqe *e)
-{
-}
-
 typedef void (*handler_fn)(struct worker *w, const struct io_cqe *e);
 
 static const handler_fn handlers[IO_OP_MAX_] = {
@@ -266,7 +262,6 @@ static const handler_fn handlers[IO_OP_MAX_] = {
 	[IO_OP_RECV] = on_recv,
 	[IO_OP_SEND] = on_send,
 	[IO_OP_TICK] = on_tick,
-	[IO_OP_CANCEL] = on_ignored,
 	[IO_OP_WAKE] = on_wake,
 	[IO_OP_SPOOL_WRITE] = on_spool_write,
 	[IO_OP_SPOOL_SYNC] = on_spool_sync,

@@ -151,9 +151,8 @@ static struct io_cqe rig_await_any(struct rig *r, bool by_op, uint64_t want, con
 				fail_msg("%s: nothing in %d ms", what, RIG_GUARD_MS);
 				return c;
 			}
-			/* cancels' own results and earlier guards */
-			if (got[k].op == IO_OP_CANCEL ||
-			    (got[k].op == IO_OP_TICK && got[k].slot == RIG_GUARD_SLOT))
+			/* earlier guards */
+			if (got[k].op == IO_OP_TICK && got[k].slot == RIG_GUARD_SLOT)
 				continue;
 			if (r->nstash == RIG_STASH) {
 				fail_msg("%s: more than %d completions unclaimed", what, RIG_STASH);

@@ -224,7 +224,6 @@ static void dispatch(struct rig *g, const struct io_cqe *e)
 		return;
 	}
 	case IO_OP_WAKE:
-	case IO_OP_CANCEL:
 		return;
 	default:
 		fail_msg("completion with op %u", e->op);
