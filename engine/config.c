@@ -21,6 +21,7 @@
 #include "connectors.h"
 #include "lpm.h"
 #include "relay.h"
+#include "tls.h"
 
 enum setting_kind { K_SIZE, K_COUNT, K_DURATION, K_BOOL, K_RATE_SOURCE };
 
@@ -51,6 +52,7 @@ static const struct setting rconn_settings[] = {
 	 RC(connection_inactivity_timeout_ms), "5m", 0},
 	{"tarpit_interval", K_DURATION, RC(tarpit_interval_ms), "5s", 600000},
 	{"require_tls", K_BOOL, RC(require_tls), "false", 0},
+	{"require_client_certificate", K_BOOL, RC(require_client_certificate), "false", 0},
 	{"protocol_log", K_BOOL, RC(protocol_log), "false", 0},
 };
 #undef RC
@@ -641,11 +643,173 @@ static const config_setting_t *string_list(struct loader *ld,
 	return v;
 }
 
+/* A string or a list of strings (tls_certificate = "a.pem" or [ ... ]):
+ * the values, a malloc'd array of n copies. */
+static bool strings_of(struct loader *ld, const config_setting_t *g, const char *name,
+		       char ***out, unsigned *n)
+{
+	config_setting_t *v = config_setting_get_member(g, name);
+	*out = NULL;
+	*n = 0;
+	if (!v)
+		return true;
+	if (config_setting_type(v) == CONFIG_TYPE_STRING) {
+		*out = xcalloc(1, sizeof(char *));
+		(*out)[0] = xstrdup(config_setting_get_string(v));
+		*n = 1;
+	} else if (string_list(ld, g, name, true)) {
+		*n = (unsigned)config_setting_length(v);
+		*out = xcalloc(*n ? *n : 1, sizeof(char *));
+		for (unsigned i = 0; i < *n; i++)
+			(*out)[i] = xstrdup(config_setting_get_string_elem(v, (int)i));
+	} else {
+		return false;
+	}
+	for (unsigned i = 0; i < *n; i++)
+		if (!*(*out)[i])
+			return fail(ld, line_of(v), "%s: empty path", name);
+	return true;
+}
+
+static void tls_warn(void *ctx, const char *text)
+{
+	char q[700];
+	(void)ctx;
+	log_msg(LOG_WARN, "event=config_warning warning=%s", log_quote(q, sizeof(q), text));
+}
+
+static int member_line(const config_setting_t *g, const char *name)
+{
+	const config_setting_t *v = config_setting_get_member(g, name);
+	return line_of(v ? v : g);
+}
+
+/* Receive connector TLS: certificates, keys, versions, client CA; the
+ * context is built here, so a bad file fails the load (or the reload,
+ * which keeps the running configuration). */
+static bool load_rconn_tls(struct loader *ld, struct rconn *rc, const config_setting_t *g)
+{
+	if (!strings_of(ld, g, "tls_certificate", &rc->tls_certs, &rc->ntls) ||
+	    !strings_of(ld, g, "tls_key", &rc->tls_keys, &rc->ntls_keys))
+		return false;
+	unsigned nkeys = rc->ntls_keys;
+	if (nkeys != rc->ntls)
+		return fail(ld, member_line(g, rc->ntls ? "tls_certificate" : "tls_key"),
+			    "tls_certificate and tls_key: %u certificate(s) but %u key(s)",
+			    rc->ntls, nkeys);
+	const char *mv = get_string(ld, g, "tls_min_version", false);
+	if (ld->failed)
+		return false;
+	rc->tls_min_version = 12;
+	if (mv && strcmp(mv, "1.3") == 0)
+		rc->tls_min_version = 13;
+	else if (mv && strcmp(mv, "1.2") != 0)
+		return fail(ld, member_line(g, "tls_min_version"),
+			    "tls_min_version: expected \"1.2\" or \"1.3\"");
+	const char *ca = get_string(ld, g, "tls_client_ca_file", false);
+	if (ld->failed)
+		return false;
+	if (!rc->ntls) {
+		static const char *const need[] = {"tls_min_version", "tls_client_ca_file",
+						   "require_tls", "require_client_certificate"};
+		for (size_t i = 0; i < sizeof(need) / sizeof(need[0]); i++)
+			if (config_setting_get_member(g, need[i]))
+				return fail(ld, member_line(g, need[i]),
+					    "%s: needs tls_certificate (STARTTLS is not offered without one)",
+					    need[i]);
+		return true;
+	}
+	if (ca && !*ca)
+		return fail(ld, member_line(g, "tls_client_ca_file"), "tls_client_ca_file: empty path");
+	if (rc->require_client_certificate && !ca)
+		return fail(ld, member_line(g, "require_client_certificate"),
+			    "require_client_certificate: needs tls_client_ca_file");
+	rc->tls_client_ca_file = ca ? xstrdup(ca) : NULL;
+	struct tls_server_conf tc = {
+		.certs = (const char *const *)rc->tls_certs,
+		.keys = (const char *const *)rc->tls_keys,
+		.ncerts = rc->ntls,
+		.min_version = (int)rc->tls_min_version,
+		.client_ca_file = rc->tls_client_ca_file,
+		.id = rc->name,
+	};
+	char why[600];
+	rc->tls = tls_server_new(&tc, why, sizeof(why), tls_warn, NULL);
+	if (!rc->tls)
+		return fail(ld, member_line(g, "tls_certificate"), "%s", why);
+	return true;
+}
+
+/* Send connector TLS: the mode and the client context. */
+static bool load_sconn_tls(struct loader *ld, struct sconn *sc, const config_setting_t *g)
+{
+	const char *mode = get_string(ld, g, "tls", false);
+	const char *ca = get_string(ld, g, "tls_ca_file", false);
+	const char *sn = get_string(ld, g, "tls_server_name", false);
+	const char *cert = get_string(ld, g, "tls_certificate", false);
+	const char *key = get_string(ld, g, "tls_key", false);
+	if (ld->failed)
+		return false;
+	sc->tls_mode = TLS_MODE_OPPORTUNISTIC;
+	if (mode) {
+		unsigned m = 0;
+		while (m < 4 && strcmp(mode, tls_mode_names[m]) != 0)
+			m++;
+		if (m == 4)
+			return fail(ld, member_line(g, "tls"),
+				    "tls: expected none, opportunistic, required or verify");
+		sc->tls_mode = m;
+	}
+	static const char *const keys[] = {"tls", "tls_ca_file", "tls_server_name",
+					   "tls_certificate", "tls_key"};
+	if (sc->drop_dir) {
+		for (size_t i = 0; i < sizeof(keys) / sizeof(keys[0]); i++)
+			if (config_setting_get_member(g, keys[i]))
+				return fail(ld, member_line(g, keys[i]),
+					    "%s: does not apply to a drop_directory connector", keys[i]);
+		sc->tls_mode = TLS_MODE_NONE;
+		return true;
+	}
+	if (sc->tls_mode == TLS_MODE_NONE) {
+		for (size_t i = 1; i < sizeof(keys) / sizeof(keys[0]); i++)
+			if (config_setting_get_member(g, keys[i]))
+				return fail(ld, member_line(g, keys[i]),
+					    "%s: does nothing with tls = \"none\"", keys[i]);
+		return true;
+	}
+	if (ca && sc->tls_mode != TLS_MODE_VERIFY)
+		return fail(ld, member_line(g, "tls_ca_file"),
+			    "tls_ca_file: only used with tls = \"verify\"");
+	if (!cert != !key)
+		return fail(ld, member_line(g, cert ? "tls_certificate" : "tls_key"),
+			    "tls_certificate and tls_key go together");
+	if ((ca && !*ca) || (sn && !*sn) || (cert && !*cert) || (key && !*key))
+		return fail(ld, sc->line, "tls_*: empty value");
+	if (sc->tls_mode == TLS_MODE_VERIFY && !ca)
+		ca = "/etc/ssl/certs/ca-certificates.crt";
+	sc->tls_ca_file = ca ? xstrdup(ca) : NULL;
+	sc->tls_server_name = sn ? xstrdup(sn) : NULL;
+	sc->tls_cert = cert ? xstrdup(cert) : NULL;
+	sc->tls_key = key ? xstrdup(key) : NULL;
+	struct tls_client_conf tc = {
+		.mode = (enum tls_mode)sc->tls_mode,
+		.ca_file = sc->tls_ca_file,
+		.cert = sc->tls_cert,
+		.key = sc->tls_key,
+	};
+	char why[600];
+	sc->tls = tls_client_new(&tc, why, sizeof(why), tls_warn, NULL);
+	if (!sc->tls)
+		return fail(ld, member_line(g, cert ? "tls_certificate" : "tls"), "%s", why);
+	return true;
+}
+
 static bool load_connector(struct loader *ld, struct conf *c, struct rconn *rc,
 			   const config_setting_t *g)
 {
 	static const char *const known[] = {"name", "bindings", "remote_ip_ranges",
-					    "permission_groups", NULL};
+					    "permission_groups", "tls_certificate", "tls_key",
+					    "tls_min_version", "tls_client_ca_file", NULL};
 	rc->conf = c;
 	rc->line = line_of(g);
 	if (!config_setting_is_group(g))
@@ -724,6 +888,8 @@ static bool load_connector(struct loader *ld, struct conf *c, struct rconn *rc,
 	}
 	if (rc->max_hop_count == 0)
 		return fail(ld, rc->line, "max_hop_count: must be at least 1");
+	if (!load_rconn_tls(ld, rc, g))
+		return false;
 
 	rc->smtp = (struct smtp_server_params){
 		.hostname = c->hostname,
@@ -737,6 +903,9 @@ static bool load_connector(struct loader *ld, struct conf *c, struct rconn *rc,
 		 * nobody: such a connector answers 530 at MAIL. */
 		.may_submit = (rc->perms & ~PERM_AUTHENTICATED) != 0,
 		.bypass_size_limit = (rc->perms & PERM_EXTERNALLY_SECURED) != 0,
+		.starttls = rc->tls != NULL,
+		.require_tls = rc->require_tls != 0,
+		.require_client_cert = rc->require_client_certificate != 0,
 		.rcpt_policy = relay_rcpt_policy,
 		.policy_ctx = rc,
 	};
@@ -883,7 +1052,8 @@ static bool load_send_connector(struct loader *ld, struct conf *c, struct sconn 
 				const config_setting_t *g)
 {
 	static const char *const known[] = {"name", "address_spaces", "smart_hosts",
-					    "drop_directory", NULL};
+					    "drop_directory", "tls", "tls_ca_file",
+					    "tls_server_name", "tls_certificate", "tls_key", NULL};
 	size_t nset = sizeof(sconn_settings) / sizeof(sconn_settings[0]);
 	sc->line = line_of(g);
 	if (!config_setting_is_group(g))
@@ -938,7 +1108,7 @@ static bool load_send_connector(struct loader *ld, struct conf *c, struct sconn 
 				    "drop_directory and smart_hosts exclude each other");
 		sc->drop_dir = xstrdup(d);
 	}
-	if (!load_settings(ld, g, sconn_settings, nset, sc))
+	if (!load_settings(ld, g, sconn_settings, nset, sc) || !load_sconn_tls(ld, sc, g))
 		return false;
 	if (sc->port == 0)
 		return fail(ld, sc->line, "port: 1..65535");
@@ -1066,6 +1236,14 @@ void conf_free(struct conf *c)
 		free(c->rc[i].name);
 		free(c->rc[i].bindings);
 		free(c->rc[i].ranges);
+		for (unsigned k = 0; k < c->rc[i].ntls; k++)
+			free(c->rc[i].tls_certs[k]);
+		for (unsigned k = 0; k < c->rc[i].ntls_keys; k++)
+			free(c->rc[i].tls_keys[k]);
+		free(c->rc[i].tls_certs);
+		free(c->rc[i].tls_keys);
+		free(c->rc[i].tls_client_ca_file);
+		tls_server_free(c->rc[i].tls);
 	}
 	for (unsigned i = 0; i < c->ndomains; i++)
 		free(c->domains[i].domain);
@@ -1079,6 +1257,11 @@ void conf_free(struct conf *c)
 		free(sc->hosts);
 		free(sc->name);
 		free(sc->drop_dir);
+		free(sc->tls_ca_file);
+		free(sc->tls_server_name);
+		free(sc->tls_cert);
+		free(sc->tls_key);
+		tls_client_free(sc->tls);
 	}
 	free(c->sc);
 	free(c->dns_servers);
@@ -1168,6 +1351,25 @@ static void print_range(FILE *out, const struct ip_range *r, bool json)
 	fputs(json ? "]}" : "\n", out);
 }
 
+/* --check: what STARTTLS offers on a connector. */
+static void print_rconn_tls(FILE *out, const struct rconn *rc)
+{
+	if (!rc->tls) {
+		fprintf(out, "    %-46s %s\n", "starttls", "not offered (no tls_certificate)");
+		return;
+	}
+	fprintf(out, "    %-46s offered, TLS %s minimum\n", "starttls",
+		rc->tls_min_version == 13 ? "1.3" : "1.2");
+	for (unsigned k = 0; k < rc->ntls; k++) {
+		char names[600];
+		tls_server_names(rc->tls, k, names, sizeof(names));
+		fprintf(out, "    %-46s %s (%s)%s\n", "tls_certificate", rc->tls_certs[k],
+			names[0] ? names : "no names", k == 0 ? " default" : "");
+	}
+	if (rc->tls_client_ca_file)
+		fprintf(out, "    %-46s %s\n", "tls_client_ca_file", rc->tls_client_ca_file);
+}
+
 void conf_print(const struct conf *c, FILE *out)
 {
 	static const char *const dtype[] = {"authoritative", "internal_relay",
@@ -1197,7 +1399,19 @@ void conf_print(const struct conf *c, FILE *out)
 					setting_text(&rconn_settings[k], setting_of(rc, &rconn_settings[k]),
 						     v, sizeof(v)));
 			}
+			print_rconn_tls(out, rc);
 		}
+	}
+	for (unsigned i = 0; i < c->nsc; i++) {
+		const struct sconn *sc = &c->sc[i];
+		fprintf(out, "send connector \"%s\" tls=%s", sc->name, tls_mode_names[sc->tls_mode & 3]);
+		if (sc->tls_server_name)
+			fprintf(out, " tls_server_name=%s", sc->tls_server_name);
+		if (sc->tls_ca_file)
+			fprintf(out, " tls_ca_file=%s", sc->tls_ca_file);
+		if (sc->tls_cert)
+			fprintf(out, " tls_certificate=%s", sc->tls_cert);
+		fprintf(out, "\n");
 	}
 }
 

@@ -71,7 +71,14 @@ struct rconn {
 	uint64_t connection_inactivity_timeout_ms;
 	uint64_t tarpit_interval_ms;
 	uint64_t require_tls;
+	uint64_t require_client_certificate;
 	uint64_t protocol_log;
+	/* TLS (DESIGN B.7): certificates offered with STARTTLS, or none. */
+	char **tls_certs, **tls_keys;
+	unsigned ntls, ntls_keys;
+	unsigned tls_min_version;         /* 12 or 13 */
+	char *tls_client_ca_file;
+	struct tls_server *tls;           /* built at load: NULL without certificates */
 	struct smtp_server_params smtp;   /* what the session state machine sees */
 };
 
@@ -83,6 +90,8 @@ struct accepted_domain {
 };
 
 struct binding_table; /* connectors.c */
+struct tls_server;    /* tls.h */
+struct tls_client;
 
 /* One smart_hosts entry: "host:port", "[v6]:port"; a name is resolved when
  * the configuration is loaded. */
@@ -117,6 +126,12 @@ struct sconn {
 	uint64_t max_recipients_per_message;
 	uint64_t connect_timeout_ms;
 	uint64_t idle_timeout_ms;         /* how long an idle connection is kept */
+	/* TLS to the next hop (DESIGN B.7). */
+	unsigned tls_mode;                /* enum tls_mode (tls.h) */
+	char *tls_ca_file;                /* verify: trust anchors */
+	char *tls_server_name;            /* NULL: the smart host / MX name */
+	char *tls_cert, *tls_key;         /* presented to the next hop, or NULL */
+	struct tls_client *tls;           /* built at load; NULL for tls = "none" */
 };
 
 struct queue_conf {

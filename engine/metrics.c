@@ -75,8 +75,11 @@ void metrics_totals(struct worker_metrics **w, unsigned nw, struct metrics_total
 	}
 }
 
+const char *const tls_out_names[TLS_OUT_RESULTS] = {"ok", "not_offered", "failed",
+							   "untrusted", "name_mismatch"};
+
 struct connector_sum {
-	uint64_t connections, active, messages, bytes;
+	uint64_t connections, active, messages, bytes, tls_ok, tls_failed;
 	uint64_t rejected[SMTP_REJECT_COUNT];
 };
 
@@ -90,6 +93,8 @@ static void connector_sum(struct worker_metrics **w, unsigned nw, unsigned id,
 		s->active += metric_get(&cc->active);
 		s->messages += metric_get(&cc->messages);
 		s->bytes += metric_get(&cc->bytes);
+		s->tls_ok += metric_get(&cc->tls_ok);
+		s->tls_failed += metric_get(&cc->tls_failed);
 		for (int k = 0; k < SMTP_REJECT_COUNT; k++)
 			s->rejected[k] += metric_get(&cc->rejected[k]);
 	}
@@ -108,6 +113,15 @@ static void send_sum(struct worker_metrics **w, unsigned nw, unsigned id, uint64
 	}
 }
 
+static void send_tls_sum(struct worker_metrics **w, unsigned nw, unsigned id,
+			 uint64_t t[TLS_OUT_RESULTS])
+{
+	memset(t, 0, TLS_OUT_RESULTS * sizeof(*t));
+	for (unsigned i = 0; i < nw; i++)
+		for (int k = 0; k < TLS_OUT_RESULTS; k++)
+			t[k] += metric_get(&w[i]->send[id].tls[k]);
+}
+
 void metrics_print_stat(FILE *out, struct metrics_registry *r, struct metrics_registry *sr,
 			struct worker_metrics **w, unsigned nw, bool json)
 {
@@ -115,27 +129,32 @@ void metrics_print_stat(FILE *out, struct metrics_registry *r, struct metrics_re
 	if (json)
 		fputs("{\"receive_connectors\": [", out);
 	else
-		fprintf(out, "%-32s %12s %8s %12s %14s %10s\n", "receive connector",
-			"connections", "active", "messages", "bytes", "rejected");
+		fprintf(out, "%-32s %12s %8s %12s %14s %10s %10s %9s\n", "receive connector",
+			"connections", "active", "messages", "bytes", "rejected", "tls", "tls_share");
 	for (unsigned id = 0; id < n; id++) {
 		struct connector_sum s;
 		connector_sum(w, nw, id, &s);
 		uint64_t rej = 0;
 		for (int k = 0; k < SMTP_REJECT_COUNT; k++)
 			rej += s.rejected[k];
+		/* The share of connections that completed STARTTLS. */
+		unsigned share = s.connections ? (unsigned)(s.tls_ok * 100 / s.connections) : 0;
 		if (!json) {
-			fprintf(out, "%-32.32s %12llu %8llu %12llu %14llu %10llu\n", r->names[id],
-				(unsigned long long)s.connections, (unsigned long long)s.active,
-				(unsigned long long)s.messages, (unsigned long long)s.bytes,
-				(unsigned long long)rej);
+			fprintf(out, "%-32.32s %12llu %8llu %12llu %14llu %10llu %10llu %8u%%\n",
+				r->names[id], (unsigned long long)s.connections,
+				(unsigned long long)s.active, (unsigned long long)s.messages,
+				(unsigned long long)s.bytes, (unsigned long long)rej,
+				(unsigned long long)s.tls_ok, share);
 			continue;
 		}
 		fputs(id ? ", {\"name\": " : "{\"name\": ", out);
 		json_write_string(out, r->names[id]);
 		fprintf(out,
-			", \"connections\": %llu, \"active\": %llu, \"messages\": %llu, \"bytes\": %llu, \"rejected\": {",
+			", \"connections\": %llu, \"active\": %llu, \"messages\": %llu, \"bytes\": %llu, "
+			"\"tls\": %llu, \"tls_failed\": %llu, \"tls_share\": %u, \"rejected\": {",
 			(unsigned long long)s.connections, (unsigned long long)s.active,
-			(unsigned long long)s.messages, (unsigned long long)s.bytes);
+			(unsigned long long)s.messages, (unsigned long long)s.bytes,
+			(unsigned long long)s.tls_ok, (unsigned long long)s.tls_failed, share);
 		for (int k = 0; k < SMTP_REJECT_COUNT; k++)
 			fprintf(out, "%s\"%s\": %llu", k ? ", " : "",
 				smtp_reject_name((enum smtp_reject)k),
@@ -146,24 +165,29 @@ void metrics_print_stat(FILE *out, struct metrics_registry *r, struct metrics_re
 	if (json)
 		fputs("], \"send_connectors\": [", out);
 	else
-		fprintf(out, "\n%-32s %12s %12s %12s %12s %12s\n", "send connector", "delivered",
-			"deferred", "bounced", "throttled", "connections");
+		fprintf(out, "\n%-32s %12s %12s %12s %12s %12s %12s\n", "send connector",
+			"delivered", "deferred", "bounced", "throttled", "connections", "tls");
 	for (unsigned id = 0; id < ns; id++) {
-		uint64_t v[5];
+		uint64_t v[5], t[TLS_OUT_RESULTS];
 		send_sum(w, nw, id, v);
+		send_tls_sum(w, nw, id, t);
 		if (json) {
 			fputs(id ? ", {\"name\": " : "{\"name\": ", out);
 			json_write_string(out, sr->names[id]);
 			fprintf(out, ", \"delivered\": %llu, \"deferred\": %llu, \"bounced\": %llu, "
-				"\"throttled\": %llu, \"connections\": %llu}",
+				"\"throttled\": %llu, \"connections\": %llu, \"tls\": {",
 				(unsigned long long)v[0], (unsigned long long)v[1],
 				(unsigned long long)v[2], (unsigned long long)v[3],
 				(unsigned long long)v[4]);
+			for (int k = 0; k < TLS_OUT_RESULTS; k++)
+				fprintf(out, "%s\"%s\": %llu", k ? ", " : "", tls_out_names[k],
+					(unsigned long long)t[k]);
+			fputs("}}", out);
 		} else {
-			fprintf(out, "%-32.32s %12llu %12llu %12llu %12llu %12llu\n", sr->names[id],
-				(unsigned long long)v[0], (unsigned long long)v[1],
+			fprintf(out, "%-32.32s %12llu %12llu %12llu %12llu %12llu %12llu\n",
+				sr->names[id], (unsigned long long)v[0], (unsigned long long)v[1],
 				(unsigned long long)v[2], (unsigned long long)v[3],
-				(unsigned long long)v[4]);
+				(unsigned long long)v[4], (unsigned long long)t[TLS_OUT_OK]);
 		}
 	}
 	if (json)
@@ -280,6 +304,30 @@ void metrics_print_prometheus(FILE *out, struct metrics_registry *r,
 	family(out, "postern_delivery_connections_total", "counter",
 	       "Outbound SMTP connections established, by send connector.");
 	per_send(out, sr, w, nw, "postern_delivery_connections_total", 4);
+	family(out, "postern_tls_handshakes_total", "counter",
+	       "Inbound STARTTLS handshakes, by receive connector and result (ok, failed).");
+	for (unsigned id = 0; id < n; id++) {
+		struct connector_sum s;
+		connector_sum(w, nw, id, &s);
+		for (int k = 0; k < 2; k++) {
+			fputs("postern_tls_handshakes_total{connector=\"", out);
+			label(out, r->names[id]);
+			fprintf(out, "\",result=\"%s\"} %llu\n", k ? "failed" : "ok",
+				(unsigned long long)(k ? s.tls_failed : s.tls_ok));
+		}
+	}
+	family(out, "postern_tls_outbound_total", "counter",
+	       "Outbound sessions by TLS outcome: ok, not_offered (no STARTTLS), failed (handshake), untrusted, name_mismatch.");
+	for (unsigned id = 0; id < ns; id++) {
+		uint64_t tv[TLS_OUT_RESULTS];
+		send_tls_sum(w, nw, id, tv);
+		for (int k = 0; k < TLS_OUT_RESULTS; k++) {
+			fputs("postern_tls_outbound_total{send_connector=\"", out);
+			label(out, sr->names[id]);
+			fprintf(out, "\",result=\"%s\"} %llu\n", tls_out_names[k],
+				(unsigned long long)tv[k]);
+		}
+	}
 	family(out, "postern_io_backend_info", "gauge",
 	       "The I/O backend the workers run on (io_uring, or epoll where io_uring is blocked).");
 	fprintf(out, "postern_io_backend_info{backend=\"%s\"} 1\n", io_backend);

@@ -28,6 +28,8 @@ struct connector_counters {
 	_Atomic uint64_t messages;
 	_Atomic uint64_t bytes;
 	_Atomic uint64_t rejected[SMTP_REJECT_COUNT];
+	_Atomic uint64_t tls_ok;          /* STARTTLS handshakes completed */
+	_Atomic uint64_t tls_failed;
 };
 
 /* Upper bounds, in microseconds, of postern_accept_latency_seconds. */
@@ -43,12 +45,18 @@ struct latency_hist {
 enum refuse_reason { REFUSE_NO_CONNECTOR, REFUSE_WORKER_FULL, REFUSE_SHUTDOWN,
 		     REFUSE_COUNT };
 
+/* Outcome of TLS towards a next hop, per session (DESIGN B.7). */
+enum tls_out_result { TLS_OUT_OK, TLS_OUT_NOT_OFFERED, TLS_OUT_FAILED, TLS_OUT_UNTRUSTED,
+		      TLS_OUT_NAME_MISMATCH, TLS_OUT_RESULTS };
+extern const char *const tls_out_names[TLS_OUT_RESULTS];
+
 struct send_counters {
 	_Atomic uint64_t delivered;       /* recipients */
 	_Atomic uint64_t deferred;
 	_Atomic uint64_t bounced;
 	_Atomic uint64_t throttled;
 	_Atomic uint64_t connections;
+	_Atomic uint64_t tls[TLS_OUT_RESULTS];
 };
 
 struct worker_metrics {

@@ -59,6 +59,9 @@ struct smtp_server_params {
 	unsigned max_protocol_errors; /* 0 = unlimited */
 	bool may_submit;              /* the connector has a permission group */
 	bool bypass_size_limit;       /* externally secured */
+	bool starttls;                /* offered: the connector has a certificate */
+	bool require_tls;             /* MAIL before STARTTLS: 530 5.7.0 */
+	bool require_client_cert;     /* MAIL without a verified one: 530 5.7.1 */
 	/* Decides one recipient: NULL accepts, else the reply text to send. */
 	const char *(*rcpt_policy)(void *ctx, const struct smtp_path *rcpt);
 	void *policy_ctx;
