@@ -17,6 +17,7 @@
 
 struct spool_msg;
 struct throttle_entry;
+struct tls;
 
 enum { STORE_NONE, STORE_OK, STORE_FULL, STORE_FAILED };
 
@@ -35,13 +36,18 @@ struct conn {
 	bool storing;             /* message durability in progress */
 	bool drained;
 	bool recv_starved;        /* recv ended with ENOBUFS: re-armed on a buffer's return */
+	bool tls_starting;        /* 220 to STARTTLS being sent: TLS begins after it */
 	int store_result;         /* STORE_* once storing finished */
 	struct conf *conf;        /* the configuration the session started with */
 	const struct rconn *rc;
 	uint64_t started_ms;
 	uint64_t active_ms;
 	uint64_t data_end_us;     /* end of DATA, for the accept latency */
-	size_t sent;              /* bytes of smtp.out handed to the socket */
+	size_t sent;              /* bytes of the send in flight handed to the socket */
+	struct tls *tls;          /* after STARTTLS: every byte goes through it */
+	struct tls *tls_next;     /* prepared at STARTTLS, in use once 220 is sent */
+	const char *tx;           /* under TLS: the ciphertext being sent */
+	size_t tx_len;
 	char *in;                 /* received, not yet consumed bytes */
 	size_t in_off, in_len, in_cap;
 	struct spool_msg *smsg;   /* message being received or stored */

@@ -15,6 +15,7 @@
 #include "log.h"
 #include "spool.h"
 #include "stats.h"
+#include "tls.h"
 #include "throttle.h"
 #include "resolver.h"
 #include "worker.h"
@@ -269,6 +270,10 @@ int main(int argc, char **argv)
 		pthread_sigmask(SIG_BLOCK, &sigs, NULL);
 	signal(SIGPIPE, SIG_IGN);
 
+	if (!tls_global_init()) {
+		fprintf(stderr, "postern: cannot make TLS session-ticket keys (no entropy)\n");
+		return 1;
+	}
 	char err[1024];
 	struct conf *conf = conf_load(path, err, sizeof(err));
 	if (!conf) {

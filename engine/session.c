@@ -20,6 +20,7 @@
 #include "session.h"
 #include "spool.h"
 #include "throttle.h"
+#include "tls.h"
 
 /* Input backlog (pipelined commands or the next message while one is being
  * stored) above which we stop reading from the socket. */
@@ -47,6 +48,8 @@ static void on_reject(void *ctx, enum smtp_reject why, const char *reply,
 		      const char *rcpt);
 static void on_command(void *ctx, const char *line, size_t len);
 static bool admit_message(void *ctx);
+static bool on_starttls(void *ctx);
+static void tls_recv(struct wctx *w, struct conn *c, const char *p, size_t n);
 
 static void process(struct wctx *w, struct conn *c)
 {
@@ -131,6 +134,7 @@ void session_accept(struct wctx *w, unsigned binding, int fd)
 		.reject = on_reject,
 		.command = rc->protocol_log ? on_command : NULL,
 		.admit_message = c->th_rate ? admit_message : NULL,
+		.starttls = rc->tls ? on_starttls : NULL,
 		.ctx = c,
 	};
 	c->w = w;
@@ -239,6 +243,8 @@ static void maybe_free(struct wctx *w, struct conn *c)
 	if (c->smsg)
 		spool_msg_release(w->spool, c->smsg);
 	smtp_server_free(&c->smtp);
+	tls_free(c->tls);
+	tls_free(c->tls_next);
 	close(c->fd);
 	free(c->in);
 	conf_unref(c->conf);
@@ -257,10 +263,41 @@ void session_close(struct wctx *w, struct conn *c)
 	maybe_free(w, c);
 }
 
+static void tls_failed(struct wctx *w, struct conn *c, const char *stage, const char *why);
+
+/* Under TLS: sends the ciphertext that is pending, one send at a time. */
+static void tls_flush(struct wctx *w, struct conn *c)
+{
+	if (c->sending || c->closing)
+		return;
+	const char *p;
+	size_t n = tls_output(c->tls, &p);
+	if (!n)
+		return;
+	c->sending = true;
+	c->sent = 0;
+	c->tx = p;
+	c->tx_len = n;
+	c->inflight++;
+	io_send(w->io, c->fd, p, n, conn_tag(IO_OP_SEND, c));
+}
+
 static void send_out(struct wctx *w, struct conn *c)
 {
 	if (c->rc->protocol_log)
 		log_replies(c);
+	if (c->tls) {
+		/* The replies become ciphertext at once; the send of that
+		 * keeps the session busy as a plaintext send would. */
+		bool ok = tls_write(c->tls, c->smtp.out.p, c->smtp.out.len);
+		smtp_server_sent(&c->smtp);
+		if (!ok) {
+			tls_failed(w, c, "write", NULL);
+			return;
+		}
+		tls_flush(w, c);
+		return;
+	}
 	c->sending = true;
 	c->sent = 0;
 	c->inflight++;
@@ -383,11 +420,15 @@ static void log_received(struct wctx *w, struct conn *c)
 			break; /* full: snprintf cut it short */
 	}
 	snprintf(reply, sizeof(reply), "250 2.6.0 <%s> Queued mail for delivery", c->msgid);
+	char tls[120] = "";
+	if (c->tls)
+		snprintf(tls, sizeof(tls), " tls=%s cipher=%s", tls_version(c->tls),
+			 tls_cipher(c->tls));
 	log_msg(LOG_INFO,
-		"event=receive id=%s from=%s to=%s nrcpt=%u connector=%s client=%s size=%llu reply=%s worker=%u",
+		"event=receive id=%s from=%s to=%s nrcpt=%u connector=%s client=%s size=%llu%s reply=%s worker=%u",
 		c->msgid, log_quote(q2, sizeof(q2), from), log_quote(q3, sizeof(q3), to),
 		e->nrcpt, log_quote(q1, sizeof(q1), c->rc->name), c->peer,
-		(unsigned long long)c->msg_size, log_quote(q4, sizeof(q4), reply), w->id);
+		(unsigned long long)c->msg_size, tls, log_quote(q4, sizeof(q4), reply), w->id);
 }
 
 /* Feeds input to the state machine until it needs more, must wait (send or
@@ -416,6 +457,11 @@ static size_t feed(struct wctx *w, struct conn *c, const char *in, size_t len,
 		case SMTP_EV_CLOSE:
 			c->close_after_send = true;
 			return used;
+		case SMTP_EV_STARTTLS:
+			/* RFC 3207 (CVE-2011-0411): whatever followed the
+			 * STARTTLS line in this read is dropped, never run. */
+			c->tls_starting = true;
+			return len;
 		case SMTP_EV_NEED_INPUT:
 		case SMTP_EV_FLUSH:
 		case SMTP_EV_WAIT:
@@ -431,7 +477,9 @@ static bool in_append(struct conn *c, const char *p, size_t n);
 static void process_input(struct wctx *w, struct conn *c, const char *direct,
 			  size_t dlen, int bid)
 {
-	bool busy = c->closing || c->sending;
+	/* During the TLS handshake there is no SMTP to run. */
+	bool busy = c->closing || c->sending || c->tls_starting ||
+		    (c->tls && !tls_established(c->tls));
 	if (direct && (busy || c->in_len > c->in_off)) {
 		/* Something is queued ahead: keep order, take a copy. */
 		if (!in_append(c, direct, dlen)) {
@@ -503,6 +551,93 @@ static bool in_append(struct conn *c, const char *p, size_t n)
 	return true;
 }
 
+/* proto hook at STARTTLS: the TLS state is made now, so that a failure
+ * can still be answered 454 in plaintext. */
+static bool on_starttls(void *ctx)
+{
+	struct conn *c = ctx;
+	if (!c->tls_next)
+		c->tls_next = tls_server_start(c->rc->tls);
+	return c->tls_next != NULL;
+}
+
+/* why: NULL for the TLS library's own reason. */
+static void tls_failed(struct wctx *w, struct conn *c, const char *stage, const char *why)
+{
+	char q[160], r[300];
+	bool hs = !tls_established(c->tls);
+	if (hs)
+		metric_add(&w->m->conn[c->rc->stats_id].tls_failed, 1);
+	log_msg(LOG_INFO, "event=tls client=%s connector=%s result=failed stage=%s reason=%s worker=%u",
+		c->peer, log_quote(q, sizeof(q), c->rc->name), hs ? "handshake" : stage,
+		log_quote(r, sizeof(r), why ? why : tls_error(c->tls)),
+		w->id);
+	session_close(w, c);
+}
+
+static void tls_established_now(struct wctx *w, struct conn *c)
+{
+	char q[160], peer[128] = "", qp[300];
+	bool cert = tls_peer_verified(c->tls);
+	tls_peer_name(c->tls, peer, sizeof(peer));
+	metric_add(&w->m->conn[c->rc->stats_id].tls_ok, 1);
+	log_msg(LOG_INFO,
+		"event=tls client=%s connector=%s result=ok tls=%s cipher=%s resumed=%s client_cert=%s%s%s worker=%u",
+		c->peer, log_quote(q, sizeof(q), c->rc->name), tls_version(c->tls),
+		tls_cipher(c->tls), tls_resumed(c->tls) ? "yes" : "no",
+		cert ? "verified" : peer[0] ? "unverified" : "none", peer[0] ? " client_cn=" : "",
+		peer[0] ? log_quote(qp, sizeof(qp), peer) : "", w->id);
+	smtp_server_tls_started(&c->smtp, tls_version(c->tls), tls_cipher(c->tls), cert);
+}
+
+/* Ciphertext from the client (p may be NULL: only drive what is buffered):
+ * the handshake, then the plaintext to the session. */
+static void tls_recv(struct wctx *w, struct conn *c, const char *p, size_t n)
+{
+	if (n && !tls_input(c->tls, p, n)) {
+		session_close(w, c);
+		return;
+	}
+	if (!tls_established(c->tls)) {
+		enum tls_result r = tls_handshake(c->tls);
+		if (r == TLS_FAILED) {
+			tls_failed(w, c, "handshake", NULL);
+			return;
+		}
+		if (r == TLS_AGAIN && c->read_eof) {
+			tls_failed(w, c, "handshake", "connection closed by the client");
+			return;
+		}
+		if (r == TLS_AGAIN) {
+			tls_flush(w, c);
+			return;
+		}
+		tls_established_now(w, c);
+	}
+	for (;;) {
+		char plain[16384];
+		long k = tls_read(c->tls, plain, sizeof(plain));
+		if (k > 0) {
+			process_input(w, c, plain, (size_t)k, -1);
+			if (c->closing)
+				return;
+			continue;
+		}
+		if (k == TLS_AGAIN)
+			break;
+		if (k == TLS_EOF) {
+			/* close_notify: like a plaintext EOF */
+			c->read_eof = true;
+			process(w, c);
+			break;
+		}
+		tls_failed(w, c, "read", NULL);
+		return;
+	}
+	if (!c->closing && !c->smtp.out.len)
+		tls_flush(w, c);
+}
+
 /* Completion handlers hold the connection while they run: processing may
  * close it, and it must not be freed under their feet. */
 static void hold(struct conn *c)
@@ -522,10 +657,16 @@ static void on_recv(struct wctx *w, struct conn *c, int res, int bid)
 		return;
 	if (res > 0) {
 		c->active_ms = w->now_ms;
-		process_input(w, c, io_buf(w->io, (unsigned)bid), (size_t)res, bid);
+		if (c->tls)
+			tls_recv(w, c, io_buf(w->io, (unsigned)bid), (size_t)res);
+		else
+			process_input(w, c, io_buf(w->io, (unsigned)bid), (size_t)res, bid);
 	} else if (res == 0) {
 		c->read_eof = true;
-		process(w, c);
+		if (c->tls && !tls_established(c->tls))
+			tls_recv(w, c, NULL, 0); /* fails: the handshake cannot end */
+		else
+			process(w, c);
 	} else if (res == -ENOBUFS) {
 		/* Every receive buffer is held by spool writes in flight: wait for
 		 * one to come back (wctx_buf_put) instead of spinning. */
@@ -578,13 +719,39 @@ void session_on_send(struct wctx *w, struct conn *c, int res)
 		return;
 	}
 	c->sent += (size_t)res;
-	if (c->sent < c->smtp.out.len) {
-		io_send(w->io, c->fd, c->smtp.out.p + c->sent, c->smtp.out.len - c->sent,
-			conn_tag(IO_OP_SEND, c));
+	const char *base = c->tls ? c->tx : c->smtp.out.p;
+	size_t total = c->tls ? c->tx_len : c->smtp.out.len;
+	if (c->sent < total) {
+		io_send(w->io, c->fd, base + c->sent, total - c->sent, conn_tag(IO_OP_SEND, c));
 		return;
 	}
-	smtp_server_sent(&c->smtp);
 	c->sending = false;
+	if (c->tls) {
+		tls_output_done(c->tls, total);
+		tls_flush(w, c);
+		if (c->sending) {
+			release(w, c);
+			return;
+		}
+	} else {
+		smtp_server_sent(&c->smtp);
+	}
+	if (c->tls_starting) {
+		/* The 220 is out: from here on every byte is TLS. */
+		c->tls_starting = false;
+		c->tls = c->tls_next;
+		c->tls_next = NULL;
+		size_t left = c->in_len - c->in_off;
+		c->in_off = c->in_len = 0;
+		if (left && !tls_input(c->tls, c->in, left)) {
+			session_close(w, c);
+			release(w, c);
+			return;
+		}
+		tls_recv(w, c, NULL, 0);
+		release(w, c);
+		return;
+	}
 	process(w, c);
 	release(w, c);
 }
@@ -656,7 +823,8 @@ void session_tick(struct wctx *w, struct conn *c)
 			session_close(w, c);
 			return;
 		}
-		process(w, c);
+		if (!c->tls || tls_established(c->tls))
+			process(w, c);
 		return;
 	}
 	if (c->storing)
@@ -670,6 +838,10 @@ void session_tick(struct wctx *w, struct conn *c)
 		return;
 	log_msg(LOG_INFO, "event=timeout client=%s kind=%s", c->peer,
 		idle ? "inactivity" : "connection");
+	if (c->tls && !tls_established(c->tls)) {
+		tls_failed(w, c, "handshake", "timed out");
+		return;
+	}
 	if (c->sending) {
 		session_close(w, c); /* the client does not even read */
 		return;

@@ -54,17 +54,22 @@ size_t smtp_received_format(char *buf, size_t cap, const struct smtp_received *r
 	if (!smtp_date_format(date, sizeof(date), r->time))
 		return 0;
 	bool v6 = strchr(ip, ':') != NULL;
-	char forpart[RCVD_FIELD_MAX + 16] = "";
+	char forpart[RCVD_FIELD_MAX + 16] = "", tlspart[RCVD_FIELD_MAX + 16] = "";
+	if (r->tls) {
+		char t[RCVD_FIELD_MAX + 1];
+		sanitize(t, sizeof(t), r->tls);
+		snprintf(tlspart, sizeof(tlspart), "\r\n\t(using %s)", t);
+	}
 	if (r->for_rcpt) {
 		sanitize(rcpt, sizeof(rcpt), r->for_rcpt);
 		snprintf(forpart, sizeof(forpart), "\r\n\tfor <%s>", rcpt);
 	}
 	int n = snprintf(buf, cap,
 			 "Received: from %s ([%s%s])\r\n"
-			 "\tby %s (Postern) with %s id %s\r\n"
+			 "\tby %s (Postern) with %s id %s%s\r\n"
 			 "\t(connector \"%s\")%s; %s\r\n",
 			 helo, v6 ? "IPv6:" : "", ip, host,
-			 r->protocol ? r->protocol : "ESMTP", id, conn, forpart,
+			 r->protocol ? r->protocol : "ESMTP", id, tlspart, conn, forpart,
 			 date);
 	return n > 0 && (size_t)n < cap ? (size_t)n : 0;
 }

@@ -14,6 +14,7 @@ struct smtp_received {
 	const char *protocol;   /* "SMTP", "ESMTP", "UTF8SMTP" ... */
 	const char *id;         /* message id */
 	const char *for_rcpt;   /* the sole recipient, or NULL */
+	const char *tls;        /* "TLSv1.3 with cipher TLS_AES_128_GCM_SHA256", or NULL (RFC 3848) */
 	int64_t time;           /* seconds since the epoch, formatted as UTC */
 };
 

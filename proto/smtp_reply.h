@@ -38,6 +38,10 @@
 #define R_RESET              "250 2.0.0 Resetting"
 #define R_VRFY               "252 2.5.0 Cannot VRFY user, but will accept message and attempt delivery"
 #define R_HELP               "214 2.0.0 Commands: HELO EHLO MAIL RCPT DATA RSET NOOP QUIT VRFY HELP"
+#define R_STARTTLS_READY     "220 2.0.0 SMTP server ready"
+#define R_TLS_UNAVAILABLE    "454 4.7.0 TLS not available due to temporary reason"
+#define R_TLS_REQUIRED       "530 5.7.0 Must issue a STARTTLS command first"
+#define R_CLIENT_CERT_REQUIRED "530 5.7.1 Valid client certificate required"
 #define R_STORAGE_FULL       "452 4.3.1 Insufficient system storage"
 #define R_LOCAL_ERROR        "451 4.3.0 Local error in processing"
 

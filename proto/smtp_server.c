@@ -3,6 +3,7 @@
  * event that stops the batch (DATA, QUIT). Sequencing follows RFC 5321 4.1.4. */
 #include "smtp_server.h"
 
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <strings.h>
@@ -60,6 +61,8 @@ static const char *const reject_names[SMTP_REJECT_COUNT] = {
 	[SMTP_REJECT_STORAGE] = "storage",
 	[SMTP_REJECT_PROTOCOL] = "protocol",
 	[SMTP_REJECT_TOO_MANY_ERRORS] = "too_many_errors",
+	[SMTP_REJECT_TLS_REQUIRED] = "tls_required",
+	[SMTP_REJECT_CLIENT_CERT] = "client_certificate",
 };
 
 const char *smtp_reject_name(enum smtp_reject r)
@@ -120,7 +123,8 @@ static enum smtp_ev do_hello(struct smtp_server *s, const struct smtp_cmd *c,
 				s->client_ip);
 		return SMTP_EV_NEED_INPUT;
 	}
-	struct smtp_ehlo_caps caps = {.max_size = size_limit(s)};
+	struct smtp_ehlo_caps caps = {.max_size = size_limit(s),
+				      .starttls = s->p->starttls && !s->tls};
 	smtp_ehlo_reply(&s->out, s->p->hostname, s->client_ip, &caps);
 	return SMTP_EV_NEED_INPUT;
 }
@@ -139,6 +143,14 @@ static enum smtp_ev cmd_mail(struct smtp_server *s, const struct smtp_cmd *c)
 {
 	if (s->state != SMTP_S_READY)
 		return proto_error(s, R_BAD_SEQUENCE);
+	if ((s->p->require_tls || s->p->require_client_cert) && !s->tls) {
+		refuse(s, SMTP_REJECT_TLS_REQUIRED, R_TLS_REQUIRED, NULL);
+		return SMTP_EV_NEED_INPUT;
+	}
+	if (s->p->require_client_cert && !s->client_cert) {
+		refuse(s, SMTP_REJECT_CLIENT_CERT, R_CLIENT_CERT_REQUIRED, NULL);
+		return SMTP_EV_NEED_INPUT;
+	}
 	if (!s->p->may_submit) {
 		refuse(s, SMTP_REJECT_NOT_AUTHENTICATED, R_NOT_AUTHENTICATED, NULL);
 		return SMTP_EV_NEED_INPUT;
@@ -320,6 +332,25 @@ static enum smtp_ev cmd_unknown(struct smtp_server *s, const struct smtp_cmd *c)
 	return proto_error(s, R_UNRECOGNIZED);
 }
 
+/* RFC 3207. Not offered (no certificate): unrecognised, like any verb we
+ * do not announce. */
+static enum smtp_ev cmd_starttls(struct smtp_server *s, const struct smtp_cmd *c)
+{
+	if (!s->p->starttls)
+		return cmd_unknown(s, c);
+	if (c->arg_len)
+		return proto_error(s, R_SYNTAX);
+	if (s->tls)
+		return proto_error(s, R_BAD_SEQUENCE);
+	if (s->hooks.starttls && !s->hooks.starttls(s->hooks.ctx)) {
+		reply(s, R_TLS_UNAVAILABLE);
+		return SMTP_EV_NEED_INPUT;
+	}
+	reply(s, R_STARTTLS_READY);
+	set_state(s, SMTP_S_STARTTLS);
+	return SMTP_EV_STARTTLS;
+}
+
 enum cmd_flags {
 	CMD_NEEDS_HELLO = 1 << 0, /* refused with 503 before HELO/EHLO */
 	CMD_ENDS_IDLE = 1 << 1,   /* a draining session closes before it */
@@ -342,7 +373,7 @@ static const struct {
 	[SMTP_VERB_EXPN] = {cmd_expn, CMD_ENDS_IDLE},
 	[SMTP_VERB_HELP] = {cmd_help, 0},
 	/* Not offered in EHLO (yet): unrecognised, as RFC 5321 expects. */
-	[SMTP_VERB_STARTTLS] = {cmd_unknown, 0},
+	[SMTP_VERB_STARTTLS] = {cmd_starttls, CMD_ENDS_IDLE},
 	[SMTP_VERB_AUTH] = {cmd_unknown, 0},
 	[SMTP_VERB_BDAT] = {cmd_unknown, 0},
 };
@@ -485,6 +516,10 @@ size_t smtp_server_feed(struct smtp_server *s, const char *in, size_t len,
 	case SMTP_S_STORING:
 		ev->type = SMTP_EV_WAIT;
 		return 0;
+	case SMTP_S_STARTTLS:
+		/* Plaintext after STARTTLS is never executed. */
+		ev->type = SMTP_EV_NEED_INPUT;
+		return len;
 	case SMTP_S_DATA:
 		return feed_data(s, in, len, ev);
 	default:
@@ -505,7 +540,11 @@ size_t smtp_server_begin_message(struct smtp_server *s, const char *msgid,
 		.client_ip = s->client_ip,
 		.hostname = s->p->hostname,
 		.connector = s->p->connector,
-		.protocol = s->env.smtputf8 ? "UTF8SMTP" : s->esmtp ? "ESMTP" : "SMTP",
+		/* RFC 3848 / RFC 6531 protocol types. */
+		.protocol = s->env.smtputf8 ? (s->tls ? "UTF8SMTPS" : "UTF8SMTP")
+			  : s->esmtp ? (s->tls ? "ESMTPS" : "ESMTP")
+			  : (s->tls ? "SMTPS" : "SMTP"),
+		.tls = s->tls ? s->tls_info : NULL,
 		.id = s->msgid,
 		.for_rcpt = s->env.nrcpt == 1 ? s->env.rcpt[0].addr : NULL,
 		.time = now,
@@ -546,6 +585,22 @@ void smtp_server_abort(struct smtp_server *s, const char *text)
 	if (smtp_reply_room(&s->out) >= strlen(text) + 2)
 		reply(s, text);
 	set_state(s, SMTP_S_CLOSING);
+}
+
+void smtp_server_tls_started(struct smtp_server *s, const char *version, const char *cipher,
+			     bool client_cert)
+{
+	envelope_reset(&s->env);
+	s->msgid[0] = '\0';
+	s->data_end_pending = false;
+	s->helo[0] = '\0';
+	s->esmtp = false;
+	smtp_cmd_reader_init(&s->rd);
+	s->tls = true;
+	s->client_cert = client_cert;
+	snprintf(s->tls_info, sizeof(s->tls_info), "%s with cipher %s", version, cipher);
+	if (s->state != SMTP_S_CLOSING)
+		set_state(s, SMTP_S_GREETED);
 }
 
 void smtp_server_sent(struct smtp_server *s)

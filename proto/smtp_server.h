@@ -29,6 +29,8 @@ enum smtp_reject {
 	SMTP_REJECT_STORAGE,        /* 451/452 after DATA */
 	SMTP_REJECT_PROTOCOL,       /* syntax, sequence, unknown command */
 	SMTP_REJECT_TOO_MANY_ERRORS,/* 421 4.7.0 */
+	SMTP_REJECT_TLS_REQUIRED,   /* 530 5.7.0: MAIL before STARTTLS */
+	SMTP_REJECT_CLIENT_CERT,    /* 530 5.7.1: no verified client certificate */
 	SMTP_REJECT_COUNT
 };
 
@@ -44,6 +46,9 @@ struct smtp_server_hooks {
 	/* May this client start one more message (rate limits)? false ends
 	 * the session with 421 4.4.2. */
 	bool (*admit_message)(void *ctx);
+	/* STARTTLS accepted: prepare the handshake. false answers 454 (TLS
+	 * cannot start now). */
+	bool (*starttls)(void *ctx);
 	void *ctx;
 };
 
@@ -75,6 +80,8 @@ enum smtp_state {
 	SMTP_S_DATA,        /* receiving message data */
 	SMTP_S_STORING,     /* waiting for the caller to store the message */
 	SMTP_S_CLOSING,     /* last reply queued; close after sending */
+	SMTP_S_STARTTLS,    /* 220 to STARTTLS queued: input is discarded until
+	                     * smtp_server_tls_started() */
 };
 
 enum smtp_ev {
@@ -86,6 +93,9 @@ enum smtp_ev {
 	SMTP_EV_DATA_REJECT,/* message refused (reply queued): discard it */
 	SMTP_EV_CLOSE,      /* send the queued replies, then close */
 	SMTP_EV_WAIT,       /* storing: do not feed until smtp_server_stored() */
+	SMTP_EV_STARTTLS,   /* 220 queued: send it, discard every byte received so
+	                     * far (RFC 3207: nothing pipelined after STARTTLS is
+	                     * executed), then run the handshake */
 };
 
 struct smtp_event {
@@ -121,6 +131,9 @@ struct smtp_server {
 	bool esmtp;
 	bool draining;
 	bool data_end_pending;
+	bool tls;           /* the session runs inside TLS */
+	bool client_cert;   /* ... with a verified client certificate */
+	char tls_info[160]; /* "TLSv1.3 with cipher ...", for Received: */
 	unsigned errors;
 	char client_ip[64];
 	char helo[SMTP_HELO_MAX + 1];
@@ -160,6 +173,12 @@ bool smtp_server_drain(struct smtp_server *s);
 
 /* Queues a final reply (e.g. a timeout) and moves to CLOSING. */
 void smtp_server_abort(struct smtp_server *s, const char *reply);
+
+/* The TLS handshake after STARTTLS completed: every state is reset (a new
+ * EHLO is required, RFC 3207 4.2) and the session continues inside TLS.
+ * client_cert: the client presented a certificate that verified. */
+void smtp_server_tls_started(struct smtp_server *s, const char *version, const char *cipher,
+			     bool client_cert);
 
 /* Clears sent replies: the caller has handed out.len bytes to the socket. */
 void smtp_server_sent(struct smtp_server *s);

@@ -7,7 +7,8 @@ PKGS=(
   build-essential cmake pkg-config
   liburing-dev libjemalloc-dev android-libboringssl-dev libhyperscan-dev
   libconfig-dev libc-ares-dev libcmocka-dev
-  python3 python3-pytest python3-seccomp swaks postfix socat dnsmasq-base
+  python3 python3-pytest python3-seccomp swaks libnet-ssleay-perl libio-socket-ssl-perl
+  postfix socat dnsmasq-base openssl
 )
 
 missing=()
