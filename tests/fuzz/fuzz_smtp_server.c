@@ -19,7 +19,7 @@ struct ctx {
 	char *msg;
 	size_t msg_len, msg_cap;
 	bool in_data, closed, storing;
-	bool store_ok, store_full, defer;
+	bool store_ok, store_full, defer, cert;
 	unsigned msgno;
 };
 
@@ -153,6 +153,20 @@ static void run(struct ctx *c, char *in, size_t *inlen)
 			send_out(c);
 			c->closed = true;
 			return;
+		case SMTP_EV_STARTTLS:
+			/* The 220 is the last reply; the rest of the read is
+			 * dropped, then the "handshake" completes. */
+			if (c->s.out.len < 29 ||
+			    memcmp(c->s.out.p + c->s.out.len - 29, "220 2.0.0 SMTP server ready\r\n", 29) != 0)
+				abort();
+			*inlen = 0;
+			send_out(c);
+			if (c->s.tls)
+				abort(); /* STARTTLS twice */
+			smtp_server_tls_started(&c->s, "TLSv1.3", "TLS_AES_128_GCM_SHA256", c->cert);
+			if (c->s.state != SMTP_S_GREETED || c->s.env.from)
+				abort();
+			return;
 		default:
 			break;
 		}
@@ -174,6 +188,9 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 	p.max_protocol_errors = (data[4] >> 4) % 8;
 	p.may_submit = !(data[4] & 1);
 	p.bypass_size_limit = data[4] & 2;
+	p.starttls = data[4] & 8;
+	p.require_tls = data[3] & 0x80;
+	p.require_client_cert = data[3] & 0x40;
 	if (data[4] & 4)
 		p.rcpt_policy = policy;
 	size_t chunk = 1 + data[5] % 64;
@@ -183,6 +200,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 	c.store_ok = !(data[7] & 1);
 	c.store_full = data[7] & 2;
 	c.defer = data[7] & 4;
+	c.cert = data[2] & 0x80;
 	bool drain_midway = data[7] & 8;
 	bool abort_midway = data[7] & 16;
 	bool use_v6 = data[7] & 32;

@@ -80,7 +80,9 @@ struct h {
 	char env_from[300];
 	char env_rcpts[4096];   /* "a,b,c" at DATA_END */
 	unsigned env_nrcpt;
-	unsigned sends, flushes, begins, ends, rejects, closes, waits;
+	unsigned sends, flushes, begins, ends, rejects, closes, waits, starttls;
+	bool tls_refuse;        /* the starttls hook fails (454) */
+	unsigned starttls_hook_calls;
 	size_t max_out;
 	bool closed, storing;
 	bool defer_store, store_ok, store_full;
@@ -212,6 +214,9 @@ static void h_run(struct h *h)
 		case SMTP_EV_WAIT:
 			h->waits++;
 			break;
+		case SMTP_EV_STARTTLS:
+			h->starttls++;
+			break;
 		default:
 			fail_msg("unknown event %d", (int)ev.type);
 		}
@@ -237,6 +242,11 @@ static void h_run(struct h *h)
 			h->closed = true;
 			return;
 		case SMTP_EV_WAIT:
+			h_send(h);
+			return;
+		case SMTP_EV_STARTTLS:
+			/* As the engine does: the rest of the read is dropped. */
+			h->inlen = 0;
 			h_send(h);
 			return;
 		default:
@@ -1234,6 +1244,155 @@ static void test_received_header_ipv6(void **state)
 	smtp_server_free(&s);
 }
 
+/* ---- STARTTLS (RFC 3207) ---------------------------------------------- */
+
+static bool hook_starttls(void *ctx)
+{
+	struct h *h = ctx;
+	h->starttls_hook_calls++;
+	return !h->tls_refuse;
+}
+
+static struct h *h_tls(bool require_tls, bool require_cert)
+{
+	struct smtp_server_params p;
+	h_params_default(&p);
+	p.starttls = true;
+	p.require_tls = require_tls;
+	p.require_client_cert = require_cert;
+	struct h *h = h_new_with(&p, OUT_MAX);
+	h->s.hooks.starttls = hook_starttls;
+	h->s.hooks.ctx = h;
+	EXPECT(h, BANNER);
+	return h;
+}
+
+#define EHLO_TLS_OFFERED                                                    \
+	"250-" HOST " Hello [" IP "]\r\n"                                   \
+	"250-PIPELINING\r\n"                                                \
+	"250-SIZE 36700160\r\n"                                             \
+	"250-8BITMIME\r\n"                                                  \
+	"250-ENHANCEDSTATUSCODES\r\n"                                       \
+	"250-DSN\r\n"                                                       \
+	"250-STARTTLS\r\n"                                                  \
+	"250 SMTPUTF8\r\n"
+
+static void test_starttls_offered_and_reset(void **state)
+{
+	struct h *h = h_tls(false, false);
+	h_feed(h, "EHLO client.example\r\n");
+	EXPECT(h, EHLO_TLS_OFFERED);
+	/* A pipelined MAIL behind STARTTLS is dropped with the rest of the read. */
+	h_feed(h, "MAIL FROM:<early@b.example>\r\nSTARTTLS\r\nMAIL FROM:<smuggled@b.example>\r\nRCPT TO:<x@corp.example>\r\n");
+	EXPECT(h, "250 2.1.0 Sender OK\r\n"
+		  "220 2.0.0 SMTP server ready\r\n");
+	assert_int_equal(h->starttls, 1);
+	assert_int_equal(h->starttls_hook_calls, 1);
+	assert_int_equal(h->s.state, SMTP_S_STARTTLS);
+	/* Until the handshake is done nothing is executed. */
+	h_feed(h, "RCPT TO:<x@corp.example>\r\nQUIT\r\n");
+	EXPECT(h, "");
+	assert_false(h->closed);
+	smtp_server_tls_started(&h->s, "TLSv1.3", "TLS_AES_128_GCM_SHA256", false);
+	assert_true(h->s.tls);
+	assert_int_equal(h->s.state, SMTP_S_GREETED);
+	assert_null(h->s.env.from); /* the MAIL before STARTTLS is forgotten */
+	h_feed(h, "MAIL FROM:<a@b.example>\r\n");
+	EXPECT(h, "503 5.5.1 Bad sequence of commands\r\n");
+	h_feed(h, "EHLO client.example\r\n");
+	EXPECT(h, EHLO_OK); /* no STARTTLS inside TLS */
+	h_feed(h, "STARTTLS\r\n");
+	EXPECT(h, "503 5.5.1 Bad sequence of commands\r\n");
+	assert_int_equal(h->starttls, 1);
+	h_feed(h, "MAIL FROM:<a@b.example>\r\nRCPT TO:<x@corp.example>\r\nDATA\r\n");
+	EXPECT(h, "250 2.1.0 Sender OK\r\n250 2.1.5 Recipient OK\r\n"
+		  "354 Start mail input; end with <CRLF>.<CRLF>\r\n");
+	const char *want = "Received: from client.example ([192.0.2.10])\r\n"
+			   "\tby relay.corp.example (Postern) with ESMTPS id MSG1\r\n"
+			   "\t(using TLSv1.3 with cipher TLS_AES_128_GCM_SHA256)\r\n"
+			   "\t(connector \"Anonymous Relay\")\r\n"
+			   "\tfor <x@corp.example>; Mon, 23 Nov 2026 14:02:00 +0000\r\n";
+	if (strcmp(h->hdr, want) != 0)
+		fail_msg("got\n%s", h->hdr);
+	h_free(h);
+}
+
+static void test_starttls_partial_line_dropped(void **state)
+{
+	/* A command line split around STARTTLS does not survive into TLS. */
+	struct h *h = h_tls(false, false);
+	h_feed(h, "EHLO c.example\r\n");
+	buf_clear(&h->log);
+	h_feed(h, "STARTTLS\r\nMAIL FR");
+	EXPECT(h, "220 2.0.0 SMTP server ready\r\n");
+	smtp_server_tls_started(&h->s, "TLSv1.2", "TLS_ECDHE_RSA_WITH_AES_128_GCM_SHA256", false);
+	h_feed(h, "OM:<a@b.example>\r\n");
+	EXPECT(h, "500 5.3.3 Unrecognized command\r\n");
+	h_free(h);
+}
+
+static void test_starttls_refusals(void **state)
+{
+	static const struct {
+		const char *name;
+		bool offered, refuse;
+		const char *cmd, *want;
+	} cases[] = {
+		{"not offered", false, false, "STARTTLS\r\n", "500 5.3.3 Unrecognized command\r\n"},
+		{"argument", true, false, "STARTTLS now\r\n",
+		 "501 5.5.4 Syntax error in parameters or arguments\r\n"},
+		{"cannot start", true, true, "STARTTLS\r\n",
+		 "454 4.7.0 TLS not available due to temporary reason\r\n"},
+	};
+	for (size_t i = 0; i < N_ELEMS(cases); i++) {
+		struct h *h = h_tls(false, false);
+		h->p.starttls = cases[i].offered;
+		h->tls_refuse = cases[i].refuse;
+		h_feed(h, "EHLO c.example\r\n");
+		buf_clear(&h->log);
+		h_feed(h, cases[i].cmd);
+		if (strcmp(h->log.p, cases[i].want) != 0)
+			fail_msg("%s: got %s", cases[i].name, h->log.p);
+		buf_clear(&h->log);
+		assert_int_equal(h->starttls, 0);
+		assert_false(h->s.tls);
+		/* The session goes on in plaintext. */
+		h_feed(h, "MAIL FROM:<a@b.example>\r\n");
+		EXPECT(h, "250 2.1.0 Sender OK\r\n");
+		h_free(h);
+	}
+}
+
+static void test_require_tls(void **state)
+{
+	struct h *h = h_tls(true, false);
+	h_feed(h, "EHLO c.example\r\nMAIL FROM:<a@b.example>\r\nRCPT TO:<x@corp.example>\r\n");
+	EXPECT(h, EHLO_TLS_OFFERED "530 5.7.0 Must issue a STARTTLS command first\r\n"
+		  "503 5.5.1 Bad sequence of commands\r\n");
+	h_feed(h, "STARTTLS\r\n");
+	EXPECT(h, "220 2.0.0 SMTP server ready\r\n");
+	smtp_server_tls_started(&h->s, "TLSv1.3", "TLS_AES_128_GCM_SHA256", false);
+	h_feed(h, "EHLO c.example\r\nMAIL FROM:<a@b.example>\r\n");
+	EXPECT(h, EHLO_OK "250 2.1.0 Sender OK\r\n");
+	h_free(h);
+}
+
+static void test_require_client_certificate(void **state)
+{
+	for (int cert = 0; cert < 2; cert++) {
+		struct h *h = h_tls(false, true);
+		h_feed(h, "EHLO c.example\r\nMAIL FROM:<a@b.example>\r\n");
+		EXPECT(h, EHLO_TLS_OFFERED "530 5.7.0 Must issue a STARTTLS command first\r\n");
+		h_feed(h, "STARTTLS\r\n");
+		EXPECT(h, "220 2.0.0 SMTP server ready\r\n");
+		smtp_server_tls_started(&h->s, "TLSv1.3", "TLS_AES_128_GCM_SHA256", cert);
+		h_feed(h, "EHLO c.example\r\nMAIL FROM:<a@b.example>\r\n");
+		EXPECT(h, cert ? EHLO_OK "250 2.1.0 Sender OK\r\n"
+			       : EHLO_OK "530 5.7.1 Valid client certificate required\r\n");
+		h_free(h);
+	}
+}
+
 /* ---- abort ------------------------------------------------------------ */
 
 static void test_abort(void **state)
@@ -1290,6 +1449,11 @@ int main(void)
 		cmocka_unit_test(test_received_header),
 		cmocka_unit_test(test_received_header_ipv6),
 		cmocka_unit_test(test_abort),
+		cmocka_unit_test(test_starttls_offered_and_reset),
+		cmocka_unit_test(test_starttls_partial_line_dropped),
+		cmocka_unit_test(test_starttls_refusals),
+		cmocka_unit_test(test_require_tls),
+		cmocka_unit_test(test_require_client_certificate),
 	};
 	return cmocka_run_group_tests(tests, NULL, NULL);
 }
