@@ -1400,6 +1400,8 @@ void conf_print(const struct conf *c, FILE *out)
 						     v, sizeof(v)));
 			}
 			print_rconn_tls(out, rc);
+			if (rc->perms == PERM_AUTHENTICATED)
+				fprintf(out, "    note: \"authenticated\" alone admits nobody until SMTP AUTH exists (MAIL gets 530 5.7.1)\n");
 		}
 	}
 	for (unsigned i = 0; i < c->nsc; i++) {

@@ -120,7 +120,10 @@ void session_accept(struct wctx *w, unsigned binding, int fd)
 	c->fd = fd;
 	c->th_source = src;
 	c->th_rate = NULL;
-	if (rc->message_rate_limit && rc->message_rate_source == RATE_SOURCE_IP)
+	/* "user" keys unauthenticated sessions on their address (Exchange's
+	 * MessageRateSource): without AUTH, every session is one of those. */
+	if (rc->message_rate_limit && (rc->message_rate_source == RATE_SOURCE_IP ||
+				       rc->message_rate_source == RATE_SOURCE_USER))
 		c->th_rate = src;
 	else if (rc->message_rate_limit && rc->message_rate_source == RATE_SOURCE_ALL)
 		c->th_rate = throttle_entry(w->throttle, rc->stats_id, "");
@@ -572,6 +575,11 @@ static void tls_failed(struct wctx *w, struct conn *c, const char *stage, const 
 		c->peer, log_quote(q, sizeof(q), c->rc->name), hs ? "handshake" : stage,
 		log_quote(r, sizeof(r), why ? why : tls_error(c->tls)),
 		w->id);
+	/* The alert that says why, best effort, when no send is in flight. */
+	const char *p;
+	size_t n = c->sending ? 0 : tls_output(c->tls, &p);
+	if (n)
+		(void)io_try_send(w->io, c->fd, p, n);
 	session_close(w, c);
 }
 
