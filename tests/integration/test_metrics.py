@@ -120,7 +120,7 @@ def test_stat_counts(traffic):
     assert info["queue_messages"] == 3
     rc, text = ctl(traffic.sock, "show", "stat")
     assert rc == 0
-    assert re.search(r"^Anonymous Relay +2 +0 +2 +\d+ +3$", text, re.M), text
+    assert re.search(r"^Anonymous Relay +2 +0 +2 +\d+ +3 +0 +0%$", text, re.M), text
 
 
 def test_metrics_endpoint(traffic):
