@@ -188,8 +188,17 @@ static bool load_pair(SSL_CTX *ctx, const char *cert, const char *key, char *err
 	if (SSL_CTX_use_certificate_chain_file(ctx, cert) != 1)
 		return file_fail(err, cap, cert, "not a PEM certificate chain");
 	errno = 0;
-	if (SSL_CTX_use_PrivateKey_file(ctx, key, SSL_FILETYPE_PEM) != 1)
+	if (SSL_CTX_use_PrivateKey_file(ctx, key, SSL_FILETYPE_PEM) != 1) {
+		uint32_t e = ERR_peek_error();
+		if (ERR_GET_LIB(e) == ERR_LIB_X509 && (ERR_GET_REASON(e) == X509_R_KEY_TYPE_MISMATCH ||
+						       ERR_GET_REASON(e) == X509_R_KEY_VALUES_MISMATCH)) {
+			ERR_clear_error();
+			snprintf(err, cap, "%s: private key does not match the certificate in %s", key,
+				 cert);
+			return false;
+		}
 		return file_fail(err, cap, key, "not a PEM private key");
+	}
 	if (SSL_CTX_check_private_key(ctx) != 1) {
 		ERR_clear_error();
 		snprintf(err, cap, "%s: private key does not match the certificate in %s", key, cert);
