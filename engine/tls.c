@@ -571,6 +571,40 @@ void tls_free(struct tls *t)
 	free(t);
 }
 
+/* An idle connection keeps no large buffers: a memory BIO keeps the
+ * capacity of its biggest burst, so an empty one past SHRINK is replaced. */
+#define SHRINK (32 * 1024)
+
+static BIO *fresh_bio(BIO *b)
+{
+	BUF_MEM *bm = NULL;
+	if (BIO_pending(b) || BIO_get_mem_ptr(b, &bm) != 1 || !bm || bm->max <= SHRINK)
+		return NULL;
+	BIO *n = BIO_new(BIO_s_mem());
+	if (n)
+		BIO_set_mem_eof_return(n, -1);
+	return n;
+}
+
+static void shrink(struct tls *t)
+{
+	BIO *r = fresh_bio(t->rbio);
+	if (r) {
+		SSL_set0_rbio(t->ssl, r); /* frees the old one */
+		t->rbio = r;
+	}
+	BIO *w = fresh_bio(t->wbio);
+	if (w) {
+		SSL_set0_wbio(t->ssl, w);
+		t->wbio = w;
+	}
+	if (t->out_off == t->out_len && t->out) {
+		free(t->out);
+		t->out = NULL;
+		t->out_off = t->out_len = t->out_cap = 0;
+	}
+}
+
 bool tls_input(struct tls *t, const void *p, size_t n)
 {
 	while (n) {
@@ -619,6 +653,8 @@ void tls_output_done(struct tls *t, size_t n)
 	t->out_off += n;
 	if (t->out_off > t->out_len)
 		t->out_off = t->out_len;
+	if (t->out_off == t->out_len)
+		shrink(t);
 }
 
 static void judge_peer(struct tls *t)
@@ -684,7 +720,10 @@ long tls_read(struct tls *t, void *buf, size_t cap)
 	int n = SSL_read(t->ssl, buf, cap > INT32_MAX ? INT32_MAX : (int)cap);
 	if (n > 0)
 		return n;
-	return failed(t, n);
+	enum tls_result r = failed(t, n);
+	if (r == TLS_AGAIN)
+		shrink(t);
+	return r;
 }
 
 bool tls_write(struct tls *t, const void *p, size_t n)
