@@ -627,7 +627,7 @@ static void pull_output(struct tls *t)
 	if (t->out_off == t->out_len)
 		t->out_off = t->out_len = 0;
 	if (t->out_len + pend > t->out_cap) {
-		size_t cap = t->out_cap ? t->out_cap : 16384;
+		size_t cap = t->out_cap ? t->out_cap : 4096;
 		while (cap < t->out_len + pend)
 			cap *= 2;
 		char *b = realloc(t->out, cap);
