@@ -67,6 +67,8 @@ struct djob {
 	bool delayed;             /* waited for the send connector's rate limit */
 	bool dsn_passed;          /* next hop took over DSN duty */
 	char remote[300];         /* next hop, for logs and DSNs */
+	char tls[80];             /* "TLSv1.3 TLS_AES_128_GCM_SHA256" when the session
+	                           * ran over TLS, "" in plaintext (logs) */
 	struct djob *next;
 };
 

@@ -763,15 +763,24 @@ static uint64_t backoff_ms(const struct queue_conf *qc, uint32_t attempts)
 	return d < qc->max_retry_interval_ms ? d : qc->max_retry_interval_ms;
 }
 
+/* tls: the attempt's "VERSION CIPHER", "" in plaintext, NULL when no
+ * session was involved (expiry, no route). */
 static void log_result(const char *event, const struct qmsg *m, const struct qrcpt *r,
-		       const char *sc, int64_t now_ms)
+		       const char *sc, const char *tls, int64_t now_ms)
 {
-	char q1[700], q2[200], q3[1100], q4[400];
+	char q1[700], q2[200], q3[1100], q4[400], t[120] = "";
+	if (tls) {
+		const char *sp = strchr(tls, ' ');
+		if (sp)
+			snprintf(t, sizeof(t), " tls=%.*s cipher=%s", (int)(sp - tls), tls, sp + 1);
+		else
+			snprintf(t, sizeof(t), " tls=-");
+	}
 	log_msg(LOG_INFO,
-		"event=%s id=%s from=<%s> to=%s send_connector=%s relay=%s status=%s reply=%s delay=%.1f attempts=%u",
+		"event=%s id=%s from=<%s> to=%s send_connector=%s relay=%s%s status=%s reply=%s delay=%.1f attempts=%u",
 		event, m->idtxt, m->from, log_quote(q1, sizeof(q1), r->addr),
 		log_quote(q2, sizeof(q2), sc ? sc : "none"),
-		log_quote(q4, sizeof(q4), r->remote ? r->remote : "none"), r->status,
+		log_quote(q4, sizeof(q4), r->remote ? r->remote : "none"), t, r->status,
 		log_quote(q3, sizeof(q3), r->reply ? r->reply : ""),
 		(double)(now_ms - m->arrival_ms) / 1000.0, m->attempts + 1);
 }
@@ -856,7 +865,7 @@ static void expire(struct queue *q, struct qmsg *m, int64_t now_ms)
 			continue;
 		set_result(r, "4.4.7", why, r->remote);
 		r->failed_now = true;
-		log_result("expire", m, r, NULL, now_ms);
+		log_result("expire", m, r, NULL, NULL, now_ms);
 	}
 	metric_add(&q->w->m->expired, 1);
 	finish_round(q, m, false, now_ms);
@@ -1065,7 +1074,7 @@ void queue_job_done(struct queue *q, struct djob *j)
 			r->state = SPOOL_RCPT_DELIVERED;
 			m->pending--;
 			record(q, m, j->idx[k], SPOOL_ST_DELIVERED, res->text);
-			log_result("deliver", m, r, j->sc->name, now_ms);
+			log_result("deliver", m, r, j->sc->name, j->tls, now_ms);
 			metric_add(&w->m->send[sid].delivered, 1);
 			/* RFC 3461 5.2: a next hop without DSN support ends the
 			 * chain: "relayed"; a drop directory is final: "delivered". */
@@ -1077,12 +1086,12 @@ void queue_job_done(struct queue *q, struct djob *j)
 			}
 		} else if (res->code / 100 == 5) {
 			r->failed_now = true;
-			log_result("bounce", m, r, j->sc->name, now_ms);
+			log_result("bounce", m, r, j->sc->name, j->tls, now_ms);
 			metric_add(&w->m->send[sid].bounced, 1);
 		} else {
 			free(m->last_error);
 			m->last_error = xdup(res->text);
-			log_result("defer", m, r, j->sc->name, now_ms);
+			log_result("defer", m, r, j->sc->name, j->tls, now_ms);
 			metric_add(&w->m->send[sid].deferred, 1);
 		}
 	}
