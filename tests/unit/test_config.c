@@ -371,6 +371,32 @@ static void test_errors(void **state)
 		{"receive_connectors = ( { name = \"a\"; bindings = [\"127.0.0.1:25\"]; } );\n"
 		 "server = { dns_servers = [\n \"127.0.0.1:53\",\n \"dns.example\" ]; };\n",
 		 4, "dns_servers: \"dns.example\""},
+		/* TLS keys never parse without acting (B.7). */
+		{"receive_connectors = (\n { name = \"a\"; bindings = [\"127.0.0.1:25\"];\n  require_tls = true; }\n);\n",
+		 3, "require_tls: needs tls_certificate"},
+		{"receive_connectors = (\n { name = \"a\"; bindings = [\"127.0.0.1:25\"];\n  tls_client_ca_file = \"/x\"; }\n);\n",
+		 3, "tls_client_ca_file: needs tls_certificate"},
+		{"receive_connectors = (\n { name = \"a\"; bindings = [\"127.0.0.1:25\"];\n  tls_certificate = [ \"/a.pem\", \"/b.pem\" ];\n tls_key = \"/a.key\"; }\n);\n",
+		 3, "2 certificate(s) but 1 key(s)"},
+		{"receive_connectors = (\n { name = \"a\"; bindings = [\"127.0.0.1:25\"];\n  tls_certificate = \"/a.pem\"; tls_key = \"/a.key\";\n tls_min_version = \"1.1\"; }\n);\n",
+		 4, "tls_min_version: expected \"1.2\" or \"1.3\""},
+		{"receive_connectors = (\n { name = \"a\"; bindings = [\"127.0.0.1:25\"];\n  tls_certificate = \"/nonexistent/a.pem\"; tls_key = \"/a.key\"; }\n);\n",
+		 3, "/nonexistent/a.pem: No such file or directory"},
+		{"receive_connectors = ( { name = \"a\"; bindings = [\"127.0.0.1:25\"]; } );\n"
+		 "send_connectors = (\n { name = \"s\"; address_spaces = [ \"*\" ];\n  tls = \"maybe\"; }\n);\n",
+		 4, "tls: expected none, opportunistic, required or verify"},
+		{"receive_connectors = ( { name = \"a\"; bindings = [\"127.0.0.1:25\"]; } );\n"
+		 "send_connectors = (\n { name = \"s\"; address_spaces = [ \"*\" ];\n  tls_ca_file = \"/etc/ssl/certs/ca-certificates.crt\"; }\n);\n",
+		 4, "tls_ca_file: only used with tls = \"verify\""},
+		{"receive_connectors = ( { name = \"a\"; bindings = [\"127.0.0.1:25\"]; } );\n"
+		 "send_connectors = (\n { name = \"s\"; address_spaces = [ \"*\" ]; tls = \"none\";\n  tls_server_name = \"x.example\"; }\n);\n",
+		 4, "tls_server_name: does nothing with tls = \"none\""},
+		{"receive_connectors = ( { name = \"a\"; bindings = [\"127.0.0.1:25\"]; } );\n"
+		 "send_connectors = (\n { name = \"s\"; address_spaces = [ \"*\" ]; drop_directory = \"/x\";\n  tls = \"required\"; }\n);\n",
+		 4, "tls: does not apply to a drop_directory connector"},
+		{"receive_connectors = ( { name = \"a\"; bindings = [\"127.0.0.1:25\"]; } );\n"
+		 "send_connectors = (\n { name = \"s\"; address_spaces = [ \"*\" ];\n  tls_certificate = \"/c.pem\"; }\n);\n",
+		 4, "tls_certificate and tls_key go together"},
 	};
 	for (size_t i = 0; i < sizeof(cases) / sizeof(cases[0]); i++) {
 		char err[512] = "";
