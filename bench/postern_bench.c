@@ -2,7 +2,12 @@
  * One thread, one epoll set, N concurrent client sessions; every load is
  * bounded by a message count and a duration. Each message carries X-Bench-Id
  * and X-Bench-Sum so postern-sink can check it arrived whole and once.
- * It measures; it never decides pass/fail (bench/compare does that). */
+ * It measures; it never decides pass/fail (bench/compare does that).
+ * With --starttls every session upgrades to TLS (BoringSSL, SSL_set_fd on
+ * the non-blocking socket) after the first EHLO and says EHLO again;
+ * --resume offers the last session (ticket) seen from the same source
+ * address on each new connection. Built without BoringSSL (the plain gcc
+ * fallback of bench/compare), --starttls is refused. */
 #include <arpa/inet.h>
 #include <errno.h>
 #include <fcntl.h>
@@ -17,6 +22,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <strings.h>
 #include <sys/epoll.h>
 #include <sys/resource.h>
 #include <sys/socket.h>
@@ -25,6 +31,21 @@
 
 #include "bench_sum.h"
 
+/* BoringSSL only (openssl/is_boringssl.h does not exist in OpenSSL): CMake
+ * adds /usr/include/android; a plain `gcc bench/postern_bench.c` builds
+ * without TLS. */
+#if defined(__has_include)
+#if __has_include(<openssl/is_boringssl.h>)
+#define HAVE_TLS 1
+#include <openssl/err.h>
+#include <openssl/ssl.h>
+#endif
+#endif
+#ifndef HAVE_TLS
+#define HAVE_TLS 0
+typedef struct ssl_st SSL;
+#endif
+
 #define MAX_SIZES 16
 #define MAX_SOURCES 256
 #define IN_CAP 4096
@@ -32,7 +53,8 @@
 #define GRACE_S 5.0
 #define MAX_CONNECTING 512
 
-enum expect { E_GREET, E_EHLO, E_MAIL, E_RCPT, E_DATA, E_DOT, E_QUIT };
+/* kind | txslot << 4 in exq: at most 16 kinds */
+enum expect { E_GREET, E_EHLO, E_STARTTLS, E_MAIL, E_RCPT, E_DATA, E_DOT, E_QUIT, E_RSET };
 
 enum slot_state { S_CLOSED, S_CONNECTING, S_OPEN, S_DONE };
 
@@ -60,6 +82,11 @@ struct conn {
 	char *out;
 	size_t out_len, out_off, out_cap;
 	struct conn *next_parked;
+	int src;            /* index into opt.sources (0 without --sources) */
+	SSL *ssl;           /* after 220 to STARTTLS */
+	bool hs, tls_up;    /* handshake in progress / done */
+	bool saw_starttls;  /* the last EHLO reply listed STARTTLS */
+	double t_hs;        /* handshake start */
 };
 
 struct size_class {
@@ -88,6 +115,9 @@ static struct {
 	double rate;
 	const char *from, *to;
 	const char *helo;
+	bool starttls, resume;
+	int tls_version;    /* 0: 1.2 or 1.3 negotiated; 12 or 13: only that */
+	const char *tls_groups, *sni;
 } opt;
 
 static struct {
@@ -109,6 +139,21 @@ static struct {
 	long long bytes_sent;
 	int open_slots, ready_count;
 	volatile sig_atomic_t interrupted;
+	/* TLS */
+#if HAVE_TLS
+	SSL_CTX *ctx;
+	SSL_SESSION *sess[MAX_SOURCES];  /* the last session per source */
+#endif
+	long long hs_full, hs_resumed, tls_errors, starttls_refused, starttls_missing;
+	long long sessions_offered;
+	uint32_t *hs_lat;   /* handshake durations, 100 ns units */
+	size_t nhs_lat, hs_lat_cap;
+	char tls_version[32], tls_cipher[64], tls_group[32], tls_sigalg[48];
+	char tls_last_error[160];
+	struct rusage ru0;  /* this process's CPU time, at the start of the run */
+	/* steady state (--reuse on): from the moment every session is up */
+	double t_ready;
+	long long ok_ready;
 } g;
 
 /* ceil() without libm, for non-negative values */
@@ -238,9 +283,67 @@ static void conn_want_write(struct conn *c, bool want)
 	epoll_ctl(g.ep, EPOLL_CTL_MOD, c->fd, &ev);
 }
 
+static void lat_push(uint32_t **a, size_t *n, size_t *cap, double seconds)
+{
+	if (*n == *cap) {
+		*cap = *cap ? *cap * 2 : 65536;
+		*a = xrealloc(*a, *cap * sizeof **a);
+	}
+	double d = seconds * 1e7;
+	(*a)[(*n)++] = d > 4e9 ? 4000000000u : (uint32_t)(d < 0 ? 0 : d);
+}
+
+#if HAVE_TLS
+static void tls_note_error(const char *what, int ret, int err)
+{
+	unsigned long e = ERR_peek_last_error();
+	char buf[120] = "";
+	if (e)
+		ERR_error_string_n(e, buf, sizeof buf);
+	snprintf(g.tls_last_error, sizeof g.tls_last_error, "%s: ret %d, SSL_get_error %d%s%s%s",
+		 what, ret, err, e ? " (" : "", buf, e ? ")" : "");
+	if (err == SSL_ERROR_SYSCALL && !e && errno)
+		snprintf(g.tls_last_error + strlen(g.tls_last_error),
+			 sizeof g.tls_last_error - strlen(g.tls_last_error), ": %s", strerror(errno));
+	ERR_clear_error();
+}
+
+/* Ciphertext flush of the plaintext out buffer. */
+static bool tls_flush(struct conn *c)
+{
+	while (c->out_off < c->out_len) {
+		size_t len = c->out_len - c->out_off;
+		int n = SSL_write(c->ssl, c->out + c->out_off, len > 1 << 30 ? 1 << 30 : (int)len);
+		if (n <= 0) {
+			int err = SSL_get_error(c->ssl, n);
+			if (err == SSL_ERROR_WANT_WRITE) {
+				conn_want_write(c, true);
+				return true;
+			}
+			if (err == SSL_ERROR_WANT_READ)  /* EPOLLIN is always armed */
+				return true;
+			g.tls_errors++;
+			tls_note_error("SSL_write", n, err);
+			conn_fail(c, "SSL_write");
+			return false;
+		}
+		c->out_off += (size_t)n;
+		g.bytes_sent += n;
+	}
+	c->out_off = c->out_len = 0;
+	if (!c->writable)
+		conn_want_write(c, false);
+	return true;
+}
+#endif
+
 /* Returns false when the connection failed. */
 static bool conn_flush(struct conn *c)
 {
+#if HAVE_TLS
+	if (c->tls_up)
+		return tls_flush(c);
+#endif
 	while (c->out_off < c->out_len) {
 		ssize_t n = send(c->fd, c->out + c->out_off, c->out_len - c->out_off,
 				 MSG_NOSIGNAL);
@@ -379,14 +482,8 @@ static void tx_final(struct conn *c, struct tx *t, int code, bool have_latency, 
 		if (code >= 0 && code < 600)
 			g.codes[code]++;
 	}
-	if (have_latency && code >= 200 && code < 300) {
-		if (g.nlat == g.lat_cap) {
-			g.lat_cap = g.lat_cap ? g.lat_cap * 2 : 65536;
-			g.lat = xrealloc(g.lat, g.lat_cap * sizeof *g.lat);
-		}
-		double d = (t_reply - t->t_dot) * 1e7;
-		g.lat[g.nlat++] = d > 4e9 ? 4000000000u : (uint32_t)(d < 0 ? 0 : d);
-	}
+	if (have_latency && code >= 200 && code < 300)
+		lat_push(&g.lat, &g.nlat, &g.lat_cap, t_reply - t->t_dot);
 	g.t_end = t_reply;
 	t->active = false;
 	(void)c;
@@ -453,6 +550,16 @@ static void send_body(struct conn *c, int slot, double t)
 
 static void conn_close(struct conn *c)
 {
+#if HAVE_TLS
+	if (c->ssl) {
+		if (c->tls_up && c->quitting)
+			SSL_shutdown(c->ssl);  /* close_notify, once; the answer is not awaited */
+		SSL_free(c->ssl);
+		ERR_clear_error();
+	}
+#endif
+	c->ssl = NULL;
+	c->hs = c->tls_up = c->saw_starttls = false;
 	if (c->fd >= 0) {
 		close(c->fd);
 		c->fd = -1;
@@ -523,7 +630,8 @@ static void conn_open(struct conn *c)
 	setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
 	if (opt.nsources) {
 		struct sockaddr_in sa = {.sin_family = AF_INET};
-		sa.sin_addr = opt.sources[g.src_rr++ % (unsigned)opt.nsources];
+		c->src = (int)(g.src_rr++ % (unsigned)opt.nsources);
+		sa.sin_addr = opt.sources[c->src];
 		/* pick the port at connect time, per 4-tuple: far more ports */
 		setsockopt(fd, IPPROTO_IP, IP_BIND_ADDRESS_NO_PORT, &one, sizeof one);
 		if (bind(fd, (struct sockaddr *)&sa, sizeof sa) < 0)
@@ -542,6 +650,120 @@ static void conn_open(struct conn *c)
 	    errno != EINPROGRESS)
 		conn_fail(c, strerror(errno));
 }
+
+/* ---- TLS ---------------------------------------------------------------- */
+
+#if HAVE_TLS
+/* The client cache is ours: the newest session of each source address. */
+static int on_new_session(SSL *ssl, SSL_SESSION *sess)
+{
+	struct conn *c = SSL_get_app_data(ssl);
+	if (!opt.resume || !c)
+		return 0;
+	if (g.sess[c->src])
+		SSL_SESSION_free(g.sess[c->src]);
+	g.sess[c->src] = sess;
+	return 1;  /* we keep the reference */
+}
+
+static void tls_init(void)
+{
+	g.ctx = SSL_CTX_new(TLS_method());
+	if (!g.ctx)
+		die("SSL_CTX_new failed");
+	int lo = TLS1_2_VERSION, hi = TLS1_3_VERSION;
+	if (opt.tls_version == 12)
+		hi = TLS1_2_VERSION;
+	else if (opt.tls_version == 13)
+		lo = TLS1_3_VERSION;
+	if (!SSL_CTX_set_min_proto_version(g.ctx, (uint16_t)lo) ||
+	    !SSL_CTX_set_max_proto_version(g.ctx, (uint16_t)hi))
+		die("cannot set the TLS versions");
+	SSL_CTX_set_verify(g.ctx, SSL_VERIFY_NONE, NULL);  /* loopback benchmark */
+	SSL_CTX_set_mode(g.ctx, SSL_MODE_ENABLE_PARTIAL_WRITE | SSL_MODE_ACCEPT_MOVING_WRITE_BUFFER);
+	if (opt.tls_groups && !SSL_CTX_set1_curves_list(g.ctx, opt.tls_groups))
+		die("--tls-groups: '%s' not understood (e.g. X25519:P-256)", opt.tls_groups);
+	if (opt.resume) {
+		SSL_CTX_set_session_cache_mode(g.ctx, SSL_SESS_CACHE_CLIENT | SSL_SESS_CACHE_NO_INTERNAL);
+		SSL_CTX_sess_set_new_cb(g.ctx, on_new_session);
+	} else {
+		/* no ticket extension in TLS 1.2; 1.3 servers may still send tickets */
+		SSL_CTX_set_options(g.ctx, SSL_OP_NO_TICKET);
+		SSL_CTX_set_session_cache_mode(g.ctx, SSL_SESS_CACHE_OFF);
+	}
+}
+
+/* Drives the handshake; on completion says EHLO again. */
+static void tls_step(struct conn *c)
+{
+	int r = SSL_do_handshake(c->ssl);
+	if (r == 1) {
+		double t = now_s();
+		c->hs = false;
+		c->tls_up = true;
+		if (SSL_session_reused(c->ssl)) {
+			g.hs_resumed++;
+		} else {
+			g.hs_full++;
+			/* the server's signature (says which certificate it used) */
+			const char *sn = SSL_get_signature_algorithm_name(
+				SSL_get_peer_signature_algorithm(c->ssl), 0);
+			snprintf(g.tls_sigalg, sizeof g.tls_sigalg, "%s", sn ? sn : "?");
+		}
+		lat_push(&g.hs_lat, &g.nhs_lat, &g.hs_lat_cap, t - c->t_hs);
+		snprintf(g.tls_version, sizeof g.tls_version, "%s", SSL_get_version(c->ssl));
+		const SSL_CIPHER *ci = SSL_get_current_cipher(c->ssl);
+		snprintf(g.tls_cipher, sizeof g.tls_cipher, "%s", ci ? SSL_CIPHER_standard_name(ci) : "?");
+		uint16_t grp = SSL_get_curve_id(c->ssl);
+		const char *gn = grp ? SSL_get_curve_name(grp) : NULL;
+		snprintf(g.tls_group, sizeof g.tls_group, "%s", gn ? gn : "none");
+		c->writable = true;  /* EPOLLOUT may be armed: force the MOD below */
+		conn_want_write(c, false);
+		out_printf(c, "EHLO %s\r\n", opt.helo);
+		expect_push(c, E_EHLO, 0);
+		conn_flush(c);
+		return;
+	}
+	int err = SSL_get_error(c->ssl, r);
+	if (err == SSL_ERROR_WANT_READ) {
+		conn_want_write(c, false);
+		return;
+	}
+	if (err == SSL_ERROR_WANT_WRITE) {
+		conn_want_write(c, true);
+		return;
+	}
+	g.tls_errors++;
+	tls_note_error("handshake", r, err);
+	conn_fail(c, "TLS handshake failed");
+}
+
+/* 220 to STARTTLS: nothing may follow it in the clear. */
+static bool tls_start(struct conn *c, double t)
+{
+	if (c->out_off != c->out_len) {
+		conn_fail(c, "STARTTLS accepted before it was sent whole");
+		return false;
+	}
+	c->ssl = SSL_new(g.ctx);
+	if (!c->ssl || !SSL_set_fd(c->ssl, c->fd))
+		die("SSL_new/SSL_set_fd failed");
+	SSL_set_app_data(c->ssl, c);
+	SSL_set_connect_state(c->ssl);
+	if (opt.sni)
+		SSL_set_tlsext_host_name(c->ssl, opt.sni);
+	if (opt.resume && g.sess[c->src]) {
+		SSL_set_session(c->ssl, g.sess[c->src]);
+		g.sessions_offered++;
+	}
+	c->hs = true;
+	c->t_hs = t;
+	return true;
+}
+#else
+static void tls_step(struct conn *c) { (void)c; }
+static bool tls_start(struct conn *c, double t) { (void)t; conn_fail(c, "no TLS"); return false; }
+#endif
 
 static int reply_code(const char *l, size_t n)
 {
@@ -575,9 +797,30 @@ static bool on_reply(struct conn *c, int code, double t)
 			conn_fail(c, "EHLO refused");
 			return false;
 		}
+		if (opt.starttls && !c->tls_up) {
+			if (!c->saw_starttls) {
+				g.starttls_missing++;
+				conn_fail(c, "STARTTLS not offered");
+				return false;
+			}
+			out_append(c, "STARTTLS\r\n", 10);
+			expect_push(c, E_STARTTLS, 0);
+			break;
+		}
 		g.established++;
+		if (opt.reuse && opt.idle <= 0 && !g.t_ready && g.established >= opt.connections) {
+			g.t_ready = t;
+			g.ok_ready = g.ok;
+		}
 		conn_next(c, t);
 		break;
+	case E_STARTTLS:
+		if (code != 220) {
+			g.starttls_refused++;
+			conn_fail(c, "STARTTLS refused");
+			return false;
+		}
+		return tls_start(c, t);
 	case E_MAIL:
 		if (code / 100 != 2 && !tx->fail_code)
 			tx->fail_code = code;
@@ -603,7 +846,7 @@ static bool on_reply(struct conn *c, int code, double t)
 				expect_push(c, E_DATA, slot);
 			} else {
 				out_append(c, "RSET\r\n", 6);
-				expect_push(c, E_QUIT + 1, slot);
+				expect_push(c, E_RSET, slot);
 				tx_final(c, tx, tx->fail_code, false, t);
 			}
 		}
@@ -633,11 +876,51 @@ static bool on_reply(struct conn *c, int code, double t)
 	return true;
 }
 
+/* recv(), or SSL_read() once TLS is up: bytes, 0 at EOF, -1 with errno
+ * EAGAIN (nothing yet) or another error (c not yet failed). */
+static ssize_t conn_recv(struct conn *c, char *p, size_t room)
+{
+#if HAVE_TLS
+	if (c->tls_up) {
+		int n = SSL_read(c->ssl, p, room > 1 << 30 ? 1 << 30 : (int)room);
+		if (n > 0)
+			return n;
+		int err = SSL_get_error(c->ssl, n);
+		if (err == SSL_ERROR_WANT_READ) {
+			errno = EAGAIN;
+			return -1;
+		}
+		if (err == SSL_ERROR_WANT_WRITE) {
+			conn_want_write(c, true);
+			errno = EAGAIN;
+			return -1;
+		}
+		if (err == SSL_ERROR_ZERO_RETURN ||
+		    (err == SSL_ERROR_SYSCALL && ERR_peek_error() == 0 && n == 0)) {
+			ERR_clear_error();
+			return 0;
+		}
+		g.tls_errors++;
+		tls_note_error("SSL_read", n, err);
+		errno = EPROTO;
+		return -1;
+	}
+#endif
+	return recv(c->fd, p, room, 0);
+}
+
+static bool is_starttls_line(const char *l, size_t len)
+{
+	while (len && (l[len - 1] == '\n' || l[len - 1] == '\r' || l[len - 1] == ' '))
+		len--;
+	return len == 12 && !strncasecmp(l + 4, "STARTTLS", 8);
+}
+
 static void conn_read(struct conn *c)
 {
 	for (;;) {
 		size_t room = IN_CAP - c->in_len;
-		ssize_t n = recv(c->fd, c->in + c->in_len, room, 0);
+		ssize_t n = conn_recv(c, c->in + c->in_len, room);
 		if (n == 0) {
 			if (c->quitting && c->exh + 1 == c->ext) {
 				double t = now_s();
@@ -664,6 +947,8 @@ static void conn_read(struct conn *c)
 			size_t len = (size_t)(nl - (c->in + pos)) + 1;
 			const char *l = c->in + pos;
 			pos += len;
+			if (opt.starttls && !c->tls_up && len >= 12 && is_starttls_line(l, len))
+				c->saw_starttls = true;
 			if (len >= 4 && l[3] == '-')
 				continue;
 			int code = reply_code(l, len);
@@ -673,6 +958,15 @@ static void conn_read(struct conn *c)
 			}
 			if (!on_reply(c, code, t))
 				return;
+			if (c->hs) {  /* 220 to STARTTLS: the rest is ciphertext */
+				if (pos != c->in_len) {
+					conn_fail(c, "cleartext after 220 to STARTTLS");
+					return;
+				}
+				c->in_len = 0;
+				tls_step(c);
+				return;
+			}
 		}
 		if (pos == 0 && c->in_len == IN_CAP) {
 			conn_fail(c, "reply line too long");
@@ -682,7 +976,9 @@ static void conn_read(struct conn *c)
 		c->in_len -= pos;
 		if (c->out_len > c->out_off && !conn_flush(c))
 			return;
-		if ((size_t)n < room)  /* level-triggered: no need to read to EAGAIN */
+		/* level-triggered: no need to read to EAGAIN, except that TLS
+		 * may hold decrypted records the socket no longer signals */
+		if ((size_t)n < room && !c->tls_up)
 			return;
 	}
 	if (c->out_len > c->out_off)
@@ -709,9 +1005,15 @@ static void on_event(struct conn *c, uint32_t ev)
 	}
 	if (c->st != S_OPEN)
 		return;
+	if (c->hs) {
+		tls_step(c);
+		return;
+	}
 	if (ev & EPOLLOUT) {
 		if (!conn_flush(c))
 			return;
+		if (c->tls_up && c->st == S_OPEN)  /* an SSL_read may have wanted to write */
+			ev |= EPOLLIN;
 	}
 	if (ev & (EPOLLIN | EPOLLERR | EPOLLHUP))
 		conn_read(c);
@@ -752,16 +1054,22 @@ static int cmp_u32(const void *a, const void *b)
 	return x < y ? -1 : x > y;
 }
 
-static double pct(double p)
+/* percentile of sorted samples (100 ns units), in ms */
+static double lpct(const uint32_t *a, size_t n, double p)
 {
-	if (!g.nlat)
+	if (!n)
 		return 0;
-	size_t i = (size_t)ceil_pos(p / 100.0 * (double)g.nlat);
+	size_t i = (size_t)ceil_pos(p / 100.0 * (double)n);
 	if (i > 0)
 		i--;
-	if (i >= g.nlat)
-		i = g.nlat - 1;
-	return g.lat[i] / 1e4;  /* ms */
+	if (i >= n)
+		i = n - 1;
+	return a[i] / 1e4;
+}
+
+static double pct(double p)
+{
+	return lpct(g.lat, g.nlat, p);
 }
 
 static void on_signal(int sig)
@@ -786,6 +1094,7 @@ static void write_ready(void)
 static void run(void)
 {
 	struct epoll_event evs[256];
+	getrusage(RUSAGE_SELF, &g.ru0);
 	g.t0 = now_s();
 	g.deadline = g.t0 + opt.duration;
 	g.hard_deadline = g.deadline + GRACE_S;
@@ -979,6 +1288,12 @@ static void usage(void)
 "  --idle S               open --connections sessions, EHLO, hold them idle S s\n"
 "  --ready-file F         (idle) write the established count to F when all are up\n"
 "  --busy-poll            spin on epoll instead of sleeping (uses a whole core)\n"
+"  --starttls             STARTTLS after EHLO, TLS handshake, EHLO again (BoringSSL)\n"
+"  --resume               offer the last TLS session of the same source on each\n"
+"                         new connection (session tickets / IDs); implies --starttls\n"
+"  --tls-version 1.2|1.3  only this version (default: 1.2 or 1.3, as negotiated)\n"
+"  --tls-groups LIST      key exchange groups, e.g. X25519 or P-256 (BoringSSL names)\n"
+"  --sni NAME             server name to send (default: none)\n"
 "  --json                 print one JSON object on stdout\n");
 	exit(2);
 }
@@ -992,7 +1307,8 @@ static void parse_args(int argc, char **argv)
 		{"sources", 1, 0, 'S'}, {"rate", 1, 0, 'R'}, {"from", 1, 0, 'f'},
 		{"to", 1, 0, 't'}, {"json", 0, 0, 'j'}, {"idle", 1, 0, 'i'},
 		{"ready-file", 1, 0, 'F'}, {"helo", 1, 0, 'H'}, {"help", 0, 0, 'h'},
-		{"busy-poll", 0, 0, 'B'},
+		{"busy-poll", 0, 0, 'B'}, {"starttls", 0, 0, 'T'}, {"resume", 0, 0, 'E'},
+		{"tls-version", 1, 0, 'V'}, {"tls-groups", 1, 0, 'G'}, {"sni", 1, 0, 'N'},
 		{0, 0, 0, 0}};
 	opt.connections = 100;
 	opt.messages = 10000;
@@ -1025,6 +1341,18 @@ static void parse_args(int argc, char **argv)
 		case 'F': opt.ready_file = optarg; break;
 		case 'H': opt.helo = optarg; break;
 		case 'B': opt.busy_poll = true; break;
+		case 'T': opt.starttls = true; break;
+		case 'E': opt.resume = opt.starttls = true; break;
+		case 'V':
+			if (!strcmp(optarg, "1.2"))
+				opt.tls_version = 12;
+			else if (!strcmp(optarg, "1.3"))
+				opt.tls_version = 13;
+			else if (strcmp(optarg, "any"))
+				die("--tls-version: 1.2, 1.3 or any");
+			break;
+		case 'G': opt.tls_groups = optarg; break;
+		case 'N': opt.sni = optarg; break;
 		default: usage();
 		}
 	}
@@ -1047,6 +1375,10 @@ static void parse_args(int argc, char **argv)
 	for (int i = 0; i < opt.nsources; i++)
 		if ((ntohl(opt.sources[i].s_addr) >> 24) != 127)
 			die("--sources: only loopback (127.0.0.0/8) addresses are allowed");
+	if ((opt.tls_version || opt.tls_groups || opt.sni) && !opt.starttls)
+		die("--tls-version, --tls-groups and --sni need --starttls");
+	if (opt.starttls && !HAVE_TLS)
+		die("--starttls: built without BoringSSL (build with CMake: target postern-bench)");
 }
 
 /* ---- report ------------------------------------------------------------ */
@@ -1062,6 +1394,18 @@ static void report(void)
 	for (size_t i = 0; i < g.nlat; i++)
 		mean += g.lat[i];
 	mean = g.nlat ? mean / (double)g.nlat / 1e4 : 0;
+	struct rusage ru;
+	getrusage(RUSAGE_SELF, &ru);
+	double cpu_user = (double)(ru.ru_utime.tv_sec - g.ru0.ru_utime.tv_sec) +
+			  (double)(ru.ru_utime.tv_usec - g.ru0.ru_utime.tv_usec) / 1e6;
+	double cpu_sys = (double)(ru.ru_stime.tv_sec - g.ru0.ru_stime.tv_sec) +
+			 (double)(ru.ru_stime.tv_usec - g.ru0.ru_stime.tv_usec) / 1e6;
+	double wall = now_s() - g.t0;
+	double cpu_frac = wall > 0 ? (cpu_user + cpu_sys) / wall : 0;
+	/* steady: the rate once all sessions (and their handshakes) are up */
+	bool have_steady = g.t_ready > 0 && g.t_end > g.t_ready && g.ok > g.ok_ready;
+	double steady_rate = have_steady ? (double)(g.ok - g.ok_ready) / (g.t_end - g.t_ready) : 0;
+	double ramp = have_steady ? g.t_ready - g.t0 : 0;
 	double avg_size = 0;
 	for (int i = 0; i < opt.nsizes; i++)
 		avg_size += (double)opt.sizes[i].size * opt.sizes[i].weight / opt.weight_total;
@@ -1071,17 +1415,39 @@ static void report(void)
 		"  messages: %lld attempted, %lld ok (2xx), %lld 4xx, %lld 5xx, %lld errors\n"
 		"  elapsed %.3f s, %.1f messages/s, %.1f MB/s sent\n"
 		"  latency end-of-data -> 2xx (ms): p50 %.3f  p90 %.3f  p99 %.3f  p99.9 %.3f  max %.3f\n"
-		"  connections: %lld opened, %lld connect errors, %lld sessions established\n",
+		"  connections: %lld opened, %lld connect errors, %lld sessions established\n"
+		"  client CPU: %.2f s user, %.2f s system, %.0f%% of one core\n",
 		opt.server_str, opt.connections,
 		opt.idle > 0 ? "idle" : "load", opt.pipelining ? "on" : "off",
 		opt.reuse ? "on" : "off", opt.rate > 0 ? " (paced)" : "",
 		g.started, g.ok, g.r4xx, g.r5xx, g.errors, elapsed, rate,
 		elapsed > 0 ? (double)g.bytes_sent / elapsed / 1e6 : 0,
 		pct(50), pct(90), pct(99), pct(99.9), g.nlat ? g.lat[g.nlat - 1] / 1e4 : 0,
-		g.connects, g.connect_errors, g.established);
+		g.connects, g.connect_errors, g.established, cpu_user, cpu_sys, cpu_frac * 100);
 	for (int code = 0; code < 600; code++)
 		if (g.codes[code])
 			fprintf(stderr, "  reply %d: %lld\n", code, g.codes[code]);
+	if (have_steady)
+		fprintf(stderr, "  steady: all %d sessions up after %.3f s; from then %lld ok, %.1f messages/s\n",
+			opt.connections, ramp, g.ok - g.ok_ready, steady_rate);
+	long long hs = g.hs_full + g.hs_resumed;
+	double hs_rate = elapsed > 0 ? (double)hs / elapsed : 0;
+	qsort(g.hs_lat, g.nhs_lat, sizeof *g.hs_lat, cmp_u32);
+	if (opt.starttls) {
+		fprintf(stderr,
+			"  tls: %lld handshakes (%lld full, %lld resumed; %lld sessions offered), "
+			"%.1f handshakes/s, %s %s %s, server signature %s\n"
+			"  tls: handshake (ms): p50 %.3f  p99 %.3f  max %.3f; %lld TLS errors, "
+			"%lld STARTTLS not offered, %lld STARTTLS refused\n",
+			hs, g.hs_full, g.hs_resumed, g.sessions_offered, hs_rate,
+			g.tls_version[0] ? g.tls_version : "-", g.tls_cipher[0] ? g.tls_cipher : "-",
+			g.tls_group[0] ? g.tls_group : "-", g.tls_sigalg[0] ? g.tls_sigalg : "-",
+			lpct(g.hs_lat, g.nhs_lat, 50), lpct(g.hs_lat, g.nhs_lat, 99),
+			g.nhs_lat ? g.hs_lat[g.nhs_lat - 1] / 1e4 : 0, g.tls_errors,
+			g.starttls_missing, g.starttls_refused);
+		if (g.tls_last_error[0])
+			fprintf(stderr, "  tls: last error: %s\n", g.tls_last_error);
+	}
 	if (!opt.json)
 		return;
 	printf("{\"server\":\"%s\",\"connections\":%d,\"pipelining\":%s,\"reuse\":%s,"
@@ -1101,10 +1467,26 @@ static void report(void)
 	printf("},\"elapsed_s\":%.4f,\"msgs_per_s\":%.1f,\"bytes_sent\":%lld,"
 	       "\"latency_ms\":{\"samples\":%zu,\"p50\":%.4f,\"p90\":%.4f,\"p99\":%.4f,"
 	       "\"p99_9\":%.4f,\"max\":%.4f,\"mean\":%.4f},\"connects\":%lld,"
-	       "\"connect_errors\":%lld,\"established\":%lld}\n",
+	       "\"connect_errors\":%lld,\"established\":%lld",
 	       elapsed, rate, g.bytes_sent, g.nlat, pct(50), pct(90), pct(99), pct(99.9),
 	       g.nlat ? g.lat[g.nlat - 1] / 1e4 : 0, mean, g.connects, g.connect_errors,
 	       g.established);
+	if (opt.starttls)
+		printf(",\"tls\":{\"resume\":%s,\"handshakes\":%lld,\"full\":%lld,\"resumed\":%lld,"
+		       "\"sessions_offered\":%lld,\"handshakes_per_s\":%.1f,\"errors\":%lld,"
+		       "\"starttls_missing\":%lld,\"starttls_refused\":%lld,\"version\":\"%s\","
+		       "\"cipher\":\"%s\",\"group\":\"%s\",\"sigalg\":\"%s\",\"handshake_ms\":{\"p50\":%.4f,"
+		       "\"p90\":%.4f,\"p99\":%.4f,\"max\":%.4f}}",
+		       opt.resume ? "true" : "false", hs, g.hs_full, g.hs_resumed,
+		       g.sessions_offered, hs_rate, g.tls_errors, g.starttls_missing,
+		       g.starttls_refused, g.tls_version, g.tls_cipher, g.tls_group, g.tls_sigalg,
+		       lpct(g.hs_lat, g.nhs_lat, 50), lpct(g.hs_lat, g.nhs_lat, 90),
+		       lpct(g.hs_lat, g.nhs_lat, 99), g.nhs_lat ? g.hs_lat[g.nhs_lat - 1] / 1e4 : 0);
+	if (have_steady)
+		printf(",\"steady\":{\"ramp_s\":%.4f,\"ok\":%lld,\"msgs_per_s\":%.1f}",
+		       ramp, g.ok - g.ok_ready, steady_rate);
+	printf(",\"client_cpu\":{\"user_s\":%.3f,\"sys_s\":%.3f,\"of_one_core\":%.3f}}\n",
+	       cpu_user, cpu_sys, cpu_frac);
 	fflush(stdout);
 }
 
@@ -1140,6 +1522,10 @@ int main(int argc, char **argv)
 	sigaction(SIGINT, &sa, NULL);
 	sigaction(SIGTERM, &sa, NULL);
 	signal(SIGPIPE, SIG_IGN);
+#if HAVE_TLS
+	if (opt.starttls)
+		tls_init();
+#endif
 	run();
 	report();
 	if (opt.idle > 0)
