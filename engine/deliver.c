@@ -16,6 +16,7 @@
 #include "outconn.h"
 #include "resolver.h"
 #include "throttle.h"
+#include "tls.h"
 
 #define DEST_BUCKETS 1024
 #define DEST_KEEP_MS 60000     /* an unused destination is forgotten after this */
@@ -39,6 +40,8 @@ struct dest {
 	uint64_t last_used;
 	bool throttled;            /* waiting for the send rate limit */
 	bool starved;              /* jobs wait for a connection held by another worker */
+	SSL_SESSION *tls_session;  /* the newest from the next hop, to resume with;
+	                            * made with sc->tls (another context: dropped) */
 };
 
 /* An MX answer, from the resolver thread. */
@@ -112,6 +115,12 @@ static struct dest *dest_get(struct deliver *dl, struct djob *j)
 		dl->bucket[h] = d;
 	}
 	if (d->conf != j->conf) {
+		/* A reload builds new TLS contexts: sessions of the old one are
+		 * not offered with the new one. */
+		if (!d->sc || d->sc->tls != j->sc->tls) {
+			tls_session_free(d->tls_session);
+			d->tls_session = NULL;
+		}
 		/* The newest configuration the connector has been seen in. */
 		conf_ref(j->conf);
 		conf_unref(d->conf);
@@ -359,9 +368,28 @@ static bool oc_may_idle(struct oconn *oc)
 	return true;
 }
 
+/* One session per destination: the next connection resumes the newest. */
+static SSL_SESSION *oc_tls_resume(struct oconn *oc)
+{
+	const struct dest *d = dest_of(oc);
+	return d->sc->tls == oc->p.tls_ctx ? d->tls_session : NULL;
+}
+
+static void oc_tls_session(struct oconn *oc, SSL_SESSION *s)
+{
+	struct dest *d = dest_of(oc);
+	if (d->sc->tls != oc->p.tls_ctx) {
+		tls_session_free(s); /* from a connection of the old configuration */
+		return;
+	}
+	tls_session_free(d->tls_session);
+	d->tls_session = s;
+}
+
 static const struct outconn_ops oc_ops = {
 	.opened = oc_opened, .next_job = oc_next_job, .may_idle = oc_may_idle,
 	.job_done = oc_job_done, .unreachable = oc_unreachable, .closed = oc_closed,
+	.tls_resume = oc_tls_resume, .tls_session = oc_tls_session,
 };
 
 /* Gives waiting jobs connections: idle ones first, then new ones up to
@@ -431,7 +459,8 @@ static void dest_pump(struct deliver *dl, struct dest *d)
 			.helo = d->conf->hostname, .connect_timeout_ms = d->sc->connect_timeout_ms,
 			.idle_timeout_ms = d->sc->idle_timeout_ms, .targets = d->t,
 			.ntargets = d->nt, .mx = d->domain[0] != 0, .connector = d->sc->name,
-			.stats_id = d->sc->stats_id,
+			.stats_id = d->sc->stats_id, .conf = d->conf, .tls_mode = d->sc->tls_mode,
+			.tls_ctx = d->sc->tls, .tls_server_name = d->sc->tls_server_name,
 		};
 		if (!outconn_open(w, &oc_ops, d, &p, j)) {
 			if (max && d->th)
@@ -532,6 +561,7 @@ void deliver_tick(struct deliver *dl)
 				if (d->starved)
 					dl->nstarved--;
 				conf_unref(d->conf);
+				tls_session_free(d->tls_session);
 				free(d->t);
 				free(d);
 				continue;
@@ -595,6 +625,7 @@ void deliver_free(struct deliver *dl)
 			struct dest *d = dl->bucket[b];
 			dl->bucket[b] = d->hnext;
 			conf_unref(d->conf);
+			tls_session_free(d->tls_session);
 			free(d->t);
 			free(d);
 		}

@@ -1,9 +1,13 @@
 /* One outbound SMTP connection (see outconn.h). Every socket operation goes
  * through the I/O interface, at most one each way at a time; a connection
  * that changes target or closes first lets its operations drain, so no
- * completion ever reaches a socket it was not meant for. */
+ * completion ever reaches a socket it was not meant for. After STARTTLS
+ * the same operations carry ciphertext: commands and body pieces go in by
+ * tls_write, what tls_output holds goes out, received bytes go to
+ * tls_input and replies come from tls_read. */
 #include "outconn.h"
 
+#include <arpa/inet.h>
 #include <errno.h>
 #include <netinet/in.h>
 #include <netinet/tcp.h>
@@ -18,8 +22,10 @@
 #include "spool.h"
 
 #define BODY_TIMEOUT_MS 180000  /* RFC 5321 4.5.3.2.5 (data block) */
+#define TLS_PIECE (64 * 1024)   /* body bytes read and encrypted at a time */
+#define TLS_CIN 16384           /* ciphertext per recv: one full record */
 
-enum { SUB_CONNECT, SUB_SEND, SUB_RECV, SUB_SENDFILE };
+enum { SUB_CONNECT, SUB_SEND, SUB_RECV, SUB_SENDFILE, SUB_READ };
 
 const char *const oc_state_names[OC_STATES_] = {
 	[OC_CONNECTING] = "connecting", [OC_SESSION] = "session", [OC_IDLE] = "idle",
@@ -27,7 +33,8 @@ const char *const oc_state_names[OC_STATES_] = {
 };
 
 static void run(struct oconn *oc);
-static void next_target(struct oconn *oc, const char *why);
+static void next_target(struct oconn *oc, const char *status, const char *why);
+static void tls_failed(struct oconn *oc, enum tls_out_result res, const char *reason);
 
 static uint64_t tag(const struct oconn *oc, unsigned sub)
 {
@@ -106,14 +113,28 @@ static void drop_socket(struct oconn *oc)
 	oc->in_off = oc->in_len = 0;
 	oc->out_len = 0;
 	oc->body = false;
+	oc->sent_wait = false;
+	tls_free(oc->tls);
+	oc->tls = NULL;
+	oc->tls_phase = OC_TLS_OFF;
+	oc->rlen = 0;
+}
+
+static void oc_free(struct oconn *oc)
+{
+	if (oc->p.conf)
+		conf_unref(oc->p.conf);
+	free(oc->cin);
+	free(oc->rbuf);
+	free(oc->t);
+	free(oc);
 }
 
 static void finalize(struct oconn *oc)
 {
 	drop_socket(oc);
 	oc->ops->closed(oc);
-	free(oc->t);
-	free(oc);
+	oc_free(oc);
 }
 
 static void job_give_back(struct oconn *oc)
@@ -130,7 +151,7 @@ static void job_give_back(struct oconn *oc)
  * false when none is left. */
 static bool connect_next(struct oconn *oc)
 {
-	for (; oc->target < oc->nt; oc->target++) {
+	for (; oc->target < oc->nt; oc->target++, oc->plain_only = false) {
 		const struct resolver_target *t = &oc->t[oc->target];
 		describe_target(oc);
 		/* Blocking: the backend decides (io_uring waits in the kernel,
@@ -160,35 +181,56 @@ static bool connect_next(struct oconn *oc)
 static void give_up(struct oconn *oc)
 {
 	char text[480];
-	snprintf(text, sizeof(text), "451 4.4.1 No next hop answered; last error: %.400s",
+	/* A TLS requirement no next hop met is named as such (4.7.5). */
+	bool tls = strcmp(oc->last_status, "4.7.5") == 0;
+	const char *status = tls ? "4.7.5" : "4.4.1";
+	snprintf(text, sizeof(text), "451 %s %s; last error: %.380s", status,
+		 tls ? "No next hop could be reached with TLS" : "No next hop answered",
 		 oc->last_error[0] ? oc->last_error : "none reachable");
 	struct djob *j = oc->job;
 	oc->job = NULL;
 	if (j) {
 		snprintf(j->remote, sizeof(j->remote), "%s", oc->remote);
-		djob_result_all(j, 451, "4.4.1", text);
+		djob_result_all(j, 451, status, text);
 		oc->ops->job_done(oc, j);
 	}
-	oc->ops->unreachable(oc, 451, "4.4.1", text);
+	oc->ops->unreachable(oc, 451, status, text);
 	enter(oc, OC_CLOSING);
 	finalize(oc);
 }
 
+/* Once the old socket is drained: the next target, or the same one again
+ * in plaintext after an opportunistic handshake failed. */
+static void switch_target(struct oconn *oc)
+{
+	drop_socket(oc);
+	if (oc->retry_plain) {
+		oc->retry_plain = false;
+		oc->plain_only = true;
+	} else {
+		oc->plain_only = false;
+		oc->target++;
+	}
+	if (!connect_next(oc))
+		give_up(oc);
+}
+
 /* The current target is of no use (refused, timed out, greeting or EHLO
- * refused): on to the next one, as RFC 5321 5.1 asks, or give up. */
-static void next_target(struct oconn *oc, const char *why)
+ * refused, TLS required and not to be had): on to the next one, as RFC
+ * 5321 5.1 asks, or give up. status: 4.4.1, or 4.7.5 for TLS. */
+static void next_target(struct oconn *oc, const char *status, const char *why)
 {
 	snprintf(oc->last_error, sizeof(oc->last_error), "%s", why);
-	log_msg(LOG_INFO, "event=connect_failed send_connector=\"%s\" relay=%s error=\"%s\"",
-		oc->p.connector, oc->remote, why);
+	snprintf(oc->last_status, sizeof(oc->last_status), "%s", status);
+	char q[400];
+	log_msg(LOG_INFO, "event=connect_failed send_connector=\"%s\" relay=%s error=%s%s",
+		oc->p.connector, oc->remote, log_quote(q, sizeof(q), why),
+		oc->retry_plain ? " retry=plaintext" : "");
 	quiesce(oc);
 	enter(oc, OC_SWITCHING);
 	if (oc->inflight)
 		return; /* resumed from the last completion */
-	drop_socket(oc);
-	oc->target++;
-	if (!connect_next(oc))
-		give_up(oc);
+	switch_target(oc);
 }
 
 bool outconn_open(struct wctx *w, const struct outconn_ops *ops, void *owner,
@@ -210,6 +252,10 @@ bool outconn_open(struct wctx *w, const struct outconn_ops *ops, void *owner,
 	oc->nt = p->ntargets;
 	oc->p = *p;
 	oc->p.targets = NULL;
+	if (!oc->p.tls_ctx)
+		oc->p.tls_mode = TLS_MODE_NONE;
+	if (oc->p.conf)
+		conf_ref(oc->p.conf);
 	oc->job = j;
 	oc->state = OC_CONNECTING;
 	snprintf(oc->remote, sizeof(oc->remote), "%s", "none");
@@ -265,17 +311,30 @@ static void job_finished(struct oconn *oc)
 	struct djob *j = oc->job;
 	j->dsn_passed = smtp_client_dsn_passed(&oc->cl);
 	snprintf(j->remote, sizeof(j->remote), "%s", oc->remote);
+	/* The delivery log line's tls= and cipher= ("" in plaintext). */
+	if (oc->tls_phase == OC_TLS_ON)
+		snprintf(j->tls, sizeof(j->tls), "%s %s", tls_version(oc->tls), tls_cipher(oc->tls));
+	else
+		j->tls[0] = '\0';
 	job_give_back(oc);
 }
 
 /* The connection broke or timed out. A job that has not started yet
- * tries the next target instead. */
+ * tries the next target instead; during the handshake it is a TLS
+ * failure (a peer that drops the connection at our ClientHello is the
+ * common case of a broken TLS stack). */
 static void lost(struct oconn *oc, const char *why)
 {
 	if (oc->state == OC_CLOSING || oc->state == OC_SWITCHING)
 		return;
+	if (oc->tls_phase == OC_TLS_HANDSHAKE) {
+		char reason[300];
+		snprintf(reason, sizeof(reason), "handshake failed: %.250s", why);
+		tls_failed(oc, TLS_OUT_FAILED, reason);
+		return;
+	}
 	if (oc->job && !oc->job_started) {
-		next_target(oc, why);
+		next_target(oc, "4.4.1", why);
 		return;
 	}
 	char text[400];
@@ -305,12 +364,20 @@ void outconn_lost(struct oconn *oc, const char *why)
 /* A recv stays armed for the whole session, not only when the client
  * machine asks for input: replies are there as soon as they arrive, one
  * loop turn earlier than a recv submitted after the send completed. The
- * buffer is compacted only here, with no recv in flight into it. false:
+ * buffer is compacted only here, with no recv in flight into it. Under
+ * TLS the ciphertext goes to cin, which tls_input empties at once. false:
  * a reply line fills the whole buffer. */
 static bool arm_recv(struct oconn *oc)
 {
 	if (oc->in_busy || oc->fd < 0)
 		return true;
+	if (oc->tls) {
+		oc->in_busy = true;
+		oc->inflight++;
+		oc->recv_at = oc->cin;
+		io_recv_into(oc->w->io, oc->fd, oc->cin, TLS_CIN, tag(oc, SUB_RECV));
+		return true;
+	}
 	if (oc->in_off) {
 		memmove(oc->in, oc->in + oc->in_off, oc->in_len - oc->in_off);
 		oc->in_len -= oc->in_off;
@@ -320,7 +387,8 @@ static bool arm_recv(struct oconn *oc)
 		return false;
 	oc->in_busy = true;
 	oc->inflight++;
-	io_recv_into(oc->w->io, oc->fd, oc->in + oc->in_len, sizeof(oc->in) - oc->in_len,
+	oc->recv_at = oc->in + oc->in_len;
+	io_recv_into(oc->w->io, oc->fd, oc->recv_at, sizeof(oc->in) - oc->in_len,
 		     tag(oc, SUB_RECV));
 	return true;
 }
@@ -349,6 +417,30 @@ static bool send_now(struct oconn *oc)
 	io_send(oc->w->io, oc->fd, oc->out + oc->out_off, oc->out_len - oc->out_off,
 		tag(oc, SUB_SEND));
 	return false;
+}
+
+/* out[0..out_len) is on the wire. Under TLS it was tls_output()'s, which
+ * is told only now: its buffer had to stay put while the send was in
+ * flight. */
+static void wire_sent(struct oconn *oc)
+{
+	if (oc->tls)
+		tls_output_done(oc->tls, oc->out_len);
+	oc->out_len = 0;
+}
+
+/* Ciphertext waiting to go (handshake records, encrypted commands and
+ * body): it becomes the pending send. */
+static bool take_tls_output(struct oconn *oc)
+{
+	const char *p;
+	size_t n = tls_output(oc->tls, &p);
+	if (!n)
+		return false;
+	oc->out = p;
+	oc->out_len = n;
+	oc->out_off = 0;
+	return true;
 }
 
 /* The body's bytes went out: n of them, the end-of-data line's last. */
@@ -403,6 +495,256 @@ static bool send_body(struct oconn *oc)
 	return false;
 }
 
+/* The stored message under TLS: no sendfile (the bytes must pass through
+ * the cipher), so pieces of it are read from the segment by io_read, off
+ * the loop, and encrypted. The next piece is read while the ciphertext of
+ * this one is sent; a piece read while a send is in flight waits in rbuf,
+ * so at most one piece of ciphertext and one of plaintext are held.
+ * 1: ciphertext to send, 0: all of it (and the dot) encrypted, -1: an
+ * operation is under way or the connection was lost. */
+static int tls_body(struct oconn *oc)
+{
+	const struct qmsg *m = oc->job->m;
+	bool wrote = false;
+	if (oc->rlen) {
+		if (!tls_write(oc->tls, oc->rbuf, oc->rlen)) {
+			lost(oc, tls_error(oc->tls));
+			return -1;
+		}
+		oc->ext_off += oc->rlen;
+		oc->rlen = 0;
+		wrote = true;
+		set_deadline(oc, BODY_TIMEOUT_MS);
+	}
+	if (oc->read_busy)
+		return wrote ? 1 : -1;
+	while (oc->ext < m->nchunks && oc->ext_off == m->len[oc->ext]) {
+		oc->ext++;
+		oc->ext_off = 0;
+	}
+	if (oc->ext == m->nchunks) {
+		if (!tls_write(oc->tls, dot, 3)) {
+			lost(oc, tls_error(oc->tls));
+			return -1;
+		}
+		return 0;
+	}
+	if (!oc->rbuf && !(oc->rbuf = malloc(TLS_PIECE))) {
+		lost(oc, strerror(ENOMEM));
+		return -1;
+	}
+	uint64_t left = m->len[oc->ext] - oc->ext_off;
+	oc->rwant = left < TLS_PIECE ? (size_t)left : TLS_PIECE;
+	oc->read_busy = true;
+	oc->inflight++;
+	io_read(oc->w->io, spool_seg_fd(m->seg), oc->rbuf, oc->rwant,
+		m->off[oc->ext] + oc->ext_off, tag(oc, SUB_READ));
+	return wrote ? 1 : -1;
+}
+
+/* ---- STARTTLS ------------------------------------------------------------ */
+
+/* The target's host name: the MX name, or the smart host's host part
+ * ("host:port", "[v6]:port"). *ip: an address literal. */
+static void target_host(const struct oconn *oc, char *out, size_t cap, bool *ip)
+{
+	const char *h = oc->t[oc->target].host;
+	size_t n = strlen(h);
+	if (!oc->p.mx) {
+		if (h[0] == '[') {
+			const char *e = strchr(h, ']');
+			h++;
+			n = e ? (size_t)(e - h) : strlen(h);
+		} else {
+			const char *c = strrchr(h, ':');
+			if (c)
+				n = (size_t)(c - h);
+		}
+	}
+	snprintf(out, cap, "%.*s", (int)(n < cap ? n : cap - 1), h);
+	struct in6_addr a;
+	*ip = inet_pton(AF_INET, out, &a) == 1 || inet_pton(AF_INET6, out, &a) == 1;
+}
+
+/* One event=tls line and one count per connection that got past EHLO. */
+static void tls_report(struct oconn *oc, enum tls_out_result res, const char *reason)
+{
+	if (oc->tls_reported)
+		return;
+	oc->tls_reported = true;
+	metric_add(&oc->w->m->send[oc->p.stats_id].tls[res], 1);
+	char host[256], remote[600], qc[200], qr[400];
+	bool ip;
+	target_host(oc, host, sizeof(host), &ip);
+	/* HOST[IP]:PORT; an address literal is named once. */
+	if (oc->p.mx || ip)
+		snprintf(remote, sizeof(remote), "%s", oc->remote);
+	else
+		snprintf(remote, sizeof(remote), "%s%s", host, oc->remote);
+	log_quote(qc, sizeof(qc), oc->p.connector);
+	if (res == TLS_OUT_OK) {
+		log_msg(LOG_INFO,
+			"event=tls dir=out send_connector=%s remote=%s result=ok tls=%s cipher=%s resumed=%s verified=%s",
+			qc, log_quote(qr, sizeof(qr), remote), tls_version(oc->tls), tls_cipher(oc->tls),
+			tls_resumed(oc->tls) ? "yes" : "no", tls_peer_verified(oc->tls) ? "yes" : "no");
+		return;
+	}
+	char qw[400];
+	log_msg(oc->p.tls_mode >= TLS_MODE_REQUIRED ? LOG_WARN : LOG_INFO,
+		"event=tls dir=out send_connector=%s remote=%s result=%s reason=%s", qc,
+		log_quote(qr, sizeof(qr), remote), tls_out_names[res],
+		log_quote(qw, sizeof(qw), reason));
+}
+
+/* A session the next hop handed out goes to the owner's cache. */
+static void tls_keep_session(struct oconn *oc)
+{
+	SSL_SESSION *s = tls_session_get(oc->tls);
+	if (!s)
+		return;
+	if (oc->ops->tls_session)
+		oc->ops->tls_session(oc, s);
+	else
+		tls_session_free(s);
+}
+
+/* TLS could not be had with this target (handshake, certificate, or the
+ * connection dropped meanwhile). required/verify: the target failed, like
+ * a refused connection. opportunistic: once more to the same target on a
+ * fresh connection, in plaintext (no plaintext may follow a 220 to
+ * STARTTLS on this one). */
+static void tls_failed(struct oconn *oc, enum tls_out_result res, const char *reason)
+{
+	tls_report(oc, res, reason);
+	char why[400];
+	snprintf(why, sizeof(why), "%.100s: TLS %s: %.250s", oc->remote, tls_out_names[res],
+		 reason);
+	if (oc->p.tls_mode >= TLS_MODE_REQUIRED) {
+		next_target(oc, "4.7.5", why);
+		return;
+	}
+	oc->retry_plain = true;
+	next_target(oc, "4.4.1", why);
+}
+
+/* 220 to STARTTLS: whatever else the server sent in that read is dropped
+ * unread (CVE-2011-0411), and the handshake starts. */
+static void tls_begin(struct oconn *oc)
+{
+	oc->in_off = oc->in_len = 0;
+	char name[256];
+	bool ip;
+	if (oc->p.tls_server_name) {
+		snprintf(name, sizeof(name), "%s", oc->p.tls_server_name);
+		struct in6_addr a;
+		ip = inet_pton(AF_INET, name, &a) == 1 || inet_pton(AF_INET6, name, &a) == 1;
+	} else {
+		target_host(oc, name, sizeof(name), &ip);
+	}
+	SSL_SESSION *resume = oc->ops->tls_resume ? oc->ops->tls_resume(oc) : NULL;
+	if (!oc->cin)
+		oc->cin = malloc(TLS_CIN);
+	if (oc->cin && oc->p.tls_ctx)
+		oc->tls = tls_client_start(oc->p.tls_ctx, ip ? NULL : name, name, resume);
+	if (!oc->tls) {
+		tls_failed(oc, TLS_OUT_FAILED, oc->p.tls_ctx ? strerror(ENOMEM) : "no TLS context");
+		return;
+	}
+	oc->tls_phase = OC_TLS_HANDSHAKE;
+	/* The whole handshake is bounded like one command (5 min, as
+	 * Postfix's smtp_starttls_timeout). */
+	set_deadline(oc, smtp_client_timeout_ms(&oc->cl));
+	if (tls_handshake(oc->tls) == TLS_FAILED)
+		tls_failed(oc, TLS_OUT_FAILED, tls_error(oc->tls));
+}
+
+/* Ciphertext arrived during the handshake. */
+static void tls_step(struct oconn *oc)
+{
+	enum tls_result r = tls_handshake(oc->tls);
+	if (r == TLS_AGAIN)
+		return;
+	if (r != TLS_DONE) {
+		enum tls_failure k = tls_failure_kind(oc->tls);
+		tls_failed(oc, k == TLS_FAIL_UNTRUSTED       ? TLS_OUT_UNTRUSTED
+			       : k == TLS_FAIL_NAME_MISMATCH ? TLS_OUT_NAME_MISMATCH
+							     : TLS_OUT_FAILED,
+			   tls_error(oc->tls));
+		return;
+	}
+	oc->tls_phase = OC_TLS_ON;
+	snprintf(oc->tls_ver, sizeof(oc->tls_ver), "%s", tls_version(oc->tls));
+	tls_report(oc, TLS_OUT_OK, NULL);
+	tls_keep_session(oc);
+	smtp_client_tls_started(&oc->cl);
+	set_deadline(oc, smtp_client_timeout_ms(&oc->cl));
+}
+
+/* Plaintext replies out of the TLS layer into in. 1: some arrived, 0:
+ * none is there yet, -1: the connection was lost. */
+static int tls_pull(struct oconn *oc)
+{
+	if (oc->in_off == oc->in_len) {
+		oc->in_off = oc->in_len = 0;
+	} else if (oc->in_off) {
+		memmove(oc->in, oc->in + oc->in_off, oc->in_len - oc->in_off);
+		oc->in_len -= oc->in_off;
+		oc->in_off = 0;
+	}
+	if (oc->in_len == sizeof(oc->in)) {
+		lost(oc, "reply line too long");
+		return -1;
+	}
+	long n = tls_read(oc->tls, oc->in + oc->in_len, sizeof(oc->in) - oc->in_len);
+	/* TLS 1.3 tickets come after the handshake, with the reads. */
+	tls_keep_session(oc);
+	if (n > 0) {
+		oc->in_len += (size_t)n;
+		return 1;
+	}
+	if (n == TLS_AGAIN)
+		return 0;
+	lost(oc, n == TLS_EOF ? "connection closed by the next hop (TLS close_notify)"
+			      : tls_error(oc->tls));
+	return -1;
+}
+
+/* What STARTTLS came to when the session went on (or ended) without a
+ * handshake: counted and logged once. */
+static void tls_note_outcome(struct oconn *oc)
+{
+	if (oc->tls_reported)
+		return;
+	char reason[200];
+	switch (smtp_client_tls_state(&oc->cl)) {
+	case SMTPC_TLSST_NOT_OFFERED:
+		tls_report(oc, TLS_OUT_NOT_OFFERED, "STARTTLS not offered");
+		break;
+	case SMTPC_TLSST_REFUSED:
+		snprintf(reason, sizeof(reason), "STARTTLS refused: %.160s", oc->cl.tls_reply);
+		tls_report(oc, TLS_OUT_FAILED, reason);
+		break;
+	default:
+		break;
+	}
+}
+
+/* The session ended before its first job: on to the next target. A TLS
+ * requirement that was not met says so in its status. */
+static void session_refused(struct oconn *oc)
+{
+	tls_note_outcome(oc);
+	enum smtp_client_tls_state ts = smtp_client_tls_state(&oc->cl);
+	bool tls = oc->p.tls_mode >= TLS_MODE_REQUIRED &&
+		   (ts == SMTPC_TLSST_NOT_OFFERED || ts == SMTPC_TLSST_REFUSED);
+	char why[sizeof(oc->remote) + sizeof(oc->cl.session_error.text) + 2];
+	snprintf(why, sizeof(why), "%s%s%s", tls ? oc->remote : "", tls ? ": " : "",
+		 oc->cl.session_error.text[0] ? oc->cl.session_error.text : "session refused");
+	next_target(oc, tls ? "4.7.5" : "4.4.1", why);
+}
+
+/* ---- the session ----------------------------------------------------------- */
+
 static void run(struct oconn *oc)
 {
 	for (;;) {
@@ -411,26 +753,38 @@ static void run(struct oconn *oc)
 		if (oc->out_len) {
 			if (!send_now(oc))
 				return;
-			oc->out_len = 0;
-			smtp_client_sent(&oc->cl);
-			set_deadline(oc, smtp_client_timeout_ms(&oc->cl));
+			wire_sent(oc);
 			continue;
 		}
+		if (oc->tls && take_tls_output(oc))
+			continue;
 		if (oc->body) {
-			if (send_body(oc))
+			int r = oc->tls ? tls_body(oc) : send_body(oc) ? -1 : 0;
+			if (r < 0)
 				return;
+			if (r > 0)
+				continue;
 			oc->body = false;
-			if (oc->dot_off < 3) {
+			if (!oc->tls && oc->dot_off < 3) {
 				/* What did not ride with the body (an empty one, or
 				 * a short send), like any command line. */
 				oc->out = dot + oc->dot_off;
 				oc->out_len = 3 - oc->dot_off;
 				oc->out_off = 0;
-				continue;
 			}
+			continue;
+		}
+		if (oc->sent_wait) {
+			oc->sent_wait = false;
 			smtp_client_sent(&oc->cl);
 			set_deadline(oc, smtp_client_timeout_ms(&oc->cl));
 			continue;
+		}
+		if (oc->tls_phase == OC_TLS_HANDSHAKE) {
+			/* Waits for the server's handshake records. */
+			if (!arm_recv(oc))
+				lost(oc, "reply line too long");
+			return;
 		}
 		struct smtp_client_event ev;
 		size_t used = smtp_client_feed(&oc->cl, oc->in + oc->in_off,
@@ -438,24 +792,43 @@ static void run(struct oconn *oc)
 		oc->in_off += used;
 		switch (ev.type) {
 		case SMTPC_EV_SEND:
+			set_deadline(oc, smtp_client_timeout_ms(&oc->cl));
+			oc->sent_wait = true;
+			if (oc->tls) {
+				if (!tls_write(oc->tls, ev.data, ev.len))
+					lost(oc, tls_error(oc->tls));
+				continue;
+			}
 			oc->out = ev.data;
 			oc->out_len = ev.len;
 			oc->out_off = 0;
-			set_deadline(oc, smtp_client_timeout_ms(&oc->cl));
 			continue;
 		case SMTPC_EV_SEND_BODY:
 			oc->body = true;
+			oc->sent_wait = true;
 			oc->ext = 0;
 			oc->ext_off = 0;
 			oc->dot_off = 0;
+			oc->rlen = 0;
 			set_deadline(oc, BODY_TIMEOUT_MS);
 			continue;
 		case SMTPC_EV_NEED_INPUT:
 			set_deadline(oc, smtp_client_timeout_ms(&oc->cl));
+			if (oc->tls_phase == OC_TLS_ON) {
+				int r = tls_pull(oc);
+				if (r > 0)
+					continue;
+				if (r < 0)
+					return;
+			}
 			if (!arm_recv(oc))
 				lost(oc, "reply line too long");
 			return;
+		case SMTPC_EV_STARTTLS:
+			tls_begin(oc);
+			continue;
 		case SMTPC_EV_READY: {
+			tls_note_outcome(oc);
 			if (oc->job && !oc->job_started) {
 				/* The job this connection was opened for. */
 				job_start(oc, oc->job);
@@ -481,12 +854,10 @@ static void run(struct oconn *oc)
 			continue;
 		case SMTPC_EV_CLOSE:
 			if (oc->job && !oc->job_started) {
-				char why[600];
-				snprintf(why, sizeof(why), "%s", oc->cl.session_error.text[0]
-					 ? oc->cl.session_error.text : "session refused");
-				next_target(oc, why);
+				session_refused(oc);
 				return;
 			}
+			tls_note_outcome(oc);
 			outconn_close(oc);
 			return;
 		}
@@ -498,12 +869,18 @@ static void on_connected(struct oconn *oc, int res)
 	if (res < 0) {
 		char why[400];
 		snprintf(why, sizeof(why), "%s: %s", oc->remote, strerror(-res));
-		next_target(oc, why);
+		next_target(oc, "4.4.1", why);
 		return;
 	}
 	struct smtp_client_params cp = {.helo_name = oc->p.helo};
+	if (!oc->plain_only && oc->p.tls_mode == TLS_MODE_OPPORTUNISTIC)
+		cp.tls = SMTPC_TLS_WANT;
+	else if (oc->p.tls_mode >= TLS_MODE_REQUIRED)
+		cp.tls = SMTPC_TLS_REQUIRE;
 	smtp_client_init(&oc->cl, &cp);
 	oc->client_ready = true;
+	oc->tls_reported = false;
+	oc->tls_ver[0] = '\0';
 	metric_add(&oc->w->m->send[oc->p.stats_id].connections, 1);
 	enter(oc, OC_SESSION);
 	if (!arm_recv(oc)) {
@@ -531,13 +908,32 @@ static bool settle(struct oconn *oc)
 	}
 	if (oc->state != OC_SWITCHING)
 		return false;
-	if (!oc->inflight) {
-		drop_socket(oc);
-		oc->target++;
-		if (!connect_next(oc))
-			give_up(oc);
-	}
+	if (!oc->inflight)
+		switch_target(oc);
 	return true;
+}
+
+/* Bytes received in the session: plaintext into in, or ciphertext for the
+ * TLS layer (handshake records first, then replies read by run). */
+static void on_received(struct oconn *oc, const char *at, size_t n)
+{
+	if (!oc->tls) {
+		oc->in_len += n;
+		run(oc);
+		return;
+	}
+	if (!tls_input(oc->tls, at, n)) {
+		lost(oc, strerror(ENOMEM));
+		return;
+	}
+	if (oc->tls_phase == OC_TLS_HANDSHAKE)
+		tls_step(oc);
+	if (oc->state != OC_SESSION)
+		return;
+	/* A reply already waiting is read out of the TLS layer by run's
+	 * NEED_INPUT; one that arrives while a send is in flight waits there
+	 * for the send's completion. */
+	run(oc);
 }
 
 void outconn_on_io(struct oconn *oc, const struct io_cqe *e)
@@ -547,6 +943,8 @@ void outconn_on_io(struct oconn *oc, const struct io_cqe *e)
 	oc->inflight--;
 	if (sub == SUB_RECV)
 		oc->in_busy = false;
+	else if (sub == SUB_READ)
+		oc->read_busy = false;
 	else
 		oc->out_busy = false;
 	if (settle(oc))
@@ -561,11 +959,8 @@ void outconn_on_io(struct oconn *oc, const struct io_cqe *e)
 			return;
 		}
 		oc->out_off += (size_t)e->res;
-		if (oc->out_off == oc->out_len) {
-			oc->out_len = 0;
-			smtp_client_sent(&oc->cl);
-			set_deadline(oc, smtp_client_timeout_ms(&oc->cl));
-		}
+		if (oc->out_off == oc->out_len)
+			wire_sent(oc);
 		run(oc);
 		return;
 	case SUB_SENDFILE:
@@ -575,6 +970,16 @@ void outconn_on_io(struct oconn *oc, const struct io_cqe *e)
 			return;
 		}
 		body_sent(oc, (uint64_t)e->res);
+		run(oc);
+		return;
+	case SUB_READ:
+		if (e->res < 0 || (size_t)e->res != oc->rwant) {
+			snprintf(why, sizeof(why), "spool read failed: %s",
+				 e->res < 0 ? strerror(-e->res) : "short read");
+			lost(oc, why);
+			return;
+		}
+		oc->rlen = oc->rwant;
 		run(oc);
 		return;
 	case SUB_RECV:
@@ -588,11 +993,10 @@ void outconn_on_io(struct oconn *oc, const struct io_cqe *e)
 			lost(oc, why_text(e->res, why, sizeof(why)));
 			return;
 		}
-		oc->in_len += (size_t)e->res;
 		/* Held while it runs: the session may close it under our feet,
 		 * and the recv is re-armed after what it consumed. */
 		oc->inflight++;
-		run(oc);
+		on_received(oc, oc->recv_at, (size_t)e->res);
 		oc->inflight--;
 		if (!settle(oc) && oc->state == OC_SESSION && !arm_recv(oc))
 			lost(oc, "reply line too long");
@@ -608,14 +1012,17 @@ void outconn_tick(struct oconn *oc)
 	case OC_CONNECTING: {
 		char why[400];
 		snprintf(why, sizeof(why), "%s: connection timed out", oc->remote);
-		next_target(oc, why);
+		next_target(oc, "4.4.1", why);
 		break;
 	}
 	case OC_IDLE:
 		outconn_close(oc);
 		break;
 	case OC_SESSION:
-		lost(oc, "timed out waiting for the next hop");
+		if (oc->tls_phase == OC_TLS_HANDSHAKE)
+			tls_failed(oc, TLS_OUT_FAILED, "handshake timed out");
+		else
+			lost(oc, "timed out waiting for the next hop");
 		break;
 	case OC_SWITCHING:
 	case OC_CLOSING:
@@ -627,6 +1034,5 @@ void outconn_tick(struct oconn *oc)
 void outconn_discard(struct oconn *oc)
 {
 	drop_socket(oc);
-	free(oc->t);
-	free(oc);
+	oc_free(oc);
 }

@@ -1,7 +1,8 @@
 /* One outbound SMTP connection: connects to the targets of a destination in
  * turn, drives proto/smtp_client over the I/O interface (the stored body
- * goes from the spool file to the socket by io_sendfile) and runs jobs one
- * after another. An enum state with one enter function; no socket syscall
+ * goes from the spool file to the socket by io_sendfile; under STARTTLS it
+ * is read in pieces by io_read and encrypted through engine/tls) and runs
+ * jobs one after another. An enum state with one enter function; no socket syscall
  * of its own beyond socket()/close(). Which job runs next, connection
  * limits and what a failure means for other jobs are the owner's
  * (deliver.c), told through struct outconn_ops. */
@@ -16,6 +17,7 @@
 #include "job.h"
 #include "resolver.h"
 #include "smtp_client.h"
+#include "tls.h"
 #include "wctx.h"
 
 enum oc_state {
@@ -25,6 +27,12 @@ enum oc_state {
 	OC_SWITCHING,    /* the old socket's operations drain before the next target */
 	OC_CLOSING,      /* operations drain; then the owner is told and it is freed */
 	OC_STATES_
+};
+
+enum oc_tls {
+	OC_TLS_OFF,      /* plaintext */
+	OC_TLS_HANDSHAKE,/* 220 to STARTTLS seen: the handshake runs */
+	OC_TLS_ON,       /* every byte either way goes through the struct tls */
 };
 
 extern const char *const oc_state_names[OC_STATES_];
@@ -45,6 +53,11 @@ struct outconn_ops {
 	void (*unreachable)(struct oconn *oc, int code, const char *status, const char *text);
 	/* The connection is gone; oc is freed when this returns. */
 	void (*closed)(struct oconn *oc);
+	/* TLS session resumption (either may be NULL): the session to offer
+	 * (borrowed for the call), and a newer one from the next hop (the
+	 * owner owns it from then on). */
+	SSL_SESSION *(*tls_resume)(struct oconn *oc);
+	void (*tls_session)(struct oconn *oc, SSL_SESSION *s);
 };
 
 struct oconn_params {
@@ -56,6 +69,11 @@ struct oconn_params {
 	bool mx;                          /* targets came from MX: name them */
 	const char *connector;            /* send connector, for logs */
 	unsigned stats_id;                /* send connector counters */
+	struct conf *conf;                /* held while the connection lives (the
+	                                   * strings above point into it), or NULL */
+	unsigned tls_mode;                /* enum tls_mode; NONE without tls_ctx */
+	struct tls_client *tls_ctx;       /* the send connector's context */
+	const char *tls_server_name;      /* NULL: the MX or smart host name */
 };
 
 struct oconn {
@@ -73,6 +91,7 @@ struct oconn {
 	unsigned nt, target;
 	struct oconn_params p;
 	char last_error[300];             /* why the last target failed */
+	char last_status[8];              /* its enhanced status: 4.4.1, 4.7.5 (TLS) */
 	char remote[300];                 /* the current target, for logs */
 	struct smtp_client cl;
 	struct djob *job;
@@ -87,6 +106,20 @@ struct oconn {
 	uint64_t ext_off;
 	size_t dot_off;                   /* of ".\r\n", sent behind the body */
 	uint64_t deadline;                /* monotonic ms, 0 = none */
+	bool sent_wait;                   /* the client's last SEND/SEND_BODY is
+	                                   * not on the wire completely yet */
+	char *recv_at;                    /* where the recv in flight writes */
+	/* STARTTLS */
+	struct tls *tls;                  /* from the 220 until the socket goes */
+	enum oc_tls tls_phase;
+	bool plain_only;                  /* this target again without STARTTLS */
+	bool retry_plain;                 /* ... wanted for the next attempt */
+	bool tls_reported;                /* this connection's outcome counted */
+	char tls_ver[16];                 /* "TLSv1.3", "-" in plaintext (logs) */
+	char *cin;                        /* ciphertext received */
+	char *rbuf;                       /* a piece of the body read for tls_write */
+	size_t rwant, rlen;               /* its size; bytes ready in it (0: none) */
+	bool read_busy;                   /* an io_read into rbuf in flight */
 	struct oconn *idle_next;          /* the owner's lists */
 	struct oconn *next, *prev;
 };
@@ -108,6 +141,11 @@ void outconn_lost(struct oconn *oc, const char *why);
 void outconn_close(struct oconn *oc);
 /* Deadlines (called from the owner's tick). */
 void outconn_tick(struct oconn *oc);
+/* "TLSv1.3" while the session runs in TLS, "-" in plaintext. */
+static inline const char *outconn_tls_version(const struct oconn *oc)
+{
+	return oc->tls_ver[0] ? oc->tls_ver : "-";
+}
 /* An IO_OP_OUT completion for this connection. */
 void outconn_on_io(struct oconn *oc, const struct io_cqe *e);
 /* Frees a connection at worker exit, whatever its state. */

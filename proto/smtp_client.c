@@ -16,6 +16,8 @@ enum client_state {
 	ST_GREETING,    /* connected, waiting for the 220 */
 	ST_EHLO,
 	ST_HELO,
+	ST_STARTTLS,    /* STARTTLS sent, its reply is next */
+	ST_TLS,         /* 220 to it: the engine's handshake, nothing read */
 	ST_READY,       /* idle between messages */
 	ST_TXN,         /* replies to MAIL, RCPT and DATA */
 	ST_BODY,        /* body handed out; the reply to the dot is next */
@@ -29,6 +31,7 @@ enum client_cmd {
 	CMD_NONE,
 	CMD_EHLO,
 	CMD_HELO,
+	CMD_STARTTLS,
 	CMD_BATCH,      /* MAIL, every RCPT and DATA (RFC 2920) */
 	CMD_MAIL,
 	CMD_RCPT,       /* the one numbered rcpt_sent */
@@ -127,6 +130,8 @@ static enum smtp_client_stage current_stage(const struct smtp_client *c)
 		return SMTPC_STAGE_GREETING;
 	case ST_EHLO:
 	case ST_HELO:
+	case ST_STARTTLS:
+	case ST_TLS:
 		return SMTPC_STAGE_EHLO;
 	case ST_TXN:
 		return txn_stage(c);
@@ -318,6 +323,9 @@ static bool emit(struct smtp_client *c, struct smtp_client_event *ev)
 		break;
 	case CMD_HELO:
 		put_line(c, "HELO", c->p.helo_name);
+		break;
+	case CMD_STARTTLS:
+		put_line(c, "STARTTLS", NULL);
 		break;
 	case CMD_BATCH:
 		put_mail(c);
@@ -597,6 +605,44 @@ static void txn_reply(struct smtp_client *c, int cls)
 	}
 }
 
+/* After a successful EHLO or HELO: STARTTLS when asked for and offered,
+ * once per connection. A requirement that cannot be met ends the session
+ * with a 4xx: a TLS problem is the next hop's state, never a bounce. */
+static void tls_decide(struct smtp_client *c)
+{
+	if (c->p.tls == SMTPC_TLS_NONE || c->tls_state != SMTPC_TLSST_UNTRIED)
+		return;
+	if (c->ext & SMTPC_EXT_STARTTLS) {
+		queue(c, CMD_STARTTLS, ST_STARTTLS);
+		return;
+	}
+	c->tls_state = SMTPC_TLSST_NOT_OFFERED;
+	if (c->p.tls == SMTPC_TLS_REQUIRE)
+		end_session(c, 451, "4.7.5",
+			    "451 4.7.5 TLS is required, but was not offered by the next hop",
+			    SMTPC_STAGE_EHLO);
+}
+
+static void starttls_reply(struct smtp_client *c, int cls)
+{
+	if (cls == 2) {
+		c->tls_state = SMTPC_TLSST_HANDSHAKE;
+		c->state = ST_TLS;
+		return;
+	}
+	c->tls_state = SMTPC_TLSST_REFUSED;
+	copy_str(c->tls_reply, sizeof(c->tls_reply), c->reply);
+	if (c->p.tls != SMTPC_TLS_REQUIRE) {
+		/* Plaintext, with what the first EHLO offered. */
+		c->state = ST_READY;
+		return;
+	}
+	char text[sizeof(c->reply) + 80];
+	snprintf(text, sizeof(text), "451 4.7.5 TLS is required, but the next hop refused STARTTLS: %s",
+		 c->reply);
+	end_session(c, 451, "4.7.5", text, SMTPC_STAGE_EHLO);
+}
+
 static void hello_reply(struct smtp_client *c, int cls)
 {
 	if (cls == 2) {
@@ -605,6 +651,7 @@ static void hello_reply(struct smtp_client *c, int cls)
 		c->max_size = (c->ext & SMTPC_EXT_SIZE) ? c->ehlo_size : 0;
 		c->esmtp = esmtp;
 		c->state = ST_READY;
+		tls_decide(c);
 	} else if (cls == 5 && c->state == ST_EHLO) {
 		/* RFC 5321 4.1.4 / 3.2: an old server refusing EHLO. */
 		queue(c, CMD_HELO, ST_HELO);
@@ -644,6 +691,9 @@ static void handle_reply(struct smtp_client *c)
 	case ST_EHLO:
 	case ST_HELO:
 		hello_reply(c, cls);
+		break;
+	case ST_STARTTLS:
+		starttls_reply(c, cls);
 		break;
 	case ST_TXN:
 		txn_reply(c, cls);
@@ -744,7 +794,7 @@ void smtp_client_free(struct smtp_client *c)
 	c->out_len = c->out_cap = 0;
 }
 
-/* Events that need no input: in the order MSG_DONE, CLOSE, SEND. */
+/* Events that need no input: in the order MSG_DONE, CLOSE, STARTTLS, SEND. */
 static bool next_event(struct smtp_client *c, struct smtp_client_event *ev)
 {
 	if (c->done_pending) {
@@ -756,6 +806,11 @@ static bool next_event(struct smtp_client *c, struct smtp_client_event *ev)
 	}
 	if (c->state == ST_CLOSED) {
 		ev->type = SMTPC_EV_CLOSE;
+		return true;
+	}
+	/* Not a byte more is read in plaintext after the 220. */
+	if (c->state == ST_TLS) {
+		ev->type = SMTPC_EV_STARTTLS;
 		return true;
 	}
 	if (c->queued != CMD_NONE && !c->sent_pending)
@@ -793,6 +848,23 @@ size_t smtp_client_feed(struct smtp_client *c, const char *in, size_t len,
 void smtp_client_sent(struct smtp_client *c)
 {
 	c->sent_pending = false;
+}
+
+void smtp_client_tls_started(struct smtp_client *c)
+{
+	assert(c->state == ST_TLS && !c->sent_pending);
+	if (c->state != ST_TLS)
+		return;
+	c->tls_state = SMTPC_TLSST_ACTIVE;
+	c->ext = 0;
+	c->max_size = 0;
+	c->esmtp = false;
+	c->ehlo_ext = 0;
+	c->ehlo_size = 0;
+	c->line_len = 0;
+	c->line_overflow = false;
+	c->reply_lines = 0;
+	queue(c, CMD_EHLO, ST_EHLO);
 }
 
 static bool has_line_break(const char *s)

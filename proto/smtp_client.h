@@ -78,7 +78,12 @@ enum smtp_client_event_type {
 	                      * connection failed part way: see smtp_client_fail) */
 	SMTPC_EV_CLOSE,      /* close the connection: after QUIT, or the session
 	                      * cannot continue (greeting/EHLO refused, reply
-	                      * syntax, 421) */
+	                      * syntax, 421, TLS required but not to be had) */
+	SMTPC_EV_STARTTLS,   /* the server said 220 to STARTTLS: do the TLS
+	                      * handshake, then smtp_client_tls_started().
+	                      * Whatever the server sent after its 220 in
+	                      * plaintext must be discarded, never fed in
+	                      * (RFC 3207 5); returned again until then. */
 };
 
 struct smtp_client_event {
@@ -87,9 +92,27 @@ struct smtp_client_event {
 	size_t len;
 };
 
+/* Whether to ask for STARTTLS after EHLO. */
+enum smtp_client_tls {
+	SMTPC_TLS_NONE,               /* never */
+	SMTPC_TLS_WANT,               /* when offered; plaintext otherwise */
+	SMTPC_TLS_REQUIRE,            /* not offered or refused: the session
+	                               * ends with a 451 4.7.5 */
+};
+
+/* How STARTTLS went (smtp_client_tls_state). */
+enum smtp_client_tls_state {
+	SMTPC_TLSST_UNTRIED,          /* not asked, or EHLO not answered yet */
+	SMTPC_TLSST_NOT_OFFERED,      /* no STARTTLS in the EHLO (or HELO) reply */
+	SMTPC_TLSST_REFUSED,          /* STARTTLS got no 2xx: tls_reply says what */
+	SMTPC_TLSST_HANDSHAKE,        /* 220 received, handshake is the engine's */
+	SMTPC_TLSST_ACTIVE,           /* smtp_client_tls_started() was called */
+};
+
 struct smtp_client_params {
 	const char *helo_name;        /* our hostname, for EHLO/HELO */
 	bool no_pipelining;           /* never pipeline even when offered */
+	enum smtp_client_tls tls;
 };
 
 /* Opaque in spirit; fields are for the implementation. */
@@ -124,6 +147,8 @@ struct smtp_client {
 	char reply_status[12];        /* enhanced status of its first line */
 	bool reply_has_status;        /* ... taken from the text, not derived */
 	char greeting_name[256];      /* first word of the 220 greeting */
+	enum smtp_client_tls_state tls_state;
+	char tls_reply[160];          /* SMTPC_TLSST_REFUSED: the reply to STARTTLS */
 	struct smtp_client_result session_error; /* why the session ended */
 };
 
@@ -143,6 +168,16 @@ void smtp_client_sent(struct smtp_client *c);
 /* Starts a message (only after SMTPC_EV_READY). res has m->nrcpt entries. */
 void smtp_client_start(struct smtp_client *c, const struct smtp_client_msg *m,
 		       struct smtp_client_result *res);
+
+/* The TLS handshake after SMTPC_EV_STARTTLS is complete: what EHLO said
+ * before is forgotten (RFC 3207 4.2) and EHLO is sent again; STARTTLS is
+ * never sent twice on one connection. */
+void smtp_client_tls_started(struct smtp_client *c);
+
+static inline enum smtp_client_tls_state smtp_client_tls_state(const struct smtp_client *c)
+{
+	return c->tls_state;
+}
 
 /* Ends the session politely: QUIT, then SMTPC_EV_CLOSE. */
 void smtp_client_quit(struct smtp_client *c);

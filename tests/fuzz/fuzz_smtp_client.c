@@ -22,10 +22,11 @@ struct ctx {
 	struct smtp_client_result res[MAX_RCPT];
 	unsigned messages_left;
 	bool in_msg, outstanding, late_ack, closed, quit_called;
+	bool tls_done;                /* STARTTLS reported once */
 };
 
 static const char *const verbs[] = {"EHLO ", "HELO ", "MAIL FROM:<", "RCPT TO:<",
-				    "DATA\r", "RSET\r", "QUIT\r", ".\r"};
+				    "DATA\r", "RSET\r", "QUIT\r", ".\r", "STARTTLS\r"};
 
 /* Lines end in CRLF, carry no other CR or LF and start with a verb. */
 static void check_commands(const char *p, size_t n)
@@ -137,6 +138,19 @@ static void run(struct ctx *x, const char *in, size_t len)
 				abort(); /* a message without MSG_DONE */
 			x->closed = true;
 			break;
+		case SMTPC_EV_STARTTLS:
+			/* Once per connection, never in a transaction; the rest of
+			 * this read is dropped and the handshake "succeeds". */
+			if (x->tls_done || x->in_msg || x->c.p.tls == SMTPC_TLS_NONE)
+				abort();
+			x->tls_done = true;
+			if (x->outstanding) {
+				x->outstanding = false;
+				smtp_client_sent(&x->c);
+			}
+			smtp_client_tls_started(&x->c);
+			run(x, "", 0);
+			return;
 		default:
 			abort();
 		}
@@ -166,6 +180,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 	struct smtp_client_params p = {
 		.helo_name = "out.example",
 		.no_pipelining = data[0] & 1,
+		.tls = (enum smtp_client_tls)((data[0] >> 4) % 3),
 	};
 	x->late_ack = data[0] & 2;
 	bool fail_midway = data[0] & 4, quit_midway = data[0] & 8;

@@ -163,7 +163,8 @@ class Sink:
 
     def commands(self, verb):
         with self.lock:
-            return [l for _, l in self.lines if l[:4].upper() == verb]
+            return [l for _, l in self.lines
+                    if l.split(" ", 1)[0].split(":", 1)[0].upper() == verb]
 
     def count(self):
         with self.lock:

@@ -1,6 +1,6 @@
 /* Unit tests for the SMTP client state machine (proto/smtp_client.c).
  * Scripted dialogues: server bytes in, the exact commands and events out
- * ("[BODY]", "[DONE]", "[READY]", "[CLOSE]" in the transcript), results per
+ * ("[BODY]", "[DONE]", "[READY]", "[CLOSE]", "[STARTTLS]" in the transcript), results per
  * recipient. Every dialogue also runs with the server's bytes split at each
  * position and fed one byte at a time; the transcript must not change. */
 #include <stdarg.h>
@@ -166,6 +166,8 @@ enum op {
 	OP_TMO,   /* smtp_client_timeout_ms() == n */
 	OP_FAIL,  /* smtp_client_fail(code, status, s) returns i */
 	OP_EXT,   /* ext == n, max_size == n2 */
+	OP_TLS,   /* the handshake is done: smtp_client_tls_started() */
+	OP_TLSST, /* smtp_client_tls_state() == n */
 };
 
 struct step {
@@ -195,6 +197,8 @@ struct step {
 #define TMO(ms) {.op = OP_TMO, .n = (ms)}
 #define FAIL(c, st, t, ret) {.op = OP_FAIL, .code = (c), .status = (st), .s = (t), .i = (ret)}
 #define EXT(e, sz) {.op = OP_EXT, .n = (e), .n2 = (sz)}
+#define TLS_UP {.op = OP_TLS}
+#define TLSST(st) {.op = OP_TLSST, .n = SMTPC_TLSST_##st}
 #define END {.op = OP_END}
 
 /* Greeting and EHLO: the machine is READY afterwards. */
@@ -205,6 +209,7 @@ struct dialogue {
 	bool no_pipelining;
 	bool manual;         /* the test acknowledges sends with OP_SENT */
 	const char *helo;    /* NULL: HELO_NAME */
+	enum smtp_client_tls tls;
 	const struct step *steps;
 };
 
@@ -224,6 +229,8 @@ struct h {
 	size_t log_len;
 	bool manual, outstanding, closed;
 	bool ready;          /* READY reported, no other event since */
+	bool tls_wait;       /* STARTTLS reported: the engine's handshake; what
+	                      * the server sends meanwhile is dropped unread */
 	unsigned dones;
 	const char *name;
 	size_t split, step;
@@ -328,6 +335,15 @@ static void h_run(struct h *h, const char *in, size_t n)
 			log_add(h, "[CLOSE]", 7);
 			h->closed = true;
 			return;
+		case SMTPC_EV_STARTTLS:
+			/* Returned until the handshake is done; the rest of this
+			 * read is discarded, as the engine does. */
+			if (used != 0 && h->tls_wait)
+				fail_msg("%s: consumed bytes while waiting for TLS", h->name);
+			if (!h->tls_wait)
+				log_add(h, "[STARTTLS]", 10);
+			h->tls_wait = true;
+			return;
 		default:
 			fail_msg("%s: bad event %d", h->name, (int)ev.type);
 		}
@@ -344,12 +360,12 @@ static void h_server(struct h *h, const char *s)
 {
 	size_t n = strlen(s);
 	if (h->split == SPLIT_WHOLE || (h->split != SPLIT_BYTES && h->split >= n)) {
-		if (!h->closed)
+		if (!h->closed && !h->tls_wait)
 			h_run(h, s, n);
 		return;
 	}
 	size_t k = h->split == SPLIT_BYTES ? 1 : h->split;
-	for (size_t off = 0; off < n && !h->closed;) {
+	for (size_t off = 0; off < n && !h->closed && !h->tls_wait;) {
 		size_t len = n - off < k ? n - off : k;
 		h_run(h, s + off, len);
 		off += len;
@@ -390,6 +406,7 @@ static void run_dialogue(const struct dialogue *d, size_t split)
 	struct smtp_client_params p = {
 		.helo_name = d->helo ? d->helo : HELO_NAME,
 		.no_pipelining = d->no_pipelining,
+		.tls = d->tls,
 	};
 	h_init(h, d->name, &p);
 	h->manual = d->manual;
@@ -454,6 +471,16 @@ static void run_dialogue(const struct dialogue *d, size_t split)
 		case OP_EXT:
 			CHECK_INT(d->name, h->c.ext, s->n);
 			CHECK_INT(d->name, h->c.max_size, s->n2);
+			break;
+		case OP_TLS:
+			if (!h->tls_wait)
+				fail_msg("%s step %zu: no STARTTLS event", d->name, h->step);
+			h->tls_wait = false;
+			smtp_client_tls_started(&h->c);
+			h_poll(h);
+			break;
+		case OP_TLSST:
+			CHECK_INT(d->name, smtp_client_tls_state(&h->c), s->n);
 			break;
 		default:
 			fail_msg("bad step");
@@ -1130,6 +1157,132 @@ static void test_long_lines(void **state)
 	free(last);
 }
 
+
+/* ---- STARTTLS ---------------------------------------------------------------- */
+
+#define EHLO_TLS                                                            \
+	"250-mx.example\r\n"                                                \
+	"250-PIPELINING\r\n"                                                \
+	"250-SIZE 5000\r\n"                                                 \
+	"250-STARTTLS\r\n"                                                  \
+	"250 8BITMIME\r\n"
+#define EXT_TLS                                                             \
+	(SMTPC_EXT_PIPELINING | SMTPC_EXT_SIZE | SMTPC_EXT_STARTTLS | SMTPC_EXT_8BITMIME)
+#define R220 "220 2.0.0 Ready to start TLS\r\n"
+#define R454 "454 4.7.0 TLS not available due to temporary reason\r\n"
+/* msg_two to a server without DSN */
+#define BATCH_TWO_NODSN "MAIL FROM:<> SIZE=100 BODY=7BIT\r\n" \
+	"RCPT TO:<x@example.net>\r\nRCPT TO:<y@example.net>\r\nDATA\r\n"
+
+static const struct dialogue starttls[] = {
+	{"offered: STARTTLS, EHLO again, pipelining inside TLS", .tls = SMTPC_TLS_WANT,
+	 .steps = STEPS(
+		S(GREET), C(EHLO), TLSST(UNTRIED),
+		S(EHLO_TLS), C("STARTTLS\r\n"), TMO(300000), TLSST(UNTRIED),
+		S(R220), C("[STARTTLS]"), TLSST(HANDSHAKE), TMO(300000),
+		TLS_UP, C(EHLO), TLSST(ACTIVE), EXT(0, 0),
+		S(EHLO_FULL), C("[READY]"), EXT(EXT_FULL, 10240000),
+		START(&msg_two), C(BATCH_TWO),
+		S("250 2.1.0 Ok\r\n250 2.1.5 Ok\r\n250 2.1.5 Ok\r\n354 go\r\n"), C("[BODY]"),
+		S("250 2.0.0 Ok: queued\r\n"), C("[DONE][READY]"),
+		RES(0, 250, "2.0.0", DOT, "250 2.0.0 Ok: queued"),
+		QUIT, C("QUIT\r\n"), S("221 2.0.0 Bye\r\n"), C("[CLOSE]"), NO_SESS)},
+	{"required and offered", .tls = SMTPC_TLS_REQUIRE, .steps = STEPS(
+		S(GREET), C(EHLO), S(EHLO_TLS), C("STARTTLS\r\n"),
+		S(R220), C("[STARTTLS]"), TLS_UP, C(EHLO),
+		S("250-mx.example\r\n250 SIZE 9000\r\n"), C("[READY]"),
+		EXT(SMTPC_EXT_SIZE, 9000), TLSST(ACTIVE),
+		START(&msg_one), C("MAIL FROM:<a@example.org> SIZE=10\r\n"))},
+	{"plaintext after the 220 is never a reply", .tls = SMTPC_TLS_WANT, .steps = STEPS(
+		S(GREET), C(EHLO), S(EHLO_TLS), C("STARTTLS\r\n"),
+		S(R220 "250-mx.example\r\n250-PIPELINING\r\n250 DSN\r\n"), C("[STARTTLS]"),
+		S("250 2.0.0 injected\r\n"), C(""),
+		TLS_UP, C(EHLO),
+		S("250-mx.example\r\n250 SIZE 1000\r\n"), C("[READY]"), EXT(SMTPC_EXT_SIZE, 1000),
+		START(&msg_one), C("MAIL FROM:<a@example.org> SIZE=10\r\n"))},
+	{"never STARTTLS twice", .tls = SMTPC_TLS_REQUIRE, .steps = STEPS(
+		S(GREET), C(EHLO), S(EHLO_TLS), C("STARTTLS\r\n"),
+		S(R220), C("[STARTTLS]"), TLS_UP, C(EHLO),
+		S(EHLO_TLS), C("[READY]"), EXT(EXT_TLS, 5000), TLSST(ACTIVE),
+		START(&msg_two), C(BATCH_TWO_NODSN))},
+	{"not offered, wanted: plaintext", .tls = SMTPC_TLS_WANT, .steps = STEPS(
+		SESSION(EHLO_FULL), TLSST(NOT_OFFERED), EXT(EXT_FULL, 10240000),
+		START(&msg_two), C(BATCH_TWO), NO_SESS)},
+	{"not offered, required: 451 4.7.5", .tls = SMTPC_TLS_REQUIRE, .steps = STEPS(
+		S(GREET), C(EHLO), S(EHLO_FULL), C("[CLOSE]"), TLSST(NOT_OFFERED), TMO(0),
+		SESS(451, "4.7.5", EHLO,
+		     "451 4.7.5 TLS is required, but was not offered by the next hop"))},
+	{"HELO server, required: 451 4.7.5", .tls = SMTPC_TLS_REQUIRE, .steps = STEPS(
+		S(GREET), C(EHLO), S("502 5.5.2 what\r\n"), C(HELO),
+		S("250 mx.example\r\n"), C("[CLOSE]"), TLSST(NOT_OFFERED),
+		SESS(451, "4.7.5", EHLO,
+		     "451 4.7.5 TLS is required, but was not offered by the next hop"))},
+	{"HELO server, wanted: plaintext", .tls = SMTPC_TLS_WANT, .steps = STEPS(
+		S(GREET), C(EHLO), S("502 5.5.2 what\r\n"), C(HELO),
+		S("250 mx.example\r\n"), C("[READY]"), TLSST(NOT_OFFERED), EXT(0, 0))},
+	{"454, wanted: plaintext with the first EHLO's extensions", .tls = SMTPC_TLS_WANT,
+	 .steps = STEPS(
+		S(GREET), C(EHLO), S(EHLO_TLS), C("STARTTLS\r\n"),
+		S(R454), C("[READY]"), TLSST(REFUSED), EXT(EXT_TLS, 5000),
+		START(&msg_two), C(BATCH_TWO_NODSN),
+		S("250 2.1.0 Ok\r\n250 2.1.5 Ok\r\n250 2.1.5 Ok\r\n354 go\r\n"), C("[BODY]"),
+		S("250 2.0.0 Ok\r\n"), C("[DONE][READY]"), NO_SESS)},
+	{"454, required: 451 4.7.5 naming the reply", .tls = SMTPC_TLS_REQUIRE, .steps = STEPS(
+		S(GREET), C(EHLO), S(EHLO_TLS), C("STARTTLS\r\n"),
+		S(R454), C("[CLOSE]"), TLSST(REFUSED),
+		SESS(451, "4.7.5", EHLO,
+		     "451 4.7.5 TLS is required, but the next hop refused STARTTLS: "
+		     "454 4.7.0 TLS not available due to temporary reason"))},
+	{"554 to STARTTLS, required: still a 4xx", .tls = SMTPC_TLS_REQUIRE, .steps = STEPS(
+		S(GREET), C(EHLO), S(EHLO_TLS), C("STARTTLS\r\n"),
+		S("554 5.7.3 no TLS for you\r\n"), C("[CLOSE]"),
+		SESS(451, "4.7.5", EHLO,
+		     "451 4.7.5 TLS is required, but the next hop refused STARTTLS: "
+		     "554 5.7.3 no TLS for you"))},
+	{"421 to STARTTLS", .tls = SMTPC_TLS_WANT, .steps = STEPS(
+		S(GREET), C(EHLO), S(EHLO_TLS), C("STARTTLS\r\n"),
+		S("421 4.3.2 shutting down\r\n"), C("[CLOSE]"),
+		SESS(421, "4.3.2", EHLO, "421 4.3.2 shutting down"))},
+	{"not asked: no STARTTLS although offered", .steps = STEPS(
+		SESSION(EHLO_TLS), TLSST(UNTRIED), EXT(EXT_TLS, 5000),
+		START(&msg_two), C(BATCH_TWO_NODSN))},
+	{"acknowledged late: STARTTLS after its send", .tls = SMTPC_TLS_WANT, .manual = true,
+	 .steps = STEPS(
+		S(GREET), C(EHLO), SENT, S(EHLO_TLS), C("STARTTLS\r\n"), SENT,
+		S(R220), C("[STARTTLS]"), TLS_UP, C(EHLO), SENT,
+		S(EHLO_FULL), C("[READY]"))},
+	{"quit asked during the handshake: after the new EHLO", .tls = SMTPC_TLS_WANT,
+	 .steps = STEPS(
+		S(GREET), C(EHLO), S(EHLO_TLS), C("STARTTLS\r\n"),
+		S(R220), C("[STARTTLS]"), QUIT, C(""), TLS_UP, C(EHLO),
+		S(EHLO_FULL), C("QUIT\r\n"), S("221 Bye\r\n"), C("[CLOSE]"))},
+};
+
+static void test_starttls(void **state)
+{
+	run_dialogues(starttls, N_ELEMS(starttls));
+}
+
+/* A failure while the engine does the handshake ends the session. */
+static void test_starttls_fail_during_handshake(void **state)
+{
+	struct h *h = malloc(sizeof(*h));
+	assert_non_null(h);
+	struct smtp_client_params p = {.helo_name = HELO_NAME, .tls = SMTPC_TLS_REQUIRE};
+	h_init(h, "fail in handshake", &p);
+	h_server(h, GREET);
+	h_server(h, EHLO_TLS);
+	h_server(h, R220);
+	CHECK_STR("fail in handshake", h->log, EHLO "STARTTLS\r\n[STARTTLS]");
+	assert_false(smtp_client_fail(&h->c, 451, "4.7.5", "451 4.7.5 handshake failed"));
+	struct smtp_client_event ev;
+	CHECK_INT("fail in handshake", smtp_client_feed(&h->c, "", 0, &ev), 0);
+	CHECK_INT("fail in handshake", ev.type, SMTPC_EV_CLOSE);
+	CHECK_STR("fail in handshake", h->c.session_error.text, "451 4.7.5 handshake failed");
+	smtp_client_free(&h->c);
+	free(h);
+}
+
 /* ---- misc ---------------------------------------------------------------------- */
 
 static void test_stage_names(void **state)
@@ -1204,6 +1357,8 @@ int main(void)
 		cmocka_unit_test(test_ehlo_keywords),
 		cmocka_unit_test(test_reply_results),
 		cmocka_unit_test(test_long_lines),
+		cmocka_unit_test(test_starttls),
+		cmocka_unit_test(test_starttls_fail_during_handshake),
 		cmocka_unit_test(test_stage_names),
 		cmocka_unit_test(test_closed_stays_closed),
 		cmocka_unit_test(test_dsn_passed),
