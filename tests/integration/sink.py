@@ -84,34 +84,67 @@ class Sink:
             except OSError:
                 pass
 
+    class Conn:
+        """One session's state: its socket and reader (a TLS sink swaps
+        them after STARTTLS), number, open transaction."""
+
+        def __init__(self, s, f, n):
+            self.s, self.f, self.n, self.txn = s, f, n, None
+
+        def say(self, text):
+            self.s.sendall(text.encode() + b"\r\n")
+
+    # Hooks a subclass (tls_sink.TlsSink) fills in.
+    greeting = "220 sink.test ESMTP Sink"
+
+    def ehlo_extensions(self, c):
+        return list(self.ehlo)
+
+    def extra_command(self, c, line):
+        """A command this sink handles itself; True when it did."""
+        return False
+
+    def mail_refusal(self, c):
+        return None
+
+    def new_transaction(self, c, line):
+        return {"conn": c.n, "mail": line, "rcpt_lines": [], "rcpts": []}
+
     def _session(self, s, f, n):
-        def say(text):
-            s.sendall(text.encode() + b"\r\n")
-        say("220 sink.test ESMTP Sink")
-        txn = None
+        c = self.Conn(s, f, n)
+        c.say(self.greeting)
         while True:
-            raw = f.readline(4096)
+            raw = c.f.readline(4096)
             if not raw:
                 return
             line = raw.decode("latin-1").rstrip("\r\n")
             with self.lock:
                 self.lines.append((n, line))
             verb = line[:4].upper()
-            if verb == "EHLO" and not self.esmtp:
-                say("502 5.5.2 Error: command not recognized")
+            if self.extra_command(c, line):
+                if c.s is None:
+                    return
+            elif verb == "EHLO" and not self.esmtp:
+                c.say("502 5.5.2 Error: command not recognized")
             elif verb == "EHLO":
-                say("\r\n".join(["250-sink.test"] + ["250-" + e for e in self.ehlo[:-1]]
-                                + ["250 " + self.ehlo[-1]]) if self.ehlo else "250 sink.test")
-                txn = None
+                ext = self.ehlo_extensions(c)
+                c.say("\r\n".join(["250-sink.test"] + ["250-" + e for e in ext[:-1]]
+                                  + ["250 " + ext[-1]]) if ext else "250 sink.test")
+                c.txn = None
             elif verb == "HELO":
-                say("250 sink.test")
-                txn = None
+                c.say("250 sink.test")
+                c.txn = None
             elif verb == "MAIL":
-                txn = {"conn": n, "mail": line, "rcpt_lines": [], "rcpts": []}
-                say("250 2.1.0 Ok")
+                refusal = self.mail_refusal(c)
+                if refusal:
+                    c.say(refusal)
+                    continue
+                c.txn = self.new_transaction(c, line)
+                c.say("250 2.1.0 Ok")
             elif verb == "RCPT":
+                txn = c.txn
                 if txn is None:
-                    say("503 5.5.1 Error: need MAIL command")
+                    c.say("503 5.5.1 Error: need MAIL command")
                     continue
                 m = re.match(r"RCPT TO:<([^>]*)>(.*)$", line, re.I)
                 addr = m.group(1) if m else ""
@@ -120,15 +153,16 @@ class Sink:
                 txn["rcpt_lines"].append((line, reply))
                 if reply.startswith("2"):
                     txn["rcpts"].append(addr)
-                say(reply)
+                c.say(reply)
             elif verb == "DATA":
+                txn = c.txn
                 if txn is None or not txn["rcpts"]:
-                    say("554 5.5.1 Error: no valid recipients")
+                    c.say("554 5.5.1 Error: no valid recipients")
                     continue
-                say("354 End data with <CR><LF>.<CR><LF>")
+                c.say("354 End data with <CR><LF>.<CR><LF>")
                 data = []
                 while True:
-                    l = f.readline(1 << 20)
+                    l = c.f.readline(1 << 20)
                     if not l:
                         return
                     if l == b".\r\n":
@@ -141,25 +175,25 @@ class Sink:
                 txn["reply"] = reply
                 with self.lock:
                     self.messages.append(txn)
-                txn = None
-                say(reply)
+                c.txn = None
+                c.say(reply)
             elif verb == "RSET":
-                txn = None
-                say("250 2.0.0 Ok")
+                c.txn = None
+                c.say("250 2.0.0 Ok")
             elif verb == "NOOP":
-                say("250 2.0.0 Ok")
+                c.say("250 2.0.0 Ok")
             elif verb == "QUIT":
                 # The session ends with the 221: counted as closed in the
                 # same step, so a client that opens its next connection
                 # as soon as it has the 221 (and not before) is not seen
                 # twice by a late decrement of this thread.
                 with self.lock:
-                    say("221 2.0.0 Bye")
+                    c.say("221 2.0.0 Bye")
                     self.active -= 1
                     self.quit_counted.add(n)
                 return
             else:
-                say("502 5.5.2 Error: command not recognized")
+                c.say("502 5.5.2 Error: command not recognized")
 
     def commands(self, verb):
         with self.lock:

@@ -18,7 +18,6 @@ Recorded beyond Sink's fields:
   self.tls_failures  (conn, error text) per failed handshake
   each transaction in self.messages gets tls (bool), tls_version, cipher,
   resumed, client_cn, sni (None for plaintext transactions)."""
-import re
 import ssl
 import time
 
@@ -69,15 +68,6 @@ class TlsSink(Sink):
         self._sni[id(sslobj)] = name
         return None
 
-    def _ehlo_lines(self, in_tls):
-        ext = list(self.ehlo)
-        if self.starttls and not in_tls:
-            ext.append("STARTTLS")
-        if not ext:
-            return "250 sink.test"
-        return "\r\n".join(["250-sink.test"] + ["250-" + e for e in ext[:-1]]
-                           + ["250 " + ext[-1]])
-
     def _starttls(self, s, n):
         """The server side of the handshake on s; returns the TLS socket and
         its record, or (None, None) after a failure (recorded)."""
@@ -102,9 +92,51 @@ class TlsSink(Sink):
             self.tls.append(info)
         return ts, info
 
+    greeting = "220 sink.test ESMTP TLS Sink"
+
+    class Conn(Sink.Conn):
+        tls = None   # this connection's record once in TLS
+
+    def ehlo_extensions(self, c):
+        ext = list(self.ehlo)
+        if self.starttls and c.tls is None:
+            ext.append("STARTTLS")
+        return ext
+
+    def extra_command(self, c, line):
+        if line.upper() != "STARTTLS":
+            return False
+        if not self.starttls or c.tls is not None:
+            c.say("502 5.5.2 Error: command not recognized" if c.tls is None
+                  else "503 5.5.1 Error: TLS already active")
+            return True
+        c.say("220 2.0.0 Ready to start TLS")
+        ts, c.tls = self._starttls(c.s, c.n)
+        if ts is None:
+            c.s = None  # the session ends
+            return True
+        # RFC 3207: forget everything, a new EHLO is expected.
+        c.s, c.f, c.txn = ts, ts.makefile("rb"), None
+        with self.lock:
+            self.conns.append(ts)
+            self._tls_sock[c.n] = ts
+        return True
+
+    def mail_refusal(self, c):
+        return R_NEED_TLS if self.require_tls and c.tls is None else None
+
+    def new_transaction(self, c, line):
+        txn = super().new_transaction(c, line)
+        txn["tls"] = c.tls is not None
+        for k_out, k_in in (("tls_version", "version"), ("cipher", "cipher"),
+                            ("resumed", "resumed"), ("client_cn", "client_cn"),
+                            ("sni", "sni")):
+            txn[k_out] = c.tls[k_in] if c.tls else None
+        return txn
+
     def _session(self, s, f, n):
         try:
-            self._tls_session(s, f, n)
+            super()._session(s, f, n)
         finally:
             ts = self._tls_sock.pop(n, None)
             if ts is not None:
@@ -112,111 +144,6 @@ class TlsSink(Sink):
                     ts.close()
                 except OSError:
                     pass
-
-    def _tls_session(self, s, f, n):
-        tls = None      # this connection's record once in TLS
-        ts = None
-
-        def say(text):
-            (ts or s).sendall(text.encode() + b"\r\n")
-        say("220 sink.test ESMTP TLS Sink")
-        txn = None
-        while True:
-            raw = f.readline(4096)
-            if not raw:
-                return
-            line = raw.decode("latin-1").rstrip("\r\n")
-            with self.lock:
-                self.lines.append((n, line))
-            verb = line[:4].upper()
-            if line.upper() == "STARTTLS":
-                if not self.starttls or tls is not None:
-                    say("502 5.5.2 Error: command not recognized" if tls is None
-                        else "503 5.5.1 Error: TLS already active")
-                    continue
-                say("220 2.0.0 Ready to start TLS")
-                ts, tls = self._starttls(s, n)
-                if ts is None:
-                    return
-                # RFC 3207: forget everything, a new EHLO is expected.
-                f = ts.makefile("rb")
-                txn = None
-                with self.lock:
-                    self.conns.append(ts)
-                    self._tls_sock[n] = ts
-            elif verb == "EHLO" and not self.esmtp:
-                say("502 5.5.2 Error: command not recognized")
-            elif verb == "EHLO":
-                say(self._ehlo_lines(tls is not None))
-                txn = None
-            elif verb == "HELO":
-                say("250 sink.test")
-                txn = None
-            elif verb == "MAIL":
-                if self.require_tls and tls is None:
-                    say(R_NEED_TLS)
-                    continue
-                txn = {"conn": n, "mail": line, "rcpt_lines": [], "rcpts": [],
-                       "tls": tls is not None}
-                for k_out, k_in in (("tls_version", "version"), ("cipher", "cipher"),
-                                    ("resumed", "resumed"), ("client_cn", "client_cn"),
-                                    ("sni", "sni")):
-                    txn[k_out] = tls[k_in] if tls else None
-                say("250 2.1.0 Ok")
-            elif verb == "RCPT":
-                if txn is None:
-                    say("503 5.5.1 Error: need MAIL command")
-                    continue
-                m = re.match(r"RCPT TO:<([^>]*)>(.*)$", line, re.I)
-                addr = m.group(1) if m else ""
-                reply = self.rcpt_reply(addr, line) if self.rcpt_reply else None
-                reply = reply or "250 2.1.5 Ok"
-                txn["rcpt_lines"].append((line, reply))
-                if reply.startswith("2"):
-                    txn["rcpts"].append(addr)
-                say(reply)
-            elif verb == "DATA":
-                if txn is None or not txn["rcpts"]:
-                    say("554 5.5.1 Error: no valid recipients")
-                    continue
-                say("354 End data with <CR><LF>.<CR><LF>")
-                data = []
-                while True:
-                    l = f.readline(1 << 20)
-                    if not l:
-                        return
-                    if l == b".\r\n":
-                        break
-                    data.append(l)
-                txn["data"] = b"".join(data)
-                txn["t"] = time.monotonic()
-                reply = (self.data_reply(txn) if self.data_reply else None) or \
-                    "250 2.0.0 Ok: queued"
-                txn["reply"] = reply
-                with self.lock:
-                    self.messages.append(txn)
-                txn = None
-                say(reply)
-            elif verb == "RSET":
-                txn = None
-                say("250 2.0.0 Ok")
-            elif verb == "NOOP":
-                say("250 2.0.0 Ok")
-            elif verb == "QUIT":
-                with self.lock:
-                    say("221 2.0.0 Bye")
-                    self.active -= 1
-                    self.quit_counted.add(n)
-                return
-            else:
-                say("502 5.5.2 Error: command not recognized")
-
-    def commands(self, verb):
-        """The command lines whose verb (first word) is verb: Sink's
-        version compares four characters, which would never match
-        STARTTLS."""
-        with self.lock:
-            return [l for _, l in self.lines if l.split(" ", 1)[0].upper() == verb]
 
     def handshakes(self):
         with self.lock:
