@@ -1379,8 +1379,11 @@ void conf_print(const struct conf *c, FILE *out)
 		c->workers, backends[c->io_backend % 3], c->spool_dir);
 	fprintf(out, "accepted_domains:%s\n", c->ndomains ? "" : " (none)");
 	for (unsigned i = 0; i < c->ndomains; i++)
-		fprintf(out, "  %s%s %s\n", c->domains[i].subdomains ? "*." : "",
-			c->domains[i].domain, dtype[c->domains[i].type]);
+		fprintf(out, "  %s%s %s%s\n", c->domains[i].subdomains ? "*." : "",
+			c->domains[i].domain, dtype[c->domains[i].type],
+			c->domains[i].type != DOMAIN_AUTHORITATIVE
+				? " (note: accepted like authoritative; the type does not change routing yet)"
+				: "");
 	for (unsigned b = 0; b < c->nbindings; b++) {
 		fprintf(out, "binding %s:\n", c->bindings[b].text);
 		for (unsigned i = 0; i < c->nrc; i++) {

@@ -318,6 +318,10 @@ static SSL_CTX *ctx_base(bool server, int min_version)
 		}
 		SSL_CTX_set_session_cache_mode(ctx, SSL_SESS_CACHE_OFF);
 		SSL_CTX_set_tlsext_ticket_key_cb(ctx, ticket_cb);
+		/* One ticket per handshake (BoringSSL's default is two): an MTA
+		 * reconnects one connection at a time, and each ticket is an
+		 * encryption on the server and a message for the client. */
+		SSL_CTX_set_num_tickets(ctx, 1);
 		SSL_CTX_set_timeout(ctx, ROTATE_S);
 	}
 	return ctx;
