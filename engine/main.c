@@ -208,8 +208,21 @@ static int reload_config(const char *path, struct app *app, struct worker *worke
 	/* Reopen (or switch) the log file: logrotate sends SIGHUP after a move. */
 	if (n->log_file && log_open_file(n->log_file) < 0)
 		log_msg(LOG_ERROR, "event=reload note=\"cannot open log_file %s\"", n->log_file);
-	snprintf(result, cap, "reloaded: %u connectors, %u bindings", n->nrc, n->nbindings);
-	log_msg(LOG_INFO, "event=reload status=ok connectors=%u bindings=%u", n->nrc, n->nbindings);
+	/* "ok" means applied: every worker has taken the new configuration
+	 * (a connection accepted after this line gets the new connectors and
+	 * certificates). Workers take it on their next loop turn. */
+	bool pending = true;
+	for (int tries = 0; pending && tries < 200; tries++) {
+		pending = false;
+		for (unsigned i = 0; i < nw; i++)
+			pending |= worker_reload_pending(&workers[i]);
+		if (pending)
+			usleep(10000);
+	}
+	snprintf(result, cap, "reloaded: %u connectors, %u bindings%s", n->nrc, n->nbindings,
+		 pending ? " (not yet applied by every worker)" : "");
+	log_msg(LOG_INFO, "event=reload status=ok connectors=%u bindings=%u applied=%s", n->nrc,
+		n->nbindings, pending ? "pending" : "all");
 	return 0;
 }
 
