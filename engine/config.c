@@ -21,6 +21,7 @@
 #include "connectors.h"
 #include "lpm.h"
 #include "relay.h"
+#include "auth.h"
 #include "tls.h"
 
 enum setting_kind { K_SIZE, K_COUNT, K_DURATION, K_BOOL, K_RATE_SOURCE };
@@ -53,6 +54,8 @@ static const struct setting rconn_settings[] = {
 	{"tarpit_interval", K_DURATION, RC(tarpit_interval_ms), "5s", 600000},
 	{"require_tls", K_BOOL, RC(require_tls), "false", 0},
 	{"require_client_certificate", K_BOOL, RC(require_client_certificate), "false", 0},
+	{"allow_auth_without_tls", K_BOOL, RC(allow_auth_without_tls), "false", 0},
+	{"max_logon_failures", K_COUNT, RC(max_logon_failures), "3", 1000},
 	{"protocol_log", K_BOOL, RC(protocol_log), "false", 0},
 };
 #undef RC
@@ -804,12 +807,111 @@ static bool load_sconn_tls(struct loader *ld, struct sconn *sc, const config_set
 	return true;
 }
 
+/* Receive connector AUTH: mechanisms and the users file (read here, so a
+ * bad file fails the load or the reload). */
+static bool load_rconn_auth(struct loader *ld, struct rconn *rc, const config_setting_t *g)
+{
+	const char *file = get_string(ld, g, "auth_users_file", false);
+	const config_setting_t *mv = string_list(ld, g, "auth_mechanisms", false);
+	if (ld->failed)
+		return false;
+	if (!file) {
+		static const char *const need[] = {"auth_mechanisms", "allow_auth_without_tls",
+						   "max_logon_failures"};
+		for (size_t i = 0; i < sizeof(need) / sizeof(need[0]); i++)
+			if (config_setting_get_member(g, need[i]))
+				return fail(ld, member_line(g, need[i]),
+					    "%s: needs auth_users_file (AUTH is not offered without one)",
+					    need[i]);
+		return true;
+	}
+	int fl = member_line(g, "auth_users_file");
+	if (!*file)
+		return fail(ld, fl, "auth_users_file: empty path");
+	if (!(rc->perms & PERM_AUTHENTICATED))
+		return fail(ld, fl, "auth_users_file: the connector has no \"authenticated\" permission group, so AUTH would grant nothing");
+	if (!rc->tls && !rc->allow_auth_without_tls)
+		return fail(ld, fl, "auth_users_file: AUTH is offered only after STARTTLS: set tls_certificate, or allow_auth_without_tls = true");
+	rc->auth_mechs = SMTP_AUTH_PLAIN | SMTP_AUTH_LOGIN;
+	if (mv) {
+		rc->auth_mechs = 0;
+		for (int i = 0; i < config_setting_length(mv); i++) {
+			const char *m = config_setting_get_string_elem(mv, i);
+			if (strcasecmp(m, "PLAIN") == 0)
+				rc->auth_mechs |= SMTP_AUTH_PLAIN;
+			else if (strcasecmp(m, "LOGIN") == 0)
+				rc->auth_mechs |= SMTP_AUTH_LOGIN;
+			else
+				return fail(ld, element_line(ld, mv, (unsigned)i),
+					    "auth_mechanisms: \"%s\" is not PLAIN or LOGIN", m);
+		}
+		if (!rc->auth_mechs)
+			return fail(ld, line_of(mv), "auth_mechanisms: at least one (PLAIN, LOGIN)");
+	}
+	rc->auth_users_file = xstrdup(file);
+	char why[600];
+	rc->users = auth_users_load(file, why, sizeof(why));
+	if (!rc->users)
+		return fail(ld, fl, "auth_users_file: %s", why);
+	return true;
+}
+
+const char *const sconn_auth_names[4] = {"none", "plain", "login", "xoauth2"};
+
+/* Send connector AUTH: auth = { mechanism; username; password_file | token_file; }. */
+static bool load_sconn_auth(struct loader *ld, struct sconn *sc, const config_setting_t *g)
+{
+	config_setting_t *a = config_setting_get_member(g, "auth");
+	if (!a)
+		return true;
+	int al = line_of(a);
+	if (!config_setting_is_group(a))
+		return fail(ld, al, "auth: expected { mechanism = ...; username = ...; password_file = ...; }");
+	static const char *const known[] = {"mechanism", "username", "password_file", "token_file",
+					    NULL};
+	if (!check_members(ld, a, known, NULL, 0))
+		return false;
+	if (sc->drop_dir)
+		return fail(ld, al, "auth: does not apply to a drop_directory connector");
+	const char *mech = get_string(ld, a, "mechanism", true);
+	const char *user = get_string(ld, a, "username", true);
+	const char *pw = get_string(ld, a, "password_file", false);
+	const char *tok = get_string(ld, a, "token_file", false);
+	if (ld->failed)
+		return false;
+	unsigned m = 1;
+	while (m < 4 && strcasecmp(mech, sconn_auth_names[m]) != 0)
+		m++;
+	if (m == 4)
+		return fail(ld, member_line(a, "mechanism"),
+			    "auth.mechanism: expected plain, login or xoauth2");
+	if (!*user || strlen(user) > 255)
+		return fail(ld, member_line(a, "username"), "auth.username: 1 to 255 characters");
+	if (m == SCONN_AUTH_XOAUTH2 ? (!tok || pw) : (!pw || tok))
+		return fail(ld, al, m == SCONN_AUTH_XOAUTH2
+				    ? "auth: xoauth2 takes token_file (and no password_file)"
+				    : "auth: %s takes password_file (and no token_file)",
+			    sconn_auth_names[m]);
+	const char *file = pw ? pw : tok;
+	FILE *f = fopen(file, "r");
+	if (!f)
+		return fail(ld, member_line(a, pw ? "password_file" : "token_file"), "auth.%s: %s: %s",
+			    pw ? "password_file" : "token_file", file, strerror(errno));
+	fclose(f);
+	sc->auth_mech = m;
+	sc->auth_username = xstrdup(user);
+	sc->auth_password_file = pw ? xstrdup(pw) : NULL;
+	sc->auth_token_file = tok ? xstrdup(tok) : NULL;
+	return true;
+}
+
 static bool load_connector(struct loader *ld, struct conf *c, struct rconn *rc,
 			   const config_setting_t *g)
 {
 	static const char *const known[] = {"name", "bindings", "remote_ip_ranges",
 					    "permission_groups", "tls_certificate", "tls_key",
-					    "tls_min_version", "tls_client_ca_file", NULL};
+					    "tls_min_version", "tls_client_ca_file", "auth_mechanisms",
+					    "auth_users_file", NULL};
 	rc->conf = c;
 	rc->line = line_of(g);
 	if (!config_setting_is_group(g))
@@ -888,7 +990,7 @@ static bool load_connector(struct loader *ld, struct conf *c, struct rconn *rc,
 	}
 	if (rc->max_hop_count == 0)
 		return fail(ld, rc->line, "max_hop_count: must be at least 1");
-	if (!load_rconn_tls(ld, rc, g))
+	if (!load_rconn_tls(ld, rc, g) || !load_rconn_auth(ld, rc, g))
 		return false;
 
 	rc->smtp = (struct smtp_server_params){
@@ -899,13 +1001,16 @@ static bool load_connector(struct loader *ld, struct conf *c, struct rconn *rc,
 		.max_recipients = (unsigned)rc->max_recipients,
 		.max_hop_count = (unsigned)rc->max_hop_count,
 		.max_protocol_errors = (unsigned)rc->max_protocol_errors,
-		/* AUTH is not implemented yet, so "authenticated" alone admits
-		 * nobody: such a connector answers 530 at MAIL. */
+		/* "authenticated" alone admits a client once AUTH succeeded
+		 * (smtp_server: authenticated). */
 		.may_submit = (rc->perms & ~PERM_AUTHENTICATED) != 0,
 		.bypass_size_limit = (rc->perms & PERM_EXTERNALLY_SECURED) != 0,
 		.starttls = rc->tls != NULL,
 		.require_tls = rc->require_tls != 0,
 		.require_client_cert = rc->require_client_certificate != 0,
+		.auth_mechs = rc->auth_mechs,
+		.auth_without_tls = rc->allow_auth_without_tls != 0,
+		.max_logon_failures = (unsigned)rc->max_logon_failures,
 		.rcpt_policy = relay_rcpt_policy,
 		.policy_ctx = rc,
 	};
@@ -1053,7 +1158,8 @@ static bool load_send_connector(struct loader *ld, struct conf *c, struct sconn 
 {
 	static const char *const known[] = {"name", "address_spaces", "smart_hosts",
 					    "drop_directory", "tls", "tls_ca_file",
-					    "tls_server_name", "tls_certificate", "tls_key", NULL};
+					    "tls_server_name", "tls_certificate", "tls_key", "auth",
+					    NULL};
 	size_t nset = sizeof(sconn_settings) / sizeof(sconn_settings[0]);
 	sc->line = line_of(g);
 	if (!config_setting_is_group(g))
@@ -1108,7 +1214,8 @@ static bool load_send_connector(struct loader *ld, struct conf *c, struct sconn 
 				    "drop_directory and smart_hosts exclude each other");
 		sc->drop_dir = xstrdup(d);
 	}
-	if (!load_settings(ld, g, sconn_settings, nset, sc) || !load_sconn_tls(ld, sc, g))
+	if (!load_settings(ld, g, sconn_settings, nset, sc) || !load_sconn_tls(ld, sc, g) ||
+	    !load_sconn_auth(ld, sc, g))
 		return false;
 	if (sc->port == 0)
 		return fail(ld, sc->line, "port: 1..65535");
@@ -1244,6 +1351,8 @@ void conf_free(struct conf *c)
 		free(c->rc[i].tls_keys);
 		free(c->rc[i].tls_client_ca_file);
 		tls_server_free(c->rc[i].tls);
+		free(c->rc[i].auth_users_file);
+		auth_users_free(c->rc[i].users);
 	}
 	for (unsigned i = 0; i < c->ndomains; i++)
 		free(c->domains[i].domain);
@@ -1262,6 +1371,9 @@ void conf_free(struct conf *c)
 		free(sc->tls_cert);
 		free(sc->tls_key);
 		tls_client_free(sc->tls);
+		free(sc->auth_username);
+		free(sc->auth_password_file);
+		free(sc->auth_token_file);
 	}
 	free(c->sc);
 	free(c->dns_servers);
@@ -1403,8 +1515,13 @@ void conf_print(const struct conf *c, FILE *out)
 						     v, sizeof(v)));
 			}
 			print_rconn_tls(out, rc);
-			if (rc->perms == PERM_AUTHENTICATED)
-				fprintf(out, "    note: \"authenticated\" alone admits nobody until SMTP AUTH exists (MAIL gets 530 5.7.1)\n");
+			if (rc->users)
+				fprintf(out, "    %-46s %s (%u users)%s%s\n", "auth", rc->auth_users_file,
+					auth_users_count(rc->users),
+					rc->auth_mechs & SMTP_AUTH_PLAIN ? " PLAIN" : "",
+					rc->auth_mechs & SMTP_AUTH_LOGIN ? " LOGIN" : "");
+			else if (rc->perms == PERM_AUTHENTICATED)
+				fprintf(out, "    note: \"authenticated\" without auth_users_file admits nobody (MAIL gets 530 5.7.1)\n");
 		}
 	}
 	for (unsigned i = 0; i < c->nsc; i++) {
@@ -1416,6 +1533,9 @@ void conf_print(const struct conf *c, FILE *out)
 			fprintf(out, " tls_ca_file=%s", sc->tls_ca_file);
 		if (sc->tls_cert)
 			fprintf(out, " tls_certificate=%s", sc->tls_cert);
+		if (sc->auth_mech)
+			fprintf(out, " auth=%s username=%s", sconn_auth_names[sc->auth_mech],
+				sc->auth_username);
 		fprintf(out, "\n");
 	}
 }

@@ -72,6 +72,8 @@ struct rconn {
 	uint64_t tarpit_interval_ms;
 	uint64_t require_tls;
 	uint64_t require_client_certificate;
+	uint64_t allow_auth_without_tls;
+	uint64_t max_logon_failures;      /* 0 = no limit */
 	uint64_t protocol_log;
 	/* TLS (DESIGN B.7): certificates offered with STARTTLS, or none. */
 	char **tls_certs, **tls_keys;
@@ -79,6 +81,10 @@ struct rconn {
 	unsigned tls_min_version;         /* 12 or 13 */
 	char *tls_client_ca_file;
 	struct tls_server *tls;           /* built at load: NULL without certificates */
+	/* SMTP AUTH (DESIGN B.8): offered when the users file is set. */
+	unsigned auth_mechs;              /* SMTP_AUTH_* */
+	char *auth_users_file;
+	struct auth_users *users;         /* read at load (and so on every reload) */
 	struct smtp_server_params smtp;   /* what the session state machine sees */
 };
 
@@ -91,6 +97,10 @@ struct accepted_domain {
 
 struct binding_table; /* connectors.c */
 struct tls_server;    /* tls.h */
+struct auth_users;    /* auth.h */
+
+enum sconn_auth_mech { SCONN_AUTH_NONE, SCONN_AUTH_PLAIN, SCONN_AUTH_LOGIN, SCONN_AUTH_XOAUTH2 };
+extern const char *const sconn_auth_names[4];
 struct tls_client;
 
 /* One smart_hosts entry: "host:port", "[v6]:port"; a name is resolved when
@@ -132,6 +142,11 @@ struct sconn {
 	char *tls_server_name;            /* NULL: the smart host / MX name */
 	char *tls_cert, *tls_key;         /* presented to the next hop, or NULL */
 	struct tls_client *tls;           /* built at load; NULL for tls = "none" */
+	/* AUTH to the next hop (B.8): auth = { mechanism; username; password_file | token_file; } */
+	unsigned auth_mech;               /* enum sconn_auth_mech; SCONN_AUTH_NONE without */
+	char *auth_username;
+	char *auth_password_file;         /* plain, login */
+	char *auth_token_file;            /* xoauth2: a bearer token, re-read when it changes */
 };
 
 struct queue_conf {

@@ -59,6 +59,7 @@ struct conn {
 	struct throttle_entry *th_rate;    /* the message-rate bucket it draws on */
 	struct smtp_server smtp;
 	char peer[64];
+	char auth_name[SMTP_AUTH_NAME_MAX + 1]; /* the name of the AUTH in progress (logs) */
 	char out[CONN_OUT_BUF];
 };
 

@@ -33,6 +33,10 @@ void envelope_write(FILE *out, const char *id, const struct smtp_envelope *env,
 	field(out, client);
 	fputs("\r\nhelo: ", out);
 	field(out, helo);
+	if (env->auth) {
+		fputs("\r\nauth: ", out);
+		field(out, env->auth);
+	}
 	fputs("\r\nfrom: <", out);
 	field(out, env->from);
 	fprintf(out, ">%s%s", body[env->body], ret[env->ret]);
@@ -178,6 +182,10 @@ int envelope_read(const char *p, size_t len, struct envelope_full *e)
 			snprintf(e->connector, sizeof(e->connector), "%.*s", (int)vl, v);
 		else if (param(line, n, "client: ", &v, &vl))
 			snprintf(e->client, sizeof(e->client), "%.*s", (int)vl, v);
+		else if (param(line, n, "auth: ", &v, &vl) && !e->env.auth) {
+			if (!(e->env.auth = strndup(v, vl)))
+				return -1;
+		}
 		else if (param(line, n, "from: ", &v, &vl) && !e->env.from) {
 			if (!(e->env.from = read_path(v, vl, &used, true)))
 				return -1;
@@ -206,6 +214,7 @@ void envelope_full_free(struct envelope_full *e)
 {
 	free(e->env.from);
 	free(e->env.envid);
+	free(e->env.auth);
 	for (unsigned i = 0; i < e->env.nrcpt; i++) {
 		free(e->env.rcpt[i].addr);
 		free(e->env.rcpt[i].orcpt);

@@ -16,6 +16,7 @@
 #include "spool.h"
 #include "stats.h"
 #include "tls.h"
+#include "auth.h"
 #include "throttle.h"
 #include "resolver.h"
 #include "worker.h"
@@ -226,13 +227,46 @@ static int reload_config(const char *path, struct app *app, struct worker *worke
 	return 0;
 }
 
+/* --hash-password: a password on stdin (one trailing newline is not part
+ * of it), its yescrypt hash on stdout: the part after "name:" in an
+ * auth_users_file line. */
+static int hash_password(void)
+{
+	char pw[1024], hash[256];
+	size_t n = fread(pw, 1, sizeof(pw) - 1, stdin);
+	if (n == sizeof(pw) - 1 && !feof(stdin)) {
+		fprintf(stderr, "postern: password longer than %zu bytes\n", sizeof(pw) - 2);
+		return 1;
+	}
+	pw[n] = '\0';
+	if (n && pw[n - 1] == '\n')
+		pw[--n] = '\0';
+	if (n && pw[n - 1] == '\r')
+		pw[--n] = '\0';
+	if (!n || strlen(pw) != n || n > SMTP_AUTH_NAME_MAX) {
+		fprintf(stderr, "postern: the password must be 1 to %d bytes, without NUL\n",
+			SMTP_AUTH_NAME_MAX);
+		auth_wipe(pw, sizeof(pw));
+		return 1;
+	}
+	bool ok = auth_hash_password(pw, hash, sizeof(hash));
+	auth_wipe(pw, sizeof(pw));
+	if (!ok) {
+		fprintf(stderr, "postern: crypt failed\n");
+		return 1;
+	}
+	printf("%s\n", hash);
+	return 0;
+}
+
 static void usage(FILE *out)
 {
 	fprintf(out,
 		"usage: postern -c FILE [--check]\n"
 		"  -c, --config FILE  configuration file (libconfig syntax)\n"
 		"      --check        validate FILE, print the resolved connectors, exit\n"
-		"  -V, --version      print the version\n");
+		"  -V, --version      print the version\n"
+		"      --hash-password  read a password on stdin, print its hash for auth_users_file\n");
 }
 
 int main(int argc, char **argv)
@@ -241,6 +275,7 @@ int main(int argc, char **argv)
 		{"config", required_argument, NULL, 'c'},
 		{"check", no_argument, NULL, 'k'},
 		{"version", no_argument, NULL, 'V'},
+		{"hash-password", no_argument, NULL, 'H'},
 		{"help", no_argument, NULL, 'h'},
 		{NULL, 0, NULL, 0},
 	};
@@ -258,6 +293,8 @@ int main(int argc, char **argv)
 		case 'V':
 			printf("postern %s\n", POSTERN_VERSION);
 			return 0;
+		case 'H':
+			return hash_password();
 		case 'h':
 			usage(stdout);
 			return 0;
@@ -337,6 +374,13 @@ int main(int argc, char **argv)
 	struct resolver *resolver = resolver_new(conf->dns_servers, err, sizeof(err));
 	if (!resolver)
 		log_msg(LOG_WARN, "event=resolver_unavailable error=\"%s\"", err);
+	/* AUTH verifiers: crypt off the workers; two threads at most, so a
+	 * flood of AUTH attempts takes at most two cores' worth of time, and
+	 * a bounded queue beyond which AUTH answers 454. */
+	long ncpu = sysconf(_SC_NPROCESSORS_ONLN);
+	struct authd *authd = authd_start(ncpu > 1 ? 2 : 1, 256);
+	if (!authd)
+		log_msg(LOG_WARN, "event=auth_unavailable error=\"cannot start verifier threads\"");
 
 	unsigned nw = conf->workers;
 	struct worker *workers = calloc(nw, sizeof(*workers));
@@ -355,6 +399,7 @@ int main(int argc, char **argv)
 		w->spool_shared = &store;
 		w->ctx.throttle = &throttle;
 		w->ctx.resolver = resolver;
+		w->ctx.authd = authd;
 		w->ctx.nworkers = nw;
 		w->backend = backend;
 		w->peers = peers;
@@ -441,6 +486,7 @@ int main(int argc, char **argv)
 	free(peers);
 	if (resolver)
 		resolver_free(resolver);
+	authd_stop(authd);
 	spool_close(&store);
 	throttle_free(&throttle);
 	conf_unref(app.conf);

@@ -75,6 +75,8 @@ void metrics_totals(struct worker_metrics **w, unsigned nw, struct metrics_total
 	}
 }
 
+const char *const auth_result_names[AUTH_RESULTS] = {"ok", "failed", "temporary"};
+
 const char *const tls_out_names[TLS_OUT_RESULTS] = {"ok", "not_offered", "failed",
 							   "untrusted", "name_mismatch"};
 
@@ -328,6 +330,30 @@ void metrics_print_prometheus(FILE *out, struct metrics_registry *r,
 				(unsigned long long)tv[k]);
 		}
 	}
+	family(out, "postern_auth_total", "counter",
+	       "Inbound SMTP AUTH attempts, by receive connector and result (ok, failed, temporary).");
+	for (unsigned id = 0; id < n; id++)
+		for (int k = 0; k < AUTH_RESULTS; k++) {
+			uint64_t v = 0;
+			for (unsigned i = 0; i < nw; i++)
+				v += metric_get(&w[i]->conn[id].auth[k]);
+			fputs("postern_auth_total{connector=\"", out);
+			label(out, r->names[id]);
+			fprintf(out, "\",result=\"%s\"} %llu\n", auth_result_names[k],
+				(unsigned long long)v);
+		}
+	family(out, "postern_auth_outbound_total", "counter",
+	       "SMTP AUTH to the next hop, by send connector and result (ok, failed: refused credentials, temporary).");
+	for (unsigned id = 0; id < ns; id++)
+		for (int k = 0; k < AUTH_RESULTS; k++) {
+			uint64_t v = 0;
+			for (unsigned i = 0; i < nw; i++)
+				v += metric_get(&w[i]->send[id].auth[k]);
+			fputs("postern_auth_outbound_total{send_connector=\"", out);
+			label(out, sr->names[id]);
+			fprintf(out, "\",result=\"%s\"} %llu\n", auth_result_names[k],
+				(unsigned long long)v);
+		}
 	family(out, "postern_io_backend_info", "gauge",
 	       "The I/O backend the workers run on (io_uring, or epoll where io_uring is blocked).");
 	fprintf(out, "postern_io_backend_info{backend=\"%s\"} 1\n", io_backend);

@@ -30,7 +30,11 @@ struct connector_counters {
 	_Atomic uint64_t rejected[SMTP_REJECT_COUNT];
 	_Atomic uint64_t tls_ok;          /* STARTTLS handshakes completed */
 	_Atomic uint64_t tls_failed;
+	_Atomic uint64_t auth[3];         /* AUTH outcomes: enum auth_result */
 };
+
+enum auth_result { AUTH_RESULT_OK, AUTH_RESULT_FAILED, AUTH_RESULT_TEMPORARY, AUTH_RESULTS };
+extern const char *const auth_result_names[AUTH_RESULTS];
 
 /* Upper bounds, in microseconds, of postern_accept_latency_seconds. */
 #define LATENCY_BUCKETS 14
@@ -57,6 +61,7 @@ struct send_counters {
 	_Atomic uint64_t throttled;
 	_Atomic uint64_t connections;
 	_Atomic uint64_t tls[TLS_OUT_RESULTS];
+	_Atomic uint64_t auth[AUTH_RESULTS];  /* AUTH to the next hop, per session */
 };
 
 struct worker_metrics {

@@ -45,10 +45,12 @@ static const char *routable(const struct rconn *rc, const struct smtp_path *rcpt
 	return conf_route(c, rcpt->domain.p, rcpt->domain.len) ? NULL : R_UNABLE_TO_ROUTE;
 }
 
-const char *relay_rcpt_policy(void *ctx, const struct smtp_path *rcpt)
+const char *relay_rcpt_policy(void *ctx, const struct smtp_path *rcpt, bool authenticated)
 {
 	const struct rconn *rc = ctx;
 	if (rc->perms & (PERM_ANONYMOUS_RELAY | PERM_EXTERNALLY_SECURED))
+		return routable(rc, rcpt);
+	if (authenticated && (rc->perms & PERM_AUTHENTICATED))
 		return routable(rc, rcpt);
 	if (rcpt->domain.len == 0)
 		return routable(rc, rcpt); /* <Postmaster>: always ours (RFC 5321 4.5.1) */

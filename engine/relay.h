@@ -11,8 +11,10 @@
 
 struct conf;
 
-/* smtp_server_params.rcpt_policy; ctx is the struct rconn. NULL accepts. */
-const char *relay_rcpt_policy(void *ctx, const struct smtp_path *rcpt);
+/* smtp_server_params.rcpt_policy; ctx is the struct rconn. NULL accepts.
+ * authenticated: the session passed SMTP AUTH (the connector's
+ * "authenticated" group then relays). */
+const char *relay_rcpt_policy(void *ctx, const struct smtp_path *rcpt, bool authenticated);
 
 /* True when domain (any case, len bytes) is one of the accepted domains. */
 bool relay_domain_accepted(const struct conf *c, const char *domain, size_t len);

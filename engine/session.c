@@ -13,6 +13,7 @@
 #include <time.h>
 #include <unistd.h>
 
+#include "auth.h"
 #include "envelope.h"
 #include "listener.h"
 #include "log.h"
@@ -49,6 +50,7 @@ static void on_reject(void *ctx, enum smtp_reject why, const char *reply,
 static void on_command(void *ctx, const char *line, size_t len);
 static bool admit_message(void *ctx);
 static bool on_starttls(void *ctx);
+static void auth_start(struct wctx *w, struct conn *c);
 static void tls_recv(struct wctx *w, struct conn *c, const char *p, size_t n);
 
 static void process(struct wctx *w, struct conn *c)
@@ -225,7 +227,9 @@ static bool admit_message(void *ctx)
 	log_msg(LOG_INFO,
 		"event=throttle reason=message_rate connector=%s client=%s source=%s limit=%u/min tokens=%.2f",
 		log_quote(q, sizeof(q), c->rc->name), c->peer,
-		c->rc->message_rate_source == RATE_SOURCE_ALL ? "all" : "ip", rate, left);
+		c->rc->message_rate_source == RATE_SOURCE_ALL ? "all"
+		: c->smtp.authenticated && c->rc->message_rate_source == RATE_SOURCE_USER ? "user"
+		: "ip", rate, left);
 	return false;
 }
 
@@ -423,15 +427,17 @@ static void log_received(struct wctx *w, struct conn *c)
 			break; /* full: snprintf cut it short */
 	}
 	snprintf(reply, sizeof(reply), "250 2.6.0 <%s> Queued mail for delivery", c->msgid);
-	char tls[120] = "";
+	char tls[120] = "", au[SMTP_AUTH_NAME_MAX * 2 + 16] = "", qa[SMTP_AUTH_NAME_MAX * 2 + 8];
 	if (c->tls)
 		snprintf(tls, sizeof(tls), " tls=%s cipher=%s", tls_version(c->tls),
 			 tls_cipher(c->tls));
+	if (c->smtp.authenticated)
+		snprintf(au, sizeof(au), " auth=%s", log_quote(qa, sizeof(qa), c->smtp.auth_user));
 	log_msg(LOG_INFO,
-		"event=receive id=%s from=%s to=%s nrcpt=%u connector=%s client=%s size=%llu%s reply=%s worker=%u",
+		"event=receive id=%s from=%s to=%s nrcpt=%u connector=%s client=%s size=%llu%s%s reply=%s worker=%u",
 		c->msgid, log_quote(q2, sizeof(q2), from), log_quote(q3, sizeof(q3), to),
 		e->nrcpt, log_quote(q1, sizeof(q1), c->rc->name), c->peer,
-		(unsigned long long)c->msg_size, tls, log_quote(q4, sizeof(q4), reply), w->id);
+		(unsigned long long)c->msg_size, tls, au, log_quote(q4, sizeof(q4), reply), w->id);
 }
 
 /* Feeds input to the state machine until it needs more, must wait (send or
@@ -459,6 +465,9 @@ static size_t feed(struct wctx *w, struct conn *c, const char *in, size_t len,
 			break;
 		case SMTP_EV_CLOSE:
 			c->close_after_send = true;
+			return used;
+		case SMTP_EV_AUTH:
+			auth_start(w, c);
 			return used;
 		case SMTP_EV_STARTTLS:
 			/* RFC 3207 (CVE-2011-0411): whatever followed the
@@ -644,6 +653,90 @@ static void tls_recv(struct wctx *w, struct conn *c, const char *p, size_t n)
 	}
 	if (!c->closing && !c->smtp.out.len)
 		tls_flush(w, c);
+}
+
+/* ---- AUTH ---------------------------------------------------------------- */
+
+static const char *const mech_names[] = {"PLAIN", "LOGIN"};
+
+static void auth_log(struct wctx *w, struct conn *c, enum auth_result res, uint64_t cost_us)
+{
+	char q[160], qu[600];
+	metric_add(&w->m->conn[c->rc->stats_id].auth[res], 1);
+	log_msg(res == AUTH_RESULT_OK ? LOG_INFO : LOG_WARN,
+		"event=auth client=%s connector=%s user=%s mechanism=%s result=%s failures=%u cost_ms=%.1f worker=%u",
+		c->peer, log_quote(q, sizeof(q), c->rc->name),
+		log_quote(qu, sizeof(qu), c->auth_name), mech_names[c->smtp.auth_step ? 1 : 0],
+		auth_result_names[res], c->smtp.auth_failures + (res == AUTH_RESULT_FAILED),
+		(double)cost_us / 1000.0, w->id);
+}
+
+/* The state machine's answer, and what it changes for the session. */
+static void auth_done(struct wctx *w, struct conn *c, bool ok, bool temp, uint64_t cost_us)
+{
+	auth_log(w, c, ok ? AUTH_RESULT_OK : temp ? AUTH_RESULT_TEMPORARY : AUTH_RESULT_FAILED,
+		 cost_us);
+	smtp_server_auth_result(&c->smtp, ok, temp);
+	/* message_rate_source = "user": from now on this user's bucket. */
+	if (ok && c->th_rate && c->rc->message_rate_source == RATE_SOURCE_USER) {
+		char key[SMTP_AUTH_NAME_MAX + 8];
+		snprintf(key, sizeof(key), "user:%s", c->smtp.auth_user);
+		struct throttle_entry *e = throttle_entry(w->throttle, c->rc->stats_id, key);
+		if (e)
+			c->th_rate = e;
+	}
+}
+
+/* SMTP_EV_AUTH: the check goes to a verifier thread (crypt is slow by
+ * design); an unknown name is checked against a decoy of the same cost.
+ * The session waits in SMTP_S_AUTH_CHECK. */
+static void auth_start(struct wctx *w, struct conn *c)
+{
+	snprintf(c->auth_name, sizeof(c->auth_name), "%s", c->smtp.auth_user);
+	const char *hash = auth_users_hash(c->rc->users, c->smtp.auth_user);
+	struct auth_req *r = w->authd ? calloc(1, sizeof(*r)) : NULL;
+	if (!r) {
+		auth_wipe(c->smtp.auth_pass, sizeof(c->smtp.auth_pass));
+		auth_done(w, c, false, true, 0);
+		return;
+	}
+	r->known = hash != NULL;
+	snprintf(r->hash, sizeof(r->hash), "%s", hash ? hash : auth_decoy_hash());
+	memcpy(r->pass, c->smtp.auth_pass, sizeof(r->pass));
+	auth_wipe(c->smtp.auth_pass, sizeof(c->smtp.auth_pass));
+	r->reply_to = &w->auth_done;
+	r->wake = w->io;
+	r->tag = conn_tag(IO_OP_RECV, c);
+	if (!authd_submit(w->authd, r)) {
+		auth_wipe(r->pass, sizeof(r->pass));
+		free(r);
+		auth_done(w, c, false, true, 0); /* 454: the verifiers are saturated */
+	}
+}
+
+void session_auth_results(struct wctx *w)
+{
+	for (struct mailbox_node *n = mailbox_take(&w->auth_done), *next; n; n = next) {
+		next = n->next;
+		struct auth_req *r = (struct auth_req *)n;
+		struct conn *c = conn_lookup(w->conns, (uint32_t)(r->tag >> 32) & 0xffffff,
+					     (uint32_t)r->tag);
+		if (c && !c->closing && c->smtp.state == SMTP_S_AUTH_CHECK) {
+			hold(c);
+			auth_done(w, c, r->ok, false, r->cost_us);
+			process(w, c);
+			release(w, c);
+		}
+		free(r);
+	}
+}
+
+void session_auth_discard(struct wctx *w)
+{
+	for (struct mailbox_node *n = mailbox_take(&w->auth_done), *next; n; n = next) {
+		next = n->next;
+		free(n);
+	}
 }
 
 /* Completion handlers hold the connection while they run: processing may

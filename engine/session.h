@@ -28,6 +28,10 @@ void session_on_durable(struct wctx *w, struct spool_msg *m, bool ok);
 void session_buffers_returned(struct wctx *w);
 /* Timeouts and the graceful stop; called per connection each tick. */
 void session_tick(struct wctx *w, struct conn *c);
+/* AUTH verifier answers in w->auth_done (after a wake). */
+void session_auth_results(struct wctx *w);
+/* At worker exit: answers nobody waits for any more are freed. */
+void session_auth_discard(struct wctx *w);
 void session_close(struct wctx *w, struct conn *c);
 
 #endif

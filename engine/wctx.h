@@ -12,8 +12,10 @@
 
 #include "config.h"
 #include "io.h"
+#include "mailbox.h"
 #include "metrics.h"
 
+struct authd;
 struct conn_table;
 struct deliver;
 struct queue;
@@ -32,6 +34,8 @@ struct wctx {
 	uint64_t stop_deadline_ms;
 	struct throttle *throttle;     /* shared, across workers */
 	struct resolver *resolver;     /* shared, owned by main */
+	struct authd *authd;           /* shared AUTH verifiers, owned by main */
+	struct mailbox auth_done;      /* their answers (struct auth_req) */
 	struct spool_worker *spool;
 	struct queue *queue;
 	struct deliver *dl;

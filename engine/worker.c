@@ -14,6 +14,7 @@
 #include <string.h>
 #include <unistd.h>
 
+#include "auth.h"
 #include "deliver.h"
 #include "log.h"
 #include "session.h"
@@ -251,6 +252,7 @@ static void on_wake(struct worker *w, const struct io_cqe *e)
 	if (!w->ctx.stopping && atomic_load(&w->stop_requested))
 		begin_stop(w);
 	deliver_wake(w->ctx.dl);
+	session_auth_results(&w->ctx);
 	if (atomic_exchange(&w->flush_requested, false))
 		queue_flush_all(&w->queue);
 }
@@ -326,6 +328,7 @@ static int setup(struct worker *w)
 	x->conns = &w->conns;
 	x->m = &w->m;
 	x->buf_returned = session_buffers_returned;
+	mailbox_init(&x->auth_done);
 	x->buf_refs = calloc(BUF_COUNT, sizeof(*x->buf_refs));
 	if (!x->buf_refs || conn_table_init(&w->conns, MAX_CONNS_PER_WORKER) < 0) {
 		snprintf(w->err, sizeof(w->err), "out of memory");
@@ -436,6 +439,10 @@ void worker_join(struct worker *w)
 	for (unsigned b = 0; b < w->nlisten; b++)
 		if (w->listen_fds[b] >= 0)
 			close(w->listen_fds[b]);
+	/* No verifier answers into this worker any more. */
+	authd_forget(w->ctx.authd, &w->ctx.auth_done);
+	session_auth_discard(&w->ctx);
+	mailbox_destroy(&w->ctx.auth_done);
 	/* Closed here, not on the worker thread: other threads may still
 	 * wake it until it is joined. */
 	if (w->peers)

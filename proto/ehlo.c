@@ -13,6 +13,10 @@ bool smtp_ehlo_reply(struct smtp_reply_buf *b, const char *hostname,
 		snprintf(size, sizeof(size), "250-SIZE %" PRIu64, caps->max_size);
 	else
 		snprintf(size, sizeof(size), "250-SIZE");
+	char auth[40] = "";
+	if (caps->auth_mechs)
+		snprintf(auth, sizeof(auth), "250-AUTH%s%s", caps->auth_mechs & 1 ? " PLAIN" : "",
+			 caps->auth_mechs & 2 ? " LOGIN" : "");
 	size_t mark = b->len;
 	bool ok = smtp_reply_addf(b, "250-%s Hello [%s]", hostname, client_ip) &&
 		  smtp_reply_add(b, "250-PIPELINING") &&
@@ -21,6 +25,7 @@ bool smtp_ehlo_reply(struct smtp_reply_buf *b, const char *hostname,
 		  smtp_reply_add(b, "250-ENHANCEDSTATUSCODES") &&
 		  smtp_reply_add(b, "250-DSN") &&
 		  (!caps->starttls || smtp_reply_add(b, "250-STARTTLS")) &&
+		  (!auth[0] || smtp_reply_add(b, auth)) &&
 		  smtp_reply_add(b, "250 SMTPUTF8");
 	if (!ok)
 		b->len = mark;

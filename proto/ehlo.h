@@ -10,6 +10,7 @@
 struct smtp_ehlo_caps {
 	uint64_t max_size; /* announced as "SIZE n"; 0 = no fixed limit ("SIZE") */
 	bool starttls;
+	unsigned auth_mechs; /* SMTP_AUTH_* bits (smtp_server.h): "AUTH PLAIN LOGIN" */
 };
 
 /* Appends the whole multi-line 250 reply; false when it does not fit. */

@@ -42,6 +42,13 @@
 #define R_TLS_UNAVAILABLE    "454 4.7.0 TLS not available due to temporary reason"
 #define R_TLS_REQUIRED       "530 5.7.0 Must issue a STARTTLS command first"
 #define R_CLIENT_CERT_REQUIRED "530 5.7.1 Valid client certificate required"
+#define R_AUTH_OK            "235 2.7.0 Authentication successful"
+#define R_AUTH_INVALID       "535 5.7.8 Authentication credentials invalid"
+#define R_AUTH_NEED_TLS      "538 5.7.11 Encryption required for requested authentication mechanism"
+#define R_AUTH_CANCELLED     "501 5.0.0 Authentication cancelled"
+#define R_AUTH_BAD_RESPONSE  "501 5.5.2 Cannot decode response"
+#define R_AUTH_MECHANISM     "504 5.5.4 Unrecognized authentication type"
+#define R_AUTH_TEMPORARY     "454 4.7.0 Temporary authentication failure"
 #define R_STORAGE_FULL       "452 4.3.1 Insufficient system storage"
 #define R_LOCAL_ERROR        "451 4.3.0 Local error in processing"
 

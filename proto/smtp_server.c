@@ -8,6 +8,7 @@
 #include <string.h>
 #include <strings.h>
 
+#include "base64.h"
 #include "ehlo.h"
 #include "received.h"
 
@@ -24,6 +25,7 @@ static void envelope_reset(struct smtp_envelope *e)
 {
 	free(e->from);
 	free(e->envid);
+	free(e->auth);
 	for (unsigned i = 0; i < e->nrcpt; i++) {
 		free(e->rcpt[i].addr);
 		free(e->rcpt[i].orcpt);
@@ -63,6 +65,7 @@ static const char *const reject_names[SMTP_REJECT_COUNT] = {
 	[SMTP_REJECT_TOO_MANY_ERRORS] = "too_many_errors",
 	[SMTP_REJECT_TLS_REQUIRED] = "tls_required",
 	[SMTP_REJECT_CLIENT_CERT] = "client_certificate",
+	[SMTP_REJECT_AUTH_TLS] = "auth_without_tls",
 };
 
 const char *smtp_reject_name(enum smtp_reject r)
@@ -124,7 +127,8 @@ static enum smtp_ev do_hello(struct smtp_server *s, const struct smtp_cmd *c,
 		return SMTP_EV_NEED_INPUT;
 	}
 	struct smtp_ehlo_caps caps = {.max_size = size_limit(s),
-				      .starttls = s->p->starttls && !s->tls};
+				      .starttls = s->p->starttls && !s->tls,
+				      .auth_mechs = smtp_server_auth_offered(s) ? s->p->auth_mechs : 0};
 	smtp_ehlo_reply(&s->out, s->p->hostname, s->client_ip, &caps);
 	return SMTP_EV_NEED_INPUT;
 }
@@ -151,7 +155,7 @@ static enum smtp_ev cmd_mail(struct smtp_server *s, const struct smtp_cmd *c)
 		refuse(s, SMTP_REJECT_CLIENT_CERT, R_CLIENT_CERT_REQUIRED, NULL);
 		return SMTP_EV_NEED_INPUT;
 	}
-	if (!s->p->may_submit) {
+	if (!s->p->may_submit && !s->authenticated) {
 		refuse(s, SMTP_REJECT_NOT_AUTHENTICATED, R_NOT_AUTHENTICATED, NULL);
 		return SMTP_EV_NEED_INPUT;
 	}
@@ -183,7 +187,8 @@ static enum smtp_ev cmd_mail(struct smtp_server *s, const struct smtp_cmd *c)
 	envelope_reset(&s->env);
 	s->env.from = m.path.is_null ? strdup("") : strndup(m.path.mailbox.p, m.path.mailbox.len);
 	s->env.envid = m.envid.p ? strndup(m.envid.p, m.envid.len) : NULL;
-	if (!s->env.from || (m.envid.p && !s->env.envid)) {
+	s->env.auth = s->authenticated ? strdup(s->auth_user) : NULL;
+	if (!s->env.from || (m.envid.p && !s->env.envid) || (s->authenticated && !s->env.auth)) {
 		envelope_reset(&s->env);
 		reply(s, R_LOCAL_ERROR);
 		return SMTP_EV_NEED_INPUT;
@@ -246,7 +251,7 @@ static enum smtp_ev cmd_rcpt(struct smtp_server *s, const struct smtp_cmd *c)
 		return SMTP_EV_NEED_INPUT;
 	}
 	const char *refusal = s->p->rcpt_policy
-		? s->p->rcpt_policy(s->p->policy_ctx, &r.path) : NULL;
+		? s->p->rcpt_policy(s->p->policy_ctx, &r.path, s->authenticated) : NULL;
 	if (refusal) {
 		char rcpt[SMTP_PATH_MAX + 1];
 		size_t n = r.path.mailbox.len < SMTP_PATH_MAX ? r.path.mailbox.len : SMTP_PATH_MAX;
@@ -351,6 +356,158 @@ static enum smtp_ev cmd_starttls(struct smtp_server *s, const struct smtp_cmd *c
 	return SMTP_EV_STARTTLS;
 }
 
+/* ---- AUTH (RFC 4954: PLAIN RFC 4616, LOGIN) ---------------------------- */
+
+enum { AUTH_STEP_PLAIN, AUTH_STEP_LOGIN_USER, AUTH_STEP_LOGIN_PASS };
+
+static void auth_wipe(struct smtp_server *s)
+{
+	/* volatile: the wipe must not be optimised away */
+	volatile char *p = s->auth_pass;
+	for (size_t i = 0; i < sizeof(s->auth_pass); i++)
+		p[i] = 0;
+}
+
+static enum smtp_ev auth_fail_reply(struct smtp_server *s, const char *text)
+{
+	auth_wipe(s);
+	s->auth_user[0] = '\0';
+	set_state(s, SMTP_S_READY);
+	reply(s, text);
+	return SMTP_EV_NEED_INPUT;
+}
+
+/* Decodes one base64 response ("=" is an empty one) into out. */
+static bool auth_decode(const char *p, size_t n, unsigned char *out, size_t cap, size_t *len)
+{
+	if (n == 1 && p[0] == '=') {
+		*len = 0;
+		return true;
+	}
+	return base64_decode(p, n, out, cap, len);
+}
+
+static bool copy_name(char *dst, const unsigned char *p, size_t n)
+{
+	if (n > SMTP_AUTH_NAME_MAX || memchr(p, '\0', n))
+		return false;
+	memcpy(dst, p, n);
+	dst[n] = '\0';
+	return true;
+}
+
+/* One response (the initial one or a continuation line). */
+static enum smtp_ev auth_response(struct smtp_server *s, const char *p, size_t n)
+{
+	if (n == 1 && p[0] == '*')
+		return auth_fail_reply(s, R_AUTH_CANCELLED);
+	unsigned char buf[3 * SMTP_AUTH_NAME_MAX + 3];
+	size_t len;
+	if (!auth_decode(p, n, buf, sizeof(buf), &len))
+		return auth_fail_reply(s, R_AUTH_BAD_RESPONSE);
+	switch (s->auth_step) {
+	case AUTH_STEP_PLAIN: {
+		/* authzid NUL authcid NUL passwd; an authzid other than the
+		 * authcid (acting for someone else) is not allowed. */
+		const unsigned char *z = memchr(buf, '\0', len);
+		const unsigned char *c = z ? memchr(z + 1, '\0', len - (size_t)(z + 1 - buf)) : NULL;
+		if (!c)
+			return auth_fail_reply(s, R_AUTH_BAD_RESPONSE);
+		size_t zl = (size_t)(z - buf), cl = (size_t)(c - z - 1);
+		size_t pl = len - (size_t)(c + 1 - buf);
+		if (!copy_name(s->auth_user, z + 1, cl) || !copy_name(s->auth_pass, c + 1, pl) ||
+		    (zl && (zl != cl || memcmp(buf, z + 1, zl) != 0))) {
+			/* not credentials we can check: a failure like a wrong one */
+			auth_wipe(s);
+			s->auth_pass[0] = '\0';
+			s->auth_user[0] = '\0';
+			set_state(s, SMTP_S_AUTH_CHECK);
+			smtp_server_auth_result(s, false, false);
+			return s->state == SMTP_S_CLOSING ? SMTP_EV_CLOSE : SMTP_EV_NEED_INPUT;
+		}
+		break;
+	}
+	case AUTH_STEP_LOGIN_USER:
+		if (!copy_name(s->auth_user, buf, len))
+			return auth_fail_reply(s, R_AUTH_BAD_RESPONSE);
+		s->auth_step = AUTH_STEP_LOGIN_PASS;
+		set_state(s, SMTP_S_AUTH);
+		reply(s, "334 UGFzc3dvcmQ6"); /* "Password:" */
+		return SMTP_EV_NEED_INPUT;
+	case AUTH_STEP_LOGIN_PASS:
+		if (!copy_name(s->auth_pass, buf, len))
+			return auth_fail_reply(s, R_AUTH_BAD_RESPONSE);
+		break;
+	}
+	set_state(s, SMTP_S_AUTH_CHECK);
+	return SMTP_EV_AUTH;
+}
+
+static enum smtp_ev cmd_auth(struct smtp_server *s, const struct smtp_cmd *c)
+{
+	if (!s->p->auth_mechs)
+		return cmd_unknown(s, c);
+	if (s->authenticated || s->state != SMTP_S_READY)
+		return proto_error(s, R_BAD_SEQUENCE);
+	if (!s->tls && !s->p->auth_without_tls) {
+		refuse(s, SMTP_REJECT_AUTH_TLS, R_AUTH_NEED_TLS, NULL);
+		return SMTP_EV_NEED_INPUT;
+	}
+	const char *a = c->arg, *end = c->arg + c->arg_len;
+	const char *sp = memchr(a, ' ', c->arg_len);
+	size_t ml = (size_t)((sp ? sp : end) - a);
+	const char *ir = sp ? sp + 1 : NULL;
+	while (ir && ir < end && *ir == ' ')
+		ir++;
+	unsigned mech = 0;
+	if (ml == 5 && strncasecmp(a, "PLAIN", 5) == 0)
+		mech = SMTP_AUTH_PLAIN;
+	else if (ml == 5 && strncasecmp(a, "LOGIN", 5) == 0)
+		mech = SMTP_AUTH_LOGIN;
+	if (!ml)
+		return proto_error(s, R_SYNTAX);
+	if (!(mech & s->p->auth_mechs)) {
+		reply(s, R_AUTH_MECHANISM);
+		return SMTP_EV_NEED_INPUT;
+	}
+	s->auth_user[0] = '\0';
+	s->auth_step = mech == SMTP_AUTH_PLAIN ? AUTH_STEP_PLAIN : AUTH_STEP_LOGIN_USER;
+	if (ir && ir < end)
+		return auth_response(s, ir, (size_t)(end - ir));
+	set_state(s, SMTP_S_AUTH);
+	/* PLAIN: an empty challenge; LOGIN: "Username:" */
+	reply(s, mech == SMTP_AUTH_PLAIN ? "334 " : "334 VXNlcm5hbWU6");
+	return SMTP_EV_NEED_INPUT;
+}
+
+void smtp_server_auth_result(struct smtp_server *s, bool ok, bool temp)
+{
+	if (s->state != SMTP_S_AUTH_CHECK)
+		return;
+	auth_wipe(s);
+	set_state(s, SMTP_S_READY);
+	if (ok) {
+		s->authenticated = true;
+		reply(s, R_AUTH_OK);
+		return;
+	}
+	s->auth_user[0] = '\0';
+	if (temp) {
+		reply(s, R_AUTH_TEMPORARY);
+		return;
+	}
+	s->auth_failures++;
+	s->rejects++;
+	if (s->p->max_logon_failures && s->auth_failures >= s->p->max_logon_failures) {
+		if (s->hooks.reject)
+			s->hooks.reject(s->hooks.ctx, SMTP_REJECT_TOO_MANY_ERRORS, R_TOO_MANY_ERRORS,
+					NULL);
+		close_with(s, R_TOO_MANY_ERRORS);
+		return;
+	}
+	reply(s, R_AUTH_INVALID);
+}
+
 enum cmd_flags {
 	CMD_NEEDS_HELLO = 1 << 0, /* refused with 503 before HELO/EHLO */
 	CMD_ENDS_IDLE = 1 << 1,   /* a draining session closes before it */
@@ -374,7 +531,7 @@ static const struct {
 	[SMTP_VERB_HELP] = {cmd_help, 0},
 	/* Not offered in EHLO (yet): unrecognised, as RFC 5321 expects. */
 	[SMTP_VERB_STARTTLS] = {cmd_starttls, CMD_ENDS_IDLE},
-	[SMTP_VERB_AUTH] = {cmd_unknown, 0},
+	[SMTP_VERB_AUTH] = {cmd_auth, CMD_ENDS_IDLE},
 	[SMTP_VERB_BDAT] = {cmd_unknown, 0},
 };
 
@@ -396,6 +553,7 @@ void smtp_server_init(struct smtp_server *s, const struct smtp_server_params *p,
 
 void smtp_server_free(struct smtp_server *s)
 {
+	auth_wipe(s);
 	envelope_reset(&s->env);
 }
 
@@ -418,9 +576,16 @@ static size_t feed_commands(struct smtp_server *s, const char *in, size_t len,
 			return used;
 		}
 		enum smtp_ev e;
+		bool auth_line = s->state == SMTP_S_AUTH;
 		if (r == SMTP_CMD_LINE && s->hooks.command)
-			s->hooks.command(s->hooks.ctx, c.line, c.line_len);
-		if (r == SMTP_CMD_TOO_LONG) {
+			/* an AUTH response is a credential: never shown */
+			s->hooks.command(s->hooks.ctx, auth_line ? "****" : c.line,
+					 auth_line ? 4 : c.line_len);
+		if (auth_line && r == SMTP_CMD_TOO_LONG) {
+			e = auth_fail_reply(s, R_AUTH_BAD_RESPONSE);
+		} else if (auth_line) {
+			e = auth_response(s, c.line, c.line_len);
+		} else if (r == SMTP_CMD_TOO_LONG) {
 			e = proto_error(s, R_LINE_TOO_LONG);
 		} else {
 			unsigned f = commands[c.verb].flags;
@@ -520,11 +685,26 @@ size_t smtp_server_feed(struct smtp_server *s, const char *in, size_t len,
 		/* Plaintext after STARTTLS is never executed. */
 		ev->type = SMTP_EV_NEED_INPUT;
 		return len;
+	case SMTP_S_AUTH_CHECK:
+		ev->type = SMTP_EV_WAIT;
+		return 0;
 	case SMTP_S_DATA:
 		return feed_data(s, in, len, ev);
 	default:
 		return feed_commands(s, in, len, ev);
 	}
+}
+
+/* RFC 3848 / RFC 6531: ESMTP plus S for TLS, A for AUTH. */
+static const char *received_protocol(const struct smtp_server *s)
+{
+	static const char *const names[3][4] = {
+		{"SMTP", "SMTPS", "SMTPA", "SMTPSA"},
+		{"ESMTP", "ESMTPS", "ESMTPA", "ESMTPSA"},
+		{"UTF8SMTP", "UTF8SMTPS", "UTF8SMTPA", "UTF8SMTPSA"},
+	};
+	int kind = s->env.smtputf8 ? 2 : s->esmtp ? 1 : 0;
+	return names[kind][(s->tls ? 1 : 0) + (s->authenticated ? 2 : 0)];
 }
 
 size_t smtp_server_begin_message(struct smtp_server *s, const char *msgid,
@@ -541,9 +721,7 @@ size_t smtp_server_begin_message(struct smtp_server *s, const char *msgid,
 		.hostname = s->p->hostname,
 		.connector = s->p->connector,
 		/* RFC 3848 / RFC 6531 protocol types. */
-		.protocol = s->env.smtputf8 ? (s->tls ? "UTF8SMTPS" : "UTF8SMTP")
-			  : s->esmtp ? (s->tls ? "ESMTPS" : "ESMTP")
-			  : (s->tls ? "SMTPS" : "SMTP"),
+		.protocol = received_protocol(s),
 		.tls = s->tls ? s->tls_info : NULL,
 		.id = s->msgid,
 		.for_rcpt = s->env.nrcpt == 1 ? s->env.rcpt[0].addr : NULL,
@@ -598,6 +776,8 @@ void smtp_server_tls_started(struct smtp_server *s, const char *version, const c
 	smtp_cmd_reader_init(&s->rd);
 	s->tls = true;
 	s->client_cert = client_cert;
+	s->authenticated = false; /* RFC 3207 4.2: nothing from before counts */
+	s->auth_user[0] = '\0';
 	snprintf(s->tls_info, sizeof(s->tls_info), "%s with cipher %s", version, cipher);
 	if (s->state != SMTP_S_CLOSING)
 		set_state(s, SMTP_S_GREETED);

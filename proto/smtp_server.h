@@ -31,6 +31,7 @@ enum smtp_reject {
 	SMTP_REJECT_TOO_MANY_ERRORS,/* 421 4.7.0 */
 	SMTP_REJECT_TLS_REQUIRED,   /* 530 5.7.0: MAIL before STARTTLS */
 	SMTP_REJECT_CLIENT_CERT,    /* 530 5.7.1: no verified client certificate */
+	SMTP_REJECT_AUTH_TLS,       /* 538 5.7.11: AUTH before STARTTLS */
 	SMTP_REJECT_COUNT
 };
 
@@ -52,6 +53,10 @@ struct smtp_server_hooks {
 	void *ctx;
 };
 
+enum { SMTP_AUTH_PLAIN = 1 << 0, SMTP_AUTH_LOGIN = 1 << 1 };
+
+#define SMTP_AUTH_NAME_MAX 255   /* user names and passwords, in bytes */
+
 /* What one receive connector allows; owned by the caller, must outlive the
  * session. */
 struct smtp_server_params {
@@ -67,8 +72,15 @@ struct smtp_server_params {
 	bool starttls;                /* offered: the connector has a certificate */
 	bool require_tls;             /* MAIL before STARTTLS: 530 5.7.0 */
 	bool require_client_cert;     /* MAIL without a verified one: 530 5.7.1 */
-	/* Decides one recipient: NULL accepts, else the reply text to send. */
-	const char *(*rcpt_policy)(void *ctx, const struct smtp_path *rcpt);
+	/* SMTP AUTH (RFC 4954): the mechanisms offered (0: AUTH is not), before
+	 * STARTTLS too or only after it, logon failures before 421 (0: no
+	 * limit). A successful AUTH lets the client submit and relay. */
+	unsigned auth_mechs;          /* SMTP_AUTH_* */
+	bool auth_without_tls;
+	unsigned max_logon_failures;
+	/* Decides one recipient: NULL accepts, else the reply text to send.
+	 * authenticated: the session passed AUTH. */
+	const char *(*rcpt_policy)(void *ctx, const struct smtp_path *rcpt, bool authenticated);
 	void *policy_ctx;
 };
 
@@ -82,6 +94,8 @@ enum smtp_state {
 	SMTP_S_CLOSING,     /* last reply queued; close after sending */
 	SMTP_S_STARTTLS,    /* 220 to STARTTLS queued: input is discarded until
 	                     * smtp_server_tls_started() */
+	SMTP_S_AUTH,        /* 334 sent: the next line is an AUTH response */
+	SMTP_S_AUTH_CHECK,  /* credentials handed out: wait for smtp_server_auth_result() */
 };
 
 enum smtp_ev {
@@ -96,6 +110,8 @@ enum smtp_ev {
 	SMTP_EV_STARTTLS,   /* 220 queued: send it, discard every byte received so
 	                     * far (RFC 3207: nothing pipelined after STARTTLS is
 	                     * executed), then run the handshake */
+	SMTP_EV_AUTH,       /* check auth_user/auth_pass, then smtp_server_auth_result();
+	                     * do not feed until then */
 };
 
 struct smtp_event {
@@ -117,6 +133,7 @@ struct smtp_envelope {
 	enum smtp_ret ret;
 	char *envid;        /* or NULL */
 	bool smtputf8;
+	char *auth;         /* the AUTH user of the session, or NULL */
 	struct smtp_rcpt *rcpt;
 	unsigned nrcpt;
 	unsigned rcpt_cap;
@@ -134,6 +151,11 @@ struct smtp_server {
 	bool tls;           /* the session runs inside TLS */
 	bool client_cert;   /* ... with a verified client certificate */
 	char tls_info[160]; /* "TLSv1.3 with cipher ...", for Received: */
+	bool authenticated;
+	unsigned auth_step; /* which response SMTP_S_AUTH waits for */
+	unsigned auth_failures;
+	char auth_user[SMTP_AUTH_NAME_MAX + 1];  /* the name (once authenticated: who) */
+	char auth_pass[SMTP_AUTH_NAME_MAX + 1];  /* only until the result: then wiped */
 	unsigned errors;
 	char client_ip[64];
 	char helo[SMTP_HELO_MAX + 1];
@@ -179,6 +201,17 @@ void smtp_server_abort(struct smtp_server *s, const char *reply);
  * client_cert: the client presented a certificate that verified. */
 void smtp_server_tls_started(struct smtp_server *s, const char *version, const char *cipher,
 			     bool client_cert);
+
+/* After SMTP_EV_AUTH: ok (the credentials are right), or a temporary
+ * failure (temp: 454, the client may retry), else 535 (or 421 past
+ * max_logon_failures). The password is wiped. */
+void smtp_server_auth_result(struct smtp_server *s, bool ok, bool temp);
+
+/* Is AUTH offered right now (EHLO would list it)? */
+static inline bool smtp_server_auth_offered(const struct smtp_server *s)
+{
+	return s->p->auth_mechs && (s->tls || s->p->auth_without_tls) && !s->authenticated;
+}
 
 /* Clears sent replies: the caller has handed out.len bytes to the socket. */
 void smtp_server_sent(struct smtp_server *s);

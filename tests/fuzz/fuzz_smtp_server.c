@@ -23,7 +23,7 @@ struct ctx {
 	unsigned msgno;
 };
 
-static const char *policy(void *c, const struct smtp_path *rcpt)
+static const char *policy(void *c, const struct smtp_path *rcpt, bool authenticated)
 {
 	(void)c;
 	/* refuse anything outside one domain, as an anonymous connector does */

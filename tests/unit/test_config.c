@@ -251,7 +251,7 @@ static void test_relay_policy(void **state)
 						      &p, &used);
 		if (e != SMTP_ARG_OK)
 			fail_msg("%s: parse error %d", s, e);
-		const char *r = relay_rcpt_policy(&c->rc[cases[i].connector], &p);
+		const char *r = relay_rcpt_policy(&c->rc[cases[i].connector], &p, false);
 		if (cases[i].accept && r)
 			fail_msg("%s via %u: refused with %s", s, cases[i].connector, r);
 		if (!cases[i].accept) {
@@ -312,9 +312,9 @@ static void test_send_routing(void **state)
 	struct smtp_path p;
 	size_t used;
 	assert_int_equal(smtp_path_parse("<a@other.example>", 17, 0, &p, &used), SMTP_ARG_OK);
-	CHECK_STR("unroutable", relay_rcpt_policy(&d->rc[0], &p), R_UNABLE_TO_ROUTE);
+	CHECK_STR("unroutable", relay_rcpt_policy(&d->rc[0], &p, false), R_UNABLE_TO_ROUTE);
 	assert_int_equal(smtp_path_parse("<a@drop.example>", 16, 0, &p, &used), SMTP_ARG_OK);
-	assert_null(relay_rcpt_policy(&d->rc[0], &p));
+	assert_null(relay_rcpt_policy(&d->rc[0], &p, false));
 	conf_free(d);
 	conf_free(c);
 }

@@ -745,7 +745,7 @@ static void test_too_many_recipients(void **state)
 	h_free(h);
 }
 
-static const char *relay_policy(void *ctx, const struct smtp_path *rcpt)
+static const char *relay_policy(void *ctx, const struct smtp_path *rcpt, bool authenticated)
 {
 	struct h *h = ctx;
 	h->policy_calls++;

@@ -1,0 +1,80 @@
+/* Base64 (see base64.h). */
+#include "base64.h"
+
+#include <stdint.h>
+
+static const char alphabet[] =
+	"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+
+/* 0..63, or -1 */
+static int value(unsigned char c)
+{
+	if (c >= 'A' && c <= 'Z')
+		return c - 'A';
+	if (c >= 'a' && c <= 'z')
+		return c - 'a' + 26;
+	if (c >= '0' && c <= '9')
+		return c - '0' + 52;
+	if (c == '+')
+		return 62;
+	if (c == '/')
+		return 63;
+	return -1;
+}
+
+bool base64_decode(const char *in, size_t len, unsigned char *out, size_t cap,
+		   size_t *outlen)
+{
+	*outlen = 0;
+	if (len % 4)
+		return false;
+	size_t n = 0;
+	for (size_t i = 0; i < len; i += 4) {
+		const unsigned char *q = (const unsigned char *)in + i;
+		bool last = i + 4 == len;
+		int pad = 0;
+		if (last && q[3] == '=')
+			pad = q[2] == '=' ? 2 : 1;
+		int v[4];
+		for (int k = 0; k < 4 - pad; k++)
+			if ((v[k] = value(q[k])) < 0)
+				return false;
+		if (pad == 0 && n + 3 > cap)
+			return false;
+		if (n + 3 - (size_t)pad > cap)
+			return false;
+		uint32_t w = (uint32_t)v[0] << 18 | (uint32_t)v[1] << 12;
+		if (pad < 2)
+			w |= (uint32_t)v[2] << 6;
+		if (pad < 1)
+			w |= (uint32_t)v[3];
+		/* Canonical form: the bits padding drops are zero. */
+		if ((pad == 2 && (w & 0xffff)) || (pad == 1 && (w & 0xff)))
+			return false;
+		out[n++] = (unsigned char)(w >> 16);
+		if (pad < 2)
+			out[n++] = (unsigned char)(w >> 8);
+		if (pad < 1)
+			out[n++] = (unsigned char)w;
+	}
+	*outlen = n;
+	return true;
+}
+
+size_t base64_encode(const unsigned char *in, size_t len, char *out)
+{
+	size_t o = 0;
+	for (size_t i = 0; i < len; i += 3) {
+		uint32_t w = (uint32_t)in[i] << 16;
+		if (i + 1 < len)
+			w |= (uint32_t)in[i + 1] << 8;
+		if (i + 2 < len)
+			w |= in[i + 2];
+		out[o++] = alphabet[w >> 18 & 63];
+		out[o++] = alphabet[w >> 12 & 63];
+		out[o++] = i + 1 < len ? alphabet[w >> 6 & 63] : '=';
+		out[o++] = i + 2 < len ? alphabet[w & 63] : '=';
+	}
+	out[o] = '\0';
+	return o;
+}
