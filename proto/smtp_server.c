@@ -577,10 +577,25 @@ static size_t feed_commands(struct smtp_server *s, const char *in, size_t len,
 		}
 		enum smtp_ev e;
 		bool auth_line = s->state == SMTP_S_AUTH;
-		if (r == SMTP_CMD_LINE && s->hooks.command)
-			/* an AUTH response is a credential: never shown */
-			s->hooks.command(s->hooks.ctx, auth_line ? "****" : c.line,
-					 auth_line ? 4 : c.line_len);
+		if (r == SMTP_CMD_LINE && s->hooks.command) {
+			/* Credentials are never shown: an AUTH response at all,
+			 * the initial response of an AUTH command. */
+			char masked[64];
+			const char *shown = c.line;
+			size_t shown_len = c.line_len;
+			if (auth_line) {
+				shown = "****";
+				shown_len = 4;
+			} else if (c.verb == SMTP_VERB_AUTH) {
+				const char *sp = memchr(c.arg, ' ', c.arg_len);
+				size_t keep = (size_t)((sp ? sp : c.arg + c.arg_len) - c.line);
+				int k = snprintf(masked, sizeof(masked), "%.*s%s",
+						 (int)(keep < 40 ? keep : 40), c.line, sp ? " ****" : "");
+				shown = masked;
+				shown_len = (size_t)k;
+			}
+			s->hooks.command(s->hooks.ctx, shown, shown_len);
+		}
 		if (auth_line && r == SMTP_CMD_TOO_LONG) {
 			e = auth_fail_reply(s, R_AUTH_BAD_RESPONSE);
 		} else if (auth_line) {

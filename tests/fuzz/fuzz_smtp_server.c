@@ -20,6 +20,7 @@ struct ctx {
 	size_t msg_len, msg_cap;
 	bool in_data, closed, storing;
 	bool store_ok, store_full, defer, cert;
+	int auth_answer;
 	unsigned msgno;
 };
 
@@ -153,6 +154,18 @@ static void run(struct ctx *c, char *in, size_t *inlen)
 			send_out(c);
 			c->closed = true;
 			return;
+		case SMTP_EV_AUTH:
+			if (c->s.state != SMTP_S_AUTH_CHECK || c->s.authenticated)
+				abort();
+			smtp_server_auth_result(&c->s, c->auth_answer == 0, c->auth_answer == 2);
+			if (c->s.auth_pass[0])
+				abort(); /* the password outlives its check */
+			if (c->s.state == SMTP_S_CLOSING) {
+				send_out(c);
+				c->closed = true;
+				return;
+			}
+			break;
 		case SMTP_EV_STARTTLS:
 			/* The 220 is the last reply; the rest of the read is
 			 * dropped, then the "handshake" completes. */
@@ -191,6 +204,9 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 	p.starttls = data[4] & 8;
 	p.require_tls = data[3] & 0x80;
 	p.require_client_cert = data[3] & 0x40;
+	p.auth_mechs = (data[6] >> 2) & 3;
+	p.auth_without_tls = data[6] & 0x10;
+	p.max_logon_failures = data[2] & 3;
 	if (data[4] & 4)
 		p.rcpt_policy = policy;
 	size_t chunk = 1 + data[5] % 64;
@@ -201,6 +217,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 	c.store_full = data[7] & 2;
 	c.defer = data[7] & 4;
 	c.cert = data[2] & 0x80;
+	c.auth_answer = (data[6] >> 5) % 3;
 	bool drain_midway = data[7] & 8;
 	bool abort_midway = data[7] & 16;
 	bool use_v6 = data[7] & 32;

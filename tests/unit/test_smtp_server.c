@@ -82,6 +82,10 @@ struct h {
 	unsigned env_nrcpt;
 	unsigned sends, flushes, begins, ends, rejects, closes, waits, starttls;
 	bool tls_refuse;        /* the starttls hook fails (454) */
+	unsigned auth_events;
+	char auth_user[300], auth_pass[300];
+	int auth_answer;        /* 0 ok, 1 wrong, 2 temporary */
+	char commands[2048];    /* what the command hook saw, "|"-joined */
 	unsigned starttls_hook_calls;
 	size_t max_out;
 	bool closed, storing;
@@ -217,6 +221,12 @@ static void h_run(struct h *h)
 		case SMTP_EV_STARTTLS:
 			h->starttls++;
 			break;
+		case SMTP_EV_AUTH:
+			h->auth_events++;
+			snprintf(h->auth_user, sizeof(h->auth_user), "%s", h->s.auth_user);
+			snprintf(h->auth_pass, sizeof(h->auth_pass), "%s", h->s.auth_pass);
+			assert_int_equal(h->s.state, SMTP_S_AUTH_CHECK);
+			break;
 		default:
 			fail_msg("unknown event %d", (int)ev.type);
 		}
@@ -249,6 +259,20 @@ static void h_run(struct h *h)
 			h->inlen = 0;
 			h_send(h);
 			return;
+		case SMTP_EV_AUTH: {
+			/* Until the answer, feeding changes nothing. */
+			struct smtp_event w;
+			assert_int_equal(smtp_server_feed(&h->s, h->in, h->inlen, &w), 0);
+			assert_int_equal(w.type, SMTP_EV_WAIT);
+			smtp_server_auth_result(&h->s, h->auth_answer == 0, h->auth_answer == 2);
+			assert_int_equal(h->s.auth_pass[0], 0);
+			if (h->s.state == SMTP_S_CLOSING) {
+				h_send(h);
+				h->closed = true;
+				return;
+			}
+			break;
+		}
 		default:
 			break;
 		}
@@ -752,6 +776,8 @@ static const char *relay_policy(void *ctx, const struct smtp_path *rcpt, bool au
 	snprintf(h->policy_last, sizeof(h->policy_last), "%.*s",
 		 (int)rcpt->mailbox.len, rcpt->mailbox.p);
 	static const char dom[] = "corp.example";
+	if (authenticated)
+		return NULL; /* the authenticated group relays */
 	if (rcpt->domain.len == 0) /* <Postmaster> */
 		return NULL;
 	if (rcpt->domain.len == sizeof(dom) - 1 &&
@@ -1393,6 +1419,218 @@ static void test_require_client_certificate(void **state)
 	}
 }
 
+/* ---- AUTH (RFC 4954) ---------------------------------------------------- */
+
+static void hook_command(void *ctx, const char *line, size_t len)
+{
+	struct h *h = ctx;
+	size_t n = strlen(h->commands);
+	snprintf(h->commands + n, sizeof(h->commands) - n, "%s%.*s", n ? "|" : "", (int)len, line);
+}
+
+/* A connector whose only group is "authenticated": AUTH offered after
+ * STARTTLS (or before it with without_tls). */
+static struct h *h_auth(bool without_tls, unsigned max_failures, bool in_tls)
+{
+	struct smtp_server_params p;
+	h_params_default(&p);
+	p.may_submit = false;
+	p.starttls = true;
+	p.auth_mechs = SMTP_AUTH_PLAIN | SMTP_AUTH_LOGIN;
+	p.auth_without_tls = without_tls;
+	p.max_logon_failures = max_failures;
+	p.rcpt_policy = relay_policy;
+	struct h *h = h_new_with(&p, OUT_MAX);
+	h->p.policy_ctx = h;
+	h->s.hooks.starttls = hook_starttls;
+	h->s.hooks.command = hook_command;
+	h->s.hooks.ctx = h;
+	buf_clear(&h->log);
+	if (in_tls) {
+		h_feed(h, "EHLO c.example\r\nSTARTTLS\r\n");
+		buf_clear(&h->log);
+		smtp_server_tls_started(&h->s, "TLSv1.3", "TLS_AES_128_GCM_SHA256", false);
+	}
+	h_feed(h, "EHLO c.example\r\n");
+	buf_clear(&h->log);
+	h->commands[0] = '\0';
+	return h;
+}
+
+#define AUTH_LINE "250-AUTH PLAIN LOGIN\r\n"
+
+static void test_auth_offered_after_tls(void **state)
+{
+	struct h *h = h_auth(false, 3, false);
+	/* The EHLO had no AUTH line: before TLS it is refused. */
+	h_feed(h, "AUTH PLAIN AGFsaWNlAHMzY3JldA==\r\n");
+	EXPECT(h, "538 5.7.11 Encryption required for requested authentication mechanism\r\n");
+	assert_int_equal(h->auth_events, 0);
+	h_feed(h, "MAIL FROM:<a@b.example>\r\n");
+	EXPECT(h, "530 5.7.1 Client was not authenticated\r\n");
+	h_free(h);
+	h = h_auth(false, 3, true);
+	h_feed(h, "EHLO c.example\r\n");
+	assert_non_null(strstr(h->log.p, "250-STARTTLS") == NULL ? h->log.p : NULL);
+	assert_non_null(strstr(h->log.p, AUTH_LINE));
+	buf_clear(&h->log);
+	/* allow_auth_without_tls: offered in plaintext */
+	h_free(h);
+	h = h_auth(true, 3, false);
+	h_feed(h, "EHLO c.example\r\n");
+	assert_non_null(strstr(h->log.p, AUTH_LINE));
+	h_free(h);
+}
+
+static void test_auth_plain(void **state)
+{
+	/* initial response; and the 334 challenge form */
+	for (int form = 0; form < 2; form++) {
+		struct h *h = h_auth(false, 3, true);
+		if (form == 0) {
+			h_feed(h, "AUTH PLAIN AGFsaWNlAHMzY3JldA==\r\n");
+		} else {
+			h_feed(h, "AUTH PLAIN\r\n");
+			EXPECT(h, "334 \r\n");
+			h_feed(h, "AGFsaWNlAHMzY3JldA==\r\n");
+		}
+		EXPECT(h, "235 2.7.0 Authentication successful\r\n");
+		assert_int_equal(h->auth_events, 1);
+		assert_string_equal(h->auth_user, "alice");
+		assert_string_equal(h->auth_pass, "s3cret");
+		assert_true(h->s.authenticated);
+		assert_string_equal(h->s.auth_user, "alice");
+		/* The credentials never reach the command hook. */
+		assert_null(strstr(h->commands, "AGFsaWNl"));
+		/* Submit and relay; EHLO no longer offers AUTH; AUTH again is 503. */
+		h_feed(h, "AUTH PLAIN AGFsaWNlAHMzY3JldA==\r\nMAIL FROM:<a@b.example>\r\n"
+			  "RCPT TO:<x@elsewhere.example>\r\nDATA\r\n");
+		EXPECT(h, "503 5.5.1 Bad sequence of commands\r\n250 2.1.0 Sender OK\r\n"
+			  "250 2.1.5 Recipient OK\r\n354 Start mail input; end with <CRLF>.<CRLF>\r\n");
+		assert_non_null(strstr(h->hdr, " with ESMTPSA id MSG1"));
+		assert_string_equal(h->s.env.auth, "alice"); /* recorded in the envelope */
+		h_feed(h, ".\r\n");
+		assert_null(h->s.env.auth);
+		h_free(h);
+	}
+	/* An authzid that names someone else, or a response without two NULs */
+	static const char *const bad[] = {"Ym9iAGFsaWNlAHMzY3JldA==", /* bob\0alice\0s3cret */
+					  "YWxpY2UAczNjcmV0"};         /* alice\0s3cret */
+	static const char *const want[] = {"535 5.7.8 Authentication credentials invalid\r\n",
+					   "501 5.5.2 Cannot decode response\r\n"};
+	for (size_t i = 0; i < N_ELEMS(bad); i++) {
+		struct h *h = h_auth(false, 3, true);
+		char line[128];
+		snprintf(line, sizeof(line), "AUTH PLAIN %s\r\n", bad[i]);
+		h_feed(h, line);
+		EXPECT(h, want[i]);
+		assert_int_equal(h->auth_events, 0);
+		assert_false(h->s.authenticated);
+		h_free(h);
+	}
+}
+
+static void test_auth_login(void **state)
+{
+	struct h *h = h_auth(false, 3, true);
+	h->auth_answer = 1;
+	h_feed(h, "AUTH LOGIN\r\n");
+	EXPECT(h, "334 VXNlcm5hbWU6\r\n");
+	h_feed(h, "YWxpY2U=\r\n");
+	EXPECT(h, "334 UGFzc3dvcmQ6\r\n");
+	h_feed(h, "d3Jvbmc=\r\n");
+	EXPECT(h, "535 5.7.8 Authentication credentials invalid\r\n");
+	assert_string_equal(h->auth_user, "alice");
+	assert_string_equal(h->auth_pass, "wrong");
+	assert_string_equal(h->commands, "AUTH LOGIN|****|****");
+	assert_false(h->s.authenticated);
+	/* With the username as initial response, all pipelined in one read */
+	h->auth_answer = 0;
+	h_feed(h, "AUTH LOGIN YWxpY2U=\r\nczNjcmV0\r\n");
+	EXPECT(h, "334 UGFzc3dvcmQ6\r\n235 2.7.0 Authentication successful\r\n");
+	assert_string_equal(h->auth_pass, "s3cret");
+	h_free(h);
+	/* "=": an empty initial response (an empty user name) */
+	h = h_auth(false, 3, true);
+	h->auth_answer = 1;
+	h_feed(h, "AUTH LOGIN =\r\n");
+	EXPECT(h, "334 UGFzc3dvcmQ6\r\n");
+	h_feed(h, "=\r\n");
+	EXPECT(h, "535 5.7.8 Authentication credentials invalid\r\n");
+	assert_string_equal(h->auth_user, "");
+	h_free(h);
+}
+
+static void test_auth_replies(void **state)
+{
+	static const struct {
+		const char *name, *in, *want;
+	} cases[] = {
+		{"cancel", "AUTH LOGIN\r\n*\r\n", "334 VXNlcm5hbWU6\r\n501 5.0.0 Authentication cancelled\r\n"},
+		{"cancel plain", "AUTH PLAIN\r\n*\r\n", "334 \r\n501 5.0.0 Authentication cancelled\r\n"},
+		{"bad base64", "AUTH PLAIN AGFsaWNl!\r\n", "501 5.5.2 Cannot decode response\r\n"},
+		{"bad continuation", "AUTH LOGIN\r\nnot base64\r\n",
+		 "334 VXNlcm5hbWU6\r\n501 5.5.2 Cannot decode response\r\n"},
+		{"mechanism", "AUTH CRAM-MD5\r\n", "504 5.5.4 Unrecognized authentication type\r\n"},
+		{"no mechanism", "AUTH\r\n", "501 5.5.4 Syntax error in parameters or arguments\r\n"},
+		{"in a transaction", "AUTH PLAIN AGFsaWNlAHMzY3JldA==\r\nMAIL FROM:<a@b.example>\r\nAUTH PLAIN AGFsaWNlAHMzY3JldA==\r\n",
+		 "235 2.7.0 Authentication successful\r\n250 2.1.0 Sender OK\r\n503 5.5.1 Bad sequence of commands\r\n"},
+	};
+	for (size_t i = 0; i < N_ELEMS(cases); i++) {
+		struct h *h = h_auth(false, 3, true);
+		h_feed(h, cases[i].in);
+		if (strcmp(h->log.p, cases[i].want) != 0)
+			fail_msg("%s: got\n%s", cases[i].name, h->log.p);
+		h_free(h);
+	}
+	/* Not configured: AUTH is an unknown verb; before EHLO: 503. */
+	struct h *h = h_ehlo();
+	h_feed(h, "AUTH PLAIN AGFsaWNlAHMzY3JldA==\r\n");
+	EXPECT(h, "500 5.3.3 Unrecognized command\r\n");
+	h_free(h);
+	h = h_auth(true, 3, false);
+	h_feed(h, "RSET\r\n");
+	smtp_server_free(&h->s);
+	h_free(h);
+}
+
+static void test_auth_failure_limit_and_temporary(void **state)
+{
+	struct h *h = h_auth(false, 3, true);
+	h->auth_answer = 2;
+	h_feed(h, "AUTH PLAIN AGFsaWNlAHMzY3JldA==\r\n");
+	EXPECT(h, "454 4.7.0 Temporary authentication failure\r\n");
+	h->auth_answer = 1;
+	h_feed(h, "AUTH PLAIN AGFsaWNlAHMzY3JldA==\r\nAUTH PLAIN AGFsaWNlAHMzY3JldA==\r\n");
+	EXPECT(h, "535 5.7.8 Authentication credentials invalid\r\n"
+		  "535 5.7.8 Authentication credentials invalid\r\n");
+	assert_false(h->closed);
+	h_feed(h, "AUTH PLAIN AGFsaWNlAHMzY3JldA==\r\nNOOP\r\n");
+	EXPECT(h, "421 4.7.0 Too many errors on this connection, closing transmission channel\r\n");
+	assert_true(h->closed);
+	assert_int_equal(h->s.auth_failures, 3);
+	h_free(h);
+}
+
+/* After STARTTLS, an earlier AUTH is forgotten (RFC 3207 4.2). */
+static void test_auth_forgotten_after_starttls(void **state)
+{
+	struct h *h = h_auth(true, 3, false);
+	h_feed(h, "AUTH PLAIN AGFsaWNlAHMzY3JldA==\r\n");
+	EXPECT(h, "235 2.7.0 Authentication successful\r\n");
+	h_feed(h, "MAIL FROM:<a@b.example>\r\nRCPT TO:<x@corp.example>\r\nDATA\r\n");
+	assert_non_null(strstr(h->hdr, " with ESMTPA id MSG1"));
+	h_feed(h, ".\r\n");
+	buf_clear(&h->log);
+	h_feed(h, "STARTTLS\r\n");
+	EXPECT(h, "220 2.0.0 SMTP server ready\r\n");
+	smtp_server_tls_started(&h->s, "TLSv1.3", "TLS_AES_128_GCM_SHA256", false);
+	assert_false(h->s.authenticated);
+	h_feed(h, "EHLO c.example\r\nMAIL FROM:<a@b.example>\r\n");
+	assert_non_null(strstr(h->log.p, "530 5.7.1 Client was not authenticated\r\n"));
+	h_free(h);
+}
+
 /* ---- abort ------------------------------------------------------------ */
 
 static void test_abort(void **state)
@@ -1454,6 +1692,12 @@ int main(void)
 		cmocka_unit_test(test_starttls_refusals),
 		cmocka_unit_test(test_require_tls),
 		cmocka_unit_test(test_require_client_certificate),
+		cmocka_unit_test(test_auth_offered_after_tls),
+		cmocka_unit_test(test_auth_plain),
+		cmocka_unit_test(test_auth_login),
+		cmocka_unit_test(test_auth_replies),
+		cmocka_unit_test(test_auth_failure_limit_and_temporary),
+		cmocka_unit_test(test_auth_forgotten_after_starttls),
 	};
 	return cmocka_run_group_tests(tests, NULL, NULL);
 }
