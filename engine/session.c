@@ -316,12 +316,14 @@ static void send_out(struct wctx *w, struct conn *c)
 static bool tarpit_due(const struct conn *c)
 {
 	const struct rconn *rc = c->rc;
-	if (!rc->tarpit_interval_ms ||
-	    (rc->perms & (PERM_ANONYMOUS_RELAY | PERM_EXTERNALLY_SECURED)))
+	if (!rc->tarpit_interval_ms)
 		return false;
+	/* A refused AUTH always waits (password guessing), whatever the
+	 * connector's rights; other refusals only without relay rights. */
+	bool trusted = (rc->perms & (PERM_ANONYMOUS_RELAY | PERM_EXTERNALLY_SECURED)) != 0;
 	const char *p = c->smtp.out.p, *end = p + c->smtp.out.len;
 	for (; p < end; p = memchr(p, '\n', (size_t)(end - p)) + 1) {
-		if (*p == '5')
+		if (*p == '5' && (!trusted || (end - p >= 4 && memcmp(p, "535 ", 4) == 0)))
 			return true;
 		if (!memchr(p, '\n', (size_t)(end - p)))
 			break;
