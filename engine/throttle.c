@@ -162,7 +162,11 @@ void throttle_print(struct throttle *t, const struct conf *c, uint64_t now_ms,
 		uint64_t climit = rc->max_inbound_connection_per_source;
 		bool near_conn = climit && conns * 10 >= (int64_t)climit * 8;
 		bool near_rate = rate && tokens <= rate * 0.2;
-		if (!near_conn && !near_rate)
+		/* Sources near a limit; authenticated users' buckets always
+		 * (there are as many as users, and "who sends how much" is the
+		 * question asked of them). */
+		bool user = strncmp(e->source, "user:", 5) == 0;
+		if (!near_conn && !near_rate && !user)
 			continue;
 		char lim[24] = "-", tok[32] = "-";
 		if (climit)
