@@ -397,6 +397,26 @@ static void test_errors(void **state)
 		{"receive_connectors = ( { name = \"a\"; bindings = [\"127.0.0.1:25\"]; } );\n"
 		 "send_connectors = (\n { name = \"s\"; address_spaces = [ \"*\" ];\n  tls_certificate = \"/c.pem\"; }\n);\n",
 		 4, "tls_certificate and tls_key go together"},
+		/* AUTH keys (B.8) */
+		{"receive_connectors = (\n { name = \"a\"; bindings = [\"127.0.0.1:25\"];\n  max_logon_failures = 2; }\n);\n",
+		 3, "max_logon_failures: needs auth_users_file"},
+		{"receive_connectors = (\n { name = \"a\"; bindings = [\"127.0.0.1:25\"]; permission_groups = [\"anonymous\"];\n  auth_users_file = \"/x\"; allow_auth_without_tls = true; }\n);\n",
+		 3, "no \"authenticated\" permission group"},
+		{"receive_connectors = (\n { name = \"a\"; bindings = [\"127.0.0.1:25\"]; permission_groups = [\"authenticated\"];\n  auth_users_file = \"/x\"; }\n);\n",
+		 3, "AUTH is offered only after STARTTLS"},
+		{"receive_connectors = (\n { name = \"a\"; bindings = [\"127.0.0.1:25\"]; permission_groups = [\"authenticated\"];\n  allow_auth_without_tls = true; auth_users_file = \"/x\";\n  auth_mechanisms = [ \"CRAM-MD5\" ]; }\n);\n",
+		 4, "auth_mechanisms: \"CRAM-MD5\" is not PLAIN or LOGIN"},
+		{"receive_connectors = (\n { name = \"a\"; bindings = [\"127.0.0.1:25\"]; permission_groups = [\"authenticated\"];\n  allow_auth_without_tls = true; auth_users_file = \"/nonexistent/users\"; }\n);\n",
+		 3, "auth_users_file: /nonexistent/users: No such file or directory"},
+		{"receive_connectors = ( { name = \"a\"; bindings = [\"127.0.0.1:25\"]; } );\n"
+		 "send_connectors = (\n { name = \"s\"; address_spaces = [ \"*\" ];\n  auth = { mechanism = \"ntlm\"; username = \"u\"; password_file = \"/x\"; }; }\n);\n",
+		 4, "auth.mechanism: expected plain, login or xoauth2"},
+		{"receive_connectors = ( { name = \"a\"; bindings = [\"127.0.0.1:25\"]; } );\n"
+		 "send_connectors = (\n { name = \"s\"; address_spaces = [ \"*\" ];\n  auth = { mechanism = \"xoauth2\"; username = \"u\"; password_file = \"/x\"; }; }\n);\n",
+		 4, "auth: xoauth2 takes token_file"},
+		{"receive_connectors = ( { name = \"a\"; bindings = [\"127.0.0.1:25\"]; } );\n"
+		 "send_connectors = (\n { name = \"s\"; address_spaces = [ \"*\" ];\n  auth = { mechanism = \"login\"; username = \"u\"; password_file = \"/nonexistent/pw\"; }; }\n);\n",
+		 4, "auth.password_file: /nonexistent/pw: No such file or directory"},
 	};
 	for (size_t i = 0; i < sizeof(cases) / sizeof(cases[0]); i++) {
 		char err[512] = "";
