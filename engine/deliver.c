@@ -1,6 +1,8 @@
 /* Delivery (see deliver.h): destinations keyed by send connector and
  * domain, their targets, the jobs waiting for a connection, connection
- * reuse, the connectors' connection and rate limits across workers. */
+ * reuse, the connectors' connection and rate limits across workers, the
+ * credentials each new connection presents, and backing off a next hop
+ * that asked us to. */
 #include "deliver.h"
 
 #include <netinet/in.h>
@@ -15,12 +17,15 @@
 #include "mailbox.h"
 #include "outconn.h"
 #include "resolver.h"
+#include "secret.h"
 #include "throttle.h"
 #include "tls.h"
 
 #define DEST_BUCKETS 1024
 #define DEST_KEEP_MS 60000     /* an unused destination is forgotten after this */
 #define MX_REUSE_MS 60000      /* resolver answers kept by a destination */
+#define BACKOFF_MIN_MS 60000   /* a next hop that asked us to go away ... */
+#define BACKOFF_MAX_MS 600000  /* ... doubling while it keeps asking */
 
 struct dest {
 	struct dest *hnext;
@@ -42,6 +47,20 @@ struct dest {
 	bool starved;              /* jobs wait for a connection held by another worker */
 	SSL_SESSION *tls_session;  /* the newest from the next hop, to resume with;
 	                            * made with sc->tls (another context: dropped) */
+	/* No new connection before backoff_until (monotonic ms): the next
+	 * hop said 421 / 4.3.2 before MAIL, or refused our credentials. Jobs
+	 * wait meanwhile; backoff_ms doubles while it repeats and is
+	 * forgotten once a session gets to MAIL. */
+	uint64_t backoff_until, backoff_ms;
+	bool backoff_credentials;  /* lifted early when the secret file changes */
+};
+
+/* A credential file, read at most once per change for all destinations
+ * of this worker. */
+struct secret_entry {
+	struct secret_entry *next;
+	struct secret s;
+	uint64_t last_used;
 };
 
 /* An MX answer, from the resolver thread. */
@@ -63,6 +82,7 @@ struct deliver {
 	unsigned nstarved;         /* dests with d->starved set */
 	struct drop_writer *drop;
 	struct mailbox answers;    /* from the resolver thread */
+	struct secret_entry *secrets;
 };
 
 static void dest_pump(struct deliver *dl, struct dest *d);
@@ -82,6 +102,72 @@ static void job_return(struct deliver *dl, struct djob *j)
 {
 	j->not_attempted = true;
 	dl->done(dl->done_arg, j);
+}
+
+/* ---- credentials ------------------------------------------------------ */
+
+#define SECRET_KEEP_MS 600000  /* an unused credential file is forgotten after this */
+
+static struct secret_entry *secret_entry_get(struct deliver *dl, const struct sconn *sc)
+{
+	bool token = sc->auth_mech == SCONN_AUTH_XOAUTH2;
+	const char *path = token ? sc->auth_token_file : sc->auth_password_file;
+	size_t max = token ? SECRET_TOKEN_MAX : SECRET_PASSWORD_MAX;
+	if (!path)
+		return NULL;
+	struct secret_entry *e = dl->secrets;
+	while (e && (strcmp(e->s.path, path) != 0 || e->s.max != max))
+		e = e->next;
+	if (!e) {
+		e = calloc(1, sizeof(*e));
+		if (!e)
+			return NULL;
+		if (!secret_init(&e->s, path, max)) {
+			free(e);
+			return NULL;
+		}
+		e->next = dl->secrets;
+		dl->secrets = e;
+	}
+	e->last_used = dl->w->now_ms;
+	return e;
+}
+
+/* The send connector's secret as its file says now, for a new
+ * connection (the connection copies it). One stat() per connection; the
+ * file is read only when it changed: a small read on the worker thread,
+ * as rare as the changes (a token refresher: hourly). NULL: it could not
+ * be had, logged. */
+static const char *dest_secret(struct deliver *dl, struct dest *d)
+{
+	const struct sconn *sc = d->sc;
+	struct secret_entry *e = secret_entry_get(dl, sc);
+	char err[600];
+	if (!e)
+		snprintf(err, sizeof(err), "%s", "no credential file, or out of memory");
+	else if (secret_refresh(&e->s, NULL, err, sizeof(err)) == 0)
+		return e->s.value;
+	char qc[200], qu[300], qe[700];
+	log_msg(LOG_ERROR,
+		"event=auth dir=out send_connector=%s user=%s mechanism=%s result=unavailable reason=%s",
+		log_quote(qc, sizeof(qc), sc->name),
+		log_quote(qu, sizeof(qu), sc->auth_username ? sc->auth_username : ""),
+		sconn_auth_names[sc->auth_mech < 4 ? sc->auth_mech : 0], log_quote(qe, sizeof(qe), err));
+	return NULL;
+}
+
+static void secrets_expire(struct deliver *dl, bool all)
+{
+	for (struct secret_entry **pp = &dl->secrets; *pp;) {
+		struct secret_entry *e = *pp;
+		if (!all && dl->w->now_ms - e->last_used < SECRET_KEEP_MS) {
+			pp = &e->next;
+			continue;
+		}
+		*pp = e->next;
+		secret_free(&e->s);
+		free(e);
+	}
 }
 
 /* ---- destinations ----------------------------------------------------- */
@@ -289,6 +375,54 @@ static void oc_job_done(struct oconn *oc, struct djob *j)
 	dl->done(dl->done_arg, j);
 }
 
+/* The next hop asked us to go away (or refused our credentials): no new
+ * connection for a while, doubling while it repeats. The jobs that met it
+ * are deferred by unreachable, which follows; new ones wait. */
+static void oc_backoff(struct oconn *oc, const char *reply, bool credentials)
+{
+	struct dest *d = dest_of(oc);
+	uint64_t now = oc->w->now_ms;
+	bool again = d->backoff_ms && now < d->backoff_until + BACKOFF_MAX_MS;
+	uint64_t ms = again ? d->backoff_ms * 2 : BACKOFF_MIN_MS;
+	if (ms > BACKOFF_MAX_MS)
+		ms = BACKOFF_MAX_MS;
+	d->backoff_ms = ms;
+	d->backoff_until = now + ms;
+	d->backoff_credentials = credentials;
+	char qc[200], qr[400], qp[400];
+	log_msg(LOG_WARN, "event=backoff send_connector=%s remote=%s seconds=%llu reply=%s",
+		log_quote(qc, sizeof(qc), d->sc->name), log_quote(qr, sizeof(qr), oc->remote),
+		(unsigned long long)(ms / 1000), log_quote(qp, sizeof(qp), reply));
+}
+
+static void oc_established(struct oconn *oc)
+{
+	struct dest *d = dest_of(oc);
+	d->backoff_ms = 0;
+	d->backoff_until = 0;
+	d->backoff_credentials = false;
+}
+
+/* While backing off: true once it is over, or when the credentials it was
+ * about have been changed (the operator fixed them: try at once). */
+static bool backoff_over(struct deliver *dl, struct dest *d)
+{
+	if (dl->w->now_ms >= d->backoff_until)
+		return true;
+	if (!d->backoff_credentials || d->sc->auth_mech == SCONN_AUTH_NONE)
+		return false;
+	struct secret_entry *e = secret_entry_get(dl, d->sc);
+	if (!e || !secret_stale(&e->s))
+		return false;
+	d->backoff_until = 0;
+	d->backoff_ms = 0;
+	d->backoff_credentials = false;
+	char qc[200];
+	log_msg(LOG_INFO, "event=backoff_lifted send_connector=%s reason=\"credentials changed\"",
+		log_quote(qc, sizeof(qc), d->sc->name));
+	return true;
+}
+
 static void oc_unreachable(struct oconn *oc, int code, const char *status, const char *text)
 {
 	/* The jobs behind it would meet the same hosts. */
@@ -390,6 +524,7 @@ static const struct outconn_ops oc_ops = {
 	.opened = oc_opened, .next_job = oc_next_job, .may_idle = oc_may_idle,
 	.job_done = oc_job_done, .unreachable = oc_unreachable, .closed = oc_closed,
 	.tls_resume = oc_tls_resume, .tls_session = oc_tls_session,
+	.backoff = oc_backoff, .established = oc_established,
 };
 
 /* Gives waiting jobs connections: idle ones first, then new ones up to
@@ -425,6 +560,9 @@ static void dest_pump(struct deliver *dl, struct dest *d)
 			outconn_take(oc, dest_take(d));
 			continue;
 		}
+		/* The tick looks again. */
+		if (d->backoff_until && !backoff_over(dl, d))
+			return;
 		uint64_t max = d->sc->max_connections;
 		if (max && d->th) {
 			int32_t now = atomic_fetch_add(&d->th->connections, 1) + 1;
@@ -454,6 +592,17 @@ static void dest_pump(struct deliver *dl, struct dest *d)
 				atomic_fetch_sub(&d->th->connections, 1);
 			return;
 		}
+		const char *secret = NULL;
+		if (d->sc->auth_mech != SCONN_AUTH_NONE && !(secret = dest_secret(dl, d))) {
+			if (max && d->th)
+				atomic_fetch_sub(&d->th->connections, 1);
+			char text[300];
+			snprintf(text, sizeof(text),
+				 "451 4.7.0 Credentials of send connector \"%.200s\" unavailable",
+				 d->sc->name);
+			dest_fail_waiting(d, 451, "4.7.0", text);
+			return;
+		}
 		struct djob *j = dest_take(d);
 		struct oconn_params p = {
 			.helo = d->conf->hostname, .connect_timeout_ms = d->sc->connect_timeout_ms,
@@ -461,6 +610,8 @@ static void dest_pump(struct deliver *dl, struct dest *d)
 			.ntargets = d->nt, .mx = d->domain[0] != 0, .connector = d->sc->name,
 			.stats_id = d->sc->stats_id, .conf = d->conf, .tls_mode = d->sc->tls_mode,
 			.tls_ctx = d->sc->tls, .tls_server_name = d->sc->tls_server_name,
+			.auth_mech = d->sc->auth_mech, .auth_user = d->sc->auth_username,
+			.auth_secret = secret,
 		};
 		if (!outconn_open(w, &oc_ops, d, &p, j)) {
 			if (max && d->th)
@@ -555,8 +706,11 @@ void deliver_tick(struct deliver *dl)
 		struct dest **pp = &dl->bucket[b];
 		while (*pp) {
 			struct dest *d = *pp;
+			/* A next hop's backoff is remembered a while after it ends,
+			 * to double if it asks again. */
 			if (!d->head && !d->nconns && !d->resolving &&
-			    w->now_ms - d->last_used > DEST_KEEP_MS) {
+			    w->now_ms - d->last_used > DEST_KEEP_MS &&
+			    (!d->backoff_ms || w->now_ms >= d->backoff_until + BACKOFF_MAX_MS)) {
 				*pp = d->hnext;
 				if (d->starved)
 					dl->nstarved--;
@@ -571,6 +725,7 @@ void deliver_tick(struct deliver *dl)
 			pp = &d->hnext;
 		}
 	}
+	secrets_expire(dl, false);
 }
 
 void deliver_stop(struct deliver *dl)
@@ -637,5 +792,6 @@ void deliver_free(struct deliver *dl)
 		free(it);
 	}
 	mailbox_destroy(&dl->answers);
+	secrets_expire(dl, true);
 	free(dl);
 }

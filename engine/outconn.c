@@ -4,7 +4,10 @@
  * completion ever reaches a socket it was not meant for. After STARTTLS
  * the same operations carry ciphertext: commands and body pieces go in by
  * tls_write, what tls_output holds goes out, received bytes go to
- * tls_input and replies come from tls_read. */
+ * tls_input and replies come from tls_read. AUTH is the client machine's;
+ * here its outcome is logged and counted once per connection, and a next
+ * hop that refuses our credentials or asks us to go away is not walked
+ * past into the next one blindly. */
 #include "outconn.h"
 
 #include <arpa/inet.h>
@@ -19,6 +22,7 @@
 
 #include "listener.h"
 #include "log.h"
+#include "secret.h"
 #include "spool.h"
 
 #define BODY_TIMEOUT_MS 180000  /* RFC 5321 4.5.3.2.5 (data block) */
@@ -35,6 +39,7 @@ const char *const oc_state_names[OC_STATES_] = {
 static void run(struct oconn *oc);
 static void next_target(struct oconn *oc, const char *status, const char *why);
 static void tls_failed(struct oconn *oc, enum tls_out_result res, const char *reason);
+static void auth_note_outcome(struct oconn *oc);
 
 static uint64_t tag(const struct oconn *oc, unsigned sub)
 {
@@ -107,6 +112,7 @@ static void drop_socket(struct oconn *oc)
 	oc->fd = -1;
 	oc->shut = false;
 	if (oc->client_ready) {
+		auth_note_outcome(oc);
 		smtp_client_free(&oc->cl);
 		oc->client_ready = false;
 	}
@@ -124,6 +130,7 @@ static void oc_free(struct oconn *oc)
 {
 	if (oc->p.conf)
 		conf_unref(oc->p.conf);
+	secret_free_copy(oc->secret);
 	free(oc->cin);
 	free(oc->rbuf);
 	free(oc->t);
@@ -181,12 +188,23 @@ static bool connect_next(struct oconn *oc)
 static void give_up(struct oconn *oc)
 {
 	char text[480];
-	/* A TLS requirement no next hop met is named as such (4.7.5). */
-	bool tls = strcmp(oc->last_status, "4.7.5") == 0;
-	const char *status = tls ? "4.7.5" : "4.4.1";
-	snprintf(text, sizeof(text), "451 %s %s; last error: %.380s", status,
-		 tls ? "No next hop could be reached with TLS" : "No next hop answered",
-		 oc->last_error[0] ? oc->last_error : "none reachable");
+	/* A TLS requirement (4.7.5, 4.7.10 for credentials) or credentials no
+	 * next hop took are named as such. */
+	const char *status = strncmp(oc->last_status, "4.7.", 4) == 0 ? oc->last_status : "4.4.1";
+	const char *what = strcmp(status, "4.4.1") == 0	   ? "No next hop answered"
+			   : strcmp(status, "4.7.5") == 0  ? "No next hop could be reached with TLS"
+			   : strcmp(status, "4.7.10") == 0 ? "No next hop could be reached with TLS "
+							     "for our credentials"
+							   : "No next hop accepted our credentials";
+	if (oc->final_text[0]) {
+		status = oc->final_status;
+		snprintf(text, sizeof(text), "%s", oc->final_text);
+	} else {
+		snprintf(text, sizeof(text), "451 %s %s; last error: %.360s", status, what,
+			 oc->last_error[0] ? oc->last_error : "none reachable");
+	}
+	if (oc->backoff_reply[0] && oc->ops->backoff)
+		oc->ops->backoff(oc, oc->backoff_reply, oc->backoff_credentials);
 	struct djob *j = oc->job;
 	oc->job = NULL;
 	if (j) {
@@ -204,6 +222,10 @@ static void give_up(struct oconn *oc)
 static void switch_target(struct oconn *oc)
 {
 	drop_socket(oc);
+	if (oc->final_text[0]) {
+		give_up(oc);
+		return;
+	}
 	if (oc->retry_plain) {
 		oc->retry_plain = false;
 		oc->plain_only = true;
@@ -252,8 +274,20 @@ bool outconn_open(struct wctx *w, const struct outconn_ops *ops, void *owner,
 	oc->nt = p->ntargets;
 	oc->p = *p;
 	oc->p.targets = NULL;
+	/* Credentials need TLS unless "none" was said; a connector without a
+	 * context (tests) has no TLS, and so sends none. */
+	oc->auth_needs_tls = p->tls_mode != TLS_MODE_NONE;
 	if (!oc->p.tls_ctx)
 		oc->p.tls_mode = TLS_MODE_NONE;
+	if (p->auth_mech != SCONN_AUTH_NONE) {
+		oc->secret = strdup(p->auth_secret ? p->auth_secret : "");
+		if (!oc->secret) {
+			free(oc);
+			free(t);
+			return false;
+		}
+	}
+	oc->p.auth_secret = oc->secret;
 	if (oc->p.conf)
 		conf_ref(oc->p.conf);
 	oc->job = j;
@@ -566,6 +600,20 @@ static void target_host(const struct oconn *oc, char *out, size_t cap, bool *ip)
 	*ip = inet_pton(AF_INET, out, &a) == 1 || inet_pton(AF_INET6, out, &a) == 1;
 }
 
+/* HOST[IP]:PORT for the tls and auth lines; an address literal is named
+ * once. */
+static const char *remote_text(const struct oconn *oc, char *out, size_t cap)
+{
+	char host[256];
+	bool ip;
+	target_host(oc, host, sizeof(host), &ip);
+	if (oc->p.mx || ip)
+		snprintf(out, cap, "%s", oc->remote);
+	else
+		snprintf(out, cap, "%s%s", host, oc->remote);
+	return out;
+}
+
 /* One event=tls line and one count per connection that got past EHLO. */
 static void tls_report(struct oconn *oc, enum tls_out_result res, const char *reason)
 {
@@ -573,14 +621,8 @@ static void tls_report(struct oconn *oc, enum tls_out_result res, const char *re
 		return;
 	oc->tls_reported = true;
 	metric_add(&oc->w->m->send[oc->p.stats_id].tls[res], 1);
-	char host[256], remote[600], qc[200], qr[400];
-	bool ip;
-	target_host(oc, host, sizeof(host), &ip);
-	/* HOST[IP]:PORT; an address literal is named once. */
-	if (oc->p.mx || ip)
-		snprintf(remote, sizeof(remote), "%s", oc->remote);
-	else
-		snprintf(remote, sizeof(remote), "%s%s", host, oc->remote);
+	char remote[600], qc[200], qr[400];
+	remote_text(oc, remote, sizeof(remote));
 	log_quote(qc, sizeof(qc), oc->p.connector);
 	if (res == TLS_OUT_OK) {
 		log_msg(LOG_INFO,
@@ -729,18 +771,119 @@ static void tls_note_outcome(struct oconn *oc)
 	}
 }
 
+/* ---- AUTH ------------------------------------------------------------------ */
+
+/* One event=auth line and one count per connection that had credentials
+ * to present (never the secret: the user, the mechanism, the next hop's
+ * reply). ok and temporary (4xx, the connection lost) are INFO; failed
+ * (5xx, not offered, withheld for want of TLS) is the operator's: WARN. */
+static void auth_note_outcome(struct oconn *oc)
+{
+	if (oc->auth_reported || !oc->client_ready || oc->p.auth_mech == SCONN_AUTH_NONE)
+		return;
+	const struct smtp_client *c = &oc->cl;
+	enum auth_result res;
+	const char *key = "reply", *val;
+	char why[sizeof(c->session_error.text) + 8];
+	switch (smtp_client_auth_state(c)) {
+	case SMTPC_AUTHST_OK:
+		res = AUTH_RESULT_OK;
+		val = NULL;
+		break;
+	case SMTPC_AUTHST_REFUSED:
+		res = c->auth_code / 100 == 5 ? AUTH_RESULT_FAILED : AUTH_RESULT_TEMPORARY;
+		val = c->auth_reply;
+		break;
+	case SMTPC_AUTHST_WITHHELD:
+		res = AUTH_RESULT_FAILED;
+		key = "reason";
+		val = "credentials withheld: no TLS to the next hop";
+		break;
+	case SMTPC_AUTHST_NOT_OFFERED:
+		res = AUTH_RESULT_FAILED;
+		key = "reason";
+		snprintf(why, sizeof(why), "next hop does not offer AUTH %s",
+			 smtp_client_auth_name(oc->cl.p.auth));
+		val = why;
+		break;
+	case SMTPC_AUTHST_SENT:
+		/* Lost half way: a protocol error, a timeout, the peer gone. */
+		res = AUTH_RESULT_TEMPORARY;
+		key = "reason";
+		snprintf(why, sizeof(why), "%s",
+			 c->session_error.text[0] ? c->session_error.text
+			 : oc->last_error[0]	  ? oc->last_error
+						  : "connection lost");
+		val = why;
+		break;
+	default:
+		return; /* never got as far as AUTH */
+	}
+	oc->auth_reported = true;
+	metric_add(&oc->w->m->send[oc->p.stats_id].auth[res], 1);
+	char remote[600], qc[200], qr[400], qu[300], qv[600], tail[620] = "";
+	remote_text(oc, remote, sizeof(remote));
+	if (val)
+		snprintf(tail, sizeof(tail), " %s=%s", key, log_quote(qv, sizeof(qv), val));
+	log_msg(res == AUTH_RESULT_FAILED ? LOG_WARN : LOG_INFO,
+		"event=auth dir=out send_connector=%s remote=%s user=%s mechanism=%s result=%s%s",
+		log_quote(qc, sizeof(qc), oc->p.connector), log_quote(qr, sizeof(qr), remote),
+		log_quote(qu, sizeof(qu), oc->p.auth_user ? oc->p.auth_user : ""),
+		sconn_auth_names[oc->p.auth_mech < 4 ? oc->p.auth_mech : 0], auth_result_names[res],
+		tail);
+}
+
+/* The next hop's own reply that ended a session before MAIL, and whether
+ * it asks us to back off: 421 anywhere, 432 or x.3.2 to AUTH (Microsoft
+ * 365's "4.3.2 Concurrent connections limit exceeded"). A 5xx to AUTH
+ * asks it too: more attempts with refused credentials only get an
+ * account locked. */
+static void note_backoff(struct oconn *oc)
+{
+	const struct smtp_client *c = &oc->cl;
+	bool auth = smtp_client_auth_state(c) == SMTPC_AUTHST_REFUSED;
+	int code = auth ? c->auth_code : c->session_error.code;
+	const char *status = auth ? c->auth_status : c->session_error.status;
+	const char *reply = auth ? c->auth_reply : c->session_error.text;
+	bool credentials = auth && code / 100 == 5;
+	if (code != 421 && code != 432 && !(code / 100 == 4 && strcmp(status, "4.3.2") == 0) &&
+	    !credentials)
+		return;
+	snprintf(oc->backoff_reply, sizeof(oc->backoff_reply), "%.290s", reply);
+	oc->backoff_credentials = credentials;
+}
+
 /* The session ended before its first job: on to the next target. A TLS
- * requirement that was not met says so in its status. */
+ * requirement that was not met, or credentials that could not be used
+ * there, say so in the status. Refused credentials end the walk: every
+ * next hop of a destination checks them against the same accounts. */
 static void session_refused(struct oconn *oc)
 {
 	tls_note_outcome(oc);
+	auth_note_outcome(oc);
+	note_backoff(oc);
+	const struct smtp_client_result *se = &oc->cl.session_error;
 	enum smtp_client_tls_state ts = smtp_client_tls_state(&oc->cl);
 	bool tls = oc->p.tls_mode >= TLS_MODE_REQUIRED &&
 		   (ts == SMTPC_TLSST_NOT_OFFERED || ts == SMTPC_TLSST_REFUSED);
-	char why[sizeof(oc->remote) + sizeof(oc->cl.session_error.text) + 2];
-	snprintf(why, sizeof(why), "%s%s%s", tls ? oc->remote : "", tls ? ": " : "",
-		 oc->cl.session_error.text[0] ? oc->cl.session_error.text : "session refused");
-	next_target(oc, tls ? "4.7.5" : "4.4.1", why);
+	bool auth = se->stage == SMTPC_STAGE_AUTH && se->code != 421;
+	if (auth && oc->cl.auth_state == SMTPC_AUTHST_REFUSED && oc->cl.auth_code / 100 == 5) {
+		snprintf(oc->final_text, sizeof(oc->final_text), "%.470s", se->text);
+		snprintf(oc->final_status, sizeof(oc->final_status), "%s", se->status);
+		snprintf(oc->last_error, sizeof(oc->last_error), "%.100s: %.190s", oc->remote,
+			 se->text);
+		snprintf(oc->last_status, sizeof(oc->last_status), "%.7s", se->status);
+		quiesce(oc);
+		enter(oc, OC_SWITCHING); /* to give_up once drained */
+		if (!oc->inflight)
+			switch_target(oc);
+		return;
+	}
+	bool named = tls || auth;
+	char why[sizeof(oc->remote) + sizeof(se->text) + 2];
+	snprintf(why, sizeof(why), "%s%s%s", named ? oc->remote : "", named ? ": " : "",
+		 se->text[0] ? se->text : "session refused");
+	next_target(oc, tls ? "4.7.5" : auth ? se->status : "4.4.1", why);
 }
 
 /* ---- the session ----------------------------------------------------------- */
@@ -829,6 +972,12 @@ static void run(struct oconn *oc)
 			continue;
 		case SMTPC_EV_READY: {
 			tls_note_outcome(oc);
+			auth_note_outcome(oc);
+			if (!oc->established) {
+				oc->established = true;
+				if (oc->ops->established)
+					oc->ops->established(oc);
+			}
 			if (oc->job && !oc->job_started) {
 				/* The job this connection was opened for. */
 				job_start(oc, oc->job);
@@ -877,9 +1026,20 @@ static void on_connected(struct oconn *oc, int res)
 		cp.tls = SMTPC_TLS_WANT;
 	else if (oc->p.tls_mode >= TLS_MODE_REQUIRED)
 		cp.tls = SMTPC_TLS_REQUIRE;
+	static const enum smtp_client_auth mechs[] = {
+		[SCONN_AUTH_NONE] = SMTPC_AUTH_NONE, [SCONN_AUTH_PLAIN] = SMTPC_AUTH_PLAIN,
+		[SCONN_AUTH_LOGIN] = SMTPC_AUTH_LOGIN, [SCONN_AUTH_XOAUTH2] = SMTPC_AUTH_XOAUTH2,
+	};
+	if (oc->p.auth_mech < sizeof(mechs) / sizeof(mechs[0]) && oc->secret) {
+		cp.auth = mechs[oc->p.auth_mech];
+		cp.auth_user = oc->p.auth_user ? oc->p.auth_user : "";
+		cp.auth_secret = oc->secret;
+		cp.auth_needs_tls = oc->auth_needs_tls;
+	}
 	smtp_client_init(&oc->cl, &cp);
 	oc->client_ready = true;
 	oc->tls_reported = false;
+	oc->auth_reported = false;
 	oc->tls_ver[0] = '\0';
 	metric_add(&oc->w->m->send[oc->p.stats_id].connections, 1);
 	enter(oc, OC_SESSION);

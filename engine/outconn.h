@@ -2,7 +2,8 @@
  * turn, drives proto/smtp_client over the I/O interface (the stored body
  * goes from the spool file to the socket by io_sendfile; under STARTTLS it
  * is read in pieces by io_read and encrypted through engine/tls) and runs
- * jobs one after another. An enum state with one enter function; no socket syscall
+ * jobs one after another, authenticating first when the send connector
+ * has credentials. An enum state with one enter function; no socket syscall
  * of its own beyond socket()/close(). Which job runs next, connection
  * limits and what a failure means for other jobs are the owner's
  * (deliver.c), told through struct outconn_ops. */
@@ -58,6 +59,14 @@ struct outconn_ops {
 	 * owner owns it from then on). */
 	SSL_SESSION *(*tls_resume)(struct oconn *oc);
 	void (*tls_session)(struct oconn *oc, SSL_SESSION *s);
+	/* (May be NULL.) Every target failed and one of them asked us to go
+	 * away before MAIL (421, or 432 / x.3.2 to AUTH), or refused our
+	 * credentials (credentials: a 5xx to AUTH): reply is the next hop's.
+	 * Called before unreachable. */
+	void (*backoff)(struct oconn *oc, const char *reply, bool credentials);
+	/* (May be NULL.) A session got as far as its first MAIL: the next
+	 * hop takes us again. Once per connection. */
+	void (*established)(struct oconn *oc);
 };
 
 struct oconn_params {
@@ -74,6 +83,14 @@ struct oconn_params {
 	unsigned tls_mode;                /* enum tls_mode; NONE without tls_ctx */
 	struct tls_client *tls_ctx;       /* the send connector's context */
 	const char *tls_server_name;      /* NULL: the MX or smart host name */
+	/* AUTH (enum sconn_auth_mech; SCONN_AUTH_NONE: none). The user name
+	 * is borrowed like the strings above; the secret is copied (and
+	 * wiped when the connection goes), so a rotated token file does not
+	 * change it under a session. Never sent outside TLS unless tls_mode
+	 * is TLS_MODE_NONE. */
+	unsigned auth_mech;
+	const char *auth_user;
+	const char *auth_secret;
 };
 
 struct oconn {
@@ -116,6 +133,15 @@ struct oconn {
 	bool retry_plain;                 /* ... wanted for the next attempt */
 	bool tls_reported;                /* this connection's outcome counted */
 	char tls_ver[16];                 /* "TLSv1.3", "-" in plaintext (logs) */
+	/* AUTH */
+	char *secret;                     /* p.auth_secret's copy (owned) */
+	bool auth_needs_tls;              /* tls_mode was not "none" */
+	bool auth_reported;               /* this connection's outcome counted */
+	bool established;                 /* ops->established told */
+	char backoff_reply[300];          /* a target's reason to back off */
+	bool backoff_credentials;         /* ... its refusal of our credentials */
+	char final_text[480];             /* no next target: what the jobs get */
+	char final_status[12];
 	char *cin;                        /* ciphertext received */
 	char *rbuf;                       /* a piece of the body read for tls_write */
 	size_t rwant, rlen;               /* its size; bytes ready in it (0: none) */

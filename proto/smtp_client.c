@@ -12,12 +12,15 @@
 #include <string.h>
 #include <strings.h>
 
+#include "base64.h"
+
 enum client_state {
 	ST_GREETING,    /* connected, waiting for the 220 */
 	ST_EHLO,
 	ST_HELO,
 	ST_STARTTLS,    /* STARTTLS sent, its reply is next */
 	ST_TLS,         /* 220 to it: the engine's handshake, nothing read */
+	ST_AUTH,        /* AUTH or a response to its challenge sent */
 	ST_READY,       /* idle between messages */
 	ST_TXN,         /* replies to MAIL, RCPT and DATA */
 	ST_BODY,        /* body handed out; the reply to the dot is next */
@@ -32,6 +35,8 @@ enum client_cmd {
 	CMD_EHLO,
 	CMD_HELO,
 	CMD_STARTTLS,
+	CMD_AUTH,       /* AUTH <mechanism> [initial response] */
+	CMD_AUTH_RESP,  /* the response numbered auth_step */
 	CMD_BATCH,      /* MAIL, every RCPT and DATA (RFC 2920) */
 	CMD_MAIL,
 	CMD_RCPT,       /* the one numbered rcpt_sent */
@@ -48,16 +53,35 @@ enum client_cmd {
 #define T_BLOCK_MS (3 * 60 * 1000)
 #define T_DOT_MS (10 * 60 * 1000)
 
+/* RFC 4954 4: the longest AUTH command line; an initial response that
+ * does not fit is sent after the server's 334 instead. */
+#define AUTH_LINE_MAX 12288
+
 static const char *const stage_names[] = {
 	[SMTPC_STAGE_CONNECT] = "connect",
 	[SMTPC_STAGE_GREETING] = "greeting",
 	[SMTPC_STAGE_EHLO] = "ehlo",
+	[SMTPC_STAGE_AUTH] = "auth",
 	[SMTPC_STAGE_MAIL] = "mail",
 	[SMTPC_STAGE_RCPT] = "rcpt",
 	[SMTPC_STAGE_DATA] = "data",
 	[SMTPC_STAGE_DOT] = "dot",
 	[SMTPC_STAGE_LOCAL] = "local",
 };
+
+static const char *const auth_names[] = {
+	[SMTPC_AUTH_NONE] = "NONE",
+	[SMTPC_AUTH_PLAIN] = "PLAIN",
+	[SMTPC_AUTH_LOGIN] = "LOGIN",
+	[SMTPC_AUTH_XOAUTH2] = "XOAUTH2",
+};
+
+const char *smtp_client_auth_name(enum smtp_client_auth m)
+{
+	if ((unsigned)m < sizeof(auth_names) / sizeof(auth_names[0]))
+		return auth_names[m];
+	return "unknown";
+}
 
 const char *smtp_client_stage_name(enum smtp_client_stage s)
 {
@@ -133,6 +157,8 @@ static enum smtp_client_stage current_stage(const struct smtp_client *c)
 	case ST_STARTTLS:
 	case ST_TLS:
 		return SMTPC_STAGE_EHLO;
+	case ST_AUTH:
+		return SMTPC_STAGE_AUTH;
 	case ST_TXN:
 		return txn_stage(c);
 	case ST_BODY:
@@ -305,6 +331,121 @@ static void put_line(struct smtp_client *c, const char *verb, const char *arg)
 	out_end(c);
 }
 
+/* ---- AUTH (RFC 4954) ------------------------------------------------------ */
+
+/* Client responses a mechanism sends, in order: PLAIN one, LOGIN the user
+ * and the password, XOAUTH2 its credentials and, after the 334 that
+ * carries the server's error, an empty one (the server then sends the
+ * final 5xx). */
+#define XO_USER "user="
+#define XO_AUTH "\001auth=Bearer "
+#define XO_END "\001\001"
+
+static unsigned auth_responses(enum smtp_client_auth m)
+{
+	return m == SMTPC_AUTH_PLAIN ? 1 : 2;
+}
+
+/* The raw bytes of response k (malloc'd, the caller wipes and frees), or
+ * NULL when out of memory. */
+static unsigned char *auth_raw(const struct smtp_client *c, unsigned k, size_t *len)
+{
+	const char *u = c->p.auth_user ? c->p.auth_user : "";
+	const char *pw = c->p.auth_secret ? c->p.auth_secret : "";
+	size_t ul = strlen(u), pl = strlen(pw);
+	size_t n = 0;
+	unsigned char *b = malloc(ul + pl + 32);
+	if (!b)
+		return NULL;
+#define PUT(p, l)                                                           \
+	do {                                                                \
+		memcpy(b + n, (p), (l));                                    \
+		n += (l);                                                   \
+	} while (0)
+	switch (c->p.auth) {
+	case SMTPC_AUTH_PLAIN:
+		/* authzid (empty) NUL authcid NUL passwd (RFC 4616 2) */
+		PUT("", 1);
+		PUT(u, ul);
+		PUT("", 1);
+		PUT(pw, pl);
+		break;
+	case SMTPC_AUTH_LOGIN:
+		if (k == 0)
+			PUT(u, ul);
+		else
+			PUT(pw, pl);
+		break;
+	case SMTPC_AUTH_XOAUTH2:
+		if (k == 0) {
+			PUT(XO_USER, strlen(XO_USER));
+			PUT(u, ul);
+			PUT(XO_AUTH, strlen(XO_AUTH));
+			PUT(pw, pl);
+			PUT(XO_END, strlen(XO_END));
+		}
+		break;
+	default:
+		break;
+	}
+#undef PUT
+	*len = n;
+	return b;
+}
+
+/* Response k in base64 onto the command being built. */
+static void put_auth_response(struct smtp_client *c, unsigned k)
+{
+	size_t n;
+	unsigned char *raw = auth_raw(c, k, &n);
+	if (!raw) {
+		c->out_oom = true;
+		return;
+	}
+	if (out_room(c, BASE64_ENCODED_LEN(n)))
+		c->out_len += base64_encode(raw, n, c->out + c->out_len);
+	explicit_bzero(raw, n);
+	free(raw);
+}
+
+/* Whether the first response rides on the AUTH line (LOGIN's never does:
+ * the user name waits for its 334, as servers expect). */
+static bool auth_initial(const struct smtp_client *c)
+{
+	if (c->p.auth == SMTPC_AUTH_LOGIN)
+		return false;
+	size_t ul = c->p.auth_user ? strlen(c->p.auth_user) : 0;
+	size_t pl = c->p.auth_secret ? strlen(c->p.auth_secret) : 0;
+	size_t raw = c->p.auth == SMTPC_AUTH_PLAIN
+			     ? 2 + ul + pl
+			     : strlen(XO_USER) + ul + strlen(XO_AUTH) + pl + strlen(XO_END);
+	size_t line = strlen("AUTH ") + strlen(smtp_client_auth_name(c->p.auth)) + 1 +
+		      (BASE64_ENCODED_LEN(raw) - 1) + 2;
+	return line <= AUTH_LINE_MAX;
+}
+
+static void put_auth(struct smtp_client *c)
+{
+	out_str(c, "AUTH ");
+	out_str(c, smtp_client_auth_name(c->p.auth));
+	if (auth_initial(c)) {
+		out_str(c, " ");
+		put_auth_response(c, 0);
+		c->auth_step = 1;
+	}
+	out_end(c);
+}
+
+/* Credentials leave no copy in out once they are on the wire. */
+static void out_wipe(struct smtp_client *c)
+{
+	if (!c->out_secret)
+		return;
+	if (c->out)
+		explicit_bzero(c->out, c->out_cap);
+	c->out_secret = false;
+}
+
 /* Hands out the queued command. False when it could not be built. */
 static bool emit(struct smtp_client *c, struct smtp_client_event *ev)
 {
@@ -315,9 +456,19 @@ static bool emit(struct smtp_client *c, struct smtp_client_event *ev)
 		c->sent_pending = true;
 		return true;
 	}
+	out_wipe(c);
 	c->out_len = 0;
 	c->out_oom = false;
 	switch (cmd) {
+	case CMD_AUTH:
+		c->out_secret = true;
+		put_auth(c);
+		break;
+	case CMD_AUTH_RESP:
+		c->out_secret = true;
+		put_auth_response(c, c->auth_step++);
+		out_end(c);
+		break;
 	case CMD_EHLO:
 		put_line(c, "EHLO", c->p.helo_name);
 		break;
@@ -470,9 +621,33 @@ static const struct {
 	{"CHUNKING", SMTPC_EXT_CHUNKING},
 };
 
+/* "AUTH PLAIN LOGIN ..." (RFC 4954), or "AUTH=LOGIN PLAIN" as servers
+ * written for pre-standard clients still send it: the mechanisms we know. */
+static bool ehlo_auth(struct smtp_client *c, const char *s, size_t n)
+{
+	if (n < 4 || strncasecmp(s, "AUTH", 4) != 0 || (n > 4 && s[4] != ' ' && s[4] != '='))
+		return false;
+	c->ehlo_ext |= SMTPC_EXT_AUTH;
+	for (size_t i = 4; i < n;) {
+		while (i < n && (s[i] == ' ' || s[i] == '='))
+			i++;
+		size_t start = i;
+		while (i < n && s[i] != ' ')
+			i++;
+		for (unsigned m = SMTPC_AUTH_PLAIN; m <= SMTPC_AUTH_XOAUTH2; m++) {
+			const char *name = auth_names[m];
+			if (i - start == strlen(name) && strncasecmp(s + start, name, i - start) == 0)
+				c->ehlo_auth |= 1u << m;
+		}
+	}
+	return true;
+}
+
 /* One EHLO extension line: "KEYWORD [params]". */
 static void ehlo_keyword(struct smtp_client *c, const char *s, size_t n)
 {
+	if (ehlo_auth(c, s, n))
+		return;
 	size_t kw = 0;
 	while (kw < n && s[kw] != ' ')
 		kw++;
@@ -536,7 +711,7 @@ static bool class_expected(const struct smtp_client *c, int cls)
 			return true;
 		return txn_stage(c) == SMTPC_STAGE_DATA ? cls != 2 : cls != 3;
 	case ST_DISCARD_DOT:
-	case ST_RSET:
+	case ST_AUTH:
 		return true;
 	default:
 		return cls != 3;
@@ -623,6 +798,64 @@ static void tls_decide(struct smtp_client *c)
 			    SMTPC_STAGE_EHLO);
 }
 
+/* After the last EHLO (inside TLS when STARTTLS ran): AUTH when we have
+ * credentials. Each way it cannot be done ends the session with a 4xx:
+ * the next hop's settings or ours, never the message's fault. */
+static void auth_decide(struct smtp_client *c)
+{
+	if (c->p.auth == SMTPC_AUTH_NONE || c->auth_state != SMTPC_AUTHST_UNTRIED ||
+	    c->state != ST_READY || c->queued != CMD_NONE || c->quit_wanted)
+		return;
+	if (c->p.auth_needs_tls && c->tls_state != SMTPC_TLSST_ACTIVE) {
+		c->auth_state = SMTPC_AUTHST_WITHHELD;
+		end_session(c, 451, "4.7.10",
+			    "451 4.7.10 Credentials withheld: no TLS to the next hop",
+			    SMTPC_STAGE_AUTH);
+		return;
+	}
+	if (!(c->auth_mechs & (1u << c->p.auth))) {
+		char text[80];
+		snprintf(text, sizeof(text), "451 4.7.0 Next hop does not offer AUTH%s%s",
+			 c->ext & SMTPC_EXT_AUTH ? " " : "",
+			 c->ext & SMTPC_EXT_AUTH ? smtp_client_auth_name(c->p.auth) : "");
+		c->auth_state = SMTPC_AUTHST_NOT_OFFERED;
+		end_session(c, 451, "4.7.0", text, SMTPC_STAGE_AUTH);
+		return;
+	}
+	c->auth_state = SMTPC_AUTHST_SENT;
+	c->auth_step = 0;
+	queue(c, CMD_AUTH, ST_AUTH);
+}
+
+/* The reply that ended AUTH, kept for the engine's log line. */
+static void auth_keep_reply(struct smtp_client *c)
+{
+	c->auth_state = SMTPC_AUTHST_REFUSED;
+	c->auth_code = c->reply_code;
+	copy_str(c->auth_status, sizeof(c->auth_status), c->reply_status);
+	copy_str(c->auth_reply, sizeof(c->auth_reply), c->reply);
+}
+
+static void auth_reply(struct smtp_client *c, int cls)
+{
+	if (cls == 2) {
+		c->auth_state = SMTPC_AUTHST_OK;
+		c->state = ST_READY;
+		return;
+	}
+	if (cls == 3 && c->auth_step < auth_responses(c->p.auth)) {
+		queue(c, CMD_AUTH_RESP, ST_AUTH);
+		return;
+	}
+	auth_keep_reply(c);
+	const char *fmt = cls == 5   ? "451 4.7.8 Next hop refused our credentials: %s"
+			  : cls == 4 ? "451 4.7.0 Next hop could not authenticate us: %s"
+				     : "451 4.7.0 Unexpected AUTH challenge from the next hop: %s";
+	char text[sizeof(c->reply) + 64];
+	snprintf(text, sizeof(text), fmt, c->reply);
+	end_session(c, 451, cls == 5 ? "4.7.8" : "4.7.0", text, SMTPC_STAGE_AUTH);
+}
+
 static void starttls_reply(struct smtp_client *c, int cls)
 {
 	if (cls == 2) {
@@ -635,6 +868,7 @@ static void starttls_reply(struct smtp_client *c, int cls)
 	if (c->p.tls != SMTPC_TLS_REQUIRE) {
 		/* Plaintext, with what the first EHLO offered. */
 		c->state = ST_READY;
+		auth_decide(c);
 		return;
 	}
 	char text[sizeof(c->reply) + 80];
@@ -648,10 +882,12 @@ static void hello_reply(struct smtp_client *c, int cls)
 	if (cls == 2) {
 		bool esmtp = c->state == ST_EHLO;
 		c->ext = esmtp ? c->ehlo_ext : 0;
+		c->auth_mechs = esmtp ? c->ehlo_auth : 0;
 		c->max_size = (c->ext & SMTPC_EXT_SIZE) ? c->ehlo_size : 0;
 		c->esmtp = esmtp;
 		c->state = ST_READY;
 		tls_decide(c);
+		auth_decide(c);
 	} else if (cls == 5 && c->state == ST_EHLO) {
 		/* RFC 5321 4.1.4 / 3.2: an old server refusing EHLO. */
 		queue(c, CMD_HELO, ST_HELO);
@@ -668,6 +904,8 @@ static void handle_reply(struct smtp_client *c)
 		return;
 	}
 	if (c->reply_code == 421) {
+		if (c->state == ST_AUTH)
+			auth_keep_reply(c);
 		end_session_with_reply(c);
 		return;
 	}
@@ -684,6 +922,7 @@ static void handle_reply(struct smtp_client *c)
 			queue(c, CMD_QUIT, ST_QUIT);
 		} else {
 			c->ehlo_ext = 0;
+			c->ehlo_auth = 0;
 			c->ehlo_size = 0;
 			queue(c, CMD_EHLO, ST_EHLO);
 		}
@@ -694,6 +933,9 @@ static void handle_reply(struct smtp_client *c)
 		break;
 	case ST_STARTTLS:
 		starttls_reply(c, cls);
+		break;
+	case ST_AUTH:
+		auth_reply(c, cls);
 		break;
 	case ST_TXN:
 		txn_reply(c, cls);
@@ -789,6 +1031,7 @@ void smtp_client_init(struct smtp_client *c, const struct smtp_client_params *p)
 
 void smtp_client_free(struct smtp_client *c)
 {
+	out_wipe(c);
 	free(c->out);
 	c->out = NULL;
 	c->out_len = c->out_cap = 0;
@@ -848,6 +1091,7 @@ size_t smtp_client_feed(struct smtp_client *c, const char *in, size_t len,
 void smtp_client_sent(struct smtp_client *c)
 {
 	c->sent_pending = false;
+	out_wipe(c);
 }
 
 void smtp_client_tls_started(struct smtp_client *c)
@@ -860,6 +1104,8 @@ void smtp_client_tls_started(struct smtp_client *c)
 	c->max_size = 0;
 	c->esmtp = false;
 	c->ehlo_ext = 0;
+	c->ehlo_auth = 0;
+	c->auth_mechs = 0;
 	c->ehlo_size = 0;
 	c->line_len = 0;
 	c->line_overflow = false;

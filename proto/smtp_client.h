@@ -22,6 +22,7 @@ enum smtp_client_ext {
 	SMTPC_EXT_ENHANCEDSTATUSCODES = 1 << 5,
 	SMTPC_EXT_STARTTLS = 1 << 6,
 	SMTPC_EXT_CHUNKING = 1 << 7,
+	SMTPC_EXT_AUTH = 1 << 8,
 };
 
 /* Where in the dialogue a reply (or a failure) came from. */
@@ -29,6 +30,7 @@ enum smtp_client_stage {
 	SMTPC_STAGE_CONNECT,  /* set by the engine: connect failed, timeout, EOF */
 	SMTPC_STAGE_GREETING,
 	SMTPC_STAGE_EHLO,     /* EHLO, or HELO after EHLO was refused */
+	SMTPC_STAGE_AUTH,     /* AUTH and its challenges (RFC 4954) */
 	SMTPC_STAGE_MAIL,
 	SMTPC_STAGE_RCPT,
 	SMTPC_STAGE_DATA,     /* the reply to DATA (354 expected) */
@@ -78,7 +80,8 @@ enum smtp_client_event_type {
 	                      * connection failed part way: see smtp_client_fail) */
 	SMTPC_EV_CLOSE,      /* close the connection: after QUIT, or the session
 	                      * cannot continue (greeting/EHLO refused, reply
-	                      * syntax, 421, TLS required but not to be had) */
+	                      * syntax, 421, TLS required but not to be had,
+	                      * AUTH not offered or refused) */
 	SMTPC_EV_STARTTLS,   /* the server said 220 to STARTTLS: do the TLS
 	                      * handshake, then smtp_client_tls_started().
 	                      * Whatever the server sent after its 220 in
@@ -109,10 +112,40 @@ enum smtp_client_tls_state {
 	SMTPC_TLSST_ACTIVE,           /* smtp_client_tls_started() was called */
 };
 
+/* SASL mechanisms we can authenticate with (RFC 4954). */
+enum smtp_client_auth {
+	SMTPC_AUTH_NONE,
+	SMTPC_AUTH_PLAIN,             /* RFC 4616, as the initial response */
+	SMTPC_AUTH_LOGIN,             /* user, then password, each after a 334 */
+	SMTPC_AUTH_XOAUTH2,           /* Google/Microsoft: user and bearer token */
+};
+
+const char *smtp_client_auth_name(enum smtp_client_auth m); /* "LOGIN" */
+
+/* How AUTH went (smtp_client_auth_state). */
+enum smtp_client_auth_state {
+	SMTPC_AUTHST_UNTRIED,         /* no credentials, or EHLO not done yet */
+	SMTPC_AUTHST_WITHHELD,        /* TLS was required for them and not active */
+	SMTPC_AUTHST_NOT_OFFERED,     /* no AUTH, or not our mechanism, in EHLO */
+	SMTPC_AUTHST_SENT,            /* AUTH is under way */
+	SMTPC_AUTHST_OK,              /* 2xx: authenticated */
+	SMTPC_AUTHST_REFUSED,         /* 4xx/5xx (or a challenge we cannot
+	                               * answer): auth_reply says what */
+};
+
 struct smtp_client_params {
 	const char *helo_name;        /* our hostname, for EHLO/HELO */
 	bool no_pipelining;           /* never pipeline even when offered */
 	enum smtp_client_tls tls;
+	/* AUTH after the (last) EHLO, before the first MAIL. The strings stay
+	 * valid for the session; they never appear in an event's text, a
+	 * result or session_error. A next hop that does not offer the
+	 * mechanism or refuses ends the session with a 4xx: credentials are
+	 * the operator's business, never a reason to bounce. */
+	enum smtp_client_auth auth;
+	const char *auth_user;
+	const char *auth_secret;      /* password (PLAIN, LOGIN), token (XOAUTH2) */
+	bool auth_needs_tls;          /* withheld unless STARTTLS succeeded */
 };
 
 /* Opaque in spirit; fields are for the implementation. */
@@ -149,6 +182,13 @@ struct smtp_client {
 	char greeting_name[256];      /* first word of the 220 greeting */
 	enum smtp_client_tls_state tls_state;
 	char tls_reply[160];          /* SMTPC_TLSST_REFUSED: the reply to STARTTLS */
+	unsigned ehlo_auth, auth_mechs; /* 1 << enum smtp_client_auth offered */
+	enum smtp_client_auth_state auth_state;
+	unsigned auth_step;           /* client responses sent after AUTH */
+	bool out_secret;              /* out holds credentials: wiped when reused */
+	int auth_code;                /* SMTPC_AUTHST_REFUSED: the next hop's reply */
+	char auth_status[12];
+	char auth_reply[256];
 	struct smtp_client_result session_error; /* why the session ended */
 };
 
@@ -177,6 +217,11 @@ void smtp_client_tls_started(struct smtp_client *c);
 static inline enum smtp_client_tls_state smtp_client_tls_state(const struct smtp_client *c)
 {
 	return c->tls_state;
+}
+
+static inline enum smtp_client_auth_state smtp_client_auth_state(const struct smtp_client *c)
+{
+	return c->auth_state;
 }
 
 /* Ends the session politely: QUIT, then SMTPC_EV_CLOSE. */

@@ -5,7 +5,10 @@
  * acknowledged late, and a fail() or quit() half way. Checks: bounded
  * consumption, no send while one is outstanding, well-formed commands,
  * complete results at MSG_DONE, a MSG_DONE for every message started, and a
- * dead machine after CLOSE. */
+ * dead machine after CLOSE. With credentials (picked by the first bytes
+ * too): AUTH only after EHLO, its responses base64 lines, the secret
+ * never in clear on the wire, never outside TLS when TLS was asked for
+ * them, no MAIL before a 2xx to AUTH, and an AUTH failure always a 4xx. */
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -25,13 +28,29 @@ struct ctx {
 	bool tls_done;                /* STARTTLS reported once */
 };
 
-static const char *const verbs[] = {"EHLO ", "HELO ", "MAIL FROM:<", "RCPT TO:<",
-				    "DATA\r", "RSET\r", "QUIT\r", ".\r", "STARTTLS\r"};
+#define SECRET "s3cret-fuzz"
 
-/* Lines end in CRLF, carry no other CR or LF and start with a verb. */
-static void check_commands(const char *p, size_t n)
+static const char *const verbs[] = {"EHLO ", "HELO ", "MAIL FROM:<", "RCPT TO:<",
+				    "DATA\r", "RSET\r", "QUIT\r", ".\r", "STARTTLS\r",
+				    "AUTH "};
+
+/* A response to an AUTH challenge: base64, or empty. */
+static bool is_b64_line(const char *p, size_t n)
 {
-	if (!p || n < 3 || p[n - 2] != '\r' || p[n - 1] != '\n')
+	for (size_t i = 0; i < n; i++) {
+		char ch = p[i];
+		if (!((ch >= 'A' && ch <= 'Z') || (ch >= 'a' && ch <= 'z') ||
+		      (ch >= '0' && ch <= '9') || ch == '+' || ch == '/' || ch == '='))
+			return false;
+	}
+	return true;
+}
+
+/* Lines end in CRLF, carry no other CR or LF and start with a verb (or
+ * answer an AUTH challenge). */
+static void check_commands(const struct smtp_client *c, const char *p, size_t n)
+{
+	if (!p || n < 2 || p[n - 2] != '\r' || p[n - 1] != '\n')
 		abort();
 	size_t i = 0;
 	while (i < n) {
@@ -44,8 +63,14 @@ static void check_commands(const char *p, size_t n)
 			if (end + 1 - i >= strlen(verbs[k]) &&
 			    memcmp(p + i, verbs[k], strlen(verbs[k])) == 0)
 				known = true;
-		if (!known)
+		bool auth = end + 1 - i >= 5 && memcmp(p + i, "AUTH ", 5) == 0;
+		if (auth && (c->p.auth == SMTPC_AUTH_NONE || !c->esmtp ||
+			     (c->p.auth_needs_tls && smtp_client_tls_state(c) != SMTPC_TLSST_ACTIVE)))
 			abort();
+		if (!known && !(c->auth_state == SMTPC_AUTHST_SENT && is_b64_line(p + i, end - 1 - i)))
+			abort();
+		if (memmem(p + i, end - i, SECRET, strlen(SECRET)))
+			abort(); /* never in clear */
 		i = end + 1;
 	}
 }
@@ -100,7 +125,7 @@ static void run(struct ctx *x, const char *in, size_t len)
 			if (x->outstanding)
 				abort();
 			if (ev.type == SMTPC_EV_SEND)
-				check_commands(ev.data, ev.len);
+				check_commands(&x->c, ev.data, ev.len);
 			else if (!x->in_msg)
 				abort();
 			if (x->late_ack)
@@ -115,6 +140,8 @@ static void run(struct ctx *x, const char *in, size_t len)
 		case SMTPC_EV_READY:
 			if (off != len || x->in_msg || x->outstanding)
 				abort();
+			if (x->c.p.auth && x->c.auth_state != SMTPC_AUTHST_OK)
+				abort(); /* no MAIL before AUTH succeeded */
 			if (x->messages_left) {
 				x->messages_left--;
 				x->in_msg = true;
@@ -136,6 +163,11 @@ static void run(struct ctx *x, const char *in, size_t len)
 		case SMTPC_EV_CLOSE:
 			if (x->in_msg)
 				abort(); /* a message without MSG_DONE */
+			if (x->c.session_error.code)
+				check_result(&x->c.session_error);
+			if (x->c.p.auth && x->c.session_error.stage == SMTPC_STAGE_AUTH &&
+			    x->c.session_error.code / 100 != 4)
+				abort(); /* credentials never bounce */
 			x->closed = true;
 			break;
 		case SMTPC_EV_STARTTLS:
@@ -181,6 +213,10 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 		.helo_name = "out.example",
 		.no_pipelining = data[0] & 1,
 		.tls = (enum smtp_client_tls)((data[0] >> 4) % 3),
+		.auth = (enum smtp_client_auth)((data[1] >> 5) & 3),
+		.auth_user = "relay@example.org",
+		.auth_secret = SECRET,
+		.auth_needs_tls = data[1] & 0x80,
 	};
 	x->late_ack = data[0] & 2;
 	bool fail_midway = data[0] & 4, quit_midway = data[0] & 8;

@@ -333,7 +333,7 @@ struct rig {
 	struct djob *queue[RIG_JOBS]; /* next_job() hands these out in turn */
 	unsigned nqueue, qnext;
 	bool may_idle;
-	unsigned ndone, nclosed, nunreachable;
+	unsigned ndone, nclosed, nunreachable, nestablished;
 	int un_code;
 	char un_status[12], un_text[512];
 	enum oc_state closed_state;
@@ -534,6 +534,17 @@ static void cb_unreachable(struct oconn *oc, int code, const char *status, const
 	note(r, "unreachable(%d %s)", code, status);
 }
 
+static void cb_backoff(struct oconn *oc, const char *reply, bool credentials)
+{
+	note(rig_of(oc), "backoff(%s%s)", credentials ? "credentials: " : "", reply);
+}
+
+/* Counted, not noted: every session that gets to MAIL has one. */
+static void cb_established(struct oconn *oc)
+{
+	rig_of(oc)->nestablished++;
+}
+
 static void cb_closed(struct oconn *oc)
 {
 	struct rig *r = rig_of(oc);
@@ -546,6 +557,7 @@ static void cb_closed(struct oconn *oc)
 static const struct outconn_ops test_ops = {
 	.opened = cb_opened, .next_job = cb_next_job, .may_idle = cb_may_idle,
 	.job_done = cb_job_done, .unreachable = cb_unreachable, .closed = cb_closed,
+	.backoff = cb_backoff, .established = cb_established,
 };
 
 /* ---- the loop ----------------------------------------------------------- */
@@ -1536,6 +1548,226 @@ static void test_body_deadline_per_send(void **state)
 	CHECK_STR("callbacks", r->calls, "opened done(1) next(-) idle?0 closed");
 }
 
+
+/* ---- AUTH --------------------------------------------------------------- */
+
+#define AUTH_USER "relay@corp.example"
+#define AUTH_PASS "s3cret pw"
+#define B64_USER "cmVsYXlAY29ycC5leGFtcGxl"
+#define B64_PASS "czNjcmV0IHB3"
+#define B64_PLAIN "AHJlbGF5QGNvcnAuZXhhbXBsZQBzM2NyZXQgcHc="
+#define EHLO_AUTH                                                                \
+	{P_UNTIL, "\r\n"},                                                       \
+	{P_SEND, "250-peer.test\r\n250-PIPELINING\r\n250-SIZE 10240000\r\n"      \
+		 "250-AUTH LOGIN PLAIN\r\n250 8BITMIME\r\n"}
+#define R535 "535 5.7.139 Authentication unsuccessful, the user credentials were incorrect."
+
+static struct oconn_params auth_params(unsigned mech)
+{
+	struct oconn_params p = params();
+	p.auth_mech = mech;
+	p.auth_user = AUTH_USER;
+	p.auth_secret = AUTH_PASS;
+	return p;
+}
+
+static uint64_t auth_count(const struct rig *r, enum auth_result res)
+{
+	return metric_get(&r->m->send[STATS_ID].auth[res]);
+}
+
+/* Nothing this test logged holds the password, plain or in base64. */
+static void check_no_secret_logged(struct rig *r)
+{
+	const char *all = log_lines(r, "event=");
+	if (strstr(all, AUTH_PASS) || strstr(all, B64_PASS) || strstr(all, B64_PLAIN))
+		fail_msg("the secret is in the log:\n%s", all);
+}
+
+/* LOGIN with tls = "none" (said explicitly, so plaintext is allowed): user
+ * and password after their 334s, then the transaction; one ok line, one
+ * count. The connection holds its own copy of the secret. */
+static void test_auth_login(void **state)
+{
+	struct rig *r = *state;
+	struct tjob *t = job_std(r, &two_rcpts);
+	static const struct step script[] = {
+		GREET, EHLO_AUTH,
+		{P_UNTIL, "AUTH LOGIN\r\n"}, {P_SEND, "334 VXNlcm5hbWU6\r\n"},
+		{P_UNTIL, "\r\n"}, {P_SEND, "334 UGFzc3dvcmQ6\r\n"},
+		{P_UNTIL, "\r\n"}, {P_SEND, "235 2.7.0 Authentication successful\r\n"},
+		TXN_OK, QUIT_OK, {P_END, NULL},
+	};
+	struct peer *p = peer_start(r, script);
+	char secret[] = AUTH_PASS;
+	struct oconn_params op = auth_params(SCONN_AUTH_LOGIN);
+	op.auth_secret = secret;
+	conn_open(r, op, t, &p->port, 1);
+	CHECK_INT("a copy", r->oc->p.auth_secret != secret, true);
+	memset(secret, 'X', sizeof(secret) - 1); /* a rotated token file, say */
+	assert_true(drive(r, is_closed, WAIT_MS));
+	peer_ok(p);
+	CHECK_STR("bytes the peer got", peer_got(p, 0),
+		  rig_str(r, EHLO "AUTH LOGIN\r\n" B64_USER "\r\n" B64_PASS "\r\n%s" QUIT,
+			  wire_txn(r, t)));
+	CHECK_STR("callbacks", r->calls, "opened done(1) next(-) idle?0 closed");
+	check_all("delivered", t, 250, "2.0.0", OK_TEXT, SMTPC_STAGE_DOT);
+	CHECK_STR("log", log_lines(r, "event=auth"),
+		  rig_str(r, "event=auth dir=out send_connector=test-sc remote=peer.test[127.0.0.1]:%u "
+			     "user=" AUTH_USER " mechanism=login result=ok\n", p->port));
+	CHECK_INT("ok counted", auth_count(r, AUTH_RESULT_OK), 1);
+	CHECK_INT("failed counted", auth_count(r, AUTH_RESULT_FAILED), 0);
+	CHECK_INT("established", r->nestablished, 1);
+	check_no_secret_logged(r);
+}
+
+/* 535: the job is deferred with a 4xx naming the reply, the next target
+ * is not tried with the same credentials, the owner is asked to back off
+ * and hears the destination is unreachable (the jobs behind wait). */
+static void test_auth_refused(void **state)
+{
+	struct rig *r = *state;
+	struct tjob *t = job_std(r, &two_rcpts);
+	static const struct step script[] = {
+		GREET, EHLO_AUTH,
+		{P_UNTIL, "AUTH PLAIN " B64_PLAIN "\r\n"}, {P_SEND, R535 "\r\n"},
+		{P_EOF, NULL}, {P_END, NULL},
+	};
+	struct peer *p = peer_start(r, script);
+	uint16_t second;
+	int lfd = quiet_listener(r, &second);
+	uint16_t ports[2] = {p->port, second};
+	conn_open(r, auth_params(SCONN_AUTH_PLAIN), t, ports, 2);
+	assert_true(drive(r, is_closed, WAIT_MS));
+	peer_ok(p);
+	CHECK_INT("second target tried", someone_connected(lfd), false);
+	CHECK_STR("bytes the peer got", peer_got(p, 0), EHLO "AUTH PLAIN " B64_PLAIN "\r\n");
+	const char *text = "451 4.7.8 Next hop refused our credentials: " R535;
+	CHECK_STR("callbacks", r->calls,
+		  "opened backoff(credentials: " R535 ") done(1) unreachable(451 4.7.8) closed");
+	check_all("deferred", t, 451, "4.7.8", text, SMTPC_STAGE_CONNECT);
+	CHECK_STR("unreachable", r->un_text, text);
+	CHECK_STR("log", log_lines(r, "event=auth"),
+		  rig_str(r, "event=auth dir=out send_connector=test-sc remote=peer.test[127.0.0.1]:%u "
+			     "user=" AUTH_USER " mechanism=plain result=failed reply=\"" R535 "\"\n",
+			  p->port));
+	CHECK_INT("failed counted", auth_count(r, AUTH_RESULT_FAILED), 1);
+	CHECK_INT("established", r->nestablished, 0);
+	check_no_secret_logged(r);
+}
+
+/* tls = "opportunistic" and no STARTTLS to be had: the credentials are
+ * not sent (not even AUTH), the target fails with a 4.7.10, the next one
+ * is tried. */
+static void test_auth_withheld(void **state)
+{
+	struct rig *r = *state;
+	struct tjob *t = job_std(r, &two_rcpts);
+	static const struct step script[] = {GREET, EHLO_AUTH, {P_EOF, NULL}, {P_END, NULL}};
+	struct peer *p1 = peer_start(r, script);
+	struct peer *p2 = peer_start(r, script);
+	uint16_t ports[2] = {p1->port, p2->port};
+	struct oconn_params op = auth_params(SCONN_AUTH_LOGIN);
+	op.tls_mode = TLS_MODE_OPPORTUNISTIC; /* no context: no STARTTLS */
+	conn_open(r, op, t, ports, 2);
+	assert_true(drive(r, is_closed, WAIT_MS));
+	peer_ok(p1);
+	peer_ok(p2);
+	CHECK_STR("bytes the first peer got", peer_got(p1, 0), EHLO);
+	CHECK_STR("bytes the second peer got", peer_got(p2, 0), EHLO);
+	CHECK_STR("callbacks", r->calls, "opened done(1) unreachable(451 4.7.10) closed");
+	check_all("deferred", t, 451, "4.7.10",
+		  rig_str(r, "451 4.7.10 No next hop could be reached with TLS for our credentials; "
+			     "last error: [127.0.0.1]:%u: 451 4.7.10 Credentials withheld: no TLS "
+			     "to the next hop", p2->port),
+		  SMTPC_STAGE_CONNECT);
+	const char *line = "event=auth dir=out send_connector=test-sc remote=peer.test[127.0.0.1]:%u "
+			   "user=" AUTH_USER " mechanism=login result=failed "
+			   "reason=\"credentials withheld: no TLS to the next hop\"\n";
+	CHECK_STR("log", log_lines(r, "event=auth"),
+		  rig_str(r, "%s%s", rig_str(r, line, p1->port), rig_str(r, line, p2->port)));
+	CHECK_INT("failed counted", auth_count(r, AUTH_RESULT_FAILED), 2);
+}
+
+/* The mechanism is not offered: a 4.7.0 naming it, never a bounce. */
+static void test_auth_not_offered(void **state)
+{
+	struct rig *r = *state;
+	struct tjob *t = job_std(r, &two_rcpts);
+	static const struct step script[] = {GREET, EHLO_PIPELINING, {P_EOF, NULL}, {P_END, NULL}};
+	struct peer *p = peer_start(r, script);
+	conn_open(r, auth_params(SCONN_AUTH_XOAUTH2), t, &p->port, 1);
+	assert_true(drive(r, is_closed, WAIT_MS));
+	peer_ok(p);
+	CHECK_STR("bytes the peer got", peer_got(p, 0), EHLO);
+	CHECK_STR("callbacks", r->calls, "opened done(1) unreachable(451 4.7.0) closed");
+	check_all("deferred", t, 451, "4.7.0",
+		  rig_str(r, "451 4.7.0 No next hop accepted our credentials; last error: "
+			     "[127.0.0.1]:%u: 451 4.7.0 Next hop does not offer AUTH", p->port),
+		  SMTPC_STAGE_CONNECT);
+	CHECK_STR("log", log_lines(r, "event=auth"),
+		  rig_str(r, "event=auth dir=out send_connector=test-sc remote=peer.test[127.0.0.1]:%u "
+			     "user=" AUTH_USER " mechanism=xoauth2 result=failed "
+			     "reason=\"next hop does not offer AUTH XOAUTH2\"\n", p->port));
+}
+
+/* Microsoft 365's concurrency limit, 432 4.3.2 to AUTH at the first
+ * target: the second takes the message, no backoff. */
+static void test_auth_432_then_next(void **state)
+{
+	struct rig *r = *state;
+	struct tjob *t = job_std(r, &two_rcpts);
+	static const struct step busy[] = {
+		GREET, EHLO_AUTH,
+		{P_UNTIL, "AUTH LOGIN\r\n"},
+		{P_SEND, "432 4.3.2 Concurrent connections limit exceeded. Visit https://aka.ms/concurrent_sending for more information.\r\n"},
+		{P_EOF, NULL}, {P_END, NULL},
+	};
+	static const struct step ok[] = {
+		GREET, EHLO_AUTH,
+		{P_UNTIL, "AUTH LOGIN\r\n"}, {P_SEND, "334 VXNlcm5hbWU6\r\n"},
+		{P_UNTIL, "\r\n"}, {P_SEND, "334 UGFzc3dvcmQ6\r\n"},
+		{P_UNTIL, "\r\n"}, {P_SEND, "235 2.7.0 Authentication successful\r\n"},
+		TXN_OK, QUIT_OK, {P_END, NULL},
+	};
+	struct peer *p1 = peer_start(r, busy);
+	struct peer *p2 = peer_start(r, ok);
+	uint16_t ports[2] = {p1->port, p2->port};
+	conn_open(r, auth_params(SCONN_AUTH_LOGIN), t, ports, 2);
+	assert_true(drive(r, is_closed, WAIT_MS));
+	peer_ok(p1);
+	peer_ok(p2);
+	CHECK_STR("callbacks", r->calls, "opened done(1) next(-) idle?0 closed");
+	check_all("delivered", t, 250, "2.0.0", OK_TEXT, SMTPC_STAGE_DOT);
+	CHECK_INT("temporary counted", auth_count(r, AUTH_RESULT_TEMPORARY), 1);
+	CHECK_INT("ok counted", auth_count(r, AUTH_RESULT_OK), 1);
+	CHECK_INT("established", r->nestablished, 1);
+}
+
+/* Every target says 421 4.3.2 at the greeting: the owner is asked to back
+ * off (with the reply) before hearing the destination is unreachable. */
+static void test_421_backoff(void **state)
+{
+	struct rig *r = *state;
+	struct tjob *t = job_std(r, &two_rcpts);
+#define R421 "421 4.3.2 The maximum number of concurrent server connections has exceeded a limit, closing transmission channel"
+	static const struct step busy[] = {
+		{P_ACCEPT, NULL}, {P_SEND, R421 "\r\n"}, {P_EOF, NULL}, {P_END, NULL}};
+	struct peer *p1 = peer_start(r, busy);
+	struct peer *p2 = peer_start(r, busy);
+	uint16_t ports[2] = {p1->port, p2->port};
+	conn_open(r, params(), t, ports, 2);
+	assert_true(drive(r, is_closed, WAIT_MS));
+	peer_ok(p1);
+	peer_ok(p2);
+	CHECK_STR("callbacks", r->calls,
+		  "opened backoff(" R421 ") done(1) unreachable(451 4.4.1) closed");
+	check_all("deferred", t, 451, "4.4.1",
+		  "451 4.4.1 No next hop answered; last error: " R421, SMTPC_STAGE_CONNECT);
+	CHECK_STR("no auth line without credentials", log_lines(r, "event=auth"), "");
+#undef R421
+}
+
 #define RIG_TEST(f, kind) cmocka_unit_test_prestate_setup_teardown(f, rig_setup, rig_teardown, kind)
 #define RIG_TESTS(kind)                                  \
 	RIG_TEST(test_delivery, kind),                   \
@@ -1556,7 +1788,13 @@ static void test_body_deadline_per_send(void **state)
 	RIG_TEST(test_no_targets, kind),                 \
 	RIG_TEST(test_close_before_start, kind),         \
 	RIG_TEST(test_lost_while_connecting, kind),      \
-	RIG_TEST(test_body_deadline_per_send, kind)
+	RIG_TEST(test_body_deadline_per_send, kind),     \
+	RIG_TEST(test_auth_login, kind),                 \
+	RIG_TEST(test_auth_refused, kind),               \
+	RIG_TEST(test_auth_withheld, kind),              \
+	RIG_TEST(test_auth_not_offered, kind),           \
+	RIG_TEST(test_auth_432_then_next, kind),         \
+	RIG_TEST(test_421_backoff, kind)
 
 int main(void)
 {

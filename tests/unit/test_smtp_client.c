@@ -1,7 +1,8 @@
 /* Unit tests for the SMTP client state machine (proto/smtp_client.c).
  * Scripted dialogues: server bytes in, the exact commands and events out
  * ("[BODY]", "[DONE]", "[READY]", "[CLOSE]", "[STARTTLS]" in the transcript), results per
- * recipient. Every dialogue also runs with the server's bytes split at each
+ * recipient. With credentials, no result, session error or AUTH reply may
+ * ever hold the secret. Every dialogue also runs with the server's bytes split at each
  * position and fed one byte at a time; the transcript must not change. */
 #include <stdarg.h>
 #include <stddef.h>
@@ -168,6 +169,8 @@ enum op {
 	OP_EXT,   /* ext == n, max_size == n2 */
 	OP_TLS,   /* the handshake is done: smtp_client_tls_started() */
 	OP_TLSST, /* smtp_client_tls_state() == n */
+	OP_AUTHST, /* smtp_client_auth_state() == n */
+	OP_AUTHREPLY, /* auth_code == code, auth_status, auth_reply == s */
 };
 
 struct step {
@@ -199,6 +202,8 @@ struct step {
 #define EXT(e, sz) {.op = OP_EXT, .n = (e), .n2 = (sz)}
 #define TLS_UP {.op = OP_TLS}
 #define TLSST(st) {.op = OP_TLSST, .n = SMTPC_TLSST_##st}
+#define AUTHST(st) {.op = OP_AUTHST, .n = SMTPC_AUTHST_##st}
+#define AUTHREPLY(c, st, t) {.op = OP_AUTHREPLY, .code = (c), .status = (st), .s = (t)}
 #define END {.op = OP_END}
 
 /* Greeting and EHLO: the machine is READY afterwards. */
@@ -210,8 +215,14 @@ struct dialogue {
 	bool manual;         /* the test acknowledges sends with OP_SENT */
 	const char *helo;    /* NULL: HELO_NAME */
 	enum smtp_client_tls tls;
+	enum smtp_client_auth auth; /* with AUTH_USER and AUTH_PASS (or AUTH_TOKEN) */
+	bool auth_tls;       /* auth_needs_tls */
 	const struct step *steps;
 };
+
+#define AUTH_USER "relay@corp.example"
+#define AUTH_PASS "s3cret pw"
+#define AUTH_TOKEN "eyJ0eXAi.tok-en_1"
 
 #define STEPS(...) ((const struct step[]){__VA_ARGS__, END})
 
@@ -407,6 +418,12 @@ static void run_dialogue(const struct dialogue *d, size_t split)
 		.helo_name = d->helo ? d->helo : HELO_NAME,
 		.no_pipelining = d->no_pipelining,
 		.tls = d->tls,
+		.auth = d->auth,
+		.auth_user = d->auth ? AUTH_USER : NULL,
+		.auth_secret = d->auth == SMTPC_AUTH_XOAUTH2 ? AUTH_TOKEN
+			       : d->auth			  ? AUTH_PASS
+								  : NULL,
+		.auth_needs_tls = d->auth_tls,
 	};
 	h_init(h, d->name, &p);
 	h->manual = d->manual;
@@ -482,6 +499,14 @@ static void run_dialogue(const struct dialogue *d, size_t split)
 		case OP_TLSST:
 			CHECK_INT(d->name, smtp_client_tls_state(&h->c), s->n);
 			break;
+		case OP_AUTHST:
+			CHECK_INT(d->name, smtp_client_auth_state(&h->c), s->n);
+			break;
+		case OP_AUTHREPLY:
+			CHECK_INT(d->name, h->c.auth_code, s->code);
+			CHECK_STR(d->name, h->c.auth_status, s->status);
+			CHECK_STR(d->name, h->c.auth_reply, s->s);
+			break;
 		default:
 			fail_msg("bad step");
 		}
@@ -489,6 +514,14 @@ static void run_dialogue(const struct dialogue *d, size_t split)
 	if (h->log_len)
 		fail_msg("%s (split %zu): unchecked transcript at the end:\n%s",
 			 d->name, split, h->log);
+	if (p.auth_secret) {
+		bool leak = strstr(h->c.session_error.text, p.auth_secret) ||
+			    strstr(h->c.auth_reply, p.auth_secret);
+		for (unsigned i = 0; i < h->nrcpt; i++)
+			leak = leak || strstr(h->res[i].text, p.auth_secret);
+		if (leak)
+			fail_msg("%s: the secret is in a result", d->name);
+	}
 	smtp_client_free(&h->c);
 	free(h);
 }
@@ -993,28 +1026,42 @@ static void test_ehlo_keywords(void **state)
 		const char *reply;
 		unsigned ext;
 		uint64_t size;
+		unsigned auth;       /* 1 << enum smtp_client_auth */
 	} cases[] = {
 		{"everything, any case",
 		 "250-mx.example Hello\r\n250-pipelining\r\n250-Size 52428800\r\n"
 		 "250-8bitmime\r\n250-SMTPUTF8\r\n250-STARTTLS\r\n250-CHUNKING\r\n"
 		 "250-AUTH PLAIN LOGIN\r\n250-DSN\r\n250 EnhancedStatusCodes\r\n",
-		 0xff, 52428800},
-		{"none", "250 mx.example\r\n", 0, 0},
-		{"first line is the domain, not a keyword", "250 PIPELINING\r\n", 0, 0},
-		{"SIZE without a number", "250-mx\r\n250 SIZE\r\n", SMTPC_EXT_SIZE, 0},
-		{"SIZE 0", "250-mx\r\n250 SIZE 0\r\n", SMTPC_EXT_SIZE, 0},
-		{"SIZE junk", "250-mx\r\n250 SIZE abc\r\n", SMTPC_EXT_SIZE, 0},
+		 0x1ff, 52428800, 1u << SMTPC_AUTH_PLAIN | 1u << SMTPC_AUTH_LOGIN},
+		{"AUTH: every mechanism we know, among others, any case",
+		 "250-mx\r\n250-AUTH GSSAPI xoauth2 CRAM-MD5 Login PLAIN NTLM\r\n250 8BITMIME\r\n",
+		 SMTPC_EXT_AUTH | SMTPC_EXT_8BITMIME, 0,
+		 1u << SMTPC_AUTH_PLAIN | 1u << SMTPC_AUTH_LOGIN | 1u << SMTPC_AUTH_XOAUTH2},
+		{"AUTH= (pre-RFC 4954 form)", "250-mx\r\n250 AUTH=LOGIN PLAIN\r\n", SMTPC_EXT_AUTH, 0,
+		 1u << SMTPC_AUTH_PLAIN | 1u << SMTPC_AUTH_LOGIN},
+		{"AUTH and AUTH= both", "250-mx\r\n250-AUTH LOGIN\r\n250 AUTH=XOAUTH2\r\n",
+		 SMTPC_EXT_AUTH, 0, 1u << SMTPC_AUTH_LOGIN | 1u << SMTPC_AUTH_XOAUTH2},
+		{"AUTH without mechanisms", "250-mx\r\n250 AUTH\r\n", SMTPC_EXT_AUTH, 0, 0},
+		{"AUTH of unknown mechanisms only", "250-mx\r\n250 AUTH CRAM-MD5 PLAINX LOGI\r\n",
+		 SMTPC_EXT_AUTH, 0, 0},
+		{"AUTHX is not AUTH", "250-mx\r\n250 AUTHX PLAIN\r\n", 0, 0, 0},
+		{"AUTH in a refused EHLO", "550-mx\r\n550 AUTH PLAIN\r\n", 0, 0, 0},
+		{"none", "250 mx.example\r\n", 0, 0, 0},
+		{"first line is the domain, not a keyword", "250 PIPELINING\r\n", 0, 0, 0},
+		{"SIZE without a number", "250-mx\r\n250 SIZE\r\n", SMTPC_EXT_SIZE, 0, 0},
+		{"SIZE 0", "250-mx\r\n250 SIZE 0\r\n", SMTPC_EXT_SIZE, 0, 0},
+		{"SIZE junk", "250-mx\r\n250 SIZE abc\r\n", SMTPC_EXT_SIZE, 0, 0},
 		{"SIZE overflow", "250-mx\r\n250 SIZE 99999999999999999999999\r\n",
-		 SMTPC_EXT_SIZE, 0},
+		 SMTPC_EXT_SIZE, 0, 0},
 		{"SIZE max", "250-mx\r\n250 SIZE 18446744073709551615\r\n", SMTPC_EXT_SIZE,
-		 UINT64_MAX},
+		 UINT64_MAX, 0},
 		{"prefixes are not keywords",
-		 "250-mx\r\n250-PIPELININGX\r\n250-DSNX\r\n250-SIZED 5\r\n250 X-DSN\r\n", 0, 0},
-		{"keyword with parameters", "250-mx\r\n250 DSN foo\r\n", SMTPC_EXT_DSN, 0},
+		 "250-mx\r\n250-PIPELININGX\r\n250-DSNX\r\n250-SIZED 5\r\n250 X-DSN\r\n", 0, 0, 0},
+		{"keyword with parameters", "250-mx\r\n250 DSN foo\r\n", SMTPC_EXT_DSN, 0, 0},
 		{"bare LF", "250-mx\n250-DSN\n250 CHUNKING\n",
-		 SMTPC_EXT_DSN | SMTPC_EXT_CHUNKING, 0},
+		 SMTPC_EXT_DSN | SMTPC_EXT_CHUNKING, 0, 0},
 		{"refused EHLO offers nothing",
-		 "550-mx\r\n550-PIPELINING\r\n550 DSN\r\n", 0, 0},
+		 "550-mx\r\n550-PIPELINING\r\n550 DSN\r\n", 0, 0, 0},
 	};
 	for (size_t i = 0; i < N_ELEMS(cases); i++) {
 		struct h *h = malloc(sizeof(*h));
@@ -1029,6 +1076,7 @@ static void test_ehlo_keywords(void **state)
 		}
 		CHECK_INT(cases[i].name, h->c.ext, cases[i].ext);
 		CHECK_INT(cases[i].name, h->c.max_size, cases[i].size);
+		CHECK_INT(cases[i].name, h->c.auth_mechs, cases[i].auth);
 		CHECK_STR(cases[i].name, h->c.greeting_name, "mx.example");
 		assert_false(h->closed);
 		smtp_client_free(&h->c);
@@ -1283,6 +1331,282 @@ static void test_starttls_fail_during_handshake(void **state)
 	free(h);
 }
 
+
+/* ---- AUTH ------------------------------------------------------------------------ */
+
+#define EHLO_AUTH                                                           \
+	"250-mx.example\r\n"                                                \
+	"250-PIPELINING\r\n"                                                \
+	"250-AUTH LOGIN PLAIN XOAUTH2\r\n"                                  \
+	"250 8BITMIME\r\n"
+/* the same with STARTTLS */
+#define EHLO_AUTH_TLS                                                       \
+	"250-mx.example\r\n"                                                \
+	"250-STARTTLS\r\n"                                                  \
+	"250-AUTH LOGIN PLAIN XOAUTH2\r\n"                                  \
+	"250 8BITMIME\r\n"
+/* base64 of NUL AUTH_USER NUL AUTH_PASS */
+#define B64_PLAIN "AHJlbGF5QGNvcnAuZXhhbXBsZQBzM2NyZXQgcHc="
+#define B64_USER "cmVsYXlAY29ycC5leGFtcGxl"
+#define B64_PASS "czNjcmV0IHB3"
+/* base64 of "user=" AUTH_USER "^Aauth=Bearer " AUTH_TOKEN "^A^A" */
+#define B64_XOAUTH2 "dXNlcj1yZWxheUBjb3JwLmV4YW1wbGUBYXV0aD1CZWFyZXIgZXlKMGVYQWkudG9rLWVuXzEBAQ=="
+#define AUTH_PLAIN_LINE "AUTH PLAIN " B64_PLAIN "\r\n"
+#define AUTH_XOAUTH2_LINE "AUTH XOAUTH2 " B64_XOAUTH2 "\r\n"
+#define R235 "235 2.7.0 Authentication successful\r\n"
+#define R334_USER "334 VXNlcm5hbWU6\r\n"
+#define R334_PASS "334 UGFzc3dvcmQ6\r\n"
+#define R535_TEXT "535 5.7.139 Authentication unsuccessful, the user credentials were incorrect."
+#define R535 R535_TEXT "\r\n"
+/* Microsoft's XOAUTH2 error challenge */
+#define R334_JSON                                                           \
+	"334 eyJzdGF0dXMiOiI0MDEiLCJzY2hlbWVzIjoiYmVhcmVyIiwic2NvcGUiOiJodHRwczovL291dGxvb2su" \
+	"b2ZmaWNlLmNvbS9TTVRQLlNlbmQifQ==\r\n"
+#define MAIL_ONE "MAIL FROM:<a@example.org>\r\nRCPT TO:<z@example.net>\r\nDATA\r\n"
+#define MAIL_ONE_TLS "MAIL FROM:<a@example.org> SIZE=10\r\n"
+#define REFUSED(reply)                                                      \
+	SESS(451, "4.7.8", AUTH, "451 4.7.8 Next hop refused our credentials: " reply)
+
+static const struct dialogue auths[] = {
+	{"PLAIN: the initial response, 235, then the transaction", .auth = SMTPC_AUTH_PLAIN,
+	 .steps = STEPS(
+		S(GREET), C(EHLO), AUTHST(UNTRIED),
+		S(EHLO_AUTH), C(AUTH_PLAIN_LINE), AUTHST(SENT), TMO(300000),
+		S(R235), C("[READY]"), AUTHST(OK),
+		EXT(SMTPC_EXT_PIPELINING | SMTPC_EXT_AUTH | SMTPC_EXT_8BITMIME, 0),
+		START(&msg_one), C(MAIL_ONE),
+		S("250 2.1.0 Ok\r\n250 2.1.5 Ok\r\n354 go\r\n"), C("[BODY]"),
+		S("250 2.0.0 Ok\r\n"), C("[DONE][READY]"),
+		RES(0, 250, "2.0.0", DOT, "250 2.0.0 Ok"), NO_SESS)},
+	{"LOGIN: user name and password, each after its 334", .auth = SMTPC_AUTH_LOGIN,
+	 .steps = STEPS(
+		S(GREET), C(EHLO), S(EHLO_AUTH), C("AUTH LOGIN\r\n"),
+		S(R334_USER), C(B64_USER "\r\n"), AUTHST(SENT),
+		S(R334_PASS), C(B64_PASS "\r\n"),
+		S(R235), C("[READY]"), AUTHST(OK), START(&msg_one), C(MAIL_ONE), NO_SESS)},
+	{"XOAUTH2: 235", .auth = SMTPC_AUTH_XOAUTH2, .steps = STEPS(
+		S(GREET), C(EHLO), S(EHLO_AUTH), C(AUTH_XOAUTH2_LINE),
+		S(R235), C("[READY]"), AUTHST(OK), START(&msg_one), C(MAIL_ONE), NO_SESS)},
+	{"PLAIN: 535 ends the session with a 4xx", .auth = SMTPC_AUTH_PLAIN, .steps = STEPS(
+		S(GREET), C(EHLO), S(EHLO_AUTH), C(AUTH_PLAIN_LINE),
+		S(R535), C("[CLOSE]"), AUTHST(REFUSED), TMO(0),
+		AUTHREPLY(535, "5.7.139", R535_TEXT), REFUSED(R535_TEXT))},
+	{"LOGIN: 535 after the password", .auth = SMTPC_AUTH_LOGIN, .steps = STEPS(
+		S(GREET), C(EHLO), S(EHLO_AUTH), C("AUTH LOGIN\r\n"),
+		S(R334_USER), C(B64_USER "\r\n"), S(R334_PASS), C(B64_PASS "\r\n"),
+		S(R535), C("[CLOSE]"), AUTHREPLY(535, "5.7.139", R535_TEXT), REFUSED(R535_TEXT))},
+	{"LOGIN: 535 to the user name", .auth = SMTPC_AUTH_LOGIN, .steps = STEPS(
+		S(GREET), C(EHLO), S(EHLO_AUTH), C("AUTH LOGIN\r\n"),
+		S(R334_USER), C(B64_USER "\r\n"),
+		S("535 5.7.8 Error: authentication failed\r\n"), C("[CLOSE]"),
+		REFUSED("535 5.7.8 Error: authentication failed"))},
+	{"LOGIN: 504 to AUTH itself", .auth = SMTPC_AUTH_LOGIN, .steps = STEPS(
+		S(GREET), C(EHLO), S(EHLO_AUTH), C("AUTH LOGIN\r\n"),
+		S("504 5.5.4 Unrecognized authentication type\r\n"), C("[CLOSE]"),
+		AUTHST(REFUSED), REFUSED("504 5.5.4 Unrecognized authentication type"))},
+	{"LOGIN: a third 334 is not answered", .auth = SMTPC_AUTH_LOGIN, .steps = STEPS(
+		S(GREET), C(EHLO), S(EHLO_AUTH), C("AUTH LOGIN\r\n"),
+		S(R334_USER), C(B64_USER "\r\n"), S(R334_PASS), C(B64_PASS "\r\n"),
+		S("334 what\r\n"), C("[CLOSE]"), AUTHST(REFUSED),
+		SESS(451, "4.7.0", AUTH,
+		     "451 4.7.0 Unexpected AUTH challenge from the next hop: 334 what"))},
+	{"XOAUTH2: 334 error challenge, an empty response, then 535",
+	 .auth = SMTPC_AUTH_XOAUTH2, .steps = STEPS(
+		S(GREET), C(EHLO), S(EHLO_AUTH), C(AUTH_XOAUTH2_LINE),
+		S(R334_JSON), C("\r\n"), AUTHST(SENT), TMO(300000),
+		S("535 5.7.3 Authentication unsuccessful\r\n"), C("[CLOSE]"),
+		AUTHREPLY(535, "5.7.3", "535 5.7.3 Authentication unsuccessful"),
+		REFUSED("535 5.7.3 Authentication unsuccessful"))},
+	{"XOAUTH2: a second 334 is not answered", .auth = SMTPC_AUTH_XOAUTH2, .steps = STEPS(
+		S(GREET), C(EHLO), S(EHLO_AUTH), C(AUTH_XOAUTH2_LINE),
+		S(R334_JSON), C("\r\n"), S("334 \r\n"), C("[CLOSE]"),
+		SESS(451, "4.7.0", AUTH, "451 4.7.0 Unexpected AUTH challenge from the next hop: 334"))},
+	{"PLAIN: a 334 after the initial response is not answered", .auth = SMTPC_AUTH_PLAIN,
+	 .steps = STEPS(
+		S(GREET), C(EHLO), S(EHLO_AUTH), C(AUTH_PLAIN_LINE),
+		S("334 \r\n"), C("[CLOSE]"),
+		SESS(451, "4.7.0", AUTH, "451 4.7.0 Unexpected AUTH challenge from the next hop: 334"))},
+	{"multi-line 535 joined", .auth = SMTPC_AUTH_PLAIN, .steps = STEPS(
+		S(GREET), C(EHLO), S(EHLO_AUTH), C(AUTH_PLAIN_LINE),
+		S("535-5.7.8 Username and Password not accepted.\r\n"
+		  "535 5.7.8 https://support.example/BadCredentials\r\n"), C("[CLOSE]"),
+		REFUSED("535 5.7.8 Username and Password not accepted. "
+			"https://support.example/BadCredentials"))},
+	{"454 temporary failure: a 4xx naming it", .auth = SMTPC_AUTH_LOGIN, .steps = STEPS(
+		S(GREET), C(EHLO), S(EHLO_AUTH), C("AUTH LOGIN\r\n"),
+		S("454 4.7.0 Temporary authentication failure\r\n"), C("[CLOSE]"),
+		AUTHST(REFUSED), AUTHREPLY(454, "4.7.0", "454 4.7.0 Temporary authentication failure"),
+		SESS(451, "4.7.0", AUTH, "451 4.7.0 Next hop could not authenticate us: "
+					 "454 4.7.0 Temporary authentication failure"))},
+	{"432 4.3.2 concurrency limit", .auth = SMTPC_AUTH_LOGIN, .steps = STEPS(
+		S(GREET), C(EHLO), S(EHLO_AUTH), C("AUTH LOGIN\r\n"), S(R334_USER), C(B64_USER "\r\n"),
+		S(R334_PASS), C(B64_PASS "\r\n"),
+		S("432 4.3.2 Concurrent connections limit exceeded\r\n"), C("[CLOSE]"),
+		AUTHREPLY(432, "4.3.2", "432 4.3.2 Concurrent connections limit exceeded"),
+		SESS(451, "4.7.0", AUTH, "451 4.7.0 Next hop could not authenticate us: "
+					 "432 4.3.2 Concurrent connections limit exceeded"))},
+	{"421 to AUTH: the 421 itself", .auth = SMTPC_AUTH_XOAUTH2, .steps = STEPS(
+		S(GREET), C(EHLO), S(EHLO_AUTH), C(AUTH_XOAUTH2_LINE),
+		S("421 4.3.2 Service not available, closing channel\r\n"), C("[CLOSE]"),
+		AUTHST(REFUSED), AUTHREPLY(421, "4.3.2", "421 4.3.2 Service not available, closing channel"),
+		SESS(421, "4.3.2", AUTH, "421 4.3.2 Service not available, closing channel"))},
+	{"no AUTH offered", .auth = SMTPC_AUTH_LOGIN, .steps = STEPS(
+		S(GREET), C(EHLO), S(EHLO_FULL), C("[CLOSE]"), AUTHST(NOT_OFFERED), TMO(0),
+		SESS(451, "4.7.0", AUTH, "451 4.7.0 Next hop does not offer AUTH"))},
+	{"another mechanism offered", .auth = SMTPC_AUTH_LOGIN, .steps = STEPS(
+		S(GREET), C(EHLO), S("250-mx.example\r\n250 AUTH PLAIN XOAUTH2\r\n"), C("[CLOSE]"),
+		AUTHST(NOT_OFFERED),
+		SESS(451, "4.7.0", AUTH, "451 4.7.0 Next hop does not offer AUTH LOGIN"))},
+	{"AUTH= form is understood", .auth = SMTPC_AUTH_LOGIN, .steps = STEPS(
+		S(GREET), C(EHLO), S("250-mx.example\r\n250 AUTH=LOGIN\r\n"), C("AUTH LOGIN\r\n"))},
+	{"HELO server: no AUTH", .auth = SMTPC_AUTH_PLAIN, .steps = STEPS(
+		S(GREET), C(EHLO), S("502 5.5.2 what\r\n"), C(HELO),
+		S("250 mx.example\r\n"), C("[CLOSE]"), AUTHST(NOT_OFFERED),
+		SESS(451, "4.7.0", AUTH, "451 4.7.0 Next hop does not offer AUTH"))},
+	{"STARTTLS first; AUTH from the second EHLO", .tls = SMTPC_TLS_WANT, .auth_tls = true,
+	 .auth = SMTPC_AUTH_PLAIN, .steps = STEPS(
+		S(GREET), C(EHLO), S(EHLO_AUTH_TLS), C("STARTTLS\r\n"), AUTHST(UNTRIED),
+		S(R220), C("[STARTTLS]"), TLS_UP, C(EHLO),
+		S("250-mx.example\r\n250-SIZE 9000\r\n250 AUTH PLAIN\r\n"), C(AUTH_PLAIN_LINE),
+		S(R235), C("[READY]"), AUTHST(OK), START(&msg_one), C(MAIL_ONE_TLS))},
+	{"what the first EHLO offered does not count after TLS", .tls = SMTPC_TLS_REQUIRE,
+	 .auth_tls = true, .auth = SMTPC_AUTH_LOGIN, .steps = STEPS(
+		S(GREET), C(EHLO), S(EHLO_AUTH_TLS), C("STARTTLS\r\n"),
+		S(R220), C("[STARTTLS]"), TLS_UP, C(EHLO),
+		S("250-mx.example\r\n250 SIZE 9000\r\n"), C("[CLOSE]"), AUTHST(NOT_OFFERED),
+		SESS(451, "4.7.0", AUTH, "451 4.7.0 Next hop does not offer AUTH"))},
+	{"withheld: no STARTTLS offered", .tls = SMTPC_TLS_WANT, .auth_tls = true,
+	 .auth = SMTPC_AUTH_LOGIN, .steps = STEPS(
+		S(GREET), C(EHLO), S(EHLO_AUTH), C("[CLOSE]"), AUTHST(WITHHELD), TLSST(NOT_OFFERED),
+		SESS(451, "4.7.10", AUTH, "451 4.7.10 Credentials withheld: no TLS to the next hop"))},
+	{"withheld: STARTTLS refused", .tls = SMTPC_TLS_WANT, .auth_tls = true,
+	 .auth = SMTPC_AUTH_PLAIN, .steps = STEPS(
+		S(GREET), C(EHLO), S(EHLO_AUTH_TLS), C("STARTTLS\r\n"),
+		S(R454), C("[CLOSE]"), AUTHST(WITHHELD), TLSST(REFUSED),
+		SESS(451, "4.7.10", AUTH, "451 4.7.10 Credentials withheld: no TLS to the next hop"))},
+	{"withheld: TLS never asked for", .auth_tls = true, .auth = SMTPC_AUTH_PLAIN,
+	 .steps = STEPS(
+		S(GREET), C(EHLO), S(EHLO_AUTH_TLS), C("[CLOSE]"), AUTHST(WITHHELD),
+		SESS(451, "4.7.10", AUTH, "451 4.7.10 Credentials withheld: no TLS to the next hop"))},
+	{"tls none: AUTH in plaintext", .auth = SMTPC_AUTH_PLAIN, .steps = STEPS(
+		S(GREET), C(EHLO), S(EHLO_AUTH_TLS), C(AUTH_PLAIN_LINE),
+		S(R235), C("[READY]"), AUTHST(OK), TLSST(UNTRIED))},
+	{"STARTTLS refused, TLS not needed for AUTH: plaintext AUTH", .tls = SMTPC_TLS_WANT,
+	 .auth = SMTPC_AUTH_XOAUTH2, .steps = STEPS(
+		S(GREET), C(EHLO), S(EHLO_AUTH_TLS), C("STARTTLS\r\n"),
+		S(R454), C(AUTH_XOAUTH2_LINE), S(R235), C("[READY]"))},
+	{"quit before EHLO's reply: no credentials sent", .auth = SMTPC_AUTH_PLAIN,
+	 .steps = STEPS(
+		S(GREET), C(EHLO), QUIT, C(""), S(EHLO_AUTH), C("QUIT\r\n"),
+		S("221 Bye\r\n"), C("[CLOSE]"), AUTHST(UNTRIED))},
+	{"quit during AUTH: after its 235", .auth = SMTPC_AUTH_LOGIN, .steps = STEPS(
+		S(GREET), C(EHLO), S(EHLO_AUTH), C("AUTH LOGIN\r\n"), QUIT, C(""),
+		S(R334_USER), C(B64_USER "\r\n"), S(R334_PASS), C(B64_PASS "\r\n"),
+		S(R235), C("QUIT\r\n"), S("221 Bye\r\n"), C("[CLOSE]"), AUTHST(OK))},
+	{"acknowledged late: each response after its send", .auth = SMTPC_AUTH_LOGIN,
+	 .manual = true, .steps = STEPS(
+		S(GREET), C(EHLO), SENT, S(EHLO_AUTH), C("AUTH LOGIN\r\n"), SENT,
+		S(R334_USER), C(B64_USER "\r\n"), SENT, S(R334_PASS), C(B64_PASS "\r\n"), SENT,
+		S(R235), C("[READY]"))},
+	{"a challenge before our response was handed out", .auth = SMTPC_AUTH_LOGIN,
+	 .manual = true, .steps = STEPS(
+		S(GREET), C(EHLO), SENT, S(EHLO_AUTH), C("AUTH LOGIN\r\n"),
+		S(R334_USER), C(""), S(R334_PASS), C("[CLOSE]"), AUTHST(SENT),
+		SESS(451, "4.5.0", AUTH, "451 4.5.0 Unexpected reply from server: 334 UGFzc3dvcmQ6"))},
+	{"credentials go only once per session", .auth = SMTPC_AUTH_PLAIN, .steps = STEPS(
+		S(GREET), C(EHLO), S(EHLO_AUTH), C(AUTH_PLAIN_LINE), S(R235), C("[READY]"),
+		START(&msg_one), C(MAIL_ONE),
+		S("250 2.1.0 Ok\r\n250 2.1.5 Ok\r\n354 go\r\n"), C("[BODY]"),
+		S("250 2.0.0 Ok\r\n"), C("[DONE][READY]"),
+		START(&msg_one), C(MAIL_ONE))},
+	{"greeting refused: no AUTH state", .auth = SMTPC_AUTH_PLAIN, .steps = STEPS(
+		S("554 5.3.2 go away\r\n"), C("[CLOSE]"), AUTHST(UNTRIED),
+		SESS(554, "5.3.2", GREETING, "554 5.3.2 go away"))},
+	{"421 greeting with credentials", .auth = SMTPC_AUTH_PLAIN, .steps = STEPS(
+		S("421 4.3.2 The maximum number of concurrent server connections has exceeded a limit\r\n"),
+		C("[CLOSE]"), AUTHST(UNTRIED),
+		SESS(421, "4.3.2", GREETING,
+		     "421 4.3.2 The maximum number of concurrent server connections has exceeded a limit"))},
+};
+
+static void test_auth(void **state)
+{
+	run_dialogues(auths, N_ELEMS(auths));
+}
+
+/* A token that makes the AUTH line longer than RFC 4954 allows goes after
+ * the server's 334 instead of as the initial response. */
+static void test_auth_long_token(void **state)
+{
+	enum { TOKEN_LEN = 12000 };
+	char *token = malloc(TOKEN_LEN + 1);
+	assert_non_null(token);
+	for (size_t i = 0; i < TOKEN_LEN; i++)
+		token[i] = (char)('A' + i % 26);
+	token[TOKEN_LEN] = '\0';
+	struct h *h = malloc(sizeof(*h));
+	assert_non_null(h);
+	struct smtp_client_params p = {.helo_name = HELO_NAME, .auth = SMTPC_AUTH_XOAUTH2,
+				       .auth_user = AUTH_USER, .auth_secret = token};
+	h_init(h, "long token", &p);
+	h_server(h, GREET);
+	h_server(h, EHLO_AUTH);
+	CHECK_STR("long token", h->log, EHLO "AUTH XOAUTH2\r\n");
+	log_clear(h);
+	h_server(h, "334 \r\n");
+	/* base64 of the whole response, in one line */
+	size_t want = ((20 + strlen(AUTH_USER) + TOKEN_LEN + 2) / 3) * 4 + 2;
+	CHECK_INT("long token", h->log_len, want);
+	CHECK_INT("long token", strchr(h->log, '\r') - h->log, want - 2);
+	log_clear(h);
+	h_server(h, R334_JSON);
+	CHECK_STR("long token", h->log, "\r\n");
+	log_clear(h);
+	h_server(h, R235);
+	CHECK_STR("long token", h->log, "[READY]");
+	smtp_client_free(&h->c);
+	free(h);
+	free(token);
+}
+
+/* The command buffer keeps no copy of the credentials once they are sent,
+ * and what goes out for the secret never shows in the reply texts. */
+static void test_auth_wipes_sent_credentials(void **state)
+{
+	static const enum smtp_client_auth mechs[] = {SMTPC_AUTH_PLAIN, SMTPC_AUTH_LOGIN,
+						      SMTPC_AUTH_XOAUTH2};
+	for (size_t i = 0; i < N_ELEMS(mechs); i++) {
+		struct h *h = malloc(sizeof(*h));
+		assert_non_null(h);
+		struct smtp_client_params p = {.helo_name = HELO_NAME, .auth = mechs[i],
+					       .auth_user = AUTH_USER, .auth_secret = AUTH_PASS};
+		const char *name = smtp_client_auth_name(mechs[i]);
+		h_init(h, name, &p);
+		h_server(h, GREET);
+		h_server(h, EHLO_AUTH);
+		if (mechs[i] == SMTPC_AUTH_LOGIN) {
+			h_server(h, R334_USER);
+			h_server(h, R334_PASS);
+		}
+		assert_true(h->c.out_cap > 0);
+		for (size_t k = 0; k < h->c.out_cap; k++)
+			if (h->c.out[k] != 0)
+				fail_msg("%s: byte %zu of the command buffer not wiped", name, k);
+		h_server(h, R535);
+		assert_null(strstr(h->c.session_error.text, AUTH_PASS));
+		smtp_client_free(&h->c);
+		free(h);
+	}
+}
+
+static void test_auth_names(void **state)
+{
+	CHECK_STR("plain", smtp_client_auth_name(SMTPC_AUTH_PLAIN), "PLAIN");
+	CHECK_STR("login", smtp_client_auth_name(SMTPC_AUTH_LOGIN), "LOGIN");
+	CHECK_STR("xoauth2", smtp_client_auth_name(SMTPC_AUTH_XOAUTH2), "XOAUTH2");
+	CHECK_STR("bad", smtp_client_auth_name((enum smtp_client_auth)9), "unknown");
+}
+
 /* ---- misc ---------------------------------------------------------------------- */
 
 static void test_stage_names(void **state)
@@ -1292,7 +1616,8 @@ static void test_stage_names(void **state)
 		const char *want;
 	} cases[] = {
 		{SMTPC_STAGE_CONNECT, "connect"}, {SMTPC_STAGE_GREETING, "greeting"},
-		{SMTPC_STAGE_EHLO, "ehlo"},       {SMTPC_STAGE_MAIL, "mail"},
+		{SMTPC_STAGE_EHLO, "ehlo"},       {SMTPC_STAGE_AUTH, "auth"},
+		{SMTPC_STAGE_MAIL, "mail"},
 		{SMTPC_STAGE_RCPT, "rcpt"},       {SMTPC_STAGE_DATA, "data"},
 		{SMTPC_STAGE_DOT, "dot"},         {SMTPC_STAGE_LOCAL, "local"},
 		{(enum smtp_client_stage)99, "unknown"},
@@ -1359,6 +1684,10 @@ int main(void)
 		cmocka_unit_test(test_long_lines),
 		cmocka_unit_test(test_starttls),
 		cmocka_unit_test(test_starttls_fail_during_handshake),
+		cmocka_unit_test(test_auth),
+		cmocka_unit_test(test_auth_long_token),
+		cmocka_unit_test(test_auth_wipes_sent_credentials),
+		cmocka_unit_test(test_auth_names),
 		cmocka_unit_test(test_stage_names),
 		cmocka_unit_test(test_closed_stays_closed),
 		cmocka_unit_test(test_dsn_passed),
