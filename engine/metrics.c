@@ -240,6 +240,45 @@ static void per_send(FILE *out, struct metrics_registry *sr, struct worker_metri
 	}
 }
 
+/* One counter per connector and result, summed over workers. */
+typedef uint64_t (*result_getter)(struct worker_metrics *m, unsigned id, int k);
+
+static uint64_t get_tls_in(struct worker_metrics *m, unsigned id, int k)
+{
+	return metric_get(k ? &m->conn[id].tls_failed : &m->conn[id].tls_ok);
+}
+
+static uint64_t get_tls_out(struct worker_metrics *m, unsigned id, int k)
+{
+	return metric_get(&m->send[id].tls[k]);
+}
+
+static uint64_t get_auth_in(struct worker_metrics *m, unsigned id, int k)
+{
+	return metric_get(&m->conn[id].auth[k]);
+}
+
+static uint64_t get_auth_out(struct worker_metrics *m, unsigned id, int k)
+{
+	return metric_get(&m->send[id].auth[k]);
+}
+
+static void per_result(FILE *out, const char *name, const char *key, struct metrics_registry *reg,
+		       struct worker_metrics **w, unsigned nw, const char *const *results,
+		       int nres, result_getter get)
+{
+	unsigned n = atomic_load_explicit(&reg->n, memory_order_acquire);
+	for (unsigned id = 0; id < n; id++)
+		for (int k = 0; k < nres; k++) {
+			uint64_t v = 0;
+			for (unsigned i = 0; i < nw; i++)
+				v += get(w[i], id, k);
+			fprintf(out, "%s{%s=\"", name, key);
+			label(out, reg->names[id]);
+			fprintf(out, "\",result=\"%s\"} %llu\n", results[k], (unsigned long long)v);
+		}
+}
+
 void metrics_print_prometheus(FILE *out, struct metrics_registry *r,
 			      struct metrics_registry *sr, struct worker_metrics **w, unsigned nw,
 			      const struct spool_usage *spool, const char *io_backend)
@@ -308,52 +347,21 @@ void metrics_print_prometheus(FILE *out, struct metrics_registry *r,
 	per_send(out, sr, w, nw, "postern_delivery_connections_total", 4);
 	family(out, "postern_tls_handshakes_total", "counter",
 	       "Inbound STARTTLS handshakes, by receive connector and result (ok, failed).");
-	for (unsigned id = 0; id < n; id++) {
-		struct connector_sum s;
-		connector_sum(w, nw, id, &s);
-		for (int k = 0; k < 2; k++) {
-			fputs("postern_tls_handshakes_total{connector=\"", out);
-			label(out, r->names[id]);
-			fprintf(out, "\",result=\"%s\"} %llu\n", k ? "failed" : "ok",
-				(unsigned long long)(k ? s.tls_failed : s.tls_ok));
-		}
-	}
+	static const char *const tls_in_names[] = {"ok", "failed"};
+	per_result(out, "postern_tls_handshakes_total", "connector", r, w, nw, tls_in_names, 2,
+		   get_tls_in);
 	family(out, "postern_tls_outbound_total", "counter",
 	       "Outbound sessions by TLS outcome: ok, not_offered (no STARTTLS), failed (handshake), untrusted, name_mismatch.");
-	for (unsigned id = 0; id < ns; id++) {
-		uint64_t tv[TLS_OUT_RESULTS];
-		send_tls_sum(w, nw, id, tv);
-		for (int k = 0; k < TLS_OUT_RESULTS; k++) {
-			fputs("postern_tls_outbound_total{send_connector=\"", out);
-			label(out, sr->names[id]);
-			fprintf(out, "\",result=\"%s\"} %llu\n", tls_out_names[k],
-				(unsigned long long)tv[k]);
-		}
-	}
+	per_result(out, "postern_tls_outbound_total", "send_connector", sr, w, nw, tls_out_names,
+		   TLS_OUT_RESULTS, get_tls_out);
 	family(out, "postern_auth_total", "counter",
 	       "Inbound SMTP AUTH attempts, by receive connector and result (ok, failed, temporary).");
-	for (unsigned id = 0; id < n; id++)
-		for (int k = 0; k < AUTH_RESULTS; k++) {
-			uint64_t v = 0;
-			for (unsigned i = 0; i < nw; i++)
-				v += metric_get(&w[i]->conn[id].auth[k]);
-			fputs("postern_auth_total{connector=\"", out);
-			label(out, r->names[id]);
-			fprintf(out, "\",result=\"%s\"} %llu\n", auth_result_names[k],
-				(unsigned long long)v);
-		}
+	per_result(out, "postern_auth_total", "connector", r, w, nw, auth_result_names,
+		   AUTH_RESULTS, get_auth_in);
 	family(out, "postern_auth_outbound_total", "counter",
 	       "SMTP AUTH to the next hop, by send connector and result (ok, failed: refused credentials, temporary).");
-	for (unsigned id = 0; id < ns; id++)
-		for (int k = 0; k < AUTH_RESULTS; k++) {
-			uint64_t v = 0;
-			for (unsigned i = 0; i < nw; i++)
-				v += metric_get(&w[i]->send[id].auth[k]);
-			fputs("postern_auth_outbound_total{send_connector=\"", out);
-			label(out, sr->names[id]);
-			fprintf(out, "\",result=\"%s\"} %llu\n", auth_result_names[k],
-				(unsigned long long)v);
-		}
+	per_result(out, "postern_auth_outbound_total", "send_connector", sr, w, nw,
+		   auth_result_names, AUTH_RESULTS, get_auth_out);
 	family(out, "postern_io_backend_info", "gauge",
 	       "The I/O backend the workers run on (io_uring, or epoll where io_uring is blocked).");
 	fprintf(out, "postern_io_backend_info{backend=\"%s\"} 1\n", io_backend);
