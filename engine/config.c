@@ -478,11 +478,12 @@ static bool load_server(struct loader *ld, struct conf *c, config_t *cf)
 	static const char *const known[] = {
 		"hostname", "workers", "spool_dir", "stats_socket",
 		"metrics_listen", "shutdown_grace", "log_level", "log_file",
-		"spool_segment_size", "dns_servers", "io_backend", NULL};
+		"spool_segment_size", "dns_servers", "io_backend", "max_open_files", NULL};
 	config_setting_t *srv = config_lookup(cf, "server");
 	char host[256] = "localhost";
 	gethostname(host, sizeof(host) - 1);
 	c->shutdown_grace_ms = 30000;
+	c->max_open_files = 65536;
 	c->log_level = LOG_INFO;
 	if (!srv) {
 		c->hostname = xstrdup(host);
@@ -530,6 +531,15 @@ static bool load_server(struct loader *ld, struct conf *c, config_t *cf)
 	    !conf_parse_duration_ms(s, &c->shutdown_grace_ms))
 		return fail(ld, line_of(config_setting_get_member(srv, "shutdown_grace")),
 			    "shutdown_grace: invalid duration \"%s\"", s);
+	config_setting_t *mof = config_setting_get_member(srv, "max_open_files");
+	if (mof) {
+		long long v = config_setting_type(mof) == CONFIG_TYPE_INT ||
+				      config_setting_type(mof) == CONFIG_TYPE_INT64
+			? config_setting_get_int64(mof) : -1;
+		if (v < 64 || v > 16777216)
+			return fail(ld, line_of(mof), "max_open_files: a number from 64 to 16777216");
+		c->max_open_files = (uint64_t)v;
+	}
 	if ((s = get_string(ld, srv, "io_backend", false))) {
 		static const char *const kinds[] = {"auto", "io_uring", "epoll"};
 		int found = -1;
@@ -1487,8 +1497,9 @@ void conf_print(const struct conf *c, FILE *out)
 	static const char *const dtype[] = {"authoritative", "internal_relay",
 					    "external_relay"};
 	static const char *const backends[] = {"auto", "io_uring", "epoll"};
-	fprintf(out, "server: hostname=%s workers=%u io_backend=%s spool_dir=%s\n", c->hostname,
-		c->workers, backends[c->io_backend % 3], c->spool_dir);
+	fprintf(out, "server: hostname=%s workers=%u io_backend=%s spool_dir=%s max_open_files=%llu\n",
+		c->hostname, c->workers, backends[c->io_backend % 3], c->spool_dir,
+		(unsigned long long)c->max_open_files);
 	fprintf(out, "accepted_domains:%s\n", c->ndomains ? "" : " (none)");
 	for (unsigned i = 0; i < c->ndomains; i++)
 		fprintf(out, "  %s%s %s%s\n", c->domains[i].subdomains ? "*." : "",

@@ -170,6 +170,7 @@ struct conf {
 	char *metrics_listen;
 	char *log_file;            /* NULL: stderr */
 	uint64_t shutdown_grace_ms;
+	uint64_t max_open_files;   /* RLIMIT_NOFILE raised to this at start */
 	uint64_t spool_segment_bytes;
 	int log_level;
 	struct binding *bindings;

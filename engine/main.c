@@ -3,6 +3,7 @@
 #include <errno.h>
 #include <getopt.h>
 #include <signal.h>
+#include <sys/resource.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -227,6 +228,31 @@ static int reload_config(const char *path, struct app *app, struct worker *worke
 	return 0;
 }
 
+/* server.max_open_files (DESIGN B.6): the soft RLIMIT_NOFILE is raised to
+ * it, up to the hard limit (with a warning when that is lower). */
+static void raise_nofile(uint64_t want)
+{
+	struct rlimit rl;
+	if (getrlimit(RLIMIT_NOFILE, &rl) < 0)
+		return;
+	rlim_t target = (rlim_t)want;
+	if (rl.rlim_max != RLIM_INFINITY && target > rl.rlim_max) {
+		log_msg(LOG_WARN, "event=max_open_files wanted=%llu limit=%llu note=\"the hard RLIMIT_NOFILE is lower: raise it (systemd LimitNOFILE=)\"",
+			(unsigned long long)want, (unsigned long long)rl.rlim_max);
+		target = rl.rlim_max;
+	}
+	if (rl.rlim_cur >= target)
+		return;
+	rlim_t was = rl.rlim_cur;
+	rl.rlim_cur = target;
+	if (setrlimit(RLIMIT_NOFILE, &rl) < 0)
+		log_msg(LOG_WARN, "event=max_open_files wanted=%llu error=\"%s\"",
+			(unsigned long long)target, strerror(errno));
+	else
+		log_msg(LOG_INFO, "event=max_open_files from=%llu to=%llu", (unsigned long long)was,
+			(unsigned long long)target);
+}
+
 /* --hash-password: a password on stdin (one trailing newline is not part
  * of it), its yescrypt hash on stdout: the part after "name:" in an
  * auth_users_file line. */
@@ -374,6 +400,7 @@ int main(int argc, char **argv)
 	struct resolver *resolver = resolver_new(conf->dns_servers, err, sizeof(err));
 	if (!resolver)
 		log_msg(LOG_WARN, "event=resolver_unavailable error=\"%s\"", err);
+	raise_nofile(conf->max_open_files);
 	/* AUTH verifiers: crypt off the workers; two threads at most, so a
 	 * flood of AUTH attempts takes at most two cores' worth of time, and
 	 * a bounded queue beyond which AUTH answers 454. */
@@ -400,6 +427,7 @@ int main(int argc, char **argv)
 		w->ctx.throttle = &throttle;
 		w->ctx.resolver = resolver;
 		w->ctx.authd = authd;
+		w->spare_fd = -1;
 		w->ctx.nworkers = nw;
 		w->backend = backend;
 		w->peers = peers;

@@ -21,6 +21,7 @@ const char *const refuse_names[REFUSE_COUNT] = {
 	[REFUSE_NO_CONNECTOR] = "no_connector",
 	[REFUSE_WORKER_FULL] = "connection_limit",
 	[REFUSE_SHUTDOWN] = "shutting_down",
+	[REFUSE_DESCRIPTORS] = "out_of_descriptors",
 };
 
 void metric_latency(struct latency_hist *h, uint64_t us)

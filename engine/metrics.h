@@ -47,7 +47,7 @@ struct latency_hist {
 };
 
 enum refuse_reason { REFUSE_NO_CONNECTOR, REFUSE_WORKER_FULL, REFUSE_SHUTDOWN,
-		     REFUSE_COUNT };
+		     REFUSE_DESCRIPTORS, REFUSE_COUNT };
 
 /* Outcome of TLS towards a next hop, per session (DESIGN B.7). */
 enum tls_out_result { TLS_OUT_OK, TLS_OUT_NOT_OFFERED, TLS_OUT_FAILED, TLS_OUT_UNTRUSTED,

@@ -6,6 +6,7 @@
 
 #include <arpa/inet.h>
 #include <errno.h>
+#include <fcntl.h>
 #include <netinet/in.h>
 #include <sched.h>
 #include <sys/socket.h>
@@ -18,6 +19,7 @@
 #include "deliver.h"
 #include "log.h"
 #include "session.h"
+#include "smtp_reply.h"
 
 #define IO_ENTRIES 4096
 #define MAX_CONNS_PER_WORKER 65536
@@ -97,7 +99,10 @@ static void free_reload(struct worker_reload *r, bool close_new)
 static void apply_reload(struct worker *w, struct worker_reload *r)
 {
 	int *fds = malloc((r->nlisten ? r->nlisten : 1) * sizeof(*fds));
-	if (!fds) {
+	bool *paused = calloc(r->nlisten ? r->nlisten : 1, sizeof(*paused));
+	if (!fds || !paused) {
+		free(fds);
+		free(paused);
 		log_msg(LOG_ERROR, "event=reload worker=%u status=failed error=\"out of memory\"",
 			w->ctx.id);
 		conf_unref(r->conf);
@@ -120,6 +125,8 @@ static void apply_reload(struct worker *w, struct worker_reload *r)
 	free(w->listen_fds);
 	w->listen_fds = fds;
 	w->nlisten = r->nlisten;
+	free(w->accept_paused);
+	w->accept_paused = paused; /* every binding is armed below */
 	conf_unref(w->ctx.conf);
 	w->ctx.conf = r->conf;
 	w->conf_gen++;
@@ -173,15 +180,88 @@ static void begin_stop(struct worker *w)
 
 /* ---- completion handlers ---------------------------------------------- */
 
+#define ACCEPT_PAUSE_MS 100   /* out of descriptors: accepting waits this long */
+#define SPARE_REFUSALS 32     /* clients told 421 per exhaustion, at most */
+
+/* One accept_error line a second at most, with how many it stands for. */
+static void accept_error_log(struct worker *w, int err)
+{
+	w->accept_errors++;
+	if (w->accept_log_ms && w->ctx.now_ms - w->accept_log_ms < 1000)
+		return;
+	log_msg(LOG_WARN, "event=accept_error error=\"%s\" count=%u worker=%u%s", strerror(err),
+		w->accept_errors, w->ctx.id,
+		err == EMFILE || err == ENFILE ? " note=\"out of descriptors: accepting paused\"" : "");
+	w->accept_log_ms = w->ctx.now_ms;
+	w->accept_errors = 0;
+}
+
+/* EMFILE/ENFILE: the spare descriptor is given up to accept the waiting
+ * clients and tell them 421 at once (instead of leaving them to time out),
+ * and accepting on the binding pauses until the tick re-arms it: never a
+ * spin. */
+static void accept_exhausted(struct worker *w, unsigned b)
+{
+	if (w->spare_fd >= 0) {
+		close(w->spare_fd);
+		w->spare_fd = -1;
+		static const char msg[] = R_CONN_LIMIT "\r\n";
+		/* The listening socket may be a blocking one (io_uring does not
+		 * need otherwise): only what is waiting now is taken. */
+		int lfd = w->listen_fds[b];
+		int fl = fcntl(lfd, F_GETFL);
+		if (fl >= 0 && !(fl & O_NONBLOCK))
+			fcntl(lfd, F_SETFL, fl | O_NONBLOCK);
+		for (int i = 0; fl >= 0 && i < SPARE_REFUSALS; i++) {
+			int fd = accept4(lfd, NULL, NULL, SOCK_NONBLOCK | SOCK_CLOEXEC);
+			if (fd < 0)
+				break;
+			ssize_t r = send(fd, msg, sizeof(msg) - 1, MSG_DONTWAIT | MSG_NOSIGNAL);
+			(void)r;
+			close(fd);
+			metric_add(&w->m.refused[REFUSE_DESCRIPTORS], 1);
+		}
+		if (fl >= 0 && !(fl & O_NONBLOCK))
+			fcntl(lfd, F_SETFL, fl);
+		w->spare_fd = open("/dev/null", O_RDONLY | O_CLOEXEC);
+	}
+	w->accept_paused[b] = true;
+	w->accept_resume_ms = w->ctx.now_ms + ACCEPT_PAUSE_MS;
+}
+
+/* The tick: paused bindings accept again (descriptors may be back; if
+ * not, the next EMFILE pauses them again). */
+static void accept_resume(struct worker *w)
+{
+	if (w->ctx.now_ms < w->accept_resume_ms || w->ctx.stopping)
+		return;
+	for (unsigned b = 0; b < w->nlisten; b++)
+		if (w->accept_paused[b]) {
+			w->accept_paused[b] = false;
+			if (w->listen_fds[b] >= 0)
+				arm_accept(w, b);
+		}
+}
+
 static void on_accept(struct worker *w, const struct io_cqe *e)
 {
 	unsigned b = e->slot;
 	bool current = e->gen == w->conf_gen;
+	int err = e->res < 0 ? -e->res : 0;
 	if (e->res >= 0)
 		session_accept(&w->ctx, current ? b : binding_of(w->ctx.conf, e->res), e->res);
-	else if (e->res != -ECANCELED && e->res != -EBADF)
-		log_msg(LOG_WARN, "event=accept_error error=\"%s\"", strerror(-e->res));
-	if (!e->more && current && !w->ctx.stopping && b < w->nlisten && w->listen_fds[b] >= 0)
+	else if (err != ECANCELED && err != EBADF)
+		accept_error_log(w, err);
+	bool exhausted = err == EMFILE || err == ENFILE || err == ENOBUFS || err == ENOMEM;
+	if (exhausted && current && b < w->nlisten && w->listen_fds[b] >= 0) {
+		if (e->more)
+			io_cancel(w->ctx.io, io_tag(IO_OP_ACCEPT, b, w->conf_gen));
+		if (!w->accept_paused[b])
+			accept_exhausted(w, b);
+		return;
+	}
+	if (!e->more && current && !w->ctx.stopping && b < w->nlisten && w->listen_fds[b] >= 0 &&
+	    !w->accept_paused[b])
 		arm_accept(w, b);
 }
 
@@ -244,6 +324,7 @@ static void on_tick(struct worker *w, const struct io_cqe *e)
 	each_conn(w, session_tick);
 	deliver_tick(w->ctx.dl);
 	queue_tick(&w->queue);
+	accept_resume(w);
 	arm_tick(w);
 }
 
@@ -329,6 +410,13 @@ static int setup(struct worker *w)
 	x->m = &w->m;
 	x->buf_returned = session_buffers_returned;
 	mailbox_init(&x->auth_done);
+	w->accept_paused = calloc(w->nlisten ? w->nlisten : 1, sizeof(*w->accept_paused));
+	/* Kept for the day descriptors run out (accept_exhausted). */
+	w->spare_fd = open("/dev/null", O_RDONLY | O_CLOEXEC);
+	if (!w->accept_paused) {
+		snprintf(w->err, sizeof(w->err), "out of memory");
+		return -1;
+	}
 	x->buf_refs = calloc(BUF_COUNT, sizeof(*x->buf_refs));
 	if (!x->buf_refs || conn_table_init(&w->conns, MAX_CONNS_PER_WORKER) < 0) {
 		snprintf(w->err, sizeof(w->err), "out of memory");
@@ -453,5 +541,8 @@ void worker_join(struct worker *w)
 	conn_table_free(&w->conns);
 	free(w->ctx.buf_refs);
 	free(w->listen_fds);
+	free(w->accept_paused);
+	if (w->spare_fd >= 0)
+		close(w->spare_fd);
 	conf_unref(w->ctx.conf);
 }

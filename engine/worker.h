@@ -44,6 +44,13 @@ struct worker {
 	struct worker_metrics m;  /* written by this worker only */
 	int *listen_fds;          /* one per binding, owned */
 	unsigned nlisten;
+	/* Out of descriptors (EMFILE/ENFILE): accepting pauses instead of
+	 * spinning, a spare descriptor lets waiting clients be told 421. */
+	bool *accept_paused;      /* per binding: re-armed by the tick */
+	uint64_t accept_resume_ms;
+	uint64_t accept_log_ms;   /* last accept_error line (one a second at most) */
+	unsigned accept_errors;   /* since that line */
+	int spare_fd;
 	atomic_bool stop_requested;
 	atomic_bool flush_requested;  /* posternctl flush: retry everything now */
 	atomic_int state;         /* 0 starting, 1 running, -1 failed, 2 exited */

@@ -38,7 +38,7 @@ def test_check_prints_connectors(tmp_path):
     out = r.stdout.decode()
     # make_config names the backend only when the suite runs on a forced one.
     backend = os.environ.get("POSTERN_IO_BACKEND") or "auto"
-    assert out.startswith("server: hostname=%s workers=2 io_backend=%s spool_dir=%s\n"
+    assert out.startswith("server: hostname=%s workers=2 io_backend=%s spool_dir=%s max_open_files=65536\n"
                           % (HOSTNAME, backend, tmp_path / "spool"))
     assert "binding 127.0.0.1:%d:\n" % port in out
     assert '  connector "Default Frontend" permissions=anonymous\n' in out

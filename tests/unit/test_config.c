@@ -345,6 +345,8 @@ static void test_errors(void **state)
 		{"server = { workers = 1; };\n", 1, "no receive_connectors"},
 		{"server = {\n  io_backend = \"kqueue\"; };\nreceive_connectors = ( { name = \"a\"; bindings = [\"127.0.0.1:25\"]; } );\n",
 		 2, "io_backend: expected auto, io_uring or epoll"},
+		{"server = {\n  max_open_files = 10; };\nreceive_connectors = ( { name = \"a\"; bindings = [\"127.0.0.1:25\"]; } );\n",
+		 2, "max_open_files: a number from 64 to 16777216"},
 		{"server = { wrkers = 1; };\nreceive_connectors = ( { name = \"a\"; bindings = [\"127.0.0.1:25\"]; } );\n",
 		 1, "unknown setting \"wrkers\""},
 		{"receive_connectors = (\n { name = \"a\"; bindings = [\"localhost:25\"]; }\n);\n",
