@@ -165,6 +165,21 @@ def make_config(spool, connectors, server_extra="", domains=ACCEPTED_DOMAINS):
             "};\n%s%s" % (HOSTNAME, spool, server_extra, domains, connectors))
 
 
+def check_config(pt):
+    """`postern -c FILE --check` on a Postern's config (not started)."""
+    return subprocess.run([BINARY, "-c", str(pt.config), "--check"], capture_output=True,
+                          timeout=20 * SLOW)
+
+
+def assert_config_error(pt, word):
+    """--check refuses the file with one "FILE:LINE: ..." line naming word."""
+    r = check_config(pt)
+    err = r.stderr.decode()
+    assert r.returncode == 1, (r.returncode, err, r.stdout.decode()[-500:])
+    assert re.fullmatch(r"%s:\d+: [^\n]*\n" % re.escape(str(pt.config)), err), err
+    assert word in err, err
+
+
 def check_sanitizer(text):
     for marker in SANITIZER_MARKERS:
         assert marker not in text, "sanitizer report in postern stderr:\n" + text

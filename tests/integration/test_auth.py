@@ -14,8 +14,6 @@ import os
 import re
 import signal
 import smtplib
-import socket
-import ssl
 import subprocess
 import time
 import warnings
@@ -25,9 +23,9 @@ import pytest
 import tlsutil
 from auth_sink import (AuthSink, R_SINK_AUTH_FAILED, R_THREAD_LIMIT_421,
                        R_THREAD_LIMIT_432)
-from conftest import (BINARY, BUILD, R_BAD_SEQUENCE, R_MAIL_OK, R_NOT_AUTHENTICATED, R_QUIT,
+from conftest import (BINARY, assert_config_error, check_config, R_BAD_SEQUENCE, R_MAIL_OK, R_NOT_AUTHENTICATED, R_QUIT,
                       R_RCPT_OK, R_START_DATA, R_TOO_MANY_ERRORS, R_UNABLE_TO_RELAY,
-                      R_UNRECOGNIZED, SLOW, Postern, RawClient, free_port, wait_until)
+                      R_UNRECOGNIZED, SLOW, Postern, free_port, wait_until)
 from test_delivery import config, events, smart, submit, wait_event
 from test_tls import (BODY, QUEUED, TlsClient, body_of, client_ctx, ctl, fetch_metrics, metric,
                       need, received_header, tls_keys)
@@ -634,12 +632,7 @@ def test_auth_config_errors(pki, tmp_path, case):
     extra = extra.format(keys=tls_keys(pki.server), users=users, bad=bad,
                          missing=tmp_path / "no-such-users")
     pt = Postern(tmp_path, receive(rconn("A", ["127.0.0.0/8"], perms, extra)))
-    r = subprocess.run([BINARY, "-c", str(pt.config), "--check"], capture_output=True,
-                       timeout=20 * SLOW)
-    err = r.stderr.decode()
-    assert r.returncode == 1, (r.returncode, err, r.stdout.decode()[-500:])
-    assert re.fullmatch(r"%s:\d+: [^\n]*\n" % re.escape(str(pt.config)), err), err
-    assert word in err, err
+    assert_config_error(pt, word)
 
 
 def test_valid_auth_config_checks(pki, tmp_path):
@@ -650,8 +643,7 @@ def test_valid_auth_config_checks(pki, tmp_path):
         d.mkdir()
         pt = Postern(d, receive(rconn("A", ["127.0.0.0/8"], ["anonymous", "authenticated"],
                                       extra)))
-        r = subprocess.run([BINARY, "-c", str(pt.config), "--check"], capture_output=True,
-                           timeout=20 * SLOW)
+        r = check_config(pt)
         assert r.returncode == 0, r.stderr.decode()
 
 

@@ -24,7 +24,7 @@ import urllib.request
 import pytest
 
 import tlsutil
-from conftest import (BINARY, BUILD, HOSTNAME, R_BAD_SEQUENCE, R_LINE_TOO_LONG, R_MAIL_OK,
+from conftest import (BINARY, BUILD, assert_config_error, HOSTNAME, R_BAD_SEQUENCE, R_LINE_TOO_LONG, R_MAIL_OK,
                       R_NOOP_OK, R_QUIT, R_RCPT_OK, R_START_DATA, R_SYNTAX, R_UNRECOGNIZED,
                       SLOW, Postern, RawClient, free_port, wait_until)
 from test_delivery import RECEIVED, config, events, smart, submit, wait_event
@@ -348,12 +348,7 @@ def test_tls_config_errors(pki, tmp_path, case):
     extra = extra.format(ca=pki.ca.cert, keys=tls_keys(pki.server), cert=pki.server.cert,
                          cert2=pki.other.cert, key=pki.server.key)
     pt = Postern(tmp_path, receive(rconn("A", ["127.0.0.0/8"], "anonymous_relay", extra)))
-    r = subprocess.run([BINARY, "-c", str(pt.config), "--check"], capture_output=True,
-                       timeout=20 * SLOW)
-    err = r.stderr.decode()
-    assert r.returncode == 1, (r.returncode, err, r.stdout.decode()[-500:])
-    assert re.fullmatch(r"%s:\d+: [^\n]*\n" % re.escape(str(pt.config)), err), err
-    assert word in err, err
+    assert_config_error(pt, word)
 
 
 # ---------------------------------------------------------------------------
