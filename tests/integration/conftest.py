@@ -120,6 +120,22 @@ def free_wildcard_port():
     raise AssertionError("no free port for a wildcard binding")
 
 
+def port_refuses(port, host="127.0.0.1"):
+    """True once nothing listens on host:port (the connect is refused or
+    reset). A SYN that reaches a listening socket in the instant it is
+    being closed is dropped without an answer (the kernel found the socket,
+    then saw it CLOSED), and the retransmission comes a second later: a
+    probe that times out proves nothing either way, so it counts as
+    "not yet" and the caller probes again."""
+    try:
+        socket.create_connection((host, port), timeout=0.5).close()
+        return False
+    except (ConnectionRefusedError, ConnectionResetError):
+        return True
+    except (TimeoutError, socket.timeout):
+        return False
+
+
 def wait_until(pred, timeout, interval=0.02, what="condition"):
     """Polls pred() until it returns a true value; fails after timeout s."""
     deadline = time.monotonic() + timeout * SLOW

@@ -6,7 +6,7 @@ import subprocess
 
 import pytest
 
-from conftest import (BINARY, free_port, free_wildcard_port, R_MAIL_OK, R_QUIT, R_RCPT_OK, R_UNABLE_TO_RELAY,
+from conftest import (BINARY, free_port, free_wildcard_port, port_refuses, R_MAIL_OK, R_QUIT, R_RCPT_OK, R_UNABLE_TO_RELAY,
                       RawClient, wait_until)
 
 # Four connectors nest on one binding; each announces its own SIZE, so EHLO
@@ -232,11 +232,5 @@ def test_reload_removes_binding(postern):
         "RELAYS", '"127.0.0.10"').replace("{port0}", str(port0))
     reload(p, only0, 1)
 
-    def refused():
-        try:
-            socket.create_connection(("127.0.0.1", port1), timeout=1).close()
-            return False
-        except (ConnectionRefusedError, ConnectionResetError):
-            return True
-    wait_until(refused, 10, what="port %d to close after reload" % port1)
+    wait_until(lambda: port_refuses(port1), 10, what="port %d to close after reload" % port1)
     assert relay_attempt(port0, "127.0.0.10") == R_RCPT_OK

@@ -7,7 +7,7 @@ import time
 
 import pytest
 
-from conftest import (BINARY, HOSTNAME, R_MAIL_OK, R_QUIT, R_RCPT_OK,
+from conftest import (BINARY, HOSTNAME, port_refuses, R_MAIL_OK, R_QUIT, R_RCPT_OK,
                       R_SHUTTING_DOWN, R_START_DATA, R_TIMEOUT, SLOW,
                       TWO_CONNECTORS, check_sanitizer, free_port, make_config,
                       wait_until)
@@ -165,11 +165,7 @@ def test_missing_config_file(tmp_path):
 
 
 def listener_closed(port):
-    try:
-        socket.create_connection(("127.0.0.1", port), timeout=1).close()
-        return False
-    except (ConnectionRefusedError, ConnectionResetError):
-        return True
+    return port_refuses(port)
 
 
 def test_sigterm_idle_session(postern, smtp_raw):
