@@ -10,11 +10,13 @@
 #include <libconfig.h>
 #include <limits.h>
 #include <netinet/in.h>
+#include <pwd.h>
 #include <stdarg.h>
 #include <stddef.h>
 #include <stdlib.h>
 #include <string.h>
 #include <strings.h>
+#include <sys/stat.h>
 #include <unistd.h>
 
 #include "log.h"
@@ -90,6 +92,7 @@ struct loader {
 	char *err;
 	size_t errlen;
 	bool failed;
+	const config_setting_t *proxy_bindings; /* server.proxy_protocol.bindings */
 };
 
 static bool fail(struct loader *ld, int line, const char *fmt, ...)
@@ -473,16 +476,105 @@ static bool load_dns_servers(struct loader *ld, struct conf *c, config_setting_t
 	return true;
 }
 
+static const config_setting_t *string_list(struct loader *ld,
+					   const config_setting_t *g,
+					   const char *name, bool required);
+
+/* server.proxy_protocol = { bindings = [...]; trusted_proxies = [...]; }.
+ * The bindings are checked against the connectors' once those are read
+ * (resolve_proxy_bindings). */
+static bool load_proxy_protocol(struct loader *ld, struct conf *c, config_setting_t *pp)
+{
+	static const char *const known[] = {"bindings", "trusted_proxies", NULL};
+	if (!config_setting_is_group(pp))
+		return fail(ld, line_of(pp),
+			    "proxy_protocol: expected { bindings = [ ... ]; trusted_proxies = [ ... ]; }");
+	if (!check_members(ld, pp, known, NULL, 0))
+		return false;
+	const config_setting_t *b = string_list(ld, pp, "bindings", true);
+	if (!b)
+		return false;
+	const config_setting_t *t = string_list(ld, pp, "trusted_proxies", true);
+	if (!t)
+		return false;
+	if (config_setting_length(b) == 0)
+		return fail(ld, line_of(b), "proxy_protocol: bindings: at least one ip:port");
+	if (config_setting_length(t) == 0)
+		return fail(ld, line_of(t),
+			    "proxy_protocol: trusted_proxies: at least one address or range (nobody else may send the header)");
+	ld->proxy_bindings = b;
+	c->ntrusted_proxies = (unsigned)config_setting_length(t);
+	c->trusted_proxies = xcalloc(c->ntrusted_proxies, sizeof(*c->trusted_proxies));
+	for (unsigned i = 0; i < c->ntrusted_proxies; i++) {
+		const char *s = config_setting_get_string_elem(t, (int)i);
+		if (!conf_parse_range(s, &c->trusted_proxies[i]))
+			return fail(ld, element_line(ld, t, i),
+				    "proxy_protocol: trusted_proxies: \"%s\" is not an address, a-b range or CIDR", s);
+		c->trusted_proxies[i].line = element_line(ld, t, i);
+	}
+	return true;
+}
+
+/* Every proxy_protocol binding must be one a receive connector listens on:
+ * a typo would otherwise leave the real binding taking the balancer's
+ * address as the client's. */
+static bool resolve_proxy_bindings(struct loader *ld, struct conf *c)
+{
+	const config_setting_t *v = ld->proxy_bindings;
+	for (int i = 0; v && i < config_setting_length(v); i++) {
+		const char *s = config_setting_get_string_elem(v, i);
+		struct binding b;
+		if (!conf_parse_binding(s, &b))
+			return fail(ld, element_line(ld, v, (unsigned)i),
+				    "proxy_protocol: bindings: \"%s\" is not ip:port ([ipv6]:port)", s);
+		unsigned k = 0;
+		while (k < c->nbindings && !(c->bindings[k].addrlen == b.addrlen &&
+					     memcmp(&c->bindings[k].addr, &b.addr, b.addrlen) == 0))
+			k++;
+		if (k == c->nbindings)
+			return fail(ld, element_line(ld, v, (unsigned)i),
+				    "proxy_protocol: bindings: \"%s\" is not a binding of any receive connector", s);
+		c->bindings[k].proxy = true;
+	}
+	return true;
+}
+
+bool conf_trusted_proxy(const struct conf *c, const struct sockaddr *sa,
+			const struct ip_range **why)
+{
+	int family;
+	u128 v;
+	if (sa->sa_family == AF_INET) {
+		family = 4;
+		v = ntohl(((const struct sockaddr_in *)sa)->sin_addr.s_addr);
+	} else if (sa->sa_family == AF_INET6) {
+		conf_addr6_value(((const struct sockaddr_in6 *)sa)->sin6_addr.s6_addr, &family, &v);
+	} else {
+		return false;
+	}
+	for (unsigned i = 0; i < c->ntrusted_proxies; i++) {
+		const struct ip_range *r = &c->trusted_proxies[i];
+		if (r->family == family && v >= r->lo && v <= r->hi) {
+			if (why)
+				*why = r;
+			return true;
+		}
+	}
+	return false;
+}
+
 static bool load_server(struct loader *ld, struct conf *c, config_t *cf)
 {
 	static const char *const known[] = {
 		"hostname", "workers", "spool_dir", "stats_socket",
 		"metrics_listen", "shutdown_grace", "log_level", "log_file",
-		"spool_segment_size", "dns_servers", "io_backend", "max_open_files", NULL};
+		"spool_segment_size", "dns_servers", "io_backend", "max_open_files", "user",
+		"proxy_protocol", "drain_timeout", NULL};
 	config_setting_t *srv = config_lookup(cf, "server");
 	char host[256] = "localhost";
 	gethostname(host, sizeof(host) - 1);
 	c->shutdown_grace_ms = 30000;
+	c->drain_timeout_ms = 600000;
 	c->max_open_files = 65536;
 	c->log_level = LOG_INFO;
 	if (!srv) {
@@ -531,6 +623,20 @@ static bool load_server(struct loader *ld, struct conf *c, config_t *cf)
 	    !conf_parse_duration_ms(s, &c->shutdown_grace_ms))
 		return fail(ld, line_of(config_setting_get_member(srv, "shutdown_grace")),
 			    "shutdown_grace: invalid duration \"%s\"", s);
+	if ((s = get_string(ld, srv, "drain_timeout", false)) &&
+	    !conf_parse_duration_ms(s, &c->drain_timeout_ms))
+		return fail(ld, line_of(config_setting_get_member(srv, "drain_timeout")),
+			    "drain_timeout: invalid duration \"%s\"", s);
+	if ((s = get_string(ld, srv, "user", false))) {
+		/* Resolved again at start; here so --check names a typo. */
+		if (!*s || !getpwnam(s))
+			return fail(ld, line_of(config_setting_get_member(srv, "user")),
+				    "user: no such user \"%s\"", s);
+		c->user = xstrdup(s);
+	}
+	config_setting_t *pp = config_setting_get_member(srv, "proxy_protocol");
+	if (pp && !load_proxy_protocol(ld, c, pp))
+		return false;
 	config_setting_t *mof = config_setting_get_member(srv, "max_open_files");
 	if (mof) {
 		long long v = config_setting_type(mof) == CONFIG_TYPE_INT ||
@@ -1312,6 +1418,15 @@ struct conf *conf_load(const char *path, char *err, size_t errlen)
 		config_destroy(&cf);
 		return NULL;
 	}
+	/* Whoever may write it may make us an open relay or run as root. */
+	struct stat st;
+	if (stat(path, &st) == 0 && (st.st_mode & S_IWOTH)) {
+		snprintf(err, errlen,
+			 "%s:0: writable by others (mode %04o): refusing it; chmod o-w %s", path,
+			 (unsigned)(st.st_mode & 07777), path);
+		config_destroy(&cf);
+		return NULL;
+	}
 	struct conf *c = xcalloc(1, sizeof(*c));
 	atomic_init(&c->refs, 1);
 	c->path = xstrdup(path);
@@ -1320,7 +1435,8 @@ struct conf *conf_load(const char *path, char *err, size_t errlen)
 					  "queue", NULL};
 	bool ok = check_members(&ld, config_root_setting(&cf), top, NULL, 0) &&
 		  load_server(&ld, c, &cf) && load_domains(&ld, c, &cf) &&
-		  load_connectors(&ld, c, &cf) && load_send_connectors(&ld, c, &cf) &&
+		  load_connectors(&ld, c, &cf) && resolve_proxy_bindings(&ld, c) &&
+		  load_send_connectors(&ld, c, &cf) &&
 		  load_queue(&ld, c, &cf);
 	config_destroy(&cf);
 	if (!ok) {
@@ -1366,6 +1482,8 @@ void conf_free(struct conf *c)
 	}
 	for (unsigned i = 0; i < c->ndomains; i++)
 		free(c->domains[i].domain);
+	free(c->user);
+	free(c->trusted_proxies);
 	for (unsigned i = 0; i < c->nsc; i++) {
 		struct sconn *sc = &c->sc[i];
 		for (unsigned k = 0; k < sc->nspaces; k++)
@@ -1500,6 +1618,10 @@ void conf_print(const struct conf *c, FILE *out)
 	fprintf(out, "server: hostname=%s workers=%u io_backend=%s spool_dir=%s max_open_files=%llu\n",
 		c->hostname, c->workers, backends[c->io_backend % 3], c->spool_dir,
 		(unsigned long long)c->max_open_files);
+	if (c->user)
+		fprintf(out, "server: user=%s (after binding)\n", c->user);
+	for (unsigned i = 0; i < c->ntrusted_proxies; i++)
+		fprintf(out, "proxy_protocol: trusted proxy %s\n", c->trusted_proxies[i].text);
 	fprintf(out, "accepted_domains:%s\n", c->ndomains ? "" : " (none)");
 	for (unsigned i = 0; i < c->ndomains; i++)
 		fprintf(out, "  %s%s %s%s\n", c->domains[i].subdomains ? "*." : "",
@@ -1508,7 +1630,8 @@ void conf_print(const struct conf *c, FILE *out)
 				? " (note: accepted like authoritative; the type does not change routing yet)"
 				: "");
 	for (unsigned b = 0; b < c->nbindings; b++) {
-		fprintf(out, "binding %s:\n", c->bindings[b].text);
+		fprintf(out, "binding %s:%s\n", c->bindings[b].text,
+			c->bindings[b].proxy ? " PROXY protocol required from trusted proxies" : "");
 		for (unsigned i = 0; i < c->nrc; i++) {
 			const struct rconn *rc = &c->rc[i];
 			if (!rconn_on_binding(rc, b))
@@ -1559,6 +1682,7 @@ void conf_print_json(const struct conf *c, FILE *out)
 	for (unsigned b = 0; b < c->nbindings; b++) {
 		fprintf(out, "%s{\"binding\": ", b ? ", " : "");
 		json_write_string(out, c->bindings[b].text);
+		fprintf(out, ", \"proxy_protocol\": %s", c->bindings[b].proxy ? "true" : "false");
 		fputs(", \"connectors\": [", out);
 		bool first = true;
 		for (unsigned i = 0; i < c->nrc; i++) {

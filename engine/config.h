@@ -42,6 +42,7 @@ struct binding {
 	struct sockaddr_storage addr;
 	socklen_t addrlen;
 	char text[64];
+	bool proxy;               /* server.proxy_protocol names it (B.10) */
 };
 
 struct conf;
@@ -170,7 +171,11 @@ struct conf {
 	char *metrics_listen;
 	char *log_file;            /* NULL: stderr */
 	uint64_t shutdown_grace_ms;
+	uint64_t drain_timeout_ms; /* posternctl drain: exit by then at the latest */
 	uint64_t max_open_files;   /* RLIMIT_NOFILE raised to this at start */
+	char *user;                /* server.user: run as it once bound (B.6) */
+	struct ip_range *trusted_proxies; /* server.proxy_protocol (B.10) */
+	unsigned ntrusted_proxies;
 	uint64_t spool_segment_bytes;
 	int log_level;
 	struct binding *bindings;
@@ -205,6 +210,11 @@ void conf_print_json(const struct conf *c, FILE *out);
 const struct rconn *conf_match(const struct conf *c, unsigned b,
 			       const struct sockaddr *sa,
 			       const struct ip_range **why);
+
+/* True when a connection from sa may (must) send a PROXY header: sa is in
+ * server.proxy_protocol.trusted_proxies. why: the range that matched. */
+bool conf_trusted_proxy(const struct conf *c, const struct sockaddr *sa,
+			const struct ip_range **why);
 
 /* The send connector for a recipient domain (any case, len bytes; an
  * address literal "[...]" matches "*" only): the most specific address

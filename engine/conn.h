@@ -37,6 +37,8 @@ struct conn {
 	bool drained;
 	bool recv_starved;        /* recv ended with ENOBUFS: re-armed on a buffer's return */
 	bool tls_starting;        /* 220 to STARTTLS being sent: TLS begins after it */
+	bool proxy_wait;          /* PROXY header not yet in: no session, no rc yet */
+	unsigned binding;         /* the listener it came in on */
 	int store_result;         /* STORE_* once storing finished */
 	struct conf *conf;        /* the configuration the session started with */
 	const struct rconn *rc;
@@ -58,7 +60,8 @@ struct conn {
 	struct throttle_entry *th_source;  /* this client's address on this connector */
 	struct throttle_entry *th_rate;    /* the message-rate bucket it draws on */
 	struct smtp_server smtp;
-	char peer[64];
+	char peer[64];            /* the client: the PROXY header's source, else the socket's */
+	char proxy_peer[64];      /* the balancer that sent a PROXY header, or "" */
 	char auth_name[SMTP_AUTH_NAME_MAX + 1]; /* the name of the AUTH in progress (logs) */
 	char out[CONN_OUT_BUF];
 };

@@ -14,6 +14,8 @@
 #include "io.h"
 #include "listener.h"
 #include "log.h"
+#include "notify.h"
+#include "privilege.h"
 #include "spool.h"
 #include "stats.h"
 #include "tls.h"
@@ -37,7 +39,37 @@ struct app {
 	char reload_result[1024];
 	struct worker *workers;   /* set once they run */
 	unsigned nworkers;
+	atomic_bool drain_asked;  /* posternctl drain: main takes it on SIGUSR2 */
+	atomic_bool inbound_closed; /* draining or stopping: /readyz 503 */
 };
+
+static struct conf *app_current(void *arg);
+
+/* posternctl drain (B.10): answered at once; the signal thread does it. */
+static int app_drain(void *arg, char *result, size_t cap)
+{
+	struct app *a = arg;
+	struct conf *c = app_current(a);
+	long queued = 0;
+	for (unsigned i = 0; i < a->nworkers; i++)
+		queued += (long)metric_get(&a->workers[i].m.queue_messages);
+	bool again = atomic_exchange(&a->drain_asked, true);
+	atomic_store(&a->inbound_closed, true);
+	snprintf(result, cap,
+		 "%s: listeners closed, %ld message%s queued; postern exits once the queue is empty or in %llus (server.drain_timeout)",
+		 again ? "draining already" : "draining", queued, queued == 1 ? "" : "s",
+		 (unsigned long long)(c->drain_timeout_ms / 1000));
+	conf_unref(c);
+	if (!again)
+		kill(getpid(), SIGUSR2);
+	return 0;
+}
+
+static bool app_accepting(void *arg)
+{
+	struct app *a = arg;
+	return !atomic_load(&a->inbound_closed);
+}
 
 /* posternctl flush: every worker's queue is due now. */
 static void app_flush(void *arg)
@@ -285,6 +317,42 @@ static int hash_password(void)
 	return 0;
 }
 
+/* server.user (B.6). Started as root: the spool, the stats socket and the
+ * log file go to the user, then postern becomes it, keeping only
+ * CAP_NET_BIND_SERVICE (a reload may bind a new port below 1024). Started
+ * as anyone else, it stays who it is. */
+static int become_user(const struct conf *c, char *err,
+		       size_t cap)
+{
+	if (!c->user)
+		return 0;
+	uid_t uid;
+	gid_t gid;
+	if (privilege_lookup(c->user, &uid, &gid, err, cap) < 0)
+		return -1;
+	if (geteuid() != 0) {
+		if (geteuid() != uid)
+			log_msg(LOG_WARN, "event=privileges user=%s note=\"not started as root: staying uid %u\"",
+				c->user, (unsigned)geteuid());
+		return 0;
+	}
+	if (privilege_give(c->spool_dir, uid, gid, err, cap) < 0)
+		return -1;
+	if (c->stats_socket && privilege_give(c->stats_socket, uid, gid, err, cap) < 0)
+		return -1;
+	if (c->log_file && privilege_give(c->log_file, uid, gid, err, cap) < 0)
+		return -1;
+	if (privilege_drop(uid, gid, true, err, cap) < 0)
+		return -1;
+	log_msg(LOG_INFO, "event=privileges user=%s uid=%u gid=%u capabilities=net_bind_service",
+		c->user, (unsigned)uid, (unsigned)gid);
+	for (unsigned i = 0; i < c->nsc; i++)
+		if (c->sc[i].drop_dir && access(c->sc[i].drop_dir, W_OK | X_OK) < 0)
+			log_msg(LOG_WARN, "event=privileges user=%s drop_directory=%s error=\"%s\" note=\"the send connector cannot deliver\"",
+				c->user, c->sc[i].drop_dir, strerror(errno));
+	return 0;
+}
+
 static void usage(FILE *out)
 {
 	fprintf(out,
@@ -342,6 +410,7 @@ int main(int argc, char **argv)
 	sigaddset(&sigs, SIGTERM);
 	sigaddset(&sigs, SIGINT);
 	sigaddset(&sigs, SIGHUP);
+	sigaddset(&sigs, SIGUSR2);  /* from the stats thread: drain */
 	if (!check)
 		pthread_sigmask(SIG_BLOCK, &sigs, NULL);
 	signal(SIGPIPE, SIG_IGN);
@@ -445,15 +514,6 @@ int main(int argc, char **argv)
 			}
 		}
 	}
-	for (unsigned i = 0; i < nw; i++) {
-		if (worker_start(&workers[i]) < 0) {
-			fprintf(stderr, "postern: worker %u: %s\n", i, workers[i].err);
-			spool_close(&store);
-			spool_close(&store);
-		return 1;
-		}
-	}
-	spool_owner_free(&store); /* every worker has recovered its share */
 	pthread_mutex_init(&app.mu, NULL);
 	pthread_cond_init(&app.reloaded, NULL);
 	struct stats_host host = {
@@ -468,10 +528,12 @@ int main(int argc, char **argv)
 		.start_ms = wctx_clock_ms(),
 		.current = app_current,
 		.reload = app_reload,
+		.drain = app_drain,
+		.accepting = app_accepting,
+		.spool_dir = conf->spool_dir,
+		.spool_room = conf->spool_segment_bytes,
 		.arg = &app,
 	};
-	app.workers = workers;
-	app.nworkers = nw;
 	struct stats_server stats;
 	if (stats_start(&stats, &host, conf->stats_socket, conf->metrics_listen, err,
 			sizeof(err)) < 0) {
@@ -479,31 +541,102 @@ int main(int argc, char **argv)
 		spool_close(&store);
 		return 1;
 	}
+	/* Everything is bound and open: from here on, server.user (B.6). The
+	 * rings are made after this, so no kernel worker of theirs runs as
+	 * root either. */
+	if (become_user(conf, err, sizeof(err)) < 0) {
+		fprintf(stderr, "postern: %s\n", err);
+		log_msg(LOG_ERROR, "event=privileges status=failed error=\"%s\"", err);
+		stats_stop(&stats);
+		spool_close(&store);
+		return 1;
+	}
+	for (unsigned i = 0; i < nw; i++) {
+		if (worker_start(&workers[i]) < 0) {
+			fprintf(stderr, "postern: worker %u: %s\n", i, workers[i].err);
+			stats_stop(&stats);
+			spool_close(&store);
+			return 1;
+		}
+	}
+	spool_owner_free(&store); /* every worker has recovered its share */
+	app.workers = workers;
+	app.nworkers = nw;
 	char bl[512] = "";
 	for (unsigned b = 0; b < conf->nbindings; b++) {
 		size_t n = strlen(bl);
 		snprintf(bl + n, sizeof(bl) - n, "%s%s", b ? "," : "", conf->bindings[b].text);
 	}
-	log_msg(LOG_INFO, "event=start version=%s workers=%u io_backend=%s bindings=%s connectors=%u spool=%s",
-		POSTERN_VERSION, nw, io_backend_name(backend), bl, conf->nrc, conf->spool_dir);
+	log_msg(LOG_INFO, "event=start version=%s workers=%u io_backend=%s bindings=%s connectors=%u spool=%s uid=%u",
+		POSTERN_VERSION, nw, io_backend_name(backend), bl, conf->nrc, conf->spool_dir,
+		(unsigned)geteuid());
+	notify_manager("READY=1\nSTATUS=accepting");
 
+	/* The signal loop. A drain ends it when every worker has emptied its
+	 * queue and exited, or at server.drain_timeout. */
+	bool draining = false;
+	uint64_t drain_deadline = 0;
 	for (;;) {
-		int sig = sigwaitinfo(&sigs, NULL);
-		if (sig < 0) {
+		struct timespec tick = {0, 200 * 1000 * 1000};
+		int sig = draining ? sigtimedwait(&sigs, NULL, &tick) : sigwaitinfo(&sigs, NULL);
+		if (sig < 0 && errno != EAGAIN) {
 			if (errno == EINTR)
 				continue;
 			break;
 		}
-		if (sig == SIGHUP) {
+		if (sig == SIGHUP && !draining) {
 			char result[1024];
+			notify_manager("RELOADING=1");
 			int status = reload_config(path, &app, workers, nw, result, sizeof(result));
 			app_reloaded(&app, status, result);
+			notify_manager("READY=1\nSTATUS=accepting");
 			continue;
 		}
-		log_msg(LOG_INFO, "event=stop signal=%s grace_ms=%llu", sig == SIGTERM ? "TERM" : "INT",
-			(unsigned long long)app.conf->shutdown_grace_ms);
-		break;
+		if (sig == SIGHUP) {
+			log_msg(LOG_WARN, "event=reload status=failed error=\"draining: no reload\"");
+			app_reloaded(&app, -1, "draining: no reload");
+			continue;
+		}
+		if (sig == SIGUSR2 && !draining && atomic_load(&app.drain_asked)) {
+			draining = true;
+			drain_deadline = wctx_clock_ms() + app.conf->drain_timeout_ms;
+			long queued = 0;
+			for (unsigned i = 0; i < nw; i++)
+				queued += (long)metric_get(&workers[i].m.queue_messages);
+			log_msg(LOG_INFO, "event=drain status=started queued=%ld timeout_ms=%llu", queued,
+				(unsigned long long)app.conf->drain_timeout_ms);
+			notify_manager("STOPPING=1\nSTATUS=draining");
+			for (unsigned i = 0; i < nw; i++)
+				worker_request_drain(&workers[i]);
+			continue;
+		}
+		if (sig == SIGTERM || sig == SIGINT) {
+			log_msg(LOG_INFO, "event=stop signal=%s grace_ms=%llu%s",
+				sig == SIGTERM ? "TERM" : "INT",
+				(unsigned long long)app.conf->shutdown_grace_ms,
+				draining ? " note=\"during a drain\"" : "");
+			break;
+		}
+		if (!draining)
+			continue;
+		unsigned left = 0;
+		for (unsigned i = 0; i < nw; i++)
+			left += atomic_load(&workers[i].state) != 2;
+		if (!left) {
+			log_msg(LOG_INFO, "event=drain status=done note=\"queue empty\"");
+			break;
+		}
+		if (wctx_clock_ms() >= drain_deadline) {
+			long queued = 0;
+			for (unsigned i = 0; i < nw; i++)
+				queued += (long)metric_get(&workers[i].m.queue_messages);
+			log_msg(LOG_WARN, "event=drain status=timeout left=%ld note=\"left in the spool for the next start\"",
+				queued);
+			break;
+		}
 	}
+	atomic_store(&app.inbound_closed, true);
+	notify_manager("STOPPING=1");
 	stats_stop(&stats);
 	for (unsigned i = 0; i < nw; i++)
 		worker_request_stop(&workers[i]);

@@ -70,6 +70,7 @@ void metrics_totals(struct worker_metrics **w, unsigned nw, struct metrics_total
 		}
 		for (int r = 0; r < REFUSE_COUNT; r++)
 			t->refused[r] += metric_get(&m->refused[r]);
+		t->proxy_rejected += metric_get(&m->proxy_rejected);
 		t->fsyncs += metric_get(&m->fsyncs);
 		t->dirsyncs += metric_get(&m->dirsyncs);
 		t->flushed_messages += metric_get(&m->flushed_messages);
@@ -314,6 +315,9 @@ void metrics_print_prometheus(FILE *out, struct metrics_registry *r,
 				(unsigned long long)s.rejected[k]);
 		}
 	}
+	/* Before any connector: connector="" (B.10). */
+	fprintf(out, "postern_messages_rejected_total{connector=\"\",reason=\"proxy\"} %llu\n",
+		(unsigned long long)t.proxy_rejected);
 	family(out, "postern_throttled_total", "counter",
 	       "Throttle events, by connector (receive or send) and reason.");
 	for (unsigned id = 0; id < n; id++)
@@ -371,6 +375,12 @@ void metrics_print_prometheus(FILE *out, struct metrics_registry *r,
 	family(out, "postern_spool_bytes", "gauge",
 	       "Bytes of queued messages in the spool (as stored, envelopes not counted).");
 	fprintf(out, "postern_spool_bytes %llu\n", (unsigned long long)spool->bytes);
+	family(out, "postern_spool_free_bytes", "gauge",
+	       "Bytes available on the spool's file system.");
+	fprintf(out, "postern_spool_free_bytes %llu\n", (unsigned long long)spool->free_bytes);
+	family(out, "postern_ready", "gauge",
+	       "1 while accepting with a writable spool (GET /readyz answers 200), else 0.");
+	fprintf(out, "postern_ready %d\n", spool->ready ? 1 : 0);
 	family(out, "postern_accept_latency_seconds", "histogram",
 	       "Time from the end of DATA to the 250 reply (message on stable storage).");
 	uint64_t cum = 0, count = 0, sum = 0;

@@ -72,6 +72,7 @@ struct worker_metrics {
 	_Atomic uint64_t queue_bytes;
 	struct latency_hist latency;
 	_Atomic uint64_t refused[REFUSE_COUNT];
+	_Atomic uint64_t proxy_rejected;  /* PROXY header missing, garbled, late or untrusted */
 	_Atomic uint64_t fsyncs;          /* fdatasync calls of the spool */
 	_Atomic uint64_t dirsyncs;        /* group-commit flushes */
 	_Atomic uint64_t flushed_messages;/* messages made durable by them */
@@ -105,6 +106,7 @@ unsigned metrics_registry_id(struct metrics_registry *r, const char *name);
 struct metrics_totals {
 	uint64_t connections, active, messages, bytes, rejected;
 	uint64_t refused[REFUSE_COUNT];
+	uint64_t proxy_rejected;
 	uint64_t fsyncs, dirsyncs, flushed_messages;
 };
 
@@ -114,6 +116,8 @@ void metrics_totals(struct worker_metrics **w, unsigned nw, struct metrics_total
 struct spool_usage {
 	long messages;
 	uint64_t bytes;
+	uint64_t free_bytes;      /* available to us on the spool's file system */
+	bool ready;               /* what GET /readyz answers (B.10) */
 };
 
 /* `show stat`: one row per receive connector, then per send connector. */

@@ -14,7 +14,7 @@ static int usage(void)
 	fprintf(stderr,
 		"usage: posternctl -s SOCKET [--json] COMMAND...\n"
 		"  commands: show info | show stat | show queue | show connectors | show metrics |\n"
-		"            match <ip>[:<port>] | reload | help\n"
+		"            match <ip>[:<port>] | show throttle | flush | reload | drain | help\n"
 		"  --json    ask for JSON (show info, show stat, show queue, match)\n");
 	return 2;
 }

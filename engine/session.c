@@ -17,6 +17,7 @@
 #include "envelope.h"
 #include "listener.h"
 #include "log.h"
+#include "proxy.h"
 #include "queue.h"
 #include "session.h"
 #include "spool.h"
@@ -52,6 +53,7 @@ static bool admit_message(void *ctx);
 static bool on_starttls(void *ctx);
 static void auth_start(struct wctx *w, struct conn *c);
 static void tls_recv(struct wctx *w, struct conn *c, const char *p, size_t n);
+static bool in_append(struct conn *c, const char *p, size_t n);
 
 static void process(struct wctx *w, struct conn *c)
 {
@@ -68,28 +70,36 @@ static void refuse(int fd, const char *line)
 	close(fd);
 }
 
-void session_accept(struct wctx *w, unsigned binding, int fd)
+/* Refused once the connection is ours (after a PROXY header): the same
+ * best-effort line, then the connection goes as any other. */
+static void refuse_conn(struct wctx *w, struct conn *c, const char *line)
 {
-	struct sockaddr_storage ss;
-	socklen_t sl = sizeof(ss);
+	char buf[256];
+	int n = snprintf(buf, sizeof(buf), "%s\r\n", line);
+	ssize_t r = send(c->fd, buf, (size_t)n, MSG_DONTWAIT | MSG_NOSIGNAL);
+	(void)r;
+	session_close(w, c);
+}
+
+/* The session proper, from the client's address: the socket's peer, or the
+ * source a trusted proxy's header gave (c already holds the connection
+ * then, and its leftover input is the client's first SMTP bytes). */
+static void session_begin(struct wctx *w, struct conn *c, int fd, unsigned binding,
+			  const struct sockaddr_storage *ss)
+{
 	char ip[64] = "unknown";
-	if (w->stopping) {
-		metric_add(&w->m->refused[REFUSE_SHUTDOWN], 1);
-		refuse(fd, R_SHUTTING_DOWN);
-		return;
-	}
-	if (getpeername(fd, (struct sockaddr *)&ss, &sl) < 0) {
-		close(fd);
-		return;
-	}
-	peer_text(&ss, ip, sizeof(ip));
+	peer_text(ss, ip, sizeof(ip));
 	const struct ip_range *why = NULL;
-	const struct rconn *rc = conf_match(w->conf, binding, (struct sockaddr *)&ss, &why);
+	const struct rconn *rc = conf_match(w->conf, binding, (const struct sockaddr *)ss, &why);
 	if (!rc) {
 		metric_add(&w->m->refused[REFUSE_NO_CONNECTOR], 1);
 		log_msg(LOG_WARN, "event=refuse client=%s binding=%s reason=no_connector",
 			ip, binding < w->conf->nbindings ? w->conf->bindings[binding].text : "-");
-		refuse(fd, "554 5.7.1 No receive connector accepts connections from this address");
+		static const char no[] = "554 5.7.1 No receive connector accepts connections from this address";
+		if (c)
+			refuse_conn(w, c, no);
+		else
+			refuse(fd, no);
 		return;
 	}
 	/* Connection limits, counted across workers (throttle.c). */
@@ -106,20 +116,31 @@ void session_accept(struct wctx *w, unsigned binding, int fd)
 		log_msg(LOG_INFO, "event=throttle reason=%s connector=%s client=%s limit=%d current=%d",
 			throttle_reason_names[r], log_quote(q, sizeof(q), rc->name), ip, limit,
 			figure);
-		refuse(fd, R_CONN_LIMIT);
+		if (c)
+			refuse_conn(w, c, R_CONN_LIMIT);
+		else
+			refuse(fd, R_CONN_LIMIT);
 		return;
 	}
-	struct conn *c = conn_alloc(w->conns);
 	if (!c) {
-		throttle_disconnect(w->throttle, rc, src);
-		metric_add(&w->m->refused[REFUSE_WORKER_FULL], 1);
-		log_msg(LOG_WARN, "event=refuse client=%s reason=worker_full", ip);
-		refuse(fd, R_CONN_LIMIT);
-		return;
+		c = conn_alloc(w->conns);
+		if (!c) {
+			throttle_disconnect(w->throttle, rc, src);
+			metric_add(&w->m->refused[REFUSE_WORKER_FULL], 1);
+			log_msg(LOG_WARN, "event=refuse client=%s reason=worker_full", ip);
+			refuse(fd, R_CONN_LIMIT);
+			return;
+		}
+		int one = 1;
+		setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one));
+		c->fd = fd;
+		c->binding = binding;
+		c->conf = w->conf;
+		conf_ref(c->conf);
+		c->started_ms = w->now_ms;
+		c->w = w;
 	}
-	int one = 1;
-	setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one));
-	c->fd = fd;
+	c->active_ms = w->now_ms;
 	c->th_source = src;
 	c->th_rate = NULL;
 	/* "user" keys unauthenticated sessions on their address (Exchange's
@@ -129,10 +150,7 @@ void session_accept(struct wctx *w, unsigned binding, int fd)
 		c->th_rate = src;
 	else if (rc->message_rate_limit && rc->message_rate_source == RATE_SOURCE_ALL)
 		c->th_rate = throttle_entry(w->throttle, rc->stats_id, "");
-	c->conf = w->conf;
-	conf_ref(c->conf);
 	c->rc = rc;
-	c->started_ms = c->active_ms = w->now_ms;
 	snprintf(c->peer, sizeof(c->peer), "%s", ip);
 	smtp_server_init(&c->smtp, &rc->smtp, ip, c->out, sizeof(c->out));
 	c->smtp.hooks = (struct smtp_server_hooks){
@@ -142,17 +160,113 @@ void session_accept(struct wctx *w, unsigned binding, int fd)
 		.starttls = rc->tls ? on_starttls : NULL,
 		.ctx = c,
 	};
-	c->w = w;
 	struct connector_counters *cc = &w->m->conn[rc->stats_id];
 	metric_add(&cc->connections, 1);
 	metric_add(&cc->active, 1);
 	char q[160];
-	log_msg(LOG_INFO, "event=connect client=%s connector=%s range=%s worker=%u",
-		ip, log_quote(q, sizeof(q), rc->name), why ? why->text : "-", w->id);
+	log_msg(LOG_INFO, "event=connect client=%s connector=%s range=%s worker=%u%s%s",
+		ip, log_quote(q, sizeof(q), rc->name), why ? why->text : "-", w->id,
+		*c->proxy_peer ? " proxy=" : "", c->proxy_peer);
 	hold(c);
-	process(w, c); /* sends the banner */
+	process(w, c); /* sends the banner, then runs what came with the header */
 	arm_recv(w, c);
 	release(w, c);
+}
+
+#define PROXY_HEADER_MS 10000   /* B.10: a trusted proxy's header is due by then */
+
+/* A connection that must begin with a PROXY header ends without a word:
+ * the balancer (or whoever it is) gets nothing to learn from. */
+static void proxy_reject(struct wctx *w, const struct conf *conf, unsigned binding,
+			 const char *client, const char *reason, const char *detail)
+{
+	char q[200];
+	metric_add(&w->m->proxy_rejected, 1);
+	log_msg(LOG_WARN, "event=proxy_reject client=%s binding=%s reason=%s%s%s worker=%u", client,
+		binding < conf->nbindings ? conf->bindings[binding].text : "-", reason,
+		detail ? " detail=" : "", detail ? log_quote(q, sizeof(q), detail) : "", w->id);
+}
+
+/* Bytes of a connection waiting for its PROXY header: once the header is
+ * whole, the session begins with the address it names. */
+static void proxy_input(struct wctx *w, struct conn *c, const char *p, size_t n)
+{
+	if (n && !in_append(c, p, n)) {
+		session_close(w, c);
+		return;
+	}
+	struct proxy_header h;
+	const char *why = NULL;
+	size_t at = 0;
+	int r = proxy_parse(c->in + c->in_off, c->in_len - c->in_off, &h, &why, &at);
+	if (r == 0 && !c->read_eof)
+		return;
+	if (r <= 0) {
+		char detail[96];
+		snprintf(detail, sizeof(detail), "%s at byte %zu", r < 0 && why ? why : "incomplete",
+			 r < 0 ? at : c->in_len - c->in_off);
+		proxy_reject(w, c->conf, c->binding, c->proxy_peer, r < 0 ? "garbled" : "missing",
+			     detail);
+		session_close(w, c);
+		return;
+	}
+	c->in_off += (size_t)r;
+	c->proxy_wait = false;
+	struct sockaddr_storage ss;
+	socklen_t sl = sizeof(ss);
+	if (h.kind == PROXY_PROXIED) {
+		ss = h.src;
+	} else if (getpeername(c->fd, (struct sockaddr *)&ss, &sl) < 0) {
+		session_close(w, c); /* LOCAL/UNKNOWN: the proxy itself is the client */
+		return;
+	}
+	session_begin(w, c, c->fd, c->binding, &ss);
+}
+
+void session_accept(struct wctx *w, unsigned binding, int fd)
+{
+	struct sockaddr_storage ss;
+	socklen_t sl = sizeof(ss);
+	if (w->stopping || w->draining) {
+		metric_add(&w->m->refused[REFUSE_SHUTDOWN], 1);
+		refuse(fd, R_SHUTTING_DOWN);
+		return;
+	}
+	if (getpeername(fd, (struct sockaddr *)&ss, &sl) < 0) {
+		close(fd);
+		return;
+	}
+	if (binding >= w->conf->nbindings || !w->conf->bindings[binding].proxy) {
+		session_begin(w, NULL, fd, binding, &ss);
+		return;
+	}
+	char ip[64];
+	peer_text(&ss, ip, sizeof(ip));
+	if (!conf_trusted_proxy(w->conf, (const struct sockaddr *)&ss, NULL)) {
+		proxy_reject(w, w->conf, binding, ip, "untrusted", NULL);
+		close(fd);
+		return;
+	}
+	/* Nothing is sent before the header has arrived (B.10). */
+	struct conn *c = conn_alloc(w->conns);
+	if (!c) {
+		metric_add(&w->m->refused[REFUSE_WORKER_FULL], 1);
+		log_msg(LOG_WARN, "event=refuse client=%s reason=worker_full", ip);
+		close(fd);
+		return;
+	}
+	int one = 1;
+	setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one));
+	c->fd = fd;
+	c->binding = binding;
+	c->proxy_wait = true;
+	c->conf = w->conf;
+	conf_ref(c->conf);
+	c->started_ms = c->active_ms = w->now_ms;
+	c->w = w;
+	snprintf(c->peer, sizeof(c->peer), "%s", ip);
+	snprintf(c->proxy_peer, sizeof(c->proxy_peer), "%s", ip);
+	arm_recv(w, c);
 }
 
 /* proto hook: every refusal is counted and logged with its reply. */
@@ -237,6 +351,14 @@ static void maybe_free(struct wctx *w, struct conn *c)
 {
 	if (!c->closing || c->inflight)
 		return;
+	if (!c->rc) {
+		/* Never became a session: its PROXY header did not come. */
+		close(c->fd);
+		free(c->in);
+		conf_unref(c->conf);
+		conn_release(w->conns, c);
+		return;
+	}
 	char q[160];
 	log_msg(LOG_INFO,
 		"event=disconnect client=%s connector=%s messages=%llu rejects=%llu duration_ms=%llu worker=%u",
@@ -509,7 +631,7 @@ static void process_input(struct wctx *w, struct conn *c, const char *direct,
 				   c->store_result == STORE_FULL);
 		c->store_result = STORE_NONE;
 	}
-	if (w->stopping && !c->drained) {
+	if ((w->stopping || w->draining) && !c->drained) {
 		c->drained = true;
 		smtp_server_drain(&c->smtp);
 	}
@@ -758,6 +880,24 @@ static void on_recv(struct wctx *w, struct conn *c, int res, int bid)
 {
 	if (c->closing)
 		return;
+	if (c->proxy_wait) {
+		if (res > 0 || res == 0) {
+			c->read_eof = res == 0;
+			proxy_input(w, c, res > 0 ? io_buf(w->io, (unsigned)bid) : NULL,
+				    res > 0 ? (size_t)res : 0);
+		} else if (res == -ENOBUFS) {
+			if (!c->recv_starved) {
+				c->recv_starved = true;
+				w->buf_waiters++;
+			}
+			return;
+		} else {
+			session_close(w, c);
+		}
+		if (!c->closing && !c->recv_armed && c->proxy_wait)
+			arm_recv(w, c);
+		return;
+	}
 	if (res > 0) {
 		c->active_ms = w->now_ms;
 		if (c->tls)
@@ -921,7 +1061,16 @@ void session_tick(struct wctx *w, struct conn *c)
 {
 	if (c->closing)
 		return;
-	if (w->stopping) {
+	if (c->proxy_wait) {
+		if (w->stopping || w->draining) {
+			session_close(w, c);
+		} else if (w->now_ms - c->started_ms >= PROXY_HEADER_MS) {
+			proxy_reject(w, c->conf, c->binding, c->proxy_peer, "timeout", NULL);
+			session_close(w, c);
+		}
+		return;
+	}
+	if (w->stopping || w->draining) {
 		if (w->now_ms >= w->stop_deadline_ms) {
 			session_close(w, c);
 			return;

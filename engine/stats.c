@@ -10,6 +10,7 @@
 #include <string.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
+#include <sys/statvfs.h>
 #include <sys/un.h>
 #include <unistd.h>
 
@@ -24,7 +25,7 @@
 static const char *const commands_help =
 	"commands: show info [json] | show stat [json] | show queue [json] | "
 	"show connectors [json] | show throttle | show metrics | match <ip>[:<port>] [json] | "
-	"flush | reload | help";
+	"flush | reload | drain | help";
 
 /* Queued messages and their bytes (message and envelope), read from the
  * segments as recovery would. */
@@ -38,6 +39,30 @@ static void spool_usage_of(const struct stats_host *h, struct spool_usage *u)
 		u->messages += (long)metric_get(&h->metrics[i]->queue_messages);
 		u->bytes += metric_get(&h->metrics[i]->queue_bytes);
 	}
+}
+
+/* /readyz (B.10): accepting, and the spool can take a message: its
+ * directory is writable and there is room for a new segment. why says
+ * what is not. */
+static bool node_ready(const struct stats_host *h, struct spool_usage *u, char *why, size_t cap)
+{
+	struct statvfs v;
+	u->free_bytes = 0;
+	bool fs = h->spool_dir && statvfs(h->spool_dir, &v) == 0;
+	if (fs)
+		u->free_bytes = (uint64_t)v.f_bavail * v.f_frsize;
+	if (h->accepting && !h->accepting(h->arg))
+		snprintf(why, cap, "draining");
+	else if (!fs)
+		snprintf(why, cap, "spool %s: cannot stat", h->spool_dir ? h->spool_dir : "-");
+	else if ((v.f_flag & ST_RDONLY) || access(h->spool_dir, W_OK) < 0)
+		snprintf(why, cap, "spool %s: not writable", h->spool_dir);
+	else if (u->free_bytes < h->spool_room)
+		snprintf(why, cap, "spool %s: %llu bytes free, a segment needs %llu", h->spool_dir,
+			 (unsigned long long)u->free_bytes, (unsigned long long)h->spool_room);
+	else
+		return (u->ready = true);
+	return (u->ready = false);
 }
 
 static void show_info(const struct stats_host *h, const struct conf *c,
@@ -168,7 +193,9 @@ static void show_queue(const struct stats_host *h, FILE *out, bool json)
 static void show_metrics(const struct stats_host *h, FILE *out)
 {
 	struct spool_usage sp;
+	char why[160];
 	spool_usage_of(h, &sp);
+	node_ready(h, &sp, why, sizeof(why));
 	metrics_print_prometheus(out, h->registry, h->send_registry, h->metrics, h->nworkers, &sp,
 				 h->io_backend);
 }
@@ -304,6 +331,12 @@ int stats_command(const struct stats_host *h, const char *line, FILE *out)
 		fprintf(out, "%s%s\n", ret ? "error: " : "", result);
 		return ret;
 	}
+	if (strcmp(cmd, "drain") == 0 && !json && h->drain) {
+		char result[512];
+		ret = h->drain(h->arg, result, sizeof(result));
+		fprintf(out, "%s%s\n", ret ? "error: " : "", result);
+		return ret;
+	}
 	if (strcmp(cmd, "flush") == 0 && !json) {
 		/* Every queued message is due now (after a next hop came back). */
 		h->flush(h->arg);
@@ -357,7 +390,15 @@ static void write_all(int fd, const char *p, size_t len)
 	}
 }
 
-/* One HTTP/1.1 request per connection: GET /metrics, else 404 or 405. */
+/* The request target is path, with or without a query. */
+static bool http_path_is(const char *target, const char *path)
+{
+	size_t n = strlen(path);
+	return strncmp(target, path, n) == 0 && (target[n] == ' ' || target[n] == '?');
+}
+
+/* One HTTP/1.1 request per connection: GET /metrics, /healthz or /readyz,
+ * else 404 or 405. */
 static void serve_metrics(struct stats_server *s, int fd)
 {
 	set_timeouts(fd);
@@ -380,15 +421,29 @@ static void serve_metrics(struct stats_server *s, int fd)
 		return;
 	const char *status = "200 OK", *ctype = "text/plain; version=0.0.4; charset=utf-8";
 	bool head = strncmp(req, "HEAD ", 5) == 0;
+	const char *target = req + (head ? 5 : 4);
 	if (strncmp(req, "GET ", 4) != 0 && !head) {
 		status = "405 Method Not Allowed";
 		ctype = "text/plain";
-		fputs("only GET /metrics\n", out);
-	} else if (strncmp(req + (head ? 5 : 4), "/metrics ", 9) != 0 &&
-		   strncmp(req + (head ? 5 : 4), "/metrics?", 9) != 0) {
+		fputs("only GET /metrics, /healthz, /readyz\n", out);
+	} else if (http_path_is(target, "/healthz")) {
+		/* Alive: this thread answers, so the process is not wedged. */
+		ctype = "text/plain";
+		fputs("ok\n", out);
+	} else if (http_path_is(target, "/readyz")) {
+		struct spool_usage u;
+		char why[160];
+		ctype = "text/plain";
+		if (node_ready(s->host, &u, why, sizeof(why))) {
+			fputs("ready\n", out);
+		} else {
+			status = "503 Service Unavailable";
+			fprintf(out, "not ready: %s\n", why);
+		}
+	} else if (!http_path_is(target, "/metrics")) {
 		status = "404 Not Found";
 		ctype = "text/plain";
-		fputs("not found: try /metrics\n", out);
+		fputs("not found: try /metrics, /healthz or /readyz\n", out);
 	} else {
 		show_metrics(s->host, out);
 	}

@@ -30,6 +30,12 @@ struct stats_host {
 	struct conf *(*current)(void *arg);
 	/* Reloads like SIGHUP; writes the outcome. 0 on success. */
 	int (*reload)(void *arg, char *result, size_t cap);
+	/* posternctl drain (B.10): starts it, writes what it does. 0 on success. */
+	int (*drain)(void *arg, char *result, size_t cap);
+	/* False once a drain or a stop has begun (GET /readyz says 503). */
+	bool (*accepting)(void *arg);
+	const char *spool_dir;    /* for /readyz: is it writable, is there room */
+	uint64_t spool_room;      /* bytes a new segment needs */
 	void *arg;
 };
 

@@ -31,6 +31,7 @@ struct wctx {
 	uint64_t now_ms;          /* monotonic, refreshed per loop turn */
 	int64_t wall_ms;          /* wall clock, refreshed with now_ms */
 	bool stopping;            /* graceful stop under way */
+	bool draining;            /* posternctl drain: inbound closes, delivery goes on */
 	uint64_t stop_deadline_ms;
 	struct throttle *throttle;     /* shared, across workers */
 	struct resolver *resolver;     /* shared, owned by main */

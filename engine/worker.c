@@ -28,6 +28,12 @@
 #define TICK_MS 250
 #define CQE_BATCH 1024
 
+/* Listeners stay closed once a stop or a drain has begun. */
+static bool inbound_closed(const struct worker *w)
+{
+	return w->ctx.stopping || w->ctx.draining;
+}
+
 static void arm_accept(struct worker *w, unsigned b)
 {
 	io_accept(w->ctx.io, w->listen_fds[b], io_tag(IO_OP_ACCEPT, b, w->conf_gen));
@@ -130,7 +136,7 @@ static void apply_reload(struct worker *w, struct worker_reload *r)
 	conf_unref(w->ctx.conf);
 	w->ctx.conf = r->conf;
 	w->conf_gen++;
-	if (w->ctx.stopping)
+	if (inbound_closed(w))
 		close_listeners(w);
 	else
 		for (unsigned b = 0; b < w->nlisten; b++)
@@ -168,10 +174,23 @@ static void each_conn(struct worker *w, void (*fn)(struct wctx *, struct conn *)
 			fn(&w->ctx, w->conns.slots[i]);
 }
 
+/* Drain: no new clients; sessions finish as at a stop (their transaction,
+ * then 421); every queued message is due now and delivery goes on. */
+static void begin_drain(struct worker *w)
+{
+	w->ctx.draining = true;
+	w->ctx.stop_deadline_ms = w->ctx.now_ms + w->ctx.conf->shutdown_grace_ms;
+	close_listeners(w);
+	queue_flush_all(&w->queue);
+	each_conn(w, session_tick);
+}
+
 static void begin_stop(struct worker *w)
 {
+	if (!w->ctx.draining)
+		w->ctx.stop_deadline_ms = w->ctx.now_ms + w->ctx.conf->shutdown_grace_ms;
 	w->ctx.stopping = true;
-	w->ctx.stop_deadline_ms = w->ctx.now_ms + w->ctx.conf->shutdown_grace_ms;
+	w->ctx.draining = false;
 	close_listeners(w);
 	deliver_stop(w->ctx.dl);
 	/* Idle sessions get their 421 now, not at the next tick. */
@@ -233,7 +252,7 @@ static void accept_exhausted(struct worker *w, unsigned b)
  * not, the next EMFILE pauses them again). */
 static void accept_resume(struct worker *w)
 {
-	if (w->ctx.now_ms < w->accept_resume_ms || w->ctx.stopping)
+	if (w->ctx.now_ms < w->accept_resume_ms || inbound_closed(w))
 		return;
 	for (unsigned b = 0; b < w->nlisten; b++)
 		if (w->accept_paused[b]) {
@@ -260,7 +279,7 @@ static void on_accept(struct worker *w, const struct io_cqe *e)
 			accept_exhausted(w, b);
 		return;
 	}
-	if (!e->more && current && !w->ctx.stopping && b < w->nlisten && w->listen_fds[b] >= 0 &&
+	if (!e->more && current && !inbound_closed(w) && b < w->nlisten && w->listen_fds[b] >= 0 &&
 	    !w->accept_paused[b])
 		arm_accept(w, b);
 }
@@ -317,10 +336,17 @@ static void on_read(struct worker *w, const struct io_cqe *e)
 	queue_on_read(&w->queue, e);
 }
 
-static void on_tick(struct worker *w, const struct io_cqe *e)
+static void check_requests(struct worker *w)
 {
 	if (!w->ctx.stopping && atomic_load(&w->stop_requested))
 		begin_stop(w);
+	else if (!w->ctx.stopping && !w->ctx.draining && atomic_load(&w->drain_requested))
+		begin_drain(w);
+}
+
+static void on_tick(struct worker *w, const struct io_cqe *e)
+{
+	check_requests(w);
 	each_conn(w, session_tick);
 	deliver_tick(w->ctx.dl);
 	queue_tick(&w->queue);
@@ -330,8 +356,7 @@ static void on_tick(struct worker *w, const struct io_cqe *e)
 
 static void on_wake(struct worker *w, const struct io_cqe *e)
 {
-	if (!w->ctx.stopping && atomic_load(&w->stop_requested))
-		begin_stop(w);
+	check_requests(w);
 	deliver_wake(w->ctx.dl);
 	session_auth_results(&w->ctx);
 	if (atomic_exchange(&w->flush_requested, false))
@@ -472,9 +497,11 @@ static void *worker_main(void *arg)
 		 * starting it earlier would only leave out messages whose writes
 		 * complete later in the same turn. */
 		spool_commit_start(&w->spool);
-		if (x->stopping && w->conns.nconns == 0 && !w->spool.flushing &&
-		    !w->spool.pending_writes && deliver_idle(x->dl) &&
-		    queue_idle(&w->queue))
+		bool quiet = w->conns.nconns == 0 && !w->spool.flushing &&
+			     !w->spool.pending_writes && deliver_idle(x->dl) &&
+			     queue_idle(&w->queue);
+		if (quiet && (x->stopping ||
+			      (x->draining && metric_get(&w->m.queue_messages) == 0)))
 			break;
 	}
 	log_batch_flush();
@@ -513,6 +540,12 @@ int worker_start(struct worker *w)
 	while (atomic_load(&w->state) == 0)
 		usleep(1000);
 	return atomic_load(&w->state) == 1 ? 0 : -1;
+}
+
+void worker_request_drain(struct worker *w)
+{
+	atomic_store(&w->drain_requested, true);
+	io_wake(w->ctx.io);
 }
 
 void worker_request_stop(struct worker *w)

@@ -53,12 +53,16 @@ struct worker {
 	int spare_fd;
 	atomic_bool stop_requested;
 	atomic_bool flush_requested;  /* posternctl flush: retry everything now */
+	atomic_bool drain_requested;  /* posternctl drain (B.10) */
 	atomic_int state;         /* 0 starting, 1 running, -1 failed, 2 exited */
 	char err[256];
 };
 
 int worker_start(struct worker *w);
 void worker_request_stop(struct worker *w);
+/* posternctl drain: stop accepting, finish the sessions, deliver the queue,
+ * then exit (state 2) once it is empty; a stop request still cuts it short. */
+void worker_request_drain(struct worker *w);
 /* Hands a new configuration to a running worker (applied at its next loop
  * turn). The previous one must have been taken: see worker_reload_pending(). */
 void worker_reload(struct worker *w, struct worker_reload *r);

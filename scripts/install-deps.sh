@@ -8,7 +8,7 @@ PKGS=(
   liburing-dev libjemalloc-dev android-libboringssl-dev libhyperscan-dev
   libconfig-dev libc-ares-dev libcmocka-dev
   python3 python3-pytest python3-seccomp swaks libnet-ssleay-perl libio-socket-ssl-perl
-  postfix socat dnsmasq-base openssl
+  postfix socat dnsmasq-base openssl haproxy python3-yaml systemd
 )
 
 missing=()

@@ -263,4 +263,4 @@ def test_unknown_command_lists_commands(traffic):
     assert out == ('error: unknown command "frobnicate"; commands: show info [json] | '
                    'show stat [json] | show queue [json] | show connectors [json] | '
                    'show throttle | show metrics | match <ip>[:<port>] [json] | flush | reload | '
-                   'help\n')
+                   'drain | help\n')
