@@ -300,11 +300,16 @@ static int match(const struct conf *c, const char *arg, FILE *out, bool json)
 				c->bindings[b].text);
 			continue;
 		}
-		fprintf(out, "binding %s: connector \"%s\" range %s permissions=%s%s\n",
+		fprintf(out, "binding %s: connector \"%s\" range %s permissions=%s%s%s\n",
 			c->bindings[b].text, rc->name, why->text,
 			conf_perm_names(rc->perms, perms, sizeof(perms)),
-			rc->smtp.may_submit ? "" : " (MAIL refused: 530 5.7.1)");
+			rc->smtp.may_submit ? "" : " (MAIL refused: 530 5.7.1)",
+			c->bindings[b].proxy ? " (PROXY protocol: when a trusted proxy's header names this address)" : "");
 	}
+	const struct ip_range *tp;
+	if (!json && conf_trusted_proxy(c, (const struct sockaddr *)&ss, &tp))
+		fprintf(out, "note: %s is a trusted proxy (%s): on PROXY protocol bindings its connections get the connector of the address in their header, and this one only for a LOCAL or UNKNOWN header\n",
+			arg, tp->text);
 	if (!shown) {
 		fprintf(out, "error: no binding on port %u\n", port);
 		return -1;
