@@ -358,16 +358,26 @@ bool spool_state_write(struct spool_worker *sw, struct spool_seg *s, uint64_t ms
 	if (tl)
 		memcpy(buf + sizeof(r), text, tl);
 	w->owned = buf;
+	w->shared = NULL;
 	w->bid = -1;
 	w->msg = NULL;
 	submit_to(sw, s, msg, w, SPOOL_REC_STATE, buf, sizeof(r) + tl);
 	return true;
 }
 
+static void shared_put(struct spool_shared *sh)
+{
+	if (sh && --sh->refs == 0) {
+		free(sh->buf);
+		free(sh);
+	}
+}
+
 /* p is written from where it lies; owned (p itself, malloc'd, or NULL) is
- * freed once the write is done, or now when nothing is written. */
-static bool append(struct spool_worker *sw, struct spool_msg *m, const void *p, size_t n,
-		   int bid, void *owned)
+ * freed once the write is done, or now when nothing is written; a share
+ * of sh (when set) is held by the write instead. */
+static bool append_one(struct spool_worker *sw, struct spool_msg *m, const void *p, size_t n,
+		       int bid, void *owned, struct spool_shared *sh)
 {
 	struct spool_write *w = m->err || n == 0 ? NULL : write_alloc(sw);
 	if (w && m->chunks == m->off_cap) {
@@ -392,11 +402,40 @@ static bool append(struct spool_worker *sw, struct spool_msg *m, const void *p, 
 		return false;
 	}
 	w->owned = owned;
+	w->shared = sh;
+	if (sh)
+		sh->refs++;
 	w->bid = bid;
 	m->len[m->chunks] = (uint32_t)n;
 	m->off[m->chunks++] = submit(sw, m, w, SPOOL_REC_CHUNK, p, n);
 	m->bytes += n;
 	return true;
+}
+
+/* Bytes beyond SPOOL_CHUNK_MAX become several records sharing owned. */
+static bool append(struct spool_worker *sw, struct spool_msg *m, const void *p, size_t n,
+		   int bid, void *owned)
+{
+	if (n <= SPOOL_CHUNK_MAX)
+		return append_one(sw, m, p, n, bid, owned, NULL);
+	struct spool_shared *sh = NULL;
+	if (owned) {
+		sh = malloc(sizeof(*sh));
+		if (!sh) {
+			free(owned);
+			if (!m->err)
+				m->err = ENOMEM;
+			return false;
+		}
+		*sh = (struct spool_shared){.buf = owned, .refs = 1}; /* ours until the end */
+	}
+	bool ok = true;
+	for (size_t o = 0; ok && o < n; o += SPOOL_CHUNK_MAX) {
+		size_t k = n - o < SPOOL_CHUNK_MAX ? n - o : SPOOL_CHUNK_MAX;
+		ok = append_one(sw, m, (const char *)p + o, k, bid, NULL, sh);
+	}
+	shared_put(sh);
+	return ok;
 }
 
 bool spool_msg_append(struct spool_worker *sw, struct spool_msg *m, const void *p,
@@ -435,6 +474,7 @@ void spool_msg_commit(struct spool_worker *sw, struct spool_msg *m, char *rec,
 				      .envlen = (uint32_t)(len - sizeof(ch))};
 	memcpy(rec, &ch, sizeof(ch));
 	w->owned = rec;
+	w->shared = NULL;
 	w->bid = -1;
 	submit(sw, m, w, SPOOL_REC_COMMIT, rec, len);
 	m->end = m->seg->tail;
@@ -508,6 +548,8 @@ struct spool_msg *spool_write_done(struct spool_worker *sw, struct spool_write *
 	else
 		s->inflight_tail = wr->prev;
 	free(wr->owned);
+	shared_put(wr->shared);
+	wr->shared = NULL;
 	wr->next_free = sw->free_writes;
 	sw->free_writes = wr;
 	if (!m) {

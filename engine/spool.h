@@ -184,6 +184,19 @@ struct spool_msg {
 	uint64_t end;              /* segment offset just past its COMMIT record */
 };
 
+/* Message bytes go to disk in records of at most this much: a buffer the
+ * spool is handed whole (a compaction copy, a bounce with the original
+ * attached) is written as several records over one shared allocation.
+ * Recovery accepts any record that fits its segment; keeping them small
+ * keeps a torn tail's damage and a scan's checksum work per record small. */
+#define SPOOL_CHUNK_MAX (1u << 20)
+
+/* One malloc'd buffer behind several chunk records: freed with the last. */
+struct spool_shared {
+	void *buf;
+	unsigned refs;
+};
+
 /* A write in flight; its address is the completion tag. */
 struct spool_write {
 	struct spool_rec_hdr hdr;
@@ -193,6 +206,7 @@ struct spool_write {
 	uint64_t off;              /* where the record starts */
 	struct spool_write *prev, *next; /* the segment's writes in flight, by offset */
 	void *owned;               /* payload copy to free, or NULL */
+	struct spool_shared *shared; /* or a share of one, or NULL */
 	int bid;                   /* provided buffer to give back, or -1 */
 	uint32_t expect;
 	struct spool_write *next_free;

@@ -38,8 +38,9 @@ struct qmove {
 	struct qmsg *m;
 	enum compact_stage stage;
 	struct spool_seg *to;     /* held from COMPACT_WRITING on */
-	uint64_t off;             /* where its bytes are in the new segment */
-	uint32_t len;
+	uint32_t nchunks;         /* the copy's chunk records in the new segment */
+	uint64_t *off;
+	uint32_t *len;
 	uint64_t end;             /* just past its COMMIT record */
 	bool failed;
 	struct qmove *next;
@@ -81,13 +82,19 @@ static void move_finish(struct spool_compact *c, struct qmove *mv, bool ok)
 	} else if (ok) {
 		struct spool_seg *old = m->seg;
 		m->seg = mv->to;
-		m->nchunks = 1;
-		m->off[0] = mv->off;
-		m->len[0] = mv->len;
+		free(m->off);
+		free(m->len);
+		m->nchunks = mv->nchunks;
+		m->off = mv->off;
+		m->len = mv->len;
+		mv->off = NULL;
+		mv->len = NULL;
 		spool_seg_put(sw, old, m->bytes);
 	} else {
 		spool_seg_put(sw, mv->to, m->bytes);
 	}
+	free(mv->off);
+	free(mv->len);
 	free(mv);
 	c->ops.put_back(c->ops.arg, m);
 }
@@ -101,9 +108,37 @@ void spool_compact_free(struct spool_compact *c)
 	}
 }
 
-/* Writes the copy: bytes (taken over), the envelope as it was received
- * and the delivery state so far. false when nothing usable was written
- * (what was is an orphan recovery ignores). */
+/* The copy's delivery state, written between its bytes and its COMMIT:
+ * recovery applies it when the COMMIT comes, and a scan stops at the first
+ * torn record, so a committed copy always has its state (a copy that wins
+ * without it would deliver again what was delivered). */
+static void move_write_state(struct spool_worker *sw, struct spool_seg *to, const struct qmsg *m,
+			     int64_t now)
+{
+	for (unsigned i = 0; i < m->nrcpt; i++)
+		if (m->r[i].state != SPOOL_RCPT_PENDING) {
+			struct spool_state_rec r = {
+				.rcpt = i, .kind = m->r[i].state == SPOOL_RCPT_DELIVERED
+							   ? SPOOL_ST_DELIVERED : SPOOL_ST_FAILED,
+				.attempts = m->attempts, .time_ms = now};
+			spool_state_write(sw, to, m->id, &r, m->r[i].reply);
+		}
+	if (m->attempts) {
+		struct spool_state_rec r = {.rcpt = SPOOL_STATE_MSG, .kind = SPOOL_ST_DEFERRED,
+					    .attempts = m->attempts, .time_ms = now,
+					    .next_ms = m->next_ms};
+		spool_state_write(sw, to, m->id, &r, m->last_error);
+	}
+	if (m->delay_notified) {
+		struct spool_state_rec r = {.rcpt = SPOOL_STATE_MSG,
+					    .kind = SPOOL_ST_DELAY_NOTIFIED, .time_ms = now};
+		spool_state_write(sw, to, m->id, &r, NULL);
+	}
+}
+
+/* Writes the copy: bytes (taken over), the delivery state so far, then the
+ * envelope as it was received (the COMMIT). false when nothing usable was
+ * written (what was is an orphan recovery ignores). */
 static bool move_write(struct spool_compact *c, struct qmove *mv, char *bytes, size_t len)
 {
 	struct wctx *w = c->w;
@@ -129,13 +164,23 @@ static bool move_write(struct spool_compact *c, struct qmove *mv, char *bytes, s
 		struct smtp_envelope env = {
 			.from = m->from, .body = m->body, .ret = m->ret, .envid = m->envid,
 			.smtputf8 = m->smtputf8, .rcpt = rc, .nrcpt = m->nrcpt};
-		mv->off = sm->off[0];
-		mv->len = sm->len[0];
-		committed = spool_msg_commit_envelope(sw, sm, m->idtxt, &env, m->connector,
-						      m->client, "", m->arrival);
+		mv->nchunks = sm->chunks;
+		mv->off = malloc(sm->chunks * sizeof(*mv->off));
+		mv->len = malloc(sm->chunks * sizeof(*mv->len));
+		if (mv->off && mv->len && sm->chunks) {
+			memcpy(mv->off, sm->off, sm->chunks * sizeof(*mv->off));
+			memcpy(mv->len, sm->len, sm->chunks * sizeof(*mv->len));
+			move_write_state(sw, sm->seg, m, w->wall_ms);
+			committed = spool_msg_commit_envelope(sw, sm, m->idtxt, &env, m->connector,
+							      m->client, "", m->arrival);
+		}
 	}
 	free(rc);
 	if (!committed) {
+		free(mv->off);
+		free(mv->len);
+		mv->off = NULL;
+		mv->len = NULL;
 		spool_msg_release(sw, sm);
 		return false;
 	}
@@ -143,26 +188,6 @@ static bool move_write(struct spool_compact *c, struct qmove *mv, char *bytes, s
 	mv->to = sm->seg;
 	spool_seg_hold(mv->to, m->bytes);
 	mv->end = sm->end;
-	/* Its delivery state follows it. */
-	for (unsigned i = 0; i < m->nrcpt; i++)
-		if (m->r[i].state != SPOOL_RCPT_PENDING) {
-			struct spool_state_rec r = {
-				.rcpt = i, .kind = m->r[i].state == SPOOL_RCPT_DELIVERED
-							   ? SPOOL_ST_DELIVERED : SPOOL_ST_FAILED,
-				.attempts = m->attempts, .time_ms = w->wall_ms};
-			spool_state_write(sw, mv->to, m->id, &r, m->r[i].reply);
-		}
-	if (m->attempts) {
-		struct spool_state_rec r = {.rcpt = SPOOL_STATE_MSG, .kind = SPOOL_ST_DEFERRED,
-					    .attempts = m->attempts, .time_ms = w->wall_ms,
-					    .next_ms = m->next_ms};
-		spool_state_write(sw, mv->to, m->id, &r, m->last_error);
-	}
-	if (m->delay_notified) {
-		struct spool_state_rec r = {.rcpt = SPOOL_STATE_MSG,
-					    .kind = SPOOL_ST_DELAY_NOTIFIED, .time_ms = w->wall_ms};
-		spool_state_write(sw, mv->to, m->id, &r, NULL);
-	}
 	sm->owner = mv;
 	sm->internal = true;
 	sm->move = true;

@@ -21,9 +21,6 @@
 #include "dirs.h"
 #include "log.h"
 
-/* A record larger than this is corruption, not data. */
-#define REC_MAX (64u << 20)
-
 /* ---- directory and recovery ------------------------------------------- */
 
 static bool seg_name_seq(const char *name, uint64_t *seq)
@@ -93,6 +90,11 @@ struct pending_msg {
 	const char *env;
 	size_t envlen;
 	struct spool_msg_state st;
+	/* STATE records before the COMMIT (a compaction copy's state): applied
+	 * when the COMMIT comes, so the copy is never seen without them. */
+	const uint8_t **pre;
+	uint32_t *prelen;
+	uint32_t npre, precap;
 };
 
 struct msg_table {
@@ -141,8 +143,29 @@ static void table_free(struct msg_table *t, uint64_t *orphans)
 		free(t->slot[i].iov);
 		free(t->slot[i].off);
 		free(t->slot[i].st.rcpt);
+		free(t->slot[i].pre);
+		free(t->slot[i].prelen);
 	}
 	free(t->slot);
+}
+
+static bool pre_state_add(struct pending_msg *pm, const uint8_t *payload, uint32_t len)
+{
+	if (pm->npre == pm->precap) {
+		uint32_t ncap = pm->precap ? pm->precap * 2 : 4;
+		const uint8_t **np = realloc(pm->pre, ncap * sizeof(*np));
+		if (np)
+			pm->pre = np;
+		uint32_t *nl = np ? realloc(pm->prelen, ncap * sizeof(*nl)) : NULL;
+		if (nl)
+			pm->prelen = nl;
+		if (!nl)
+			return false;
+		pm->precap = ncap;
+	}
+	pm->pre[pm->npre] = payload;
+	pm->prelen[pm->npre++] = len;
+	return true;
 }
 
 static unsigned count_rcpts(const char *env, size_t len)
@@ -272,8 +295,10 @@ int spool_scan_segment(int dirfd, uint64_t seq,
 			break; /* preallocated zeros: the end */
 		}
 		const uint8_t *payload = base + off + sizeof(h);
-		if (h.len > REC_MAX || h.len > size - off - sizeof(h) ||
-		    spool_rec_crc(&h, payload, h.len) != h.crc) {
+		/* Any record that fits the segment and checks out is data,
+		 * whatever its size: stopping at a valid one would lose it and
+		 * every acknowledged message after it. */
+		if (h.len > size - off - sizeof(h) || spool_rec_crc(&h, payload, h.len) != h.crc) {
 			st->torn++;
 			break;
 		}
@@ -313,6 +338,9 @@ int spool_scan_segment(int dirfd, uint64_t seq,
 					break;
 				st->messages++;
 				st->bytes += pm->bytes;
+				for (uint32_t k = 0; k < pm->npre; k++)
+					spool_state_apply(&pm->st, pm->pre[k], pm->prelen[k]);
+				pm->npre = 0;
 			} else {
 				free(pm->iov);
 				free(pm->off);
@@ -320,9 +348,13 @@ int spool_scan_segment(int dirfd, uint64_t seq,
 				pm->off = NULL;
 				pm->chunks = pm->cap = 0;
 				pm->bytes = 0;
+				pm->npre = 0;
 			}
 		} else if (h.type == SPOOL_REC_STATE && pm->committed) {
 			spool_state_apply(&pm->st, payload, h.len);
+		} else if (h.type == SPOOL_REC_STATE && pm->chunks) {
+			if (!pre_state_add(pm, payload, h.len))
+				break; /* out of memory */
 		}
 		off += sizeof(h) + h.len;
 	}
@@ -385,7 +417,7 @@ int spool_scan_all(int dirfd, void (*fn)(void *arg, const struct spool_found *m)
 		memset(&ignored, 0, sizeof(ignored));
 		for (size_t i = 0; i < n; i++) {
 			uint64_t tail;
-			spool_scan_segment(dirfd, seqs[i], dedupe_note, &d, &ignored, all, &tail);
+			spool_scan_segment(dirfd, seqs[i], dedupe_note, &d, &ignored, true, &tail);
 		}
 	}
 	for (size_t i = 0; i < n; i++) {
@@ -439,14 +471,16 @@ int spool_open(struct spool *sp, const char *dir, uint64_t segment_bytes, char *
 	atomic_init(&sp->next_seq, n ? seqs[n - 1] + 1 : 1);
 	sp->recover = seqs;
 	sp->nrecover = n;
-	/* One pass: the figures for the log, and who owns which live message
-	 * (the newest segment holding it: compaction may have left two). */
+	/* One pass: the figures for the log, and who owns which message (the
+	 * newest segment holding a committed copy: compaction may have left
+	 * two). Finished copies count too: a moved copy delivered since must
+	 * win over its old, still pending original. */
 	struct spool_scan_stats st;
 	memset(&st, 0, sizeof(st));
 	struct dedupe d = {0};
 	for (size_t i = 0; i < n; i++) {
 		uint64_t tail;
-		spool_scan_segment(sp->dirfd, seqs[i], dedupe_note, &d, &st, false, &tail);
+		spool_scan_segment(sp->dirfd, seqs[i], dedupe_note, &d, &st, true, &tail);
 	}
 	sp->owner = d.owners.owner;
 	sp->owner_cap = d.owners.owner_cap;

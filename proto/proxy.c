@@ -330,7 +330,7 @@ static int parse_v1(const unsigned char *p, size_t len, struct proxy_header *h, 
 			if (c == ' ' && i == start)
 				return refuse(why, at, "v1: fields must be one space apart", i);
 			if (c == '\r')
-				return refuse(why, at, "v1: line ends before the ports", i);
+				return refuse(why, at, "v1: line ends before all fields", i);
 			if (c != ' ') {
 				if (!text_step(&a, c))
 					return refuse(why, at, state == V1_SRC ? "v1: bad source address" :
@@ -358,7 +358,7 @@ static int parse_v1(const unsigned char *p, size_t len, struct proxy_header *h, 
 				break;
 			}
 			if (c == '\r')
-				return refuse(why, at, "v1: line ends before the ports", i);
+				return refuse(why, at, "v1: line ends before all fields", i);
 			/* No sign, no leading zero: one spelling per port. */
 			if (c < '0' || c > '9' || (digits == 1 && port == 0))
 				return refuse(why, at, "v1: bad port", i);

@@ -31,7 +31,8 @@ struct proxy_header {
  * after it), 0 when more bytes are needed, -1 when it is not a valid PROXY
  * header; then *why names the problem (a static string) and *at its offset.
  * *h is zeroed unless the result is >0; *why is NULL and *at 0 unless it is
- * -1. why and at may be NULL. buf need not be NUL-terminated.
+ * -1. why and at may be NULL. buf need not be NUL-terminated. A v2 *at
+ * may lie beyond len when the length field alone proves a TLV cut short.
  * A bad byte is refused as soon as it is seen; only a v2 CRC32C mismatch
  * waits for the whole header, since only then can it be checked. */
 int proxy_parse(const void *buf, size_t len, struct proxy_header *h, const char **why, size_t *at);

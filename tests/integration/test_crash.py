@@ -5,6 +5,7 @@ import hashlib
 import re
 import signal
 import socket
+import subprocess
 import threading
 import time
 
@@ -327,3 +328,151 @@ queue = { retry_interval = "1s"; max_retry_interval = "1s"; };
         ids = keep_ids()
         assert sorted(ids) == sorted(set(ids)), "delivered twice"
         r2.stop()
+
+
+def test_moved_then_delivered_is_not_delivered_again_after_kill_9(tmp_path, cleanup):
+    """The worst point of a compaction: messages were moved out of a
+    segment that stays (a message stuck in a delivery attempt pins it), the
+    moved copies were delivered, and postern dies before the old segment is
+    deleted. The old segment still holds the originals with nothing
+    delivered; recovery must take the moved copies, which are finished, and
+    deliver none of them again."""
+    import subprocess
+    from conftest import free_port
+    from sink import Sink
+    go_port, keep_port, stall_port = free_port(), free_port(), free_port()
+    conf = RELAY.replace('permission_groups = [ "anonymous_relay" ];',
+                         'permission_groups = [ "anonymous_relay" ]; '
+                         'max_inbound_connection_per_source = "unlimited";') + """
+send_connectors = (
+  { name = "Go"; address_spaces = [ "go.test" ]; smart_hosts = [ "127.0.0.1:%d" ]; },
+  { name = "Keep"; address_spaces = [ "keep.test" ]; smart_hosts = [ "127.0.0.1:KEEP" ]; },
+  { name = "Stall"; address_spaces = [ "stall.test" ]; smart_hosts = [ "127.0.0.1:%d" ]; }
+);
+queue = { retry_interval = "1s"; max_retry_interval = "1s"; };
+""" % (go_port, stall_port)
+    release = threading.Event()
+    # One connection per worker's first segment takes a stalled message
+    # into a delivery attempt that never ends: those segments stay.
+    stall = Sink(stall_port, rcpt_reply=lambda a, l: release.wait(120) and None)
+    go = Sink(go_port)
+    try:
+        p = Postern(tmp_path, conf.replace("KEEP", str(keep_port)), name="crash",
+                    server_extra='  spool_segment_size = "1MB";\n')
+        p.config.write_text(p.config.read_text().replace("workers = 2;", "workers = 1;"))
+        p.start()
+        cleanup.append(p)
+
+        def source(rcpt, n, sessions=5):
+            r = subprocess.run(["smtp-source", "-s", str(sessions), "-m", str(n), "-l", "1500",
+                                "-f", "a@app.example", "-t", "x@%s.test" % rcpt,
+                                "127.0.0.1:%d" % p.port], capture_output=True, timeout=60)
+            assert r.returncode == 0, r.stderr
+        source("stall", 1, 1)
+        wait_until(lambda: stall.commands("RCPT"), 10 * SLOW, what="the stalled attempt")
+        for rcpt, n in (("keep", 40), ("go", 800), ("keep", 40), ("go", 800)):
+            source(rcpt, n)
+        # The first segment holds the stalled message: its compaction
+        # moves the rest of what is queued there, and the segment stays.
+        wait_until(lambda: re.search(r"event=compact worker=0 segment=0+1 ", p.stderr()),
+                   30 * SLOW, interval=0.05, what="the first segment's compaction")
+        log = p.stderr()
+        keep = sorted(set(re.findall(r"event=receive id=([0-9A-F]{16}) from=<a@app.example> "
+                                     r"to=<x@keep.test>", log)))
+        assert len(keep) == 80
+        # The moves made durable, then keep.test goes through: the moved
+        # copies are delivered.
+        time.sleep(1.0)
+        moved_log = p.stderr()
+        p.config.write_text(p.config.read_text().replace(
+            "127.0.0.1:%d" % keep_port, "127.0.0.1:%d" % go_port))
+        p.signal(signal.SIGHUP)
+        wait_until(lambda: "event=reload status=ok" in p.stderr(), 10 * SLOW, what="reload")
+
+        def keep_ids(sink):
+            ids = []
+            for m in sink.snapshot():
+                if m["rcpts"][0] == "x@keep.test":
+                    ids.append(re.search(rb"id ([0-9A-F]{16})", m["data"]).group(1).decode())
+            return ids
+        wait_until(lambda: set(keep) <= set(keep_ids(go)), 30 * SLOW, interval=0.1,
+                   what="every held message delivered")
+        # Their DELIVERED states made durable (group commit), then the kill.
+        time.sleep(0.5)
+        p.proc.send_signal(signal.SIGKILL)
+        p.proc.wait()
+        first = keep_ids(go)
+        assert sorted(first) == sorted(set(first)), "delivered twice before the crash"
+        moved = int(re.search(r"event=compact worker=0 segment=0+1 messages=(\d+)",
+                              moved_log).group(1))
+        assert moved >= 10, moved_log  # keep.test messages among them
+        # The old segment is still there: the stalled message pins it.
+        assert "seg-0000000000000001.log" in p.spool_names()
+
+        q = restart(p)
+        cleanup.append(q)
+        time.sleep(3 * SLOW)  # retries are due every second: time to redeliver
+        again = [i for i in keep_ids(go) if i in keep]
+        assert sorted(again) == sorted(set(again)), "delivered again after the crash: %r" % (
+            sorted(i for i in set(again) if again.count(i) > 1)[:10])
+        listed = q.messages()
+        assert not set(keep) & set(listed), "moved and delivered, yet queued again"
+        release.set()
+        q.stop()
+    finally:
+        release.set()
+        go.close()
+        stall.close()
+
+
+def test_bounce_over_64_mib_survives_kill_9(tmp_path, cleanup):
+    """A bounce that returns a 70 MiB original (RET=FULL, externally
+    secured sender: no size limit) is written in bounded records; after a
+    kill -9 recovery finds it, whole, and nothing after it is lost. Before,
+    it was one record over recovery's 64 MiB limit: read as a torn tail,
+    the bounce was gone."""
+    import smtplib
+    from conftest import SPOOL_TOOL, free_port
+    from sink import Sink
+    fail_port, hold_port = free_port(), free_port()
+    conf = """receive_connectors = (
+  { name = "Trusted"; bindings = [ "127.0.0.1:{port}" ];
+    remote_ip_ranges = [ "127.0.0.20" ]; permission_groups = [ "externally_secured" ]; },
+  { name = "Relay"; bindings = [ "127.0.0.1:{port}" ];
+    remote_ip_ranges = [ "127.0.0.0/8" ]; permission_groups = [ "anonymous_relay" ]; }
+);
+send_connectors = (
+  { name = "Fail"; address_spaces = [ "fail.test" ]; smart_hosts = [ "127.0.0.1:%d" ]; },
+  { name = "Hold"; address_spaces = [ "*" ]; smart_hosts = [ "127.0.0.1:%d" ]; }
+);
+queue = { retry_interval = "1h"; max_return_size = "200MB"; };
+""" % (fail_port, hold_port)
+    line = b"0123456789abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ-the-big-one\r\n"
+    body = b"Subject: big\r\n\r\n" + line * ((70 << 20) // len(line) + 1)
+    with Sink(fail_port, rcpt_reply=lambda a, l: "550 5.1.1 no such user"):
+        p = Postern(tmp_path, conf, name="crash").start()
+        cleanup.append(p)
+        with smtplib.SMTP("127.0.0.1", p.port, source_address=("127.0.0.20", 0),
+                          timeout=120 * SLOW) as s:
+            s.sendmail("a@b.example", ["x@fail.test"], body, mail_options=["RET=FULL"])
+        wait_until(lambda: "event=dsn kind=bounce " in p.stderr(), 60 * SLOW, interval=0.1,
+                   what="the bounce")
+        # Acknowledged after the bounce was written: it must survive too.
+        with smtplib.SMTP("127.0.0.1", p.port, source_address=("127.0.0.30", 0),
+                          timeout=20 * SLOW) as s:
+            s.sendmail("c@d.example", ["y@else.example"], b"Subject: after\r\n\r\nsmall\r\n")
+        dsn_id = re.search(r"event=dsn kind=bounce id=\w+ dsn_id=(\w+) ", p.stderr()).group(1)
+        time.sleep(0.5)  # the bounce's records covered by a group commit
+        p.proc.send_signal(signal.SIGKILL)
+        p.proc.wait()
+    r = subprocess.run([SPOOL_TOOL, str(p.spool), "stats"], capture_output=True, timeout=120)
+    assert b'"torn_tails": 0' in r.stdout, r.stdout
+    q = restart(p)
+    cleanup.append(q)
+    queued = q.message_sizes()
+    assert dsn_id in queued, (dsn_id, queued, q.stderr()[-2000:])
+    assert queued[dsn_id] > len(body), queued
+    assert len(queued) == 2, queued
+    data = q.read_message(dsn_id)
+    assert data.count(line) == body.count(line)
+    q.stop()

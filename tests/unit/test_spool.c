@@ -228,6 +228,22 @@ static void collect_state(void *arg, const struct spool_found *m)
 	f->off0[i] = m->chunk_off[0];
 }
 
+static void collect_big(void *arg, const struct spool_found *m)
+{
+	struct {
+		int n;
+		uint32_t chunks;
+		uint64_t bytes;
+		uint32_t crc;
+	} *f = arg;
+	f->n++;
+	f->chunks = m->chunks;
+	for (uint32_t i = 0; i < m->chunks; i++) {
+		f->crc = spool_crc32c(f->crc, m->chunk[i].iov_base, m->chunk[i].iov_len);
+		f->bytes += m->chunk[i].iov_len;
+	}
+}
+
 /* Delivery states follow their message in its segment: finished messages
  * drop out of the queue, partly delivered ones keep only what is left, a
  * deferral carries its attempts and error, and states behind a torn record
@@ -311,6 +327,125 @@ static void test_moved_copy_wins(void **state_)
 	snprintf(name, sizeof(name), "%s/seg-%016llx.log", dir, 20ULL);
 	unlink(name);
 	snprintf(name, sizeof(name), "%s/seg-%016llx.log", dir, 21ULL);
+	unlink(name);
+}
+
+/* The duplicate after compaction: the moved copy was delivered (its state
+ * is in the newer segment), the old segment still holds the original with
+ * nothing delivered. The finished copy must win, for the scan (show queue,
+ * the spool tool) and for recovery's owner table. */
+static void test_finished_moved_copy_wins(void **state_)
+{
+	static struct seg_builder old, newer;
+	old.len = newer.len = 0;
+	chunk(&old, 7, "seven\r\n");
+	commit(&old, 7, 7, 1, "POSTERN/1\r\nrcpt: <a@x>\r\n\r\n");
+	chunk(&newer, 7, "seven\r\n");
+	commit(&newer, 7, 7, 1, "POSTERN/1\r\nrcpt: <a@x>\r\n\r\n");
+	state(&newer, 7, 0, SPOOL_ST_DELIVERED, 0, 0, "250 ok");
+	write_seg(30, &old, 0);
+	write_seg(31, &newer, 0);
+	struct state_found f = {0};
+	struct spool_scan_stats st;
+	assert_int_equal(spool_scan(dirfd_, collect_state, &f, &st), 0);
+	CHECK_INT("nothing to deliver", f.n, 0);
+	close(dirfd_);
+	struct spool sp;
+	char err[256];
+	assert_int_equal(spool_open(&sp, dir, 1 << 20, err, sizeof(err)), 0);
+	CHECK_INT("owner: the newer copy", spool_owner_seq(&sp, 7), 31);
+	spool_close(&sp);
+	dirfd_ = open(dir, O_RDONLY | O_DIRECTORY);
+	char name[128];
+	snprintf(name, sizeof(name), "%s/seg-%016llx.log", dir, 30ULL);
+	unlink(name);
+	snprintf(name, sizeof(name), "%s/seg-%016llx.log", dir, 31ULL);
+	unlink(name);
+	unlink(strcat(strcpy(name, dir), "/postern.lock"));
+}
+
+/* A copy's state is written before its COMMIT: the COMMIT applies it, and
+ * a copy whose state (or COMMIT) was torn off is no copy at all, so the
+ * original, with its own state, is what recovery takes. */
+static void test_copy_state_precedes_commit(void **state_)
+{
+	static struct seg_builder old, newer;
+	old.len = newer.len = 0;
+	chunk(&old, 8, "eight\r\n");
+	commit(&old, 8, 7, 1, "POSTERN/1\r\nrcpt: <a@x>\r\nrcpt: <b@x>\r\n\r\n");
+	state(&old, 8, 0, SPOOL_ST_DELIVERED, 0, 0, "250 ok");
+	chunk(&newer, 8, "eight\r\n");
+	state(&newer, 8, 0, SPOOL_ST_DELIVERED, 0, 0, "250 ok");
+	state(&newer, 8, SPOOL_STATE_MSG, SPOOL_ST_DEFERRED, 2, 777, "451 later");
+	size_t before_commit = newer.len;
+	commit(&newer, 8, 7, 1, "POSTERN/1\r\nrcpt: <a@x>\r\nrcpt: <b@x>\r\n\r\n");
+	write_seg(40, &old, 0);
+	write_seg(41, &newer, 0);
+	struct state_found f = {0};
+	struct spool_scan_stats st;
+	assert_int_equal(spool_scan(dirfd_, collect_state, &f, &st), 0);
+	CHECK_INT("one copy", f.n, 1);
+	CHECK_INT("the copy's state", f.rcpt[0][0], SPOOL_RCPT_DELIVERED);
+	CHECK_INT("pending", f.pending[0], 1);
+	CHECK_INT("attempts", f.attempts[0], 2);
+	CHECK_STR("error", f.error[0], "451 later");
+	/* The tear falls on the copy's COMMIT: the original wins. */
+	newer.buf[newer.len - 3] ^= 1;
+	write_seg(41, &newer, 0);
+	memset(&f, 0, sizeof(f));
+	assert_int_equal(spool_scan(dirfd_, collect_state, &f, &st), 0);
+	CHECK_INT("the original", f.n, 1);
+	CHECK_INT("its own state", f.rcpt[0][0], SPOOL_RCPT_DELIVERED);
+	CHECK_INT("no attempts of the copy's", f.attempts[0], 0);
+	/* And on the copy's state: the same. */
+	newer.len = before_commit;
+	newer.buf[newer.len - 3] ^= 1;
+	commit(&newer, 8, 7, 1, "POSTERN/1\r\nrcpt: <a@x>\r\nrcpt: <b@x>\r\n\r\n");
+	write_seg(41, &newer, 0);
+	memset(&f, 0, sizeof(f));
+	assert_int_equal(spool_scan(dirfd_, collect_state, &f, &st), 0);
+	CHECK_INT("the original again", f.n, 1);
+	CHECK_INT("attempts", f.attempts[0], 0);
+	char name[128];
+	snprintf(name, sizeof(name), "%s/seg-%016llx.log", dir, 40ULL);
+	unlink(name);
+	snprintf(name, sizeof(name), "%s/seg-%016llx.log", dir, 41ULL);
+	unlink(name);
+}
+
+/* A valid record bigger than any the writers make (65 MiB) is data, not a
+ * torn tail: it and the message after it are found. */
+static void test_huge_valid_record_is_data(void **state_)
+{
+	size_t big = (65u << 20);
+	uint8_t *payload = malloc(big);
+	assert_non_null(payload);
+	for (size_t i = 0; i < big; i++)
+		payload[i] = (uint8_t)('a' + i % 26);
+	char name[128];
+	snprintf(name, sizeof(name), "%s/seg-%016llx.log", dir, 50ULL);
+	FILE *f = fopen(name, "w");
+	assert_non_null(f);
+	struct spool_rec_hdr h = {.magic = SPOOL_MAGIC, .type = SPOOL_REC_CHUNK,
+				  .len = (uint32_t)big, .msg = 9};
+	h.crc = spool_rec_crc(&h, payload, big);
+	fwrite(&h, sizeof(h), 1, f);
+	fwrite(payload, 1, big, f);
+	static struct seg_builder b;
+	b.len = 0;
+	commit(&b, 9, big, 1, "POSTERN/1\r\nrcpt: <a@x>\r\n\r\n");
+	chunk(&b, 10, "ten\r\n");
+	commit(&b, 10, 5, 1, "POSTERN/1\r\nrcpt: <a@x>\r\n\r\n");
+	fwrite(b.buf, 1, b.len, f);
+	fclose(f);
+	free(payload);
+	struct state_found sf = {0};
+	struct spool_scan_stats st;
+	assert_int_equal(spool_scan(dirfd_, collect_state, &sf, &st), 0);
+	CHECK_INT("both", sf.n, 2);
+	CHECK_INT("torn", st.torn, 0);
+	assert_true(sf.id[0] == 9 && sf.id[1] == 10);
+	CHECK_INT("bytes", st.bytes, big + 5);
 	unlink(name);
 }
 
@@ -444,6 +579,52 @@ static void test_flushable_waits_for_earlier_writes(void **state_)
  * write (or a failed fdatasync) loses everything after it in the segment:
  * a message there must not be acknowledged, however well its own writes
  * went, and new messages go to a new segment. */
+/* A buffer handed over whole (a compaction copy, a bounce) bigger than
+ * SPOOL_CHUNK_MAX goes out as several chunk records, in order, and comes
+ * back byte for byte; the one allocation is freed once (ASan says). */
+static void test_large_owned_buffer_is_chunked(void **state_)
+{
+	struct rig g;
+	if (!rig_open(&g))
+		skip();
+	struct spool_worker *sw = &g.sw;
+	size_t n = 3 * SPOOL_CHUNK_MAX + 12345;
+	char *buf = malloc(n);
+	assert_non_null(buf);
+	for (size_t i = 0; i < n; i++)
+		buf[i] = (char)('A' + (i * 7) % 26);
+	uint32_t sum = spool_crc32c(0, buf, n);
+	int e = 0;
+	struct spool_msg *m = spool_msg_begin(sw, 0x77, &e);
+	assert_non_null(m);
+	assert_true(spool_msg_append_owned(sw, m, buf, n));
+	CHECK_INT("chunks", m->chunks, 4);
+	CHECK_INT("bytes", m->bytes, n);
+	for (uint32_t i = 0; i < 3; i++)
+		CHECK_INT("chunk size", m->len[i], SPOOL_CHUNK_MAX);
+	commit_env(sw, m);
+	struct spool_write *done[5];
+	int res[5], bid;
+	reap(g.r, done, res, 5);
+	for (unsigned i = 0; i < 5; i++)
+		spool_write_done(sw, done[i], res[i], &bid);
+	CHECK_INT("written", spool_msg_error(m), 0);
+	spool_msg_release(sw, m);
+	rig_close(&g);
+	struct big_found {
+		int n;
+		uint32_t chunks;
+		uint64_t bytes;
+		uint32_t crc;
+	} bf = {0};
+	struct spool_scan_stats st;
+	assert_int_equal(spool_scan(dirfd_, collect_big, &bf, &st), 0);
+	CHECK_INT("found", bf.n, 1);
+	CHECK_INT("chunks found", bf.chunks, 4);
+	CHECK_INT("bytes found", bf.bytes, n);
+	CHECK_INT("same bytes", bf.crc, sum);
+}
+
 static void test_failed_write_fails_what_follows(void **state_)
 {
 	struct rig g;
@@ -503,6 +684,10 @@ int main(void)
 		cmocka_unit_test_setup_teardown(test_inconsistent_commit_is_ignored, setup, teardown),
 		cmocka_unit_test_setup_teardown(test_state_records, setup, teardown),
 		cmocka_unit_test_setup_teardown(test_moved_copy_wins, setup, teardown),
+		cmocka_unit_test_setup_teardown(test_finished_moved_copy_wins, setup, teardown),
+		cmocka_unit_test_setup_teardown(test_copy_state_precedes_commit, setup, teardown),
+		cmocka_unit_test_setup_teardown(test_huge_valid_record_is_data, setup, teardown),
+		cmocka_unit_test_setup_teardown(test_large_owned_buffer_is_chunked, setup, teardown),
 		cmocka_unit_test_setup_teardown(test_flushable_waits_for_earlier_writes, setup, teardown),
 		cmocka_unit_test_setup_teardown(test_failed_write_fails_what_follows, setup, teardown),
 	};
