@@ -4,6 +4,7 @@
 #include <getopt.h>
 #include <signal.h>
 #include <sys/resource.h>
+#include <sys/stat.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -11,6 +12,7 @@
 #include <unistd.h>
 
 #include "config.h"
+#include "dirs.h"
 #include "io.h"
 #include "listener.h"
 #include "log.h"
@@ -336,11 +338,24 @@ static int become_user(const struct conf *c, char *err,
 				c->user, (unsigned)geteuid());
 		return 0;
 	}
-	if (privilege_give(c->spool_dir, uid, gid, err, cap) < 0)
+	/* The spool is opened after the drop: it must be the user's. One that
+	 * is already is left alone (root may not even be able to look in). */
+	struct stat sb;
+	int mk = stat(c->spool_dir, &sb) == 0 ? 0 : dirs_make(c->spool_dir);
+	if (mk < 0) {
+		snprintf(err, cap, "spool_dir %s: %s", c->spool_dir, strerror(-mk));
+		return -1;
+	}
+	if ((mk == 0 && stat(c->spool_dir, &sb) < 0) ||
+	    ((sb.st_uid != uid || sb.st_gid != gid) &&
+	     privilege_give(c->spool_dir, uid, gid, err, cap) < 0))
 		return -1;
 	if (c->stats_socket && privilege_give(c->stats_socket, uid, gid, err, cap) < 0)
 		return -1;
-	if (c->log_file && privilege_give(c->log_file, uid, gid, err, cap) < 0)
+	/* Opened as root: it goes with us. (One root cannot reach is opened
+	 * after the drop.) */
+	if (c->log_file && access(c->log_file, F_OK) == 0 &&
+	    privilege_give(c->log_file, uid, gid, err, cap) < 0)
 		return -1;
 	if (privilege_drop(uid, gid, true, err, cap) < 0)
 		return -1;
@@ -432,7 +447,10 @@ int main(int argc, char **argv)
 	}
 	log_set_level((enum log_level)conf->log_level);
 	int lerr = conf->log_file ? log_open_file(conf->log_file) : 0;
-	if (lerr < 0) {
+	/* A log directory that belongs to server.user is opened once we are
+	 * that user (root may lack CAP_DAC_OVERRIDE under systemd). */
+	bool log_later = lerr == -EACCES && conf->user && geteuid() == 0;
+	if (lerr < 0 && !log_later) {
 		fprintf(stderr, "postern: log_file %s: %s\n", conf->log_file, strerror(-lerr));
 		return 1;
 	}
@@ -458,11 +476,8 @@ int main(int argc, char **argv)
 		log_msg(LOG_WARN, "event=io_backend backend=epoll reason=\"%s\" note=\"io_uring unavailable: falling back to epoll\"",
 			why);
 
-	struct spool store;
-	if (spool_open(&store, conf->spool_dir, conf->spool_segment_bytes, err, sizeof(err)) < 0) {
-		fprintf(stderr, "postern: %s\n", err);
-		return 1;
-	}
+	/* Opened (and recovered) once postern runs as server.user, below. */
+	struct spool store = {.dirfd = -1, .lockfd = -1};
 
 
 	/* MX lookups for every worker; a changed dns_servers needs a restart. */
@@ -548,7 +563,16 @@ int main(int argc, char **argv)
 		fprintf(stderr, "postern: %s\n", err);
 		log_msg(LOG_ERROR, "event=privileges status=failed error=\"%s\"", err);
 		stats_stop(&stats);
-		spool_close(&store);
+		return 1;
+	}
+	if (log_later && (lerr = log_open_file(conf->log_file)) < 0) {
+		fprintf(stderr, "postern: log_file %s: %s\n", conf->log_file, strerror(-lerr));
+		stats_stop(&stats);
+		return 1;
+	}
+	if (spool_open(&store, conf->spool_dir, conf->spool_segment_bytes, err, sizeof(err)) < 0) {
+		fprintf(stderr, "postern: %s\n", err);
+		stats_stop(&stats);
 		return 1;
 	}
 	for (unsigned i = 0; i < nw; i++) {

@@ -57,7 +57,9 @@ int privilege_give(const char *path, uid_t uid, gid_t gid, char *err, size_t cap
 	give_uid = uid;
 	give_gid = gid;
 	give_errno = 0;
-	int r = nftw(path, give_one, 16, FTW_PHYS | FTW_MOUNT);
+	/* Depth first: a directory changes hands after what is in it, while
+	 * root can still look inside without CAP_DAC_OVERRIDE. */
+	int r = nftw(path, give_one, 16, FTW_PHYS | FTW_MOUNT | FTW_DEPTH);
 	if (r == 0)
 		return 0;
 	snprintf(err, cap, "cannot give %s to uid %u: %s", give_errno ? give_path : path,
@@ -106,6 +108,12 @@ int privilege_drop(uid_t uid, gid_t gid, bool keep_bind, char *err, size_t cap)
 	prctl(PR_SET_KEEPCAPS, 0, 0, 0, 0);
 	if (capset_to(keep) < 0) {
 		snprintf(err, cap, "capset: %s", strerror(errno));
+		return -1;
+	}
+	/* Whatever the bounding set kept (dropping from it needs CAP_SETPCAP,
+	 * which a hardened unit does not give), no exec can raise us again. */
+	if (prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) < 0) {
+		snprintf(err, cap, "prctl(PR_SET_NO_NEW_PRIVS): %s", strerror(errno));
 		return -1;
 	}
 	/* Proof rather than trust: root must be out of reach now. */

@@ -17,8 +17,10 @@ int privilege_give(const char *path, uid_t uid, gid_t gid, char *err, size_t cap
 
 /* Becomes uid with gid as the only group. keep_bind: CAP_NET_BIND_SERVICE
  * stays (a reload may add a binding below 1024); no other capability is
- * kept, in any set, and none can come back. -1 with err filled; then the
- * process must not go on. */
+ * kept in the effective, permitted, inheritable or ambient set, the
+ * bounding set loses all the others when CAP_SETPCAP allows, and
+ * no_new_privs makes sure none can come back. -1 with err filled; then
+ * the process must not go on. */
 int privilege_drop(uid_t uid, gid_t gid, bool keep_bind, char *err, size_t cap);
 
 #endif

@@ -302,7 +302,7 @@ def test_runs_as_server_user_with_only_net_bind_service():
         for k in ("CapEff", "CapPrm", "CapBnd"):
             assert int(st[k], 16) == 1 << 10, (k, st[k])  # CAP_NET_BIND_SERVICE only
         assert int(st["CapInh"], 16) == 0 and int(st["CapAmb"], 16) == 0
-        assert st["NoNewPrivs"] in ("0", "1")
+        assert st["NoNewPrivs"] == "1"
         # Every thread, the workers and the stats thread included.
         for t in os.listdir("/proc/%d/task" % p.pid):
             ts = proc_status_task(p.pid, t)
@@ -368,5 +368,52 @@ def test_not_root_stays_who_it_is():
         assert ('event=privileges user=daemon note="not started as root: staying uid %d"'
                 % nobody.pw_uid) in q.stderr()
         q.stop()
+    finally:
+        shutil.rmtree(base, ignore_errors=True)
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="the privilege drop needs a start as root")
+def test_root_without_dac_override_on_the_users_spool():
+    """systemd's hardened unit gives root CAP_NET_BIND_SERVICE, CAP_SETUID,
+    CAP_SETGID and CAP_CHOWN only: a spool that already belongs to the user
+    (mode 0700) is opened after the drop, so root never needs to look in."""
+    if not shutil.which("setpriv"):
+        pytest.skip("no setpriv")
+    try:
+        nobody = pwd.getpwnam("nobody")
+    except KeyError:
+        pytest.skip("no user nobody")
+    uid, gid = nobody.pw_uid, nobody.pw_gid
+    base = pathlib.Path(tempfile.mkdtemp(prefix="postern-caps-", dir="/tmp"))
+    os.chmod(base, 0o755)
+    from conftest import Postern
+    try:
+        hold = free_port()
+        conns = RELAY + smart(hold)
+        p = Postern(base, conns, server_extra='  user = "nobody";\n')
+        p.spool.mkdir(mode=0o700)
+        os.chown(p.spool, uid, gid)
+        p.wrapper = ["setpriv", "--bounding-set=-all,+net_bind_service,+setuid,+setgid,+chown",
+                     "--inh-caps=-all", "--"]
+        p.start()
+        st = proc_status(p.pid)
+        assert int(st["CapEff"], 16) == int(st["CapPrm"], 16) == 1 << 10, st
+        # Without CAP_SETPCAP the bounding set keeps what the unit gave;
+        # no_new_privs makes that moot.
+        assert int(st["CapBnd"], 16) & ~((1 << 10) | (1 << 0) | (1 << 6) | (1 << 7)) == 0, st
+        assert st["NoNewPrivs"] == "1"
+        send(p.port, "kept")
+        wait_until(lambda: len(p.messages()) == 1, 10, what="the message queued")
+        p.stop()
+        assert os.stat(p.spool).st_mode & 0o777 == 0o700
+        for n in os.listdir(p.spool):
+            assert os.lstat(p.spool / n).st_uid == uid, n
+        # Again, on the spool it left: recovered as the user.
+        p.stopped = False
+        p.proc = None
+        p.start()
+        assert "event=queue_recovered worker=0" in p.stderr()
+        assert len(p.messages()) == 1
+        p.stop()
     finally:
         shutil.rmtree(base, ignore_errors=True)
