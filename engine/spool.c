@@ -584,18 +584,23 @@ unsigned spool_sync_start(struct spool_worker *sw, uint64_t tag)
 	if (sw->dir_dirty) {
 		/* New segment files become durable with their directory entry. */
 		sw->dir_dirty = false;
-		io_fsync(sw->io, sw->sp->dirfd, false, tag);
+		io_fsync(sw->io, sw->sp->dirfd, false, tag | SPOOL_SYNC_DIR);
 		n++;
 	}
 	sw->sync_inflight = n;
 	return n;
 }
 
-bool spool_sync_done(struct spool_worker *sw, int res, bool *ok)
+bool spool_sync_done(struct spool_worker *sw, int res, bool dir, bool *ok)
 {
 	if (res < 0) {
 		sw->sync_ok = false;
-		log_msg(LOG_ERROR, "event=store_error op=fdatasync error=\"%s\"", strerror(-res));
+		/* The directory entries are not known durable: the next flush
+		 * syncs the directory again (nothing new may need it to). */
+		if (dir)
+			sw->dir_dirty = true;
+		log_msg(LOG_ERROR, "event=store_error op=%s error=\"%s\"%s", dir ? "dirsync" : "fdatasync",
+			strerror(-res), dir ? " note=\"retried with the next flush\"" : "");
 	}
 	if (--sw->sync_inflight)
 		return false;
@@ -683,9 +688,9 @@ void spool_commit_start(struct spool_worker *sw)
 		commit_done(sw, true);
 }
 
-void spool_commit_on_sync(struct spool_worker *sw, int res)
+void spool_commit_on_sync(struct spool_worker *sw, int res, uint64_t tag)
 {
 	bool ok;
-	if (spool_sync_done(sw, res, &ok))
+	if (spool_sync_done(sw, res, (tag & SPOOL_SYNC_DIR) != 0, &ok))
 		commit_done(sw, ok);
 }

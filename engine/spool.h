@@ -335,14 +335,16 @@ bool spool_commit_add(struct spool_worker *sw, struct spool_msg *m);
  * none is in flight and something waits (messages, state records). */
 void spool_commit_start(struct spool_worker *sw);
 /* An IO_OP_SPOOL_SYNC completion. */
-void spool_commit_on_sync(struct spool_worker *sw, int res);
+void spool_commit_on_sync(struct spool_worker *sw, int res, uint64_t tag);
 
 /* The fsyncs under the group commit: every segment written since the last
  * sync (and the directory when a segment was created), tagged tag. Returns
  * how many were submitted; 0 means everything written is durable. */
 unsigned spool_sync_start(struct spool_worker *sw, uint64_t tag);
+/* The directory's fsync carries this bit in its tag (slot 1). */
+#define SPOOL_SYNC_DIR (1ull << 32)
 /* One fsync of the batch completed; true when the batch is done, with *ok
  * telling whether every fsync succeeded. */
-bool spool_sync_done(struct spool_worker *sw, int res, bool *ok);
+bool spool_sync_done(struct spool_worker *sw, int res, bool dir, bool *ok);
 
 #endif

@@ -323,7 +323,7 @@ static void on_spool_write(struct worker *w, const struct io_cqe *e)
 
 static void on_spool_sync(struct worker *w, const struct io_cqe *e)
 {
-	spool_commit_on_sync(&w->spool, e->res);
+	spool_commit_on_sync(&w->spool, e->res, e->tag);
 }
 
 static void on_out(struct worker *w, const struct io_cqe *e)

@@ -214,7 +214,7 @@ static void dispatch(struct rig *g, const struct io_cqe *e)
 		return;
 	}
 	case IO_OP_SPOOL_SYNC:
-		spool_commit_on_sync(&g->sw, e->res);
+		spool_commit_on_sync(&g->sw, e->res, e->tag);
 		return;
 	case IO_OP_READ: {
 		struct io_cqe f = *e;

@@ -501,7 +501,8 @@ static void reap(struct io *r, struct spool_write **done, int *res, unsigned wan
 		int n = io_wait(r, cqe, want - seen < 16 ? want - seen : 16);
 		assert_true(n > 0);
 		for (int i = 0; i < n; i++) {
-			done[seen] = io_cqe_ptr(&cqe[i]);
+			/* An fsync (IO_OP_SPOOL_SYNC) carries no write. */
+			done[seen] = cqe[i].op == IO_OP_SPOOL_WRITE ? io_cqe_ptr(&cqe[i]) : NULL;
 			res[seen++] = cqe[i].res;
 		}
 	}
@@ -656,7 +657,7 @@ static void test_failed_write_fails_what_follows(void **state_)
 	assert_true(n > 0);
 	bool ok = true;
 	for (unsigned i = 0; i < n; i++)
-		spool_sync_done(sw, i == 0 ? -EIO : 0, &ok);
+		spool_sync_done(sw, i == 0 ? -EIO : 0, false, &ok);
 	assert_false(ok);
 	CHECK_INT("c after a failed sync", spool_msg_error(c), EIO);
 	struct spool_msg *d = stored(sw, 0xD, "dddd\r\n");
@@ -675,6 +676,49 @@ static void test_failed_write_fails_what_follows(void **state_)
 	rig_close(&g);
 }
 
+/* A new segment's directory entry is made durable by an fsync of the
+ * directory; when that fails, the next flush must sync the directory
+ * again, not forget it. */
+static void test_failed_dirsync_is_retried(void **state_)
+{
+	struct rig g;
+	if (!rig_open(&g))
+		skip();
+	struct spool_worker *sw = &g.sw;
+	struct spool_msg *a = stored(sw, 0xA1, "aaaa\r\n");
+	struct spool_write *done[2];
+	int res[2], bid;
+	reap(g.r, done, res, 2);
+	for (unsigned i = 0; i < 2; i++)
+		spool_write_done(sw, done[i], res[i], &bid);
+	assert_true(sw->dir_dirty);
+	unsigned n = spool_sync_start(sw, io_tag(IO_OP_SPOOL_SYNC, 0, 0));
+	CHECK_INT("segment and directory", n, 2);
+	assert_false(sw->dir_dirty);
+	bool ok = true;
+	assert_false(spool_sync_done(sw, 0, false, &ok));
+	assert_true(spool_sync_done(sw, -EIO, true, &ok));
+	assert_false(ok);
+	assert_true(sw->dir_dirty);
+	/* The next flush has the directory again, even with nothing new. */
+	n = spool_sync_start(sw, io_tag(IO_OP_SPOOL_SYNC, 0, 0));
+	CHECK_INT("the directory again", n, 1);
+	assert_true(spool_sync_done(sw, 0, true, &ok));
+	assert_true(ok);
+	assert_false(sw->dir_dirty);
+	/* Drain the ring: the three fsyncs submitted above. */
+	for (unsigned seen = 0; seen < 3;) {
+		struct io_cqe cqe[4];
+		int k = io_wait(g.r, cqe, 4);
+		assert_true(k > 0);
+		for (int i = 0; i < k; i++)
+			assert_int_equal(cqe[i].op, IO_OP_SPOOL_SYNC);
+		seen += (unsigned)k;
+	}
+	spool_msg_release(sw, a);
+	rig_close(&g);
+}
+
 int main(void)
 {
 	const struct CMUnitTest tests[] = {
@@ -690,6 +734,7 @@ int main(void)
 		cmocka_unit_test_setup_teardown(test_large_owned_buffer_is_chunked, setup, teardown),
 		cmocka_unit_test_setup_teardown(test_flushable_waits_for_earlier_writes, setup, teardown),
 		cmocka_unit_test_setup_teardown(test_failed_write_fails_what_follows, setup, teardown),
+		cmocka_unit_test_setup_teardown(test_failed_dirsync_is_retried, setup, teardown),
 	};
 	char why[200];
 	int failed = 0;
