@@ -539,28 +539,51 @@ static bool resolve_proxy_bindings(struct loader *ld, struct conf *c)
 	return true;
 }
 
-bool conf_trusted_proxy(const struct conf *c, const struct sockaddr *sa,
-			const struct ip_range **why)
+static bool addr_value(const struct sockaddr *sa, int *family, u128 *v)
+{
+	if (sa->sa_family == AF_INET) {
+		*family = 4;
+		*v = ntohl(((const struct sockaddr_in *)sa)->sin_addr.s_addr);
+		return true;
+	}
+	if (sa->sa_family == AF_INET6) {
+		conf_addr6_value(((const struct sockaddr_in6 *)sa)->sin6_addr.s6_addr, family, v);
+		return true;
+	}
+	return false;
+}
+
+static const struct ip_range *range_find(const struct ip_range *r, unsigned n,
+					 const struct sockaddr *sa)
 {
 	int family;
 	u128 v;
-	if (sa->sa_family == AF_INET) {
-		family = 4;
-		v = ntohl(((const struct sockaddr_in *)sa)->sin_addr.s_addr);
-	} else if (sa->sa_family == AF_INET6) {
-		conf_addr6_value(((const struct sockaddr_in6 *)sa)->sin6_addr.s6_addr, &family, &v);
-	} else {
+	if (!addr_value(sa, &family, &v))
+		return NULL;
+	for (unsigned i = 0; i < n; i++)
+		if (r[i].family == family && v >= r[i].lo && v <= r[i].hi)
+			return &r[i];
+	return NULL;
+}
+
+bool conf_trusted_proxy(const struct conf *c, const struct sockaddr *sa,
+			const struct ip_range **why)
+{
+	const struct ip_range *r = range_find(c->trusted_proxies, c->ntrusted_proxies, sa);
+	if (r && why)
+		*why = r;
+	return r != NULL;
+}
+
+bool conf_metrics_allowed(const struct conf *c, const struct sockaddr *sa)
+{
+	int family;
+	u128 v;
+	if (!addr_value(sa, &family, &v))
 		return false;
-	}
-	for (unsigned i = 0; i < c->ntrusted_proxies; i++) {
-		const struct ip_range *r = &c->trusted_proxies[i];
-		if (r->family == family && v >= r->lo && v <= r->hi) {
-			if (why)
-				*why = r;
-			return true;
-		}
-	}
-	return false;
+	if (!c->nmetrics_allow) /* by default the node itself only */
+		return (family == 4 && v >> 24 == 127) || (family == 6 && v == 1);
+	return range_find(c->metrics_allow, c->nmetrics_allow, sa) != NULL;
 }
 
 static bool load_server(struct loader *ld, struct conf *c, config_t *cf)
@@ -569,7 +592,7 @@ static bool load_server(struct loader *ld, struct conf *c, config_t *cf)
 		"hostname", "workers", "spool_dir", "stats_socket",
 		"metrics_listen", "shutdown_grace", "log_level", "log_file",
 		"spool_segment_size", "dns_servers", "io_backend", "max_open_files", "user",
-		"proxy_protocol", "drain_timeout", NULL};
+		"proxy_protocol", "drain_timeout", "metrics_allow", NULL};
 	config_setting_t *srv = config_lookup(cf, "server");
 	char host[256] = "localhost";
 	gethostname(host, sizeof(host) - 1);
@@ -601,6 +624,19 @@ static bool load_server(struct loader *ld, struct conf *c, config_t *cf)
 			return fail(ld, line_of(config_setting_get_member(srv, "metrics_listen")),
 				    "metrics_listen: \"%s\" is not ip:port ([ipv6]:port)", s);
 		c->metrics_listen = xstrdup(s);
+	}
+	const config_setting_t *ma = string_list(ld, srv, "metrics_allow", false);
+	if (ld->failed)
+		return false;
+	for (int i = 0; ma && i < config_setting_length(ma); i++) {
+		if (i == 0) {
+			c->nmetrics_allow = (unsigned)config_setting_length(ma);
+			c->metrics_allow = xcalloc(c->nmetrics_allow, sizeof(*c->metrics_allow));
+		}
+		const char *r = config_setting_get_string_elem(ma, i);
+		if (!conf_parse_range(r, &c->metrics_allow[i]))
+			return fail(ld, element_line(ld, ma, (unsigned)i),
+				    "metrics_allow: \"%s\" is not an address, a-b range or CIDR", r);
 	}
 	if ((s = get_string(ld, srv, "log_file", false)))
 		c->log_file = xstrdup(s);
@@ -1484,6 +1520,7 @@ void conf_free(struct conf *c)
 		free(c->domains[i].domain);
 	free(c->user);
 	free(c->trusted_proxies);
+	free(c->metrics_allow);
 	for (unsigned i = 0; i < c->nsc; i++) {
 		struct sconn *sc = &c->sc[i];
 		for (unsigned k = 0; k < sc->nspaces; k++)
@@ -1622,6 +1659,8 @@ void conf_print(const struct conf *c, FILE *out)
 		fprintf(out, "server: user=%s (after binding)\n", c->user);
 	for (unsigned i = 0; i < c->ntrusted_proxies; i++)
 		fprintf(out, "proxy_protocol: trusted proxy %s\n", c->trusted_proxies[i].text);
+	for (unsigned i = 0; i < c->nmetrics_allow; i++)
+		fprintf(out, "metrics_allow: %s\n", c->metrics_allow[i].text);
 	fprintf(out, "accepted_domains:%s\n", c->ndomains ? "" : " (none)");
 	for (unsigned i = 0; i < c->ndomains; i++)
 		fprintf(out, "  %s%s %s%s\n", c->domains[i].subdomains ? "*." : "",

@@ -176,6 +176,8 @@ struct conf {
 	char *user;                /* server.user: run as it once bound (B.6) */
 	struct ip_range *trusted_proxies; /* server.proxy_protocol (B.10) */
 	unsigned ntrusted_proxies;
+	struct ip_range *metrics_allow;   /* who may GET /metrics (none: loopback) */
+	unsigned nmetrics_allow;
 	uint64_t spool_segment_bytes;
 	int log_level;
 	struct binding *bindings;
@@ -215,6 +217,10 @@ const struct rconn *conf_match(const struct conf *c, unsigned b,
  * server.proxy_protocol.trusted_proxies. why: the range that matched. */
 bool conf_trusted_proxy(const struct conf *c, const struct sockaddr *sa,
 			const struct ip_range **why);
+
+/* True when a client at sa may read /metrics: one in server.metrics_allow,
+ * or without it a loopback address. */
+bool conf_metrics_allowed(const struct conf *c, const struct sockaddr *sa);
 
 /* The send connector for a recipient domain (any case, len bytes; an
  * address literal "[...]" matches "*" only): the most specific address

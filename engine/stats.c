@@ -17,6 +17,7 @@
 #include "connectors.h"
 #include "dirs.h"
 #include "envelope.h"
+#include "listener.h"
 #include "log.h"
 #include "wctx.h"
 
@@ -377,24 +378,6 @@ int stats_command(const struct stats_host *h, const char *line, FILE *out)
 	return ret;
 }
 
-/* A stuck client must not stall the stats thread for long. */
-static void set_timeouts(int fd)
-{
-	struct timeval tv = {.tv_sec = 5};
-	setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof(tv));
-	setsockopt(fd, SOL_SOCKET, SO_SNDTIMEO, &tv, sizeof(tv));
-}
-
-static void write_all(int fd, const char *p, size_t len)
-{
-	for (size_t off = 0; off < len;) {
-		ssize_t w = write(fd, p + off, len - off);
-		if (w <= 0)
-			break;
-		off += (size_t)w;
-	}
-}
-
 /* The request target is path, with or without a query. */
 static bool http_path_is(const char *target, const char *path)
 {
@@ -402,27 +385,16 @@ static bool http_path_is(const char *target, const char *path)
 	return strncmp(target, path, n) == 0 && (target[n] == ' ' || target[n] == '?');
 }
 
-/* One HTTP/1.1 request per connection: GET /metrics, /healthz or /readyz,
- * else 404 or 405. */
-static void serve_metrics(struct stats_server *s, int fd)
+/* One HTTP/1.1 request (GET /metrics, /healthz or /readyz, else 404, 405,
+ * or 403 for /metrics from outside server.metrics_allow): the whole
+ * response, written to out. */
+static void respond_http(struct stats_server *s, const char *req,
+			 const struct sockaddr_storage *peer, FILE *out)
 {
-	set_timeouts(fd);
-	char req[8192];
-	size_t n = 0;
-	while (n < sizeof(req) - 1) {
-		ssize_t r = read(fd, req + n, sizeof(req) - 1 - n);
-		if (r <= 0)
-			break;
-		n += (size_t)r;
-		req[n] = '\0';
-		if (strstr(req, "\r\n\r\n") || strstr(req, "\n\n"))
-			break;
-	}
-	req[n] = '\0';
 	char *body = NULL;
 	size_t blen = 0;
-	FILE *out = open_memstream(&body, &blen);
-	if (!out)
+	FILE *b = open_memstream(&body, &blen);
+	if (!b)
 		return;
 	const char *status = "200 OK", *ctype = "text/plain; version=0.0.4; charset=utf-8";
 	bool head = strncmp(req, "HEAD ", 5) == 0;
@@ -430,96 +402,220 @@ static void serve_metrics(struct stats_server *s, int fd)
 	if (strncmp(req, "GET ", 4) != 0 && !head) {
 		status = "405 Method Not Allowed";
 		ctype = "text/plain";
-		fputs("only GET /metrics, /healthz, /readyz\n", out);
+		fputs("only GET /metrics, /healthz, /readyz\n", b);
 	} else if (http_path_is(target, "/healthz")) {
 		/* Alive: this thread answers, so the process is not wedged. */
 		ctype = "text/plain";
-		fputs("ok\n", out);
+		fputs("ok\n", b);
 	} else if (http_path_is(target, "/readyz")) {
 		struct spool_usage u;
 		char why[160];
 		ctype = "text/plain";
 		if (node_ready(s->host, &u, why, sizeof(why))) {
-			fputs("ready\n", out);
+			fputs("ready\n", b);
 		} else {
 			status = "503 Service Unavailable";
-			fprintf(out, "not ready: %s\n", why);
+			fprintf(b, "not ready: %s\n", why);
 		}
 	} else if (!http_path_is(target, "/metrics")) {
 		status = "404 Not Found";
 		ctype = "text/plain";
-		fputs("not found: try /metrics, /healthz or /readyz\n", out);
+		fputs("not found: try /metrics, /healthz or /readyz\n", b);
 	} else {
-		show_metrics(s->host, out);
+		/* Health answers anyone (balancers, kubelets); the counters only
+		 * the node itself and the scrapers the configuration names. */
+		struct conf *c = s->host->current(s->host->arg);
+		bool allowed = conf_metrics_allowed(c, (const struct sockaddr *)peer);
+		conf_unref(c);
+		if (allowed) {
+			show_metrics(s->host, b);
+		} else {
+			char ip[64];
+			peer_text(peer, ip, sizeof(ip));
+			status = "403 Forbidden";
+			ctype = "text/plain";
+			fprintf(b, "forbidden: %s is not in server.metrics_allow\n", ip);
+		}
 	}
-	fclose(out);
-	char hdr[256];
-	int hn = snprintf(hdr, sizeof(hdr),
-			  "HTTP/1.1 %s\r\nContent-Type: %s\r\nContent-Length: %zu\r\n"
-			  "Connection: close\r\n\r\n", status, ctype, blen);
-	write_all(fd, hdr, (size_t)hn);
-	if (!head)
-		write_all(fd, body, blen);
+	fclose(b);
+	fprintf(out, "HTTP/1.1 %s\r\nContent-Type: %s\r\nContent-Length: %zu\r\n"
+		     "Connection: close\r\n\r\n", status, ctype, blen);
+	if (!head && body)
+		fwrite(body, 1, blen, out);
 	free(body);
 }
 
-static void serve_client(struct stats_server *s, int fd)
+/* Clients are served side by side, each with its own deadline, so a slow
+ * or stuck one (a scraper that never reads, a socat left open) costs a
+ * slot, never the others' answers. */
+#define STATS_CLIENTS 64
+#define STATS_DEADLINE_MS 5000  /* the request in and the reply out by then */
+#define STATS_REQ_MAX 8192
+
+struct stats_client {
+	int fd;                   /* -1: a free slot */
+	bool http;
+	bool writing;
+	uint64_t deadline_ms;
+	struct sockaddr_storage peer;
+	size_t inlen;
+	char in[STATS_REQ_MAX];
+	char *out;
+	size_t outlen, outoff;
+};
+
+static void client_close(struct stats_client *k)
 {
-	set_timeouts(fd);
-	char line[STATS_LINE_MAX];
-	size_t n = 0;
-	while (n < sizeof(line) - 1) {
-		ssize_t r = read(fd, line + n, sizeof(line) - 1 - n);
-		if (r <= 0)
-			break;
-		n += (size_t)r;
-		if (memchr(line, '\n', n))
-			break;
-	}
-	line[n] = '\0';
-	char *nl = strchr(line, '\n');
-	if (nl)
-		*nl = '\0';
-	char *reply = NULL;
-	size_t len = 0;
-	FILE *out = open_memstream(&reply, &len);
-	if (!out)
+	close(k->fd);
+	free(k->out);
+	k->fd = -1;
+	k->out = NULL;
+}
+
+/* The request is whole (or as whole as it will get): the reply is made
+ * now and sent as the client takes it. */
+static void client_respond(struct stats_server *s, struct stats_client *k)
+{
+	k->in[k->inlen] = '\0';
+	FILE *out = open_memstream(&k->out, &k->outlen);
+	if (!out) {
+		client_close(k);
 		return;
-	if (n == sizeof(line) - 1 && !nl)
-		fprintf(out, "error: command too long\n");
-	else
-		stats_command(s->host, line, out);
+	}
+	if (k->http) {
+		respond_http(s, k->in, &k->peer, out);
+	} else {
+		char *nl = memchr(k->in, '\n', k->inlen);
+		if (!nl && k->inlen >= STATS_LINE_MAX - 1) {
+			fprintf(out, "error: command too long\n");
+		} else {
+			if (nl)
+				*nl = '\0';
+			if (strlen(k->in) >= STATS_LINE_MAX)
+				fprintf(out, "error: command too long\n");
+			else
+				stats_command(s->host, k->in, out);
+		}
+	}
 	fclose(out);
-	write_all(fd, reply, len);
-	free(reply);
+	k->writing = true;
+	k->outoff = 0;
+}
+
+static bool request_complete(const struct stats_client *k)
+{
+	if (!k->http)
+		return memchr(k->in, '\n', k->inlen) != NULL || k->inlen >= STATS_LINE_MAX - 1;
+	return memmem(k->in, k->inlen, "\r\n\r\n", 4) || memmem(k->in, k->inlen, "\n\n", 2) ||
+	       k->inlen >= STATS_REQ_MAX - 1;
+}
+
+static void client_input(struct stats_server *s, struct stats_client *k)
+{
+	ssize_t r = recv(k->fd, k->in + k->inlen, STATS_REQ_MAX - 1 - k->inlen, MSG_DONTWAIT);
+	if (r < 0 && (errno == EAGAIN || errno == EINTR))
+		return;
+	if (r > 0)
+		k->inlen += (size_t)r;
+	if (r <= 0 || request_complete(k))
+		client_respond(s, k); /* at EOF: what came is the request */
+}
+
+static void client_output(struct stats_client *k)
+{
+	while (k->outoff < k->outlen) {
+		ssize_t w = send(k->fd, k->out + k->outoff, k->outlen - k->outoff,
+				 MSG_DONTWAIT | MSG_NOSIGNAL);
+		if (w < 0 && (errno == EAGAIN || errno == EINTR))
+			return;
+		if (w <= 0)
+			break;
+		k->outoff += (size_t)w;
+	}
+	client_close(k);
+}
+
+static void client_accept(struct stats_server *s, int lfd, bool http)
+{
+	struct stats_client *k = NULL;
+	for (unsigned i = 0; i < STATS_CLIENTS && !k; i++)
+		if (s->clients[i].fd < 0)
+			k = &s->clients[i];
+	struct sockaddr_storage peer;
+	socklen_t pl = sizeof(peer);
+	int fd = accept4(lfd, (struct sockaddr *)&peer, &pl, SOCK_CLOEXEC | SOCK_NONBLOCK);
+	if (fd < 0)
+		return;
+	if (!k) {
+		close(fd); /* every slot busy: the listener is not polled then */
+		return;
+	}
+	k->fd = fd;
+	k->http = http;
+	k->writing = false;
+	k->inlen = 0;
+	k->peer = peer;
+	k->deadline_ms = wctx_clock_ms() + STATS_DEADLINE_MS;
 }
 
 static void *stats_main(void *arg)
 {
 	struct stats_server *s = arg;
-	struct pollfd pf[3] = {{s->stop_pipe[0], POLLIN, 0}, {s->fd, POLLIN, 0},
-			       {s->metrics_fd, POLLIN, 0}};
+	struct pollfd pf[3 + STATS_CLIENTS];
+	struct stats_client *who[3 + STATS_CLIENTS];
 	for (;;) {
-		if (poll(pf, 3, -1) < 0) {
+		uint64_t now = wctx_clock_ms();
+		int timeout = -1;
+		unsigned n = 0, busy = 0;
+		pf[n++] = (struct pollfd){s->stop_pipe[0], POLLIN, 0};
+		for (unsigned i = 0; i < STATS_CLIENTS; i++) {
+			struct stats_client *k = &s->clients[i];
+			if (k->fd < 0)
+				continue;
+			if (now >= k->deadline_ms) {
+				client_close(k); /* too slow: its slot goes to the next */
+				continue;
+			}
+			busy++;
+			int left = (int)(k->deadline_ms - now);
+			if (timeout < 0 || left < timeout)
+				timeout = left;
+			who[n] = k;
+			pf[n++] = (struct pollfd){k->fd, k->writing ? POLLOUT : POLLIN, 0};
+		}
+		unsigned first_listener = n;
+		if (busy < STATS_CLIENTS) {
+			if (s->fd >= 0)
+				pf[n++] = (struct pollfd){s->fd, POLLIN, 0};
+			if (s->metrics_fd >= 0)
+				pf[n++] = (struct pollfd){s->metrics_fd, POLLIN, 0};
+		}
+		if (poll(pf, n, timeout) < 0) {
 			if (errno == EINTR)
 				continue;
 			break;
 		}
 		if (pf[0].revents)
 			break;
-		for (int i = 1; i < 3; i++) {
-			if (pf[i].fd < 0 || !pf[i].revents)
+		for (unsigned i = 1; i < first_listener; i++) {
+			if (!pf[i].revents)
 				continue;
-			int fd = accept4(pf[i].fd, NULL, NULL, SOCK_CLOEXEC);
-			if (fd < 0)
+			struct stats_client *k = who[i];
+			if (k->writing) {
+				client_output(k);
 				continue;
-			if (i == 1)
-				serve_client(s, fd);
-			else
-				serve_metrics(s, fd);
-			close(fd);
+			}
+			client_input(s, k);
+			if (k->fd >= 0 && k->writing)
+				client_output(k); /* the reply is made: most fit at once */
 		}
+		for (unsigned i = first_listener; i < n; i++)
+			if (pf[i].revents)
+				client_accept(s, pf[i].fd, pf[i].fd == s->metrics_fd);
 	}
+	for (unsigned i = 0; i < STATS_CLIENTS; i++)
+		if (s->clients[i].fd >= 0)
+			client_close(&s->clients[i]);
 	return NULL;
 }
 
@@ -620,11 +716,16 @@ int stats_start(struct stats_server *s, const struct stats_host *h,
 		close_all(s);
 		return -1;
 	}
-	if (pipe2(s->stop_pipe, O_CLOEXEC) < 0) {
-		snprintf(err, errlen, "stats: pipe: %s", strerror(errno));
+	s->clients = calloc(STATS_CLIENTS, sizeof(*s->clients));
+	if (!s->clients || pipe2(s->stop_pipe, O_CLOEXEC) < 0) {
+		snprintf(err, errlen, "stats: %s", s->clients ? strerror(errno) : "out of memory");
+		free(s->clients);
+		s->clients = NULL;
 		close_all(s);
 		return -1;
 	}
+	for (unsigned i = 0; i < STATS_CLIENTS; i++)
+		s->clients[i].fd = -1;
 	int ret = pthread_create(&s->thread, NULL, stats_main, s);
 	if (ret) {
 		snprintf(err, errlen, "stats: pthread_create: %s", strerror(ret));
@@ -648,5 +749,7 @@ void stats_stop(struct stats_server *s)
 	close(s->stop_pipe[1]);
 	if (had_unix)
 		unlink(s->path);
+	free(s->clients);
+	s->clients = NULL;
 	s->running = false;
 }

@@ -39,11 +39,14 @@ struct stats_host {
 	void *arg;
 };
 
+struct stats_client;
+
 struct stats_server {
 	const struct stats_host *host;
 	int fd;
 	int metrics_fd;           /* HTTP GET /metrics, or -1 */
 	int stop_pipe[2];
+	struct stats_client *clients; /* served side by side (stats.c) */
 	pthread_t thread;
 	bool running;
 	char path[108];

@@ -1,12 +1,16 @@
 """The stats socket and posternctl: match, show info counters, reload."""
 import os
 import smtplib
+import socket
 import stat
 import subprocess
+import urllib.request
 
-from conftest import BUILD, R_RCPT_OK, TWO_CONNECTORS, wait_until
+from conftest import (BUILD, R_RCPT_OK, SLOW, TWO_CONNECTORS, check_config, free_port,
+                      wait_until)
 
 CTL = os.path.join(BUILD, "posternctl")
+POSTERNCTL = CTL
 
 
 def ctl(sock, *args):
@@ -161,3 +165,91 @@ def test_show_connectors_text_and_json(postern, tmp_path):
     assert relay["settings"]["max_message_size"] == "65536"
     assert relay["settings"]["message_rate_limit"] == "unlimited"
     assert relay["settings"]["connection_timeout"] == "600000ms"
+
+
+# ---- several clients, deadlines, metrics_allow ------------------------------
+
+def test_stuck_clients_do_not_block_others(postern, tmp_path):
+    """One stats client that never sends its command and one HTTP client
+    that sends half a request: both hold a slot, neither holds up anyone
+    else, and both are closed after the 5 s deadline."""
+    import time
+    sock, mport = str(tmp_path / "stats.sock"), free_port()
+    p = postern(server_extra=('  stats_socket = "%s";\n  metrics_listen = "127.0.0.1:%d";\n'
+                              % (sock, mport)))
+    stuck = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    stuck.connect(sock)
+    half = socket.create_connection(("127.0.0.1", mport))
+    half.sendall(b"GET /met")
+    t0 = time.monotonic()
+    for _ in range(5):
+        r = subprocess.run([POSTERNCTL, "-s", sock, "show", "info"], capture_output=True,
+                           timeout=10)
+        assert r.returncode == 0 and b"uptime_s:" in r.stdout
+        with urllib.request.urlopen("http://127.0.0.1:%d/metrics" % mport, timeout=5) as h:
+            assert h.status == 200 and b"postern_ready 1" in h.read()
+    assert time.monotonic() - t0 < 3 * SLOW  # none waited for the stuck ones
+    for s in (stuck, half):
+        s.settimeout(10 * SLOW)
+        assert s.recv(100) == b""  # closed by the deadline, with nothing said
+    assert time.monotonic() - t0 >= 4.5
+    stuck.close()
+    half.close()
+    # Many at once: every one answered.
+    import concurrent.futures
+    with concurrent.futures.ThreadPoolExecutor(24) as ex:
+        outs = list(ex.map(lambda i: subprocess.run(
+            [POSTERNCTL, "-s", sock, "match", "127.0.0.%d" % (i + 1)], capture_output=True,
+            timeout=20).returncode, range(48)))
+    assert outs == [0] * 48
+    p.stop()
+
+
+def test_metrics_allow(postern, tmp_path):
+    import urllib.error
+    mport = free_port()
+
+    def get(path, source):
+        opener = urllib.request.build_opener(SourceHandler(source))
+        try:
+            with opener.open("http://127.0.0.1:%d%s" % (mport, path), timeout=5) as h:
+                return h.status, h.read().decode()
+        except urllib.error.HTTPError as e:
+            return e.code, e.read().decode()
+    p = postern(server_extra=('  metrics_listen = "127.0.0.1:%d";\n'
+                              '  metrics_allow = [ "127.0.0.5", "127.0.1.0/24" ];\n' % mport))
+    assert get("/metrics", "127.0.0.5")[0] == 200
+    assert get("/metrics", "127.0.1.77")[0] == 200
+    assert get("/metrics", "127.0.0.1") == (
+        403, "forbidden: 127.0.0.1 is not in server.metrics_allow\n")
+    # Health answers anyone: balancers and kubelets are not scrapers.
+    assert get("/healthz", "127.0.0.1") == (200, "ok\n")
+    assert get("/readyz", "127.0.0.9") == (200, "ready\n")
+    r = check_config(p)
+    assert b"metrics_allow: 127.0.0.5\nmetrics_allow: 127.0.1.0/24\n" in r.stdout
+    p.stop()
+    # Without metrics_allow: the node itself only (loopback).
+    mport2 = free_port()
+    q = postern(server_extra='  metrics_listen = "127.0.0.1:%d";\n' % mport2)
+    with urllib.request.urlopen("http://127.0.0.1:%d/metrics" % mport2, timeout=5) as h:
+        assert h.status == 200
+    q.stop()
+
+
+def test_metrics_allow_errors(tmp_path):
+    from conftest import Postern, assert_config_error
+    pt = Postern(tmp_path, TWO_CONNECTORS,
+                 server_extra='  metrics_allow = [ "10.0.0.300" ];\n')
+    assert_config_error(pt, 'metrics_allow: "10.0.0.300" is not an address, a-b range or CIDR')
+
+
+class SourceHandler(urllib.request.HTTPHandler):
+    """urllib from a chosen source address."""
+    def __init__(self, source):
+        super().__init__()
+        self.source = source
+
+    def http_open(self, req):
+        import http.client
+        return self.do_open(lambda host, **kw: http.client.HTTPConnection(
+            host, source_address=(self.source, 0), **kw), req)
