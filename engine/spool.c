@@ -44,9 +44,13 @@ struct spool_seg {
 
 #define NO_LOSS UINT64_MAX
 
-/* ---- CRC32C (Castagnoli), table-driven ----------------------------------- */
+/* ---- CRC32C (Castagnoli) ------------------------------------------------ */
 
-static uint32_t crc_table[256];
+/* Every byte received is checksummed once on its way to disk: with a table
+ * a byte at a time that was a tenth of the receive path's CPU. x86-64 has
+ * the instruction (SSE4.2), eight bytes a step; elsewhere, or on a CPU
+ * without it, slicing-by-8 tables. Both give the same values (test_spool). */
+static uint32_t crc_table[8][256];
 
 static void crc_init(void)
 {
@@ -54,20 +58,72 @@ static void crc_init(void)
 		uint32_t c = i;
 		for (int k = 0; k < 8; k++)
 			c = c & 1 ? (c >> 1) ^ 0x82F63B78u : c >> 1;
-		crc_table[i] = c;
+		crc_table[0][i] = c;
 	}
+	for (uint32_t i = 0; i < 256; i++)
+		for (int t = 1; t < 8; t++)
+			crc_table[t][i] = (crc_table[t - 1][i] >> 8) ^
+					  crc_table[0][crc_table[t - 1][i] & 0xff];
 }
 
-uint32_t spool_crc32c(uint32_t crc, const void *p, size_t n)
+uint32_t spool_crc32c_sw(uint32_t crc, const void *p, size_t n)
 {
 	static pthread_once_t once = PTHREAD_ONCE_INIT;
 	pthread_once(&once, crc_init);
 	const uint8_t *b = p;
 	crc = ~crc;
+	for (; n && ((uintptr_t)b & 7); n--)
+		crc = crc_table[0][(crc ^ *b++) & 0xff] ^ (crc >> 8);
+	for (; n >= 8; n -= 8, b += 8) {
+		uint64_t w;
+		memcpy(&w, b, 8);
+		w ^= crc; /* little-endian: the low word meets the running crc */
+		crc = crc_table[7][w & 0xff] ^ crc_table[6][(w >> 8) & 0xff] ^
+		      crc_table[5][(w >> 16) & 0xff] ^ crc_table[4][(w >> 24) & 0xff] ^
+		      crc_table[3][(w >> 32) & 0xff] ^ crc_table[2][(w >> 40) & 0xff] ^
+		      crc_table[1][(w >> 48) & 0xff] ^ crc_table[0][w >> 56];
+	}
 	while (n--)
-		crc = crc_table[(crc ^ *b++) & 0xff] ^ (crc >> 8);
+		crc = crc_table[0][(crc ^ *b++) & 0xff] ^ (crc >> 8);
 	return ~crc;
 }
+
+#if defined(__x86_64__)
+__attribute__((target("sse4.2")))
+static uint32_t crc32c_hw(uint32_t crc, const void *p, size_t n)
+{
+	const uint8_t *b = p;
+	uint64_t c = ~crc;
+	for (; n && ((uintptr_t)b & 7); n--)
+		c = __builtin_ia32_crc32qi((uint32_t)c, *b++);
+	for (; n >= 8; n -= 8, b += 8) {
+		uint64_t w;
+		memcpy(&w, b, 8);
+		c = __builtin_ia32_crc32di(c, w);
+	}
+	while (n--)
+		c = __builtin_ia32_crc32qi((uint32_t)c, *b++);
+	return ~(uint32_t)c;
+}
+
+static int crc_hw = -1;  /* unknown until the first call: then 0 or 1 */
+
+uint32_t spool_crc32c(uint32_t crc, const void *p, size_t n)
+{
+	int hw = __atomic_load_n(&crc_hw, __ATOMIC_RELAXED);
+	if (hw < 0) {
+		__builtin_cpu_init();
+		hw = __builtin_cpu_supports("sse4.2") ? 1 : 0;
+		__atomic_store_n(&crc_hw, hw, __ATOMIC_RELAXED);
+	}
+	return hw ? crc32c_hw(crc, p, n) : spool_crc32c_sw(crc, p, n);
+}
+#else
+uint32_t spool_crc32c(uint32_t crc, const void *p, size_t n)
+{
+	return spool_crc32c_sw(crc, p, n);
+}
+#endif
 
 uint32_t spool_rec_crc(const struct spool_rec_hdr *h, const void *payload, size_t len)
 {

@@ -77,6 +77,8 @@ struct spool_msg_state {
 };
 
 uint32_t spool_crc32c(uint32_t crc, const void *p, size_t n);
+/* The same without the CPU's instruction (for tests and other CPUs). */
+uint32_t spool_crc32c_sw(uint32_t crc, const void *p, size_t n);
 uint32_t spool_rec_crc(const struct spool_rec_hdr *h, const void *payload, size_t len);
 
 /* Shared by all workers; set up by main. */
