@@ -295,7 +295,14 @@ static void recover_one(void *arg, const struct spool_found *f)
 	}
 	uint64_t owner = spool_owner_seq(rc->q->w->spool->sp, f->id);
 	if (!rc->seg || (owner && owner != f->seq)) {
-		/* The older copy of a message compaction moved. */
+		/* The older copy of a message compaction moved, from a crash
+		 * before the original was marked: marked now, so that it stays
+		 * finished after the copy's segment is gone. */
+		if (rc->seg) {
+			struct spool_state_rec r = {.rcpt = SPOOL_STATE_MSG, .kind = SPOOL_ST_MOVED,
+						    .time_ms = rc->q->w->wall_ms};
+			spool_state_write(rc->q->w->spool, rc->seg, f->id, &r, NULL);
+		}
 		envelope_full_free(&e);
 		return;
 	}

@@ -49,6 +49,8 @@ enum spool_state_kind {
 	SPOOL_ST_FAILED = 2,      /* recipient: done, failed (DSN written if owed) */
 	SPOOL_ST_DEFERRED = 3,    /* message: attempts, next attempt, last error */
 	SPOOL_ST_DELAY_NOTIFIED = 4, /* message: the delay DSN was written */
+	SPOOL_ST_MOVED = 5,       /* message: a durable copy is in a later segment;
+				   * this one is finished, whatever becomes of that */
 };
 #define SPOOL_STATE_MSG 0xffffffffu
 
@@ -72,6 +74,7 @@ struct spool_msg_state {
 	uint32_t attempts;
 	int64_t last_ms, next_ms;
 	bool delay_notified;
+	bool moved;              /* SPOOL_ST_MOVED: superseded by a later copy */
 	char last_error[256];
 	uint8_t *rcpt;           /* SPOOL_RCPT_* per recipient (nrcpt) */
 };

@@ -81,6 +81,12 @@ static void move_finish(struct spool_compact *c, struct qmove *mv, bool ok)
 		/* Nothing written: nothing to let go of. */
 	} else if (ok) {
 		struct spool_seg *old = m->seg;
+		/* The copy is durable: the original is finished by record, not
+		 * only by the owner table (which cannot see a copy whose segment
+		 * was deleted once everything in it was delivered). */
+		struct spool_state_rec r = {.rcpt = SPOOL_STATE_MSG, .kind = SPOOL_ST_MOVED,
+					    .time_ms = c->w->wall_ms};
+		spool_state_write(sw, old, m->id, &r, NULL);
 		m->seg = mv->to;
 		free(m->off);
 		free(m->len);

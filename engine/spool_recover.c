@@ -190,7 +190,7 @@ void spool_state_apply(struct spool_msg_state *st, const void *payload, size_t l
 	switch (r.kind) {
 	case SPOOL_ST_DELIVERED:
 	case SPOOL_ST_FAILED:
-		if (r.rcpt < st->nrcpt && st->rcpt[r.rcpt] == SPOOL_RCPT_PENDING) {
+		if (r.rcpt < st->nrcpt && st->rcpt[r.rcpt] == SPOOL_RCPT_PENDING && !st->moved) {
 			st->rcpt[r.rcpt] = r.kind == SPOOL_ST_DELIVERED ? SPOOL_RCPT_DELIVERED
 									: SPOOL_RCPT_FAILED;
 			st->pending--;
@@ -207,6 +207,13 @@ void spool_state_apply(struct spool_msg_state *st, const void *payload, size_t l
 		break;
 	case SPOOL_ST_DELAY_NOTIFIED:
 		st->delay_notified = true;
+		break;
+	case SPOOL_ST_MOVED:
+		/* Once the copy was durable the original was marked so: the
+		 * copy's segment may go first (all finished) without this one
+		 * coming back to life at the next start. */
+		st->moved = true;
+		st->pending = 0;
 		break;
 	}
 }

@@ -413,6 +413,31 @@ static void test_copy_state_precedes_commit(void **state_)
 	unlink(name);
 }
 
+/* The original of a moved message is marked once the copy is durable: with
+ * the copy's segment deleted (everything in it delivered), the original
+ * stays finished instead of coming back at the next start. */
+static void test_marked_original_stays_finished(void **state_)
+{
+	static struct seg_builder old;
+	old.len = 0;
+	chunk(&old, 11, "eleven\r\n");
+	commit(&old, 11, 8, 1, "POSTERN/1\r\nrcpt: <a@x>\r\nrcpt: <b@x>\r\n\r\n");
+	chunk(&old, 12, "twelve\r\n");
+	commit(&old, 12, 8, 1, "POSTERN/1\r\nrcpt: <a@x>\r\n\r\n");
+	state(&old, 11, SPOOL_STATE_MSG, SPOOL_ST_MOVED, 0, 0, "");
+	state(&old, 11, 0, SPOOL_ST_DELIVERED, 0, 0, "250 late"); /* never below zero */
+	write_seg(60, &old, 0);
+	struct state_found f = {0};
+	struct spool_scan_stats st;
+	assert_int_equal(spool_scan(dirfd_, collect_state, &f, &st), 0);
+	CHECK_INT("only the unmoved one", f.n, 1);
+	assert_true(f.id[0] == 12);
+	CHECK_INT("finished", st.finished, 1);
+	char name[128];
+	snprintf(name, sizeof(name), "%s/seg-%016llx.log", dir, 60ULL);
+	unlink(name);
+}
+
 /* A valid record bigger than any the writers make (65 MiB) is data, not a
  * torn tail: it and the message after it are found. */
 static void test_huge_valid_record_is_data(void **state_)
@@ -747,6 +772,7 @@ int main(void)
 		cmocka_unit_test_setup_teardown(test_finished_moved_copy_wins, setup, teardown),
 		cmocka_unit_test_setup_teardown(test_copy_state_precedes_commit, setup, teardown),
 		cmocka_unit_test_setup_teardown(test_huge_valid_record_is_data, setup, teardown),
+		cmocka_unit_test_setup_teardown(test_marked_original_stays_finished, setup, teardown),
 		cmocka_unit_test_setup_teardown(test_large_owned_buffer_is_chunked, setup, teardown),
 		cmocka_unit_test_setup_teardown(test_flushable_waits_for_earlier_writes, setup, teardown),
 		cmocka_unit_test_setup_teardown(test_failed_write_fails_what_follows, setup, teardown),
