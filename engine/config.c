@@ -539,26 +539,12 @@ static bool resolve_proxy_bindings(struct loader *ld, struct conf *c)
 	return true;
 }
 
-static bool addr_value(const struct sockaddr *sa, int *family, u128 *v)
-{
-	if (sa->sa_family == AF_INET) {
-		*family = 4;
-		*v = ntohl(((const struct sockaddr_in *)sa)->sin_addr.s_addr);
-		return true;
-	}
-	if (sa->sa_family == AF_INET6) {
-		conf_addr6_value(((const struct sockaddr_in6 *)sa)->sin6_addr.s6_addr, family, v);
-		return true;
-	}
-	return false;
-}
-
 static const struct ip_range *range_find(const struct ip_range *r, unsigned n,
 					 const struct sockaddr *sa)
 {
 	int family;
 	u128 v;
-	if (!addr_value(sa, &family, &v))
+	if (!conf_sockaddr_value(sa, &family, &v))
 		return NULL;
 	for (unsigned i = 0; i < n; i++)
 		if (r[i].family == family && v >= r[i].lo && v <= r[i].hi)
@@ -579,7 +565,7 @@ bool conf_metrics_allowed(const struct conf *c, const struct sockaddr *sa)
 {
 	int family;
 	u128 v;
-	if (!addr_value(sa, &family, &v))
+	if (!conf_sockaddr_value(sa, &family, &v))
 		return false;
 	if (!c->nmetrics_allow) /* by default the node itself only */
 		return (family == 4 && v >> 24 == 127) || (family == 6 && v == 1);

@@ -262,9 +262,11 @@ def test_world_writable_config_is_refused(tmp_path):
 
 # ---- server.user ----------------------------------------------------------
 
-def proc_status(pid):
+def proc_status(pid, tid=None):
+    """/proc status fields of a process, or of one of its threads."""
     out = {}
-    with open("/proc/%d/status" % pid) as f:
+    path = "/proc/%d/status" % pid if tid is None else "/proc/%d/task/%s/status" % (pid, tid)
+    with open(path) as f:
         for line in f:
             k, _, v = line.partition(":")
             out[k] = v.strip()
@@ -305,7 +307,7 @@ def test_runs_as_server_user_with_only_net_bind_service():
         assert st["NoNewPrivs"] == "1"
         # Every thread, the workers and the stats thread included.
         for t in os.listdir("/proc/%d/task" % p.pid):
-            ts = proc_status_task(p.pid, t)
+            ts = proc_status(p.pid, t)
             assert ts["Uid"].split() == [str(uid)] * 4, (t, ts.get("Name"), ts["Uid"])
             assert int(ts["CapEff"], 16) & ~(1 << 10) == 0, (t, ts.get("Name"), ts["CapEff"])
         # Its files belong to it.
@@ -331,15 +333,6 @@ def test_runs_as_server_user_with_only_net_bind_service():
     finally:
         p.kill()
         shutil.rmtree(base, ignore_errors=True)
-
-
-def proc_status_task(pid, tid):
-    out = {}
-    with open("/proc/%d/task/%s/status" % (pid, tid)) as f:
-        for line in f:
-            k, _, v = line.partition(":")
-            out[k] = v.strip()
-    return out
 
 
 @pytest.mark.skipif(os.geteuid() != 0, reason="needs root to start as another user")
