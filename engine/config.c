@@ -1466,8 +1466,9 @@ struct conf *conf_load(const char *path, char *err, size_t errlen)
 		return NULL;
 	}
 	if (c->workers == 0) {
+		/* One per CPU, up to what message ids can tell apart (1024). */
 		long n = sysconf(_SC_NPROCESSORS_ONLN);
-		c->workers = n > 0 ? (unsigned)n : 1;
+		c->workers = n > 1024 ? 1024 : n > 0 ? (unsigned)n : 1;
 	}
 	return c;
 }
