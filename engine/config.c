@@ -720,6 +720,7 @@ static bool load_domains(struct loader *ld, struct conf *c, config_t *cf)
 		    name[strlen(name) - 1] == '.')
 			return fail(ld, ad->line, "domain: \"%s\" is not a domain name", d);
 		ad->domain = xstrdup(name);
+		c->ndomains++; /* counted now: conf_free frees it if what follows fails */
 		for (char *p = ad->domain; *p; p++)
 			*p = (char)tolower((unsigned char)*p);
 		const char *t = get_string(ld, g, "type", false);
@@ -734,11 +735,10 @@ static bool load_domains(struct loader *ld, struct conf *c, config_t *cf)
 		else
 			return fail(ld, ad->line,
 				    "type: expected authoritative, internal_relay or external_relay");
-		for (unsigned k = 0; k < c->ndomains; k++)
+		for (unsigned k = 0; k + 1 < c->ndomains; k++)
 			if (strcmp(c->domains[k].domain, ad->domain) == 0 &&
 			    c->domains[k].subdomains == ad->subdomains)
 				return fail(ld, ad->line, "domain \"%s\" is listed twice", d);
-		c->ndomains++;
 	}
 	return true;
 }
