@@ -368,6 +368,32 @@ static int become_user(const struct conf *c, char *err,
 	return 0;
 }
 
+/* A start that failed before any worker ran: everything made so far goes,
+ * so that a sanitizer build's exit is clean too. Returns the exit status. */
+static int startup_failed(struct worker *workers, unsigned nw, struct worker_metrics **wm,
+			  struct io *_Atomic *peers, struct resolver *resolver,
+			  struct authd *authd, struct throttle *throttle, struct app *app,
+			  struct spool *store)
+{
+	for (unsigned i = 0; workers && i < nw; i++) {
+		for (unsigned b = 0; workers[i].listen_fds && b < workers[i].nlisten; b++)
+			if (workers[i].listen_fds[b] >= 0)
+				close(workers[i].listen_fds[b]);
+		free(workers[i].listen_fds);
+		conf_unref(workers[i].ctx.conf);
+	}
+	free(workers);
+	free(wm);
+	free(peers);
+	if (resolver)
+		resolver_free(resolver);
+	authd_stop(authd);
+	spool_close(store);
+	throttle_free(throttle);
+	conf_unref(app->conf);
+	return 1;
+}
+
 static void usage(FILE *out)
 {
 	fprintf(out,
@@ -478,6 +504,10 @@ int main(int argc, char **argv)
 
 	/* Opened (and recovered) once postern runs as server.user, below. */
 	struct spool store = {.dirfd = -1, .lockfd = -1};
+	/* spool_dir cannot change on reload; the stats thread keeps its own
+	 * copy, since the configuration it came from goes at the first one. */
+	static char spool_dir[4096];
+	snprintf(spool_dir, sizeof(spool_dir), "%s", conf->spool_dir);
 
 
 	/* MX lookups for every worker; a changed dns_servers needs a restart. */
@@ -517,15 +547,20 @@ int main(int argc, char **argv)
 		w->peers = peers;
 		wm[i] = &w->m;
 		w->nlisten = conf->nbindings;
-		w->listen_fds = calloc(conf->nbindings, sizeof(int));
+		w->listen_fds = calloc(conf->nbindings ? conf->nbindings : 1, sizeof(int));
+		if (!w->listen_fds) {
+			fprintf(stderr, "postern: out of memory\n");
+			return startup_failed(workers, nw, wm, peers, resolver, authd, &throttle,
+					      &app, &store);
+		}
+		for (unsigned b = 0; b < conf->nbindings; b++)
+			w->listen_fds[b] = -1;
 		for (unsigned b = 0; b < conf->nbindings; b++) {
 			w->listen_fds[b] = listener_open(&conf->bindings[b], err, sizeof(err));
 			if (w->listen_fds[b] < 0) {
 				fprintf(stderr, "postern: %s\n", err);
-				spool_close(&store);
-				spool_close(&store);
-			spool_close(&store);
-		return 1;
+				return startup_failed(workers, nw, wm, peers, resolver, authd, &throttle,
+						      &app, &store);
 			}
 		}
 	}
@@ -545,7 +580,7 @@ int main(int argc, char **argv)
 		.reload = app_reload,
 		.drain = app_drain,
 		.accepting = app_accepting,
-		.spool_dir = conf->spool_dir,
+		.spool_dir = spool_dir,
 		.spool_room = conf->spool_segment_bytes,
 		.arg = &app,
 	};
@@ -553,8 +588,8 @@ int main(int argc, char **argv)
 	if (stats_start(&stats, &host, conf->stats_socket, conf->metrics_listen, err,
 			sizeof(err)) < 0) {
 		fprintf(stderr, "postern: %s\n", err);
-		spool_close(&store);
-		return 1;
+		return startup_failed(workers, nw, wm, peers, resolver, authd, &throttle, &app,
+				      &store);
 	}
 	/* Everything is bound and open: from here on, server.user (B.6). The
 	 * rings are made after this, so no kernel worker of theirs runs as
@@ -563,17 +598,20 @@ int main(int argc, char **argv)
 		fprintf(stderr, "postern: %s\n", err);
 		log_msg(LOG_ERROR, "event=privileges status=failed error=\"%s\"", err);
 		stats_stop(&stats);
-		return 1;
+		return startup_failed(workers, nw, wm, peers, resolver, authd, &throttle, &app,
+				      &store);
 	}
 	if (log_later && (lerr = log_open_file(conf->log_file)) < 0) {
 		fprintf(stderr, "postern: log_file %s: %s\n", conf->log_file, strerror(-lerr));
 		stats_stop(&stats);
-		return 1;
+		return startup_failed(workers, nw, wm, peers, resolver, authd, &throttle, &app,
+				      &store);
 	}
 	if (spool_open(&store, conf->spool_dir, conf->spool_segment_bytes, err, sizeof(err)) < 0) {
 		fprintf(stderr, "postern: %s\n", err);
 		stats_stop(&stats);
-		return 1;
+		return startup_failed(workers, nw, wm, peers, resolver, authd, &throttle, &app,
+				      &store);
 	}
 	for (unsigned i = 0; i < nw; i++) {
 		if (worker_start(&workers[i]) < 0) {
