@@ -66,11 +66,15 @@ static const struct setting rconn_settings[] = {
 static const struct setting sconn_settings[] = {
 	{"port", K_COUNT, SC(port), "25", 65535},
 	{"max_connections", K_COUNT, SC(max_connections), "20", 100000},
+	{"max_connections_per_domain", K_COUNT, SC(max_connections_per_domain), "20", 100000},
 	{"max_message_rate", K_COUNT, SC(max_message_rate), "unlimited", 60000},
 	{"max_messages_per_connection", K_COUNT, SC(max_messages_per_connection), "20", 1000000},
 	{"max_recipients_per_message", K_COUNT, SC(max_recipients_per_message), "100", 1000000},
 	{"connect_timeout", K_DURATION, SC(connect_timeout_ms), "30s", 0},
 	{"idle_timeout", K_DURATION, SC(idle_timeout_ms), "5s", 0},
+	{"command_timeout", K_DURATION, SC(command_timeout_ms), "5m", 0},
+	{"data_timeout", K_DURATION, SC(data_timeout_ms), "10m", 0},
+	{"min_data_rate", K_SIZE, SC(min_data_rate), "4KB", 0},
 };
 #undef SC
 
@@ -578,13 +582,14 @@ static bool load_server(struct loader *ld, struct conf *c, config_t *cf)
 		"hostname", "workers", "spool_dir", "stats_socket",
 		"metrics_listen", "shutdown_grace", "log_level", "log_file",
 		"spool_segment_size", "dns_servers", "io_backend", "max_open_files", "user",
-		"proxy_protocol", "drain_timeout", "metrics_allow", NULL};
+		"proxy_protocol", "drain_timeout", "metrics_allow", "throttle_table_size", NULL};
 	config_setting_t *srv = config_lookup(cf, "server");
 	char host[256] = "localhost";
 	gethostname(host, sizeof(host) - 1);
 	c->shutdown_grace_ms = 30000;
 	c->drain_timeout_ms = 600000;
 	c->max_open_files = 65536;
+	c->throttle_table_size = 262144;
 	c->log_level = LOG_INFO;
 	if (!srv) {
 		c->hostname = xstrdup(host);
@@ -667,6 +672,15 @@ static bool load_server(struct loader *ld, struct conf *c, config_t *cf)
 		if (v < 64 || v > 16777216)
 			return fail(ld, line_of(mof), "max_open_files: a number from 64 to 16777216");
 		c->max_open_files = (uint64_t)v;
+	}
+	config_setting_t *tts = config_setting_get_member(srv, "throttle_table_size");
+	if (tts) {
+		long long v = config_setting_type(tts) == CONFIG_TYPE_INT ||
+				      config_setting_type(tts) == CONFIG_TYPE_INT64
+			? config_setting_get_int64(tts) : -1;
+		if (v < 16 || v > 16777216)
+			return fail(ld, line_of(tts), "throttle_table_size: a number from 16 to 16777216");
+		c->throttle_table_size = (uint32_t)v;
 	}
 	if ((s = get_string(ld, srv, "io_backend", false))) {
 		static const char *const kinds[] = {"auto", "io_uring", "epoll"};
@@ -1359,6 +1373,22 @@ static bool load_send_connector(struct loader *ld, struct conf *c, struct sconn 
 		return fail(ld, sc->line, "port: 1..65535");
 	if (sc->max_messages_per_connection == 0)
 		sc->max_messages_per_connection = UINT32_MAX;
+	static const char *const at_least_1s[] = {"command_timeout", "data_timeout"};
+	for (size_t i = 0; i < 2; i++) {
+		const config_setting_t *m = config_setting_get_member(g, at_least_1s[i]);
+		uint64_t ms = i ? sc->data_timeout_ms : sc->command_timeout_ms;
+		if (ms < 1000)
+			return fail(ld, m ? line_of(m) : sc->line, "%s: at least 1s", at_least_1s[i]);
+	}
+	if (sc->min_data_rate == 0) {
+		const config_setting_t *m = config_setting_get_member(g, "min_data_rate");
+		return fail(ld, m ? line_of(m) : sc->line,
+			    "min_data_rate: at least 1 (octets per second, e.g. \"4KB\")");
+	}
+	if (!sc->drop_dir) {
+		sc->ndomain_slots = 4096;
+		sc->domain_conns = xcalloc(sc->ndomain_slots, sizeof(*sc->domain_conns));
+	}
 	return true;
 }
 
@@ -1526,6 +1556,7 @@ void conf_free(struct conf *c)
 		free(sc->auth_username);
 		free(sc->auth_password_file);
 		free(sc->auth_token_file);
+		free((void *)sc->domain_conns);
 	}
 	free(c->sc);
 	free(c->dns_servers);
@@ -1644,6 +1675,9 @@ void conf_print(const struct conf *c, FILE *out)
 		(unsigned long long)c->max_open_files);
 	if (c->user)
 		fprintf(out, "server: user=%s (after binding)\n", c->user);
+	/* 72.5 bytes a slot (throttle_table_bytes); read at start only. */
+	fprintf(out, "server: throttle_table_size=%u (%.1f MiB, read at start)\n",
+		c->throttle_table_size, (double)c->throttle_table_size * 72.5 / (1 << 20));
 	for (unsigned i = 0; i < c->ntrusted_proxies; i++)
 		fprintf(out, "proxy_protocol: trusted proxy %s\n", c->trusted_proxies[i].text);
 	for (unsigned i = 0; i < c->nmetrics_allow; i++)
@@ -1697,6 +1731,20 @@ void conf_print(const struct conf *c, FILE *out)
 			fprintf(out, " auth=%s username=%s", sconn_auth_names[sc->auth_mech],
 				sc->auth_username);
 		fprintf(out, "\n");
+		if (sc->drop_dir)
+			continue;
+		for (size_t k = 0; k < sizeof(sconn_settings) / sizeof(sconn_settings[0]); k++) {
+			const struct setting *st = &sconn_settings[k];
+			uint64_t v = *(const uint64_t *)((const char *)sc + st->offset);
+			char buf[32];
+			/* Where 0 means no limit (stored as UINT32_MAX for
+			 * messages per connection). */
+			bool none = (v == 0 && strncmp(st->name, "max_connections", 15) == 0) ||
+				    (v == UINT32_MAX &&
+				     strcmp(st->name, "max_messages_per_connection") == 0);
+			fprintf(out, "    %-46s %s\n", st->name,
+				none ? "unlimited" : setting_text(st, v, buf, sizeof(buf)));
+		}
 	}
 }
 

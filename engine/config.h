@@ -132,11 +132,15 @@ struct sconn {
 	/* Filled from sconn_settings[] (config.c). */
 	uint64_t port;                    /* for MX delivery */
 	uint64_t max_connections;         /* concurrent, all workers; 0 = unlimited */
+	uint64_t max_connections_per_domain; /* ... to one recipient domain (MX) */
 	uint64_t max_message_rate;        /* messages per minute, 0 = unlimited */
 	uint64_t max_messages_per_connection;
 	uint64_t max_recipients_per_message;
 	uint64_t connect_timeout_ms;
 	uint64_t idle_timeout_ms;         /* how long an idle connection is kept */
+	uint64_t command_timeout_ms;      /* a whole reply, from its command on */
+	uint64_t data_timeout_ms;         /* the body and its final reply, plus ... */
+	uint64_t min_data_rate;           /* ... its size at this many octets/s */
 	/* TLS to the next hop (DESIGN B.7). */
 	unsigned tls_mode;                /* enum tls_mode (tls.h) */
 	char *tls_ca_file;                /* verify: trust anchors */
@@ -148,6 +152,11 @@ struct sconn {
 	char *auth_username;
 	char *auth_password_file;         /* plain, login */
 	char *auth_token_file;            /* xoauth2: a bearer token, re-read when it changes */
+	/* Not configuration: the workers' open connections per recipient
+	 * domain (deliver.c), kept here for all of them to find; NULL for a
+	 * drop directory. ndomain_slots is a power of two. */
+	_Atomic uint64_t *domain_conns;
+	unsigned ndomain_slots;
 };
 
 struct queue_conf {
@@ -173,6 +182,7 @@ struct conf {
 	uint64_t shutdown_grace_ms;
 	uint64_t drain_timeout_ms; /* posternctl drain: exit by then at the latest */
 	uint64_t max_open_files;   /* RLIMIT_NOFILE raised to this at start */
+	uint32_t throttle_table_size; /* slots of throttle.c's table; read at start */
 	char *user;                /* server.user: run as it once bound (B.6) */
 	struct ip_range *trusted_proxies; /* server.proxy_protocol (B.10) */
 	unsigned ntrusted_proxies;

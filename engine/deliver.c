@@ -1,10 +1,12 @@
 /* Delivery (see deliver.h): destinations keyed by send connector and
  * domain, their targets, the jobs waiting for a connection, connection
- * reuse, the connectors' connection and rate limits across workers, the
- * credentials each new connection presents, and backing off a next hop
- * that asked us to. */
+ * reuse, the connectors' connection and rate limits across workers (and
+ * per recipient domain), the credentials each new connection presents,
+ * backing off a next hop that asked us to, and never connecting to
+ * ourselves (DESIGN B.6). */
 #include "deliver.h"
 
+#include <ifaddrs.h>
 #include <netinet/in.h>
 #include <pthread.h>
 #include <stdatomic.h>
@@ -13,6 +15,7 @@
 #include <string.h>
 
 #include "drop.h"
+#include "listener.h"
 #include "log.h"
 #include "mailbox.h"
 #include "outconn.h"
@@ -26,6 +29,8 @@
 #define MX_REUSE_MS 60000      /* resolver answers kept by a destination */
 #define BACKOFF_MIN_MS 60000   /* a next hop that asked us to go away ... */
 #define BACKOFF_MAX_MS 600000  /* ... doubling while it keeps asking */
+#define LOCAL_ADDRS_MS 10000   /* this machine's addresses are re-read after this */
+#define DOMAIN_PROBES 32       /* slots a domain's count may live in */
 
 struct dest {
 	struct dest *hnext;
@@ -53,6 +58,11 @@ struct dest {
 	 * forgotten once a session gets to MAIL. */
 	uint64_t backoff_until, backoff_ms;
 	bool backoff_credentials;  /* lifted early when the secret file changes */
+	bool self_loop;            /* every target is ourselves (DESIGN B.6) */
+	char loop_relay[300];      /* ... the first of them, for logs and DSNs */
+	bool domain_capped;        /* at max_connections_per_domain (logged once) */
+	_Atomic uint64_t *pending_slot; /* the domain count of the connection
+	                            * being opened, for oc_opened */
 };
 
 /* A credential file, read at most once per change for all destinations
@@ -83,6 +93,9 @@ struct deliver {
 	struct drop_writer *drop;
 	struct mailbox answers;    /* from the resolver thread */
 	struct secret_entry *secrets;
+	struct sockaddr_storage *local; /* this machine's addresses (getifaddrs) */
+	unsigned nlocal;
+	uint64_t local_until;
 };
 
 static void dest_pump(struct deliver *dl, struct dest *d);
@@ -170,6 +183,204 @@ static void secrets_expire(struct deliver *dl, bool all)
 	}
 }
 
+/* ---- ourselves (DESIGN B.6) -------------------------------------------- */
+
+static unsigned addr_port(const struct sockaddr_storage *ss)
+{
+	if (ss->ss_family == AF_INET)
+		return ntohs(((const struct sockaddr_in *)ss)->sin_port);
+	if (ss->ss_family == AF_INET6)
+		return ntohs(((const struct sockaddr_in6 *)ss)->sin6_port);
+	return 0;
+}
+
+static void local_addrs_refresh(struct deliver *dl)
+{
+	if (dl->local && dl->w->now_ms < dl->local_until)
+		return;
+	dl->local_until = dl->w->now_ms + LOCAL_ADDRS_MS;
+	struct ifaddrs *ifa;
+	if (getifaddrs(&ifa) != 0)
+		return; /* the last list stands */
+	unsigned n = 0;
+	for (struct ifaddrs *p = ifa; p; p = p->ifa_next)
+		n += p->ifa_addr && (p->ifa_addr->sa_family == AF_INET ||
+				     p->ifa_addr->sa_family == AF_INET6);
+	struct sockaddr_storage *a = calloc(n ? n : 1, sizeof(*a));
+	if (a) {
+		unsigned k = 0;
+		for (struct ifaddrs *p = ifa; p; p = p->ifa_next) {
+			if (!p->ifa_addr || k == n)
+				continue;
+			if (p->ifa_addr->sa_family == AF_INET)
+				memcpy(&a[k++], p->ifa_addr, sizeof(struct sockaddr_in));
+			else if (p->ifa_addr->sa_family == AF_INET6)
+				memcpy(&a[k++], p->ifa_addr, sizeof(struct sockaddr_in6));
+		}
+		free(dl->local);
+		dl->local = a;
+		dl->nlocal = k;
+	}
+	freeifaddrs(ifa);
+}
+
+/* An address that reaches this machine: the unspecified one, 127/8 (all
+ * of it is lo's), or one of its interfaces'. */
+static bool addr_is_local(struct deliver *dl, int family, u128 v)
+{
+	if (v == 0 || (family == 4 && v >> 24 == 127))
+		return true;
+	local_addrs_refresh(dl);
+	for (unsigned i = 0; i < dl->nlocal; i++) {
+		int f;
+		u128 x;
+		if (conf_sockaddr_value((const struct sockaddr *)&dl->local[i], &f, &x) &&
+		    f == family && x == v)
+			return true;
+	}
+	return false;
+}
+
+/* Would a connection to ss reach one of our own listeners: a binding's
+ * address and port, or any address of this machine on the port of a
+ * wildcard binding (0.0.0.0 takes IPv4, [::] both: listener.c clears
+ * IPV6_V6ONLY)? */
+static bool addr_is_ours(struct deliver *dl, const struct conf *c,
+			 const struct sockaddr_storage *ss)
+{
+	int family;
+	u128 v;
+	if (!conf_sockaddr_value((const struct sockaddr *)ss, &family, &v))
+		return false;
+	unsigned port = addr_port(ss);
+	for (unsigned b = 0; b < c->nbindings; b++) {
+		const struct sockaddr_storage *ba = &c->bindings[b].addr;
+		int bf;
+		u128 bv;
+		if (addr_port(ba) != port ||
+		    !conf_sockaddr_value((const struct sockaddr *)ba, &bf, &bv))
+			continue;
+		if (bv != 0) {
+			if (bf == family && bv == v)
+				return true;
+			continue;
+		}
+		if ((ba->ss_family == AF_INET6 || family == 4) && addr_is_local(dl, family, v))
+			return true;
+	}
+	return false;
+}
+
+/* Targets that are ourselves are never tried: smart hosts that are drop
+ * out of the list; with MX, so does every host of their preference or a
+ * worse one (RFC 5321 5.1: we are one of the exchangers, and no better
+ * one than them). Nothing left: the destination loops. */
+static void dest_drop_ourselves(struct deliver *dl, struct dest *d)
+{
+	d->self_loop = false;
+	unsigned first = 0;
+	while (first < d->nt && !addr_is_ours(dl, d->conf, &d->t[first].addr))
+		first++;
+	if (first == d->nt)
+		return;
+	char ip[INET6_ADDRSTRLEN] = "?", *relay = d->loop_relay;
+	peer_text(&d->t[first].addr, ip, sizeof(ip));
+	/* As outconn.c names a target: the MX host, or a smart host's address. */
+	snprintf(relay, sizeof(d->loop_relay), "%.250s[%s]:%u", d->domain[0] ? d->t[first].host : "",
+		 ip, addr_port(&d->t[first].addr));
+	unsigned pref = d->t[first].pref, keep = 0;
+	for (unsigned i = 0; i < d->nt; i++) {
+		bool drop = d->domain[0] ? d->t[i].pref >= pref
+			    : i == first || (i > first && addr_is_ours(dl, d->conf, &d->t[i].addr));
+		if (!drop)
+			d->t[keep++] = d->t[i];
+	}
+	d->nt = keep;
+	d->self_loop = keep == 0;
+	char qc[LOG_QUOTE_CAP(64)], qd[LOG_QUOTE_CAP(sizeof(d->domain))];
+	char qr[LOG_QUOTE_CAP(sizeof(d->loop_relay))];
+	log_msg(LOG_WARN,
+		"event=loop send_connector=%s domain=%s relay=%s reason=\"one of our own listening addresses\" targets_left=%u",
+		log_quote_always(qc, sizeof(qc), d->sc->name), log_quote(qd, sizeof(qd), d->domain),
+		log_quote(qr, sizeof(qr), relay), keep);
+}
+
+/* Jobs for a destination that is ourselves: deferred, then bounced. */
+static void dest_loop_waiting(struct dest *d, const char *remote)
+{
+	while (d->head) {
+		struct djob *j = d->head;
+		d->head = j->next;
+		j->next = NULL;
+		snprintf(j->remote, sizeof(j->remote), "%s", remote);
+		outconn_loop_results(j, d->conf->hostname);
+		d->dl->done(d->dl->done_arg, j);
+	}
+	d->tail = NULL;
+}
+
+/* ---- connections per recipient domain, across workers ------------------ */
+
+/* The send connector's table (struct sconn's domain_conns): a slot holds a
+ * domain's hash (high half, never 0) and its open connections (low half);
+ * one whose count is 0 is free for any domain. Every change is one CAS.
+ * Two workers counting a new domain in at once may each take a slot for
+ * it, and the limit then holds for each: a rare and brief excess. So is
+ * a reload: a connection counts in the table of the configuration it was
+ * opened with (it holds that configuration), new ones in the new table. */
+static uint32_t domain_key(const char *domain)
+{
+	uint32_t h = resolver_hash_name(RESOLVER_HASH_INIT, domain);
+	return h ? h : 1;
+}
+
+/* Counts a connection to domain in. NULL with *over: max is reached. NULL
+ * otherwise: no slot for it (the table is full of other domains), and so
+ * no limit either. */
+static _Atomic uint64_t *domain_take(const struct sconn *sc, const char *domain, uint64_t max,
+				     bool *over)
+{
+	*over = false;
+	if (!sc->domain_conns || !sc->ndomain_slots)
+		return NULL;
+	uint32_t key = domain_key(domain), mask = sc->ndomain_slots - 1;
+	for (;;) {
+		_Atomic uint64_t *mine = NULL, *free_slot = NULL;
+		for (unsigned i = 0; i < DOMAIN_PROBES && !mine; i++) {
+			_Atomic uint64_t *s = &sc->domain_conns[(key + i) & mask];
+			uint64_t w = atomic_load(s);
+			if ((uint32_t)w == 0)
+				free_slot = free_slot ? free_slot : s;
+			else if (w >> 32 == key)
+				mine = s;
+		}
+		if (mine) {
+			uint64_t w = atomic_load(mine);
+			while (w >> 32 == key && (uint32_t)w != 0) {
+				if ((uint32_t)w >= max) {
+					*over = true;
+					return NULL;
+				}
+				if (atomic_compare_exchange_weak(mine, &w, w + 1))
+					return mine;
+			}
+			continue; /* freed meanwhile: look again */
+		}
+		if (!free_slot)
+			return NULL;
+		uint64_t w = atomic_load(free_slot);
+		if ((uint32_t)w == 0 &&
+		    atomic_compare_exchange_strong(free_slot, &w, (uint64_t)key << 32 | 1))
+			return free_slot;
+	}
+}
+
+static void domain_put(_Atomic uint64_t *slot)
+{
+	if (slot)
+		atomic_fetch_sub(slot, 1);
+}
+
 /* ---- destinations ----------------------------------------------------- */
 
 static unsigned dest_hash(const char *name, const char *domain)
@@ -178,6 +389,15 @@ static unsigned dest_hash(const char *name, const char *domain)
 	h = resolver_hash_name(h, "|");
 	h = resolver_hash_name(h, domain);
 	return h % DEST_BUCKETS;
+}
+
+/* The connector's connections and rate across workers (throttle.h); NULL
+ * when the throttle table has no slot: see dest_capped(). */
+static struct throttle_entry *dest_throttle(struct wctx *w, const struct sconn *sc)
+{
+	char key[80];
+	snprintf(key, sizeof(key), "send:%s", sc->name);
+	return throttle_entry(w->throttle, THROTTLE_SEND_CONNECTOR, key);
 }
 
 static struct dest *dest_get(struct deliver *dl, struct djob *j)
@@ -194,9 +414,7 @@ static struct dest *dest_get(struct deliver *dl, struct djob *j)
 			return NULL;
 		d->dl = dl;
 		snprintf(d->domain, sizeof(d->domain), "%s", j->domain);
-		char key[80];
-		snprintf(key, sizeof(key), "send:%s", j->sc->name);
-		d->th = throttle_entry(w->throttle, 0xffff, key);
+		d->th = dest_throttle(w, j->sc);
 		d->hnext = dl->bucket[h];
 		dl->bucket[h] = d;
 	}
@@ -244,6 +462,7 @@ static void dest_set_smart_hosts(struct dest *d)
 	if (!d->t)
 		d->nt = 0;
 	d->resolved_until = INT64_MAX;
+	dest_drop_ourselves(d->dl, d);
 }
 
 /* ---- MX answers from the resolver thread -------------------------------- */
@@ -297,6 +516,7 @@ static void on_resolved(struct deliver *dl, struct dest *d, struct resolver_resu
 				((struct sockaddr_in6 *)ss)->sin6_port = port;
 		}
 		d->resolved_until = (int64_t)dl->w->now_ms + MX_REUSE_MS;
+		dest_drop_ourselves(dl, d);
 		break;
 	case RESOLVER_TEMPFAIL:
 		snprintf(text, sizeof(text), "451 4.4.3 %s", res->error);
@@ -343,6 +563,8 @@ static void oc_opened(struct oconn *oc)
 	dl->conns = oc;
 	dl->nconns++;
 	d->nconns++;
+	oc->domain_slot = d->pending_slot;
+	d->pending_slot = NULL;
 }
 
 static void oc_closed(struct oconn *oc)
@@ -358,6 +580,8 @@ static void oc_closed(struct oconn *oc)
 		oc->next->prev = oc->prev;
 	dl->nconns--;
 	d->nconns--;
+	domain_put(oc->domain_slot);
+	oc->domain_slot = NULL;
 	if (d->sc->max_connections && d->th) {
 		atomic_fetch_sub(&d->th->connections, 1);
 		/* One of the connector's connections is free: a worker waiting
@@ -426,7 +650,10 @@ static bool backoff_over(struct deliver *dl, struct dest *d)
 static void oc_unreachable(struct oconn *oc, int code, const char *status, const char *text)
 {
 	/* The jobs behind it would meet the same hosts. */
-	dest_fail_waiting(dest_of(oc), code, status, text);
+	if (strcmp(status, "4.4.6") == 0)
+		dest_loop_waiting(dest_of(oc), oc->remote);
+	else
+		dest_fail_waiting(dest_of(oc), code, status, text);
 }
 
 /* Another worker waits for one of the connector's connections (the word
@@ -447,8 +674,10 @@ static bool wanted_elsewhere(const struct oconn *oc)
 static bool rate_ok(struct deliver *dl, struct dest *d)
 {
 	uint64_t rate = d->sc->max_message_rate;
-	if (!rate || !d->th || !d->head)
+	if (!rate || !d->head)
 		return true;
+	if (!d->th)
+		return false; /* no bucket to count in (dest_capped) */
 	double left;
 	struct wctx *w = dl->w;
 	if (throttle_take_message(w->throttle, d->th, (uint32_t)rate, w->now_ms, &left)) {
@@ -464,9 +693,10 @@ static bool rate_ok(struct deliver *dl, struct dest *d)
 		unsigned waiting = 0;
 		for (const struct djob *j = d->head; j; j = j->next)
 			waiting++;
+		char qc[200];
 		log_msg(LOG_INFO,
-			"event=throttle reason=send_message_rate send_connector=\"%s\" limit=%llu current=%u",
-			d->sc->name, (unsigned long long)rate, waiting);
+			"event=throttle reason=send_message_rate send_connector=%s limit=%llu current=%u",
+			log_quote_always(qc, sizeof(qc), d->sc->name), (unsigned long long)rate, waiting);
 	}
 	return false;
 }
@@ -527,12 +757,54 @@ static const struct outconn_ops oc_ops = {
 	.backoff = oc_backoff, .established = oc_established,
 };
 
+/* A connector with max_connections or max_message_rate needs its throttle
+ * entry to count in; without one (the table is full) its jobs are not
+ * attempted, rather than sent uncapped: back to the queue, which offers
+ * them again in a second. */
+static bool dest_capped(struct deliver *dl, struct dest *d)
+{
+	struct wctx *w = dl->w;
+	if (d->th || (!d->sc->max_connections && !d->sc->max_message_rate) ||
+	    (d->th = dest_throttle(w, d->sc)))
+		return true;
+	unsigned n = 0;
+	while (d->head) {
+		job_return(dl, dest_take(d));
+		n++;
+	}
+	metric_add(&w->m->send[d->sc->stats_id].table_full, n);
+	uint64_t count = throttle_full_note(w->throttle, THROTTLE_FULL_DEFERRED, n, w->now_ms);
+	char qc[200];
+	if (count)
+		log_msg(LOG_WARN,
+			"event=throttle reason=table_full send_connector=%s count=%llu note=\"no throttle slot for the connector's caps: deliveries not attempted, offered again in a second\"",
+			log_quote(qc, sizeof(qc), d->sc->name), (unsigned long long)count);
+	return false;
+}
+
+/* At max_connections_per_domain: the jobs wait (the tick looks again);
+ * one line per stretch. */
+static void domain_capped(struct dest *d, uint64_t max)
+{
+	if (d->domain_capped)
+		return;
+	d->domain_capped = true;
+	unsigned waiting = 0;
+	for (const struct djob *j = d->head; j; j = j->next)
+		waiting++;
+	char qc[LOG_QUOTE_CAP(64)], qd[LOG_QUOTE_CAP(sizeof(d->domain))];
+	log_msg(LOG_INFO,
+		"event=throttle reason=max_connections_per_domain send_connector=%s domain=%s limit=%llu current=%u",
+		log_quote_always(qc, sizeof(qc), d->sc->name), log_quote(qd, sizeof(qd), d->domain),
+		(unsigned long long)max, waiting);
+}
+
 /* Gives waiting jobs connections: idle ones first, then new ones up to
- * the connector's limit. */
+ * the connector's limits (in all, and per recipient domain for MX). */
 static void dest_pump(struct deliver *dl, struct dest *d)
 {
 	struct wctx *w = dl->w;
-	if (w->stopping || !d->head)
+	if (w->stopping || !d->head || !dest_capped(dl, d))
 		return;
 	if (d->domain[0]) {
 		if (d->resolving)
@@ -543,6 +815,10 @@ static void dest_pump(struct deliver *dl, struct dest *d)
 		}
 	} else if ((int64_t)w->now_ms >= d->resolved_until) {
 		dest_set_smart_hosts(d);
+	}
+	if (d->self_loop) {
+		dest_loop_waiting(d, d->loop_relay);
+		return;
 	}
 	while (d->head) {
 		if (d->idle) {
@@ -563,11 +839,22 @@ static void dest_pump(struct deliver *dl, struct dest *d)
 		/* The tick looks again. */
 		if (d->backoff_until && !backoff_over(dl, d))
 			return;
+		uint64_t per_domain = d->domain[0] ? d->sc->max_connections_per_domain : 0;
+		_Atomic uint64_t *slot = NULL;
+		if (per_domain) {
+			bool over;
+			slot = domain_take(d->sc, d->domain, per_domain, &over);
+			if (over) {
+				domain_capped(d, per_domain);
+				return;
+			}
+		}
 		uint64_t max = d->sc->max_connections;
 		if (max && d->th) {
 			int32_t now = atomic_fetch_add(&d->th->connections, 1) + 1;
 			if (now > (int32_t)max) {
 				atomic_fetch_sub(&d->th->connections, 1);
+				domain_put(slot);
 				/* A worker below its fair share makes the others
 				 * give back their idle connections; it retries at
 				 * its next tick. */
@@ -590,12 +877,14 @@ static void dest_pump(struct deliver *dl, struct dest *d)
 		if (!rate_ok(dl, d)) {
 			if (max && d->th)
 				atomic_fetch_sub(&d->th->connections, 1);
+			domain_put(slot);
 			return;
 		}
 		const char *secret = NULL;
 		if (d->sc->auth_mech != SCONN_AUTH_NONE && !(secret = dest_secret(dl, d))) {
 			if (max && d->th)
 				atomic_fetch_sub(&d->th->connections, 1);
+			domain_put(slot);
 			char text[300];
 			snprintf(text, sizeof(text),
 				 "451 4.7.0 Credentials of send connector \"%.200s\" unavailable",
@@ -604,20 +893,27 @@ static void dest_pump(struct deliver *dl, struct dest *d)
 			return;
 		}
 		struct djob *j = dest_take(d);
+		d->domain_capped = false;
 		struct oconn_params p = {
 			.helo = d->conf->hostname, .connect_timeout_ms = d->sc->connect_timeout_ms,
-			.idle_timeout_ms = d->sc->idle_timeout_ms, .targets = d->t,
+			.idle_timeout_ms = d->sc->idle_timeout_ms,
+			.command_timeout_ms = d->sc->command_timeout_ms,
+			.data_timeout_ms = d->sc->data_timeout_ms, .min_data_rate = d->sc->min_data_rate,
+			.targets = d->t,
 			.ntargets = d->nt, .mx = d->domain[0] != 0, .connector = d->sc->name,
 			.stats_id = d->sc->stats_id, .conf = d->conf, .tls_mode = d->sc->tls_mode,
 			.tls_ctx = d->sc->tls, .tls_server_name = d->sc->tls_server_name,
 			.auth_mech = d->sc->auth_mech, .auth_user = d->sc->auth_username,
 			.auth_secret = secret,
 		};
+		d->pending_slot = slot; /* for oc_opened */
 		if (!outconn_open(w, &oc_ops, d, &p, j)) {
 			if (max && d->th)
 				atomic_fetch_sub(&d->th->connections, 1);
+			domain_put(d->pending_slot);
 			job_fail(dl, j, 451, "4.3.0", "451 4.3.0 Out of memory");
 		}
+		d->pending_slot = NULL;
 	}
 }
 
@@ -793,5 +1089,6 @@ void deliver_free(struct deliver *dl)
 	}
 	mailbox_destroy(&dl->answers);
 	secrets_expire(dl, true);
+	free(dl->local);
 	free(dl);
 }

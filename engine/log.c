@@ -1,6 +1,7 @@
 /* logfmt lines to stderr (see log.h). */
 #include "log.h"
 
+#include <assert.h>
 #include <errno.h>
 #include <fcntl.h>
 #include <stdarg.h>
@@ -61,12 +62,31 @@ int log_enabled(enum log_level l)
 	return l <= max_level;
 }
 
+/* Where the last whole field before len ends, for a line cut short: at a
+ * space outside quotes (inside them a backslash escapes the next byte).
+ * line[from] is the space before the first field. */
+static size_t last_field_end(const char *line, size_t from, size_t len)
+{
+	size_t end = from;
+	bool quoted = false;
+	for (size_t i = from; i < len; i++) {
+		if (quoted && line[i] == '\\')
+			i++;
+		else if (line[i] == '"')
+			quoted = !quoted;
+		else if (!quoted && line[i] == ' ')
+			end = i;
+	}
+	return end;
+}
+
 void log_msg(enum log_level l, const char *fmt, ...)
 {
 	static const char *const names[] = {"error", "warn", "info", "debug"};
+	static const char cut[] = " truncated=yes";
 	if (l > max_level)
 		return;
-	char line[2048];
+	char line[4096];
 	struct timeval tv;
 	struct tm tm;
 	gettimeofday(&tv, NULL);
@@ -75,13 +95,25 @@ void log_msg(enum log_level l, const char *fmt, ...)
 			 "ts=%04d-%02d-%02dT%02d:%02d:%02d.%03ldZ level=%s ",
 			 tm.tm_year + 1900, tm.tm_mon + 1, tm.tm_mday, tm.tm_hour,
 			 tm.tm_min, tm.tm_sec, (long)tv.tv_usec / 1000, names[l]);
+	/* Room kept for the marker and the newline. */
+	size_t room = sizeof(line) - (size_t)n - sizeof(cut) - 1;
 	va_list ap;
 	va_start(ap, fmt);
-	int m = vsnprintf(line + n, sizeof(line) - (size_t)n - 1, fmt, ap);
+	int m = vsnprintf(line + n, room, fmt, ap);
 	va_end(ap);
-	size_t len = (size_t)n + (m < 0 ? 0 : (size_t)m);
-	if (len > sizeof(line) - 2)
-		len = sizeof(line) - 2;
+	size_t len = (size_t)n - 1; /* nothing formatted: no trailing space */
+	if (m > 0 && (size_t)m < room) {
+		len = (size_t)n + (size_t)m;
+	} else if (m > 0) {
+		len = last_field_end(line, (size_t)n - 1, (size_t)n + room - 1);
+		memcpy(line + len, cut, sizeof(cut) - 1);
+		len += sizeof(cut) - 1;
+	}
+	for (size_t i = (size_t)n; i < len; i++) {
+		unsigned char c = (unsigned char)line[i];
+		if (c < ' ' || c >= 127)
+			line[i] = '?';
+	}
 	line[len++] = '\n';
 	if (batching) {
 		if (batch_len + len > BATCH_CAP)
@@ -96,34 +128,54 @@ void log_msg(enum log_level l, const char *fmt, ...)
 	(void)w;
 }
 
-const char *log_quote(char *dst, unsigned cap, const char *s)
+static bool plain_byte(unsigned char c)
 {
-	bool plain = *s != '\0';
-	for (const char *p = s; *p; p++) {
-		unsigned char c = (unsigned char)*p;
-		if (c <= ' ' || c == '"' || c == '=' || c == '\\' || c >= 127)
-			plain = false;
-	}
-	unsigned n = 0;
+	return c > ' ' && c < 127 && c != '"' && c != '=' && c != '\\';
+}
+
+static const char *quote(char *dst, unsigned cap, const char *s, bool always)
+{
+	assert(cap >= 3);
+	bool plain = *s != '\0' && !always;
+	for (const char *p = s; *p && plain; p++)
+		plain = plain_byte((unsigned char)*p);
 	if (plain) {
 		snprintf(dst, cap, "%s", s);
 		return dst;
 	}
+	static const char hex[] = "0123456789abcdef";
+	unsigned n = 0;
 	dst[n++] = '"';
-	for (const char *p = s; *p && n + 5 < cap; p++) {
+	for (const char *p = s; *p; p++) {
 		unsigned char c = (unsigned char)*p;
-		if (c == '"' || c == '\\') {
+		bool esc = c < ' ' || c >= 127;
+		unsigned need = esc ? 4 : c == '"' || c == '\\' ? 2 : 1;
+		if (n + need + 2 > cap) /* and the closing quote, and the NUL */
+			break;
+		if (esc) {
 			dst[n++] = '\\';
-			dst[n++] = (char)c;
-		} else if (c < ' ' || c == 127) {
-			n += (unsigned)snprintf(dst + n, cap - n, "\\x%02x", c);
+			dst[n++] = 'x';
+			dst[n++] = hex[c >> 4];
+			dst[n++] = hex[c & 15];
 		} else {
+			if (need == 2)
+				dst[n++] = '\\';
 			dst[n++] = (char)c;
 		}
 	}
 	dst[n++] = '"';
 	dst[n] = '\0';
 	return dst;
+}
+
+const char *log_quote(char *dst, unsigned cap, const char *s)
+{
+	return quote(dst, cap, s, false);
+}
+
+const char *log_quote_always(char *dst, unsigned cap, const char *s)
+{
+	return quote(dst, cap, s, true);
 }
 
 void json_write_string(FILE *out, const char *s)

@@ -64,6 +64,17 @@ static int app_drain(void *arg, char *result, size_t cap)
 	conf_unref(c);
 	if (!again)
 		kill(getpid(), SIGUSR2);
+	/* "listeners closed" is true when it is said: the workers close them
+	 * on their next turn, a few milliseconds from now. */
+	for (int tries = 0; tries < 200; tries++) {
+		unsigned open = 0;
+		for (unsigned i = 0; i < a->nworkers; i++)
+			open += !atomic_load(&a->workers[i].inbound_closed) &&
+				atomic_load(&a->workers[i].state) == 1;
+		if (!open)
+			break;
+		usleep(10000);
+	}
 	return 0;
 }
 
@@ -483,7 +494,7 @@ int main(int argc, char **argv)
 	static struct app app;
 	static struct throttle throttle;
 	app.conf = conf;
-	if (throttle_init(&throttle, wctx_clock_ms()) < 0) {
+	if (throttle_init(&throttle, conf->throttle_table_size, wctx_clock_ms()) < 0) {
 		fprintf(stderr, "postern: out of memory\n");
 		return 1;
 	}

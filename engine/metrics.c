@@ -15,6 +15,7 @@ const char *const throttle_reason_names[THROTTLE_REASONS] = {
 	[THROTTLE_CONNECTIONS] = "max_inbound_connection",
 	[THROTTLE_CONNECTIONS_PER_SOURCE] = "max_inbound_connection_per_source",
 	[THROTTLE_CONNECTIONS_PERCENTAGE] = "max_inbound_connection_percentage_per_source",
+	[THROTTLE_TABLE_FULL] = "table_full",
 };
 
 const char *const refuse_names[REFUSE_COUNT] = {
@@ -337,6 +338,12 @@ void metrics_print_prometheus(FILE *out, struct metrics_registry *r,
 		fputs("postern_throttled_total{connector=\"", out);
 		label(out, sr->names[id]);
 		fprintf(out, "\",reason=\"send_message_rate\"} %llu\n", (unsigned long long)v[3]);
+		uint64_t full = 0;
+		for (unsigned i = 0; i < nw; i++)
+			full += metric_get(&w[i]->send[id].table_full);
+		fputs("postern_throttled_total{connector=\"", out);
+		label(out, sr->names[id]);
+		fprintf(out, "\",reason=\"table_full\"} %llu\n", (unsigned long long)full);
 	}
 	family(out, "postern_messages_delivered_total", "counter",
 	       "Recipients delivered (next hop took them), by send connector.");

@@ -18,6 +18,7 @@
 
 enum throttle_reason { THROTTLE_MESSAGE_RATE, THROTTLE_CONNECTIONS,
 		       THROTTLE_CONNECTIONS_PER_SOURCE, THROTTLE_CONNECTIONS_PERCENTAGE,
+		       THROTTLE_TABLE_FULL, /* a new source, no slot in throttle.c's table */
 		       THROTTLE_REASONS };
 extern const char *const throttle_reason_names[THROTTLE_REASONS];
 
@@ -59,6 +60,7 @@ struct send_counters {
 	_Atomic uint64_t deferred;
 	_Atomic uint64_t bounced;
 	_Atomic uint64_t throttled;
+	_Atomic uint64_t table_full;      /* attempts not made: no throttle entry for the caps */
 	_Atomic uint64_t connections;
 	_Atomic uint64_t tls[TLS_OUT_RESULTS];
 	_Atomic uint64_t auth[AUTH_RESULTS];  /* AUTH to the next hop, per session */

@@ -7,7 +7,8 @@
  * tls_input and replies come from tls_read. AUTH is the client machine's;
  * here its outcome is logged and counted once per connection, and a next
  * hop that refuses our credentials or asks us to go away is not walked
- * past into the next one blindly. */
+ * past into the next one blindly. A deadline is armed when a wait begins
+ * and never moved by a partial reply. */
 #include "outconn.h"
 
 #include <arpa/inet.h>
@@ -25,7 +26,7 @@
 #include "secret.h"
 #include "spool.h"
 
-#define BODY_TIMEOUT_MS 180000  /* RFC 5321 4.5.3.2.5 (data block) */
+#define BODY_TIMEOUT_MS 180000  /* RFC 5321 4.5.3.2.5: each send of the body */
 #define TLS_PIECE (64 * 1024)   /* body bytes read and encrypted at a time */
 #define TLS_CIN 16384           /* ciphertext per recv: one full record */
 
@@ -48,22 +49,54 @@ static uint64_t tag(const struct oconn *oc, unsigned sub)
 
 static void set_deadline(struct oconn *oc, uint64_t ms)
 {
-	oc->deadline = ms ? oc->w->now_ms + ms : 0;
+	oc->deadline = !ms ? 0 : ms > UINT64_MAX - oc->w->now_ms ? UINT64_MAX : oc->w->now_ms + ms;
+	oc->deadline_ms = ms;
+}
+
+/* A wait for the next hop begins (a command went out, or the reply before
+ * in a pipelined group is complete): all of the reply must be in by the
+ * deadline, whatever arrives meanwhile. In a message, from its body to
+ * its final reply, the message's own deadline holds. */
+static void arm_wait(struct oconn *oc)
+{
+	oc->replies_armed = smtp_client_replies(&oc->cl);
+	if (oc->txn_deadline) {
+		oc->deadline = oc->txn_deadline;
+		oc->deadline_ms = oc->txn_ms;
+		return;
+	}
+	set_deadline(oc, smtp_client_timeout_ms(&oc->cl));
+}
+
+/* A piece of the body is under way: it may wait BODY_TIMEOUT_MS for the
+ * socket, and all of them together no longer than the message's deadline. */
+static void arm_body(struct oconn *oc)
+{
+	set_deadline(oc, BODY_TIMEOUT_MS);
+	if (oc->txn_deadline && oc->deadline > oc->txn_deadline)
+		oc->deadline = oc->txn_deadline;
 }
 
 /* Every state change goes through here: the deadline each state has, and
  * one debug line per transition. */
 static void enter(struct oconn *oc, enum oc_state s)
 {
-	log_msg(LOG_DEBUG, "event=outconn relay=%s from=%s to=%s", oc->remote,
-		oc_state_names[oc->state], oc_state_names[s]);
+	if (log_enabled(LOG_DEBUG)) {
+		char qr[LOG_QUOTE_CAP(sizeof(oc->remote))];
+		log_msg(LOG_DEBUG, "event=outconn relay=%s from=%s to=%s",
+			log_quote(qr, sizeof(qr), oc->remote), oc_state_names[oc->state],
+			oc_state_names[s]);
+	}
 	oc->state = s;
 	switch (s) {
 	case OC_CONNECTING:
 		set_deadline(oc, oc->p.connect_timeout_ms);
 		break;
 	case OC_SESSION:
-		set_deadline(oc, oc->client_ready ? smtp_client_timeout_ms(&oc->cl) : 0);
+		if (oc->client_ready)
+			arm_wait(oc);
+		else
+			set_deadline(oc, 0);
 		break;
 	case OC_IDLE:
 		set_deadline(oc, oc->p.idle_timeout_ms);
@@ -120,6 +153,7 @@ static void drop_socket(struct oconn *oc)
 	oc->out_len = 0;
 	oc->body = false;
 	oc->sent_wait = false;
+	oc->txn_deadline = 0;
 	tls_free(oc->tls);
 	oc->tls = NULL;
 	oc->tls_phase = OC_TLS_OFF;
@@ -160,6 +194,12 @@ static bool connect_next(struct oconn *oc)
 {
 	for (; oc->target < oc->nt; oc->target++, oc->plain_only = false) {
 		const struct resolver_target *t = &oc->t[oc->target];
+		/* RFC 5321 5.1: we are one of the MX hosts; none of our
+		 * preference or a worse one may be tried. */
+		if (oc->looped && oc->p.mx && t->pref >= oc->loop_pref) {
+			oc->target = oc->nt;
+			return false;
+		}
 		describe_target(oc);
 		/* Blocking: the backend decides (io_uring waits in the kernel,
 		 * epoll sets O_NONBLOCK itself). */
@@ -188,10 +228,15 @@ static bool connect_next(struct oconn *oc)
 static void give_up(struct oconn *oc)
 {
 	char text[480];
+	/* Every target tried was ourselves: the jobs get the loop's results. */
+	bool loop = oc->looped && !oc->other_failure && !oc->final_text[0];
 	/* A TLS requirement (4.7.5, 4.7.10 for credentials) or credentials no
 	 * next hop took are named as such. */
-	const char *status = strncmp(oc->last_status, "4.7.", 4) == 0 ? oc->last_status : "4.4.1";
+	const char *status = loop ? "4.4.6"
+			     : strncmp(oc->last_status, "4.7.", 4) == 0 ? oc->last_status
+									 : "4.4.1";
 	const char *what = strcmp(status, "4.4.1") == 0	   ? "No next hop answered"
+			   : strcmp(status, "4.4.6") == 0  ? "Every next hop is ourselves"
 			   : strcmp(status, "4.7.5") == 0  ? "No next hop could be reached with TLS"
 			   : strcmp(status, "4.7.10") == 0 ? "No next hop could be reached with TLS "
 							     "for our credentials"
@@ -209,7 +254,10 @@ static void give_up(struct oconn *oc)
 	oc->job = NULL;
 	if (j) {
 		snprintf(j->remote, sizeof(j->remote), "%s", oc->remote);
-		djob_result_all(j, 451, status, text);
+		if (loop)
+			outconn_loop_results(j, oc->p.helo);
+		else
+			djob_result_all(j, 451, status, text);
 		oc->ops->job_done(oc, j);
 	}
 	oc->ops->unreachable(oc, 451, status, text);
@@ -244,9 +292,12 @@ static void next_target(struct oconn *oc, const char *status, const char *why)
 {
 	snprintf(oc->last_error, sizeof(oc->last_error), "%s", why);
 	snprintf(oc->last_status, sizeof(oc->last_status), "%s", status);
-	char q[400];
-	log_msg(LOG_INFO, "event=connect_failed send_connector=\"%s\" relay=%s error=%s%s",
-		oc->p.connector, oc->remote, log_quote(q, sizeof(q), why),
+	if (strcmp(status, "4.4.6") != 0)
+		oc->other_failure = true;
+	char q[400], qc[200], qr[LOG_QUOTE_CAP(sizeof(oc->remote))];
+	log_msg(LOG_INFO, "event=connect_failed send_connector=%s relay=%s error=%s%s",
+		log_quote_always(qc, sizeof(qc), oc->p.connector),
+		log_quote(qr, sizeof(qr), oc->remote), log_quote(q, sizeof(q), why),
 		oc->retry_plain ? " retry=plaintext" : "");
 	quiesce(oc);
 	enter(oc, OC_SWITCHING);
@@ -484,9 +535,7 @@ static void body_sent(struct oconn *oc, uint64_t n)
 	oc->ext_off += n < left ? n : left;
 	if (n > left)
 		oc->dot_off += (size_t)(n - left);
-	/* RFC 5321 4.5.3.2.5: the timeout is per send of data, not for the
-	 * whole body. */
-	set_deadline(oc, BODY_TIMEOUT_MS);
+	arm_body(oc);
 }
 
 static const char dot[] = ".\r\n";
@@ -548,7 +597,7 @@ static int tls_body(struct oconn *oc)
 		oc->ext_off += oc->rlen;
 		oc->rlen = 0;
 		wrote = true;
-		set_deadline(oc, BODY_TIMEOUT_MS);
+		arm_body(oc);
 	}
 	if (oc->read_busy)
 		return wrote ? 1 : -1;
@@ -853,6 +902,24 @@ static void note_backoff(struct oconn *oc)
 	oc->backoff_credentials = credentials;
 }
 
+/* The target greeted us with our own name: it is us (DESIGN B.6), never
+ * delivered to. A smart host list goes on to its next one; with MX, so
+ * does RFC 5321 5.1, but only to better ones (connect_next). */
+static void target_is_us(struct oconn *oc)
+{
+	const char *text = oc->cl.session_error.text;
+	const char *why = strncmp(text, "451 4.4.6 ", 10) == 0 ? text + 10 : text;
+	char qc[LOG_QUOTE_CAP(64)], qr[LOG_QUOTE_CAP(sizeof(oc->remote))], line[600];
+	char qw[LOG_QUOTE_CAP(sizeof(oc->cl.session_error.text))];
+	log_msg(LOG_WARN, "event=loop send_connector=%s relay=%s reason=%s",
+		log_quote_always(qc, sizeof(qc), oc->p.connector), log_quote(qr, sizeof(qr), oc->remote),
+		log_quote(qw, sizeof(qw), why));
+	oc->looped = true;
+	oc->loop_pref = oc->t[oc->target].pref;
+	snprintf(line, sizeof(line), "%.200s: %.380s", oc->remote, why);
+	next_target(oc, "4.4.6", line);
+}
+
 /* The session ended before its first job: on to the next target. A TLS
  * requirement that was not met, or credentials that could not be used
  * there, say so in the status. Refused credentials end the walk: every
@@ -861,6 +928,10 @@ static void session_refused(struct oconn *oc)
 {
 	tls_note_outcome(oc);
 	auth_note_outcome(oc);
+	if (smtp_client_loop(&oc->cl)) {
+		target_is_us(oc);
+		return;
+	}
 	note_backoff(oc);
 	const struct smtp_client_result *se = &oc->cl.session_error;
 	enum smtp_client_tls_state ts = smtp_client_tls_state(&oc->cl);
@@ -920,7 +991,7 @@ static void run(struct oconn *oc)
 		if (oc->sent_wait) {
 			oc->sent_wait = false;
 			smtp_client_sent(&oc->cl);
-			set_deadline(oc, smtp_client_timeout_ms(&oc->cl));
+			arm_wait(oc);
 			continue;
 		}
 		if (oc->tls_phase == OC_TLS_HANDSHAKE) {
@@ -953,10 +1024,17 @@ static void run(struct oconn *oc)
 			oc->ext_off = 0;
 			oc->dot_off = 0;
 			oc->rlen = 0;
-			set_deadline(oc, BODY_TIMEOUT_MS);
+			oc->txn_ms = smtp_client_timeout_ms(&oc->cl);
+			oc->txn_deadline = oc->txn_ms > UINT64_MAX - oc->w->now_ms
+						   ? UINT64_MAX
+						   : oc->w->now_ms + oc->txn_ms;
+			arm_body(oc);
 			continue;
 		case SMTPC_EV_NEED_INPUT:
-			set_deadline(oc, smtp_client_timeout_ms(&oc->cl));
+			/* A partial reply moves no deadline; a complete one
+			 * begins the wait for the next. */
+			if (smtp_client_replies(&oc->cl) != oc->replies_armed)
+				arm_wait(oc);
 			if (oc->tls_phase == OC_TLS_ON) {
 				int r = tls_pull(oc);
 				if (r > 0)
@@ -999,6 +1077,7 @@ static void run(struct oconn *oc)
 			continue;
 		}
 		case SMTPC_EV_MSG_DONE:
+			oc->txn_deadline = 0;
 			job_finished(oc);
 			continue;
 		case SMTPC_EV_CLOSE:
@@ -1021,7 +1100,10 @@ static void on_connected(struct oconn *oc, int res)
 		next_target(oc, "4.4.1", why);
 		return;
 	}
-	struct smtp_client_params cp = {.helo_name = oc->p.helo};
+	struct smtp_client_params cp = {
+		.helo_name = oc->p.helo, .command_timeout_ms = oc->p.command_timeout_ms,
+		.data_timeout_ms = oc->p.data_timeout_ms, .min_data_rate = oc->p.min_data_rate,
+	};
 	if (!oc->plain_only && oc->p.tls_mode == TLS_MODE_OPPORTUNISTIC)
 		cp.tls = SMTPC_TLS_WANT;
 	else if (oc->p.tls_mode >= TLS_MODE_REQUIRED)
@@ -1164,6 +1246,53 @@ void outconn_on_io(struct oconn *oc, const struct io_cqe *e)
 	}
 }
 
+static const char *ms_text(uint64_t ms, char *buf, size_t cap)
+{
+	if (ms % 60000 == 0)
+		snprintf(buf, cap, "%llum", (unsigned long long)(ms / 60000));
+	else if (ms % 1000 == 0)
+		snprintf(buf, cap, "%llus", (unsigned long long)(ms / 1000));
+	else
+		snprintf(buf, cap, "%.1fs", (double)ms / 1000.0);
+	return buf;
+}
+
+/* What the session's deadline was for, for the deferral and the log. */
+static const char *timeout_reason(const struct oconn *oc, char *buf, size_t cap)
+{
+	static const char *const awaited[] = {
+		[SMTPC_STAGE_CONNECT] = "reply", [SMTPC_STAGE_GREETING] = "greeting",
+		[SMTPC_STAGE_EHLO] = "reply to EHLO", [SMTPC_STAGE_AUTH] = "reply to AUTH",
+		[SMTPC_STAGE_MAIL] = "reply to MAIL", [SMTPC_STAGE_RCPT] = "reply to RCPT",
+		[SMTPC_STAGE_DATA] = "reply to DATA", [SMTPC_STAGE_DOT] = "reply to the end of data",
+		[SMTPC_STAGE_LOCAL] = "reply",
+	};
+	char d[32];
+	bool txn = oc->txn_deadline && oc->w->now_ms >= oc->txn_deadline;
+	if (txn && oc->body)
+		snprintf(buf, cap,
+			 "the message was not taken within %s (data_timeout + size / min_data_rate)",
+			 ms_text(oc->txn_ms, d, sizeof(d)));
+	else if (oc->body)
+		snprintf(buf, cap, "the next hop took no data for %s",
+			 ms_text(BODY_TIMEOUT_MS, d, sizeof(d)));
+	else if (oc->out_busy && oc->out_sub == SUB_SEND)
+		snprintf(buf, cap, "the next hop took no command for %s",
+			 ms_text(oc->deadline_ms, d, sizeof(d)));
+	else if (txn)
+		snprintf(buf, cap,
+			 "no complete reply to the end of data within %s of the message's start "
+			 "(data_timeout + size / min_data_rate)",
+			 ms_text(oc->txn_ms, d, sizeof(d)));
+	else {
+		unsigned st = (unsigned)smtp_client_stage(&oc->cl);
+		snprintf(buf, cap, "no complete %s within %s",
+			 awaited[st < sizeof(awaited) / sizeof(awaited[0]) ? st : 0],
+			 ms_text(oc->deadline_ms, d, sizeof(d)));
+	}
+	return buf;
+}
+
 void outconn_tick(struct oconn *oc)
 {
 	if (!oc->deadline || oc->w->now_ms < oc->deadline)
@@ -1178,12 +1307,14 @@ void outconn_tick(struct oconn *oc)
 	case OC_IDLE:
 		outconn_close(oc);
 		break;
-	case OC_SESSION:
+	case OC_SESSION: {
+		char why[200];
 		if (oc->tls_phase == OC_TLS_HANDSHAKE)
 			tls_failed(oc, TLS_OUT_FAILED, "handshake timed out");
 		else
-			lost(oc, "timed out waiting for the next hop");
+			lost(oc, timeout_reason(oc, why, sizeof(why)));
 		break;
+	}
 	case OC_SWITCHING:
 	case OC_CLOSING:
 	case OC_STATES_:
@@ -1195,4 +1326,20 @@ void outconn_discard(struct oconn *oc)
 {
 	drop_socket(oc);
 	oc_free(oc);
+}
+
+void outconn_loop_results(struct djob *j, const char *hostname)
+{
+	bool bounce = j->m && j->m->attempts + 1 >= OUTCONN_LOOP_ATTEMPTS;
+	for (unsigned k = 0; k < j->n; k++) {
+		const char *addr = j->crcpt ? j->crcpt[k].addr : NULL;
+		const char *at = addr ? strrchr(addr, '@') : NULL;
+		const char *dom = j->domain[0] ? j->domain : at ? at + 1 : hostname ? hostname : "";
+		struct smtp_client_result *r = &j->res[k];
+		r->code = bounce ? 554 : 451;
+		snprintf(r->status, sizeof(r->status), "%s", bounce ? "5.4.6" : "4.4.6");
+		snprintf(r->text, sizeof(r->text), "%d %s mail for %.255s loops back to myself", r->code,
+			 r->status, dom);
+		r->stage = SMTPC_STAGE_CONNECT;
+	}
 }

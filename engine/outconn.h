@@ -3,13 +3,17 @@
  * goes from the spool file to the socket by io_sendfile; under STARTTLS it
  * is read in pieces by io_read and encrypted through engine/tls) and runs
  * jobs one after another, authenticating first when the send connector
- * has credentials. An enum state with one enter function; no socket syscall
- * of its own beyond socket()/close(). Which job runs next, connection
- * limits and what a failure means for other jobs are the owner's
- * (deliver.c), told through struct outconn_ops. */
+ * has credentials. Each reply must be whole by its deadline, and a message
+ * from its first body byte to its final reply by one of its own; a target
+ * that turns out to be ourselves is never delivered to (DESIGN B.6). An
+ * enum state with one enter function; no socket syscall of its own beyond
+ * socket()/close(). Which job runs next, connection limits and what a
+ * failure means for other jobs are the owner's (deliver.c), told through
+ * struct outconn_ops. */
 #ifndef POSTERN_OUTCONN_H
 #define POSTERN_OUTCONN_H
 
+#include <stdatomic.h>
 #include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
@@ -50,7 +54,9 @@ struct outconn_ops {
 	bool (*may_idle)(struct oconn *oc);
 	/* A job is over: its results are filled in (or it is not_attempted). */
 	void (*job_done)(struct oconn *oc, struct djob *j);
-	/* Every target failed before a session: text says why (a 4xx reply). */
+	/* Every target failed before a session: text says why (a 4xx reply).
+	 * Status 4.4.6: every target tried was ourselves; the jobs waiting
+	 * for it get outconn_loop_results(). */
 	void (*unreachable)(struct oconn *oc, int code, const char *status, const char *text);
 	/* The connection is gone; oc is freed when this returns. */
 	void (*closed)(struct oconn *oc);
@@ -70,9 +76,13 @@ struct outconn_ops {
 };
 
 struct oconn_params {
-	const char *helo;                 /* our name in EHLO */
+	const char *helo;                 /* our name in EHLO; a next hop that
+	                                   * greets with it is ourselves */
 	uint64_t connect_timeout_ms;
 	uint64_t idle_timeout_ms;
+	uint64_t command_timeout_ms;      /* struct smtp_client_params (0: defaults) */
+	uint64_t data_timeout_ms;
+	uint64_t min_data_rate;
 	const struct resolver_target *targets;  /* copied */
 	unsigned ntargets;
 	bool mx;                          /* targets came from MX: name them */
@@ -123,6 +133,10 @@ struct oconn {
 	uint64_t ext_off;
 	size_t dot_off;                   /* of ".\r\n", sent behind the body */
 	uint64_t deadline;                /* monotonic ms, 0 = none */
+	uint64_t deadline_ms;             /* ... armed for this long (logs) */
+	uint64_t txn_deadline;            /* the message's: body to final reply */
+	uint64_t txn_ms;
+	uint64_t replies_armed;           /* smtp_client_replies() when the wait began */
 	bool sent_wait;                   /* the client's last SEND/SEND_BODY is
 	                                   * not on the wire completely yet */
 	char *recv_at;                    /* where the recv in flight writes */
@@ -142,13 +156,29 @@ struct oconn {
 	bool backoff_credentials;         /* ... its refusal of our credentials */
 	char final_text[480];             /* no next target: what the jobs get */
 	char final_status[12];
+	/* Loops (DESIGN B.6) */
+	bool looped;                      /* a target greeted us with our name */
+	bool other_failure;               /* a target failed for another reason */
+	unsigned loop_pref;               /* MX: that target's preference */
 	char *cin;                        /* ciphertext received */
 	char *rbuf;                       /* a piece of the body read for tls_write */
 	size_t rwant, rlen;               /* its size; bytes ready in it (0: none) */
 	bool read_busy;                   /* an io_read into rbuf in flight */
 	struct oconn *idle_next;          /* the owner's lists */
 	struct oconn *next, *prev;
+	_Atomic uint64_t *domain_slot;    /* the owner's per-domain count, or NULL */
 };
+
+/* A loop is deferred until the message's attempt numbered this, then
+ * bounced: a next hop that is ourselves for a moment (DNS, a balancer
+ * being changed) does not cost a bounce, a standing one costs no more
+ * than a few retry intervals. */
+#define OUTCONN_LOOP_ATTEMPTS 3
+
+/* Every recipient of j: "451 4.4.6 mail for <domain> loops back to
+ * myself", or 554 5.4.6 from attempt OUTCONN_LOOP_ATTEMPTS on. The
+ * domain is the job's (MX) or the recipient's; hostname for <Postmaster>. */
+void outconn_loop_results(struct djob *j, const char *hostname);
 
 /* Opens a connection for job j, trying the targets in turn. true: it was
  * opened (ops->opened), and may be closed again already (ops->closed)

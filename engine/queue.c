@@ -673,12 +673,15 @@ static bool notice_compose(struct qnotice *nt, char *orig, size_t olen)
 		}
 	}
 	bool ok = out && inject(q, m, m->from, out, need, rid);
-	if (ok)
-		log_msg(LOG_INFO, "event=dsn kind=%s id=%s dsn_id=%s to=<%s> recipients=%u",
-			notice_kind[nt->action], m->idtxt, rid, m->from, nt->n);
-	else
+	if (ok) {
+		char to[SMTP_PATH_MAX + 3], qt[LOG_QUOTE_CAP(SMTP_PATH_MAX + 2)];
+		snprintf(to, sizeof(to), "<%s>", m->from);
+		log_msg(LOG_INFO, "event=dsn kind=%s id=%s dsn_id=%s to=%s recipients=%u",
+			notice_kind[nt->action], m->idtxt, rid, log_quote(qt, sizeof(qt), to), nt->n);
+	} else {
 		log_msg(LOG_ERROR, "event=dsn_error kind=%s id=%s", notice_kind[nt->action],
 			m->idtxt);
+	}
 	free(dr);
 	return ok;
 }
@@ -775,7 +778,9 @@ static uint64_t backoff_ms(const struct queue_conf *qc, uint32_t attempts)
 static void log_result(const char *event, const struct qmsg *m, const struct qrcpt *r,
 		       const char *sc, const char *tls, int64_t now_ms)
 {
-	char q1[700], q2[200], q3[1100], q4[400], t[120] = "";
+	char q1[LOG_QUOTE_CAP(SMTP_PATH_MAX)], q2[200], q3[1100], q4[400], t[120] = "";
+	char from[SMTP_PATH_MAX + 3], qf[LOG_QUOTE_CAP(SMTP_PATH_MAX + 2)];
+	snprintf(from, sizeof(from), "<%s>", m->from);
 	if (tls) {
 		const char *sp = strchr(tls, ' ');
 		if (sp)
@@ -784,8 +789,8 @@ static void log_result(const char *event, const struct qmsg *m, const struct qrc
 			snprintf(t, sizeof(t), " tls=-");
 	}
 	log_msg(LOG_INFO,
-		"event=%s id=%s from=<%s> to=%s send_connector=%s relay=%s%s status=%s reply=%s delay=%.1f attempts=%u",
-		event, m->idtxt, m->from, log_quote(q1, sizeof(q1), r->addr),
+		"event=%s id=%s from=%s to=%s send_connector=%s relay=%s%s status=%s reply=%s delay=%.1f attempts=%u",
+		event, m->idtxt, log_quote(qf, sizeof(qf), from), log_quote(q1, sizeof(q1), r->addr),
 		log_quote(q2, sizeof(q2), sc ? sc : "none"),
 		log_quote(q4, sizeof(q4), r->remote ? r->remote : "none"), t, r->status,
 		log_quote(q3, sizeof(q3), r->reply ? r->reply : ""),

@@ -102,20 +102,47 @@ static void session_begin(struct wctx *w, struct conn *c, int fd, unsigned bindi
 			refuse(fd, no);
 		return;
 	}
-	/* Connection limits, counted across workers (throttle.c). */
-	struct throttle_entry *src = throttle_entry(w->throttle, rc->stats_id, ip);
+	/* Connection limits, counted across workers (throttle.c), on the
+	 * client's address (an IPv6 client's /64). */
+	char source[THROTTLE_SOURCE_MAX];
+	throttle_source_name(ss, why, source, sizeof(source));
+	struct throttle_entry *src, *all = NULL;
 	int32_t figure = 0, limit = 0;
-	int why_th = throttle_connect(w->throttle, rc, src, &figure, &limit);
+	enum throttle_verdict why_th =
+		throttle_connect(w->throttle, rc, source, w->now_ms, &src, &figure, &limit);
+	/* A connector-wide bucket that cannot be had must not mean no limit. */
+	if (!why_th && rc->message_rate_limit && rc->message_rate_source == RATE_SOURCE_ALL &&
+	    !(all = throttle_entry(w->throttle, rc->stats_id, ""))) {
+		throttle_disconnect(w->throttle, rc, src);
+		why_th = THROTTLE_FULL;
+	}
+	if (why_th == THROTTLE_FULL) {
+		/* Fails closed for new sources; one line a second, with a count. */
+		char q[160];
+		metric_add(&w->m->conn[rc->stats_id].throttled[THROTTLE_TABLE_FULL], 1);
+		uint64_t n = throttle_full_note(w->throttle, THROTTLE_FULL_REFUSED, 1, w->now_ms);
+		if (n)
+			log_msg(LOG_WARN,
+				"event=throttle reason=table_full connector=%s client=%s source=%s count=%llu size=%d note=\"no slot for a new source: refused\"",
+				log_quote(q, sizeof(q), rc->name), ip, source,
+				(unsigned long long)n, limit);
+		if (c)
+			refuse_conn(w, c, R_CONN_LIMIT);
+		else
+			refuse(fd, R_CONN_LIMIT);
+		return;
+	}
 	if (why_th) {
 		static const enum throttle_reason reasons[] = {
-			0, THROTTLE_CONNECTIONS, THROTTLE_CONNECTIONS_PER_SOURCE,
-			THROTTLE_CONNECTIONS_PERCENTAGE};
+			[THROTTLE_OVER_TOTAL] = THROTTLE_CONNECTIONS,
+			[THROTTLE_OVER_SOURCE] = THROTTLE_CONNECTIONS_PER_SOURCE,
+			[THROTTLE_OVER_PERCENTAGE] = THROTTLE_CONNECTIONS_PERCENTAGE};
 		enum throttle_reason r = reasons[why_th];
 		char q[160];
 		metric_add(&w->m->conn[rc->stats_id].throttled[r], 1);
-		log_msg(LOG_INFO, "event=throttle reason=%s connector=%s client=%s limit=%d current=%d",
+		log_msg(LOG_INFO, "event=throttle reason=%s connector=%s client=%s limit=%d current=%d%s%s",
 			throttle_reason_names[r], log_quote(q, sizeof(q), rc->name), ip, limit,
-			figure);
+			figure, strcmp(source, ip) ? " source=" : "", strcmp(source, ip) ? source : "");
 		if (c)
 			refuse_conn(w, c, R_CONN_LIMIT);
 		else
@@ -149,7 +176,7 @@ static void session_begin(struct wctx *w, struct conn *c, int fd, unsigned bindi
 				       rc->message_rate_source == RATE_SOURCE_USER))
 		c->th_rate = src;
 	else if (rc->message_rate_limit && rc->message_rate_source == RATE_SOURCE_ALL)
-		c->th_rate = throttle_entry(w->throttle, rc->stats_id, "");
+		c->th_rate = all;
 	c->rc = rc;
 	snprintf(c->peer, sizeof(c->peer), "%s", ip);
 	smtp_server_init(&c->smtp, &rc->smtp, ip, c->out, sizeof(c->out));

@@ -2,6 +2,7 @@
  * references. Holds no state of its own beyond what struct wctx carries. */
 #include "wctx.h"
 
+#include <assert.h>
 #include <inttypes.h>
 #include <stdatomic.h>
 #include <stdio.h>
@@ -27,20 +28,36 @@ int64_t wctx_wall_ms(void)
 	return (int64_t)tv.tv_sec * 1000 + tv.tv_usec / 1000;
 }
 
-/* Ids: 40 bits of milliseconds since 2020, 8 bits of worker, 16 bits of
- * counter; the base moves forward whenever the counter wraps, so ids stay
- * unique across workers and restarts. */
+/* Ids: 40 bits of milliseconds since 2020 (until 2054), 10 bits of worker
+ * (server.workers allows 1024), 14 bits of counter. The base follows the
+ * clock and never goes back; when the counter wraps within one millisecond
+ * it moves one ahead. So a worker's ids increase, no two workers share one,
+ * and after a restart (a later clock) every id is above the old ones. */
 #define ID_EPOCH_MS 1577836800000ull
+#define ID_WORKER_BITS 10
+#define ID_COUNTER_BITS 14
+_Static_assert(WCTX_MSGID_MAX_WORKERS == 1u << ID_WORKER_BITS, "worker bits");
 
-uint64_t wctx_next_msgid(struct wctx *w)
+uint64_t wctx_next_msgid_at(struct wctx *w, int64_t wall_ms)
 {
-	if (w->id_counter > 0xffff || w->id_base_ms == 0) {
-		uint64_t now = (uint64_t)wctx_wall_ms();
-		w->id_base_ms = now > w->id_base_ms ? now : w->id_base_ms + 1;
+	assert(w->id < WCTX_MSGID_MAX_WORKERS);
+	uint64_t now = wall_ms > (int64_t)ID_EPOCH_MS ? (uint64_t)wall_ms : ID_EPOCH_MS + 1;
+	if (now > w->id_base_ms) {
+		w->id_base_ms = now;
+		w->id_counter = 0;
+	} else if (w->id_counter >> ID_COUNTER_BITS) {
+		w->id_base_ms++;
 		w->id_counter = 0;
 	}
 	uint64_t ms = (w->id_base_ms - ID_EPOCH_MS) & ((1ull << 40) - 1);
-	return ms << 24 | (uint64_t)(w->id & 0xff) << 16 | w->id_counter++;
+	return ms << (ID_WORKER_BITS + ID_COUNTER_BITS) |
+	       (uint64_t)(w->id & (WCTX_MSGID_MAX_WORKERS - 1)) << ID_COUNTER_BITS |
+	       w->id_counter++;
+}
+
+uint64_t wctx_next_msgid(struct wctx *w)
+{
+	return wctx_next_msgid_at(w, wctx_wall_ms());
 }
 
 void wctx_msgid_text(uint64_t id, char out[WCTX_MSGID_LEN])

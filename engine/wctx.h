@@ -60,8 +60,12 @@ uint64_t wctx_clock_ms(void);   /* monotonic */
 uint64_t wctx_clock_us(void);
 int64_t wctx_wall_ms(void);     /* wall clock */
 
-/* A new message id, unique across workers and restarts. */
+/* A new message id, unique across workers (ids 0..WCTX_MSGID_MAX_WORKERS-1)
+ * and restarts, and larger than the worker's previous one. */
+#define WCTX_MSGID_MAX_WORKERS 1024
 uint64_t wctx_next_msgid(struct wctx *w);
+/* The same with the wall clock given (ms since 1970): what tests drive. */
+uint64_t wctx_next_msgid_at(struct wctx *w, int64_t wall_ms);
 /* The one text form of a message id (16 hex digits). */
 #define WCTX_MSGID_LEN 20
 void wctx_msgid_text(uint64_t id, char out[WCTX_MSGID_LEN]);

@@ -90,6 +90,7 @@ static void close_listeners(struct worker *w)
 		close_listener(w->listen_fds[b]);
 		w->listen_fds[b] = -1;
 	}
+	atomic_store(&w->inbound_closed, true);
 }
 
 static void free_reload(struct worker_reload *r, bool close_new)

@@ -54,6 +54,7 @@ struct worker {
 	atomic_bool stop_requested;
 	atomic_bool flush_requested;  /* posternctl flush: retry everything now */
 	atomic_bool drain_requested;  /* posternctl drain (B.10) */
+	atomic_bool inbound_closed;   /* its listeners are closed (drain or stop) */
 	atomic_int state;         /* 0 starting, 1 running, -1 failed, 2 exited */
 	char err[256];
 };

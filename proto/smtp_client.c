@@ -47,11 +47,9 @@ enum client_cmd {
 	CMD_QUIT,
 };
 
-/* RFC 5321 4.5.3.2 */
+/* RFC 5321 4.5.3.2: the defaults of command_timeout_ms, data_timeout_ms */
 #define T_COMMAND_MS (5 * 60 * 1000)
-#define T_DATA_MS (2 * 60 * 1000)
-#define T_BLOCK_MS (3 * 60 * 1000)
-#define T_DOT_MS (10 * 60 * 1000)
+#define T_DATA_DONE_MS (10 * 60 * 1000)
 
 /* RFC 4954 4: the longest AUTH command line; an initial response that
  * does not fit is sent after the server's 334 instead. */
@@ -290,6 +288,12 @@ static void put_rcpt(struct smtp_client *c, unsigned i)
 	const struct smtp_client_rcpt *r = &c->msg->rcpt[i];
 	out_str(c, "RCPT TO:<");
 	out_str(c, r->addr);
+	/* <Postmaster> was ours; unqualified, the next hop would take it
+	 * for its own. */
+	if (!strchr(r->addr, '@') && c->p.helo_name && *c->p.helo_name) {
+		out_str(c, "@");
+		out_str(c, c->p.helo_name);
+	}
 	out_str(c, ">");
 	if ((c->ext & SMTPC_EXT_DSN) && r->notify) {
 		static const struct {
@@ -675,15 +679,31 @@ static void ehlo_keyword(struct smtp_client *c, const char *s, size_t n)
 	c->ehlo_size = v;
 }
 
-static void greeting_word(struct smtp_client *c, const char *s, size_t n)
+/* The name a greeting or EHLO reply starts with. */
+static void first_word(char *dst, size_t cap, const char *s, size_t n)
 {
 	size_t k = 0;
-	while (k < n && k + 1 < sizeof(c->greeting_name) &&
-	       (unsigned char)s[k] > ' ' && s[k] != 0x7f) {
-		c->greeting_name[k] = s[k];
+	while (k < n && k + 1 < cap && (unsigned char)s[k] > ' ' && s[k] != 0x7f) {
+		dst[k] = s[k];
 		k++;
 	}
-	c->greeting_name[k] = '\0';
+	dst[k] = '\0';
+}
+
+/* A next hop calling itself by our name is us, or hands the mail straight
+ * back (DESIGN B.6): nothing more is said to it. */
+static bool names_us(const struct smtp_client *c, const char *name)
+{
+	return c->p.helo_name && *c->p.helo_name && strcasecmp(name, c->p.helo_name) == 0;
+}
+
+static void loop_found(struct smtp_client *c, const char *where, enum smtp_client_stage stage)
+{
+	char text[sizeof(c->reply)];
+	snprintf(text, sizeof(text), "451 4.4.6 The next hop's %s names our own hostname %.256s",
+		 where, c->p.helo_name);
+	c->loop = true;
+	end_session(c, 451, "4.4.6", text, stage);
 }
 
 /* The transaction failed before the body: report, then clear it. */
@@ -879,7 +899,9 @@ static void starttls_reply(struct smtp_client *c, int cls)
 
 static void hello_reply(struct smtp_client *c, int cls)
 {
-	if (cls == 2) {
+	if (cls == 2 && names_us(c, c->hello_name)) {
+		loop_found(c, c->state == ST_EHLO ? "EHLO reply" : "HELO reply", SMTPC_STAGE_EHLO);
+	} else if (cls == 2) {
 		bool esmtp = c->state == ST_EHLO;
 		c->ext = esmtp ? c->ehlo_ext : 0;
 		c->auth_mechs = esmtp ? c->ehlo_auth : 0;
@@ -918,6 +940,8 @@ static void handle_reply(struct smtp_client *c)
 	case ST_GREETING:
 		if (cls != 2) {
 			end_session_with_reply(c);
+		} else if (names_us(c, c->greeting_name)) {
+			loop_found(c, "greeting", SMTPC_STAGE_GREETING);
 		} else if (c->quit_wanted) {
 			queue(c, CMD_QUIT, ST_QUIT);
 		} else {
@@ -961,6 +985,37 @@ static void handle_reply(struct smtp_client *c)
 	}
 }
 
+/* A reply beyond SMTPC_REPLY_*_MAX (text says which): after QUIT the
+ * connection just closes, else the session ends. */
+static void reply_capped(struct smtp_client *c, const char *text)
+{
+	c->line_len = c->line_octets = 0;
+	c->line_overflow = false;
+	c->reply_lines = 0;
+	c->reply_octets = 0;
+	if (c->state == ST_QUIT && c->queued == CMD_NONE) {
+		c->state = ST_CLOSED;
+		return;
+	}
+	end_session(c, 451, "4.4.2", text, current_stage(c));
+}
+
+/* After take_line: true when the line or the reply got too long. */
+static bool reply_too_long(struct smtp_client *c)
+{
+	char text[100];
+	if (c->line_octets > SMTPC_REPLY_LINE_MAX)
+		snprintf(text, sizeof(text), "451 4.4.2 Reply line from the next hop longer than %u octets",
+			 SMTPC_REPLY_LINE_MAX);
+	else if (c->reply_octets > SMTPC_REPLY_OCTETS_MAX)
+		snprintf(text, sizeof(text), "451 4.4.2 Reply from the next hop longer than %u octets",
+			 SMTPC_REPLY_OCTETS_MAX);
+	else
+		return false;
+	reply_capped(c, text);
+	return true;
+}
+
 /* One complete line in c->line (without its line end). */
 static void process_line(struct smtp_client *c)
 {
@@ -969,6 +1024,7 @@ static void process_line(struct smtp_client *c)
 	if (!c->line_overflow && n && l[n - 1] == '\r')
 		n--;
 	c->line_len = 0;
+	c->line_octets = 0;
 	c->line_overflow = false;
 	bool ok = n >= 3 && l[0] >= '2' && l[0] <= '5' && is_digit(l[1]) &&
 		  is_digit(l[2]) && (n == 3 || l[3] == ' ' || l[3] == '-');
@@ -978,7 +1034,15 @@ static void process_line(struct smtp_client *c)
 			return;
 		}
 		c->reply_lines = 0;
+		c->reply_octets = 0;
 		protocol_error(c, "Malformed reply from server", l, n);
+		return;
+	}
+	if (c->reply_lines == SMTPC_REPLY_LINES_MAX) {
+		char text[80];
+		snprintf(text, sizeof(text), "451 4.4.2 Reply from the next hop longer than %u lines",
+			 SMTPC_REPLY_LINES_MAX);
+		reply_capped(c, text);
 		return;
 	}
 	const char *text = n > 4 ? l + 4 : "";
@@ -987,7 +1051,9 @@ static void process_line(struct smtp_client *c)
 		int code = (l[0] - '0') * 100 + (l[1] - '0') * 10 + (l[2] - '0');
 		reply_begin(c, code, l, text, tlen);
 		if (c->state == ST_GREETING)
-			greeting_word(c, text, tlen);
+			first_word(c->greeting_name, sizeof(c->greeting_name), text, tlen);
+		if (c->state == ST_EHLO || c->state == ST_HELO)
+			first_word(c->hello_name, sizeof(c->hello_name), text, tlen);
 	} else {
 		/* The code of the first line counts (RFC 5321 4.2.1 wants them
 		 * all equal; being lenient costs nothing here). */
@@ -998,12 +1064,14 @@ static void process_line(struct smtp_client *c)
 	c->reply_lines++;
 	if (n == 3 || l[3] == ' ') {
 		c->reply_lines = 0;
+		c->reply_octets = 0;
+		c->replies++;
 		handle_reply(c);
 	}
 }
 
-/* Takes bytes up to and including the next LF. Overlong lines are cut but
- * consumed whole. */
+/* Takes bytes up to and including the next LF. What does not fit line[]
+ * is counted but not kept (the reply text is shorter still). */
 static size_t take_line(struct smtp_client *c, const char *in, size_t len,
 			bool *complete)
 {
@@ -1016,7 +1084,10 @@ static size_t take_line(struct smtp_client *c, const char *in, size_t len,
 	if (k < n)
 		c->line_overflow = true;
 	*complete = lf != NULL;
-	return lf ? n + 1 : n;
+	size_t used = lf ? n + 1 : n;
+	c->line_octets += used;
+	c->reply_octets += used;
+	return used;
 }
 
 /* ---- public ----------------------------------------------------------- */
@@ -1083,7 +1154,7 @@ size_t smtp_client_feed(struct smtp_client *c, const char *in, size_t len,
 		}
 		bool complete;
 		used += take_line(c, in + used, len - used, &complete);
-		if (complete)
+		if (!reply_too_long(c) && complete)
 			process_line(c);
 	}
 }
@@ -1107,9 +1178,11 @@ void smtp_client_tls_started(struct smtp_client *c)
 	c->ehlo_auth = 0;
 	c->auth_mechs = 0;
 	c->ehlo_size = 0;
-	c->line_len = 0;
+	c->line_len = c->line_octets = 0;
 	c->line_overflow = false;
 	c->reply_lines = 0;
+	c->reply_octets = 0;
+	c->hello_name[0] = '\0';
 	queue(c, CMD_EHLO, ST_EHLO);
 }
 
@@ -1209,17 +1282,26 @@ bool smtp_client_fail(struct smtp_client *c, int code, const char *status,
 
 uint64_t smtp_client_timeout_ms(const struct smtp_client *c)
 {
+	uint64_t done = c->p.data_timeout_ms ? c->p.data_timeout_ms : T_DATA_DONE_MS;
 	switch (c->state) {
 	case ST_READY:
 	case ST_CLOSED:
 		return 0;
-	case ST_TXN:
-		return txn_stage(c) == SMTPC_STAGE_DATA ? T_DATA_MS : T_COMMAND_MS;
-	case ST_BODY:
-		return c->queued == CMD_BODY || c->sent_pending ? T_BLOCK_MS : T_DOT_MS;
-	case ST_DISCARD_DOT:
-		return T_DOT_MS;
-	default:
-		return T_COMMAND_MS;
+	case ST_BODY: {
+		if (!c->p.min_data_rate || !c->msg)
+			return done;
+		unsigned __int128 ms =
+			(unsigned __int128)c->msg->size * 1000 / c->p.min_data_rate + done;
+		return ms > UINT64_MAX ? UINT64_MAX : (uint64_t)ms;
 	}
+	case ST_DISCARD_DOT:
+		return done; /* "." alone */
+	default:
+		return c->p.command_timeout_ms ? c->p.command_timeout_ms : T_COMMAND_MS;
+	}
+}
+
+enum smtp_client_stage smtp_client_stage(const struct smtp_client *c)
+{
+	return current_stage(c);
 }

@@ -2,7 +2,9 @@
  * events out. Knows nothing of sockets, files or clocks: the engine connects,
  * sends what it is told, sends the stored message body itself (from the
  * spool, unchanged) and enforces the timeout this module names per stage.
- * One connection carries any number of messages (connection reuse). */
+ * One connection carries any number of messages (connection reuse). A
+ * reply that oversteps the caps below, or a next hop that greets us with
+ * our own name (a mail loop), ends the session. */
 #ifndef POSTERN_SMTP_CLIENT_H
 #define POSTERN_SMTP_CLIENT_H
 
@@ -40,8 +42,20 @@ enum smtp_client_stage {
 
 const char *smtp_client_stage_name(enum smtp_client_stage s);
 
+/* What one reply may be: longer lines, more lines or more octets end the
+ * session with a 451 4.4.2 (a next hop trickling or flooding a reply must
+ * not hold the connection). A line counts its line end. 512 is RFC 5321
+ * 4.5.3.1.5's limit; real servers overstep it with URLs in their 5xx
+ * texts, so a line may have four times that, as Postfix's
+ * line_length_limit. */
+#define SMTPC_REPLY_LINE_MAX 2048
+#define SMTPC_REPLY_LINES_MAX 100
+#define SMTPC_REPLY_OCTETS_MAX 16384
+
 struct smtp_client_rcpt {
-	const char *addr;             /* mailbox, without <> */
+	const char *addr;             /* mailbox, without <>; one without a
+	                               * domain (<Postmaster>, ours: RFC 5321
+	                               * 4.5.1) goes out as Postmaster@helo_name */
 	unsigned notify;              /* SMTP_NOTIFY_* bits, 0 when absent */
 	const char *orcpt;            /* "rfc822;xtext" as received, or NULL */
 };
@@ -146,6 +160,11 @@ struct smtp_client_params {
 	const char *auth_user;
 	const char *auth_secret;      /* password (PLAIN, LOGIN), token (XOAUTH2) */
 	bool auth_needs_tls;          /* withheld unless STARTTLS succeeded */
+	/* What smtp_client_timeout_ms() says (0: the default). */
+	uint64_t command_timeout_ms;  /* each reply, the greeting too: 5 min */
+	uint64_t data_timeout_ms;     /* the body and its final reply: 10 min, */
+	uint64_t min_data_rate;       /* ... plus size / this (octets a second;
+	                               * 0: no more for a larger message) */
 };
 
 /* Opaque in spirit; fields are for the implementation. */
@@ -173,13 +192,18 @@ struct smtp_client {
 	char line[1024];              /* reply line being assembled */
 	size_t line_len;
 	bool line_overflow;
+	size_t line_octets;           /* of the line so far, beyond line[] too */
 	char reply[512];              /* the reply being assembled (joined lines) */
 	size_t reply_len;
 	int reply_code;
 	unsigned reply_lines;         /* lines of it seen so far */
+	size_t reply_octets;          /* ... and their octets */
+	uint64_t replies;             /* complete replies on this connection */
 	char reply_status[12];        /* enhanced status of its first line */
 	bool reply_has_status;        /* ... taken from the text, not derived */
 	char greeting_name[256];      /* first word of the 220 greeting */
+	char hello_name[256];         /* ... of the EHLO (HELO) reply */
+	bool loop;                    /* either was helo_name: the session ended */
 	enum smtp_client_tls_state tls_state;
 	char tls_reply[160];          /* SMTPC_TLSST_REFUSED: the reply to STARTTLS */
 	unsigned ehlo_auth, auth_mechs; /* 1 << enum smtp_client_auth offered */
@@ -234,10 +258,35 @@ void smtp_client_quit(struct smtp_client *c);
 bool smtp_client_fail(struct smtp_client *c, int code, const char *status,
 		      const char *text);
 
-/* The timeout for the current wait in milliseconds (RFC 5321 4.5.3.2:
- * greeting 5 min, MAIL 5 min, RCPT 5 min, DATA 2 min, data block 3 min,
- * final dot 10 min), 0 when idle (READY). */
+/* How long the current wait may take in all, in milliseconds, 0 when idle
+ * (READY). The engine arms it when a wait begins (the command is sent, or
+ * the reply before it in a pipelined group is complete) and never again
+ * for a partial reply: a reply must be whole within it. A reply to a
+ * command or the greeting: command_timeout_ms (RFC 5321 4.5.3.2: 5 min).
+ * From SMTPC_EV_SEND_BODY to the reply to the final dot, one deadline for
+ * the whole: data_timeout_ms (RFC 5321's 10 min for the final reply) plus
+ * the message's size at min_data_rate (Postfix's smtp_data_done_timeout
+ * with smtp_min_data_rate); how long a piece of the body may wait for the
+ * socket is the engine's. */
 uint64_t smtp_client_timeout_ms(const struct smtp_client *c);
+
+/* Complete replies so far: a wait for the next one begins when it grows. */
+static inline uint64_t smtp_client_replies(const struct smtp_client *c)
+{
+	return c->replies;
+}
+
+/* Which command the awaited reply answers (SMTPC_STAGE_CONNECT when idle
+ * or closed), for the engine's timeout text. */
+enum smtp_client_stage smtp_client_stage(const struct smtp_client *c);
+
+/* The next hop's greeting or EHLO/HELO reply named helo_name: it is us
+ * (DESIGN B.6). The session ended with a 451 4.4.6 in session_error, and
+ * nothing was sent after the greeting (or EHLO). */
+static inline bool smtp_client_loop(const struct smtp_client *c)
+{
+	return c->loop;
+}
 
 /* Did the server that took the message offer DSN? (RFC 3461: it then takes
  * over the NOTIFY duty, so no "relayed" notice is owed.) */

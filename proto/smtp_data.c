@@ -25,10 +25,13 @@ void smtp_data_scan_init(struct smtp_data_scan *s,
 	s->in_header = true;
 }
 
-/* Per-octet accounting for an octet that belongs to the message. */
+/* Per-octet accounting for an octet that belongs to the message: the one
+ * place where content rules that look at single octets are applied. */
 static void count_octet(struct smtp_data_scan *s, unsigned char c)
 {
 	s->size++;
+	if (c == '\0')
+		s->errors |= SMTP_DATA_NUL;
 	if (++s->line_len > SMTP_DATA_LINE_MAX)
 		s->errors |= SMTP_DATA_LINE_TOO_LONG;
 	if (s->in_header) {
@@ -141,4 +144,23 @@ size_t smtp_data_scan(struct smtp_data_scan *s, const char *buf, size_t len,
 		s->state = ST_LINE_START;
 	*body_len = len - held;
 	return len - held;
+}
+
+void smtp_data_scan_octets(struct smtp_data_scan *s, const char *buf, size_t len)
+{
+	for (size_t i = 0; i < len; i++) {
+		unsigned char c = (unsigned char)buf[i];
+		count_octet(s, c);
+		if (s->state == ST_CR && c == '\n') {
+			end_line(s);
+			s->state = ST_LINE_START;
+		} else if (s->state == ST_CR || c == '\n') {
+			/* CR then not LF, or LF without CR */
+			s->errors |= SMTP_DATA_BARE_CR_LF;
+			s->state = c == '\r' ? ST_CR : ST_TEXT;
+		} else {
+			s->state = c == '\r' ? ST_CR : ST_TEXT;
+		}
+	}
+	check_limits(s);
 }

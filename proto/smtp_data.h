@@ -1,7 +1,8 @@
 /* DATA scanner: finds the end of message data (CRLF "." CRLF) in wire form,
- * and on the way enforces the rules a relay must: no bare CR or LF (SMTP
- * smuggling defence), 1000-octet lines, size and header-size limits, and the
- * Received: hop count. Does not unstuff: the relay keeps the wire form. */
+ * and on the way enforces the rules a relay must: no bare CR or LF and no
+ * NUL (SMTP smuggling defences), 1000-octet lines, size and header-size
+ * limits, and the Received: hop count. Does not unstuff: the relay keeps the
+ * wire form. */
 #ifndef POSTERN_SMTP_DATA_H
 #define POSTERN_SMTP_DATA_H
 
@@ -17,6 +18,10 @@ enum smtp_data_error {
 	SMTP_DATA_TOO_BIG = 1 << 2,
 	SMTP_DATA_HEADER_TOO_BIG = 1 << 3,
 	SMTP_DATA_TOO_MANY_HOPS = 1 << 4,
+	/* Only BINARYMIME content may hold NUL (RFC 2045 2.7-2.8, RFC 6152
+	 * 3); a next hop that drops NULs would see CRLF . CRLF in
+	 * CRLF NUL . CRLF: a second, smuggled message. */
+	SMTP_DATA_NUL = 1 << 5,
 };
 
 struct smtp_data_limits {
@@ -47,5 +52,12 @@ void smtp_data_scan_init(struct smtp_data_scan *s,
  * of buf) are not consumed: present them again with more input. */
 size_t smtp_data_scan(struct smtp_data_scan *s, const char *buf, size_t len,
 		      size_t *body_len, bool *end);
+
+/* Holds octets that come without an end marker (BDAT chunks, RFC 3030) to
+ * the content rules of smtp_data_scan(): NUL, bare CR or LF, line length,
+ * size, header size and hops. No dot handling; a CR LF may be split across
+ * calls. Every octet of a message, whichever command carried it, must pass
+ * through one of the two. */
+void smtp_data_scan_octets(struct smtp_data_scan *s, const char *buf, size_t len);
 
 #endif

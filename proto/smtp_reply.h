@@ -20,6 +20,7 @@
 #define R_HOPS               "554 5.4.6 Hop count exceeded - possible mail loop"
 #define R_BARE_LF            "550 5.6.11 Bare line feed or carriage return not allowed"
 #define R_DATA_LINE_TOO_LONG "550 5.6.0 Message line longer than 1000 octets"
+#define R_NUL                "550 5.6.0 NUL character not allowed in message content"
 #define R_BAD_SEQUENCE       "503 5.5.1 Bad sequence of commands"
 #define R_UNRECOGNIZED       "500 5.3.3 Unrecognized command"
 #define R_LINE_TOO_LONG      "500 5.5.2 Line too long"

@@ -59,6 +59,7 @@ static const char *const reject_names[SMTP_REJECT_COUNT] = {
 	[SMTP_REJECT_HEADER_SIZE] = "header_size",
 	[SMTP_REJECT_HOP_COUNT] = "hop_count",
 	[SMTP_REJECT_BARE_LF] = "bare_lf",
+	[SMTP_REJECT_NUL] = "nul",
 	[SMTP_REJECT_LINE_LENGTH] = "line_length",
 	[SMTP_REJECT_STORAGE] = "storage",
 	[SMTP_REJECT_PROTOCOL] = "protocol",
@@ -621,13 +622,14 @@ static size_t feed_commands(struct smtp_server *s, const char *in, size_t len,
 
 static const char *data_error_reply(unsigned errors, enum smtp_reject *why)
 {
-	/* The smuggling defence comes first: it is the one that matters most. */
+	/* The smuggling defences come first: they are the ones that matter most. */
 	static const struct {
 		unsigned bit;
 		enum smtp_reject why;
 		const char *text;
 	} order[] = {
 		{SMTP_DATA_BARE_CR_LF, SMTP_REJECT_BARE_LF, R_BARE_LF},
+		{SMTP_DATA_NUL, SMTP_REJECT_NUL, R_NUL},
 		{SMTP_DATA_TOO_BIG, SMTP_REJECT_SIZE, R_TOO_BIG},
 		{SMTP_DATA_HEADER_TOO_BIG, SMTP_REJECT_HEADER_SIZE, R_HEADER_TOO_BIG},
 		{SMTP_DATA_TOO_MANY_HOPS, SMTP_REJECT_HOP_COUNT, R_HOPS},

@@ -25,6 +25,7 @@ enum smtp_reject {
 	SMTP_REJECT_HEADER_SIZE,
 	SMTP_REJECT_HOP_COUNT,
 	SMTP_REJECT_BARE_LF,
+	SMTP_REJECT_NUL,            /* 550 5.6.0: NUL in message content */
 	SMTP_REJECT_LINE_LENGTH,
 	SMTP_REJECT_STORAGE,        /* 451/452 after DATA */
 	SMTP_REJECT_PROTOCOL,       /* syntax, sequence, unknown command */

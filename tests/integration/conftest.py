@@ -167,7 +167,8 @@ HOLD_SEND_CONNECTOR = (
     'queue = { retry_interval = "1h"; };\n')
 
 
-def make_config(spool, connectors, server_extra="", domains=ACCEPTED_DOMAINS):
+def make_config(spool, connectors, server_extra="", domains=ACCEPTED_DOMAINS,
+                hostname=HOSTNAME):
     if "send_connectors" not in connectors:
         connectors = connectors + HOLD_SEND_CONNECTOR % free_port()
     if IO_BACKEND and not re.search(r"\bio_backend\s*=", server_extra):
@@ -178,7 +179,7 @@ def make_config(spool, connectors, server_extra="", domains=ACCEPTED_DOMAINS):
             '  spool_dir = "%s";\n'
             '  shutdown_grace = "10s";\n'
             "%s"
-            "};\n%s%s" % (HOSTNAME, spool, server_extra, domains, connectors))
+            "};\n%s%s" % (hostname, spool, server_extra, domains, connectors))
 
 
 def check_config(pt):
@@ -205,7 +206,8 @@ class Postern:
     """One running postern. .port is the first port, .ports all of them."""
 
     def __init__(self, tmp_path, connectors, nports=1, server_extra="",
-                 domains=ACCEPTED_DOMAINS, name="postern", ports=None, wrapper=()):
+                 domains=ACCEPTED_DOMAINS, name="postern", ports=None, wrapper=(),
+                 hostname=HOSTNAME):
         # wrapper: a command that postern's argv is appended to, which must
         # exec it (same pid), e.g. one that loads a seccomp filter first.
         self.wrapper = list(wrapper)
@@ -226,7 +228,7 @@ class Postern:
         for key, val in fmt.items():
             text = text.replace("{%s}" % key, str(val))
         self.config.write_text(make_config(self.spool, text, server_extra,
-                                           domains))
+                                           domains, hostname))
         self.stderr_path = self.dir / "stderr.log"
         self.proc = None
         self.stopped = False
@@ -374,6 +376,22 @@ class Postern:
             self.proc.kill()
             self.proc.wait()
         self.stopped = True
+
+
+@pytest.fixture(autouse=True)
+def _reclaim_spool_space(tmp_path):
+    """After each test (and after its servers were stopped and checked),
+    its spool segments go: each is preallocated (64 MiB by default), and
+    pytest keeps the last sessions' directories, which came to some 24 GB
+    per `make test`: more than a small CI disk has to spare."""
+    yield
+    for root, _dirs, files in os.walk(tmp_path):
+        for n in files:
+            if n.startswith("seg-") and n.endswith(".log"):
+                try:
+                    os.unlink(os.path.join(root, n))
+                except OSError:
+                    pass
 
 
 @pytest.fixture

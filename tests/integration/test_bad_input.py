@@ -195,3 +195,126 @@ def test_message_over_max_size(postern, smtp_raw):
     assert r.startswith("250 2.6.0 <") and r.endswith("> Queued mail for delivery"), r
     assert c.cmd("QUIT") == R_QUIT
     assert len(p.messages()) == 1
+
+
+# ---- NUL in message content (issue 17) ------------------------------------
+# Without BINARYMIME a NUL is not content (RFC 6152): a next hop that drops
+# NULs before looking for the end of data would read CRLF NUL . CRLF as
+# CRLF . CRLF and see a second, smuggled message.
+import os
+import re
+import subprocess
+
+from conftest import BUILD
+
+R_NUL = "550 5.6.0 NUL character not allowed in message content"
+
+# Room for a 503 probe after every refusal.
+NUL_CONNECTORS = """receive_connectors = (
+  { name = "Default Frontend";
+    bindings = [ "127.0.0.1:{port}" ];
+    remote_ip_ranges = [ "0.0.0.0-255.255.255.255" ];
+    permission_groups = [ "anonymous" ];
+    max_protocol_errors = 100;
+  }
+);
+"""
+
+NUL_PLACEMENTS = {
+    "first byte of the data": b"\x00Subject: x\r\n\r\nhi\r\n.\r\n",
+    "first byte of the body": b"Subject: x\r\n\r\n\x00body\r\n.\r\n",
+    "in a header": b"Subject: a\x00b\r\n\r\nhi\r\n.\r\n",
+    "right before CRLF.CRLF": b"Subject: x\r\n\r\nhi\x00\r\n.\r\n",
+    "CRLF NUL . CRLF": (b"Subject: innocent\r\n\r\nhi\r\n\x00.\r\n"
+                        b"MAIL FROM:<evil@b.example>\r\n"
+                        b"RCPT TO:<victim@corp.example>\r\n"
+                        b"DATA\r\n"
+                        b"Subject: smuggled\r\n\r\nevil\r\n.\r\n"),
+    "NUL CRLF . CRLF": b"\x00\r\n.\r\n",
+}
+
+
+def nul_metric(sock):
+    r = subprocess.run([os.path.join(BUILD, "posternctl"), "-s", str(sock), "show", "metrics"],
+                       capture_output=True, timeout=30)
+    assert r.returncode == 0, r.stderr
+    found = [ln for ln in r.stdout.decode().splitlines()
+             if ln.startswith('postern_messages_rejected_total{connector="Default Frontend",'
+                              'reason="nul"} ')]
+    assert len(found) == 1, r.stdout.decode()
+    return int(found[0].rsplit(" ", 1)[1])
+
+
+def clean_message(c, p, n_before, tag):
+    """A clean message after a refusal: 250, and stored as sent."""
+    assert c.cmd("MAIL FROM:<a@b.example>") == R_MAIL_OK
+    assert c.cmd("RCPT TO:<x@corp.example>") == R_RCPT_OK
+    assert c.cmd("DATA") == R_START_DATA
+    body = b"Subject: clean %s\r\n\r\nclean body\r\n" % tag
+    c.send(body + b".\r\n")
+    r = c.reply()
+    m = re.fullmatch(r"250 2\.6\.0 <([0-9A-F]{16})> Queued mail for delivery", r)
+    assert m, r
+    ids = p.messages()
+    assert len(ids) == n_before + 1 and m.group(1) in ids, (ids, r)
+    stored = p.read_message(m.group(1))
+    assert stored.endswith(body), stored[-200:]
+    assert b"\x00" not in stored
+    return m.group(1)
+
+
+def test_nul_in_data_refused(postern, smtp_raw, tmp_path):
+    sock = tmp_path / "stats.sock"
+    p = postern(NUL_CONNECTORS, server_extra='  stats_socket = "%s";\n' % sock)
+    assert nul_metric(sock) == 0
+    c = smtp_raw(p.port, "127.0.0.50")
+    assert c.cmd("EHLO client.example")[0].startswith("250-")
+    refused = 0
+    for name, body in NUL_PLACEMENTS.items():
+        # whole, in one write; then split at the NUL (before, after it)
+        at = body.index(b"\x00")
+        for pieces in ([body], [body[:at], body[at:at + 1], body[at + 1:]]):
+            assert c.cmd("MAIL FROM:<a@b.example>") == R_MAIL_OK
+            assert c.cmd("RCPT TO:<x@corp.example>") == R_RCPT_OK
+            assert c.cmd("DATA") == R_START_DATA
+            for piece in pieces:
+                c.send(piece)
+                if len(pieces) > 1:
+                    time.sleep(0.05)
+            assert c.reply() == R_NUL, name
+            refused += 1
+            # Nothing else was answered: the smuggled MAIL never ran, the
+            # transaction is gone.
+            assert c.cmd("RCPT TO:<x@corp.example>") == R_BAD_SEQUENCE, name
+            before = len(p.messages())
+            clean_message(c, p, before, name.encode())
+    # Pipelined: the refused message and a whole clean transaction after it
+    # in one write: each gets its own replies, in order.
+    txn = b"MAIL FROM:<a@b.example>\r\nRCPT TO:<x@corp.example>\r\nDATA\r\n"
+    c.send(txn + NUL_PLACEMENTS["CRLF NUL . CRLF"] +
+           txn + b"Subject: pipelined\r\n\r\nclean\r\n.\r\nNOOP\r\n")
+    assert c.replies(4) == [R_MAIL_OK, R_RCPT_OK, R_START_DATA, R_NUL]
+    refused += 1
+    assert c.replies(3) == [R_MAIL_OK, R_RCPT_OK, R_START_DATA]
+    r = c.reply()
+    assert re.fullmatch(r"250 2\.6\.0 <[0-9A-F]{16}> Queued mail for delivery", r), r
+    assert c.reply() == R_NOOP_OK
+    assert c.cmd("QUIT") == R_QUIT
+    c.expect_closed()
+    ids = p.messages()
+    assert len(ids) == 2 * len(NUL_PLACEMENTS) + 1
+    for mid in ids:
+        msg = p.read_message(mid)
+        assert b"\x00" not in msg and b"smuggled" not in msg and b"innocent" not in msg
+    assert nul_metric(sock) == refused
+    log = p.stderr()
+    lines = re.findall(r"^.* event=reject reason=nul .*$", log, re.M)
+    assert len(lines) == refused, lines
+    for ln in lines:
+        assert re.fullmatch(
+            r'ts=\S+ level=info event=reject reason=nul from=<a@b\.example> to=- '
+            r'connector="Default Frontend" client=127\.0\.0\.50 '
+            r'reply="550 5\.6\.0 NUL character not allowed in message content" worker=\d+',
+            ln), ln
+    p.stop()
+    assert p.messages() == ids

@@ -40,7 +40,9 @@ def emls(d):
 def test_relay_to_a_second_postern_keeps_the_bytes(postern, tmp_path):
     boxes, notices = tmp_path / "boxes", tmp_path / "notices"
     port1, port2 = free_port(), free_port()
-    second = postern(SECOND % (boxes, port1), ports=[port2], name="second")
+    # Its own name: a next hop that greets with ours is a loop (B.6).
+    second = postern(SECOND % (boxes, port1), ports=[port2], name="second",
+                     hostname="second.test.example")
     first = postern(FIRST % (port2, notices), ports=[port1], name="first")
     body = (b"Subject: chain\r\nMIME-Version: 1.0\r\n"
             b"Content-Type: text/plain; charset=utf-8\r\n\r\n"

@@ -5,6 +5,7 @@ import os
 import re
 import socket
 import subprocess
+import time
 
 from conftest import BUILD, RawClient, free_port, wait_until
 
@@ -240,3 +241,267 @@ def test_send_connector_max_connections_across_workers(postern):
         assert sink.max_active == 2
         # 5 messages per connection at most: at least 8 connections in all.
         assert sink.connections >= 8
+
+
+# ---------------------------------------------------------------------------
+# The bounded throttle table (issue 17): server.throttle_table_size slots; a
+# new source finds a free slot or an idle entry's (no connection open, its
+# bucket full again), else it is refused; sources already in keep working.
+
+TABLE = """receive_connectors = (
+  { name = "Relay"; bindings = [ "127.0.0.1:{port}" ];
+    remote_ip_ranges = [ "127.0.0.0/8" ]; permission_groups = [ "anonymous_relay" ];
+    message_rate_limit = %d; message_rate_source = "ip";
+    max_inbound_connection_per_source = 3; }
+);
+"""
+
+TABLE_LINE = re.compile(r"^table: (\d+) slots \(\d+ MiB\), (\d+) in use: (\d+) with connections, "
+                        r"(\d+) refilling, (\d+) kept", re.M)
+
+
+def table_state(sock):
+    m = TABLE_LINE.search(ctl(sock, "show", "throttle"))
+    assert m, "no table: line in show throttle"
+    return dict(zip(("slots", "used", "held", "refilling", "kept"), map(int, m.groups())))
+
+
+def small_table(postern, tmp_path, rate):
+    sock = tmp_path / "stats.sock"
+    p = postern(TABLE % rate, server_extra='  stats_socket = "%s";\n  throttle_table_size = 16;\n'
+                % sock)
+    p.sock = sock
+    # The startup probe's connection is gone once nothing holds a slot.
+    wait_until(lambda: table_state(sock)["held"] == 0, 10, what="the probe's slot released")
+    assert table_state(sock)["slots"] == 16
+    return p
+
+
+def refused(port, source):
+    """A connection the server answers with the connection-limit 421 and closes."""
+    s = socket.create_connection(("127.0.0.1", port), timeout=10,
+                                 source_address=(source, 0))
+    f = s.makefile("rb")
+    line = f.readline().decode().rstrip("\r\n")
+    rest = f.readline()
+    s.close()
+    return line == R_CONNS and rest == b""
+
+
+def table_full_lines(p):
+    return re.findall(r"level=warn event=throttle reason=table_full connector=Relay "
+                      r"client=(\S+) source=(\S+) count=(\d+) size=16 ", p.stderr())
+
+
+def test_full_throttle_table_refuses_new_sources_only(postern, tmp_path):
+    p = small_table(postern, tmp_path, 60)
+    held = [RawClient(p.port, "127.0.1.%d" % i) for i in range(1, 17)]
+    for c in held:
+        assert c.greeting.startswith("220 "), c.greeting
+    wait_until(lambda: table_state(p.sock)["held"] == 16, 10, what="16 sources in the table")
+    # Every slot is held: new sources are refused, with the B.3 reply.
+    t0 = time.monotonic()
+    for i in range(1, 11):
+        assert refused(p.port, "127.0.2.%d" % i), i
+    # A source already in is served, and its own limits still apply.
+    c = RawClient(p.port, "127.0.1.5")
+    assert c.greeting.startswith("220 ")
+    c.cmd("EHLO client.example")
+    assert c.cmd("MAIL FROM:<a@app.example>") == "250 2.1.0 Sender OK"
+    assert c.cmd("RSET").startswith("250 ")
+    more = RawClient(p.port, "127.0.1.5")
+    assert more.greeting.startswith("220 ")
+    assert refused(p.port, "127.0.1.5")  # its 4th: max_inbound_connection_per_source
+    c.cmd("QUIT")
+    c.close()
+    more.close()
+    # One log line a second at most, with how many refusals it stands for.
+    time.sleep(1.2)
+    assert refused(p.port, "127.0.2.11")
+    wait_until(lambda: sum(int(n) for _, _, n in table_full_lines(p)) == 11, 10,
+               what="11 refusals logged")
+    lines = table_full_lines(p)
+    assert lines[0] == ("127.0.2.1", "127.0.2.1", "1"), lines
+    assert lines[-1][0] == "127.0.2.11"
+    assert len(lines) <= 1 + int(time.monotonic() - t0 + 1), lines
+    metrics = ctl(p.sock, "show", "metrics")
+    assert 'postern_throttled_total{connector="Relay",reason="table_full"} 11\n' in metrics
+    assert 'postern_throttled_total{connector="Relay",' \
+           'reason="max_inbound_connection_per_source"} 1\n' in metrics
+    # The held sessions never noticed.
+    for c in held:
+        assert c.cmd("NOOP").startswith("250 ")
+    # One source leaves: exactly one new source gets in.
+    held[0].cmd("QUIT")
+    held[0].close()
+    wait_until(lambda: table_state(p.sock)["held"] == 15, 10, what="a source gone")
+    n = RawClient(p.port, "127.0.2.20")
+    assert n.greeting.startswith("220 ")
+    assert refused(p.port, "127.0.2.21")
+    n.close()
+    for c in held[1:]:
+        c.close()
+
+
+SEND_CAPPED = """send_connectors = (
+  { name = "Out"; address_spaces = [ "*" ]; smart_hosts = [ "127.0.0.1:%d" ];
+    max_connections = 2; }
+);
+"""
+
+
+def test_full_table_defers_a_capped_send_connector(postern, tmp_path):
+    """A send connector with max_connections needs its throttle entry: with
+    none to be had, its deliveries are not attempted (never uncapped), and
+    go once a slot frees."""
+    from sink import Sink
+    with Sink() as sink:
+        sock = tmp_path / "stats.sock"
+        p = postern(TABLE % 60 + SEND_CAPPED % sink.port,
+                    server_extra='  stats_socket = "%s";\n  throttle_table_size = 16;\n' % sock)
+        p.sock = sock
+        wait_until(lambda: table_state(sock)["held"] == 0, 10, what="the probe's slot released")
+        held = [RawClient(p.port, "127.0.1.%d" % i) for i in range(1, 17)]
+        wait_until(lambda: table_state(sock)["held"] == 16, 10, what="16 sources in the table")
+        held[0].cmd("EHLO client.example")
+        assert send_one(held[0], 0).startswith("250 2.6.0 ")
+        wait_until(lambda: re.search(r"level=warn event=throttle reason=table_full "
+                                     r"send_connector=Out count=\d+ ", p.stderr()), 10,
+                   what="the deferral logged")
+        time.sleep(1.5)  # offered again each second meanwhile, never sent
+        assert sink.count() == 0 and sink.connections == 0
+        m = re.search(r'postern_throttled_total\{connector="Out",reason="table_full"\} (\d+)\n',
+                      ctl(sock, "show", "metrics"))
+        assert m and int(m.group(1)) >= 2, m
+        log = p.stderr()
+        assert "event=defer " not in log and "event=bounce " not in log
+        # A slot frees: the connector's entry takes it (and keeps it), the
+        # message goes.
+        held[5].cmd("QUIT")
+        held[5].close()
+        wait_until(lambda: sink.count() == 1, 10, what="the message at the sink")
+        assert table_state(sock)["kept"] == 1
+        assert refused(p.port, "127.0.2.1")
+        for c in held:
+            c.close()
+
+
+def test_idle_sources_leave_the_table_once_refilled(postern, tmp_path):
+    """A source that sent a message keeps its slot until its bucket is full
+    again (rate 10/min: one token back in 6 s), then its slot goes to a new
+    source."""
+    p = small_table(postern, tmp_path, 10)
+    for i in range(1, 17):
+        c = RawClient(p.port, "127.0.1.%d" % i)
+        c.cmd("EHLO client.example")
+        assert c.cmd("MAIL FROM:<a@app.example>") == "250 2.1.0 Sender OK"
+        if i == 1:
+            first_token = time.monotonic()
+        c.cmd("QUIT")
+        c.close()
+    last_token = time.monotonic()
+    wait_until(lambda: table_state(p.sock)["held"] == 0, 5, what="the sessions gone")
+    state = table_state(p.sock)
+    assert state["used"] == 16 and state["refilling"] == 16, state
+    # None of them idle yet: a new source is refused.
+    assert refused(p.port, "127.0.3.1")
+    assert time.monotonic() - first_token < 6, "too slow to see the buckets refilling"
+
+    def admitted():
+        s = socket.create_connection(("127.0.0.1", p.port), timeout=10,
+                                     source_address=("127.0.3.2", 0))
+        line = s.makefile("rb").readline().decode()
+        s.close()
+        return line.startswith("220 ")
+    wait_until(admitted, 15, interval=0.2, what="a new source once the buckets refilled")
+    assert time.monotonic() - last_token >= 5.5
+    # The others refilled too: they may go as well, and a source that left
+    # comes back as a new one, with a full bucket.
+    for i in range(3, 8):
+        c = RawClient(p.port, "127.0.3.%d" % i)
+        assert c.greeting.startswith("220 ")
+        c.close()
+    c = RawClient(p.port, "127.0.1.1")
+    assert c.greeting.startswith("220 ")
+    c.cmd("EHLO client.example")
+    assert c.cmd("MAIL FROM:<a@app.example>") == "250 2.1.0 Sender OK"
+    c.cmd("QUIT")
+    c.close()
+
+
+IPV6 = """receive_connectors = (
+  { name = "Relay"; bindings = [ "127.0.0.1:{port}" ];
+    remote_ip_ranges = [ "127.0.0.0/8", "2001:db8::/32" ]; permission_groups = [ "anonymous_relay" ];
+    max_inbound_connection_per_source = 2; },
+  { name = "Servers"; bindings = [ "127.0.0.1:{port}" ];
+    remote_ip_ranges = [ "2001:db8:9::10-2001:db8:9::20" ]; permission_groups = [ "anonymous_relay" ];
+    max_inbound_connection_per_source = 1; }
+);
+"""
+
+
+def _proxied(port, src):
+    """A session from src (IPv6) through the trusted proxy: its greeting."""
+    c = RawClient(port, "127.0.0.2", greet=False)
+    c.send("PROXY TCP6 %s 2001:db8:ffff::1 40000 25\r\n" % src)
+    line = c.line()
+    return c, line
+
+
+def test_ipv6_sources_are_counted_per_64(postern, tmp_path):
+    """Through a trusted proxy (PROXY v1, B.10) clients come from IPv6:
+    addresses of one /64 are one source (a host picks any address of its
+    /64), shown as the /64; a connector whose range is narrower than a /64
+    counts its hosts apart."""
+    sock = tmp_path / "stats.sock"
+    port = free_port()
+    p = postern(IPV6, ports=[port], server_extra=(
+        '  stats_socket = "%s";\n'
+        '  proxy_protocol = { bindings = [ "127.0.0.1:%d" ]; trusted_proxies = [ "127.0.0.2" ]; };\n'
+        % (sock, port)))
+    a, ga = _proxied(port, "2001:db8:1:2::1")
+    b, gb = _proxied(port, "2001:db8:1:2:aaaa:bbbb:cccc:dddd")
+    assert ga.startswith("220 ") and gb.startswith("220 "), (ga, gb)
+    # A third address of that /64 is the same source's third connection.
+    c, gc = _proxied(port, "2001:db8:1:2::3")
+    assert gc == R_CONNS, gc
+    assert c.line() is None
+    c.close()
+    # The next /64 is another source.
+    d, gd = _proxied(port, "2001:db8:1:3::1")
+    assert gd.startswith("220 "), gd
+    wait_until(lambda: re.search(r"event=throttle reason=max_inbound_connection_per_source "
+                                 r"connector=Relay client=2001:db8:1:2::3 limit=2 current=3 "
+                                 r"source=2001:db8:1:2::/64\n", p.stderr()), 10,
+               what="the refusal logged with the /64")
+    rows = [l for l in ctl(sock, "show", "throttle").split("\n") if l.startswith("Relay ")]
+    assert [l.split()[1:3] for l in rows] == [["2001:db8:1:2::/64", "2"]], rows
+    # Hosts the operator lists one by one (a range narrower than a /64)
+    # have a limit each.
+    e, ge = _proxied(port, "2001:db8:9::11")
+    f, gf = _proxied(port, "2001:db8:9::12")
+    assert ge.startswith("220 ") and gf.startswith("220 "), (ge, gf)
+    g, gg = _proxied(port, "2001:db8:9::11")
+    assert gg == R_CONNS, gg
+    wait_until(lambda: re.search(r"event=throttle reason=max_inbound_connection_per_source "
+                                 r"connector=Servers client=2001:db8:9::11 limit=1 current=2\n",
+                                 p.stderr()), 10, what="the Servers refusal logged")
+    for x in (a, b, d, e, f, g):
+        x.close()
+
+
+def test_throttle_table_size_setting(tmp_path):
+    """server.throttle_table_size: printed by --check, bounded, and a bad
+    value is a FILE:LINE: error."""
+    from conftest import Postern, assert_config_error, check_config
+    out = check_config(Postern(tmp_path, TABLE % 60, name="default")).stdout.decode()
+    assert "\nserver: throttle_table_size=262144 (18.1 MiB, read at start)\n" in out, out
+    p = Postern(tmp_path, TABLE % 60, server_extra="  throttle_table_size = 100000;\n",
+                name="set")
+    r = check_config(p)
+    assert r.returncode == 0, r.stderr
+    assert "\nserver: throttle_table_size=100000 (6.9 MiB, read at start)\n" in r.stdout.decode()
+    for i, bad in enumerate(("15", "16777217", '"1M"', "-1")):
+        pt = Postern(tmp_path, TABLE % 60, server_extra="  throttle_table_size = %s;\n" % bad,
+                     name="bad%d" % i)
+        assert_config_error(pt, "throttle_table_size: a number from 16 to 16777216")

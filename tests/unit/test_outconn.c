@@ -346,6 +346,7 @@ struct rig {
 	unsigned hook_seen;           /* ... by the hook */
 	bool go_given;                /* the hook let the peer read the body */
 	struct peer *hook_peer;
+	unsigned want_replies, want_lines; /* for reply_seen() */
 };
 
 static void rig_clock(struct rig *r)
@@ -803,25 +804,37 @@ static struct tjob *job_big(struct rig *r, const struct msg_spec *s, size_t n)
 	return t;
 }
 
+/* As the send connector's defaults have them (command and data
+ * timeouts: the client's own defaults, 5 and 10 min). */
 static struct oconn_params params(void)
 {
 	return (struct oconn_params){
 		.helo = "relay.test", .connect_timeout_ms = 30000, .idle_timeout_ms = 5000,
-		.connector = "test-sc", .stats_id = STATS_ID,
+		.min_data_rate = 4096, .connector = "test-sc", .stats_id = STATS_ID,
 	};
+}
+
+/* prefs: MX preferences (then p.mx), or NULL for smart hosts. */
+static void conn_open_prefs(struct rig *r, struct oconn_params p, struct tjob *t,
+			    const uint16_t *ports, const unsigned *prefs, unsigned n)
+{
+	struct resolver_target tg[4];
+	assert_true(n <= 4);
+	for (unsigned i = 0; i < n; i++) {
+		tg[i] = target(ports[i]);
+		tg[i].pref = prefs ? prefs[i] : 0;
+	}
+	p.targets = tg;
+	p.ntargets = n;
+	p.mx = prefs != NULL;
+	rig_clock(r);
+	assert_true(outconn_open(&r->w, &test_ops, r, &p, t ? &t->j : NULL));
 }
 
 static void conn_open(struct rig *r, struct oconn_params p, struct tjob *t, const uint16_t *ports,
 		      unsigned n)
 {
-	struct resolver_target tg[4];
-	assert_true(n <= 4);
-	for (unsigned i = 0; i < n; i++)
-		tg[i] = target(ports[i]);
-	p.targets = tg;
-	p.ntargets = n;
-	rig_clock(r);
-	assert_true(outconn_open(&r->w, &test_ops, r, &p, t ? &t->j : NULL));
+	conn_open_prefs(r, p, t, ports, NULL, n);
 }
 
 /* ---- what the tests compare -------------------------------------------- */
@@ -1405,7 +1418,7 @@ static void test_greeting_timeout(void **state)
 	CHECK_STR("callbacks", r->calls, "opened done(1) next(-) idle?0 closed");
 	check_all("delivered", t, 250, "2.0.0", OK_TEXT, SMTPC_STAGE_DOT);
 	CHECK_STR("log", log_lines(r, "event=connect_failed"),
-		  connect_failed(r, silent->port, "timed out waiting for the next hop"));
+		  connect_failed(r, silent->port, "no complete greeting within 5m"));
 }
 
 /* (i) The only target never greets: at the deadline the job fails with
@@ -1420,7 +1433,7 @@ static void test_greeting_timeout_last(void **state)
 	tick_at(r, r->oc->deadline);
 	assert_true(drive(r, is_closed, WAIT_MS));
 	peer_ok(silent);
-	const char *text = "451 4.4.1 No next hop answered; last error: timed out waiting for the next hop";
+	const char *text = "451 4.4.1 No next hop answered; last error: no complete greeting within 5m";
 	CHECK_STR("callbacks", r->calls, "opened done(1) unreachable(451 4.4.1) closed");
 	check_all("unreachable", t, 451, "4.4.1", text, SMTPC_STAGE_CONNECT);
 	CHECK_STR("unreachable", r->un_text, text);
@@ -1485,9 +1498,10 @@ static void test_lost_while_connecting(void **state)
 
 /* Each piece of the body that had to wait for the socket takes 200 s
  * (the clock moves on before its completion is handled): RFC 5321
- * 4.5.3.2.5 gives 3 minutes to each send of the data, so the message must
- * go through (a deadline set once for the whole body failed any body
- * slower than 3 minutes in all, every time). */
+ * 4.5.3.2.5 gives 3 minutes to each send of the data, and the message as
+ * a whole has 10 min + 8 MB at 4 KB/s, so it must go through (a deadline
+ * of 3 minutes set once for the whole body failed any body slower than
+ * that in all, every time). */
 static void body_clock_before(struct rig *r, const struct io_cqe *e)
 {
 	if (!r->oc || !r->oc->body || !r->oc->out_busy || e->res <= 0)
@@ -1548,6 +1562,313 @@ static void test_body_deadline_per_send(void **state)
 	CHECK_STR("callbacks", r->calls, "opened done(1) next(-) idle?0 closed");
 }
 
+
+/* ---- deadlines that partial replies do not move --------------------- */
+
+/* The client has seen want_replies complete replies and want_lines lines
+ * of the one after. */
+static bool reply_seen(struct rig *r)
+{
+	return r->oc && r->oc->client_ready &&
+	       smtp_client_replies(&r->oc->cl) >= r->want_replies &&
+	       r->oc->cl.reply_lines >= r->want_lines;
+}
+
+static void wait_reply(struct rig *r, unsigned replies, unsigned lines)
+{
+	r->want_replies = replies;
+	r->want_lines = lines;
+	if (!drive(r, reply_seen, WAIT_MS))
+		fail_msg("no reply %u, line %u (have %llu replies, %u lines, state %s)", replies + 1,
+			 lines, r->oc ? (unsigned long long)smtp_client_replies(&r->oc->cl) : 0ull,
+			 r->oc ? r->oc->cl.reply_lines : 0, r->oc ? oc_state_names[r->oc->state] : "gone");
+}
+
+/* "3s", "20.1s": as outconn.c writes a duration. */
+static const char *ms_text(struct rig *r, uint64_t ms)
+{
+	if (ms % 60000 == 0)
+		return rig_str(r, "%llum", (unsigned long long)(ms / 60000));
+	if (ms % 1000 == 0)
+		return rig_str(r, "%llus", (unsigned long long)(ms / 1000));
+	return rig_str(r, "%.1fs", (double)ms / 1000.0);
+}
+
+/* A next hop trickling its reply to MAIL a line at a time, a second
+ * apart, with command_timeout 3 s: the deadline armed when the batch went
+ * out stays where it is, whatever lines come, and the connection is
+ * given up there; a complete reply begins the next wait (RCPT's), which
+ * the trickle of its reply does not move either. */
+static void test_reply_deadline_whole_reply(void **state)
+{
+	struct rig *r = *state;
+	struct tjob *t = job_std(r, &two_rcpts);
+	static const struct step script[] = {
+		GREET, EHLO_PIPELINING,
+		{P_UNTIL, "DATA\r\n"},
+		{P_SEND, "250-2.1.0 first\r\n"}, {P_WAIT_GO, NULL},
+		{P_SEND, "250-2.1.0 second\r\n"}, {P_WAIT_GO, NULL},
+		{P_SEND, "250 2.1.0 Ok\r\n"}, {P_WAIT_GO, NULL},
+		{P_SEND, "250-2.1.5 a moment\r\n"}, {P_WAIT_GO, NULL},
+		{P_SEND, "250-2.1.5 more\r\n"},
+		{P_EOF, NULL}, {P_END, NULL},
+	};
+	struct peer *p = peer_start(r, script);
+	struct oconn_params cp = params();
+	cp.command_timeout_ms = 3000;
+	conn_open(r, cp, t, &p->port, 1);
+	wait_reply(r, 2, 1); /* greeting, EHLO; the first line of MAIL's */
+	uint64_t deadline = r->oc->deadline;
+	CHECK_INT("armed for the whole reply", r->oc->deadline_ms, 3000);
+	r->offset += 1000;
+	peer_go(p);
+	wait_reply(r, 2, 2);
+	CHECK_INT("a second line a second later", r->oc->deadline, deadline);
+	tick_at(r, deadline - 1);
+	CHECK_INT("before the deadline", r->oc->state, OC_SESSION);
+	r->offset += 1000;
+	peer_go(p);
+	wait_reply(r, 3, 0);
+	uint64_t next = r->oc->deadline;
+	if (next <= deadline || r->oc->deadline_ms != 3000)
+		fail_msg("the complete reply to MAIL did not begin a new wait: deadline %llu, was %llu",
+			 (unsigned long long)next, (unsigned long long)deadline);
+	r->offset += 1000;
+	peer_go(p);
+	wait_reply(r, 3, 1);
+	r->offset += 1000;
+	peer_go(p);
+	wait_reply(r, 3, 2);
+	CHECK_INT("RCPT's deadline", r->oc->deadline, next);
+	tick_at(r, next - 1);
+	CHECK_INT("before RCPT's deadline", r->oc->state, OC_SESSION);
+	tick_at(r, next);
+	assert_true(drive(r, is_closed, WAIT_MS));
+	peer_ok(p);
+	const char *text =
+		rig_str(r, "451 4.4.2 [127.0.0.1]:%u: no complete reply to RCPT within 3s", p->port);
+	check_all("deferred", t, 451, "4.4.2", text, SMTPC_STAGE_CONNECT);
+	CHECK_STR("callbacks", r->calls, "opened done(1) closed");
+}
+
+/* A greeting trickled a line at a time: given up at command_timeout after
+ * the connect, and the next target is tried. */
+static void test_greeting_trickle(void **state)
+{
+	struct rig *r = *state;
+	struct tjob *t = job_std(r, &two_rcpts);
+	static const struct step trickle[] = {
+		{P_ACCEPT, NULL}, {P_SEND, "220-peer.test\r\n"}, {P_WAIT_GO, NULL},
+		{P_SEND, "220-still here\r\n"}, {P_EOF, NULL}, {P_END, NULL},
+	};
+	struct peer *slow = peer_start(r, trickle);
+	struct peer *p = peer_start(r, script_delivery);
+	uint16_t ports[2] = {slow->port, p->port};
+	struct oconn_params cp = params();
+	cp.command_timeout_ms = 3000;
+	conn_open(r, cp, t, ports, 2);
+	wait_reply(r, 0, 1);
+	uint64_t deadline = r->oc->deadline;
+	r->offset += 2500;
+	peer_go(slow);
+	wait_reply(r, 0, 2);
+	CHECK_INT("not moved", r->oc->deadline, deadline);
+	tick_at(r, deadline);
+	assert_true(drive(r, is_closed, WAIT_MS));
+	peer_ok(slow);
+	peer_ok(p);
+	check_all("delivered by the next", t, 250, "2.0.0", OK_TEXT, SMTPC_STAGE_DOT);
+	CHECK_STR("log", log_lines(r, "event=connect_failed"),
+		  connect_failed(r, slow->port, "no complete greeting within 3s"));
+}
+
+/* The message's deadline runs from the body's first byte to the reply to
+ * its dot: data_timeout + size / min_data_rate, set once; a trickled
+ * final reply does not move it. */
+static void test_txn_deadline(void **state)
+{
+	struct rig *r = *state;
+	struct tjob *t = job_std(r, &two_rcpts);
+	static const struct step script[] = {
+		GREET, EHLO_PIPELINING,
+		{P_UNTIL, "DATA\r\n"},
+		{P_SEND, "250 2.1.0 Ok\r\n250 2.1.5 Ok\r\n250 2.1.5 Ok\r\n354 go ahead\r\n"},
+		{P_UNTIL, "\r\n.\r\n"}, {P_SEND, "250-2.0.0 thinking\r\n"}, {P_WAIT_GO, NULL},
+		{P_SEND, "250-2.0.0 still thinking\r\n"}, {P_EOF, NULL}, {P_END, NULL},
+	};
+	struct peer *p = peer_start(r, script);
+	struct oconn_params cp = params();
+	cp.command_timeout_ms = 3000;
+	cp.data_timeout_ms = 20000;
+	cp.min_data_rate = 1000;
+	conn_open(r, cp, t, &p->port, 1);
+	wait_reply(r, 6, 1); /* ... 354; the first line of the dot's */
+	uint64_t want_ms = 20000 + t->m.bytes; /* at 1000 octets a second */
+	CHECK_INT("the message's budget", r->oc->txn_ms, want_ms);
+	CHECK_INT("the dot's wait is the message's", r->oc->deadline, r->oc->txn_deadline);
+	uint64_t deadline = r->oc->deadline;
+	r->offset += 15000;
+	peer_go(p);
+	wait_reply(r, 6, 2);
+	CHECK_INT("not moved", r->oc->deadline, deadline);
+	tick_at(r, deadline - 1);
+	CHECK_INT("before the deadline", r->oc->state, OC_SESSION);
+	tick_at(r, deadline);
+	assert_true(drive(r, is_closed, WAIT_MS));
+	peer_ok(p);
+	check_all("deferred", t, 451, "4.4.2",
+		  rig_str(r, "451 4.4.2 [127.0.0.1]:%u: no complete reply to the end of data within %s "
+			     "of the message's start (data_timeout + size / min_data_rate)",
+			  p->port, ms_text(r, want_ms)),
+		  SMTPC_STAGE_CONNECT);
+}
+
+static bool body_blocked(struct rig *r)
+{
+	return r->oc && r->oc->body && r->oc->out_busy;
+}
+
+/* A next hop that stops reading the body: each piece may wait 3 min, but
+ * never past the message's deadline when that is sooner. */
+static void test_body_within_txn_deadline(void **state)
+{
+	struct rig *r = *state;
+	size_t size = 10000000; /* within EHLO_PIPELINING's SIZE */
+	struct tjob *t = job_big(r, &two_rcpts, size);
+	static const struct step script[] = {
+		GREET, EHLO_PIPELINING,
+		{P_UNTIL, "DATA\r\n"},
+		{P_SEND, "250 2.1.0 Ok\r\n250 2.1.5 Ok\r\n250 2.1.5 Ok\r\n354 go ahead\r\n"},
+		{P_WAIT_GO, NULL}, {P_EOF, NULL}, {P_END, NULL},
+	};
+	struct peer *p = peer_start(r, script);
+	struct oconn_params cp = params();
+	cp.data_timeout_ms = 1000;
+	cp.min_data_rate = 1u << 20;
+	conn_open(r, cp, t, &p->port, 1);
+	if (!drive(r, body_blocked, WAIT_MS))
+		fail_msg("the body never waited for the socket (state %s, body %d, out_busy %d, "
+			 "replies %llu, calls %s)",
+			 r->oc ? oc_state_names[r->oc->state] : "gone", r->oc ? r->oc->body : -1,
+			 r->oc ? r->oc->out_busy : -1,
+			 r->oc ? (unsigned long long)smtp_client_replies(&r->oc->cl) : 0ull, r->calls);
+	uint64_t want_ms = 1000 + t->m.bytes * 1000 / (1u << 20);
+	CHECK_INT("the message's budget", r->oc->txn_ms, want_ms);
+	CHECK_INT("the piece's wait ends with the message's", r->oc->deadline, r->oc->txn_deadline);
+	tick_at(r, r->oc->deadline - 1);
+	CHECK_INT("before the deadline", r->oc->state, OC_SESSION);
+	tick_at(r, r->oc->deadline);
+	peer_go(p);
+	assert_true(drive(r, is_closed, WAIT_MS));
+	peer_ok(p);
+	check_all("deferred", t, 451, "4.4.2",
+		  rig_str(r, "451 4.4.2 [127.0.0.1]:%u: the message was not taken within %s "
+			     "(data_timeout + size / min_data_rate)", p->port, ms_text(r, want_ms)),
+		  SMTPC_STAGE_CONNECT);
+}
+
+/* ---- loops (DESIGN B.6) ----------------------------------------------- */
+
+#define LOOP_LOG(port, what)                                                   \
+	rig_str(r, "event=loop send_connector=\"test-sc\" relay=[127.0.0.1]:%u "     \
+		   "reason=\"The next hop's %s names our own hostname relay.test\"\n", \
+		(port), (what))
+
+/* The first smart host greets with our own name: nothing is sent to it
+ * (not even EHLO), a warning is logged, the next one takes the message. */
+static void test_loop_greeting_next(void **state)
+{
+	struct rig *r = *state;
+	struct tjob *t = job_std(r, &two_rcpts);
+	static const struct step us[] = {
+		{P_ACCEPT, NULL}, {P_SEND, "220 RELAY.test ESMTP Postern\r\n"}, {P_EOF, NULL},
+		{P_END, NULL}};
+	struct peer *p1 = peer_start(r, us);
+	struct peer *p2 = peer_start(r, script_delivery);
+	uint16_t ports[2] = {p1->port, p2->port};
+	conn_open(r, params(), t, ports, 2);
+	assert_true(drive(r, is_closed, WAIT_MS));
+	peer_ok(p1);
+	peer_ok(p2);
+	CHECK_STR("bytes the first peer got", peer_got(p1, 0), "");
+	check_all("delivered", t, 250, "2.0.0", OK_TEXT, SMTPC_STAGE_DOT);
+	CHECK_STR("callbacks", r->calls, "opened done(1) next(-) idle?0 closed");
+	CHECK_STR("log", log_lines(r, "event=loop"), LOOP_LOG(p1->port, "greeting"));
+}
+
+/* The only target's EHLO reply names us: every recipient is deferred with
+ * the loop's text (its domain), the owner hears 4.4.6; from the message's
+ * third attempt on it is a bounce. */
+static void test_loop_only_target(void **state)
+{
+	struct rig *r = *state;
+	static const struct step us[] = {
+		{P_ACCEPT, NULL}, {P_SEND, "220 peer.test ESMTP\r\n"},
+		{P_UNTIL, "\r\n"}, {P_SEND, "250-relay.test Hello\r\n250 PIPELINING\r\n"},
+		{P_EOF, NULL}, {P_ACCEPT, NULL}, {P_SEND, "220 peer.test ESMTP\r\n"},
+		{P_UNTIL, "\r\n"}, {P_SEND, "250-relay.test Hello\r\n250 PIPELINING\r\n"},
+		{P_EOF, NULL}, {P_END, NULL}};
+	struct peer *p = peer_start(r, us);
+	for (unsigned attempts = 0; attempts <= 2; attempts += 2) {
+		struct tjob *t = job_std(r, &two_rcpts);
+		t->m.attempts = attempts;
+		r->calls[0] = '\0';
+		r->nclosed = 0;
+		conn_open(r, params(), t, &p->port, 1);
+		assert_true(drive(r, is_closed, WAIT_MS));
+		if (attempts == 0)
+			check_all("deferred", t, 451, "4.4.6",
+				  "451 4.4.6 mail for dst.test loops back to myself", SMTPC_STAGE_CONNECT);
+		else
+			check_all("bounced", t, 554, "5.4.6",
+				  "554 5.4.6 mail for dst.test loops back to myself", SMTPC_STAGE_CONNECT);
+		CHECK_STR("callbacks", r->calls,
+			  rig_str(r, "opened done(%u) unreachable(451 4.4.6) closed", attempts / 2 + 1));
+		CHECK_STR("unreachable", r->un_text,
+			  rig_str(r, "451 4.4.6 Every next hop is ourselves; last error: [127.0.0.1]:%u: "
+				     "The next hop's EHLO reply names our own hostname relay.test",
+				  p->port));
+	}
+	peer_ok(p);
+	CHECK_STR("bytes the peer got", peer_got(p, 0), EHLO);
+	CHECK_STR("log", log_lines(r, "event=loop"),
+		  rig_str(r, "%s%s", LOOP_LOG(p->port, "EHLO reply"), LOOP_LOG(p->port, "EHLO reply")));
+}
+
+/* MX (RFC 5321 5.1): the best exchanger is us, so no worse one may be
+ * tried: a loop. When a better one fails and the next is us, we are a
+ * backup exchanger: deferred as unreachable, not a loop. */
+static void test_loop_mx(void **state)
+{
+	struct rig *r = *state;
+	struct tjob *t = job_std(r, &two_rcpts);
+	static const struct step us[] = {
+		{P_ACCEPT, NULL}, {P_SEND, "220 relay.test\r\n"}, {P_EOF, NULL},
+		{P_ACCEPT, NULL}, {P_SEND, "220 relay.test\r\n"}, {P_EOF, NULL}, {P_END, NULL}};
+	struct peer *p = peer_start(r, us);
+	uint16_t worse;
+	int lfd = quiet_listener(r, &worse);
+	uint16_t ports[2] = {p->port, worse};
+	static const unsigned prefs[2] = {10, 20};
+	conn_open_prefs(r, params(), t, ports, prefs, 2);
+	assert_true(drive(r, is_closed, WAIT_MS));
+	CHECK_INT("the worse exchanger was not tried", someone_connected(lfd), false);
+	check_all("loop", t, 451, "4.4.6", "451 4.4.6 mail for dst.test loops back to myself",
+		  SMTPC_STAGE_CONNECT);
+
+	struct tjob *t2 = job_std(r, &two_rcpts);
+	uint16_t ports2[2] = {refusing_port(r), p->port};
+	r->nclosed = 0;
+	r->calls[0] = '\0';
+	conn_open_prefs(r, params(), t2, ports2, prefs, 2);
+	assert_true(drive(r, is_closed, WAIT_MS));
+	peer_ok(p);
+	check_all("backup exchanger", t2, 451, "4.4.1",
+		  rig_str(r, "451 4.4.1 No next hop answered; last error: peer.test[127.0.0.1]:%u: "
+			     "The next hop's greeting names our own hostname relay.test", p->port),
+		  SMTPC_STAGE_CONNECT);
+	CHECK_STR("callbacks", r->calls, "opened done(2) unreachable(451 4.4.1) closed");
+}
 
 /* ---- AUTH --------------------------------------------------------------- */
 
@@ -1789,6 +2110,13 @@ static void test_421_backoff(void **state)
 	RIG_TEST(test_close_before_start, kind),         \
 	RIG_TEST(test_lost_while_connecting, kind),      \
 	RIG_TEST(test_body_deadline_per_send, kind),     \
+	RIG_TEST(test_reply_deadline_whole_reply, kind), \
+	RIG_TEST(test_greeting_trickle, kind),           \
+	RIG_TEST(test_txn_deadline, kind),               \
+	RIG_TEST(test_body_within_txn_deadline, kind),   \
+	RIG_TEST(test_loop_greeting_next, kind),         \
+	RIG_TEST(test_loop_only_target, kind),           \
+	RIG_TEST(test_loop_mx, kind),                    \
 	RIG_TEST(test_auth_login, kind),                 \
 	RIG_TEST(test_auth_refused, kind),               \
 	RIG_TEST(test_auth_withheld, kind),              \

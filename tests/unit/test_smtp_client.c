@@ -171,6 +171,9 @@ enum op {
 	OP_TLSST, /* smtp_client_tls_state() == n */
 	OP_AUTHST, /* smtp_client_auth_state() == n */
 	OP_AUTHREPLY, /* auth_code == code, auth_status, auth_reply == s */
+	OP_REPLIES, /* smtp_client_replies() == n */
+	OP_STAGE,   /* smtp_client_stage() == stage */
+	OP_LOOP,    /* smtp_client_loop() == n */
 };
 
 struct step {
@@ -204,6 +207,9 @@ struct step {
 #define TLSST(st) {.op = OP_TLSST, .n = SMTPC_TLSST_##st}
 #define AUTHST(st) {.op = OP_AUTHST, .n = SMTPC_AUTHST_##st}
 #define AUTHREPLY(c, st, t) {.op = OP_AUTHREPLY, .code = (c), .status = (st), .s = (t)}
+#define REPLIES(k) {.op = OP_REPLIES, .n = (k)}
+#define STAGE(stg) {.op = OP_STAGE, .stage = SMTPC_STAGE_##stg}
+#define LOOP(b) {.op = OP_LOOP, .n = (b)}
 #define END {.op = OP_END}
 
 /* Greeting and EHLO: the machine is READY afterwards. */
@@ -217,6 +223,7 @@ struct dialogue {
 	enum smtp_client_tls tls;
 	enum smtp_client_auth auth; /* with AUTH_USER and AUTH_PASS (or AUTH_TOKEN) */
 	bool auth_tls;       /* auth_needs_tls */
+	uint64_t command_ms, data_ms, rate; /* the timeout parameters (0: default) */
 	const struct step *steps;
 };
 
@@ -424,6 +431,9 @@ static void run_dialogue(const struct dialogue *d, size_t split)
 			       : d->auth			  ? AUTH_PASS
 								  : NULL,
 		.auth_needs_tls = d->auth_tls,
+		.command_timeout_ms = d->command_ms,
+		.data_timeout_ms = d->data_ms,
+		.min_data_rate = d->rate,
 	};
 	h_init(h, d->name, &p);
 	h->manual = d->manual;
@@ -507,6 +517,16 @@ static void run_dialogue(const struct dialogue *d, size_t split)
 			CHECK_STR(d->name, h->c.auth_status, s->status);
 			CHECK_STR(d->name, h->c.auth_reply, s->s);
 			break;
+		case OP_REPLIES:
+			CHECK_INT(d->name, smtp_client_replies(&h->c), s->n);
+			break;
+		case OP_STAGE:
+			CHECK_STR(d->name, smtp_client_stage_name(smtp_client_stage(&h->c)),
+				  smtp_client_stage_name(s->stage));
+			break;
+		case OP_LOOP:
+			CHECK_INT(d->name, smtp_client_loop(&h->c), s->n);
+			break;
 		default:
 			fail_msg("bad step");
 		}
@@ -554,7 +574,7 @@ static const struct dialogue transactions[] = {
 		S("250 2.1.5 Ok\r\n"
 		  "550 5.1.1 <carol@example.com>: Recipient address rejected: User unknown\r\n"),
 		C(""),
-		S("250 2.1.5 Ok\r\n250 2.1.5 Ok\r\n"), C(""), TMO(120000),
+		S("250 2.1.5 Ok\r\n250 2.1.5 Ok\r\n"), C(""), TMO(300000),
 		S("354 End data with <CR><LF>.<CR><LF>\r\n"), C("[BODY]"), TMO(600000),
 		S("250 2.0.0 Ok: queued as 4XyZ1\r\n"), C("[DONE][READY]"), TMO(0),
 		RES(0, 250, "2.0.0", DOT, "250 2.0.0 Ok: queued as 4XyZ1"),
@@ -569,7 +589,7 @@ static const struct dialogue transactions[] = {
 		START(&msg_two), C(MAIL_TWO), TMO(300000),
 		S("250 Ok\r\n"), C(RCPT_X), TMO(300000),
 		S("250 Ok\r\n"), C(RCPT_Y), TMO(300000),
-		S("250 Ok\r\n"), C("DATA\r\n"), TMO(120000),
+		S("250 Ok\r\n"), C("DATA\r\n"), TMO(300000),
 		S("354 go ahead\r\n"), C("[BODY]"), TMO(600000),
 		S("250 Ok: queued\r\n"), C("[DONE][READY]"),
 		RES(0, 250, "2.0.0", DOT, "250 Ok: queued"),
@@ -768,7 +788,7 @@ static const struct dialogue failures[] = {
 		SESSION(EHLO_NOPIPE), START(&msg_one),
 		C("MAIL FROM:<a@example.org> SIZE=10\r\n"),
 		S("250 Ok\r\n"), C("RCPT TO:<z@example.net>\r\n"),
-		S("250 Ok\r\n"), C("DATA\r\n"), TMO(120000),
+		S("250 Ok\r\n"), C("DATA\r\n"), TMO(300000),
 		S("554 5.7.1 no\r\n"), C("[DONE]RSET\r\n"),
 		RES(0, 554, "5.7.1", DATA, "554 5.7.1 no"),
 		S("250 Ok\r\n"), C("[READY]"))},
@@ -943,7 +963,7 @@ static const struct dialogue endings[] = {
 	{"fail() while the body is sent", .manual = true, .steps = STEPS(
 		S(GREET), C(EHLO), SENT, S(EHLO_FULL), C("[READY]"),
 		START(&msg_two), C(BATCH_TWO), SENT,
-		S("250 ok\r\n250 ok\r\n550 no\r\n354 go\r\n"), C("[BODY]"), TMO(180000),
+		S("250 ok\r\n250 ok\r\n550 no\r\n354 go\r\n"), C("[BODY]"), TMO(600000),
 		FAIL(421, "4.4.1", "421 4.4.1 Connection timed out", true), C("[CLOSE]"),
 		RES(0, 421, "4.4.1", CONNECT, "421 4.4.1 Connection timed out"),
 		RES(1, 550, "5.0.0", RCPT, "550 no"))},
@@ -979,8 +999,8 @@ static const struct dialogue endings[] = {
 		S(EHLO_FULL), C("[READY]"), TMO(0),
 		START(&msg_two), C(BATCH_TWO), TMO(300000), SENT, TMO(300000),
 		S("250 ok\r\n"), TMO(300000), S("250 ok\r\n"), TMO(300000),
-		S("250 ok\r\n"), TMO(120000),
-		S("354 go\r\n"), C("[BODY]"), TMO(180000), SENT, TMO(600000),
+		S("250 ok\r\n"), TMO(300000),
+		S("354 go\r\n"), C("[BODY]"), TMO(600000), SENT, TMO(600000),
 		S("250 ok\r\n"), C("[DONE][READY]"), TMO(0),
 		QUIT, C("QUIT\r\n"), TMO(300000), SENT,
 		S("221 bye\r\n"), C("[CLOSE]"), TMO(0))},
@@ -989,7 +1009,7 @@ static const struct dialogue endings[] = {
 		S("250 ok\r\n"), C("[READY]"),
 		START(&msg_one), C("MAIL FROM:<a@example.org>\r\n"), SENT, TMO(300000),
 		S("250 ok\r\n"), C("RCPT TO:<z@example.net>\r\n"), SENT, TMO(300000),
-		S("250 ok\r\n"), C("DATA\r\n"), SENT, TMO(120000),
+		S("250 ok\r\n"), C("DATA\r\n"), SENT, TMO(300000),
 		S("250 ok\r\n"), C("[DONE][CLOSE]"), TMO(0))},
 	{"replies before the send is acknowledged", .manual = true, .steps = STEPS(
 		S(GREET), C(EHLO), S(EHLO_NOPIPE), C(""), SENT, C("[READY]"),
@@ -1001,8 +1021,8 @@ static const struct dialogue endings[] = {
 	{"pipelined replies before the batch is acknowledged", .manual = true, .steps = STEPS(
 		S(GREET), C(EHLO), SENT, S(EHLO_FULL), C("[READY]"),
 		START(&msg_two), C(BATCH_TWO),
-		S("250 ok\r\n250 ok\r\n250 ok\r\n354 go\r\n"), C(""), TMO(180000),
-		SENT, C("[BODY]"), TMO(180000),
+		S("250 ok\r\n250 ok\r\n250 ok\r\n354 go\r\n"), C(""), TMO(600000),
+		SENT, C("[BODY]"), TMO(600000),
 		S("250 early\r\n"), C("[DONE]"), SENT, C("[READY]"),
 		RES(0, 250, "2.0.0", DOT, "250 early"))},
 	{"a reply to a command not yet sent", .manual = true, .steps = STEPS(
@@ -1150,61 +1170,156 @@ static void test_reply_results(void **state)
 	}
 }
 
-/* Overlong lines are cut, consumed whole, and the dialogue stays in step. */
-static void test_long_lines(void **state)
-{
-	size_t n = 5000;
-	char *cont = malloc(n + 3), *last = malloc(n + 3);
-	assert_non_null(cont);
-	assert_non_null(last);
-	memcpy(cont, "550-5.1.1 ", 10);
-	for (size_t i = 10; i < n; i++)
-		cont[i] = (char)('a' + i % 26);
-	memcpy(cont + n, "\r\n", 3);
-	memcpy(last, cont, n + 3);
-	last[3] = ' ';
-	char want[512];
-	memcpy(want, last, sizeof(want) - 1);
-	want[sizeof(want) - 1] = '\0';
+/* ---- reply caps ------------------------------------------------------------------ */
 
-	static const size_t splits[] = {SPLIT_WHOLE, 1000, 1023, 1024, 1025, 4999, SPLIT_BYTES};
-	for (size_t s = 0; s < N_ELEMS(splits); s++) {
-		struct h *h = malloc(sizeof(*h));
-		assert_non_null(h);
-		struct smtp_client_params p = {.helo_name = HELO_NAME};
-		h_init(h, "long line", &p);
-		h->split = splits[s];
-		h_server(h, GREET);
-		h_server(h, EHLO_FULL);
-		log_clear(h);
-		h->nrcpt = 2;
-		smtp_client_start(&h->c, &msg_two, h->res);
-		h_poll(h);
-		h_server(h, "250 ok\r\n");
-		h_server(h, cont);
-		h_server(h, last);
-		h_server(h, "250 2.1.5 y ok\r\n354 go\r\n");
-		CHECK_STR("long line", h->log, BATCH_TWO "[BODY]");
-		CHECK_INT("long line", h->res[0].code, 550);
-		CHECK_STR("long line", h->res[0].status, "5.1.1");
-		CHECK_STR("long line", h->res[0].text, want);
-		CHECK_INT("long line", strlen(h->res[0].text), sizeof(h->res[0].text) - 1);
-		cont[0] = last[0] = '2';
-		h_server(h, cont);
-		h_server(h, last);
-		cont[0] = last[0] = '5';
-		CHECK_STR("long line", h->log, BATCH_TWO "[BODY][DONE][READY]");
-		CHECK_INT("long line", h->res[1].code, 250);
-		CHECK_STR("long line", h->res[1].status, "2.0.0");
-		CHECK_STR("long line", smtp_client_stage_name(h->res[1].stage), "dot");
-		assert_false(h->closed);
-		smtp_client_free(&h->c);
-		free(h);
+/* A reply of lines lines of octets octets each, line end included: code,
+ * "-" on all but the last, then letters. malloc'd. */
+static char *make_reply(const char *code, unsigned lines, size_t octets, bool bare_lf)
+{
+	size_t end = bare_lf ? 1 : 2;
+	assert_true(octets >= 4 + end);
+	char *r = malloc((size_t)lines * octets + 1), *p = r;
+	assert_non_null(r);
+	for (unsigned i = 0; i < lines; i++) {
+		memcpy(p, code, 3);
+		p[3] = i + 1 < lines ? '-' : ' ';
+		for (size_t k = 4; k < octets - end; k++)
+			p[k] = (char)('a' + (i + k) % 26);
+		memcpy(p + octets - end, "\r\n" + (2 - end), end);
+		p += octets;
 	}
-	free(cont);
-	free(last);
+	*p = '\0';
+	return r;
 }
 
+#define CAP_LINE "451 4.4.2 Reply line from the next hop longer than 2048 octets"
+#define CAP_LINES "451 4.4.2 Reply from the next hop longer than 100 lines"
+#define CAP_OCTETS "451 4.4.2 Reply from the next hop longer than 16384 octets"
+
+/* The reply to msg_two's first RCPT: within the caps it is cut to the
+ * result's size, consumed whole, and the dialogue stays in step (the
+ * reply to the dot is as long); beyond them the session ends, the open
+ * recipients deferred with 4.4.2. Whole, one byte at a time and split
+ * around the limits. */
+static void test_reply_caps(void **state)
+{
+	static const struct {
+		const char *name;
+		unsigned lines;
+		size_t octets;
+		bool bare_lf;
+		const char *error;   /* NULL: within the caps */
+	} cases[] = {
+		{"one line at the limit", 1, SMTPC_REPLY_LINE_MAX, false, NULL},
+		{"one line at the limit, bare LF", 1, SMTPC_REPLY_LINE_MAX, true, NULL},
+		{"one line over", 1, SMTPC_REPLY_LINE_MAX + 1, false, CAP_LINE},
+		{"one line over, bare LF", 1, SMTPC_REPLY_LINE_MAX + 1, true, CAP_LINE},
+		{"last of three lines over", 3, SMTPC_REPLY_LINE_MAX + 1, false, CAP_LINE},
+		{"100 lines", SMTPC_REPLY_LINES_MAX, 20, false, NULL},
+		{"101 lines", SMTPC_REPLY_LINES_MAX + 1, 20, false, CAP_LINES},
+		{"101 shortest lines", SMTPC_REPLY_LINES_MAX + 1, 6, false, CAP_LINES},
+		{"16384 octets", 8, SMTPC_REPLY_OCTETS_MAX / 8, false, NULL},
+		{"16389 octets", 9, 1821, false, CAP_OCTETS},
+	};
+	static const size_t splits[] = {SPLIT_WHOLE, 1, 2047, 2048, 2049, 16384, SPLIT_BYTES};
+	for (size_t i = 0; i < N_ELEMS(cases); i++) {
+		char *rcpt = make_reply("550", cases[i].lines, cases[i].octets, cases[i].bare_lf);
+		char *dot = make_reply("250", cases[i].lines, cases[i].octets, cases[i].bare_lf);
+		for (size_t k = 0; k < N_ELEMS(splits); k++) {
+			struct h *h = malloc(sizeof(*h));
+			assert_non_null(h);
+			struct smtp_client_params p = {.helo_name = HELO_NAME};
+			h_init(h, cases[i].name, &p);
+			h_server(h, GREET);
+			h_server(h, EHLO_FULL);
+			log_clear(h);
+			h->nrcpt = 2;
+			smtp_client_start(&h->c, &msg_two, h->res);
+			h_poll(h);
+			h->split = splits[k];
+			h_server(h, "250 ok\r\n");
+			h_server(h, rcpt);
+			char name[160];
+			snprintf(name, sizeof(name), "%s (split %zu)", cases[i].name, splits[k]);
+			if (cases[i].error) {
+				CHECK_STR(name, h->log, BATCH_TWO "[DONE][CLOSE]");
+				for (unsigned r = 0; r < 2; r++)
+					check_result(h, "rcpt", &h->res[r], 451, "4.4.2", SMTPC_STAGE_RCPT,
+						     cases[i].error);
+				check_result(h, "session", &h->c.session_error, 451, "4.4.2",
+					     SMTPC_STAGE_RCPT, cases[i].error);
+			} else {
+				h_server(h, "250 2.1.5 y ok\r\n354 go\r\n");
+				CHECK_STR(name, h->log, BATCH_TWO "[BODY]");
+				CHECK_INT(name, h->res[0].code, 550);
+				CHECK_INT(name, strncmp(h->res[0].text + 4, rcpt + 4, 10), 0);
+				h_server(h, dot);
+				CHECK_STR(name, h->log, BATCH_TWO "[BODY][DONE][READY]");
+				CHECK_INT(name, h->res[1].code, 250);
+				CHECK_STR(name, smtp_client_stage_name(h->res[1].stage), "dot");
+				CHECK_INT(name, h->c.session_error.code, 0);
+				CHECK_INT(name, smtp_client_replies(&h->c), 7);
+			}
+			smtp_client_free(&h->c);
+			free(h);
+		}
+		free(rcpt);
+		free(dot);
+	}
+}
+
+/* The line cap holds without a line end: the session ends at the first
+ * octet past it, not when (if ever) the LF comes. The greeting is capped
+ * too; after QUIT, an overlong reply just closes. */
+static void test_reply_caps_elsewhere(void **state)
+{
+	char *line = malloc(SMTPC_REPLY_LINE_MAX + 100);
+	assert_non_null(line);
+	memset(line, 'a', SMTPC_REPLY_LINE_MAX + 99);
+	memcpy(line, "220-", 4);
+	line[SMTPC_REPLY_LINE_MAX + 99] = '\0';
+
+	struct h *h = malloc(sizeof(*h));
+	assert_non_null(h);
+	struct smtp_client_params p = {.helo_name = HELO_NAME};
+	h_init(h, "no line end", &p);
+	struct smtp_client_event ev;
+	size_t used = smtp_client_feed(&h->c, line, SMTPC_REPLY_LINE_MAX, &ev);
+	CHECK_INT("at the cap", used, SMTPC_REPLY_LINE_MAX);
+	CHECK_INT("at the cap", ev.type, SMTPC_EV_NEED_INPUT);
+	used = smtp_client_feed(&h->c, line + SMTPC_REPLY_LINE_MAX, 99, &ev);
+	CHECK_INT("past the cap", ev.type, SMTPC_EV_CLOSE);
+	check_result(h, "greeting", &h->c.session_error, 451, "4.4.2", SMTPC_STAGE_GREETING,
+		     CAP_LINE);
+	smtp_client_free(&h->c);
+
+	h_init(h, "after QUIT", &p);
+	h_server(h, GREET);
+	h_server(h, EHLO_FULL);
+	log_clear(h);
+	smtp_client_quit(&h->c);
+	h_poll(h);
+	char *bye = make_reply("221", 1, SMTPC_REPLY_LINE_MAX + 1, false);
+	h_server(h, bye);
+	CHECK_STR("after QUIT", h->log, "QUIT\r\n[CLOSE]");
+	CHECK_INT("after QUIT", h->c.session_error.code, 0);
+	smtp_client_free(&h->c);
+
+	/* Each reply has its own count: three of 90 lines in a row. */
+	h_init(h, "per reply", &p);
+	char *greet = make_reply("220", 90, 100, false);
+	char *ehlo = make_reply("250", 90, 100, false);
+	h_server(h, greet);
+	h_server(h, ehlo);
+	CHECK_STR("per reply", h->log, EHLO "[READY]");
+	CHECK_INT("per reply", smtp_client_replies(&h->c), 2);
+	smtp_client_free(&h->c);
+	free(greet);
+	free(ehlo);
+	free(bye);
+	free(h);
+	free(line);
+}
 
 /* ---- STARTTLS ---------------------------------------------------------------- */
 
@@ -1331,6 +1446,101 @@ static void test_starttls_fail_during_handshake(void **state)
 	free(h);
 }
 
+
+/* ---- loops (DESIGN B.6) ------------------------------------------------------------ */
+
+static const struct smtp_client_rcpt rcpt_pm[] = {
+	{"Postmaster", 0, NULL},
+	{"postmaster@else.example", 0, NULL},
+};
+
+static const struct smtp_client_msg msg_pm = {
+	.from = "", .rcpt = rcpt_pm, .nrcpt = 2,
+};
+
+static const struct dialogue loops[] = {
+	{"greeting names us, any case", .helo = "MX.Example", .steps = STEPS(
+		S(GREET), C("[CLOSE]"), LOOP(true),
+		SESS(451, "4.4.6", GREETING,
+		     "451 4.4.6 The next hop's greeting names our own hostname MX.Example"))},
+	{"EHLO reply names us", .steps = STEPS(
+		S("220 mx.example ESMTP\r\n"), C(EHLO),
+		S("250-out.example Hello [192.0.2.1]\r\n250 PIPELINING\r\n"), C("[CLOSE]"), LOOP(true),
+		SESS(451, "4.4.6", EHLO,
+		     "451 4.4.6 The next hop's EHLO reply names our own hostname out.example"))},
+	{"HELO reply names us", .steps = STEPS(
+		S(GREET), C(EHLO), S("502 5.5.2 no\r\n"), C(HELO),
+		S("250 OUT.EXAMPLE\r\n"), C("[CLOSE]"), LOOP(true),
+		SESS(451, "4.4.6", EHLO,
+		     "451 4.4.6 The next hop's HELO reply names our own hostname out.example"))},
+	{"EHLO inside TLS names us", .tls = SMTPC_TLS_WANT, .steps = STEPS(
+		S(GREET), C(EHLO), S(EHLO_TLS), C("STARTTLS\r\n"),
+		S(R220), C("[STARTTLS]"), TLS_UP, C(EHLO),
+		S("250-out.example\r\n250 SIZE 1000\r\n"), C("[CLOSE]"), LOOP(true),
+		SESS(451, "4.4.6", EHLO,
+		     "451 4.4.6 The next hop's EHLO reply names our own hostname out.example"))},
+	{"names that only look like ours", .steps = STEPS(
+		S("220 out.example.net ESMTP\r\n"), C(EHLO),
+		S("250-out.exampl\r\n250-xout.example\r\n250 PIPELINING\r\n"), C("[READY]"),
+		LOOP(false), NO_SESS)},
+	{"our name later in the greeting is no loop", .steps = STEPS(
+		S("220 mx.example ESMTP for out.example\r\n"), C(EHLO),
+		S("250-mx.example Hello out.example\r\n250 DSN\r\n"), C("[READY]"),
+		LOOP(false))},
+	{"a refusing greeting with our name is a refusal", .steps = STEPS(
+		S("554 out.example no service\r\n"), C("[CLOSE]"), LOOP(false),
+		SESS(554, "5.0.0", GREETING, "554 out.example no service"))},
+	{"multi-line greeting: the first line names it", .steps = STEPS(
+		S("220-out.example ESMTP\r\n220 mx.example\r\n"), C("[CLOSE]"), LOOP(true))},
+	{"<Postmaster> goes out qualified with our name", .steps = STEPS(
+		SESSION(EHLO_NOPIPE), START(&msg_pm), C("MAIL FROM:<> SIZE=0\r\n"),
+		S("250 ok\r\n"), C("RCPT TO:<Postmaster@out.example>\r\n"),
+		S("250 ok\r\n"), C("RCPT TO:<postmaster@else.example>\r\n"))},
+};
+
+static void test_loops(void **state)
+{
+	run_dialogues(loops, N_ELEMS(loops));
+}
+
+/* ---- deadlines from the parameters --------------------------------------------------- */
+
+/* msg_two (100 octets) and msg_big (10240001) at 1000 octets a second. */
+static const struct dialogue deadlines[] = {
+	{"the parameters' timeouts", .manual = true, .command_ms = 3000, .data_ms = 20000,
+	 .rate = 1000, .steps = STEPS(
+		TMO(3000), STAGE(GREETING), REPLIES(0),
+		S("220-mx.example\r\n"), REPLIES(0), S("220 ESMTP\r\n"), REPLIES(1),
+		C(EHLO), SENT, TMO(3000), STAGE(EHLO),
+		S("250-mx.example\r\n"), S("250-PIPELINING\r\n250-DSN\r\n"), REPLIES(1),
+		S("250 8BITMIME\r\n"), C("[READY]"), REPLIES(2), TMO(0),
+		START(&msg_two), C("MAIL FROM:<> BODY=7BIT RET=FULL\r\n" RCPT_X RCPT_Y "DATA\r\n"),
+		SENT, TMO(3000), STAGE(MAIL),
+		S("250 ok\r\n"), STAGE(RCPT), REPLIES(3), S("250 ok\r\n250 ok\r\n"), STAGE(DATA),
+		TMO(3000), S("354 go\r\n"), C("[BODY]"), TMO(20100), STAGE(DOT), SENT, TMO(20100),
+		S("250 ok\r\n"), C("[DONE][READY]"), TMO(0), REPLIES(7),
+		START(&msg_big), C("MAIL FROM:<a@example.org>\r\nRCPT TO:<x@example.net>\r\n"
+				   "RCPT TO:<y@example.net> NOTIFY=DELAY\r\nDATA\r\n"),
+		SENT, S("250 ok\r\n250 ok\r\n250 ok\r\n354 go\r\n"), C("[BODY]"),
+		TMO(20000 + 10240001), SENT,
+		S("250 ok\r\n"), C("[DONE][READY]"),
+		QUIT, C("QUIT\r\n"), TMO(3000))},
+	{"no rate: data_timeout alone", .data_ms = 5000, .steps = STEPS(
+		SESSION(EHLO_FULL), START(&msg_big),
+		C("[DONE][READY]"),
+		START(&msg_two), C(BATCH_TWO),
+		S("250 ok\r\n250 ok\r\n250 ok\r\n354 go\r\n"), C("[BODY]"), TMO(5000))},
+	{"all recipients refused, the dot alone: data_timeout", .command_ms = 1000,
+	 .data_ms = 7000, .rate = 1, .steps = STEPS(
+		SESSION(EHLO_FULL), START(&msg_two), C(BATCH_TWO), TMO(1000),
+		S("250 2.1.0 Ok\r\n550 5.1.1 no x\r\n550 5.1.1 no y\r\n354 go ahead\r\n"),
+		C("[DONE].\r\n"), TMO(7000))},
+};
+
+static void test_deadline_params(void **state)
+{
+	run_dialogues(deadlines, N_ELEMS(deadlines));
+}
 
 /* ---- AUTH ------------------------------------------------------------------------ */
 
@@ -1681,7 +1891,10 @@ int main(void)
 		cmocka_unit_test(test_endings),
 		cmocka_unit_test(test_ehlo_keywords),
 		cmocka_unit_test(test_reply_results),
-		cmocka_unit_test(test_long_lines),
+		cmocka_unit_test(test_reply_caps),
+		cmocka_unit_test(test_reply_caps_elsewhere),
+		cmocka_unit_test(test_loops),
+		cmocka_unit_test(test_deadline_params),
 		cmocka_unit_test(test_starttls),
 		cmocka_unit_test(test_starttls_fail_during_handshake),
 		cmocka_unit_test(test_auth),

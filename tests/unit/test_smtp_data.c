@@ -1,6 +1,7 @@
 /* Unit tests for the DATA scanner (proto/smtp_data.c): end of data, wire form
  * kept, the end marker split across calls at every offset, SMTP smuggling
- * sequences, line, size and header limits and Received: hop counting. */
+ * sequences (bare CR/LF, NUL), line, size and header limits, Received: hop
+ * counting, and the same rules for octets without an end marker (BDAT). */
 #include <stdarg.h>
 #include <stddef.h>
 #include <stdint.h>
@@ -120,6 +121,7 @@ static void check_same(const char *name, const struct outcome *a,
 /* ---- table: whole-buffer results -------------------------------------- */
 
 #define BARE SMTP_DATA_BARE_CR_LF
+#define NUL SMTP_DATA_NUL
 
 /* A string literal and its length, NULs included. */
 #define S(x) x, sizeof(x) - 1
@@ -181,8 +183,30 @@ static const struct data_case {
 	{"bare LF in text", S("a\nb\r\n.\r\n"), true, S("a\nb\r\n"), "", 0, BARE},
 	{"bare CR in text", S("a\rb\r\n.\r\n"), true, S("a\rb\r\n"), "", 0, BARE},
 	{"CR CR LF", S("a\r\r\n.\r\n"), true, S("a\r\r\n"), "", 0, BARE},
-	{"8bit and NUL pass", S("\xc3\xa9\x00z\r\n.\r\n"), true, S("\xc3\xa9\x00z\r\n"),
+	{"8bit passes", S("\xc3\xa9z\xff\x80\r\n.\r\n"), true, S("\xc3\xa9z\xff\x80\r\n"),
 	 "", 0, 0},
+	/* NUL (RFC 6152: only BINARYMIME may carry it): flagged wherever it
+	 * is, and never part of an end marker */
+	{"NUL first byte of data", S("\x00hello\r\n.\r\n"), true, S("\x00hello\r\n"), "", 0,
+	 NUL},
+	{"NUL first byte of the body", S("Subject: x\r\n\r\n\x00" "body\r\n.\r\n"), true,
+	 S("Subject: x\r\n\r\n\x00" "body\r\n"), "", 0, NUL},
+	{"NUL in a header", S("Subject: a\x00" "b\r\n\r\nx\r\n.\r\n"), true,
+	 S("Subject: a\x00" "b\r\n\r\nx\r\n"), "", 0, NUL},
+	{"NUL right before CRLF.CRLF", S("x\x00\r\n.\r\n"), true, S("x\x00\r\n"), "", 0, NUL},
+	{"NUL CRLF.CRLF", S("\x00\r\n.\r\n"), true, S("\x00\r\n"), "", 0, NUL},
+	{"CRLF NUL.CRLF is not the end", S("a\r\n\x00.\r\nb\r\n.\r\n"), true,
+	 S("a\r\n\x00.\r\nb\r\n"), "", 0, NUL},
+	{"CRLF NUL.CRLF alone", S("a\r\n\x00.\r\n"), false, S("a\r\n\x00.\r\n"), "", 0, NUL},
+	{"NUL.CRLF at start", S("\x00.\r\nMAIL FROM:<e@x.example>\r\n.\r\nQUIT\r\n"), true,
+	 S("\x00.\r\nMAIL FROM:<e@x.example>\r\n"), "QUIT\r\n", 0, NUL},
+	{"CRLF.NUL CRLF is not the end", S("a\r\n.\x00\r\n.\r\n"), true,
+	 S("a\r\n.\x00\r\n"), "", 0, NUL},
+	{"CRLF.CR NUL", S("a\r\n.\r\x00\r\n.\r\n"), true, S("a\r\n.\r\x00\r\n"), "", 0,
+	 NUL | BARE},
+	{"CR NUL LF", S("a\r\x00\n.\r\n"), false, S("a\r\x00\n.\r\n"), "", 0, NUL | BARE},
+	{"dot-stuffed NUL", S("..\x00\r\n.\r\n"), true, S("..\x00\r\n"), "", 0, NUL},
+	{"only NULs", S("\x00\x00\x00"), false, S("\x00\x00\x00"), "", 0, NUL},
 };
 
 static void test_data_table(void **state)
@@ -525,13 +549,15 @@ static void test_data_max_hops(void **state)
 static void test_data_errors_combine(void **state)
 {
 	char *msg = line_of(1200, 'x', "Received: a\r\nReceived: b\r\n", "\n\r\n.\r\n");
+	size_t len = strlen(msg);
+	msg[30] = '\0'; /* a NUL inside the long line */
 	struct smtp_data_limits lim = {.max_size = 100, .max_header_size = 50,
 				       .max_hops = 1};
-	struct outcome o = scan_whole(msg, strlen(msg), &lim);
+	struct outcome o = scan_whole(msg, len, &lim);
 	CHECK_INT("combined", o.end, true);
 	CHECK_INT("combined", o.errors,
 		  SMTP_DATA_BARE_CR_LF | SMTP_DATA_LINE_TOO_LONG | SMTP_DATA_TOO_BIG |
-			  SMTP_DATA_HEADER_TOO_BIG | SMTP_DATA_TOO_MANY_HOPS);
+			  SMTP_DATA_HEADER_TOO_BIG | SMTP_DATA_TOO_MANY_HOPS | SMTP_DATA_NUL);
 	outcome_free(&o);
 	free(msg);
 }
@@ -555,6 +581,104 @@ static void test_data_init_resets(void **state)
 	assert_int_equal(body, 0);
 }
 
+/* ---- octets without an end marker (BDAT chunks) --------------------- */
+
+static const struct octets_case {
+	const char *name;
+	const char *in;
+	size_t in_len;
+	unsigned errors;
+	unsigned hops;
+	uint64_t header_size;
+} octets_cases[] = {
+	{"nothing", S(""), 0, 0, 0},
+	{"header and body", S("Subject: x\r\n\r\nbody\r\n"), 0, 0, 14},
+	{"a lone dot is content", S("a\r\n.\r\nb\r\n"), 0, 0, 9},
+	{"no CRLF at the end yet", S("a\r\nb"), 0, 0, 4},
+	{"CR at the end waits for its LF", S("a\r"), 0, 0, 2},
+	{"8bit passes", S("\xc3\xa9\xff\r\n"), 0, 0, 5},
+	{"NUL first", S("\x00" "a\r\n"), NUL, 0, 4},
+	{"NUL in a header", S("Subject: a\x00" "b\r\n\r\nx\r\n"), NUL, 0, 16},
+	{"NUL in the body", S("S: x\r\n\r\nab\x00\r\n"), NUL, 0, 8},
+	{"CRLF NUL.CRLF", S("a\r\n\x00.\r\n"), NUL, 0, 7},
+	{"NUL CRLF", S("\x00\r\n"), NUL, 0, 3},
+	{"bare LF", S("a\nb\r\n"), BARE, 0, 5},
+	{"bare CR", S("a\rb\r\n"), BARE, 0, 5},
+	{"CR CR LF", S("a\r\r\n"), BARE, 0, 4},
+	{"LF.LF", S("a\n.\n"), BARE, 0, 4},
+	{"CR NUL LF", S("a\r\x00\n"), BARE | NUL, 0, 4},
+	{"hops counted in the header only",
+	 S("Received: a\r\nreceived: b\r\n\r\nReceived: c\r\n"), 0, 2, 28},
+};
+
+static void octets_check(const char *name, const struct octets_case *c,
+			 const struct smtp_data_scan *s)
+{
+	CHECK_INT(name, s->errors, c->errors);
+	CHECK_INT(name, s->size, c->in_len);
+	CHECK_INT(name, s->hops, c->hops);
+	CHECK_INT(name, s->header_size, c->header_size);
+}
+
+static void test_octets_table(void **state)
+{
+	for (size_t i = 0; i < N_ELEMS(octets_cases); i++) {
+		const struct octets_case *c = &octets_cases[i];
+		struct smtp_data_scan s;
+		smtp_data_scan_init(&s, &no_limits);
+		smtp_data_scan_octets(&s, c->in, c->in_len);
+		octets_check(c->name, c, &s);
+		/* cut once at every offset */
+		for (size_t k = 0; k <= c->in_len; k++) {
+			char name[160];
+			snprintf(name, sizeof(name), "%s, cut at %zu", c->name, k);
+			smtp_data_scan_init(&s, &no_limits);
+			smtp_data_scan_octets(&s, c->in, k);
+			smtp_data_scan_octets(&s, c->in + k, c->in_len - k);
+			octets_check(name, c, &s);
+		}
+		/* byte by byte */
+		smtp_data_scan_init(&s, &no_limits);
+		for (size_t k = 0; k < c->in_len; k++)
+			smtp_data_scan_octets(&s, c->in + k, 1);
+		octets_check(c->name, c, &s);
+	}
+}
+
+static void test_octets_limits(void **state)
+{
+	static const struct {
+		const char *name;
+		size_t line;            /* octets before CR LF */
+		struct smtp_data_limits lim;
+		unsigned want;
+	} cases[] = {
+		{"line of 1000 octets", 998, {0, 0, 0}, 0},
+		{"line of 1001 octets", 999, {0, 0, 0}, SMTP_DATA_LINE_TOO_LONG},
+		{"size at the limit", 98, {100, 0, 0}, 0},
+		{"size over the limit", 99, {100, 0, 0}, SMTP_DATA_TOO_BIG},
+		{"header at the limit", 98, {0, 100, 0}, 0},
+		{"header over the limit", 99, {0, 100, 0}, SMTP_DATA_HEADER_TOO_BIG},
+	};
+	for (size_t i = 0; i < N_ELEMS(cases); i++) {
+		char *msg = line_of(cases[i].line, 'x', "", "\r\n");
+		struct smtp_data_scan s;
+		smtp_data_scan_init(&s, &cases[i].lim);
+		smtp_data_scan_octets(&s, msg, strlen(msg));
+		CHECK_INT(cases[i].name, s.errors, cases[i].want);
+		free(msg);
+	}
+	/* Hops past the limit, counted across calls. */
+	struct smtp_data_limits lim = {.max_hops = 1};
+	struct smtp_data_scan s;
+	smtp_data_scan_init(&s, &lim);
+	smtp_data_scan_octets(&s, S("Received: a\r\n"));
+	CHECK_INT("one hop", s.errors, 0);
+	smtp_data_scan_octets(&s, S("Recei"));
+	smtp_data_scan_octets(&s, S("ved: b\r\n"));
+	CHECK_INT("two hops", s.errors, SMTP_DATA_TOO_MANY_HOPS);
+}
+
 int main(void)
 {
 	const struct CMUnitTest tests[] = {
@@ -569,6 +693,8 @@ int main(void)
 		cmocka_unit_test(test_data_max_hops),
 		cmocka_unit_test(test_data_errors_combine),
 		cmocka_unit_test(test_data_init_resets),
+		cmocka_unit_test(test_octets_table),
+		cmocka_unit_test(test_octets_limits),
 	};
 	return cmocka_run_group_tests(tests, NULL, NULL);
 }

@@ -94,6 +94,11 @@ struct h {
 	/* rcpt_policy bookkeeping */
 	unsigned policy_calls;
 	char policy_last[300];
+	/* reject hook bookkeeping (hook_reject) */
+	unsigned reject_hooks;
+	enum smtp_reject reject_why;
+	char reject_reply[SMTP_REPLY_LINE_MAX];
+	bool reject_rcpt;
 };
 
 static void h_send(struct h *h)
@@ -943,6 +948,201 @@ static void test_data_line_too_long(void **state)
 	h_free(h);
 }
 
+static void hook_reject(void *ctx, enum smtp_reject why, const char *reply, const char *rcpt)
+{
+	struct h *h = ctx;
+	h->reject_hooks++;
+	h->reject_why = why;
+	snprintf(h->reject_reply, sizeof(h->reject_reply), "%s", reply);
+	h->reject_rcpt = rcpt != NULL;
+}
+
+#define R_NUL_LINE "550 5.6.0 NUL character not allowed in message content\r\n"
+#define TXN "MAIL FROM:<a@b.example>\r\nRCPT TO:<x@corp.example>\r\nDATA\r\n"
+#define TXN_REPLIES                                                         \
+	"250 2.1.0 Sender OK\r\n250 2.1.5 Recipient OK\r\n"                  \
+	"354 Start mail input; end with <CRLF>.<CRLF>\r\n"
+#define CLEAN "Subject: clean\r\n\r\nhello\r\n"
+
+/* An S()-like literal with its length, NULs included. */
+#define LIT(x) {x, sizeof(x) - 1}
+
+static const struct {
+	const char *name;
+	struct {
+		const char *p;
+		size_t n;
+	} body; /* the message up to and including the real CRLF.CRLF */
+} nul_cases[] = {
+	{"first byte of the data", LIT("\x00Subject: x\r\n\r\nhi\r\n.\r\n")},
+	{"first byte of the body", LIT("Subject: x\r\n\r\n\x00" "body\r\n.\r\n")},
+	{"in a header", LIT("Subject: a\x00" "b\r\n\r\nhi\r\n.\r\n")},
+	{"right before CRLF.CRLF", LIT("Subject: x\r\n\r\nhi\x00\r\n.\r\n")},
+	{"CRLF NUL . CRLF smuggling",
+	 LIT("Subject: x\r\n\r\nhi\r\n\x00.\r\nMAIL FROM:<evil@x.example>\r\n"
+	     "RCPT TO:<victim@corp.example>\r\nDATA\r\nforged\r\n.\r\n")},
+	{"NUL CRLF . CRLF", LIT("\x00\r\n.\r\n")},
+	{"dot NUL at a line start", LIT("hi\r\n.\x00\r\n.\r\n")},
+};
+
+/* After the refusal the session is where it was before MAIL, and a clean
+ * message goes through. */
+static void nul_check_refused(struct h *h, const char *name)
+{
+	if (strcmp(h->log.p ? h->log.p : "", R_NUL_LINE) != 0)
+		fail_msg("%s: replies %s", name, h->log.p ? h->log.p : "(none)");
+	buf_clear(&h->log);
+	CHECK_INT(name, h->rejects, 1);
+	CHECK_INT(name, h->ends, 0);
+	CHECK_INT(name, h->reject_hooks, 1);
+	CHECK_INT(name, h->reject_why, SMTP_REJECT_NUL);
+	CHECK_STR(name, h->reject_reply, "550 5.6.0 NUL character not allowed in message content");
+	CHECK_INT(name, h->reject_rcpt, false);
+	CHECK_INT(name, h->s.state, SMTP_S_READY);
+	CHECK_INT(name, h->s.env.nrcpt, 0);
+	CHECK_INT(name, h->s.rejects, 1);
+	h_feed(h, TXN CLEAN ".\r\n");
+	char want[256];
+	snprintf(want, sizeof(want), TXN_REPLIES "250 2.6.0 <MSG%u> Queued mail for delivery\r\n",
+		 h->msgno);
+	if (strcmp(h->log.p ? h->log.p : "", want) != 0)
+		fail_msg("%s: after the refusal: %s", name, h->log.p ? h->log.p : "(none)");
+	buf_clear(&h->log);
+	CHECK_INT(name, h->ends, 1);
+	CHECK_INT(name, h->stored.len, strlen(CLEAN));
+	if (memcmp(h->stored.p, CLEAN, strlen(CLEAN)) != 0)
+		fail_msg("%s: stored %s", name, h->stored.p);
+}
+
+static struct h *nul_session(void)
+{
+	struct h *h = h_ehlo();
+	h->s.hooks.reject = hook_reject;
+	h->s.hooks.ctx = h;
+	h_feed(h, TXN);
+	EXPECT(h, TXN_REPLIES);
+	return h;
+}
+
+static void test_data_nul_rejected(void **state)
+{
+	for (size_t i = 0; i < N_ELEMS(nul_cases); i++) {
+		const char *body = nul_cases[i].body.p;
+		size_t n = nul_cases[i].body.n;
+		char name[160];
+		/* split across two feeds at every byte */
+		for (size_t cut = 0; cut <= n; cut++) {
+			snprintf(name, sizeof(name), "%s, cut at %zu", nul_cases[i].name, cut);
+			struct h *h = nul_session();
+			h_feed_n(h, body, cut);
+			h_feed_n(h, body + cut, n - cut);
+			nul_check_refused(h, name);
+			h_free(h);
+		}
+		/* byte by byte */
+		snprintf(name, sizeof(name), "%s, byte by byte", nul_cases[i].name);
+		struct h *h = nul_session();
+		h_feed_chunked(h, body, n, 1);
+		nul_check_refused(h, name);
+		h_free(h);
+		/* pipelined with what follows: replies in order, nothing of the
+		 * refused message runs as a command */
+		snprintf(name, sizeof(name), "%s, pipelined", nul_cases[i].name);
+		h = nul_session();
+		char in[512];
+		assert_true(n + 16 < sizeof(in));
+		memcpy(in, body, n);
+		memcpy(in + n, "NOOP\r\n", 6);
+		h_feed_n(h, in, n + 6);
+		if (strcmp(h->log.p, R_NUL_LINE "250 2.0.0 OK\r\n") != 0)
+			fail_msg("%s: replies %s", name, h->log.p);
+		CHECK_INT(name, h->begins, 1);
+		CHECK_INT(name, h->ends, 0);
+		h_free(h);
+	}
+}
+
+static void test_data_nul_with_other_errors(void **state)
+{
+	/* message: prefix, pad times 'x', then CRLF.CRLF */
+	static const struct {
+		const char *name;
+		struct {
+			const char *p;
+			size_t n;
+		} prefix;
+		size_t pad;
+		uint64_t max_size;
+		const char *want;
+		enum smtp_reject why;
+	} cases[] = {
+		{"bare LF wins over NUL", LIT("a\x00\nb"), 0, 0,
+		 "550 5.6.11 Bare line feed or carriage return not allowed\r\n", SMTP_REJECT_BARE_LF},
+		{"NUL wins over size", LIT("0123456789\x00"), 0, 5, R_NUL_LINE, SMTP_REJECT_NUL},
+		{"NUL wins over line length", LIT("\x00"), 1100, 0, R_NUL_LINE, SMTP_REJECT_NUL},
+	};
+	for (size_t i = 0; i < N_ELEMS(cases); i++) {
+		struct smtp_server_params p;
+		h_params_default(&p);
+		p.max_message_size = cases[i].max_size;
+		struct h *h = h_new_with(&p, OUT_MAX);
+		h->s.hooks.reject = hook_reject;
+		h->s.hooks.ctx = h;
+		h_feed(h, "EHLO c.example\r\n" TXN);
+		buf_clear(&h->log);
+		size_t n = cases[i].prefix.n;
+		char *msg = malloc(n + cases[i].pad + 5);
+		assert_non_null(msg);
+		memcpy(msg, cases[i].prefix.p, n);
+		memset(msg + n, 'x', cases[i].pad);
+		memcpy(msg + n + cases[i].pad, "\r\n.\r\n", 5);
+		h_feed_n(h, msg, n + cases[i].pad + 5);
+		CHECK_STR(cases[i].name, h->log.p, cases[i].want);
+		CHECK_INT(cases[i].name, h->reject_hooks, 1);
+		CHECK_INT(cases[i].name, h->reject_why, cases[i].why);
+		CHECK_INT(cases[i].name, h->ends, 0);
+		free(msg);
+		h_free(h);
+	}
+}
+
+static void test_reject_names(void **state)
+{
+	static const struct {
+		enum smtp_reject r;
+		const char *want;
+	} cases[] = {
+		{SMTP_REJECT_RELAY, "relay"},
+		{SMTP_REJECT_NO_ROUTE, "no_route"},
+		{SMTP_REJECT_NOT_AUTHENTICATED, "not_authenticated"},
+		{SMTP_REJECT_RECIPIENTS, "too_many_recipients"},
+		{SMTP_REJECT_SIZE, "size"},
+		{SMTP_REJECT_HEADER_SIZE, "header_size"},
+		{SMTP_REJECT_HOP_COUNT, "hop_count"},
+		{SMTP_REJECT_BARE_LF, "bare_lf"},
+		{SMTP_REJECT_NUL, "nul"},
+		{SMTP_REJECT_LINE_LENGTH, "line_length"},
+		{SMTP_REJECT_STORAGE, "storage"},
+		{SMTP_REJECT_PROTOCOL, "protocol"},
+		{SMTP_REJECT_TOO_MANY_ERRORS, "too_many_errors"},
+		{SMTP_REJECT_TLS_REQUIRED, "tls_required"},
+		{SMTP_REJECT_CLIENT_CERT, "client_certificate"},
+		{SMTP_REJECT_AUTH_TLS, "auth_without_tls"},
+		{SMTP_REJECT_COUNT, "unknown"},
+		{(enum smtp_reject)-1, "unknown"},
+	};
+	for (size_t i = 0; i < N_ELEMS(cases); i++)
+		CHECK_STR(cases[i].want, smtp_reject_name(cases[i].r), cases[i].want);
+	/* Every reason has a name, and no two share one (metric labels). */
+	for (int a = 0; a < SMTP_REJECT_COUNT; a++) {
+		const char *na = smtp_reject_name((enum smtp_reject)a);
+		assert_non_null(na);
+		assert_string_not_equal(na, "unknown");
+		for (int b = a + 1; b < SMTP_REJECT_COUNT; b++)
+			assert_string_not_equal(na, smtp_reject_name((enum smtp_reject)b));
+	}
+}
+
 static void test_smuggled_commands_not_executed(void **state)
 {
 	/* After a smuggling attempt, everything up to the real CRLF.CRLF is
@@ -1675,6 +1875,9 @@ int main(void)
 		cmocka_unit_test(test_data_rejections),
 		cmocka_unit_test(test_data_line_too_long),
 		cmocka_unit_test(test_smuggled_commands_not_executed),
+		cmocka_unit_test(test_data_nul_rejected),
+		cmocka_unit_test(test_data_nul_with_other_errors),
+		cmocka_unit_test(test_reject_names),
 		cmocka_unit_test(test_pipelined_batch),
 		cmocka_unit_test(test_pipelined_everything),
 		cmocka_unit_test(test_many_pipelined_commands),
