@@ -36,18 +36,16 @@ test: test-release test-asan
 bench: build
 	bash bench/smtp-source-baseline.sh
 
-# libFuzzer targets for every proto/ parser (opt-in: not part of `make test`).
+# libFuzzer, long runs: every tests/fuzz/fuzz_<name>.c (or FUZZ_TARGETS, e.g.
+# "smtp_cmd config") for FUZZ_SECONDS each, one per CPU at a time, built with
+# clang under ASan/UBSan in $(BUILD)/fuzz. The working corpus starts from the
+# seeds in tests/fuzz/corpus/<name>/ and grows in $(BUILD)/fuzz/corpus/<name>/
+# from run to run; the committed seeds never change. `make test` runs the same
+# script for 10 s a target (ctest fuzz_bounded, in the ASan build).
 FUZZ_SECONDS ?= 60
+FUZZ_TARGETS ?=
 fuzz: deps
-	@command -v clang >/dev/null || apt-get install -y -qq clang
-	@mkdir -p $(BUILD)/fuzz
-	@for t in tests/fuzz/fuzz_*.c; do \
-	  n=$$(basename $$t .c); \
-	  clang -g -O1 -fsanitize=fuzzer,address,undefined -fno-sanitize-recover=all \
-	    -D_GNU_SOURCE -Iproto -Iengine $$t proto/*.c engine/envelope.c -o $(BUILD)/fuzz/$$n || exit 1; \
-	  echo "== $$n ($(FUZZ_SECONDS)s)"; \
-	  $(BUILD)/fuzz/$$n -max_total_time=$(FUZZ_SECONDS) -print_final_stats=1 2>&1 | tail -3 || exit 1; \
-	done
+	@bash tests/fuzz/run-fuzzers.sh -k -t $(FUZZ_SECONDS) $(BUILD)/fuzz $(FUZZ_TARGETS)
 
 clean:
 	rm -rf $(BUILD) $(ASAN_BUILD)

@@ -7,7 +7,13 @@
  * the non-blocking socket) after the first EHLO and says EHLO again;
  * --resume offers the last session (ticket) seen from the same source
  * address on each new connection. Built without BoringSSL (the plain gcc
- * fallback of bench/compare), --starttls is refused. */
+ * fallback of bench/compare), --starttls is refused.
+ * With --proxy v1|v2 every connection begins with a PROXY protocol header
+ * (what a load balancer such as HAProxy puts in front, DESIGN B.10) naming
+ * the connection's own source address and the server as destination, so the
+ * header's cost can be measured against one node directly. It is written by
+ * proto/proxy.c (CMake links postern_proto); the plain gcc build has no
+ * --proxy. */
 #include <arpa/inet.h>
 #include <errno.h>
 #include <fcntl.h>
@@ -44,6 +50,17 @@
 #ifndef HAVE_TLS
 #define HAVE_TLS 0
 typedef struct ssl_st SSL;
+#endif
+
+/* proto/proxy.h: CMake puts proto/ on the include path of postern-bench. */
+#if defined(__has_include)
+#if __has_include("proxy.h")
+#define HAVE_PROXY 1
+#include "proxy.h"
+#endif
+#endif
+#ifndef HAVE_PROXY
+#define HAVE_PROXY 0
 #endif
 
 #define MAX_SIZES 16
@@ -116,6 +133,7 @@ static struct {
 	const char *from, *to;
 	const char *helo;
 	bool starttls, resume;
+	int proxy;          /* 0: no PROXY header; 1 or 2: that version first */
 	int tls_version;    /* 0: 1.2 or 1.3 negotiated; 12 or 13: only that */
 	const char *tls_groups, *sni;
 } opt;
@@ -146,6 +164,7 @@ static struct {
 #endif
 	long long hs_full, hs_resumed, tls_errors, starttls_refused, starttls_missing;
 	long long sessions_offered;
+	long long proxy_headers, proxy_bytes;  /* --proxy: headers sent, their bytes */
 	uint32_t *hs_lat;   /* handshake durations, 100 ns units */
 	size_t nhs_lat, hs_lat_cap;
 	char tls_version[32], tls_cipher[64], tls_group[32], tls_sigalg[48];
@@ -580,6 +599,7 @@ static void conn_close(struct conn *c)
 }
 
 static void conn_open(struct conn *c);
+static bool proxy_header(struct conn *c);
 
 /* After a close: reconnect for the next message, wait, or retire. */
 static void slot_after_close(struct conn *c, double t)
@@ -1002,6 +1022,8 @@ static void on_event(struct conn *c, uint32_t ev)
 		c->writable = false;   /* EPOLLOUT still armed: the flush below drops it */
 		expect_push(c, E_GREET, 0);
 		conn_want_write(c, false);
+		if (opt.proxy && !proxy_header(c))
+			return;
 	}
 	if (c->st != S_OPEN)
 		return;
@@ -1017,6 +1039,38 @@ static void on_event(struct conn *c, uint32_t ev)
 	}
 	if (ev & (EPOLLIN | EPOLLERR | EPOLLHUP))
 		conn_read(c);
+}
+
+/* ---- PROXY protocol (--proxy) ------------------------------------------ */
+
+/* The first bytes of the connection, before the server says anything: our
+ * own address as the client's, the server's as the destination. Returns
+ * false when c failed. */
+static bool proxy_header(struct conn *c)
+{
+#if HAVE_PROXY
+	struct sockaddr_storage src;
+	socklen_t sl = sizeof src;
+	if (getsockname(c->fd, (struct sockaddr *)&src, &sl) < 0) {
+		conn_fail(c, strerror(errno));
+		return false;
+	}
+	char hdr[PROXY_V1_MAX + 64];
+	size_t n = opt.proxy == 1
+		? proxy_write_v1(hdr, sizeof hdr, (struct sockaddr *)&src,
+				 (const struct sockaddr *)&opt.server)
+		: proxy_write_v2(hdr, sizeof hdr, (struct sockaddr *)&src,
+				 (const struct sockaddr *)&opt.server, NULL, 0);
+	if (!n)
+		die("internal: cannot write a PROXY v%d header", opt.proxy);
+	g.proxy_headers++;
+	g.proxy_bytes += (long long)n;
+	out_append(c, hdr, n);
+	return conn_flush(c);
+#else
+	conn_fail(c, "no PROXY protocol in this build");
+	return false;
+#endif
 }
 
 /* ---- pacing and the loop ---------------------------------------------- */
@@ -1294,6 +1348,8 @@ static void usage(void)
 "  --tls-version 1.2|1.3  only this version (default: 1.2 or 1.3, as negotiated)\n"
 "  --tls-groups LIST      key exchange groups, e.g. X25519 or P-256 (BoringSSL names)\n"
 "  --sni NAME             server name to send (default: none)\n"
+"  --proxy v1|v2          begin every connection with a PROXY protocol header\n"
+"                         naming its own source address (as a load balancer does)\n"
 "  --json                 print one JSON object on stdout\n");
 	exit(2);
 }
@@ -1309,7 +1365,7 @@ static void parse_args(int argc, char **argv)
 		{"ready-file", 1, 0, 'F'}, {"helo", 1, 0, 'H'}, {"help", 0, 0, 'h'},
 		{"busy-poll", 0, 0, 'B'}, {"starttls", 0, 0, 'T'}, {"resume", 0, 0, 'E'},
 		{"tls-version", 1, 0, 'V'}, {"tls-groups", 1, 0, 'G'}, {"sni", 1, 0, 'N'},
-		{0, 0, 0, 0}};
+		{"proxy", 1, 0, 'P'}, {0, 0, 0, 0}};
 	opt.connections = 100;
 	opt.messages = 10000;
 	opt.duration = 60;
@@ -1353,6 +1409,14 @@ static void parse_args(int argc, char **argv)
 			break;
 		case 'G': opt.tls_groups = optarg; break;
 		case 'N': opt.sni = optarg; break;
+		case 'P':
+			if (!strcmp(optarg, "v1") || !strcmp(optarg, "1"))
+				opt.proxy = 1;
+			else if (!strcmp(optarg, "v2") || !strcmp(optarg, "2"))
+				opt.proxy = 2;
+			else
+				die("--proxy: v1 or v2");
+			break;
 		default: usage();
 		}
 	}
@@ -1379,6 +1443,8 @@ static void parse_args(int argc, char **argv)
 		die("--tls-version, --tls-groups and --sni need --starttls");
 	if (opt.starttls && !HAVE_TLS)
 		die("--starttls: built without BoringSSL (build with CMake: target postern-bench)");
+	if (opt.proxy && !HAVE_PROXY)
+		die("--proxy: built without proto/proxy.c (build with CMake: target postern-bench)");
 }
 
 /* ---- report ------------------------------------------------------------ */
@@ -1427,6 +1493,9 @@ static void report(void)
 	for (int code = 0; code < 600; code++)
 		if (g.codes[code])
 			fprintf(stderr, "  reply %d: %lld\n", code, g.codes[code]);
+	if (opt.proxy)
+		fprintf(stderr, "  proxy: %lld PROXY v%d headers sent, %lld bytes\n", g.proxy_headers,
+			opt.proxy, g.proxy_bytes);
 	if (have_steady)
 		fprintf(stderr, "  steady: all %d sessions up after %.3f s; from then %lld ok, %.1f messages/s\n",
 			opt.connections, ramp, g.ok - g.ok_ready, steady_rate);
@@ -1482,6 +1551,9 @@ static void report(void)
 		       g.starttls_refused, g.tls_version, g.tls_cipher, g.tls_group, g.tls_sigalg,
 		       lpct(g.hs_lat, g.nhs_lat, 50), lpct(g.hs_lat, g.nhs_lat, 90),
 		       lpct(g.hs_lat, g.nhs_lat, 99), g.nhs_lat ? g.hs_lat[g.nhs_lat - 1] / 1e4 : 0);
+	if (opt.proxy)
+		printf(",\"proxy\":{\"version\":%d,\"headers\":%lld,\"bytes\":%lld}", opt.proxy,
+		       g.proxy_headers, g.proxy_bytes);
 	if (have_steady)
 		printf(",\"steady\":{\"ramp_s\":%.4f,\"ok\":%lld,\"msgs_per_s\":%.1f}",
 		       ramp, g.ok - g.ok_ready, steady_rate);

@@ -7,6 +7,9 @@ PKGS=(
   build-essential cmake pkg-config
   liburing-dev libjemalloc-dev android-libboringssl-dev libhyperscan-dev
   libconfig-dev libc-ares-dev libcmocka-dev
+  # libFuzzer and the ASan/UBSan runtimes live in libclang-rt-14-dev, which
+  # clang only recommends (and recommends are not installed here).
+  clang libclang-rt-dev
   python3 python3-pytest python3-seccomp swaks libnet-ssleay-perl libio-socket-ssl-perl
   postfix socat dnsmasq-base openssl haproxy python3-yaml systemd
 )
