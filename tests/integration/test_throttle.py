@@ -185,7 +185,7 @@ def test_send_connector_message_rate_observed_at_the_sink(postern, tmp_path):
     with Sink(sink_port) as sink:
         sock = str(tmp_path / "stats.sock")
         p = postern(SEND_RATE % sink_port, server_extra='  stats_socket = "%s";\n' % sock)
-        s = smtplib.SMTP("127.0.0.1", p.port, source_address=("127.0.0.10", 0), timeout=10)
+        s = smtplib.SMTP("127.0.0.1", p.port, source_address=("127.0.0.10", 0), timeout=30 * SLOW)
         for i in range(130):
             s.sendmail("app@app.example", ["x%d@dest.example" % i],
                        "Subject: %d\r\n\r\nrate\r\n" % i)
