@@ -64,7 +64,7 @@ typedef struct ssl_st SSL;
 #endif
 
 #define MAX_SIZES 16
-#define MAX_SOURCES 256
+#define MAX_SOURCES 1024
 #define IN_CAP 4096
 #define EXPECT_CAP 512
 #define GRACE_S 5.0
@@ -129,6 +129,8 @@ static struct {
 	bool pipelining, reuse, json, busy_poll;
 	struct in_addr sources[MAX_SOURCES];
 	int nsources;
+	int per_conn;        /* --per-connection: messages per connection, 0 = no limit */
+	int domains;         /* --domains: recipient domains to rotate over, 0 = one */
 	double rate;
 	const char *from, *to;
 	const char *helo;
@@ -440,15 +442,24 @@ static int pick_size(void)
 	return opt.nsizes - 1;
 }
 
-static const char *rcpt_addr(int i, char *buf, size_t n)
+/* The i-th recipient of message seq; with --domains N the domain is
+ * d<seq mod N>.<the domain of --to>, so the messages rotate over N
+ * destinations. */
+static const char *rcpt_addr(int i, uint64_t seq, char *buf, size_t n)
 {
+	char dom[16] = "";
+	if (opt.domains > 0)
+		snprintf(dom, sizeof dom, "d%u.", (unsigned)(seq % (unsigned)opt.domains));
 	if (strchr(opt.to, '@')) {
-		if (opt.rcpts == 1)
-			return opt.to;
 		const char *at = strchr(opt.to, '@');
-		snprintf(buf, n, "%.*s%d%s", (int)(at - opt.to), opt.to, i, at);
+		if (opt.rcpts == 1 && !dom[0])
+			return opt.to;
+		if (opt.rcpts == 1)
+			snprintf(buf, n, "%.*s@%s%s", (int)(at - opt.to), opt.to, dom, at + 1);
+		else
+			snprintf(buf, n, "%.*s%d@%s%s", (int)(at - opt.to), opt.to, i, dom, at + 1);
 	} else {
-		snprintf(buf, n, "user%d@%s", i, opt.to);
+		snprintf(buf, n, "user%d@%s%s", i, dom, opt.to);
 	}
 	return buf;
 }
@@ -457,7 +468,7 @@ static void send_rcpt(struct conn *c, int slot)
 {
 	char a[320];
 	struct tx *t = &c->tx[slot];
-	out_printf(c, "RCPT TO:<%s>\r\n", rcpt_addr(t->rcpt_sent, a, sizeof a));
+	out_printf(c, "RCPT TO:<%s>\r\n", rcpt_addr(t->rcpt_sent, t->seq, a, sizeof a));
 	t->rcpt_sent++;
 	expect_push(c, E_RCPT, slot);
 }
@@ -526,7 +537,7 @@ static void conn_next(struct conn *c, double t)
 		g.ready_count++;
 		return;
 	}
-	if (!opt.reuse && c->ntx >= 1) {
+	if ((!opt.reuse && c->ntx >= 1) || (opt.per_conn > 0 && c->ntx >= opt.per_conn)) {
 		conn_quit(c);
 		return;
 	}
@@ -550,7 +561,7 @@ static void send_body(struct conn *c, int slot, double t)
 			 "From: <%s>\r\nTo: <%s>\r\nSubject: postern-bench %s.%llu\r\n"
 			 "Message-ID: <%s.%llu@postern-bench.invalid>\r\n"
 			 "X-Bench-Id: %s.%llu\r\nX-Bench-Sum: %016llx\r\n\r\n",
-			 opt.from, rcpt_addr(0, a, sizeof a), g.run_id,
+			 opt.from, rcpt_addr(0, t_->seq, a, sizeof a), g.run_id,
 			 (unsigned long long)t_->seq, g.run_id,
 			 (unsigned long long)t_->seq, g.run_id,
 			 (unsigned long long)t_->seq, (unsigned long long)sc->sum);
@@ -561,7 +572,8 @@ static void send_body(struct conn *c, int slot, double t)
 	t_->t_dot = t;
 	/* RFC 2920: message content may open a pipelined group, so the next
 	 * envelope rides in the same write as the end of this message. */
-	if (opt.pipelining && opt.reuse && opt.idle <= 0 && claim(t))
+	if (opt.pipelining && opt.reuse && opt.idle <= 0 &&
+	    (opt.per_conn <= 0 || c->ntx < opt.per_conn) && claim(t))
 		tx_begin(c);
 }
 
@@ -1314,11 +1326,22 @@ static void parse_sources(const char *s)
 {
 	char *dup = strdup(s), *save = NULL;
 	for (char *tok = strtok_r(dup, ",", &save); tok; tok = strtok_r(NULL, ",", &save)) {
-		if (opt.nsources == MAX_SOURCES)
-			die("at most %d sources", MAX_SOURCES);
-		if (inet_pton(AF_INET, tok, &opt.sources[opt.nsources]) != 1)
-			die("--sources: bad address '%s'", tok);
-		opt.nsources++;
+		/* A-B: every address from A to B */
+		char *dash = strchr(tok, '-');
+		struct in_addr a, b;
+		if (dash)
+			*dash = '\0';
+		if (inet_pton(AF_INET, tok, &a) != 1 ||
+		    (dash && inet_pton(AF_INET, dash + 1, &b) != 1))
+			die("--sources: bad address '%s'", dash ? dash + 1 : tok);
+		uint32_t lo = ntohl(a.s_addr), hi = dash ? ntohl(b.s_addr) : lo;
+		if (hi < lo)
+			die("--sources: empty range %s-%s", tok, dash + 1);
+		for (uint64_t x = lo; x <= hi; x++) {
+			if (opt.nsources == MAX_SOURCES)
+				die("at most %d sources", MAX_SOURCES);
+			opt.sources[opt.nsources++].s_addr = htonl((uint32_t)x);
+		}
 	}
 	free(dup);
 }
@@ -1336,6 +1359,10 @@ static void usage(void)
 "  --pipelining on|off    MAIL/RCPT/DATA in one write (on)\n"
 "  --reuse on|off         many messages per connection (on) or one (off)\n"
 "  --sources A,B,...      bind connections to these addresses, round-robin\n"
+"                         (A-B: every address from A to B; 1024 at most)\n"
+"  --per-connection K     at most K messages per connection, then QUIT and\n"
+"                         connect again (from the next source)\n"
+"  --domains N            recipients rotate over N domains: d0.DOMAIN ... \n"
 "  --rate R               messages per second, paced (default: as fast as possible)\n"
 "  --from ADDR            envelope sender (bench@postern-bench.example)\n"
 "  --to ADDR|DOMAIN       recipient address or domain (user@corp.example)\n"
@@ -1365,7 +1392,8 @@ static void parse_args(int argc, char **argv)
 		{"ready-file", 1, 0, 'F'}, {"helo", 1, 0, 'H'}, {"help", 0, 0, 'h'},
 		{"busy-poll", 0, 0, 'B'}, {"starttls", 0, 0, 'T'}, {"resume", 0, 0, 'E'},
 		{"tls-version", 1, 0, 'V'}, {"tls-groups", 1, 0, 'G'}, {"sni", 1, 0, 'N'},
-		{"proxy", 1, 0, 'P'}, {0, 0, 0, 0}};
+		{"proxy", 1, 0, 'P'}, {"per-connection", 1, 0, 'K'}, {"domains", 1, 0, 'D'},
+		{0, 0, 0, 0}};
 	opt.connections = 100;
 	opt.messages = 10000;
 	opt.duration = 60;
@@ -1392,6 +1420,8 @@ static void parse_args(int argc, char **argv)
 		case 'R': opt.rate = atof(optarg); break;
 		case 'f': opt.from = optarg; break;
 		case 't': opt.to = optarg; break;
+		case 'K': opt.per_conn = atoi(optarg); break;
+		case 'D': opt.domains = atoi(optarg); break;
 		case 'j': opt.json = true; break;
 		case 'i': opt.idle = atof(optarg); break;
 		case 'F': opt.ready_file = optarg; break;

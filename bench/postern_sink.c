@@ -44,6 +44,7 @@ struct conn {
 static struct {
 	struct sockaddr_in listen;
 	int reply_data, reply_rcpt;
+	int tempfail_rcpt;  /* --tempfail-rcpt: this many RCPTs in every 100 get 451 */
 	double duration;
 	const char *report;
 } opt;
@@ -52,7 +53,7 @@ static struct {
 	int ep, lfd;
 	double t_start_mono, first_msg, last_msg;  /* realtime seconds */
 	long long messages, accepted, rejected, bytes, corrupted, no_sum, no_id,
-		duplicates, connections, connections_now;
+		duplicates, connections, connections_now, rcpts, tempfailed;
 	uint64_t *ids;   /* open addressing set of id hashes (0 = empty) */
 	size_t ids_cap, ids_n;
 	volatile sig_atomic_t stop, dump;
@@ -286,6 +287,10 @@ static void command(struct conn *c, char *l, size_t n)
 	} else if (!strcmp(verb, "RCPT")) {
 		if (!c->mail) {
 			out_str(c, "503 5.5.1 Error: need MAIL command\r\n");
+		} else if (opt.tempfail_rcpt > 0 && g.rcpts++ % 100 < (long long)opt.tempfail_rcpt) {
+			/* spread evenly: the first PCT of every 100 */
+			g.tempfailed++;
+			out_str(c, "451 4.3.0 postern-sink: try again later\r\n");
 		} else {
 			if (opt.reply_rcpt / 100 == 2)
 				c->rcpts_ok++;
@@ -444,11 +449,11 @@ static void write_report(bool final)
 		"{\"messages\":%lld,\"accepted\":%lld,\"rejected\":%lld,\"bytes\":%lld,"
 		"\"msgs_per_s\":%.1f,\"mb_per_s\":%.3f,\"corrupted\":%lld,\"duplicates\":%lld,"
 		"\"missing_sum\":%lld,\"missing_id\":%lld,\"connections\":%lld,"
-		"\"connections_now\":%lld,\"first_message_unix\":%.6f,"
+		"\"connections_now\":%lld,\"rcpts_tempfailed\":%lld,\"first_message_unix\":%.6f,"
 		"\"last_message_unix\":%.6f,\"elapsed_s\":%.3f,\"final\":%s}\n",
 		g.messages, g.accepted, g.rejected, g.bytes, rate,
 		span > 0 ? (double)g.bytes / span / 1e6 : 0, g.corrupted, g.duplicates,
-		g.no_sum, g.no_id, g.connections, g.connections_now, g.first_msg,
+		g.no_sum, g.no_id, g.connections, g.connections_now, g.tempfailed, g.first_msg,
 		g.last_msg, elapsed, final ? "true" : "false");
 	fclose(f);
 	rename(tmp, opt.report);
@@ -466,7 +471,8 @@ static void usage(void)
 {
 	fprintf(stderr,
 "usage: postern-sink --listen HOST:PORT [--reply-data CODE] [--reply-rcpt CODE]\n"
-"                    [--duration S] [--report FILE]\n"
+"                    [--tempfail-rcpt PCT] [--duration S] [--report FILE]\n"
+"  --tempfail-rcpt PCT: PCT of every 100 RCPTs get 451 4.3.0 (0..100)\n"
 "  runs until SIGTERM/SIGINT (or --duration); SIGUSR1 rewrites --report now\n");
 	exit(2);
 }
@@ -476,6 +482,7 @@ int main(int argc, char **argv)
 	static const struct option lo[] = {
 		{"listen", 1, 0, 'l'}, {"reply-data", 1, 0, 'd'}, {"reply-rcpt", 1, 0, 'r'},
 		{"duration", 1, 0, 't'}, {"report", 1, 0, 'o'}, {"help", 0, 0, 'h'},
+		{"tempfail-rcpt", 1, 0, 'T'},
 		{0, 0, 0, 0}};
 	opt.reply_data = 250;
 	opt.reply_rcpt = 250;
@@ -487,6 +494,7 @@ int main(int argc, char **argv)
 		case 'd': opt.reply_data = atoi(optarg); break;
 		case 'r': opt.reply_rcpt = atoi(optarg); break;
 		case 't': opt.duration = atof(optarg); break;
+		case 'T': opt.tempfail_rcpt = atoi(optarg); break;
 		case 'o': opt.report = optarg; break;
 		default: usage();
 		}
@@ -494,8 +502,8 @@ int main(int argc, char **argv)
 	if (!listen_s || optind != argc)
 		usage();
 	if (opt.reply_data < 200 || opt.reply_data > 599 || opt.reply_rcpt < 200 ||
-	    opt.reply_rcpt > 599) {
-		fprintf(stderr, "postern-sink: reply codes must be 200..599\n");
+	    opt.reply_rcpt > 599 || opt.tempfail_rcpt < 0 || opt.tempfail_rcpt > 100) {
+		fprintf(stderr, "postern-sink: reply codes must be 200..599, --tempfail-rcpt 0..100\n");
 		return 2;
 	}
 	char host[64];
