@@ -38,6 +38,8 @@ struct conn {
 	bool recv_starved;        /* recv ended with ENOBUFS: re-armed on a buffer's return */
 	bool tls_starting;        /* 220 to STARTTLS being sent: TLS begins after it */
 	bool proxy_wait;          /* PROXY header not yet in: no session, no rc yet */
+	bool runnable;            /* input left for the next turn: on the run list */
+	struct conn *run_next;
 	unsigned binding;         /* the listener it came in on */
 	int store_result;         /* STORE_* once storing finished */
 	struct conf *conf;        /* the configuration the session started with */
@@ -74,6 +76,9 @@ struct conn_table {
 	uint32_t nslots;
 	uint32_t high_water;      /* slots below this were ever used */
 	unsigned nconns;
+	/* Connections whose input waits for the next loop turn (the turn's
+	 * time for sessions was spent), oldest first. */
+	struct conn *run_head, *run_tail;
 };
 
 int conn_table_init(struct conn_table *t, uint32_t nslots);

@@ -28,6 +28,13 @@
  * stored) above which we stop reading from the socket. */
 #define IN_PAUSE (256 * 1024)
 #define IN_MIN_CAP 4096
+/* The time a loop turn may spend feeding sessions their input, and as
+ * much again for what earlier turns left over. A client that pipelines
+ * commands without end (or sends megabytes of junk) gets its share of a
+ * turn, not the whole turn: without it, a hundred such clients made every
+ * turn tens of milliseconds long, and every other client's reply waited
+ * for it (bench/floods). A turn's first step always runs. */
+#define SESSION_SLICE_US 1000
 
 static void arm_recv(struct wctx *w, struct conn *c)
 {
@@ -58,6 +65,51 @@ static bool in_append(struct conn *c, const char *p, size_t n);
 static void process(struct wctx *w, struct conn *c)
 {
 	process_input(w, c, NULL, 0, -1);
+}
+
+static void maybe_free(struct wctx *w, struct conn *c);
+
+static bool slice_spent(struct wctx *w)
+{
+	if (w->slice_units++ == 0)
+		return false;
+	return wctx_clock_us() - w->slice_start_us > SESSION_SLICE_US;
+}
+
+/* The rest of c's input waits for the next turn. */
+static void defer(struct wctx *w, struct conn *c)
+{
+	if (c->runnable)
+		return;
+	c->runnable = true;
+	c->run_next = NULL;
+	c->inflight++; /* the list's hold: the connection stays until it ran */
+	struct conn_table *t = w->conns;
+	if (t->run_tail)
+		t->run_tail->run_next = c;
+	else
+		t->run_head = c;
+	t->run_tail = c;
+}
+
+bool session_run_deferred(struct wctx *w)
+{
+	struct conn_table *t = w->conns;
+	struct conn *c = t->run_head;
+	t->run_head = t->run_tail = NULL;
+	w->slice_start_us = wctx_clock_us();
+	w->slice_units = 0;
+	while (c) {
+		struct conn *next = c->run_next;
+		c->runnable = false;
+		c->run_next = NULL;
+		if (!c->closing)
+			process(w, c);
+		c->inflight--;
+		maybe_free(w, c);
+		c = next;
+	}
+	return t->run_head != NULL;
 }
 
 /* Refusal before any session exists: one best-effort line, then close. */
@@ -599,6 +651,10 @@ static size_t feed(struct wctx *w, struct conn *c, const char *in, size_t len,
 {
 	size_t used = 0;
 	for (;;) {
+		if (slice_spent(w)) {
+			defer(w, c);
+			return used;
+		}
 		struct smtp_event ev;
 		used += smtp_server_feed(&c->smtp, in + used, len - used, &ev);
 		switch (ev.type) {
@@ -689,7 +745,7 @@ static void process_input(struct wctx *w, struct conn *c, const char *direct,
 		flush_out(w, c);
 		return;
 	}
-	if (c->close_after_send || (c->read_eof && !c->storing)) {
+	if (c->close_after_send || (c->read_eof && !c->storing && !c->runnable)) {
 		session_close(w, c);
 		return;
 	}

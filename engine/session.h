@@ -33,5 +33,9 @@ void session_auth_results(struct wctx *w);
 /* At worker exit: answers nobody waits for any more are freed. */
 void session_auth_discard(struct wctx *w);
 void session_close(struct wctx *w, struct conn *c);
+/* Once a loop turn's completions are handled: feeds the connections whose
+ * input was left over, oldest first, in a slice of their own; true when
+ * some is left for the next turn still (then the loop must not sleep). */
+bool session_run_deferred(struct wctx *w);
 
 #endif

@@ -29,6 +29,11 @@ struct wctx {
 	struct io *io;
 	struct conf *conf;        /* current; the worker holds one reference */
 	uint64_t now_ms;          /* monotonic, refreshed per loop turn */
+	/* The sessions' share of a loop turn (session.c): input is fed to
+	 * the state machines until SESSION_SLICE_US have passed since
+	 * slice_start_us, then the rest waits for the next turn. */
+	uint64_t slice_start_us;
+	unsigned slice_units;     /* feed steps run in this slice */
 	int64_t wall_ms;          /* wall clock, refreshed with now_ms */
 	bool stopping;            /* graceful stop under way */
 	bool draining;            /* posternctl drain: inbound closes, delivery goes on */

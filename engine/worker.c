@@ -486,8 +486,15 @@ static void *worker_main(void *arg)
 		}
 		x->now_ms = wctx_clock_ms();
 		x->wall_ms = wctx_wall_ms();
+		x->slice_start_us = wctx_clock_us();
+		x->slice_units = 0;
 		for (int i = 0; i < n; i++)
 			dispatch(w, &cqes[i]);
+		/* Input left over by this turn or earlier ones, before the
+		 * group commit so that what it completes is in it. The loop
+		 * must not sleep while some is left: wake it. */
+		if (session_run_deferred(x))
+			io_wake(x->io);
 		struct worker_reload *r = atomic_exchange(&w->reload, NULL);
 		if (r)
 			apply_reload(w, r);
