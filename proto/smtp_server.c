@@ -67,6 +67,8 @@ static const char *const reject_names[SMTP_REJECT_COUNT] = {
 	[SMTP_REJECT_TLS_REQUIRED] = "tls_required",
 	[SMTP_REJECT_CLIENT_CERT] = "client_certificate",
 	[SMTP_REJECT_AUTH_TLS] = "auth_without_tls",
+	[SMTP_REJECT_SENDER] = "sender_permission",
+	[SMTP_REJECT_UNKNOWN_RECIPIENT] = "unknown_recipient",
 };
 
 const char *smtp_reject_name(enum smtp_reject r)
@@ -183,6 +185,12 @@ static enum smtp_ev cmd_mail(struct smtp_server *s, const struct smtp_cmd *c)
 		refuse(s, SMTP_REJECT_SIZE, R_TOO_BIG, NULL);
 		return SMTP_EV_NEED_INPUT;
 	}
+	const char *denied = s->p->mail_policy && !m.path.is_null
+		? s->p->mail_policy(s->p->policy_ctx, &m.path, s->authenticated) : NULL;
+	if (denied) {
+		refuse(s, SMTP_REJECT_SENDER, denied, NULL);
+		return SMTP_EV_NEED_INPUT;
+	}
 	if (s->hooks.admit_message && !s->hooks.admit_message(s->hooks.ctx))
 		return close_with(s, R_RATE_EXCEEDED);
 	envelope_reset(&s->env);
@@ -198,6 +206,7 @@ static enum smtp_ev cmd_mail(struct smtp_server *s, const struct smtp_cmd *c)
 	s->env.body = m.body;
 	s->env.ret = m.ret;
 	s->env.smtputf8 = m.smtputf8;
+	s->env.anonymous = s->p->anonymous_only && !s->authenticated;
 	set_state(s, SMTP_S_MAIL);
 	reply(s, R_MAIL_OK);
 	return SMTP_EV_NEED_INPUT;
@@ -259,6 +268,7 @@ static enum smtp_ev cmd_rcpt(struct smtp_server *s, const struct smtp_cmd *c)
 		memcpy(rcpt, r.path.mailbox.p, n);
 		rcpt[n] = '\0';
 		refuse(s, strcmp(refusal, R_UNABLE_TO_ROUTE) == 0 ? SMTP_REJECT_NO_ROUTE
+			   : strcmp(refusal, R_RECIPIENT_NOT_FOUND) == 0 ? SMTP_REJECT_UNKNOWN_RECIPIENT
 			   : SMTP_REJECT_RELAY, refusal, rcpt);
 		return SMTP_EV_NEED_INPUT;
 	}

@@ -33,6 +33,8 @@ enum smtp_reject {
 	SMTP_REJECT_TLS_REQUIRED,   /* 530 5.7.0: MAIL before STARTTLS */
 	SMTP_REJECT_CLIENT_CERT,    /* 530 5.7.1: no verified client certificate */
 	SMTP_REJECT_AUTH_TLS,       /* 538 5.7.11: AUTH before STARTTLS */
+	SMTP_REJECT_SENDER,         /* 550 5.7.1: anonymous sender in our domain */
+	SMTP_REJECT_UNKNOWN_RECIPIENT, /* 550 5.1.10: not in recipients_file */
 	SMTP_REJECT_COUNT
 };
 
@@ -82,7 +84,13 @@ struct smtp_server_params {
 	/* Decides one recipient: NULL accepts, else the reply text to send.
 	 * authenticated: the session passed AUTH. */
 	const char *(*rcpt_policy)(void *ctx, const struct smtp_path *rcpt, bool authenticated);
+	/* Decides the sender at MAIL the same way (NULL: any sender). */
+	const char *(*mail_policy)(void *ctx, const struct smtp_path *from, bool authenticated);
 	void *policy_ctx;
+	/* The connector's groups are only "anonymous" (before AUTH, when it
+	 * also has "authenticated"): its messages are marked so (bounces to
+	 * such a sender carry headers only). */
+	bool anonymous_only;
 };
 
 enum smtp_state {
@@ -135,6 +143,7 @@ struct smtp_envelope {
 	char *envid;        /* or NULL */
 	bool smtputf8;
 	char *auth;         /* the AUTH user of the session, or NULL */
+	bool anonymous;     /* from a session with only the anonymous group */
 	struct smtp_rcpt *rcpt;
 	unsigned nrcpt;
 	unsigned rcpt_cap;
