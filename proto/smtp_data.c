@@ -164,3 +164,10 @@ void smtp_data_scan_octets(struct smtp_data_scan *s, const char *buf, size_t len
 	}
 	check_limits(s);
 }
+
+bool smtp_data_scan_octets_end(struct smtp_data_scan *s)
+{
+	if (s->state == ST_CR)
+		s->errors |= SMTP_DATA_BARE_CR_LF;
+	return s->state != ST_LINE_START;
+}

@@ -60,4 +60,9 @@ size_t smtp_data_scan(struct smtp_data_scan *s, const char *buf, size_t len,
  * through one of the two. */
 void smtp_data_scan_octets(struct smtp_data_scan *s, const char *buf, size_t len);
 
+/* The octets of smtp_data_scan_octets() end here (BDAT LAST): a CR at the
+ * very end is a bare CR. Returns true when the message ends inside a line
+ * (not after CR LF, and not empty): its stored wire form needs a CR LF. */
+bool smtp_data_scan_octets_end(struct smtp_data_scan *s);
+
 #endif

@@ -16,6 +16,7 @@
 #define R_RECIPIENT_NOT_FOUND "550 5.1.10 RESOLVER.ADR.RecipientNotFound; Recipient not found by SMTP address lookup"
 #define R_SENDER_DENIED      "550 5.7.1 Client does not have permissions to send as this sender"
 #define R_TOO_MANY_RCPTS     "452 4.5.3 Too many recipients"
+#define R_BDAT_OK_FMT        "250 2.0.0 %llu bytes received"
 #define R_START_DATA         "354 Start mail input; end with <CRLF>.<CRLF>"
 #define R_TOO_BIG            "552 5.3.4 Message size exceeds fixed maximum message size"
 #define R_HEADER_TOO_BIG     "552 5.3.4 Header size exceeds fixed maximum size"
