@@ -26,7 +26,7 @@ def client(port, source):
 
 def ehlo_text(ip, size):
     return ("%s Hello [%s]\nPIPELINING\nSIZE %d\n8BITMIME\nENHANCEDSTATUSCODES\n"
-            "DSN\nSMTPUTF8" % (HOSTNAME, ip, size)).encode()
+            "DSN\nCHUNKING\nSMTPUTF8" % (HOSTNAME, ip, size)).encode()
 
 
 def test_ehlo_lines_per_connector(postern):

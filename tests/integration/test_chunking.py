@@ -1,0 +1,166 @@
+"""CHUNKING/BDAT (RFC 3030, DESIGN B.9) inbound and outbound: per-chunk
+replies, the LAST chunk answered as DATA's end is, chunk octets that are
+never run as commands, the limits counted across chunks, the stored form
+(dot-stuffed as DATA's, so delivery sends it either way), and BDAT towards
+a next hop that offers CHUNKING."""
+import re
+import signal
+
+from sink import Sink
+from conftest import (R_MAIL_OK, R_NOOP_OK, R_QUIT, R_RCPT_OK, R_START_DATA, RawClient,
+                      wait_until)
+from test_delivery import (RELAY, config, events, sinks, smart, strip_received,  # noqa: F401
+                           submit, wait_event)
+from test_tls import ctl
+
+QUEUED = re.compile(r"250 2\.6\.0 <([0-9A-F]+)> Queued mail for delivery$")
+R_NUL = "550 5.6.0 NUL character not allowed in message content"
+R_BARE_LF = "550 5.6.11 Bare line feed or carriage return not allowed"
+R_TOO_BIG = "552 5.3.4 Message size exceeds fixed maximum message size"
+R_HOPS = "554 5.4.6 Hop count exceeded - possible mail loop"
+R_SEQ = "503 5.5.1 Bad sequence of commands"
+
+
+def got(n):
+    return "250 2.0.0 %d bytes received" % n
+
+
+def bdat(chunks):
+    """BDAT commands for chunks (bytes), the last one LAST."""
+    out = b""
+    for i, c in enumerate(chunks):
+        out += b"BDAT %d%s\r\n" % (len(c), b" LAST" if i == len(chunks) - 1 else b"") + c
+    return out
+
+
+def begin(c, sender="app@host.example", rcpt="x@corp.example"):
+    ehlo = c.cmd("EHLO client.example")
+    assert "250-CHUNKING" in ehlo, ehlo
+    assert c.cmd("MAIL FROM:<%s>" % sender) == R_MAIL_OK
+    assert c.cmd("RCPT TO:<%s>" % rcpt) == R_RCPT_OK
+
+
+def queued_id(reply):
+    m = QUEUED.match(reply)
+    assert m, reply
+    return m.group(1)
+
+
+def stored_body(p, qid):
+    """The message as stored (envelope block and our Received: removed)."""
+    raw = p.read_message(qid)
+    return strip_received(raw.split(b"\r\n\r\n", 1)[1], qid)[1]
+
+
+def test_pipelined_chunks_stored_dot_stuffed(postern, smtp_raw):
+    p = postern()
+    c = smtp_raw(p.port, "127.0.0.10")
+    assert "250-CHUNKING" in c.cmd("EHLO client.example")
+    msg = [b"Subject: chunks\r\n\r\n.leading dot\r\n", b"..two\r\nsplit CR", b"\r\n.\r\nend"]
+    # everything in one write: MAIL, RCPT, three chunks, NOOP
+    c.send(b"MAIL FROM:<a@host.example>\r\nRCPT TO:<x@other.example>\r\n" + bdat(msg) +
+           b"NOOP\r\n")
+    r = c.replies(6)
+    assert r[:5] == [R_MAIL_OK, R_RCPT_OK, got(len(msg[0])), got(len(msg[1]))] + [r[4]]
+    qid = queued_id(r[4])
+    assert r[5] == R_NOOP_OK
+    assert c.cmd("QUIT") == R_QUIT
+    # the stored form is DATA's wire form: dots doubled, a CR LF closes the last line
+    assert stored_body(p, qid) == (b"Subject: chunks\r\n\r\n..leading dot\r\n...two\r\n"
+                                   b"split CR\r\n..\r\nend\r\n")
+    ev = events(p, "receive", id=qid)
+    assert len(ev) == 1 and ev[0]["to"] == "<x@other.example>", ev
+
+
+def test_bdat_zero_last_and_data_after(postern, smtp_raw):
+    p = postern()
+    c = smtp_raw(p.port, "127.0.0.10")
+    begin(c)
+    c.send(b"BDAT 0 LAST\r\n")
+    qid = queued_id(c.reply())
+    assert stored_body(p, qid) == b""
+    # DATA still works on the same connection, and DATA after BDAT is refused
+    assert c.cmd("MAIL FROM:<a@host.example>") == R_MAIL_OK
+    assert c.cmd("RCPT TO:<x@corp.example>") == R_RCPT_OK
+    c.send(b"BDAT 4\r\nabcd")
+    assert c.reply() == got(4)
+    assert c.cmd("DATA") == R_SEQ
+    assert c.cmd("MAIL FROM:<a@host.example>") == R_MAIL_OK
+    assert c.cmd("RCPT TO:<x@corp.example>") == R_RCPT_OK
+    assert c.cmd("DATA") == R_START_DATA
+    c.send(b"Subject: d\r\n\r\nbody\r\n.\r\n")
+    queued_id(c.reply())
+    assert c.cmd("QUIT") == R_QUIT
+    assert len(p.messages()) == 2
+
+
+def test_refused_chunk_ends_the_transaction_not_the_session(postern, smtp_raw, tmp_path):
+    p = postern(server_extra='  stats_socket = "%s";\n' % (tmp_path / "s.sock"))
+    c = smtp_raw(p.port, "127.0.0.10")
+    begin(c)
+    # a NUL: refused at its chunk; the pipelined LAST after it is out of
+    # sequence and its octets ("QUIT\r\n") are read, never run
+    c.send(b"BDAT 5\r\na\0b\r\nBDAT 6 LAST\r\nQUIT\r\nNOOP\r\n")
+    assert c.replies(3) == [R_NUL, R_SEQ, R_NOOP_OK]
+    begin(c)
+    c.send(bdat([b"a\nb\r\n"]))
+    assert c.reply() == R_BARE_LF
+    begin(c)
+    c.send(bdat([b"ends with CR\r"]))
+    assert c.reply() == R_BARE_LF
+    # the Anonymous Relay's 64KB counts every chunk
+    begin(c)
+    forty = (b"x" * 998 + b"\r\n") * 40
+    c.send(b"BDAT 40000\r\n" + forty)
+    assert c.reply() == got(40000)
+    c.send(b"BDAT 40000 LAST\r\n" + forty)
+    assert c.reply() == R_TOO_BIG
+    begin(c)
+    hops = b"".join(b"Received: from h%d\r\n" % i for i in range(61))  # max_hop_count: 60
+    c.send(bdat([hops + b"\r\nbody\r\n"]))
+    assert c.reply() == R_HOPS
+    begin(c)
+    c.send(bdat([b"fine\r\n"]))
+    queued_id(c.reply())
+    assert c.cmd("QUIT") == R_QUIT
+    assert len(p.messages()) == 1
+    rc, out = ctl(tmp_path / "s.sock", "show", "metrics")
+    for reason, n in (("nul", 1), ("bare_lf", 2), ("size", 1), ("hop_count", 1),
+                      ("protocol", 1)):
+        line = ('postern_messages_rejected_total{connector="Anonymous Relay",reason="%s"} %d'
+                % (reason, n))
+        assert line in out, (line, [l for l in out.splitlines() if "rejected" in l])
+
+
+def test_bdat_octets_never_run_as_commands(postern, smtp_raw):
+    p = postern()
+    c = smtp_raw(p.port, "127.0.0.10")
+    c.cmd("EHLO client.example")
+    # no transaction: 503, and the chunk is still read whole
+    smuggled = b"MAIL FROM:<evil@x>\r\nRCPT TO:<y>\r\n"
+    c.send(b"BDAT %d\r\n" % len(smuggled) + smuggled + b"NOOP\r\n")
+    assert c.replies(2) == [R_SEQ, R_NOOP_OK]
+    # RSET drops a message begun with BDAT
+    begin(c)
+    c.send(b"BDAT 3\r\nabcRSET\r\n")
+    assert c.replies(2) == [got(3), "250 2.0.0 Resetting"]
+    # a size that does not parse: nothing more is read
+    c.send(b"BDAT twelve\r\nNOOP\r\n")
+    assert c.reply() == "501 5.5.4 Syntax error in parameters or arguments"
+    c.expect_closed()
+    assert p.messages() == []
+
+
+def test_large_message_in_many_chunks(postern, smtp_raw):
+    p = postern(RELAY)
+    c = smtp_raw(p.port, "127.0.0.10")
+    begin(c, rcpt="x@other.example")
+    line = b"0123456789" * 7 + b"\r\n"
+    body = b"Subject: big\r\n\r\n" + line * 20000          # 1.4 MB
+    chunks = [body[i:i + 100003] for i in range(0, len(body), 100003)]
+    c.send(bdat(chunks))
+    r = c.replies(len(chunks))
+    assert r[:-1] == [got(len(x)) for x in chunks[:-1]]
+    qid = queued_id(r[-1])
+    assert stored_body(p, qid) == body
+    assert c.cmd("QUIT") == R_QUIT
