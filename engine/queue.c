@@ -161,6 +161,7 @@ static struct qmsg *qmsg_new(struct queue *q, uint64_t id, struct spool_seg *seg
 	m->ret = (uint8_t)env->ret;
 	m->smtputf8 = env->smtputf8;
 	m->anonymous = env->anonymous;
+	m->dotless = env->dotless;
 	m->arrival = arrival;
 	/* Envelopes keep seconds; a fresh message knows better. */
 	int64_t now = q->w->wall_ms;
@@ -937,7 +938,7 @@ static struct djob *job_new(struct queue *q, struct qmsg *m, const struct sconn 
 			*p = (char)(*p - 'A' + 'a');
 	j->cmsg = (struct smtp_client_msg){
 		.from = m->from, .size = m->bytes, .body = m->body, .ret = m->ret,
-		.envid = m->envid, .smtputf8 = m->smtputf8,
+		.envid = m->envid, .smtputf8 = m->smtputf8, .dotless = m->dotless,
 	};
 	return j;
 }

@@ -40,6 +40,7 @@ struct smtp_data_scan {
 	uint32_t line_len;
 	uint64_t size;            /* octets of message so far, wire form */
 	uint64_t header_size;
+	uint64_t dot_lines;       /* lines of the wire form that begin with "." */
 };
 
 void smtp_data_scan_init(struct smtp_data_scan *s,

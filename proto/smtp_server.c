@@ -734,6 +734,7 @@ static size_t finish_data(struct smtp_server *s, struct smtp_event *ev)
 		ev->type = SMTP_EV_DATA_REJECT;
 		return 0;
 	}
+	s->env.dotless = s->scan.dot_lines == 0;
 	set_state(s, SMTP_S_STORING);
 	ev->type = SMTP_EV_DATA_END;
 	return 0;
@@ -811,6 +812,7 @@ static size_t finish_bdat(struct smtp_server *s, struct smtp_event *ev)
 		return 0;
 	}
 	if (s->bdat_last) {
+		s->env.dotless = s->scan.dot_lines == 0;
 		set_state(s, SMTP_S_STORING);
 		ev->type = SMTP_EV_DATA_END;
 		return 0;
@@ -845,6 +847,7 @@ static size_t feed_bdat(struct smtp_server *s, const char *in, size_t len,
 		}
 		if (s->bdat_line_start && p[0] == '.') {
 			s->bdat_line_start = false;
+			s->scan.dot_lines++;
 			chunk_event(ev, ".", 1, SMTP_CHUNK_STUFFING);
 			return used;
 		}

@@ -159,6 +159,8 @@ struct smtp_envelope {
 	bool smtputf8;
 	char *auth;         /* the AUTH user of the session, or NULL */
 	bool anonymous;     /* from a session with only the anonymous group */
+	bool dotless;       /* no line of the stored form begins with ".": it is
+	                     * the message itself too (BDAT may send it as it lies) */
 	struct smtp_rcpt *rcpt;
 	unsigned nrcpt;
 	unsigned rcpt_cap;
