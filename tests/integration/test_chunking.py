@@ -11,7 +11,7 @@ from conftest import (R_MAIL_OK, R_NOOP_OK, R_QUIT, R_RCPT_OK, R_START_DATA, Raw
                       wait_until)
 from test_delivery import (RELAY, config, events, sinks, smart, strip_received,  # noqa: F401
                            submit, wait_event)
-from test_tls import ctl
+from test_tls import ctl, outbound, pki, tls_sinks  # noqa: F401
 
 QUEUED = re.compile(r"250 2\.6\.0 <([0-9A-F]+)> Queued mail for delivery$")
 R_NUL = "550 5.6.0 NUL character not allowed in message content"
@@ -164,3 +164,104 @@ def test_large_message_in_many_chunks(postern, smtp_raw):
     qid = queued_id(r[-1])
     assert stored_body(p, qid) == body
     assert c.cmd("QUIT") == R_QUIT
+
+
+# ---------------------------------------------------------------------------
+# Outbound: BDAT when the next hop offers CHUNKING
+
+
+def deliver_to(postern, sink):
+    return postern(config(smart("Smart", ["*"], sink.port)))
+
+
+def one_txn(sink, timeout=10):
+    wait_until(lambda: sink.count() >= 1, timeout, what="a message at the sink")
+    [txn] = sink.snapshot()
+    return txn
+
+
+def test_outbound_bdat_when_offered(sinks, postern):
+    sink = sinks(Sink, chunking=True)
+    p = deliver_to(postern, sink)
+    body = b"Subject: no dot lines\r\n\r\nplain text\r\nsecond line\r\n"
+    qid = submit(p.port, "s@a.test", ["r@other.test", "q@other.test"], body)
+    wait_event(p, "deliver", id=qid, count=2)
+    txn = one_txn(sink)
+    assert txn["via"] == "BDAT", txn
+    assert strip_received(txn["data"], qid)[1] == body
+    assert txn["chunks"] == [len(txn["data"])]
+    # the envelope pipelined, then the one LAST chunk of the stored size
+    assert sink.commands("BDAT") == ["BDAT %d LAST" % len(txn["data"])]
+    assert sink.commands("DATA") == []
+    assert re.search(r" SIZE=%d\b" % len(txn["data"]), txn["mail"]), txn["mail"]
+
+
+def test_outbound_dot_lines_go_by_data(sinks, postern):
+    """A stored form with dot-stuffed lines is not the message itself: it
+    goes by DATA (sendfile as it lies) even to a CHUNKING next hop."""
+    sink = sinks(Sink, chunking=True)
+    p = deliver_to(postern, sink)
+    body = b"Subject: dots\r\n\r\n..a line that began with a dot\r\n"
+    qid = submit(p.port, "s@a.test", ["r@other.test"], body)
+    wait_event(p, "deliver", id=qid)
+    txn = one_txn(sink)
+    assert txn["via"] == "DATA"
+    assert strip_received(txn["data"], qid)[1] == body
+
+
+def bdat_submit(port, chunks, rcpt="r@other.test"):
+    with RawClient(port, "127.0.0.10") as c:
+        begin(c, rcpt=rcpt)
+        c.send(bdat(chunks))
+        r = c.replies(len(chunks))
+        qid = queued_id(r[-1])
+        assert c.cmd("QUIT") == R_QUIT
+    return qid
+
+
+def test_bdat_in_data_out(sinks, postern):
+    """Received by BDAT, relayed to a next hop without CHUNKING: DATA with
+    the dots stuffed and the missing CR LF added."""
+    sink = sinks(Sink)
+    p = deliver_to(postern, sink)
+    qid = bdat_submit(p.port, [b"Subject: in chunks\r\n\r\n.dot\r\n", b".\r\nno CRLF"])
+    wait_event(p, "deliver", id=qid)
+    txn = one_txn(sink)
+    assert txn["via"] == "DATA"
+    assert strip_received(txn["data"], qid)[1] == (b"Subject: in chunks\r\n\r\n..dot\r\n"
+                                                   b"..\r\nno CRLF\r\n")
+
+
+def test_bdat_in_bdat_out(sinks, postern):
+    sink = sinks(Sink, chunking=True)
+    p = deliver_to(postern, sink)
+    chunks = [b"Subject: relayed\r\n", b"\r\nbody\r\n", b"end\r\n"]
+    qid = bdat_submit(p.port, chunks)
+    wait_event(p, "deliver", id=qid)
+    txn = one_txn(sink)
+    assert txn["via"] == "BDAT"
+    assert strip_received(txn["data"], qid)[1] == b"".join(chunks)
+
+
+def test_refused_chunk_bounces_with_the_reply(sinks, postern, tmp_path):
+    sink = sinks(Sink, chunking=True, data_reply=lambda txn: "554 5.6.0 Content refused")
+    p = deliver_to(postern, sink)
+    qid = submit(p.port, "", ["r@other.test"], b"Subject: x\r\n\r\nbody\r\n")
+    b = wait_event(p, "bounce", id=qid)[0]
+    assert b["reply"] == "554 5.6.0 Content refused", b["_line"]
+    assert one_txn(sink)["via"] == "BDAT"
+
+
+def test_outbound_bdat_over_tls(pki, tls_sinks, postern):
+    """Under TLS the stored bytes are read and encrypted, not sendfile'd:
+    the chunk still goes whole and without an end-of-data line."""
+    sink = tls_sinks(cert=pki.server.cert, key=pki.server.key, require_tls=True,
+                     chunking=True)
+    p = outbound(postern, sink, 'tls = "opportunistic";')
+    line = b"0123456789abcdef" * 4 + b"\r\n"
+    body = b"Subject: tls chunk\r\n\r\n" + line * 3000        # > the 64 KiB TLS pieces
+    qid = submit(p.port, "s@a.test", ["r@other.test"], body)
+    wait_event(p, "deliver", id=qid)
+    txn = one_txn(sink)
+    assert txn["tls"] and txn["via"] == "BDAT", txn.get("via")
+    assert strip_received(txn["data"], qid)[1] == body
