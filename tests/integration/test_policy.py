@@ -8,7 +8,7 @@ import os
 import signal
 
 from sink import Sink
-from conftest import (R_MAIL_OK, R_QUIT, R_RCPT_OK, R_START_DATA, R_UNABLE_TO_RELAY,
+from conftest import (R_MAIL_OK, R_QUIT, R_RCPT_OK, R_START_DATA, R_UNABLE_TO_RELAY, free_port,
                       wait_until)
 from test_delivery import (Dsn, check_dsn_envelope, drop, events, sinks, submit,  # noqa: F401
                            wait_dsns, wait_event, simple_body, smart)
@@ -172,3 +172,22 @@ def test_bounce_to_an_anonymous_sender_carries_headers_only(sinks, postern, tmp_
     dsns = wait_dsns(dropdir, 2)
     kinds = sorted(d.returned.get_content_type() for d in dsns)
     assert kinds == ["message/rfc822", "text/rfc822-headers"], kinds
+
+
+def test_relay_domains_go_to_their_send_connector(sinks, postern, smtp_raw, tmp_path):
+    """internal_relay: an anonymous client's mail for it is accepted without
+    a recipient check and relayed to the send connector that covers it."""
+    partner = sinks(Sink)
+    lst = tmp_path / "corp"
+    write_list(lst, ["ceo@corp.example"])
+    p = postern(CONNECTORS + "send_connectors = (\n  %s,\n  %s\n);\n"
+                'queue = { retry_interval = "1s"; };\n'
+                % (smart("Partner", ["partner.example"], partner.port),
+                   smart("Rest", ["*"], free_port())),
+                domains=domains(lst))
+    qid = submit(p.port, "app@host.example", ["anyone@partner.example"],
+                 simple_body("to partner"), source="127.0.0.50")
+    ev = wait_event(p, "deliver", id=qid)
+    assert ev[0]["send_connector"] == "Partner", ev
+    wait_until(lambda: partner.count() == 1, 5, what="the message at the partner's next hop")
+    assert partner.snapshot()[0]["rcpts"] == ["anyone@partner.example"]
