@@ -1,7 +1,8 @@
 /* postern-sink: counting SMTP next hop for the benchmark harness (bench/).
  * One thread, one epoll set, any number of PIPELINING clients. It stores
- * nothing: it un-dot-stuffs each message as it streams past, checks
- * X-Bench-Sum against the body and X-Bench-Id for duplicates, and counts. */
+ * nothing: it un-dot-stuffs each message as it streams past (or, with
+ * --chunking, takes RFC 3030 BDAT chunks as they are), checks X-Bench-Sum
+ * against the body and X-Bench-Id for duplicates, and counts. */
 #include <arpa/inet.h>
 #include <errno.h>
 #include <getopt.h>
@@ -25,7 +26,7 @@
 #define IN_CAP 65536
 #define LINE_MAX_CMD 2048
 
-enum mode { M_CMD, M_DATA };
+enum mode { M_CMD, M_DATA, M_BDAT };
 
 struct conn {
 	int fd;
@@ -35,6 +36,9 @@ struct conn {
 	bool mail;
 	uint64_t sum_want, sum, id_hash;
 	uint64_t msg_bytes;
+	uint64_t bdat_left;  /* M_BDAT: octets of the chunk still to come */
+	uint64_t bdat_size;  /* ... of the whole chunk */
+	bool bdat_last, bdat_open;
 	char *in;
 	size_t in_len;
 	char *out;
@@ -47,6 +51,7 @@ static struct {
 	int tempfail_rcpt;  /* --tempfail-rcpt: this many RCPTs in every 100 get 451 */
 	double duration;
 	const char *report;
+	bool chunking;      /* offer CHUNKING */
 } opt;
 
 static struct {
@@ -274,8 +279,10 @@ static void command(struct conn *c, char *l, size_t n)
 	if (!strcmp(verb, "EHLO")) {
 		c->mail = false;
 		c->rcpts_ok = 0;
-		out_str(c, "250-postern-sink\r\n250-PIPELINING\r\n250-8BITMIME\r\n"
-			   "250-SIZE 0\r\n250 ENHANCEDSTATUSCODES\r\n");
+		out_str(c, "250-postern-sink\r\n250-PIPELINING\r\n250-8BITMIME\r\n");
+		if (opt.chunking)
+			out_str(c, "250-CHUNKING\r\n");
+		out_str(c, "250-SIZE 0\r\n250 ENHANCEDSTATUSCODES\r\n");
 	} else if (!strcmp(verb, "HELO")) {
 		c->mail = false;
 		c->rcpts_ok = 0;
@@ -303,7 +310,31 @@ static void command(struct conn *c, char *l, size_t n)
 			out_str(c, "354 End data with <CR><LF>.<CR><LF>\r\n");
 			data_begin(c);
 		}
+	} else if (opt.chunking && !strcmp(verb, "BDAT")) {
+		char *end = NULL;
+		unsigned long long size = strtoull(l + 4, &end, 10);
+		bool last = end && !strcasecmp(end, " LAST");
+		if (!end || end == l + 4 || (*end && !last)) {
+			out_str(c, "501 5.5.4 Syntax error\r\n");
+			c->closing = true;
+			return;
+		}
+		if (!c->bdat_open)
+			data_begin(c);
+		c->mode = M_BDAT;
+		c->bdat_open = true;
+		c->bdat_left = c->bdat_size = size;
+		c->bdat_last = last;
+		if (size == 0) {
+			c->mode = M_CMD;
+			c->bdat_open = !last;
+			if (last)
+				data_end(c);
+			else
+				out_str(c, "250 2.0.0 0 octets\r\n");
+		}
 	} else if (!strcmp(verb, "RSET")) {
+		c->bdat_open = false;
 		c->mail = false;
 		c->rcpts_ok = 0;
 		out_str(c, "250 2.0.0 Ok\r\n");
@@ -336,6 +367,33 @@ static void process(struct conn *c)
 			size_t n = (size_t)(nl - p) + 1;
 			pos += n;
 			command(c, p, n);
+			continue;
+		}
+		if (c->mode == M_BDAT) {
+			/* whole lines while the chunk lasts (headers are read a
+			 * line at a time), the chunk's tail as it is */
+			size_t take = avail < c->bdat_left ? avail : (size_t)c->bdat_left;
+			char *lf = take ? memchr(p, '\n', take) : NULL;
+			size_t n = lf ? (size_t)(lf - p) + 1 : take;
+			if (!lf && take < c->bdat_left && !(pos == 0 && avail == IN_CAP))
+				break;
+			if (n)
+				data_line(c, p, n, c->at_line_start);
+			c->at_line_start = lf != NULL;
+			pos += n;
+			c->bdat_left -= n;
+			if (c->bdat_left == 0) {
+				c->mode = M_CMD;
+				if (c->bdat_last) {
+					c->bdat_open = false;
+					data_end(c);
+				} else {
+					char r[64];
+					snprintf(r, sizeof r, "250 2.0.0 %llu octets\r\n",
+						 (unsigned long long)c->bdat_size);
+					out_str(c, r);
+				}
+			}
 			continue;
 		}
 		/* DATA: a line at a time; a line longer than the buffer is fed in
@@ -471,7 +529,7 @@ static void usage(void)
 {
 	fprintf(stderr,
 "usage: postern-sink --listen HOST:PORT [--reply-data CODE] [--reply-rcpt CODE]\n"
-"                    [--tempfail-rcpt PCT] [--duration S] [--report FILE]\n"
+"                    [--tempfail-rcpt PCT] [--duration S] [--report FILE] [--chunking]\n"
 "  --tempfail-rcpt PCT: PCT of every 100 RCPTs get 451 4.3.0 (0..100)\n"
 "  runs until SIGTERM/SIGINT (or --duration); SIGUSR1 rewrites --report now\n");
 	exit(2);
@@ -481,8 +539,8 @@ int main(int argc, char **argv)
 {
 	static const struct option lo[] = {
 		{"listen", 1, 0, 'l'}, {"reply-data", 1, 0, 'd'}, {"reply-rcpt", 1, 0, 'r'},
-		{"duration", 1, 0, 't'}, {"report", 1, 0, 'o'}, {"help", 0, 0, 'h'},
-		{"tempfail-rcpt", 1, 0, 'T'},
+		{"duration", 1, 0, 't'}, {"report", 1, 0, 'o'}, {"chunking", 0, 0, 'c'},
+		{"help", 0, 0, 'h'}, {"tempfail-rcpt", 1, 0, 'T'},
 		{0, 0, 0, 0}};
 	opt.reply_data = 250;
 	opt.reply_rcpt = 250;
@@ -496,6 +554,7 @@ int main(int argc, char **argv)
 		case 't': opt.duration = atof(optarg); break;
 		case 'T': opt.tempfail_rcpt = atoi(optarg); break;
 		case 'o': opt.report = optarg; break;
+		case 'c': opt.chunking = true; break;
 		default: usage();
 		}
 	}

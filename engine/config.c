@@ -22,6 +22,7 @@
 #include "log.h"
 #include "connectors.h"
 #include "lpm.h"
+#include "recipients.h"
 #include "relay.h"
 #include "auth.h"
 #include "tls.h"
@@ -709,7 +710,7 @@ static bool load_server(struct loader *ld, struct conf *c, config_t *cf)
 
 static bool load_domains(struct loader *ld, struct conf *c, config_t *cf)
 {
-	static const char *const known[] = {"domain", "type", NULL};
+	static const char *const known[] = {"domain", "type", "recipients_file", NULL};
 	config_setting_t *list = config_lookup(cf, "accepted_domains");
 	if (!list)
 		return true;
@@ -753,6 +754,41 @@ static bool load_domains(struct loader *ld, struct conf *c, config_t *cf)
 			if (strcmp(c->domains[k].domain, ad->domain) == 0 &&
 			    c->domains[k].subdomains == ad->subdomains)
 				return fail(ld, ad->line, "domain \"%s\" is listed twice", d);
+		const char *rf = get_string(ld, g, "recipients_file", false);
+		if (ld->failed)
+			return false;
+		if (rf) {
+			int rl = line_of(config_setting_get_member(g, "recipients_file"));
+			/* A relay domain's recipients live elsewhere (B.9): a
+			 * list here would be silently ignored. */
+			if (ad->type != DOMAIN_AUTHORITATIVE)
+				return fail(ld, rl,
+					    "recipients_file: only for authoritative domains (\"%s\" is %s)",
+					    d, t);
+			char why[600];
+			ad->recipients_file = xstrdup(rf);
+			ad->recipients = recipients_load(rf, why, sizeof(why));
+			if (!ad->recipients)
+				return fail(ld, rl, "recipients_file: %s", why);
+		}
+	}
+	return true;
+}
+
+/* internal_relay and external_relay domains are relayed to their send
+ * connector (B.9): one must cover them. */
+static bool check_relay_domains(struct loader *ld, struct conf *c)
+{
+	for (unsigned i = 0; i < c->ndomains; i++) {
+		const struct accepted_domain *ad = &c->domains[i];
+		if (ad->type == DOMAIN_AUTHORITATIVE)
+			continue;
+		if (!conf_route(c, ad->domain, strlen(ad->domain)))
+			return fail(ld, ad->line,
+				    "domain \"%s%s\" is %s: no send connector covers it",
+				    ad->subdomains ? "*." : "", ad->domain,
+				    ad->type == DOMAIN_INTERNAL_RELAY ? "internal_relay"
+								      : "external_relay");
 	}
 	return true;
 }
@@ -1164,7 +1200,10 @@ static bool load_connector(struct loader *ld, struct conf *c, struct rconn *rc,
 		.auth_without_tls = rc->allow_auth_without_tls != 0,
 		.max_logon_failures = (unsigned)rc->max_logon_failures,
 		.rcpt_policy = relay_rcpt_policy,
+		.mail_policy = relay_mail_policy,
 		.policy_ctx = rc,
+		/* "authenticated" on top counts until AUTH succeeds */
+		.anonymous_only = (rc->perms & ~PERM_AUTHENTICATED) == PERM_ANONYMOUS,
 	};
 	return true;
 }
@@ -1488,7 +1527,7 @@ struct conf *conf_load(const char *path, char *err, size_t errlen)
 	bool ok = check_members(&ld, config_root_setting(&cf), top, NULL, 0) &&
 		  load_server(&ld, c, &cf) && load_domains(&ld, c, &cf) &&
 		  load_connectors(&ld, c, &cf) && resolve_proxy_bindings(&ld, c) &&
-		  load_send_connectors(&ld, c, &cf) &&
+		  load_send_connectors(&ld, c, &cf) && check_relay_domains(&ld, c) &&
 		  load_queue(&ld, c, &cf);
 	config_destroy(&cf);
 	if (!ok) {
@@ -1533,8 +1572,11 @@ void conf_free(struct conf *c)
 		free(c->rc[i].auth_users_file);
 		auth_users_free(c->rc[i].users);
 	}
-	for (unsigned i = 0; i < c->ndomains; i++)
+	for (unsigned i = 0; i < c->ndomains; i++) {
 		free(c->domains[i].domain);
+		free(c->domains[i].recipients_file);
+		recipients_free(c->domains[i].recipients);
+	}
 	free(c->user);
 	free(c->trusted_proxies);
 	free(c->metrics_allow);
@@ -1683,12 +1725,21 @@ void conf_print(const struct conf *c, FILE *out)
 	for (unsigned i = 0; i < c->nmetrics_allow; i++)
 		fprintf(out, "metrics_allow: %s\n", c->metrics_allow[i].text);
 	fprintf(out, "accepted_domains:%s\n", c->ndomains ? "" : " (none)");
-	for (unsigned i = 0; i < c->ndomains; i++)
-		fprintf(out, "  %s%s %s%s\n", c->domains[i].subdomains ? "*." : "",
-			c->domains[i].domain, dtype[c->domains[i].type],
-			c->domains[i].type != DOMAIN_AUTHORITATIVE
-				? " (note: accepted like authoritative; the type does not change routing yet)"
-				: "");
+	for (unsigned i = 0; i < c->ndomains; i++) {
+		const struct accepted_domain *ad = &c->domains[i];
+		fprintf(out, "  %s%s %s", ad->subdomains ? "*." : "", ad->domain, dtype[ad->type]);
+		if (ad->type != DOMAIN_AUTHORITATIVE) {
+			const struct sconn *sc = conf_route(c, ad->domain, strlen(ad->domain));
+			fprintf(out, " (relayed to send connector \"%s\"; no recipient check, no sender check)",
+				sc ? sc->name : "-");
+		} else if (ad->recipients) {
+			fprintf(out, " recipients_file=%s (%zu entries; others refused at RCPT)",
+				ad->recipients_file, recipients_count(ad->recipients));
+		} else {
+			fputs(" (every local part accepted)", out);
+		}
+		fputc('\n', out);
+	}
 	for (unsigned b = 0; b < c->nbindings; b++) {
 		fprintf(out, "binding %s:%s\n", c->bindings[b].text,
 			c->bindings[b].proxy ? " PROXY protocol required from trusted proxies" : "");

@@ -89,11 +89,17 @@ struct rconn {
 	struct smtp_server_params smtp;   /* what the session state machine sees */
 };
 
+struct recipient_set; /* recipients.h */
+
 struct accepted_domain {
 	char *domain;     /* lower case, without "*." */
-	bool subdomains;  /* written as "*.domain": subdomains only */
+	bool subdomains;  /* written as "*.domain": the domain and its subdomains */
 	enum domain_type type;
 	int line;
+	/* recipients_file (B.9, authoritative domains only): the addresses
+	 * that exist; NULL without the key (every local part is taken). */
+	char *recipients_file;
+	struct recipient_set *recipients;
 };
 
 struct binding_table; /* connectors.c */

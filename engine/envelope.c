@@ -37,6 +37,10 @@ void envelope_write(FILE *out, const char *id, const struct smtp_envelope *env,
 		fputs("\r\nauth: ", out);
 		field(out, env->auth);
 	}
+	if (env->anonymous)
+		fputs("\r\norigin: anonymous", out);
+	if (env->dotless)
+		fputs("\r\ndot-lines: none", out);
 	fputs("\r\nfrom: <", out);
 	field(out, env->from);
 	fprintf(out, ">%s%s", body[env->body], ret[env->ret]);
@@ -182,6 +186,10 @@ int envelope_read(const char *p, size_t len, struct envelope_full *e)
 			snprintf(e->connector, sizeof(e->connector), "%.*s", (int)vl, v);
 		else if (param(line, n, "client: ", &v, &vl))
 			snprintf(e->client, sizeof(e->client), "%.*s", (int)vl, v);
+		else if (param(line, n, "dot-lines: ", &v, &vl))
+			e->env.dotless = vl == 4 && memcmp(v, "none", 4) == 0;
+		else if (param(line, n, "origin: ", &v, &vl))
+			e->env.anonymous = vl == 9 && memcmp(v, "anonymous", 9) == 0;
 		else if (param(line, n, "auth: ", &v, &vl) && !e->env.auth) {
 			if (!(e->env.auth = strndup(v, vl)))
 				return -1;

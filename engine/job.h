@@ -39,6 +39,8 @@ struct qmsg {
 	char *connector;
 	uint8_t body, ret;        /* enum smtp_body, enum smtp_ret */
 	bool smtputf8;
+	bool anonymous;           /* from an anonymous-only session: bounces carry headers only */
+	bool dotless;             /* stored form = the message (no "." line start): BDAT-able */
 	int64_t arrival;          /* unix seconds */
 	int64_t arrival_ms;       /* wall clock ms (seconds * 1000 after a restart) */
 	unsigned nrcpt, pending;  /* pending: recipients not finished */

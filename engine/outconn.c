@@ -555,8 +555,9 @@ static bool send_body(struct oconn *oc)
 			continue;
 		}
 		bool last = oc->ext + 1 == m->nchunks;
-		const char *tail = last ? dot + oc->dot_off : NULL;
-		size_t taillen = last ? 3 - oc->dot_off : 0;
+		/* a BDAT chunk has no end-of-data line (dot_off 3) */
+		const char *tail = last && oc->dot_off < 3 ? dot + oc->dot_off : NULL;
+		size_t taillen = tail ? 3 - oc->dot_off : 0;
 		int seg = spool_seg_fd(m->seg);
 		uint64_t off = m->off[oc->ext] + oc->ext_off;
 		long n = io_try_sendfile(oc->w->io, oc->fd, seg, off, (size_t)left, tail, taillen);
@@ -606,7 +607,7 @@ static int tls_body(struct oconn *oc)
 		oc->ext_off = 0;
 	}
 	if (oc->ext == m->nchunks) {
-		if (!tls_write(oc->tls, dot, 3)) {
+		if (oc->dot_off < 3 && !tls_write(oc->tls, dot, 3)) {
 			lost(oc, tls_error(oc->tls));
 			return -1;
 		}
@@ -1022,7 +1023,9 @@ static void run(struct oconn *oc)
 			oc->sent_wait = true;
 			oc->ext = 0;
 			oc->ext_off = 0;
-			oc->dot_off = 0;
+			/* BDAT LAST: the chunk is the body alone, as if its
+			 * end-of-data line were sent already */
+			oc->dot_off = ev.bdat ? 3 : 0;
 			oc->rlen = 0;
 			oc->txn_ms = smtp_client_timeout_ms(&oc->cl);
 			oc->txn_deadline = oc->txn_ms > UINT64_MAX - oc->w->now_ms

@@ -131,7 +131,8 @@ struct oconn {
 	bool body;                        /* the body is being sent */
 	uint32_t ext;                     /* its chunk */
 	uint64_t ext_off;
-	size_t dot_off;                   /* of ".\r\n", sent behind the body */
+	size_t dot_off;                   /* of ".\r\n", sent behind the body (3 from
+	                                   * the start for a BDAT chunk: none) */
 	uint64_t deadline;                /* monotonic ms, 0 = none */
 	uint64_t deadline_ms;             /* ... armed for this long (logs) */
 	uint64_t txn_deadline;            /* the message's: body to final reply */

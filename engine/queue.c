@@ -160,6 +160,8 @@ static struct qmsg *qmsg_new(struct queue *q, uint64_t id, struct spool_seg *seg
 	m->body = (uint8_t)env->body;
 	m->ret = (uint8_t)env->ret;
 	m->smtputf8 = env->smtputf8;
+	m->anonymous = env->anonymous;
+	m->dotless = env->dotless;
 	m->arrival = arrival;
 	/* Envelopes keep seconds; a fresh message knows better. */
 	int64_t now = q->w->wall_ms;
@@ -730,6 +732,11 @@ static void notice_send(struct queue *q, struct qmsg *m, enum dsn_action action,
 		 * read as such. */
 		nt->full = m->ret == SMTP_RET_FULL && action == DSN_FAILED &&
 			   (!qc->max_return_size || m->bytes <= qc->max_return_size);
+		/* Backscatter: a sender nobody vouched for (anonymous
+		 * session) may be forged; the bounce carries no content of
+		 * what was sent in its name, whatever RET says. */
+		if (m->anonymous)
+			nt->full = false;
 		if (read_original(q, m, nt->full, notice_read_done, nt, true))
 			return;
 		free(nt);
@@ -931,7 +938,7 @@ static struct djob *job_new(struct queue *q, struct qmsg *m, const struct sconn 
 			*p = (char)(*p - 'A' + 'a');
 	j->cmsg = (struct smtp_client_msg){
 		.from = m->from, .size = m->bytes, .body = m->body, .ret = m->ret,
-		.envid = m->envid, .smtputf8 = m->smtputf8,
+		.envid = m->envid, .smtputf8 = m->smtputf8, .dotless = m->dotless,
 	};
 	return j;
 }

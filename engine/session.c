@@ -662,7 +662,10 @@ static size_t feed(struct wctx *w, struct conn *c, const char *in, size_t len,
 			message_begin(w, c);
 			break;
 		case SMTP_EV_DATA_CHUNK:
-			message_append(w, c, ev.data, ev.len, bid);
+			/* WIRE (DATA) and RAW (BDAT) bytes lie in the input;
+			 * STUFFING is the state machine's own, copied. */
+			message_append(w, c, ev.data, ev.len,
+				       ev.form == SMTP_CHUNK_STUFFING ? -1 : bid);
 			break;
 		case SMTP_EV_DATA_REJECT:
 			message_abandon(w, c);

@@ -26,6 +26,7 @@ bool smtp_ehlo_reply(struct smtp_reply_buf *b, const char *hostname,
 		  smtp_reply_add(b, "250-DSN") &&
 		  (!caps->starttls || smtp_reply_add(b, "250-STARTTLS")) &&
 		  (!auth[0] || smtp_reply_add(b, auth)) &&
+		  smtp_reply_add(b, "250-CHUNKING") &&
 		  smtp_reply_add(b, "250 SMTPUTF8");
 	if (!ok)
 		b->len = mark;

@@ -42,6 +42,7 @@ enum client_cmd {
 	CMD_RCPT,       /* the one numbered rcpt_sent */
 	CMD_DATA,
 	CMD_BODY,
+	CMD_BDAT,       /* "BDAT <size> LAST", its chunk (the body) queued behind */
 	CMD_DOT,
 	CMD_RSET,
 	CMD_QUIT,
@@ -457,6 +458,7 @@ static bool emit(struct smtp_client *c, struct smtp_client_event *ev)
 	c->queued = CMD_NONE;
 	if (cmd == CMD_BODY) {
 		ev->type = SMTPC_EV_SEND_BODY;
+		ev->bdat = c->chunking;
 		c->sent_pending = true;
 		return true;
 	}
@@ -486,9 +488,19 @@ static bool emit(struct smtp_client *c, struct smtp_client_event *ev)
 		put_mail(c);
 		for (unsigned i = 0; i < c->msg->nrcpt; i++)
 			put_rcpt(c, i);
-		put_line(c, "DATA", NULL);
+		/* With CHUNKING the chunk waits for the RCPT replies: octets
+		 * sent after a refused envelope would be read for nothing. */
+		if (!c->chunking)
+			put_line(c, "DATA", NULL);
 		c->rcpt_sent = c->msg->nrcpt;
 		break;
+	case CMD_BDAT: {
+		char num[48];
+		snprintf(num, sizeof(num), "%" PRIu64 " LAST", c->msg->size);
+		put_line(c, "BDAT", num);
+		c->queued = CMD_BODY; /* handed out once the line is sent */
+		break;
+	}
 	case CMD_MAIL:
 		put_mail(c);
 		break;
@@ -760,6 +772,15 @@ static void rcpt_reply(struct smtp_client *c, int cls)
 			c->rcpt_accepted++;
 	}
 	c->rcpt_replied++;
+	if (c->chunking && c->rcpt_replied == c->msg->nrcpt) {
+		/* RFC 3030: the whole message is one LAST chunk; its reply is
+		 * the message's, read as the reply to DATA's dot is. */
+		if (c->rcpt_accepted && !c->mail_failed)
+			queue(c, CMD_BDAT, ST_BODY);
+		else
+			txn_abandon(c);
+		return;
+	}
 	if (c->pipelined)
 		return;
 	if (c->rcpt_replied < c->msg->nrcpt)
@@ -1138,6 +1159,7 @@ size_t smtp_client_feed(struct smtp_client *c, const char *in, size_t len,
 	size_t used = 0;
 	ev->data = NULL;
 	ev->len = 0;
+	ev->bdat = false;
 	for (;;) {
 		if (next_event(c, ev))
 			return used;
@@ -1235,6 +1257,7 @@ void smtp_client_start(struct smtp_client *c, const struct smtp_client_msg *m,
 	c->mail_replied = c->mail_failed = false;
 	c->rcpt_sent = c->rcpt_replied = c->rcpt_accepted = 0;
 	c->pipelined = (c->ext & SMTPC_EXT_PIPELINING) && !c->p.no_pipelining;
+	c->chunking = (c->ext & SMTPC_EXT_CHUNKING) && m->dotless;
 	int code = 0;
 	const char *status = NULL;
 	char text[sizeof(res->text)];

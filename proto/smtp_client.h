@@ -68,6 +68,10 @@ struct smtp_client_msg {
 	enum smtp_ret ret;
 	const char *envid;            /* xtext as received, or NULL */
 	bool smtputf8;
+	/* No line of the stored form begins with "." (it is the message
+	 * itself): with a next hop that offers CHUNKING it goes as one
+	 * "BDAT <size> LAST" (RFC 3030), sent as it lies, instead of DATA. */
+	bool dotless;
 	const struct smtp_client_rcpt *rcpt;
 	unsigned nrcpt;
 };
@@ -86,7 +90,8 @@ struct smtp_client_result {
 enum smtp_client_event_type {
 	SMTPC_EV_SEND,       /* send out[0..len) completely, then smtp_client_sent() */
 	SMTPC_EV_SEND_BODY,  /* send the stored message (wire form, CRLF-terminated,
-	                      * dot-stuffed) followed by ".\r\n", then smtp_client_sent() */
+	                      * dot-stuffed) followed by ".\r\n" (none when
+	                      * ev.bdat: the chunk of a BDAT LAST), then smtp_client_sent() */
 	SMTPC_EV_NEED_INPUT, /* wait for more reply bytes */
 	SMTPC_EV_READY,      /* idle, in the initial state: smtp_client_start() or
 	                      * smtp_client_quit() */
@@ -107,6 +112,7 @@ struct smtp_client_event {
 	enum smtp_client_event_type type;
 	const char *data;    /* SMTPC_EV_SEND */
 	size_t len;
+	bool bdat;           /* SMTPC_EV_SEND_BODY: the body alone, no end-of-data line */
 };
 
 /* Whether to ask for STARTTLS after EHLO. */
@@ -182,6 +188,7 @@ struct smtp_client {
 	bool done_pending;            /* SMTPC_EV_MSG_DONE still to return */
 	bool quit_wanted;             /* smtp_client_quit() seen */
 	bool pipelined;               /* this message's MAIL/RCPT/DATA in one SEND */
+	bool chunking;                /* ... and BDAT LAST instead of DATA */
 	bool mail_replied, mail_failed;
 	bool out_oom;
 	const struct smtp_client_msg *msg;

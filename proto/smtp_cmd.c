@@ -98,3 +98,26 @@ enum smtp_cmd_result smtp_cmd_next(struct smtp_cmd_reader *r, const char *buf,
 	cmd->arg_len = e - a;
 	return SMTP_CMD_LINE;
 }
+
+bool smtp_bdat_arg_parse(const char *arg, size_t len, uint64_t *size, bool *last)
+{
+	size_t i = 0;
+	uint64_t v = 0;
+	while (i < len && arg[i] >= '0' && arg[i] <= '9') {
+		if (i == 18)
+			return false;
+		v = v * 10 + (uint64_t)(arg[i] - '0');
+		i++;
+	}
+	if (i == 0)
+		return false;
+	*size = v;
+	*last = false;
+	if (i == len)
+		return true;
+	if (len - i == 5 && arg[i] == ' ' && strncasecmp(arg + i + 1, "LAST", 4) == 0) {
+		*last = true;
+		return true;
+	}
+	return false;
+}

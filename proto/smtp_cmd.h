@@ -6,6 +6,7 @@
 
 #include <stdbool.h>
 #include <stddef.h>
+#include <stdint.h>
 
 /* RFC 5321 4.5.3.1.4 allows 512 octets; extensions (SIZE, DSN parameters)
  * legitimately push MAIL/RCPT beyond that, so we allow more but stay bounded. */
@@ -53,5 +54,10 @@ enum smtp_cmd_result smtp_cmd_next(struct smtp_cmd_reader *r, const char *buf,
 enum smtp_verb smtp_cmd_verb(const char *line, size_t len, size_t *verb_len);
 
 const char *smtp_verb_name(enum smtp_verb v);
+
+/* RFC 3030 BDAT argument: "chunk-size [SP LAST]", chunk-size 1*DIGIT (no
+ * sign, at most 18 digits: a size that does not fit is not a size we
+ * could count), LAST in any case, single spaces. false: not that. */
+bool smtp_bdat_arg_parse(const char *arg, size_t len, uint64_t *size, bool *last);
 
 #endif

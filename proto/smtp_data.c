@@ -98,6 +98,7 @@ size_t smtp_data_scan(struct smtp_data_scan *s, const char *buf, size_t len,
 			}
 			count_octet(s, '.');
 			count_octet(s, c);
+			s->dot_lines++;
 			if (c == '\n')
 				s->errors |= SMTP_DATA_BARE_CR_LF;
 			s->state = ST_TEXT;
@@ -111,6 +112,7 @@ size_t smtp_data_scan(struct smtp_data_scan *s, const char *buf, size_t len,
 				return i + 1;
 			}
 			/* ".CR" then not LF: a bare CR. */
+			s->dot_lines++;
 			count_octet(s, '.');
 			count_octet(s, '\r');
 			count_octet(s, c);
@@ -163,4 +165,11 @@ void smtp_data_scan_octets(struct smtp_data_scan *s, const char *buf, size_t len
 		}
 	}
 	check_limits(s);
+}
+
+bool smtp_data_scan_octets_end(struct smtp_data_scan *s)
+{
+	if (s->state == ST_CR)
+		s->errors |= SMTP_DATA_BARE_CR_LF;
+	return s->state != ST_LINE_START;
 }

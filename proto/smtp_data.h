@@ -40,6 +40,7 @@ struct smtp_data_scan {
 	uint32_t line_len;
 	uint64_t size;            /* octets of message so far, wire form */
 	uint64_t header_size;
+	uint64_t dot_lines;       /* lines of the wire form that begin with "." */
 };
 
 void smtp_data_scan_init(struct smtp_data_scan *s,
@@ -59,5 +60,10 @@ size_t smtp_data_scan(struct smtp_data_scan *s, const char *buf, size_t len,
  * calls. Every octet of a message, whichever command carried it, must pass
  * through one of the two. */
 void smtp_data_scan_octets(struct smtp_data_scan *s, const char *buf, size_t len);
+
+/* The octets of smtp_data_scan_octets() end here (BDAT LAST): a CR at the
+ * very end is a bare CR. Returns true when the message ends inside a line
+ * (not after CR LF, and not empty): its stored wire form needs a CR LF. */
+bool smtp_data_scan_octets_end(struct smtp_data_scan *s);
 
 #endif

@@ -34,9 +34,18 @@ static void envelope_reset(struct smtp_envelope *e)
 	memset(e, 0, sizeof(*e));
 }
 
+static void bdat_reset(struct smtp_server *s)
+{
+	s->bdat_open = false;
+	s->bdat_left = 0;
+	s->bdat_refusal = NULL;
+	s->bdat_crlf_added = false;
+}
+
 static void reset_transaction(struct smtp_server *s)
 {
 	envelope_reset(&s->env);
+	bdat_reset(s);
 	s->msgid[0] = '\0';
 	s->data_end_pending = false;
 	if (s->state != SMTP_S_CLOSING)
@@ -67,6 +76,8 @@ static const char *const reject_names[SMTP_REJECT_COUNT] = {
 	[SMTP_REJECT_TLS_REQUIRED] = "tls_required",
 	[SMTP_REJECT_CLIENT_CERT] = "client_certificate",
 	[SMTP_REJECT_AUTH_TLS] = "auth_without_tls",
+	[SMTP_REJECT_SENDER] = "sender_permission",
+	[SMTP_REJECT_UNKNOWN_RECIPIENT] = "unknown_recipient",
 };
 
 const char *smtp_reject_name(enum smtp_reject r)
@@ -116,8 +127,11 @@ static enum smtp_ev do_hello(struct smtp_server *s, const struct smtp_cmd *c,
 {
 	if (!smtp_helo_arg_valid(c->arg, c->arg_len))
 		return proto_error(s, R_BAD_DOMAIN);
-	/* HELO/EHLO also resets any transaction (RFC 5321 4.1.4). */
+	/* HELO/EHLO also resets any transaction (RFC 5321 4.1.4); a BDAT
+	 * message already begun is dropped. */
+	enum smtp_ev ev = s->bdat_open ? SMTP_EV_DATA_REJECT : SMTP_EV_NEED_INPUT;
 	envelope_reset(&s->env);
+	bdat_reset(s);
 	memcpy(s->helo, c->arg, c->arg_len);
 	s->helo[c->arg_len] = '\0';
 	s->esmtp = esmtp;
@@ -125,13 +139,13 @@ static enum smtp_ev do_hello(struct smtp_server *s, const struct smtp_cmd *c,
 	if (!esmtp) {
 		smtp_reply_addf(&s->out, "250 %s Hello [%s]", s->p->hostname,
 				s->client_ip);
-		return SMTP_EV_NEED_INPUT;
+		return ev;
 	}
 	struct smtp_ehlo_caps caps = {.max_size = size_limit(s),
 				      .starttls = s->p->starttls && !s->tls,
 				      .auth_mechs = smtp_server_auth_offered(s) ? s->p->auth_mechs : 0};
 	smtp_ehlo_reply(&s->out, s->p->hostname, s->client_ip, &caps);
-	return SMTP_EV_NEED_INPUT;
+	return ev;
 }
 
 static enum smtp_ev cmd_helo(struct smtp_server *s, const struct smtp_cmd *c)
@@ -183,6 +197,12 @@ static enum smtp_ev cmd_mail(struct smtp_server *s, const struct smtp_cmd *c)
 		refuse(s, SMTP_REJECT_SIZE, R_TOO_BIG, NULL);
 		return SMTP_EV_NEED_INPUT;
 	}
+	const char *denied = s->p->mail_policy && !m.path.is_null
+		? s->p->mail_policy(s->p->policy_ctx, &m.path, s->authenticated) : NULL;
+	if (denied) {
+		refuse(s, SMTP_REJECT_SENDER, denied, NULL);
+		return SMTP_EV_NEED_INPUT;
+	}
 	if (s->hooks.admit_message && !s->hooks.admit_message(s->hooks.ctx))
 		return close_with(s, R_RATE_EXCEEDED);
 	envelope_reset(&s->env);
@@ -198,6 +218,7 @@ static enum smtp_ev cmd_mail(struct smtp_server *s, const struct smtp_cmd *c)
 	s->env.body = m.body;
 	s->env.ret = m.ret;
 	s->env.smtputf8 = m.smtputf8;
+	s->env.anonymous = s->p->anonymous_only && !s->authenticated;
 	set_state(s, SMTP_S_MAIL);
 	reply(s, R_MAIL_OK);
 	return SMTP_EV_NEED_INPUT;
@@ -228,7 +249,8 @@ static bool add_rcpt(struct smtp_envelope *e, const struct smtp_rcpt_arg *r)
 
 static enum smtp_ev cmd_rcpt(struct smtp_server *s, const struct smtp_cmd *c)
 {
-	if (s->state != SMTP_S_MAIL && s->state != SMTP_S_RCPT)
+	/* Not once BDAT chunks have begun: the envelope went before them. */
+	if ((s->state != SMTP_S_MAIL && s->state != SMTP_S_RCPT) || s->bdat_open)
 		return proto_error(s, R_BAD_SEQUENCE);
 	struct smtp_rcpt_arg r;
 	size_t pos;
@@ -259,6 +281,7 @@ static enum smtp_ev cmd_rcpt(struct smtp_server *s, const struct smtp_cmd *c)
 		memcpy(rcpt, r.path.mailbox.p, n);
 		rcpt[n] = '\0';
 		refuse(s, strcmp(refusal, R_UNABLE_TO_ROUTE) == 0 ? SMTP_REJECT_NO_ROUTE
+			   : strcmp(refusal, R_RECIPIENT_NOT_FOUND) == 0 ? SMTP_REJECT_UNKNOWN_RECIPIENT
 			   : SMTP_REJECT_RELAY, refusal, rcpt);
 		return SMTP_EV_NEED_INPUT;
 	}
@@ -277,6 +300,13 @@ static enum smtp_ev cmd_data(struct smtp_server *s, const struct smtp_cmd *c)
 		return proto_error(s, R_SYNTAX);
 	if (s->state != SMTP_S_RCPT)
 		return proto_error(s, R_BAD_SEQUENCE);
+	if (s->bdat_open) {
+		/* RFC 3030 2: DATA after BDAT is 503; the transaction is
+		 * left in no state worth keeping, so it ends here. */
+		reset_transaction(s);
+		enum smtp_ev e = proto_error(s, R_BAD_SEQUENCE);
+		return e == SMTP_EV_CLOSE ? e : SMTP_EV_DATA_REJECT;
+	}
 	struct smtp_data_limits lim = {
 		.max_size = size_limit(s),
 		.max_header_size = s->p->max_header_size,
@@ -288,13 +318,59 @@ static enum smtp_ev cmd_data(struct smtp_server *s, const struct smtp_cmd *c)
 	return SMTP_EV_DATA_BEGIN;
 }
 
+/* RFC 3030. The chunk's octets follow the command line at once, so every
+ * BDAT whose size parses has them read, even one that is refused: they are
+ * never taken for commands. */
+static enum smtp_ev cmd_bdat(struct smtp_server *s, const struct smtp_cmd *c)
+{
+	uint64_t size;
+	bool last;
+	if (!smtp_bdat_arg_parse(c->arg, c->arg_len, &size, &last)) {
+		/* Without its size a chunk cannot be told from the commands
+		 * after it: nothing more is read from this client. */
+		s->errors++;
+		refuse(s, SMTP_REJECT_PROTOCOL, R_SYNTAX, NULL);
+		set_state(s, SMTP_S_CLOSING);
+		return SMTP_EV_CLOSE;
+	}
+	s->bdat_left = s->bdat_size = size;
+	s->bdat_last = last;
+	s->bdat_refusal = NULL;
+	s->bdat_proto = false;
+	s->bdat_resume = s->state;
+	uint64_t lim = size_limit(s);
+	uint64_t had = s->bdat_open ? s->scan.size : 0;
+	if (s->state != SMTP_S_RCPT || !s->esmtp) {
+		s->bdat_refusal = R_BAD_SEQUENCE;
+		s->bdat_proto = true;
+	} else if (lim && (size > lim || had + size > lim)) {
+		/* Known before a byte is read: none is stored. */
+		s->bdat_refusal = R_TOO_BIG;
+		s->bdat_why = SMTP_REJECT_SIZE;
+	}
+	set_state(s, SMTP_S_BDAT);
+	if (s->bdat_refusal || s->bdat_open)
+		return SMTP_EV_NEED_INPUT;
+	struct smtp_data_limits dl = {
+		.max_size = lim,
+		.max_header_size = s->p->max_header_size,
+		.max_hops = s->p->max_hop_count,
+	};
+	smtp_data_scan_init(&s->scan, &dl);
+	s->bdat_open = true;
+	s->bdat_line_start = true;
+	s->bdat_crlf_added = false;
+	return SMTP_EV_DATA_BEGIN;
+}
+
 static enum smtp_ev cmd_rset(struct smtp_server *s, const struct smtp_cmd *c)
 {
 	if (c->arg_len)
 		return proto_error(s, R_SYNTAX);
+	bool open = s->bdat_open;
 	reset_transaction(s);
 	reply(s, R_RESET);
-	return SMTP_EV_NEED_INPUT;
+	return open ? SMTP_EV_DATA_REJECT : SMTP_EV_NEED_INPUT;
 }
 
 static enum smtp_ev cmd_noop(struct smtp_server *s, const struct smtp_cmd *c)
@@ -346,7 +422,7 @@ static enum smtp_ev cmd_starttls(struct smtp_server *s, const struct smtp_cmd *c
 		return cmd_unknown(s, c);
 	if (c->arg_len)
 		return proto_error(s, R_SYNTAX);
-	if (s->tls)
+	if (s->tls || s->bdat_open)
 		return proto_error(s, R_BAD_SEQUENCE);
 	if (s->hooks.starttls && !s->hooks.starttls(s->hooks.ctx)) {
 		reply(s, R_TLS_UNAVAILABLE);
@@ -530,10 +606,9 @@ static const struct {
 	[SMTP_VERB_VRFY] = {cmd_vrfy, CMD_ENDS_IDLE},
 	[SMTP_VERB_EXPN] = {cmd_expn, CMD_ENDS_IDLE},
 	[SMTP_VERB_HELP] = {cmd_help, 0},
-	/* Not offered in EHLO (yet): unrecognised, as RFC 5321 expects. */
 	[SMTP_VERB_STARTTLS] = {cmd_starttls, CMD_ENDS_IDLE},
 	[SMTP_VERB_AUTH] = {cmd_auth, CMD_ENDS_IDLE},
-	[SMTP_VERB_BDAT] = {cmd_unknown, 0},
+	[SMTP_VERB_BDAT] = {cmd_bdat, 0},
 };
 
 void smtp_server_init(struct smtp_server *s, const struct smtp_server_params *p,
@@ -613,7 +688,7 @@ static size_t feed_commands(struct smtp_server *s, const char *in, size_t len,
 			else
 				e = commands[c.verb].fn(s, &c);
 		}
-		if (e != SMTP_EV_NEED_INPUT) {
+		if (e != SMTP_EV_NEED_INPUT || s->state == SMTP_S_BDAT) {
 			ev->type = e;
 			return used;
 		}
@@ -659,6 +734,7 @@ static size_t finish_data(struct smtp_server *s, struct smtp_event *ev)
 		ev->type = SMTP_EV_DATA_REJECT;
 		return 0;
 	}
+	s->env.dotless = s->scan.dot_lines == 0;
 	set_state(s, SMTP_S_STORING);
 	ev->type = SMTP_EV_DATA_END;
 	return 0;
@@ -686,11 +762,119 @@ static size_t feed_data(struct smtp_server *s, const char *in, size_t len,
 	return n;
 }
 
+static void chunk_event(struct smtp_event *ev, const char *p, size_t n,
+			enum smtp_chunk_form form)
+{
+	ev->type = SMTP_EV_DATA_CHUNK;
+	ev->data = p;
+	ev->len = n;
+	ev->form = form;
+}
+
+/* The current chunk's octets are all in: its reply, or the message's end. */
+static size_t finish_bdat(struct smtp_server *s, struct smtp_event *ev)
+{
+	if (smtp_reply_room(&s->out) < SMTP_REPLY_LINE_MAX) {
+		ev->type = SMTP_EV_FLUSH;
+		return 0;
+	}
+	if (s->bdat_refusal) {
+		const char *text = s->bdat_refusal;
+		s->bdat_refusal = NULL;
+		if (s->bdat_proto) {
+			/* out of sequence: whatever was before goes on */
+			set_state(s, s->bdat_resume);
+			ev->type = proto_error(s, text);
+			return 0;
+		}
+		/* a 5xx to a chunk ends the transaction, not the session */
+		bool open = s->bdat_open;
+		refuse(s, s->bdat_why, text, NULL);
+		reset_transaction(s);
+		ev->type = open ? SMTP_EV_DATA_REJECT : SMTP_EV_NEED_INPUT;
+		return 0;
+	}
+	if (s->bdat_last && !s->bdat_crlf_added) {
+		s->bdat_crlf_added = true;
+		if (smtp_data_scan_octets_end(&s->scan) && !s->scan.errors) {
+			/* the stored form is CRLF lines (RFC 3030 4.1: a message
+			 * relayed with DATA gets the CR LF it lacks) */
+			chunk_event(ev, "\r\n", 2, SMTP_CHUNK_STUFFING);
+			return 0;
+		}
+	}
+	if (s->scan.errors) {
+		enum smtp_reject why;
+		const char *text = data_error_reply(s->scan.errors, &why);
+		refuse(s, why, text, NULL);
+		reset_transaction(s);
+		ev->type = SMTP_EV_DATA_REJECT;
+		return 0;
+	}
+	if (s->bdat_last) {
+		s->env.dotless = s->scan.dot_lines == 0;
+		set_state(s, SMTP_S_STORING);
+		ev->type = SMTP_EV_DATA_END;
+		return 0;
+	}
+	smtp_reply_addf(&s->out, R_BDAT_OK_FMT, (unsigned long long)s->bdat_size);
+	set_state(s, SMTP_S_RCPT);
+	ev->type = SMTP_EV_NEED_INPUT;
+	return 0;
+}
+
+/* Octets of a BDAT chunk: handed out as RAW spans that end before each
+ * line-start ".", with the stuffing "." given between them, so the stored
+ * form is the one DATA makes and most octets are never copied. */
+static size_t feed_bdat(struct smtp_server *s, const char *in, size_t len,
+			struct smtp_event *ev)
+{
+	size_t used = 0;
+	for (;;) {
+		if (s->bdat_left == 0)
+			return used + finish_bdat(s, ev);
+		size_t n = len - used < s->bdat_left ? len - used : (size_t)s->bdat_left;
+		if (n == 0) {
+			ev->type = SMTP_EV_NEED_INPUT;
+			return used;
+		}
+		const char *p = in + used;
+		if (s->bdat_refusal || s->scan.errors) {
+			/* read and dropped */
+			s->bdat_left -= n;
+			used += n;
+			continue;
+		}
+		if (s->bdat_line_start && p[0] == '.') {
+			s->bdat_line_start = false;
+			s->scan.dot_lines++;
+			chunk_event(ev, ".", 1, SMTP_CHUNK_STUFFING);
+			return used;
+		}
+		size_t k = n;
+		for (const char *q = p; (q = memchr(q, '\n', (size_t)(p + n - q))) != NULL; q++) {
+			if (q + 1 < p + n && q[1] == '.') {
+				k = (size_t)(q + 1 - p);
+				break;
+			}
+		}
+		smtp_data_scan_octets(&s->scan, p, k);
+		s->bdat_left -= k;
+		s->bdat_line_start = p[k - 1] == '\n';
+		used += k;
+		if (s->scan.errors)
+			continue; /* the message is refused at the chunk's end */
+		chunk_event(ev, p, k, SMTP_CHUNK_RAW);
+		return used;
+	}
+}
+
 size_t smtp_server_feed(struct smtp_server *s, const char *in, size_t len,
 			struct smtp_event *ev)
 {
 	ev->data = NULL;
 	ev->len = 0;
+	ev->form = SMTP_CHUNK_WIRE;
 	switch (s->state) {
 	case SMTP_S_CLOSING:
 		ev->type = SMTP_EV_CLOSE;
@@ -708,7 +892,21 @@ size_t smtp_server_feed(struct smtp_server *s, const char *in, size_t len,
 	case SMTP_S_DATA:
 		return feed_data(s, in, len, ev);
 	default:
-		return feed_commands(s, in, len, ev);
+		break;
+	}
+	/* Commands and BDAT chunks: one batch may go from one to the other
+	 * many times (RFC 3030 with PIPELINING). */
+	size_t used = 0;
+	for (;;) {
+		if (s->state == SMTP_S_BDAT) {
+			used += feed_bdat(s, in + used, len - used, ev);
+			if (ev->type != SMTP_EV_NEED_INPUT || s->state == SMTP_S_BDAT || used == len)
+				return used;
+		} else {
+			used += feed_commands(s, in + used, len - used, ev);
+			if (ev->type != SMTP_EV_NEED_INPUT || s->state != SMTP_S_BDAT)
+				return used;
+		}
 	}
 }
 
@@ -788,6 +986,7 @@ void smtp_server_tls_started(struct smtp_server *s, const char *version, const c
 	envelope_reset(&s->env);
 	s->msgid[0] = '\0';
 	s->data_end_pending = false;
+	bdat_reset(s);
 	s->helo[0] = '\0';
 	s->esmtp = false;
 	smtp_cmd_reader_init(&s->rd);

@@ -33,6 +33,8 @@ enum smtp_reject {
 	SMTP_REJECT_TLS_REQUIRED,   /* 530 5.7.0: MAIL before STARTTLS */
 	SMTP_REJECT_CLIENT_CERT,    /* 530 5.7.1: no verified client certificate */
 	SMTP_REJECT_AUTH_TLS,       /* 538 5.7.11: AUTH before STARTTLS */
+	SMTP_REJECT_SENDER,         /* 550 5.7.1: anonymous sender in our domain */
+	SMTP_REJECT_UNKNOWN_RECIPIENT, /* 550 5.1.10: not in recipients_file */
 	SMTP_REJECT_COUNT
 };
 
@@ -82,7 +84,13 @@ struct smtp_server_params {
 	/* Decides one recipient: NULL accepts, else the reply text to send.
 	 * authenticated: the session passed AUTH. */
 	const char *(*rcpt_policy)(void *ctx, const struct smtp_path *rcpt, bool authenticated);
+	/* Decides the sender at MAIL the same way (NULL: any sender). */
+	const char *(*mail_policy)(void *ctx, const struct smtp_path *from, bool authenticated);
 	void *policy_ctx;
+	/* The connector's groups are only "anonymous" (before AUTH, when it
+	 * also has "authenticated"): its messages are marked so (bounces to
+	 * such a sender carry headers only). */
+	bool anonymous_only;
 };
 
 enum smtp_state {
@@ -91,6 +99,7 @@ enum smtp_state {
 	SMTP_S_MAIL,        /* MAIL accepted, no recipient yet */
 	SMTP_S_RCPT,        /* at least one recipient accepted */
 	SMTP_S_DATA,        /* receiving message data */
+	SMTP_S_BDAT,        /* receiving (or discarding) the octets of one BDAT chunk */
 	SMTP_S_STORING,     /* waiting for the caller to store the message */
 	SMTP_S_CLOSING,     /* last reply queued; close after sending */
 	SMTP_S_STARTTLS,    /* 220 to STARTTLS queued: input is discarded until
@@ -102,8 +111,9 @@ enum smtp_state {
 enum smtp_ev {
 	SMTP_EV_NEED_INPUT, /* everything usable consumed: send replies, read */
 	SMTP_EV_FLUSH,      /* reply buffer full: send it, then feed again */
-	SMTP_EV_DATA_BEGIN, /* 354 queued: open a message, see smtp_server_begin_message() */
-	SMTP_EV_DATA_CHUNK, /* data/len: message bytes (wire form) to append */
+	SMTP_EV_DATA_BEGIN, /* 354 queued (or a first BDAT): open a message, see
+	                     * smtp_server_begin_message() */
+	SMTP_EV_DATA_CHUNK, /* data/len: message bytes to append, in ev.form */
 	SMTP_EV_DATA_END,   /* message complete: store durably, then smtp_server_stored() */
 	SMTP_EV_DATA_REJECT,/* message refused (reply queued): discard it */
 	SMTP_EV_CLOSE,      /* send the queued replies, then close */
@@ -115,10 +125,23 @@ enum smtp_ev {
 	                     * do not feed until then */
 };
 
+/* What the bytes of an SMTP_EV_DATA_CHUNK are. Appended in order, all
+ * three make the stored form: CRLF lines, dot-stuffed, as DATA carries it
+ * (delivery sends it as it lies). A content scanner unstuffs WIRE, takes
+ * RAW as it is and skips STUFFING. */
+enum smtp_chunk_form {
+	SMTP_CHUNK_WIRE,     /* DATA: dot-stuffed wire form, as received */
+	SMTP_CHUNK_RAW,      /* BDAT: the message's own octets, as received */
+	SMTP_CHUNK_STUFFING, /* added by the server to BDAT octets: a "." before a
+	                      * line-start ".", a CR LF after a last line without
+	                      * one. data is static, never in the input buffer */
+};
+
 struct smtp_event {
 	enum smtp_ev type;
 	const char *data;
 	size_t len;
+	enum smtp_chunk_form form; /* SMTP_EV_DATA_CHUNK */
 };
 
 struct smtp_rcpt {
@@ -135,6 +158,9 @@ struct smtp_envelope {
 	char *envid;        /* or NULL */
 	bool smtputf8;
 	char *auth;         /* the AUTH user of the session, or NULL */
+	bool anonymous;     /* from a session with only the anonymous group */
+	bool dotless;       /* no line of the stored form begins with ".": it is
+	                     * the message itself too (BDAT may send it as it lies) */
 	struct smtp_rcpt *rcpt;
 	unsigned nrcpt;
 	unsigned rcpt_cap;
@@ -166,6 +192,19 @@ struct smtp_server {
 	struct smtp_envelope env;
 	struct smtp_reply_buf out;
 	struct smtp_server_hooks hooks;
+	/* BDAT (RFC 3030): the chunk being read, and the message it builds */
+	uint64_t bdat_left;     /* octets of the current chunk still to come */
+	uint64_t bdat_size;     /* the current chunk's size, for its reply */
+	bool bdat_last;         /* the current chunk is the LAST one */
+	bool bdat_open;         /* a BDAT message is open (DATA_BEGIN was given) */
+	bool bdat_line_start;   /* the next octet begins a line (dot-stuffing) */
+	bool bdat_crlf_added;   /* LAST: the closing CR LF was given */
+	/* The current chunk is read and dropped, then answered with this
+	 * (NULL: taken); why counts it. */
+	const char *bdat_refusal;
+	enum smtp_reject bdat_why;
+	bool bdat_proto;        /* ... and counted as a protocol error */
+	enum smtp_state bdat_resume; /* the state after a dropped chunk */
 	uint64_t messages;  /* accepted in this session */
 	uint64_t rejects;   /* refusals of any kind in this session */
 };

@@ -36,7 +36,8 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 				abort();
 			same(e.env.from, g.env.from);
 			if (e.env.nrcpt != g.env.nrcpt || e.env.body != g.env.body ||
-			    e.env.ret != g.env.ret || e.env.smtputf8 != g.env.smtputf8)
+			    e.env.ret != g.env.ret || e.env.smtputf8 != g.env.smtputf8 ||
+			    e.env.anonymous != g.env.anonymous || e.env.dotless != g.env.dotless)
 				abort();
 			for (unsigned i = 0; i < e.env.nrcpt; i++) {
 				same(e.env.rcpt[i].addr, g.env.rcpt[i].addr);

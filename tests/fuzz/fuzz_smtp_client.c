@@ -5,7 +5,7 @@
  * acknowledged late, and a fail() or quit() half way. Checks: bounded
  * consumption, no send while one is outstanding, well-formed commands,
  * complete results at MSG_DONE, a MSG_DONE for every message started, and a
- * dead machine after CLOSE. With credentials (picked by the first bytes
+ * dead machine after CLOSE, a BDAT chunk only for a dotless message. With credentials (picked by the first bytes
  * too): AUTH only after EHLO, its responses base64 lines, the secret
  * never in clear on the wire, never outside TLS when TLS was asked for
  * them, no MAIL before a 2xx to AUTH, and an AUTH failure always a 4xx.
@@ -35,7 +35,7 @@ struct ctx {
 
 static const char *const verbs[] = {"EHLO ", "HELO ", "MAIL FROM:<", "RCPT TO:<",
 				    "DATA\r", "RSET\r", "QUIT\r", ".\r", "STARTTLS\r",
-				    "AUTH "};
+				    "AUTH ", "BDAT "};
 
 /* A response to an AUTH challenge: base64, or empty. */
 static bool is_b64_line(const char *p, size_t n)
@@ -133,7 +133,7 @@ static void run(struct ctx *x, const char *in, size_t len)
 				abort();
 			if (ev.type == SMTPC_EV_SEND)
 				check_commands(&x->c, ev.data, ev.len);
-			else if (!x->in_msg)
+			else if (!x->in_msg || (ev.bdat && !x->msg.dotless))
 				abort();
 			if (x->late_ack)
 				x->outstanding = true;
@@ -241,6 +241,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 	x->msg.ret = (enum smtp_ret)((data[4] >> 2) % 3);
 	x->msg.envid = data[4] & 0x10 ? "ID+2B1" : NULL;
 	x->msg.smtputf8 = data[4] & 0x20;
+	x->msg.dotless = data[2] & 0x08; /* BDAT LAST to a CHUNKING next hop */
 	x->msg.nrcpt = data[5] % (MAX_RCPT + 1);
 	for (unsigned i = 0; i < MAX_RCPT; i++) {
 		x->rcpt[i].addr = addrs[i];

@@ -1,8 +1,10 @@
 /* libFuzzer target for the SMTP command tokenizer (proto/smtp_cmd.c).
  * Differential: the input tokenized in one piece and in data-chosen chunks
  * must give the same lines; spans must lie in the caller's buffer and the
- * caller's buffer must stay bounded. */
+ * caller's buffer must stay bounded. BDAT arguments go through their
+ * parser (smtp_bdat_arg_parse) too. */
 #include <stdint.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -25,6 +27,22 @@ static void rec_add(struct run *r, const void *p, size_t n)
 	}
 	memcpy(r->rec + r->len, p, n);
 	r->len += n;
+}
+
+/* BDAT's argument: what parses prints back to an argument that parses
+ * the same (the size as decimal, LAST kept). */
+static void check_bdat(const char *arg, size_t len)
+{
+	uint64_t size, size2;
+	bool last, last2;
+	if (!smtp_bdat_arg_parse(arg, len, &size, &last))
+		return;
+	if (size > 999999999999999999ull || len > 23)
+		abort();
+	char back[40];
+	int n = snprintf(back, sizeof(back), "%llu%s", (unsigned long long)size, last ? " LAST" : "");
+	if (!smtp_bdat_arg_parse(back, (size_t)n, &size2, &last2) || size2 != size || last2 != last)
+		abort();
 }
 
 /* Tokenizes data, presented chunk bytes at a time (0: all at once). */
@@ -64,6 +82,8 @@ static void tokenize(const uint8_t *data, size_t size, size_t chunk, struct run 
 				rec_add(out, c.line, c.line_len);
 				uint32_t a = (uint32_t)(c.arg - c.line);
 				rec_add(out, &a, sizeof(a));
+				if (c.verb == SMTP_VERB_BDAT)
+					check_bdat(c.arg, c.arg_len);
 			} else if (res == SMTP_CMD_TOO_LONG) {
 				uint32_t hdr = 2;
 				rec_add(out, &hdr, sizeof(hdr));

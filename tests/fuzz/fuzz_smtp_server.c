@@ -3,7 +3,8 @@
  * (send on NEED_INPUT/FLUSH/CLOSE, store on DATA_END). The first bytes pick
  * the connector limits, the reply buffer size, the chunking and the storage
  * outcome. Checks: bounded reply buffer, progress, well-formed replies, and
- * no stored message with bare CR/LF or an embedded end marker. */
+ * no stored message with bare CR/LF or an embedded end marker, whether
+ * DATA or BDAT (dot-stuffed by the state machine) brought it. */
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -107,7 +108,14 @@ static void run(struct ctx *c, char *in, size_t *inlen)
 			break;
 		}
 		case SMTP_EV_DATA_CHUNK:
-			if (!c->in_data || ev.data < in || ev.data + ev.len > in + n || !ev.len)
+			/* input bytes (DATA's wire form, BDAT's raw octets),
+			 * or the state machine's own stuffing for BDAT */
+			if (!c->in_data || !ev.len ||
+			    (ev.form == SMTP_CHUNK_STUFFING
+				     ? (ev.data >= in && ev.data < in + n) ||
+					       !(ev.len == 1 ? ev.data[0] == '.'
+							     : ev.len == 2 && memcmp(ev.data, "\r\n", 2) == 0)
+				     : ev.data < in || ev.data + ev.len > in + n))
 				abort();
 			if (c->msg_len + ev.len > c->msg_cap) {
 				c->msg_cap = (c->msg_len + ev.len) * 2;
@@ -209,6 +217,10 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 	p.max_logon_failures = data[2] & 3;
 	if (data[4] & 4)
 		p.rcpt_policy = policy;
+	if (data[4] & 4) {
+		p.mail_policy = policy;   /* senders outside corp.example refused */
+		p.anonymous_only = true;
+	}
 	size_t chunk = 1 + data[5] % 64;
 	struct ctx c;
 	memset(&c, 0, sizeof(c));

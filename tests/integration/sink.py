@@ -7,7 +7,11 @@ transaction that got to the end of DATA (self.messages: dicts with conn,
 mail, rcpt_lines, rcpts, data = exact bytes between 354 and CRLF.CRLF with
 the dot-stuffing kept, t = arrival time, reply), the number of connections
 and the most open at once. rcpt_reply(addr, line) and data_reply(txn) may
-return a reply to use instead of the 2xx."""
+return a reply to use instead of the 2xx.
+
+chunking=True offers CHUNKING (RFC 3030): a message that comes by BDAT has
+data = its octets exactly as sent (not dot-stuffed), chunks = the size of
+every chunk, and via = "BDAT" (DATA: via = "DATA")."""
 import re
 import socket
 import threading
@@ -18,13 +22,15 @@ from conftest import free_port
 
 class Sink:
     def __init__(self, port=None, host="127.0.0.1", ehlo=None, dsn=False,
-                 rcpt_reply=None, data_reply=None, esmtp=True):
+                 rcpt_reply=None, data_reply=None, esmtp=True, chunking=False):
         self.host, self.port = host, port or free_port()
         self.ehlo = list(ehlo if ehlo is not None else
                          ["PIPELINING", "SIZE 104857600", "8BITMIME",
                           "ENHANCEDSTATUSCODES"])
         if dsn:
             self.ehlo.append("DSN")
+        if chunking:
+            self.ehlo.append("CHUNKING")
         self.rcpt_reply, self.data_reply = rcpt_reply, data_reply
         self.esmtp = esmtp
         self.lock = threading.Lock()
@@ -169,6 +175,35 @@ class Sink:
                         break
                     data.append(l)
                 txn["data"] = b"".join(data)
+                txn["via"] = "DATA"
+                txn["t"] = time.monotonic()
+                reply = (self.data_reply(txn) if self.data_reply else None) or \
+                    "250 2.0.0 Ok: queued"
+                txn["reply"] = reply
+                with self.lock:
+                    self.messages.append(txn)
+                c.txn = None
+                c.say(reply)
+            elif verb == "BDAT":
+                m = re.match(r"BDAT (\d+)( LAST)?$", line, re.I)
+                if not m:
+                    c.say("501 5.5.4 Syntax error")
+                    return
+                n, last = int(m.group(1)), bool(m.group(2))
+                chunk = c.f.read(n) if n else b""
+                if len(chunk) != n:
+                    return
+                txn = c.txn
+                if txn is None or not txn["rcpts"]:
+                    c.say("503 5.5.1 Error: no valid recipients")
+                    continue
+                txn.setdefault("chunks", []).append(n)
+                txn["bdat"] = txn.get("bdat", b"") + chunk
+                if not last:
+                    c.say("250 2.0.0 %d octets received" % n)
+                    continue
+                txn["data"] = txn.pop("bdat")
+                txn["via"] = "BDAT"
                 txn["t"] = time.monotonic()
                 reply = (self.data_reply(txn) if self.data_reply else None) or \
                     "250 2.0.0 Ok: queued"

@@ -9,7 +9,7 @@ QUEUED = re.compile(r"250 2\.6\.0 <(\w+)> Queued mail for delivery")
 
 EHLO_REPLY = ["250-%s Hello [127.0.0.10]" % HOSTNAME, "250-PIPELINING",
               "250-SIZE 65536", "250-8BITMIME", "250-ENHANCEDSTATUSCODES",
-              "250-DSN", "250 SMTPUTF8"]
+              "250-DSN", "250-CHUNKING", "250 SMTPUTF8"]
 
 
 def test_pipelined_transactions(postern, smtp_raw):

@@ -263,6 +263,134 @@ static void test_relay_policy(void **state)
 	conf_free(c);
 }
 
+/* B.9: recipients_file, domain types and the sender policy. */
+static const char policy_conf_fmt[] =
+	"server = { hostname = \"relay.corp.example\"; workers = 1; spool_dir = \"/tmp/x\"; };\n"
+	"accepted_domains = (\n"
+	"  { domain = \"corp.example\"; recipients_file = \"%s\"; },\n"
+	"  { domain = \"*.corp.example\"; type = \"authoritative\"; },\n"
+	"  { domain = \"open.example\"; },\n"
+	"  { domain = \"partner.example\"; type = \"internal_relay\"; },\n"
+	"  { domain = \"*.outside.example\"; type = \"external_relay\"; } );\n"
+	"receive_connectors = (\n"
+	"  { name = \"Anon\"; bindings = [ \"127.0.0.1:2525\" ]; permission_groups = [ \"anonymous\" ]; },\n"
+	"  { name = \"Relay\"; bindings = [ \"127.0.0.1:2525\" ]; remote_ip_ranges = [ \"127.0.0.10\" ];\n"
+	"    permission_groups = [ \"anonymous\", \"anonymous_relay\" ]; },\n"
+	"  { name = \"Trusted\"; bindings = [ \"127.0.0.1:2525\" ]; remote_ip_ranges = [ \"127.0.0.11\" ];\n"
+	"    permission_groups = [ \"externally_secured\" ]; } );\n"
+	"send_connectors = ( { name = \"Internet\"; address_spaces = [ \"*\" ]; port = 2526; },\n"
+	"  { name = \"Partner\"; address_spaces = [ \"partner.example\" ]; smart_hosts = [ \"127.0.0.1:2529\" ]; } );\n";
+
+static const char *path_policy(const char *path, bool mail, const struct rconn *rc)
+{
+	struct smtp_path p;
+	size_t used;
+	unsigned flags = mail ? SMTP_PATH_ALLOW_NULL : SMTP_PATH_ALLOW_POSTMASTER;
+	if (smtp_path_parse(path, strlen(path), flags, &p, &used) != SMTP_ARG_OK)
+		fail_msg("%s: does not parse", path);
+	return mail ? relay_mail_policy((void *)rc, &p, false) : relay_rcpt_policy((void *)rc, &p, false);
+}
+
+static void test_domain_policy(void **state)
+{
+	char rpath[64];
+	snprintf(rpath, sizeof(rpath), "/tmp/postern-test-rcpts-%d", (int)getpid());
+	FILE *f = fopen(rpath, "w");
+	assert_non_null(f);
+	fputs("# exported from the directory\nCEO@corp.example\n  alice@Corp.Example \r\n\n"
+	      "*@sales.corp.example\nbob@x.corp.example\n", f);
+	fclose(f);
+	char text[4096], err[512] = "";
+	snprintf(text, sizeof(text), policy_conf_fmt, rpath);
+	struct conf *c = conf_load(write_conf(text), err, sizeof(err));
+	if (!c)
+		fail_msg("load failed: %s", err);
+	assert_true(c->rc[0].smtp.anonymous_only);
+	assert_false(c->rc[1].smtp.anonymous_only);
+	assert_false(c->rc[2].smtp.anonymous_only);
+	static const struct {
+		bool mail;
+		const char *path;
+		unsigned connector;
+		const char *want;   /* NULL: accepted */
+	} cases[] = {
+		/* the sender policy: anonymous only, authoritative domains only */
+		{true, "<ceo@corp.example>", 0, R_SENDER_DENIED},
+		{true, "<CEO@CORP.EXAMPLE>", 0, R_SENDER_DENIED},
+		{true, "<x@sales.corp.example>", 0, R_SENDER_DENIED},
+		{true, "<x@open.example>", 0, R_SENDER_DENIED},
+		{true, "<x@partner.example>", 0, NULL},
+		{true, "<x@a.outside.example>", 0, NULL},
+		{true, "<x@other.example>", 0, NULL},
+		{true, "<x@[127.0.0.1]>", 0, NULL},
+		{true, "<>", 0, NULL},
+		{true, "<ceo@corp.example>", 1, NULL},
+		{true, "<ceo@corp.example>", 2, NULL},
+		/* recipients_file: listed, any case; wildcards; for everyone */
+		{false, "<ceo@corp.example>", 0, NULL},
+		{false, "<Ceo@Corp.Example>", 0, NULL},
+		{false, "<alice@corp.example>", 0, NULL},
+		{false, "<mallory@corp.example>", 0, R_RECIPIENT_NOT_FOUND},
+		{false, "<mallory@corp.example>", 1, R_RECIPIENT_NOT_FOUND},
+		{false, "<mallory@corp.example>", 2, R_RECIPIENT_NOT_FOUND},
+		{false, "<anyone@sales.corp.example>", 0, NULL},
+		{false, "<anyone@SALES.corp.example>", 0, NULL},
+		{false, "<anyone@eu.sales.corp.example>", 0, NULL}, /* *.corp.example: no list */
+		{false, "<bob@x.corp.example>", 0, NULL},
+		{false, "<ceo@x.corp.example>", 0, NULL},
+		{false, "<anyone@open.example>", 0, NULL},
+		{false, "<anyone@partner.example>", 0, NULL},
+		{false, "<anyone@b.outside.example>", 0, NULL},
+		{false, "<anyone@other.example>", 0, R_UNABLE_TO_RELAY},
+		{false, "<anyone@other.example>", 1, NULL},
+		{false, "<Postmaster>", 0, NULL},
+	};
+	for (size_t i = 0; i < sizeof(cases) / sizeof(cases[0]); i++) {
+		const char *r = path_policy(cases[i].path, cases[i].mail, &c->rc[cases[i].connector]);
+		if (!cases[i].want && r)
+			fail_msg("%s via %u: refused with %s", cases[i].path, cases[i].connector, r);
+		if (cases[i].want && (!r || strcmp(r, cases[i].want) != 0))
+			fail_msg("%s via %u: got %s, want %s", cases[i].path, cases[i].connector,
+				 r ? r : "accepted", cases[i].want);
+	}
+	/* The most specific accepted domain decides. */
+	const struct accepted_domain *ad = relay_domain_find(c, "corp.example", 12);
+	assert_non_null(ad);
+	assert_false(ad->subdomains);
+	ad = relay_domain_find(c, "x.corp.example", 14);
+	assert_non_null(ad);
+	assert_true(ad->subdomains);
+	conf_free(c);
+
+	/* The file is part of the configuration: errors stop the load. */
+	static const struct {
+		const char *body;    /* NULL: no such file */
+		const char *needle;
+	} bad[] = {
+		{NULL, "No such file"},
+		{"ok@corp.example\nnot an address\n", ":2: one address a line"},
+		{"ok@corp.example\n\nlocal@\n", ":3: not a domain name"},
+		{"nobody\n", ":1: not an address"},
+	};
+	for (size_t i = 0; i < sizeof(bad) / sizeof(bad[0]); i++) {
+		unlink(rpath);
+		if (bad[i].body) {
+			f = fopen(rpath, "w");
+			assert_non_null(f);
+			fputs(bad[i].body, f);
+			fclose(f);
+		}
+		err[0] = '\0';
+		c = conf_load(write_conf(text), err, sizeof(err));
+		if (c)
+			fail_msg("case %zu: loaded", i);
+		if (!strstr(err, bad[i].needle) || !strstr(err, "recipients_file") ||
+		    !strstr(err, ".conf:3:"))
+			fail_msg("case %zu: %s", i, err);
+	}
+	unlink(rpath);
+}
+
 static void test_send_routing(void **state)
 {
 	char err[512] = "";
@@ -343,6 +471,14 @@ static void test_errors(void **state)
 		{"server = { hostname = \"relay\"; };\nreceive_connectors = (\n { name = ; }\n);\n",
 		 3, "syntax error"},
 		{"server = { workers = 1; };\n", 1, "no receive_connectors"},
+		{"accepted_domains = (\n { domain = \"p.example\"; type = \"internal_relay\";\n   recipients_file = \"/dev/null\"; }\n);\n"
+		 "receive_connectors = ( { name = \"a\"; bindings = [\"127.0.0.1:25\"]; } );\n"
+		 "send_connectors = ( { name = \"s\"; address_spaces = [\"*\"]; } );\n",
+		 3, "recipients_file: only for authoritative domains"},
+		{"accepted_domains = (\n { domain = \"p.example\"; type = \"external_relay\"; }\n);\n"
+		 "receive_connectors = ( { name = \"a\"; bindings = [\"127.0.0.1:25\"]; } );\n"
+		 "send_connectors = ( { name = \"s\"; address_spaces = [\"q.example\"]; } );\n",
+		 2, "is external_relay: no send connector covers it"},
 		{"server = {\n  io_backend = \"kqueue\"; };\nreceive_connectors = ( { name = \"a\"; bindings = [\"127.0.0.1:25\"]; } );\n",
 		 2, "io_backend: expected auto, io_uring or epoll"},
 		{"server = {\n  max_open_files = 10; };\nreceive_connectors = ( { name = \"a\"; bindings = [\"127.0.0.1:25\"]; } );\n",
@@ -468,6 +604,7 @@ int main(void)
 		cmocka_unit_test(test_bindings),
 		cmocka_unit_test(test_load_and_match),
 		cmocka_unit_test(test_relay_policy),
+		cmocka_unit_test(test_domain_policy),
 		cmocka_unit_test(test_send_routing),
 		cmocka_unit_test(test_errors),
 	};

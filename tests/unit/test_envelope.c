@@ -33,6 +33,7 @@ struct env_case {
 	enum smtp_ret ret;
 	const char *envid;
 	bool smtputf8;
+	bool anonymous, dotless;
 	unsigned nrcpt;
 	struct rcpt_in rcpt[MAX_RCPT];
 	const char *want;
@@ -55,6 +56,14 @@ static const struct env_case write_cases[] = {
 			"from: <app@corp.example>\r\n"
 			"rcpt: <ops@corp.example>\r\n"
 			"\r\n",
+	},
+	{
+		.name = "anonymous origin, no dot lines (B.9)", .id = "9", .arrival = 1, .connector = "c",
+		.client = "10.0.0.2", .helo = "h", .from = "a@b.example", .anonymous = true,
+		.dotless = true, .nrcpt = 1, .rcpt = {{"x@corp.example"}},
+		.want = "POSTERN/1\r\nid: 9\r\narrival: 1\r\nconnector: c\r\nclient: 10.0.0.2\r\nhelo: h\r\n"
+			"origin: anonymous\r\ndot-lines: none\r\n"
+			"from: <a@b.example>\r\nrcpt: <x@corp.example>\r\n\r\n",
 	},
 	{
 		.name = "null sender", .id = "1", .arrival = 0, .connector = "c", .client = "::1",
@@ -141,6 +150,7 @@ static struct smtp_envelope env_of(const struct env_case *c, struct smtp_rcpt *r
 	return (struct smtp_envelope){
 		.from = (char *)c->from, .body = c->body, .ret = c->ret,
 		.envid = (char *)c->envid, .smtputf8 = c->smtputf8,
+		.anonymous = c->anonymous, .dotless = c->dotless,
 		.rcpt = r, .nrcpt = c->nrcpt, .rcpt_cap = c->nrcpt,
 	};
 }
@@ -195,6 +205,8 @@ static void test_read_round_trip(void **state)
 		CHECK_INT(c->name, e.env.ret, c->ret);
 		CHECK_STR(c->name, or_empty(e.env.envid), or_empty(c->envid));
 		CHECK_INT(c->name, e.env.smtputf8, c->smtputf8);
+		CHECK_INT(c->name, e.env.anonymous, c->anonymous);
+		CHECK_INT(c->name, e.env.dotless, c->dotless);
 		CHECK_INT(c->name, e.env.nrcpt, c->nrcpt);
 		for (unsigned k = 0; k < c->nrcpt && k < e.env.nrcpt; k++) {
 			char what[160];

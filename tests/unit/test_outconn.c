@@ -1038,6 +1038,41 @@ static void test_delivery(void **state)
 	CHECK_STR("log", log_lines(r, "event=connect_failed"), "");
 }
 
+/* A next hop offering CHUNKING gets a dotless message as one BDAT LAST:
+ * the envelope pipelined, then "BDAT <size> LAST" and the stored bytes
+ * as they lie, with no end-of-data line; its reply is the message's. */
+static void test_delivery_bdat(void **state)
+{
+	struct rig *r = *state;
+	static const char *const parts[] = {
+		"Received: from client.test\r\nSubject: chunked\r\n\r\n",
+		"a line\r\n", "last line\r\n",
+	};
+	struct iovec iov[N_ELEMS(parts)];
+	for (size_t i = 0; i < N_ELEMS(parts); i++)
+		iov[i] = (struct iovec){(void *)parts[i], strlen(parts[i])};
+	struct tjob *t = job_new(r, &two_rcpts, iov, N_ELEMS(parts));
+	t->j.cmsg.dotless = true;
+	static const struct step script[] = {
+		GREET, {P_UNTIL, "\r\n"},
+		{P_SEND, "250-peer.test\r\n250-PIPELINING\r\n250-CHUNKING\r\n250-SIZE 10240000\r\n250 8BITMIME\r\n"},
+		{P_UNTIL, "RCPT TO:<b@dst.test>\r\n"},
+		{P_SEND, "250 2.1.0 Ok\r\n250 2.1.5 Ok\r\n250 2.1.5 Ok\r\n"},
+		{P_UNTIL, "last line\r\n"}, {P_SEND, "250 2.0.0 Ok: queued as 4711\r\n"},
+		QUIT_OK, {P_END, NULL}};
+	struct peer *p = peer_start(r, script);
+	conn_open(r, params(), t, &p->port, 1);
+	assert_true(drive(r, is_closed, WAIT_MS));
+	peer_ok(p);
+	const char *env = rig_str(r, "MAIL FROM:<%s> SIZE=%llu BODY=8BITMIME\r\n"
+				  "RCPT TO:<a@dst.test>\r\nRCPT TO:<b@dst.test>\r\n",
+				  t->m.from, (unsigned long long)t->m.bytes);
+	CHECK_STR("bytes the peer got", peer_got(p, 0),
+		  rig_str(r, EHLO "%sBDAT %llu LAST\r\n%s" QUIT, env,
+			  (unsigned long long)t->m.bytes, t->bytes));
+	check_all("delivered", t, 250, "2.0.0", OK_TEXT, SMTPC_STAGE_DOT);
+}
+
 /* (b) One recipient refused, one taken: per-recipient results, the body
  * still goes. Without PIPELINING (one command at a time), with DSN (so
  * RET, ENVID, NOTIFY and ORCPT go on the wire). */
@@ -2092,6 +2127,7 @@ static void test_421_backoff(void **state)
 #define RIG_TEST(f, kind) cmocka_unit_test_prestate_setup_teardown(f, rig_setup, rig_teardown, kind)
 #define RIG_TESTS(kind)                                  \
 	RIG_TEST(test_delivery, kind),                   \
+	RIG_TEST(test_delivery_bdat, kind),              \
 	RIG_TEST(test_rcpt_refused, kind),               \
 	RIG_TEST(test_rcpt_refused_pipelined, kind),     \
 	RIG_TEST(test_refused_then_next, kind),          \

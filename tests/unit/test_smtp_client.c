@@ -323,6 +323,8 @@ static void h_run(struct h *h, const char *in, size_t n)
 				assert_non_null(ev.data);
 				check_commands(h, ev.data, ev.len);
 				log_add(h, ev.data, ev.len);
+			} else if (ev.bdat) {
+				log_add(h, "[CHUNK]", 7);
 			} else {
 				log_add(h, "[BODY]", 6);
 			}
@@ -670,6 +672,77 @@ static const struct dialogue transactions[] = {
 		S("250 2.0.0 ok\n"), C("[DONE][READY]"),
 		RES(0, 250, "2.0.0", DOT, "250 2.0.0 ok"))},
 };
+
+/* ---- CHUNKING (RFC 3030) ------------------------------------------------ */
+
+static const struct smtp_client_msg msg_two_dotless = {
+	.from = "",
+	.size = 100,
+	.body = SMTP_BODY_7BIT,
+	.ret = SMTP_RET_FULL,
+	.dotless = true,
+	.rcpt = rcpt_two,
+	.nrcpt = 2,
+};
+
+#define EHLO_CHUNKING                                                       \
+	"250-mx.example\r\n250-PIPELINING\r\n250-SIZE 10240000\r\n250-CHUNKING\r\n" \
+	"250-DSN\r\n250 8BITMIME\r\n"
+
+static const struct dialogue chunkings[] = {
+	{"pipelined envelope, then one BDAT LAST", .steps = STEPS(
+		SESSION(EHLO_CHUNKING),
+		START(&msg_two_dotless), C(MAIL_TWO RCPT_X RCPT_Y),
+		S("250 2.1.0 Ok\r\n250 2.1.5 Ok\r\n550 5.1.1 No such user\r\n"),
+		C("BDAT 100 LAST\r\n[CHUNK]"),
+		S("250 2.0.0 Ok: queued as D4\r\n"), C("[DONE][READY]"),
+		RES(0, 250, "2.0.0", DOT, "250 2.0.0 Ok: queued as D4"),
+		RES(1, 550, "5.1.1", RCPT, "550 5.1.1 No such user"))},
+	{"the chunk refused", .steps = STEPS(
+		SESSION(EHLO_CHUNKING),
+		START(&msg_two_dotless), C(MAIL_TWO RCPT_X RCPT_Y),
+		S("250 2.1.0 Ok\r\n250 2.1.5 Ok\r\n250 2.1.5 Ok\r\n"),
+		C("BDAT 100 LAST\r\n[CHUNK]"),
+		S("554 5.6.0 Content refused\r\n"), C("[DONE][READY]"),
+		RES(0, 554, "5.6.0", DOT, "554 5.6.0 Content refused"),
+		RES(1, 554, "5.6.0", DOT, "554 5.6.0 Content refused"),
+		QUIT, C("QUIT\r\n"), S("221 Bye\r\n"), C("[CLOSE]"))},
+	{"nobody accepted: no chunk is sent", .steps = STEPS(
+		SESSION(EHLO_CHUNKING),
+		START(&msg_two_dotless), C(MAIL_TWO RCPT_X RCPT_Y),
+		S("250 2.1.0 Ok\r\n550 5.1.1 No\r\n450 4.2.1 Later\r\n"),
+		C("[DONE]RSET\r\n"), S("250 Ok\r\n"), C("[READY]"),
+		RES(0, 550, "5.1.1", RCPT, "550 5.1.1 No"),
+		RES(1, 450, "4.2.1", RCPT, "450 4.2.1 Later"))},
+	{"MAIL refused in the pipelined batch", .steps = STEPS(
+		SESSION(EHLO_CHUNKING),
+		START(&msg_two_dotless), C(MAIL_TWO RCPT_X RCPT_Y),
+		S("452 4.3.1 Full\r\n503 5.5.1 No MAIL\r\n503 5.5.1 No MAIL\r\n"),
+		C("[DONE]RSET\r\n"), S("250 Ok\r\n"), C("[READY]"),
+		RES(0, 452, "4.3.1", MAIL, "452 4.3.1 Full"),
+		RES(1, 452, "4.3.1", MAIL, "452 4.3.1 Full"))},
+	{"without PIPELINING, one command at a time", .steps = STEPS(
+		SESSION("250-mx.example\r\n250-CHUNKING\r\n250 SIZE\r\n"),
+		START(&msg_two_dotless), C("MAIL FROM:<> SIZE=100\r\n"), S("250 Ok\r\n"),
+		C(RCPT_X), S("250 Ok\r\n"), C("RCPT TO:<y@example.net>\r\n"), S("250 Ok\r\n"),
+		C("BDAT 100 LAST\r\n[CHUNK]"), S("250 Ok\r\n"), C("[DONE][READY]"),
+		RES(0, 250, "2.0.0", DOT, "250 Ok"), RES(1, 250, "2.0.0", DOT, "250 Ok"))},
+	{"a stored form with dot lines goes by DATA", .steps = STEPS(
+		SESSION(EHLO_CHUNKING),
+		START(&msg_two), C(BATCH_TWO),
+		S("250 2.1.0 Ok\r\n250 2.1.5 Ok\r\n250 2.1.5 Ok\r\n354 go\r\n"), C("[BODY]"),
+		S("250 2.0.0 Ok\r\n"), C("[DONE][READY]"))},
+	{"CHUNKING not offered: DATA", .steps = STEPS(
+		SESSION(EHLO_FULL),
+		START(&msg_two_dotless), C(BATCH_TWO),
+		S("250 2.1.0 Ok\r\n250 2.1.5 Ok\r\n250 2.1.5 Ok\r\n354 go\r\n"), C("[BODY]"),
+		S("250 2.0.0 Ok\r\n"), C("[DONE][READY]"))},
+};
+
+static void test_chunking(void **state)
+{
+	run_dialogues(chunkings, N_ELEMS(chunkings));
+}
 
 static void test_transactions(void **state)
 {
@@ -1884,6 +1957,7 @@ int main(void)
 {
 	const struct CMUnitTest tests[] = {
 		cmocka_unit_test(test_transactions),
+		cmocka_unit_test(test_chunking),
 		cmocka_unit_test(test_hellos),
 		cmocka_unit_test(test_failures),
 		cmocka_unit_test(test_aborts),

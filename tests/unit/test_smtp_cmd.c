@@ -446,6 +446,41 @@ static void test_long_line_reader_state(void **state)
 	assert_int_equal(used, 6);
 }
 
+static void test_bdat_arg(void **state)
+{
+	static const struct {
+		const char *arg;
+		bool ok;
+		uint64_t size;
+		bool last;
+	} cases[] = {
+		{"0", true, 0, false},
+		{"0 LAST", true, 0, true},
+		{"100 last", true, 100, true},
+		{"00012 LaSt", true, 12, true},
+		{"999999999999999999", true, 999999999999999999ull, false},
+		{"1000000000000000000", false, 0, false},
+		{"", false, 0, false},
+		{"LAST", false, 0, false},
+		{"-1", false, 0, false},
+		{"+1", false, 0, false},
+		{"10  LAST", false, 0, false},
+		{"10 LASTX", false, 0, false},
+		{"10 FIRST", false, 0, false},
+		{"10x", false, 0, false},
+		{"1 0", false, 0, false},
+	};
+	for (size_t i = 0; i < sizeof(cases) / sizeof(cases[0]); i++) {
+		uint64_t size = 7;
+		bool last = false;
+		bool ok = smtp_bdat_arg_parse(cases[i].arg, strlen(cases[i].arg), &size, &last);
+		if (ok != cases[i].ok)
+			fail_msg("\"%s\": ok=%d", cases[i].arg, ok);
+		if (ok && (size != cases[i].size || last != cases[i].last))
+			fail_msg("\"%s\": size %llu last %d", cases[i].arg, (unsigned long long)size, last);
+	}
+}
+
 int main(void)
 {
 	const struct CMUnitTest tests[] = {
@@ -462,6 +497,7 @@ int main(void)
 		cmocka_unit_test(test_megabyte_line),
 		cmocka_unit_test(test_consecutive_long_lines),
 		cmocka_unit_test(test_long_line_reader_state),
+		cmocka_unit_test(test_bdat_arg),
 	};
 	return cmocka_run_group_tests(tests, NULL, NULL);
 }

@@ -611,6 +611,33 @@ static const struct octets_case {
 	 S("Received: a\r\nreceived: b\r\n\r\nReceived: c\r\n"), 0, 2, 28},
 };
 
+/* The end of BDAT octets: a CR there is bare; a message that stops inside
+ * a line needs a CR LF in its stored form. */
+static void test_octets_end(void **state)
+{
+	static const struct {
+		const char *name;
+		const char *in;
+		size_t in_len;
+		bool needs_crlf;
+		unsigned errors;
+	} cases[] = {
+		{"empty", S(""), false, 0},
+		{"ends with CRLF", S("a\r\n"), false, 0},
+		{"ends inside a line", S("a\r\nb"), true, 0},
+		{"ends with CR", S("a\r"), true, BARE},
+		{"ends with a bare LF", S("a\n"), true, BARE},
+	};
+	for (size_t i = 0; i < N_ELEMS(cases); i++) {
+		struct smtp_data_scan sc;
+		smtp_data_scan_init(&sc, &no_limits);
+		smtp_data_scan_octets(&sc, cases[i].in, cases[i].in_len);
+		bool need = smtp_data_scan_octets_end(&sc);
+		CHECK_INT(cases[i].name, need, cases[i].needs_crlf);
+		CHECK_INT(cases[i].name, sc.errors, cases[i].errors);
+	}
+}
+
 static void octets_check(const char *name, const struct octets_case *c,
 			 const struct smtp_data_scan *s)
 {
@@ -694,6 +721,7 @@ int main(void)
 		cmocka_unit_test(test_data_errors_combine),
 		cmocka_unit_test(test_data_init_resets),
 		cmocka_unit_test(test_octets_table),
+		cmocka_unit_test(test_octets_end),
 		cmocka_unit_test(test_octets_limits),
 	};
 	return cmocka_run_group_tests(tests, NULL, NULL);

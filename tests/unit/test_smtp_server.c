@@ -29,6 +29,7 @@
 	"250-8BITMIME\r\n"                                                  \
 	"250-ENHANCEDSTATUSCODES\r\n"                                       \
 	"250-DSN\r\n"                                                       \
+	"250-CHUNKING\r\n"                                                  \
 	"250 SMTPUTF8\r\n"
 #define EHLO_OK EHLO_REPLY("250-SIZE 36700160")
 #define HELO_OK "250 " HOST " Hello [" IP "]\r\n"
@@ -81,6 +82,7 @@ struct h {
 	char env_rcpts[4096];   /* "a,b,c" at DATA_END */
 	unsigned env_nrcpt;
 	unsigned sends, flushes, begins, ends, rejects, closes, waits, starttls;
+	unsigned forms;         /* 1 << smtp_chunk_form of every chunk seen */
 	bool tls_refuse;        /* the starttls hook fails (454) */
 	unsigned auth_events;
 	char auth_user[300], auth_pass[300];
@@ -202,9 +204,14 @@ static void h_run(struct h *h)
 			break;
 		}
 		case SMTP_EV_DATA_CHUNK:
-			/* The chunk lies in the consumed part of our input. */
-			assert_true(ev.data >= h->in && ev.data + ev.len <= h->in + n);
+			/* The chunk lies in the consumed part of our input,
+			 * unless it is the state machine's own stuffing. */
+			if (ev.form == SMTP_CHUNK_STUFFING)
+				assert_true(ev.data < h->in || ev.data >= h->in + IN_MAX);
+			else
+				assert_true(ev.data >= h->in && ev.data + ev.len <= h->in + n);
 			assert_true(ev.len > 0);
+			h->forms |= 1u << ev.form;
 			buf_add(&h->msg, ev.data, ev.len);
 			break;
 		case SMTP_EV_DATA_END:
@@ -357,6 +364,7 @@ static void test_ehlo(void **state)
 		  "250-8BITMIME\r\n"
 		  "250-ENHANCEDSTATUSCODES\r\n"
 		  "250-DSN\r\n"
+		  "250-CHUNKING\r\n"
 		  "250 SMTPUTF8\r\n");
 	assert_int_equal(h->s.state, SMTP_S_READY);
 	assert_true(h->s.esmtp);
@@ -488,7 +496,8 @@ static void test_simple_commands(void **state)
 		{"empty line", "\r\n", "500 5.3.3 Unrecognized command\r\n"},
 		{"STARTTLS not offered", "STARTTLS\r\n", "500 5.3.3 Unrecognized command\r\n"},
 		{"AUTH not offered", "AUTH PLAIN\r\n", "500 5.3.3 Unrecognized command\r\n"},
-		{"BDAT not offered", "BDAT 10 LAST\r\n", "500 5.3.3 Unrecognized command\r\n"},
+		{"BDAT outside a transaction", "BDAT 10 LAST\r\n0123456789NOOP\r\n",
+		 "503 5.5.1 Bad sequence of commands\r\n250 2.0.0 OK\r\n"},
 		{"bare LF line end", "NOOP\n", "250 2.0.0 OK\r\n"},
 	};
 	for (int before_ehlo = 0; before_ehlo < 2; before_ehlo++) {
@@ -1501,6 +1510,7 @@ static struct h *h_tls(bool require_tls, bool require_cert)
 	"250-ENHANCEDSTATUSCODES\r\n"                                       \
 	"250-DSN\r\n"                                                       \
 	"250-STARTTLS\r\n"                                                  \
+	"250-CHUNKING\r\n"                                                  \
 	"250 SMTPUTF8\r\n"
 
 static void test_starttls_offered_and_reset(void **state)
@@ -1849,6 +1859,174 @@ static void test_abort(void **state)
 	h_free(h);
 }
 
+/* ---- BDAT (RFC 3030) ------------------------------------------------- */
+
+#define MR "MAIL FROM:<a@b.example>\r\nRCPT TO:<x@corp.example>\r\n"
+#define MR_OK "250 2.1.0 Sender OK\r\n250 2.1.5 Recipient OK\r\n"
+#define Q1 "250 2.6.0 <MSG1> Queued mail for delivery\r\n"
+#define Q2 "250 2.6.0 <MSG2> Queued mail for delivery\r\n"
+#define SEQ "503 5.5.1 Bad sequence of commands\r\n"
+
+static void test_bdat(void **state)
+{
+	static const struct {
+		const char *name;
+		const char *in;
+		size_t inlen;          /* 0: strlen */
+		uint64_t max_size;     /* 0: the default */
+		unsigned max_hops;
+		const char *want;      /* every reply after EHLO */
+		const char *stored;    /* the last stored message, or NULL: none */
+		size_t stored_len;
+		unsigned ends, rejects;
+		bool closed;
+		unsigned forms;        /* chunk forms seen, 0: do not check */
+	} cases[] = {
+		{"two chunks", MR "BDAT 5\r\nHelloBDAT 8 LAST\r\n World\r\n", 0, 0, 0,
+		 MR_OK "250 2.0.0 5 bytes received\r\n" Q1, "Hello World\r\n", 13, 1, 0, false,
+		 1u << SMTP_CHUNK_RAW},
+		{"dot-stuffed on the way in", MR "BDAT 16 LAST\r\n.a\r\n..b\r\nc.\r\n.\r\n", 0, 0, 0,
+		 MR_OK Q1, "..a\r\n...b\r\nc.\r\n..\r\n", 19, 1, 0, false,
+		 1u << SMTP_CHUNK_RAW | 1u << SMTP_CHUNK_STUFFING},
+		{"a line-start dot across chunks", MR "BDAT 4\r\nab\r\nBDAT 4 LAST\r\n.c\r\n", 0, 0, 0,
+		 MR_OK "250 2.0.0 4 bytes received\r\n" Q1, "ab\r\n..c\r\n", 9, 1, 0, false, 0},
+		{"CRLF across chunks", MR "BDAT 3\r\nab\rBDAT 3 LAST\r\n\nc\n", 0, 0, 0,
+		 MR_OK "250 2.0.0 3 bytes received\r\n550 5.6.11 Bare line feed or carriage return not allowed\r\n",
+		 NULL, 0, 0, 1, false, 0},
+		{"CR LF split between chunks", MR "BDAT 3\r\nab\rBDAT 3 LAST\r\n\ncd", 0, 0, 0,
+		 MR_OK "250 2.0.0 3 bytes received\r\n" Q1, "ab\r\ncd\r\n", 8, 1, 0, false, 0},
+		{"last line without CRLF gets one", MR "BDAT 3 LAST\r\nabc", 0, 0, 0,
+		 MR_OK Q1, "abc\r\n", 5, 1, 0, false,
+		 1u << SMTP_CHUNK_RAW | 1u << SMTP_CHUNK_STUFFING},
+		{"BDAT 0 LAST alone", MR "BDAT 0 LAST\r\n", 0, 0, 0, MR_OK Q1, "", 0, 1, 0, false, 0},
+		{"BDAT 0 then LAST", MR "BDAT 0\r\nBDAT 4 last\r\nab\r\n", 0, 0, 0,
+		 MR_OK "250 2.0.0 0 bytes received\r\n" Q1, "ab\r\n", 4, 1, 0, false, 0},
+		{"commands in chunk bytes are data", MR "BDAT 6 LAST\r\nQUIT\r\n", 0, 0, 0,
+		 MR_OK Q1, "QUIT\r\n", 6, 1, 0, false, 0},
+		{"NUL refused at its chunk", MR "BDAT 5\r\na\0b\r\nBDAT 3 LAST\r\nxyzNOOP\r\n", 86, 0, 0,
+		 MR_OK "550 5.6.0 NUL character not allowed in message content\r\n" SEQ "250 2.0.0 OK\r\n",
+		 NULL, 0, 0, 1, false, 0},
+		{"bare LF", MR "BDAT 4 LAST\r\na\nb\n", 0, 0, 0,
+		 MR_OK "550 5.6.11 Bare line feed or carriage return not allowed\r\n", NULL, 0, 0, 1, false, 0},
+		{"bare CR at the end", MR "BDAT 2 LAST\r\na\r", 0, 0, 0,
+		 MR_OK "550 5.6.11 Bare line feed or carriage return not allowed\r\n", NULL, 0, 0, 1, false, 0},
+		{"size counted across chunks", MR "BDAT 6\r\n123456BDAT 6 LAST\r\n123456" MR "BDAT 2 LAST\r\nok", 0, 10, 0,
+		 MR_OK "250 2.0.0 6 bytes received\r\n"
+		 "552 5.3.4 Message size exceeds fixed maximum message size\r\n" MR_OK Q2,
+		 "ok\r\n", 4, 1, 1, false, 0},
+		{"one chunk over the limit", MR "BDAT 11 LAST\r\n12345678901NOOP\r\n", 0, 10, 0,
+		 MR_OK "552 5.3.4 Message size exceeds fixed maximum message size\r\n250 2.0.0 OK\r\n",
+		 NULL, 0, 0, 0, false, 0},
+		{"hop count", MR "BDAT 39 LAST\r\nReceived: a\r\nReceived: b\r\nReceived: c\r\n", 0, 0, 2,
+		 MR_OK "554 5.4.6 Hop count exceeded - possible mail loop\r\n", NULL, 0, 0, 1, false, 0},
+		{"DATA after BDAT", MR "BDAT 3\r\nabcDATA\r\nMAIL FROM:<>\r\n", 0, 0, 0,
+		 MR_OK "250 2.0.0 3 bytes received\r\n" SEQ "250 2.1.0 Sender OK\r\n", NULL, 0, 0, 1, false, 0},
+		{"RCPT after BDAT", MR "BDAT 3\r\nabcRCPT TO:<y@corp.example>\r\nBDAT 2 LAST\r\n\r\n", 0, 0, 0,
+		 MR_OK "250 2.0.0 3 bytes received\r\n" SEQ Q1, "abc\r\n", 5, 1, 0, false, 0},
+		{"BDAT before RCPT", "MAIL FROM:<a@b.example>\r\nBDAT 3\r\nabcRCPT TO:<x@corp.example>\r\n"
+		 "BDAT 3 LAST\r\nabc", 0, 0, 0,
+		 "250 2.1.0 Sender OK\r\n" SEQ "250 2.1.5 Recipient OK\r\n" Q1, "abc\r\n", 5, 1, 0, false, 0},
+		{"RSET drops the message", MR "BDAT 3\r\nabcRSET\r\n" MR "BDAT 2 LAST\r\nxy", 0, 0, 0,
+		 MR_OK "250 2.0.0 3 bytes received\r\n250 2.0.0 Resetting\r\n" MR_OK Q2, "xy\r\n", 4, 1, 1,
+		 false, 0},
+		{"EHLO drops the message", MR "BDAT 3\r\nabcEHLO c.example\r\nMAIL FROM:<>\r\n", 0, 0, 0,
+		 NULL, NULL, 0, 0, 1, false, 0},
+		{"size not a number", MR "BDAT x\r\nNOOP\r\n", 0, 0, 0,
+		 MR_OK "501 5.5.4 Syntax error in parameters or arguments\r\n", NULL, 0, 0, 0, true, 0},
+		{"size too long", MR "BDAT 1234567890123456789 LAST\r\n", 0, 0, 0,
+		 MR_OK "501 5.5.4 Syntax error in parameters or arguments\r\n", NULL, 0, 0, 0, true, 0},
+		{"DATA still works after", MR "BDAT 2 LAST\r\nab" MR "DATA\r\nc\r\n.\r\n", 0, 0, 0,
+		 MR_OK Q1 MR_OK "354 Start mail input; end with <CRLF>.<CRLF>\r\n" Q2, "c\r\n", 3, 2, 0,
+		 false, 1u << SMTP_CHUNK_RAW | 1u << SMTP_CHUNK_STUFFING | 1u << SMTP_CHUNK_WIRE},
+	};
+	for (size_t i = 0; i < N_ELEMS(cases); i++) {
+		size_t len = cases[i].inlen ? cases[i].inlen : strlen(cases[i].in);
+		/* whole, then a byte at a time: the same replies and bytes */
+		for (size_t chunk = 0; chunk < 2; chunk++) {
+			struct smtp_server_params p;
+			h_params_default(&p);
+			if (cases[i].max_size)
+				p.max_message_size = cases[i].max_size;
+			if (cases[i].max_hops)
+				p.max_hop_count = cases[i].max_hops;
+			struct h *h = h_new_with(&p, OUT_MAX);
+			h_feed(h, "EHLO c.example\r\n");
+			buf_clear(&h->log);
+			if (chunk)
+				h_feed_chunked(h, cases[i].in, len, 1);
+			else
+				h_feed_n(h, cases[i].in, len);
+			if (cases[i].want && strcmp(h->log.p ? h->log.p : "", cases[i].want) != 0)
+				fail_msg("%s (%s): replies\n--- got ---\n%s--- want ---\n%s", cases[i].name,
+					 chunk ? "bytewise" : "whole", h->log.p, cases[i].want);
+			if (h->ends != cases[i].ends || h->rejects != cases[i].rejects ||
+			    h->closed != cases[i].closed)
+				fail_msg("%s: ends %u rejects %u closed %d", cases[i].name, h->ends,
+					 h->rejects, h->closed);
+			if (cases[i].stored && (h->stored.len != cases[i].stored_len ||
+						memcmp(h->stored.p, cases[i].stored, h->stored.len) != 0))
+				fail_msg("%s: stored %zu bytes: %.*s", cases[i].name, h->stored.len,
+					 (int)h->stored.len, h->stored.p);
+			if (!chunk && cases[i].forms && h->forms != cases[i].forms)
+				fail_msg("%s: forms %#x, want %#x", cases[i].name, h->forms,
+					 cases[i].forms);
+			h_free(h);
+		}
+	}
+}
+
+/* A HELO session was not offered CHUNKING: BDAT is out of sequence, and
+ * its octets are still never run as commands. */
+static void test_bdat_after_helo(void **state)
+{
+	struct h *h = h_new();
+	h_feed(h, "HELO c.example\r\n" MR "BDAT 6 LAST\r\nQUIT\r\nDATA\r\nx\r\n.\r\n");
+	assert_false(h->closed);
+	assert_int_equal(h->ends, 1);
+	assert_string_equal(h->stored.p, "x\r\n");
+	h_free(h);
+}
+
+/* B.9: the sender policy hook decides at MAIL; anonymous_only marks the
+ * envelope. */
+static const char *deny_corp(void *ctx, const struct smtp_path *from, bool authenticated)
+{
+	(void)ctx;
+	(void)authenticated;
+	return from->domain.len == 12 && memcmp(from->domain.p, "corp.example", 12) == 0
+		       ? "550 5.7.1 Client does not have permissions to send as this sender"
+		       : NULL;
+}
+
+static void hook_reject_why(void *ctx, enum smtp_reject why, const char *reply, const char *rcpt)
+{
+	struct h *h = ctx;
+	(void)reply;
+	(void)rcpt;
+	h->reject_hooks++;
+	h->reject_why = why;
+}
+
+static void test_mail_policy(void **state)
+{
+	struct smtp_server_params p;
+	h_params_default(&p);
+	p.mail_policy = deny_corp;
+	p.anonymous_only = true;
+	struct h *h = h_new_with(&p, OUT_MAX);
+	h->s.hooks.reject = hook_reject_why;
+	h->s.hooks.ctx = h;
+	h_feed(h, "EHLO c.example\r\nMAIL FROM:<ceo@corp.example>\r\nMAIL FROM:<>\r\n");
+	assert_int_equal(h->reject_hooks, 1);
+	assert_int_equal(h->reject_why, SMTP_REJECT_SENDER);
+	assert_string_equal(smtp_reject_name(SMTP_REJECT_SENDER), "sender_permission");
+	assert_string_equal(smtp_reject_name(SMTP_REJECT_UNKNOWN_RECIPIENT), "unknown_recipient");
+	assert_true(h->s.env.anonymous);
+	assert_non_null(strstr(h->log.p, "550 5.7.1 Client does not have permissions to send as this sender\r\n"
+					 "250 2.1.0 Sender OK\r\n"));
+	h_free(h);
+}
+
 int main(void)
 {
 	const struct CMUnitTest tests[] = {
@@ -1901,6 +2079,9 @@ int main(void)
 		cmocka_unit_test(test_auth_replies),
 		cmocka_unit_test(test_auth_failure_limit_and_temporary),
 		cmocka_unit_test(test_auth_forgotten_after_starttls),
+		cmocka_unit_test(test_bdat),
+		cmocka_unit_test(test_bdat_after_helo),
+		cmocka_unit_test(test_mail_policy),
 	};
 	return cmocka_run_group_tests(tests, NULL, NULL);
 }
