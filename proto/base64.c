@@ -78,3 +78,42 @@ size_t base64_encode(const unsigned char *in, size_t len, char *out)
 	out[o] = '\0';
 	return o;
 }
+
+void base64_stream_init(struct base64_stream *s)
+{
+	*s = (struct base64_stream){0};
+}
+
+size_t base64_stream_decode(struct base64_stream *s, const char *in, size_t len,
+			    unsigned char *out)
+{
+	size_t o = 0;
+	for (size_t i = 0; i < len && !s->done; i++) {
+		unsigned char c = (unsigned char)in[i];
+		if (c == '=') {
+			/* A partial quantum: 2 sextets carry a byte, 3 carry two. */
+			if (s->n == 2)
+				out[o++] = (unsigned char)(s->acc >> 4);
+			else if (s->n == 3) {
+				out[o++] = (unsigned char)(s->acc >> 10);
+				out[o++] = (unsigned char)(s->acc >> 2);
+			}
+			s->n = 0;
+			s->acc = 0;
+			s->done = true;
+			break;
+		}
+		int v = value(c);
+		if (v < 0)
+			continue;
+		s->acc = s->acc << 6 | (uint32_t)v;
+		if (++s->n == 4) {
+			out[o++] = (unsigned char)(s->acc >> 16);
+			out[o++] = (unsigned char)(s->acc >> 8);
+			out[o++] = (unsigned char)s->acc;
+			s->acc = 0;
+			s->n = 0;
+		}
+	}
+	return o;
+}
