@@ -275,6 +275,11 @@ void content_scan_end(struct content_scan *s, const char *sender, const char *co
 	}
 }
 
+bool content_scan_hit(const struct content_scan *s, unsigned i)
+{
+	return s && i < s->cr->n && s->hit[i];
+}
+
 void content_scan_free(struct content_scan *s)
 {
 	if (!s)

@@ -81,6 +81,8 @@ void content_scan_end(struct content_scan *s, const char *sender, const char *co
 		      unsigned nrcpt, struct content_verdict *v,
 		      void (*hit)(void *ctx, const struct content_rule *r, enum content_where w),
 		      void *ctx);
+/* After content_scan_end: did rule i match? */
+bool content_scan_hit(const struct content_scan *s, unsigned i);
 void content_scan_free(struct content_scan *s);
 
 #endif
