@@ -1,6 +1,7 @@
 /* Content rules (see content.h). One streaming database holds every rule;
- * a message has up to three streams on it (body, header block, one field
- * at a time, reset between fields and used for the envelope addresses), and
+ * a message has up to four streams on it (decoded body, encoded parts as
+ * sent, header block, one field at a time: reset between fields and used
+ * for the envelope addresses), and
  * a match counts only for the rules of the stream's kind. Streaming keeps
  * no copy of the message: each piece is scanned as it passes. */
 #include "content.h"
@@ -80,7 +81,7 @@ void content_worker_free(struct content_worker *cw)
 struct content_scan {
 	const struct content_rules *cr;
 	hs_scratch_t *scratch;
-	hs_stream_t *body, *headers, *field;
+	hs_stream_t *body, *raw, *headers, *field; /* raw: encoded parts as sent */
 	enum content_where now;    /* what the stream being scanned is */
 	bool field_wanted;         /* a header: rule names the current field */
 	bool field_dirty;          /* the field stream has data since its reset */
@@ -141,6 +142,8 @@ static bool field_wanted(const struct content_rules *cr, const char *name)
 	return false;
 }
 
+static bool open_stream(struct content_scan *s, hs_stream_t **st);
+
 static void on_mime(void *ctx, enum mime_event ev, const char *p, size_t n)
 {
 	struct content_scan *s = ctx;
@@ -166,6 +169,12 @@ static void on_mime(void *ctx, enum mime_event ev, const char *p, size_t n)
 		break;
 	case MIME_BODY:
 		scan(s, s->body, CONTENT_BODY, p, n);
+		break;
+	case MIME_BODY_RAW:
+		/* Opened at the first encoded line: most mail has none. */
+		if (!s->raw && s->body && !s->failed && !open_stream(s, &s->raw))
+			s->failed = true;
+		scan(s, s->raw, CONTENT_BODY, p, n);
 		break;
 	}
 }
@@ -254,6 +263,7 @@ void content_scan_end(struct content_scan *s, const char *sender, const char *co
 			field_reset(s, CONTENT_RECIPIENT);
 		}
 	close_stream(s, &s->body, CONTENT_BODY);
+	close_stream(s, &s->raw, CONTENT_BODY);
 	close_stream(s, &s->headers, CONTENT_HEADERS);
 	close_stream(s, &s->field, CONTENT_HEADER);
 	v->failed = s->failed;
@@ -287,6 +297,7 @@ void content_scan_free(struct content_scan *s)
 	/* A scan abandoned midway (the client went away): streams freed. */
 	s->failed = true;
 	close_stream(s, &s->body, CONTENT_BODY);
+	close_stream(s, &s->raw, CONTENT_BODY);
 	close_stream(s, &s->headers, CONTENT_HEADERS);
 	close_stream(s, &s->field, CONTENT_HEADER);
 	free(s->hit);

@@ -262,6 +262,7 @@ static void content_line(struct mime_walker *m, const char *p, size_t n, bool wh
 		body_copy(m, p, n);
 		return;
 	}
+	m->sink(m->ctx, MIME_BODY_RAW, p, n);
 	if (m->cte == MIME_CTE_BASE64) {
 		if (m->out_len + n / 4 * 3 + 3 > sizeof(m->out))
 			flush_out(m);

@@ -26,6 +26,8 @@ enum mime_event {
 	MIME_FIELD_VALUE, /* a piece of its value, unfolded (line breaks removed) */
 	MIME_FIELD_END,   /* the field is complete (n = 0) */
 	MIME_BODY,        /* body text: parts decoded, part headers as they are */
+	MIME_BODY_RAW,    /* a line of a base64 or quoted-printable part, as it is
+	                   * (unstuffed): rules written for the encoded text */
 };
 
 typedef void mime_sink_fn(void *ctx, enum mime_event ev, const char *p, size_t n);

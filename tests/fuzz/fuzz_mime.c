@@ -28,6 +28,7 @@ static void sink(void *ctx, enum mime_event ev, const char *p, size_t n)
 	struct out *o = ctx;
 	switch (ev) {
 	case MIME_HEADER_LINE:
+	case MIME_BODY_RAW:
 		break;
 	case MIME_FIELD_NAME:
 		if (o->open)

@@ -23,6 +23,8 @@ struct got {
 	size_t hl;
 	char body[4096];
 	size_t bl;
+	char raw[1024];     /* encoded lines as they are */
+	size_t rl;
 	int open;           /* a field is open */
 	bool bad;           /* events out of order */
 };
@@ -60,6 +62,9 @@ static void sink(void *ctx, enum mime_event ev, const char *p, size_t n)
 		break;
 	case MIME_BODY:
 		add(g->body, &g->bl, sizeof(g->body), p, n);
+		break;
+	case MIME_BODY_RAW:
+		add(g->raw, &g->rl, sizeof(g->raw), p, n);
 		break;
 	}
 }
@@ -196,12 +201,25 @@ static void test_long_line(void **state)
 	assert_memory_equal(g.body, want, wl);
 }
 
+/* Encoded parts also come as they are (BODY_RAW), identity ones do not. */
+static void test_raw(void **state)
+{
+	const char *in = "Content-Type: multipart/mixed; boundary=b\r\n\r\n"
+			 "--b\r\n\r\nplain\r\n"
+			 "--b\r\nContent-Transfer-Encoding: base64\r\n\r\nTVqQAAMA\r\n..AAAA\r\n"
+			 "--b--\r\n";
+	struct got g;
+	run(in, strlen(in), true, 50, false, &g);
+	CHECK_STR("raw", g.raw, "TVqQAAMA\r\n.AAAA\r\n");
+}
+
 int main(void)
 {
 	const struct CMUnitTest tests[] = {
 		cmocka_unit_test(test_cases),
 		cmocka_unit_test(test_header_lines),
 		cmocka_unit_test(test_long_line),
+		cmocka_unit_test(test_raw),
 	};
 	return cmocka_run_group_tests(tests, NULL, NULL);
 }
