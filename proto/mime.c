@@ -1,7 +1,8 @@
 /* MIME walker (see mime.h). Line-driven: each line is classified by the
  * state (header, part header, content, preamble/epilogue) and by whether it
- * is a boundary in force; content of identity parts is handed on in place,
- * in runs of whole lines, without being copied. */
+ * is a boundary in force; content is handed on in place, in runs of whole
+ * lines (identity parts without being copied, encoded ones decoded from
+ * there), so that a sink sees few, large pieces. */
 #include "mime.h"
 
 #include <string.h>
@@ -256,18 +257,22 @@ static void header_line(struct mime_walker *m, const char *p, size_t n, bool mid
 		keep_add(m, v, vl);
 }
 
-static void content_line(struct mime_walker *m, const char *p, size_t n, bool whole)
+/* Encoded content (base64: any number of lines; QP: one line) decoded
+ * into the output buffer. */
+static void decode(struct mime_walker *m, const char *p, size_t n, bool whole)
 {
-	if (m->state == MIME_S_SKIP || m->cte == MIME_CTE_IDENTITY) {
-		body_copy(m, p, n);
-		return;
-	}
-	m->sink(m->ctx, MIME_BODY_RAW, p, n);
 	if (m->cte == MIME_CTE_BASE64) {
-		if (m->out_len + n / 4 * 3 + 3 > sizeof(m->out))
-			flush_out(m);
-		m->out_len += base64_stream_decode(&m->b64, p, n,
-						   (unsigned char *)m->out + m->out_len);
+		while (n) {
+			if (sizeof(m->out) - m->out_len < 64)
+				flush_out(m);
+			size_t take = (sizeof(m->out) - m->out_len - 3) / 3 * 4;
+			if (take > n)
+				take = n;
+			m->out_len += base64_stream_decode(&m->b64, p, take,
+							   (unsigned char *)m->out + m->out_len);
+			p += take;
+			n -= take;
+		}
 		return;
 	}
 	size_t tl = text_len(p, n, whole);
@@ -278,6 +283,39 @@ static void content_line(struct mime_walker *m, const char *p, size_t n, bool wh
 	if (whole && !soft) {
 		m->out[m->out_len++] = '\r';
 		m->out[m->out_len++] = '\n';
+	}
+}
+
+static void content_line(struct mime_walker *m, const char *p, size_t n, bool whole)
+{
+	if (m->state == MIME_S_SKIP || m->cte == MIME_CTE_IDENTITY) {
+		body_copy(m, p, n);
+		return;
+	}
+	m->sink(m->ctx, MIME_BODY_RAW, p, n);
+	decode(m, p, n, whole);
+}
+
+/* A run of whole content lines in the caller's buffer, none of them a
+ * boundary or stuffed: handed on in one piece (decoded ones line by line
+ * for QP, whose line breaks matter). */
+static void content_run(struct mime_walker *m, const char *p, size_t n)
+{
+	if (m->state == MIME_S_SKIP || m->cte == MIME_CTE_IDENTITY) {
+		body_direct(m, p, n);
+		return;
+	}
+	m->sink(m->ctx, MIME_BODY_RAW, p, n);
+	if (m->cte == MIME_CTE_BASE64) {
+		decode(m, p, n, true);
+		return;
+	}
+	while (n) {
+		const char *nl = memchr(p, '\n', n);
+		size_t k = (size_t)(nl - p) + 1;
+		decode(m, p, k, true);
+		p += k;
+		n -= k;
 	}
 }
 
@@ -305,7 +343,7 @@ static void line(struct mime_walker *m, const char *p, size_t n, bool mid, bool 
 
 static bool in_place(const struct mime_walker *m)
 {
-	return m->state == MIME_S_SKIP || (m->state == MIME_S_BODY && m->cte == MIME_CTE_IDENTITY);
+	return m->state == MIME_S_SKIP || m->state == MIME_S_BODY;
 }
 
 void mime_feed(struct mime_walker *m, const char *p, size_t n, bool stuffed)
@@ -335,7 +373,7 @@ void mime_feed(struct mime_walker *m, const char *p, size_t n, bool stuffed)
 				run += (size_t)(nl - q) + 1;
 			}
 			if (run) {
-				body_direct(m, p, run);
+				content_run(m, p, run);
 				p += run;
 				n -= run;
 				m->bol = true;
