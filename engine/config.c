@@ -1918,6 +1918,14 @@ void conf_print(const struct conf *c, FILE *out)
 				none ? "unlimited" : setting_text(st, v, buf, sizeof(buf)));
 		}
 	}
+	/* Compiled, so listed: what --check accepted. */
+	for (unsigned i = 0; i < c->content.n; i++) {
+		const struct content_rule *r = &c->content.rule[i];
+		fprintf(out, "content rule \"%s\" where=%s%s%s action=%s%s%s\n", r->name,
+			content_where_names[r->where], r->field ? ":" : "", r->field ? r->field : "",
+			content_action_names[r->action], r->send_connector ? " send_connector=" : "",
+			r->send_connector ? r->send_connector : "");
+	}
 }
 
 void conf_print_json(const struct conf *c, FILE *out)
