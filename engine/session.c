@@ -699,11 +699,18 @@ static void log_received(struct wctx *w, struct conn *c)
 			 tls_cipher(c->tls));
 	if (c->smtp.authenticated)
 		snprintf(au, sizeof(au), " auth=%s", log_quote(qa, sizeof(qa), c->smtp.auth_user));
+	/* Content rules' marks: held (the rule) and route (the send connector). */
+	char marks[400] = "", qm[180];
+	if (e->held)
+		snprintf(marks, sizeof(marks), " held=%s", log_quote(qm, sizeof(qm), e->held));
+	else if (e->route)
+		snprintf(marks, sizeof(marks), " route=%s", log_quote(qm, sizeof(qm), e->route));
 	log_msg(LOG_INFO,
-		"event=receive id=%s from=%s to=%s nrcpt=%u connector=%s client=%s size=%llu%s%s reply=%s worker=%u",
+		"event=receive id=%s from=%s to=%s nrcpt=%u connector=%s client=%s size=%llu%s%s%s reply=%s worker=%u",
 		c->msgid, log_quote(q2, sizeof(q2), from), log_quote(q3, sizeof(q3), to),
 		e->nrcpt, log_quote(q1, sizeof(q1), c->rc->name), c->peer,
-		(unsigned long long)c->msg_size, tls, au, log_quote(q4, sizeof(q4), reply), w->id);
+		(unsigned long long)c->msg_size, tls, au, marks, log_quote(q4, sizeof(q4), reply),
+		w->id);
 }
 
 /* Feeds input to the state machine until it needs more, must wait (send or

@@ -161,6 +161,8 @@ def test_hold_survives_restart_and_is_not_delivered(postern, tmp_path):
         hits = events(p, "content_rule", action="hold")
         assert {(h["rule"], h["id"]) for h in hits} == {("card-numbers", held),
                                                          ("hold-rcpt", held_rcpt)}
+        assert events(p, "receive", id=held)[0]["held"] == "card-numbers"
+        assert "held" not in events(p, "receive", id=free)[0]
         p.stop()
         p.start()
         time.sleep(2 * SLOW)
@@ -193,6 +195,7 @@ def test_add_header_and_route(postern, tmp_path):
         assert len(names) == 1 and names[0].startswith(routed), names
         for e in events(p, "deliver", id=routed):
             assert e["send_connector"] == "Legal Archive", e["_line"]
+        assert events(p, "receive", id=routed)[0]["route"] == "Legal Archive"
         hits = {(h["rule"], h["where"]) for h in events(p, "content_rule")}
         assert hits == {("tag-confidential", "header:Subject"), ("tag-all", "headers"),
                         ("legal-archive", "header:To")}, hits
