@@ -80,7 +80,9 @@ void content_worker_free(struct content_worker *cw)
 
 struct content_scan {
 	const struct content_rules *cr;
-	hs_scratch_t *scratch;
+	/* The worker's scratch is looked up at each call, never kept: another
+	 * message's scan may grow (move) it while this one is under way. */
+	struct content_worker *cw;
 	hs_stream_t *body, *raw, *headers, *field; /* raw: encoded parts as sent */
 	enum content_where now;    /* what the stream being scanned is */
 	bool field_wanted;         /* a header: rule names the current field */
@@ -110,7 +112,8 @@ static void scan(struct content_scan *s, hs_stream_t *st, enum content_where w, 
 	if (!st || s->failed || !n)
 		return;
 	s->now = w;
-	if (hs_scan_stream(st, p, (unsigned)n, 0, s->scratch, on_match, s) != HS_SUCCESS)
+	hs_scratch_t *sc = (hs_scratch_t *)s->cw->scratch;
+	if (hs_scan_stream(st, p, (unsigned)n, 0, sc, on_match, s) != HS_SUCCESS)
 		s->failed = true;
 }
 
@@ -122,7 +125,8 @@ static void field_reset(struct content_scan *s, enum content_where w)
 		return;
 	s->now = w;
 	s->field_dirty = false;
-	if (hs_reset_stream(s->field, 0, s->scratch, on_match, s) != HS_SUCCESS)
+	hs_scratch_t *sc = (hs_scratch_t *)s->cw->scratch;
+	if (hs_reset_stream(s->field, 0, sc, on_match, s) != HS_SUCCESS)
 		s->failed = true;
 }
 
@@ -212,7 +216,7 @@ struct content_scan *content_scan_begin(const struct content_rules *cr,
 			s->failed = true;
 		}
 	}
-	s->scratch = (hs_scratch_t *)cw->scratch;
+	s->cw = cw;
 	unsigned w = cr->wheres;
 	if ((w & (1u << CONTENT_BODY)) && !open_stream(s, &s->body))
 		s->failed = true;
@@ -237,7 +241,8 @@ static void close_stream(struct content_scan *s, hs_stream_t **st, enum content_
 		return;
 	s->now = w;
 	/* Closing reports end-anchored matches; after a failure it only frees. */
-	if (hs_close_stream(*st, s->failed ? NULL : s->scratch, s->failed ? NULL : on_match, s) !=
+	hs_scratch_t *sc = s->failed ? NULL : (hs_scratch_t *)s->cw->scratch;
+	if (hs_close_stream(*st, sc, s->failed ? NULL : on_match, s) !=
 	    HS_SUCCESS)
 		s->failed = true;
 	*st = NULL;

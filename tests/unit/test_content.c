@@ -180,6 +180,25 @@ static void test_two_databases(void **state)
 		assert_false(v.failed);
 		CHECK_STR("hits", hits, round == 1 ? "b1,b2,b3" : "a");
 	}
+	/* A scan under way while another one grows the scratch (a new
+	 * worker's first message on a reloaded, larger database). */
+	struct content_worker fresh = {0};
+	struct content_scan *old = content_scan_begin(&a, &fresh);
+	content_scan_data(old, m, 20, true);
+	struct content_scan *grow = content_scan_begin(&b, &fresh);
+	content_scan_data(grow, m, strlen(m), true);
+	content_scan_data(old, m + 20, strlen(m) - 20, true);
+	struct content_verdict v;
+	hits[0] = '\0';
+	content_scan_end(old, "", NULL, 0, &v, on_hit, NULL);
+	assert_false(v.failed);
+	CHECK_STR("old scan", hits, "a");
+	hits[0] = '\0';
+	content_scan_end(grow, "", NULL, 0, &v, on_hit, NULL);
+	CHECK_STR("new scan", hits, "b1,b2,b3");
+	content_scan_free(old);
+	content_scan_free(grow);
+	content_worker_free(&fresh);
 	/* A scan abandoned midway frees its streams. */
 	struct content_scan *s = content_scan_begin(&b, &cw);
 	content_scan_data(s, m, 10, true);
