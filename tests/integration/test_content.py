@@ -336,3 +336,37 @@ def test_bad_reload_changes_nothing(postern, tmp_path):
         with RawClient(p.port, "127.0.0.10") as c:
             c.cmd("EHLO client.example")
             queued_id(send(c, exe_attachment()))
+
+
+def test_added_header_over_outbound_tls(postern, tmp_path):
+    """The added field goes through the cipher before the stored bytes
+    (no sendfile under TLS)."""
+    import tlsutil
+    from tls_sink import TlsSink
+    from test_delivery import RECEIVED
+    (tmp_path / "pki").mkdir()
+    pki = tlsutil.make_pki(tmp_path / "pki")
+    sink = TlsSink(cert=pki.server.cert, key=pki.server.key, require_tls=True)
+    p = None
+    try:
+        rules = ('content_rules = ( { name = "tag"; where = "header:Subject"; pattern = "outbound"; '
+                 'action = "add_header"; header = "X-Tag: yes"; } );\n')
+        p = postern(CONNECTORS + 'send_connectors = ( { name = "Smart"; address_spaces = [ "*" ]; '
+                    'smart_hosts = [ "127.0.0.1:%d" ]; tls = "opportunistic"; } );\n'
+                    'queue = { retry_interval = "1s"; };\n' % sink.port + rules)
+        body = msg("outbound", "over TLS\r\n..dot\r\n")
+        with RawClient(p.port, "127.0.0.10") as c:
+            c.cmd("EHLO client.example")
+            qid = queued_id(send(c, body))
+        wait_event(p, "deliver", id=qid)
+        [txn] = sink.snapshot()
+        assert txn["tls"], txn
+        assert txn["data"].startswith(b"X-Tag: yes\r\n"), txn["data"][:200]
+        rest = txn["data"][len(b"X-Tag: yes\r\n"):]
+        m = RECEIVED.match(rest)
+        assert m, rest[:300]
+        assert rest[m.end():] == body
+    finally:
+        if p:
+            p.stop()  # before its next hop goes
+        sink.close()
