@@ -1363,11 +1363,13 @@ static bool load_send_connector(struct loader *ld, struct conf *c, struct sconn 
 	if (!*name || strlen(name) > 64)
 		return fail(ld, sc->line, "name: 1 to 64 characters");
 	sc->name = xstrdup(name);
-	const config_setting_t *v = string_list(ld, g, "address_spaces", true);
-	if (!v)
+	/* Without address_spaces only content rules route to it: checked
+	 * once they are read (check_route_only). */
+	const config_setting_t *v = string_list(ld, g, "address_spaces", false);
+	if (ld->failed)
 		return false;
-	sc->nspaces = (unsigned)config_setting_length(v);
-	if (!sc->nspaces)
+	sc->nspaces = v ? (unsigned)config_setting_length(v) : 0;
+	if (v && !sc->nspaces)
 		return fail(ld, line_of(v), "address_spaces: at least one (\"*\", \"domain\" or \"*.domain\")");
 	sc->spaces = xcalloc(sc->nspaces, sizeof(*sc->spaces));
 	for (unsigned i = 0; i < sc->nspaces; i++) {
@@ -1493,6 +1495,174 @@ const struct sconn *conf_route(const struct conf *c, const char *domain, size_t 
 	return best;
 }
 
+const struct sconn *conf_sconn_named(const struct conf *c, const char *name)
+{
+	for (unsigned i = 0; i < c->nsc; i++)
+		if (strcasecmp(c->sc[i].name, name) == 0)
+			return &c->sc[i];
+	return NULL;
+}
+
+/* A header field to add: "Name: value", printable name (RFC 5322 2.2),
+ * no line break, within a line's 998 octets. */
+static bool valid_added_header(const char *h)
+{
+	size_t n = strlen(h);
+	const char *colon = strchr(h, ':');
+	if (!colon || colon == h || n > 998)
+		return false;
+	for (const char *p = h; p < colon; p++)
+		if (*p <= 32 || *p >= 127)
+			return false;
+	for (const char *p = colon; *p; p++)
+		if (*p == '\r' || *p == '\n' || *p == '\0')
+			return false;
+	return true;
+}
+
+static bool load_content_rule(struct loader *ld, struct conf *c, struct content_rule *r,
+			      const config_setting_t *g)
+{
+	static const char *const known[] = {"name", "where", "pattern", "action", "header",
+					    "send_connector", NULL};
+	r->line = line_of(g);
+	if (!config_setting_is_group(g))
+		return fail(ld, r->line, "content_rules: expected { name = ...; where = ...; pattern = ...; action = ...; }");
+	if (!check_members(ld, g, known, NULL, 0))
+		return false;
+	const char *name = get_string(ld, g, "name", true);
+	if (!name)
+		return false;
+	if (!*name || strlen(name) > 64)
+		return fail(ld, r->line, "name: 1 to 64 characters");
+	for (const char *p = name; *p; p++)
+		if ((unsigned char)*p < 32 || *p == 127)
+			return fail(ld, r->line, "name: no control characters");
+	r->name = xstrdup(name);
+	const char *where = get_string(ld, g, "where", true);
+	if (!where)
+		return false;
+	int wl = line_of(config_setting_get_member(g, "where"));
+	if (strncasecmp(where, "header:", 7) == 0) {
+		const char *f = where + 7;
+		if (!*f || strlen(f) > 76)
+			return fail(ld, wl, "rule %s: where: \"header:\" needs a field name (\"header:Subject\")", name);
+		for (const char *p = f; *p; p++)
+			if (*p <= 32 || *p >= 127 || *p == ':')
+				return fail(ld, wl, "rule %s: where: \"%s\" is not a header field name", name, f);
+		r->where = CONTENT_HEADER;
+		r->field = xstrdup(f);
+	} else {
+		static const struct { const char *n; enum content_where w; } wh[] = {
+			{"body", CONTENT_BODY}, {"headers", CONTENT_HEADERS},
+			{"sender", CONTENT_SENDER}, {"recipient", CONTENT_RECIPIENT}};
+		size_t k = 0;
+		while (k < 4 && strcasecmp(where, wh[k].n) != 0)
+			k++;
+		if (k == 4)
+			return fail(ld, wl, "rule %s: where: \"%s\" is not body, headers, header:<Name>, sender or recipient", name, where);
+		r->where = wh[k].w;
+	}
+	const char *pat = get_string(ld, g, "pattern", true);
+	if (!pat)
+		return false;
+	if (!*pat)
+		return fail(ld, line_of(config_setting_get_member(g, "pattern")), "rule %s: pattern: empty", name);
+	r->pattern = xstrdup(pat);
+	const char *act = get_string(ld, g, "action", true);
+	if (!act)
+		return false;
+	int al = line_of(config_setting_get_member(g, "action"));
+	unsigned a = 0;
+	while (a < CONTENT_ACTION_COUNT && strcasecmp(act, content_action_names[a]) != 0)
+		a++;
+	if (a == CONTENT_ACTION_COUNT)
+		return fail(ld, al, "rule %s: action: \"%s\" is not reject, hold, add_header or route", name, act);
+	r->action = (enum content_action)a;
+	const char *hdr = get_string(ld, g, "header", false);
+	if (ld->failed)
+		return false;
+	int hl = hdr ? line_of(config_setting_get_member(g, "header")) : r->line;
+	if (r->action == CONTENT_ADD_HEADER && !hdr)
+		return fail(ld, r->line, "rule %s: action add_header needs header = \"Name: value\"", name);
+	if (hdr && r->action != CONTENT_ADD_HEADER)
+		return fail(ld, hl, "rule %s: header is only for action add_header", name);
+	if (hdr && !valid_added_header(hdr))
+		return fail(ld, hl, "rule %s: header: \"Name: value\" on one line (printable name, at most 998 octets)", name);
+	if (hdr)
+		r->header = xstrdup(hdr);
+	const char *scn = get_string(ld, g, "send_connector", false);
+	if (ld->failed)
+		return false;
+	int sl = scn ? line_of(config_setting_get_member(g, "send_connector")) : r->line;
+	if (r->action == CONTENT_ROUTE && !scn)
+		return fail(ld, r->line, "rule %s: action route needs send_connector = \"<name>\"", name);
+	if (scn && r->action != CONTENT_ROUTE)
+		return fail(ld, sl, "rule %s: send_connector is only for action route", name);
+	if (scn) {
+		const struct sconn *sc = conf_sconn_named(c, scn);
+		if (!sc)
+			return fail(ld, sl, "rule %s: send_connector: no send connector \"%s\"", name, scn);
+		r->send_connector = xstrdup(sc->name);
+	}
+	return true;
+}
+
+/* content_rules = ( { name; where; pattern; action; ... } ): compiled
+ * here, so a bad pattern fails the load (and so --check and a reload). */
+static bool load_content_rules(struct loader *ld, struct conf *c, config_t *cf)
+{
+	config_setting_t *list = config_lookup(cf, "content_rules");
+	if (!list)
+		return true;
+	if (!config_setting_is_list(list))
+		return fail(ld, line_of(list), "content_rules: expected a list ( ... )");
+	struct content_rules *cr = &c->content;
+	unsigned n = (unsigned)config_setting_length(list);
+	cr->rule = xcalloc(n, sizeof(*cr->rule));
+	for (unsigned i = 0; i < n; i++) {
+		cr->n = i + 1; /* counted now: freed whatever follows */
+		if (!load_content_rule(ld, c, &cr->rule[i], config_setting_get_elem(list, i)))
+			return false;
+		for (unsigned k = 0; k < i; k++)
+			if (strcasecmp(cr->rule[k].name, cr->rule[i].name) == 0)
+				return fail(ld, cr->rule[i].line,
+					    "rule %s: the name is used twice (line %d)", cr->rule[i].name,
+					    cr->rule[k].line);
+	}
+	unsigned bad;
+	char msg[512];
+	if (!content_compile(cr, &bad, msg, sizeof(msg))) {
+		if (bad >= cr->n)
+			bad = 0;
+		const struct content_rule *r = &cr->rule[bad];
+		int pl = r->line;
+		const config_setting_t *g = config_setting_get_elem(list, bad);
+		if (g && config_setting_get_member(g, "pattern"))
+			pl = line_of(config_setting_get_member(g, "pattern"));
+		return fail(ld, pl, "rule %s: %s", r->name, msg);
+	}
+	return true;
+}
+
+/* A send connector without address_spaces takes only what content rules
+ * route to it. */
+static bool check_route_only(struct loader *ld, struct conf *c)
+{
+	for (unsigned i = 0; i < c->nsc; i++) {
+		if (c->sc[i].nspaces)
+			continue;
+		bool routed = false;
+		for (unsigned k = 0; k < c->content.n; k++)
+			routed |= c->content.rule[k].action == CONTENT_ROUTE &&
+				  strcasecmp(c->content.rule[k].send_connector, c->sc[i].name) == 0;
+		if (!routed)
+			return fail(ld, c->sc[i].line,
+				    "missing setting \"address_spaces\" (only a send connector a content rule routes to may go without)");
+	}
+	return true;
+}
+
 struct conf *conf_load(const char *path, char *err, size_t errlen)
 {
 	struct loader ld = {.path = path, .err = err, .errlen = errlen};
@@ -1523,12 +1693,13 @@ struct conf *conf_load(const char *path, char *err, size_t errlen)
 	c->path = xstrdup(path);
 	static const char *const top[] = {"server", "accepted_domains",
 					  "receive_connectors", "send_connectors",
-					  "queue", NULL};
+					  "queue", "content_rules", NULL};
 	bool ok = check_members(&ld, config_root_setting(&cf), top, NULL, 0) &&
 		  load_server(&ld, c, &cf) && load_domains(&ld, c, &cf) &&
 		  load_connectors(&ld, c, &cf) && resolve_proxy_bindings(&ld, c) &&
 		  load_send_connectors(&ld, c, &cf) && check_relay_domains(&ld, c) &&
-		  load_queue(&ld, c, &cf);
+		  load_queue(&ld, c, &cf) && load_content_rules(&ld, c, &cf) &&
+		  check_route_only(&ld, c);
 	config_destroy(&cf);
 	if (!ok) {
 		conf_free(c);
@@ -1601,6 +1772,7 @@ void conf_free(struct conf *c)
 		free((void *)sc->domain_conns);
 	}
 	free(c->sc);
+	content_rules_free(&c->content);
 	free(c->dns_servers);
 	connectors_free(c);
 	free(c->rc);
@@ -1796,6 +1968,14 @@ void conf_print(const struct conf *c, FILE *out)
 			fprintf(out, "    %-46s %s\n", st->name,
 				none ? "unlimited" : setting_text(st, v, buf, sizeof(buf)));
 		}
+	}
+	/* Compiled, so listed: what --check accepted. */
+	for (unsigned i = 0; i < c->content.n; i++) {
+		const struct content_rule *r = &c->content.rule[i];
+		fprintf(out, "content rule \"%s\" where=%s%s%s action=%s%s%s\n", r->name,
+			content_where_names[r->where], r->field ? ":" : "", r->field ? r->field : "",
+			content_action_names[r->action], r->send_connector ? " send_connector=" : "",
+			r->send_connector ? r->send_connector : "");
 	}
 }
 

@@ -12,6 +12,7 @@
 #include <netinet/in.h>
 #include <sys/socket.h>
 
+#include "content.h"
 #include "smtp_server.h"
 
 enum perm {
@@ -207,6 +208,7 @@ struct conf {
 	unsigned nsc;
 	struct queue_conf queue;
 	char *dns_servers;         /* c-ares CSV, NULL: /etc/resolv.conf */
+	struct content_rules content; /* content_rules (B.9), compiled */
 };
 
 /* Reads and validates path. On error returns NULL and writes
@@ -243,6 +245,10 @@ bool conf_metrics_allowed(const struct conf *c, const struct sockaddr *sa);
  * space wins, "domain" over "*.domain" over a shorter "*.domain" over "*".
  * NULL when none matches. */
 const struct sconn *conf_route(const struct conf *c, const char *domain, size_t len);
+
+/* The send connector of that name (any case), or NULL: a content rule's
+ * route, also after a restart (the envelope names it). */
+const struct sconn *conf_sconn_named(const struct conf *c, const char *name);
 
 /* True when connector rc listens on binding b. */
 static inline bool rconn_on_binding(const struct rconn *rc, unsigned b)

@@ -55,6 +55,8 @@ struct conn {
 	char *in;                 /* received, not yet consumed bytes */
 	size_t in_off, in_len, in_cap;
 	struct spool_msg *smsg;   /* message being received or stored */
+	struct content_scan *scan; /* its content rules' scan, or NULL */
+	bool scan_lost;           /* rules apply but the scan could not start */
 	char msgid[WCTX_MSGID_LEN];
 	int msg_err;              /* why the spool could not take it */
 	uint64_t msg_size;

@@ -59,6 +59,8 @@ static int drop_write(const struct djob *j, char *path, size_t pathcap)
 	fprintf(f, "X-Sender: <%s>\r\n", m->from);
 	for (unsigned k = 0; k < j->n; k++)
 		fprintf(f, "X-Receiver: <%s>\r\n", m->r[j->idx[k]].addr);
+	if (m->prefix_len)
+		fwrite(m->prefix, 1, m->prefix_len, f); /* added by content rules */
 	int seg = spool_seg_fd(m->seg);
 	bool bol = true;
 	char buf[65536], out[65536];

@@ -41,6 +41,21 @@ void envelope_write(FILE *out, const char *id, const struct smtp_envelope *env,
 		fputs("\r\norigin: anonymous", out);
 	if (env->dotless)
 		fputs("\r\ndot-lines: none", out);
+	if (env->held) {
+		fputs("\r\nheld: ", out);
+		field(out, env->held);
+	}
+	if (env->route) {
+		fputs("\r\nroute: ", out);
+		field(out, env->route);
+	}
+	for (const char *h = env->headers; h && *h;) {
+		size_t n = strcspn(h, "\r\n");
+		fputs("\r\nheader: ", out);
+		fwrite(h, 1, n, out);
+		h += n;
+		h += strspn(h, "\r\n");
+	}
 	fputs("\r\nfrom: <", out);
 	field(out, env->from);
 	fprintf(out, ">%s%s", body[env->body], ret[env->ret]);
@@ -156,6 +171,19 @@ static void read_rcpt_params(struct smtp_rcpt *r, const char *t, const char *end
 	}
 }
 
+/* One more "Name: value\r\n" at the end of *h. */
+static bool append_header(char **h, const char *v, size_t vl)
+{
+	size_t have = *h ? strlen(*h) : 0;
+	char *n = realloc(*h, have + vl + 3);
+	if (!n)
+		return false;
+	memcpy(n + have, v, vl);
+	memcpy(n + have + vl, "\r\n", 3);
+	*h = n;
+	return true;
+}
+
 int envelope_read(const char *p, size_t len, struct envelope_full *e)
 {
 	memset(e, 0, sizeof(*e));
@@ -194,6 +222,16 @@ int envelope_read(const char *p, size_t len, struct envelope_full *e)
 			if (!(e->env.auth = strndup(v, vl)))
 				return -1;
 		}
+		else if (param(line, n, "held: ", &v, &vl) && !e->env.held) {
+			if (!(e->env.held = strndup(v, vl)))
+				return -1;
+		} else if (param(line, n, "route: ", &v, &vl) && !e->env.route) {
+			if (!(e->env.route = strndup(v, vl)))
+				return -1;
+		} else if (param(line, n, "header: ", &v, &vl)) {
+			if (!append_header(&e->env.headers, v, vl))
+				return -1;
+		}
 		else if (param(line, n, "from: ", &v, &vl) && !e->env.from) {
 			if (!(e->env.from = read_path(v, vl, &used, true)))
 				return -1;
@@ -223,6 +261,9 @@ void envelope_full_free(struct envelope_full *e)
 	free(e->env.from);
 	free(e->env.envid);
 	free(e->env.auth);
+	free(e->env.held);
+	free(e->env.route);
+	free(e->env.headers);
 	for (unsigned i = 0; i < e->env.nrcpt; i++) {
 		free(e->env.rcpt[i].addr);
 		free(e->env.rcpt[i].orcpt);

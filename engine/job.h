@@ -51,6 +51,11 @@ struct qmsg {
 	char *last_error;
 	bool delay_notified;
 	bool attempted_round;     /* a job of this round reached a next hop */
+	char *held;               /* held until released (content rule): the reason */
+	char *route;              /* a content rule's send connector, or NULL */
+	char *prefix;             /* header fields added by content rules, sent
+	                           * before the stored bytes; NULL: none */
+	uint32_t prefix_len;
 	size_t heap;              /* index in the schedule, or SIZE_MAX */
 };
 

@@ -33,6 +33,8 @@
 struct app {
 	struct metrics_registry registry;
 	struct metrics_registry send_registry;
+	struct metrics_registry rule_registry;  /* content rules, by name */
+	uint64_t content_gen;     /* per load: which per-worker scratch fits */
 	pthread_mutex_t mu;
 	pthread_cond_t reloaded;
 	struct conf *conf;        /* current; swapped by reload() under mu */
@@ -138,6 +140,10 @@ static void assign_stats_ids(struct app *a, struct conf *c)
 		c->rc[i].stats_id = metrics_registry_id(&a->registry, c->rc[i].name);
 	for (unsigned i = 0; i < c->nsc; i++)
 		c->sc[i].stats_id = metrics_registry_id(&a->send_registry, c->sc[i].name);
+	for (unsigned i = 0; i < c->content.n; i++)
+		c->content.rule[i].stats_id =
+			metrics_registry_id(&a->rule_registry, c->content.rule[i].name);
+	c->content.gen = ++a->content_gen;
 }
 
 static bool same_binding(const struct binding *a, const struct binding *b)
@@ -580,6 +586,7 @@ int main(int argc, char **argv)
 	struct stats_host host = {
 		.registry = &app.registry,
 		.send_registry = &app.send_registry,
+		.rule_registry = &app.rule_registry,
 		.throttle = &throttle,
 		.store = &store,
 		.metrics = wm,

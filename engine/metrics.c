@@ -127,8 +127,51 @@ static void send_tls_sum(struct worker_metrics **w, unsigned nw, unsigned id,
 			t[k] += metric_get(&w[i]->send[id].tls[k]);
 }
 
+static uint64_t rule_hits(struct worker_metrics **w, unsigned nw, unsigned id, unsigned a)
+{
+	uint64_t v = 0;
+	for (unsigned i = 0; i < nw; i++)
+		v += metric_get(&w[i]->rule_hits[id][a]);
+	return v;
+}
+
+static void print_rules_stat(FILE *out, const struct metrics_rules *rules,
+			     struct worker_metrics **w, unsigned nw, bool json)
+{
+	unsigned n = rules ? atomic_load_explicit(&rules->reg->n, memory_order_acquire) : 0;
+	if (json)
+		fputs(", \"content_rules\": [", out);
+	else
+		fprintf(out, "\n%-32s %-12s %12s\n", "content rule", "action", "hits");
+	for (unsigned id = 0; id < n; id++) {
+		int act = rules->action[id];
+		uint64_t total = 0;
+		for (unsigned a = 0; a < CONTENT_ACTION_COUNT; a++)
+			total += rule_hits(w, nw, id, a);
+		if (!json) {
+			fprintf(out, "%-32.32s %-12s %12llu\n", rules->reg->names[id],
+				act >= 0 ? content_action_names[act] : "-", (unsigned long long)total);
+			continue;
+		}
+		fputs(id ? ", {\"name\": " : "{\"name\": ", out);
+		json_write_string(out, rules->reg->names[id]);
+		if (act >= 0)
+			fprintf(out, ", \"action\": \"%s\"", content_action_names[act]);
+		else
+			fputs(", \"action\": null", out);
+		fprintf(out, ", \"hits\": %llu, \"by_action\": {", (unsigned long long)total);
+		for (unsigned a = 0; a < CONTENT_ACTION_COUNT; a++)
+			fprintf(out, "%s\"%s\": %llu", a ? ", " : "", content_action_names[a],
+				(unsigned long long)rule_hits(w, nw, id, a));
+		fputs("}}", out);
+	}
+	if (json)
+		fputs("]", out);
+}
+
 void metrics_print_stat(FILE *out, struct metrics_registry *r, struct metrics_registry *sr,
-			struct worker_metrics **w, unsigned nw, bool json)
+			struct worker_metrics **w, unsigned nw, bool json,
+			const struct metrics_rules *rules)
 {
 	unsigned n = atomic_load_explicit(&r->n, memory_order_acquire);
 	if (json)
@@ -196,7 +239,10 @@ void metrics_print_stat(FILE *out, struct metrics_registry *r, struct metrics_re
 		}
 	}
 	if (json)
-		fputs("]}\n", out);
+		fputs("]", out);
+	print_rules_stat(out, rules, w, nw, json);
+	if (json)
+		fputs("}\n", out);
 }
 
 /* Label values escape backslash, double quote and newline. */
@@ -284,7 +330,8 @@ static void per_result(FILE *out, const char *name, const char *key, struct metr
 
 void metrics_print_prometheus(FILE *out, struct metrics_registry *r,
 			      struct metrics_registry *sr, struct worker_metrics **w, unsigned nw,
-			      const struct spool_usage *spool, const char *io_backend)
+			      const struct spool_usage *spool, const char *io_backend,
+			      const struct metrics_rules *rules)
 {
 	unsigned n = atomic_load_explicit(&r->n, memory_order_acquire);
 	family(out, "postern_connections_total", "counter",
@@ -374,6 +421,20 @@ void metrics_print_prometheus(FILE *out, struct metrics_registry *r,
 	       "SMTP AUTH to the next hop, by send connector and result (ok, failed: refused credentials, temporary).");
 	per_result(out, "postern_auth_outbound_total", "send_connector", sr, w, nw,
 		   auth_result_names, AUTH_RESULTS, get_auth_out);
+	family(out, "postern_content_rule_hits_total", "counter",
+	       "Messages a content rule matched, by rule and action (every hit, whichever action won).");
+	unsigned nr = rules ? atomic_load_explicit(&rules->reg->n, memory_order_acquire) : 0;
+	for (unsigned id = 0; id < nr; id++)
+		for (unsigned a = 0; a < CONTENT_ACTION_COUNT; a++) {
+			uint64_t v = rule_hits(w, nw, id, a);
+			/* The rule's action in force always has a series. */
+			if (!v && rules->action[id] != (int)a)
+				continue;
+			fputs("postern_content_rule_hits_total{rule=\"", out);
+			label(out, rules->reg->names[id]);
+			fprintf(out, "\",action=\"%s\"} %llu\n", content_action_names[a],
+				(unsigned long long)v);
+		}
 	family(out, "postern_io_backend_info", "gauge",
 	       "The I/O backend the workers run on (io_uring, or epoll where io_uring is blocked).");
 	fprintf(out, "postern_io_backend_info{backend=\"%s\"} 1\n", io_backend);

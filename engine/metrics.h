@@ -11,6 +11,7 @@
 #include <stdint.h>
 #include <stdio.h>
 
+#include "content.h"
 #include "smtp_server.h"
 
 #define METRIC_CONNECTORS_MAX 256
@@ -78,6 +79,8 @@ struct worker_metrics {
 	_Atomic uint64_t fsyncs;          /* fdatasync calls of the spool */
 	_Atomic uint64_t dirsyncs;        /* group-commit flushes */
 	_Atomic uint64_t flushed_messages;/* messages made durable by them */
+	/* Content rule hits, by rule (registry id) and action. */
+	_Atomic uint64_t rule_hits[METRIC_CONNECTORS_MAX][CONTENT_ACTION_COUNT];
 };
 
 static inline void metric_add(_Atomic uint64_t *m, uint64_t n)
@@ -122,14 +125,24 @@ struct spool_usage {
 	bool ready;               /* what GET /readyz answers (B.10) */
 };
 
-/* `show stat`: one row per receive connector, then per send connector. */
+/* Content rules as shown: the names by counter id, and the action each
+ * has in the configuration in force (-1: a rule of an earlier one). */
+struct metrics_rules {
+	struct metrics_registry *reg;
+	int8_t action[METRIC_CONNECTORS_MAX];
+};
+
+/* `show stat`: one row per receive connector, then per send connector,
+ * then per content rule (rules may be NULL). */
 void metrics_print_stat(FILE *out, struct metrics_registry *r, struct metrics_registry *sr,
-			struct worker_metrics **w, unsigned nw, bool json);
+			struct worker_metrics **w, unsigned nw, bool json,
+			const struct metrics_rules *rules);
 /* Prometheus text exposition format 0.0.4; io_backend names the I/O
  * backend the workers run on. */
 void metrics_print_prometheus(FILE *out, struct metrics_registry *r,
 			      struct metrics_registry *sr, struct worker_metrics **w, unsigned nw,
-			      const struct spool_usage *spool, const char *io_backend);
+			      const struct spool_usage *spool, const char *io_backend,
+			      const struct metrics_rules *rules);
 
 extern const char *const refuse_names[REFUSE_COUNT];
 

@@ -1032,6 +1032,19 @@ static void run(struct oconn *oc)
 						   ? UINT64_MAX
 						   : oc->w->now_ms + oc->txn_ms;
 			arm_body(oc);
+			if (oc->job->m->prefix_len) {
+				/* Header fields content rules added go first, like
+				 * a command line; the stored bytes follow. */
+				const struct qmsg *m = oc->job->m;
+				if (oc->tls) {
+					if (!tls_write(oc->tls, m->prefix, m->prefix_len))
+						lost(oc, tls_error(oc->tls));
+				} else {
+					oc->out = m->prefix;
+					oc->out_len = m->prefix_len;
+					oc->out_off = 0;
+				}
+			}
 			continue;
 		case SMTPC_EV_NEED_INPUT:
 			/* A partial reply moves no deadline; a complete one

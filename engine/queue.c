@@ -101,6 +101,9 @@ static struct qmsg *heap_pop(struct queue *q)
 
 /* ---- messages ---------------------------------------------------------- */
 
+/* A held message waits behind every other: never due until released. */
+#define HELD_MS INT64_MAX
+
 static void qmsg_free(struct queue *q, struct qmsg *m)
 {
 	for (unsigned i = 0; i < m->nrcpt; i++) {
@@ -121,6 +124,9 @@ static void qmsg_free(struct queue *q, struct qmsg *m)
 	free(m->client);
 	free(m->connector);
 	free(m->last_error);
+	free(m->held);
+	free(m->route);
+	free(m->prefix);
 	free(m);
 }
 
@@ -153,8 +159,13 @@ static struct qmsg *qmsg_new(struct queue *q, uint64_t id, struct spool_seg *seg
 	m->client = xdup(client);
 	m->connector = xdup(connector);
 	m->heap = SIZE_MAX;
+	m->held = xdup(env->held);
+	m->route = xdup(env->route);
+	m->prefix = xdup(env->headers);
+	m->prefix_len = m->prefix ? (uint32_t)strlen(m->prefix) : 0;
 	bool ok = m->off && m->len && m->r && m->from && m->client && m->connector &&
-		  (!env->envid || m->envid);
+		  (!env->envid || m->envid) && (!env->held || m->held) &&
+		  (!env->route || m->route) && (!env->headers || m->prefix);
 	for (uint32_t i = 0; ok && i < nchunks; i++)
 		m->bytes += len[i];
 	m->body = (uint8_t)env->body;
@@ -254,7 +265,7 @@ void queue_add_received(struct queue *q, struct spool_msg *sm,
 		log_msg(LOG_ERROR, "event=queue_error id=%s error=\"out of memory\"", id);
 		return;
 	}
-	schedule(q, m, 0);
+	schedule(q, m, m->held ? HELD_MS : 0);
 }
 
 /* ---- recovery ---------------------------------------------------------- */
@@ -333,7 +344,7 @@ static void recover_one(void *arg, const struct spool_found *f)
 	rc->messages++;
 	rc->recipients += m->pending;
 	/* Retry when it was due; a crash does not reset the backoff. */
-	schedule(rc->q, m, st->next_ms);
+	schedule(rc->q, m, m->held ? HELD_MS : st->next_ms);
 }
 
 void queue_recover(struct queue *q, unsigned nworkers)
@@ -937,7 +948,7 @@ static struct djob *job_new(struct queue *q, struct qmsg *m, const struct sconn 
 		if (*p >= 'A' && *p <= 'Z')
 			*p = (char)(*p - 'A' + 'a');
 	j->cmsg = (struct smtp_client_msg){
-		.from = m->from, .size = m->bytes, .body = m->body, .ret = m->ret,
+		.from = m->from, .size = m->bytes + m->prefix_len, .body = m->body, .ret = m->ret,
 		.envid = m->envid, .smtputf8 = m->smtputf8, .dotless = m->dotless,
 	};
 	return j;
@@ -989,7 +1000,19 @@ static void start_attempt(struct queue *q, struct qmsg *m, int64_t now_ms)
 		if (r->state != SPOOL_RCPT_PENDING)
 			continue;
 		const char *dom = rcpt_domain(q, r->addr);
-		const struct sconn *sc = conf_route(q->w->conf, dom, strlen(dom));
+		/* A content rule's route overrides the address spaces. */
+		const struct sconn *sc = m->route ? conf_sconn_named(q->w->conf, m->route)
+						  : conf_route(q->w->conf, dom, strlen(dom));
+		if (!sc && m->route) {
+			char why[200];
+			snprintf(why, sizeof(why), "451 4.4.4 Send connector %.100s is not configured",
+				 m->route);
+			set_result(r, "4.4.4", why, NULL);
+			free(m->last_error);
+			m->last_error = strdup(r->reply);
+			unroutable = true;
+			continue;
+		}
 		if (!sc) {
 			/* The configuration changed since it was accepted. */
 			set_result(r, "4.4.4", "451 4.4.4 No send connector for this recipient", NULL);
@@ -1050,6 +1073,11 @@ void queue_run(struct queue *q)
 	const struct queue_conf *qc = &w->conf->queue;
 	while (q->n && q->heap[0]->next_ms <= now_ms) {
 		struct qmsg *m = heap_pop(q);
+		if (m->held) {
+			/* Made due by a flush: still held until released. */
+			schedule(q, m, HELD_MS);
+			continue;
+		}
 		if (now_ms - m->arrival_ms >= (int64_t)qc->message_expiration_ms) {
 			expire(q, m, now_ms);
 			continue;

@@ -14,6 +14,7 @@
 #include <unistd.h>
 
 #include "auth.h"
+#include "content.h"
 #include "envelope.h"
 #include "listener.h"
 #include "log.h"
@@ -51,6 +52,7 @@ static void process_input(struct wctx *w, struct conn *c, const char *direct,
 static void message_append(struct wctx *w, struct conn *c, const char *p, size_t n,
 			   int bid);
 
+static bool content_verdict(struct wctx *w, struct conn *c);
 static void hold(struct conn *c);
 static void release(struct wctx *w, struct conn *c);
 static void on_reject(void *ctx, enum smtp_reject why, const char *reply,
@@ -450,6 +452,7 @@ static void maybe_free(struct wctx *w, struct conn *c)
 		w->buf_waiters--;
 	if (c->smsg)
 		spool_msg_release(w->spool, c->smsg);
+	content_scan_free(c->scan);
 	smtp_server_free(&c->smtp);
 	tls_free(c->tls);
 	tls_free(c->tls_next);
@@ -571,6 +574,25 @@ static void message_begin(struct wctx *w, struct conn *c)
 	size_t n = smtp_server_begin_message(&c->smtp, c->msgid, c->arrival, hdr,
 					     sizeof(hdr));
 	message_append(w, c, hdr, n, -1);
+	/* Content rules see the client's bytes only, not our Received:;
+	 * externally secured connectors bypass them (B.2). */
+	content_scan_free(c->scan);
+	c->scan = NULL;
+	c->scan_lost = false;
+	if (c->conf->content.n && !(c->rc->perms & PERM_EXTERNALLY_SECURED)) {
+		c->scan = content_scan_begin(&c->conf->content, w->content);
+		c->scan_lost = !c->scan;
+	}
+}
+
+/* Message bytes from the client: to the spool as they are, and through
+ * the content rules' scan on the way. stuffed: DATA's wire form. */
+static void message_data(struct wctx *w, struct conn *c, const char *p, size_t n, int bid,
+			 bool stuffed)
+{
+	if (c->scan)
+		content_scan_data(c->scan, p, n, stuffed);
+	message_append(w, c, p, n, bid);
 }
 
 static void message_append(struct wctx *w, struct conn *c, const char *p, size_t n,
@@ -586,6 +608,8 @@ static void message_abandon(struct wctx *w, struct conn *c)
 	if (c->smsg)
 		spool_msg_release(w->spool, c->smsg);
 	c->smsg = NULL;
+	content_scan_free(c->scan);
+	c->scan = NULL;
 }
 
 static bool storage_full(int err)
@@ -603,6 +627,8 @@ static void message_end(struct wctx *w, struct conn *c)
 		smtp_server_stored(&c->smtp, false, storage_full(err));
 		return;
 	}
+	if (!content_verdict(w, c))
+		return;
 	if (!spool_msg_commit_envelope(w->spool, c->smsg, c->msgid, &c->smtp.env, c->rc->name,
 				       c->peer, c->smtp.helo, c->arrival)) {
 		message_abandon(w, c);
@@ -615,6 +641,95 @@ static void message_end(struct wctx *w, struct conn *c)
 	 * message joins the next group commit (session_on_written). */
 	if (spool_msg_written(c->smsg))
 		session_on_written(w, c->smsg);
+}
+
+struct rule_hit_ctx {
+	struct wctx *w;
+	struct conn *c;
+};
+
+/* Every hit is counted and logged, whichever action wins. */
+static void on_rule_hit(void *arg, const struct content_rule *r, enum content_where where)
+{
+	struct rule_hit_ctx *h = arg;
+	char qn[160], qw[200], wh[100];
+	metric_add(&h->w->m->rule_hits[r->stats_id][r->action], 1);
+	snprintf(wh, sizeof(wh), "%s%s%s", content_where_names[where],
+		 r->field ? ":" : "", r->field ? r->field : "");
+	log_msg(LOG_INFO, "event=content_rule rule=%s action=%s id=%s where=%s client=%s worker=%u",
+		log_quote(qn, sizeof(qn), r->name), content_action_names[r->action], h->c->msgid,
+		log_quote(qw, sizeof(qw), wh), h->c->peer, h->w->id);
+}
+
+/* At the end of data, before the envelope is committed: the rules'
+ * verdict. false when the message is refused (reply queued). Marks for
+ * hold, route and added header fields go into the envelope. */
+static bool content_verdict(struct wctx *w, struct conn *c)
+{
+	if (!c->scan && !c->scan_lost)
+		return true;
+	struct content_verdict v = {.failed = true};
+	if (c->scan) {
+		const struct smtp_envelope *e = &c->smtp.env;
+		const char **rcpt = calloc(e->nrcpt ? e->nrcpt : 1, sizeof(*rcpt));
+		if (rcpt) {
+			for (unsigned i = 0; i < e->nrcpt; i++)
+				rcpt[i] = e->rcpt[i].addr;
+			struct rule_hit_ctx h = {w, c};
+			content_scan_end(c->scan, e->from ? e->from : "", rcpt, e->nrcpt, &v,
+					 on_rule_hit, &h);
+			free(rcpt);
+		}
+	}
+	if (v.failed) {
+		/* Unjudged mail is not let through: the client retries. */
+		log_msg(LOG_ERROR, "event=content_error id=%s client=%s error=\"%s\"", c->msgid,
+			c->peer, c->scan ? "scan failed" : "out of memory");
+		message_abandon(w, c);
+		smtp_server_stored(&c->smtp, false, false);
+		return false;
+	}
+	if (v.reject) {
+		char reply[160];
+		snprintf(reply, sizeof(reply), "550 5.7.1 Message rejected by content rule %s",
+			 v.reject->name);
+		message_abandon(w, c);
+		smtp_server_refuse_message(&c->smtp, reply);
+		return false;
+	}
+	struct smtp_envelope *e = &c->smtp.env;
+	const struct content_rules *cr = &c->conf->content;
+	if (v.hold && !(e->held = strdup(v.hold->name)))
+		v.failed = true;
+	if (!v.hold && v.route && !(e->route = strdup(v.route->send_connector)))
+		v.failed = true;
+	/* Every matching add_header, in the order of the rules. */
+	size_t hl = 0;
+	for (unsigned i = 0; i < cr->n && !v.failed; i++) {
+		const struct content_rule *r = &cr->rule[i];
+		if (r->action != CONTENT_ADD_HEADER || !content_scan_hit(c->scan, i))
+			continue;
+		size_t n = strlen(r->header);
+		char *nh = realloc(e->headers, hl + n + 3);
+		if (!nh) {
+			v.failed = true;
+			break;
+		}
+		memcpy(nh + hl, r->header, n);
+		memcpy(nh + hl + n, "\r\n", 3);
+		e->headers = nh;
+		hl += n + 2;
+	}
+	content_scan_free(c->scan);
+	c->scan = NULL;
+	if (v.failed) {
+		log_msg(LOG_ERROR, "event=content_error id=%s client=%s error=\"out of memory\"",
+			c->msgid, c->peer);
+		message_abandon(w, c);
+		smtp_server_stored(&c->smtp, false, false);
+		return false;
+	}
+	return true;
 }
 
 static void log_received(struct wctx *w, struct conn *c)
@@ -636,11 +751,18 @@ static void log_received(struct wctx *w, struct conn *c)
 			 tls_cipher(c->tls));
 	if (c->smtp.authenticated)
 		snprintf(au, sizeof(au), " auth=%s", log_quote(qa, sizeof(qa), c->smtp.auth_user));
+	/* Content rules' marks: held (the rule) and route (the send connector). */
+	char marks[400] = "", qm[180];
+	if (e->held)
+		snprintf(marks, sizeof(marks), " held=%s", log_quote(qm, sizeof(qm), e->held));
+	else if (e->route)
+		snprintf(marks, sizeof(marks), " route=%s", log_quote(qm, sizeof(qm), e->route));
 	log_msg(LOG_INFO,
-		"event=receive id=%s from=%s to=%s nrcpt=%u connector=%s client=%s size=%llu%s%s reply=%s worker=%u",
+		"event=receive id=%s from=%s to=%s nrcpt=%u connector=%s client=%s size=%llu%s%s%s reply=%s worker=%u",
 		c->msgid, log_quote(q2, sizeof(q2), from), log_quote(q3, sizeof(q3), to),
 		e->nrcpt, log_quote(q1, sizeof(q1), c->rc->name), c->peer,
-		(unsigned long long)c->msg_size, tls, au, log_quote(q4, sizeof(q4), reply), w->id);
+		(unsigned long long)c->msg_size, tls, au, marks, log_quote(q4, sizeof(q4), reply),
+		w->id);
 }
 
 /* Feeds input to the state machine until it needs more, must wait (send or
@@ -662,10 +784,15 @@ static size_t feed(struct wctx *w, struct conn *c, const char *in, size_t len,
 			message_begin(w, c);
 			break;
 		case SMTP_EV_DATA_CHUNK:
-			/* WIRE (DATA) and RAW (BDAT) bytes lie in the input;
-			 * STUFFING is the state machine's own, copied. */
-			message_append(w, c, ev.data, ev.len,
-				       ev.form == SMTP_CHUNK_STUFFING ? -1 : bid);
+			/* WIRE (DATA, dot-stuffed) and RAW (BDAT, as sent) bytes
+			 * lie in the input and are scanned as such; STUFFING is
+			 * the state machine's own (the stored form's dots and a
+			 * last CRLF), copied, and not content. */
+			if (ev.form == SMTP_CHUNK_STUFFING)
+				message_append(w, c, ev.data, ev.len, -1);
+			else
+				message_data(w, c, ev.data, ev.len, bid,
+					     ev.form == SMTP_CHUNK_WIRE);
 			break;
 		case SMTP_EV_DATA_REJECT:
 			message_abandon(w, c);

@@ -169,7 +169,9 @@ static bool move_write(struct spool_compact *c, struct qmove *mv, char *bytes, s
 						   .notify = m->r[i].notify};
 		struct smtp_envelope env = {
 			.from = m->from, .body = m->body, .ret = m->ret, .envid = m->envid,
-			.smtputf8 = m->smtputf8, .rcpt = rc, .nrcpt = m->nrcpt};
+			.smtputf8 = m->smtputf8, .rcpt = rc, .nrcpt = m->nrcpt,
+			/* Content rules' marks as they stand now. */
+			.held = m->held, .route = m->route, .headers = m->prefix};
 		mv->nchunks = sm->chunks;
 		mv->off = malloc(sm->chunks * sizeof(*mv->off));
 		mv->len = malloc(sm->chunks * sizeof(*mv->len));

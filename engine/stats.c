@@ -191,14 +191,31 @@ static void show_queue(const struct stats_host *h, FILE *out, bool json)
 		fprintf(out, "%ld message%s queued\n", q.n, q.n == 1 ? "" : "s");
 }
 
+/* The content rules' names, and the action each has in c. */
+static const struct metrics_rules *rules_of(const struct stats_host *h, const struct conf *c,
+					    struct metrics_rules *mr)
+{
+	if (!h->rule_registry)
+		return NULL;
+	mr->reg = h->rule_registry;
+	memset(mr->action, -1, sizeof(mr->action));
+	for (unsigned i = 0; c && i < c->content.n; i++)
+		if (c->content.rule[i].stats_id < METRIC_CONNECTORS_MAX)
+			mr->action[c->content.rule[i].stats_id] = (int8_t)c->content.rule[i].action;
+	return mr;
+}
+
 static void show_metrics(const struct stats_host *h, FILE *out)
 {
 	struct spool_usage sp;
 	char why[160];
 	spool_usage_of(h, &sp);
 	node_ready(h, &sp, why, sizeof(why));
+	struct conf *c = h->current ? h->current(h->arg) : NULL;
+	struct metrics_rules mr;
 	metrics_print_prometheus(out, h->registry, h->send_registry, h->metrics, h->nworkers, &sp,
-				 h->io_backend);
+				 h->io_backend, rules_of(h, c, &mr));
+	conf_unref(c);
 }
 
 static bool binding_port(const struct binding *b, unsigned *port)
@@ -353,7 +370,9 @@ int stats_command(const struct stats_host *h, const char *line, FILE *out)
 	if (strcmp(cmd, "show info") == 0) {
 		show_info(h, c, out, json);
 	} else if (strcmp(cmd, "show stat") == 0) {
-		metrics_print_stat(out, h->registry, h->send_registry, h->metrics, h->nworkers, json);
+		struct metrics_rules mr;
+		metrics_print_stat(out, h->registry, h->send_registry, h->metrics, h->nworkers, json,
+				   rules_of(h, c, &mr));
 	} else if (strcmp(cmd, "show queue") == 0) {
 		show_queue(h, out, json);
 	} else if (strcmp(cmd, "show throttle") == 0 && !json) {

@@ -18,6 +18,7 @@
 struct stats_host {
 	struct metrics_registry *registry;
 	struct metrics_registry *send_registry;
+	struct metrics_registry *rule_registry;  /* content rules */
 	struct throttle *throttle;
 	const struct spool *store;
 	struct worker_metrics **metrics;  /* one per worker */

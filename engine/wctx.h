@@ -23,6 +23,8 @@ struct resolver;
 struct spool_worker;
 struct throttle;
 
+struct content_worker;
+
 struct wctx {
 	unsigned id;              /* worker number */
 	unsigned nworkers;
@@ -46,6 +48,7 @@ struct wctx {
 	struct queue *queue;
 	struct deliver *dl;
 	struct conn_table *conns;      /* inbound connections */
+	struct content_worker *content; /* Hyperscan scratch for content rules */
 	struct worker_metrics *m;      /* written by this worker only */
 	/* provided receive buffers: holders per buffer (recv, spool writes) */
 	uint16_t *buf_refs;

@@ -432,6 +432,7 @@ static int setup(struct worker *w)
 		atomic_store(&x->peers[x->id], x->io);
 	x->spool = &w->spool;
 	x->queue = &w->queue;
+	x->content = &w->content;
 	x->conns = &w->conns;
 	x->m = &w->m;
 	x->buf_returned = session_buffers_returned;
@@ -526,6 +527,7 @@ static void *worker_main(void *arg)
 	w->spool.stopping = true;
 	queue_free(&w->queue);
 	spool_worker_free(&w->spool);
+	content_worker_free(&w->content);
 	struct worker_reload *r = atomic_exchange(&w->reload, NULL);
 	if (r) {
 		conf_unref(r->conf);

@@ -17,6 +17,7 @@
 #include "metrics.h"
 #include "queue.h"
 #include "spool.h"
+#include "content.h"
 #include "wctx.h"
 
 /* A new configuration for a worker: the conf (one reference for the worker)
@@ -41,6 +42,7 @@ struct worker {
 	struct spool_worker spool;
 	struct queue queue;
 	struct conn_table conns;
+	struct content_worker content;
 	struct worker_metrics m;  /* written by this worker only */
 	int *listen_fds;          /* one per binding, owned */
 	unsigned nlisten;

@@ -6,20 +6,31 @@
 static const char alphabet[] =
 	"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
 
+/* 1 + the sextet of each alphabet character, 0 for any other byte: a
+ * lookup, not branches (MIME bodies are mostly random-looking text). */
+static const unsigned char sextet[256] = {
+	 0,  0,  0,  0,  0,  0,  0,  0,  0,  0,  0,  0,  0,  0,  0,  0,
+	 0,  0,  0,  0,  0,  0,  0,  0,  0,  0,  0,  0,  0,  0,  0,  0,
+	 0,  0,  0,  0,  0,  0,  0,  0,  0,  0,  0, 63,  0,  0,  0, 64,
+	53, 54, 55, 56, 57, 58, 59, 60, 61, 62,  0,  0,  0,  0,  0,  0,
+	 0,  1,  2,  3,  4,  5,  6,  7,  8,  9, 10, 11, 12, 13, 14, 15,
+	16, 17, 18, 19, 20, 21, 22, 23, 24, 25, 26,  0,  0,  0,  0,  0,
+	 0, 27, 28, 29, 30, 31, 32, 33, 34, 35, 36, 37, 38, 39, 40, 41,
+	42, 43, 44, 45, 46, 47, 48, 49, 50, 51, 52,  0,  0,  0,  0,  0,
+	 0,  0,  0,  0,  0,  0,  0,  0,  0,  0,  0,  0,  0,  0,  0,  0,
+	 0,  0,  0,  0,  0,  0,  0,  0,  0,  0,  0,  0,  0,  0,  0,  0,
+	 0,  0,  0,  0,  0,  0,  0,  0,  0,  0,  0,  0,  0,  0,  0,  0,
+	 0,  0,  0,  0,  0,  0,  0,  0,  0,  0,  0,  0,  0,  0,  0,  0,
+	 0,  0,  0,  0,  0,  0,  0,  0,  0,  0,  0,  0,  0,  0,  0,  0,
+	 0,  0,  0,  0,  0,  0,  0,  0,  0,  0,  0,  0,  0,  0,  0,  0,
+	 0,  0,  0,  0,  0,  0,  0,  0,  0,  0,  0,  0,  0,  0,  0,  0,
+	 0,  0,  0,  0,  0,  0,  0,  0,  0,  0,  0,  0,  0,  0,  0,  0,
+};
+
 /* 0..63, or -1 */
 static int value(unsigned char c)
 {
-	if (c >= 'A' && c <= 'Z')
-		return c - 'A';
-	if (c >= 'a' && c <= 'z')
-		return c - 'a' + 26;
-	if (c >= '0' && c <= '9')
-		return c - '0' + 52;
-	if (c == '+')
-		return 62;
-	if (c == '/')
-		return 63;
-	return -1;
+	return (int)sextet[c] - 1;
 }
 
 bool base64_decode(const char *in, size_t len, unsigned char *out, size_t cap,
@@ -76,5 +87,60 @@ size_t base64_encode(const unsigned char *in, size_t len, char *out)
 		out[o++] = i + 2 < len ? alphabet[w & 63] : '=';
 	}
 	out[o] = '\0';
+	return o;
+}
+
+void base64_stream_init(struct base64_stream *s)
+{
+	*s = (struct base64_stream){0};
+}
+
+size_t base64_stream_decode(struct base64_stream *s, const char *in, size_t len,
+			    unsigned char *out)
+{
+	size_t o = 0;
+	const unsigned char *u = (const unsigned char *)in;
+	for (size_t i = 0; i < len && !s->done; i++) {
+		/* Whole quanta of alphabet characters, the common case. */
+		while (s->n == 0 && i + 4 <= len) {
+			unsigned a = sextet[u[i]], b = sextet[u[i + 1]], c = sextet[u[i + 2]],
+				 d = sextet[u[i + 3]];
+			if (!a || !b || !c || !d)
+				break;
+			uint32_t w = (a - 1) << 18 | (b - 1) << 12 | (c - 1) << 6 | (d - 1);
+			out[o] = (unsigned char)(w >> 16);
+			out[o + 1] = (unsigned char)(w >> 8);
+			out[o + 2] = (unsigned char)w;
+			o += 3;
+			i += 4;
+		}
+		if (i >= len)
+			break;
+		unsigned char c = u[i];
+		if (c == '=') {
+			/* A partial quantum: 2 sextets carry a byte, 3 carry two. */
+			if (s->n == 2)
+				out[o++] = (unsigned char)(s->acc >> 4);
+			else if (s->n == 3) {
+				out[o++] = (unsigned char)(s->acc >> 10);
+				out[o++] = (unsigned char)(s->acc >> 2);
+			}
+			s->n = 0;
+			s->acc = 0;
+			s->done = true;
+			break;
+		}
+		unsigned v = sextet[c];
+		if (!v)
+			continue;
+		s->acc = s->acc << 6 | (v - 1);
+		if (++s->n == 4) {
+			out[o++] = (unsigned char)(s->acc >> 16);
+			out[o++] = (unsigned char)(s->acc >> 8);
+			out[o++] = (unsigned char)s->acc;
+			s->acc = 0;
+			s->n = 0;
+		}
+	}
 	return o;
 }

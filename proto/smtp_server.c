@@ -26,6 +26,9 @@ static void envelope_reset(struct smtp_envelope *e)
 	free(e->from);
 	free(e->envid);
 	free(e->auth);
+	free(e->held);
+	free(e->route);
+	free(e->headers);
 	for (unsigned i = 0; i < e->nrcpt; i++) {
 		free(e->rcpt[i].addr);
 		free(e->rcpt[i].orcpt);
@@ -78,6 +81,7 @@ static const char *const reject_names[SMTP_REJECT_COUNT] = {
 	[SMTP_REJECT_AUTH_TLS] = "auth_without_tls",
 	[SMTP_REJECT_SENDER] = "sender_permission",
 	[SMTP_REJECT_UNKNOWN_RECIPIENT] = "unknown_recipient",
+	[SMTP_REJECT_CONTENT_RULE] = "content_rule",
 };
 
 const char *smtp_reject_name(enum smtp_reject r)
@@ -956,6 +960,14 @@ void smtp_server_stored(struct smtp_server *s, bool ok, bool full)
 	} else {
 		refuse(s, SMTP_REJECT_STORAGE, full ? R_STORAGE_FULL : R_LOCAL_ERROR, NULL);
 	}
+	reset_transaction(s);
+}
+
+void smtp_server_refuse_message(struct smtp_server *s, const char *text)
+{
+	if (s->state != SMTP_S_STORING)
+		return;
+	refuse(s, SMTP_REJECT_CONTENT_RULE, text, NULL);
 	reset_transaction(s);
 }
 

@@ -35,6 +35,7 @@ enum smtp_reject {
 	SMTP_REJECT_AUTH_TLS,       /* 538 5.7.11: AUTH before STARTTLS */
 	SMTP_REJECT_SENDER,         /* 550 5.7.1: anonymous sender in our domain */
 	SMTP_REJECT_UNKNOWN_RECIPIENT, /* 550 5.1.10: not in recipients_file */
+	SMTP_REJECT_CONTENT_RULE,   /* 550 5.7.1: a content rule's reject */
 	SMTP_REJECT_COUNT
 };
 
@@ -164,6 +165,10 @@ struct smtp_envelope {
 	struct smtp_rcpt *rcpt;
 	unsigned nrcpt;
 	unsigned rcpt_cap;
+	/* Set by content rules (engine) before the message is stored. */
+	char *held;         /* held until released: the reason (rule name), or NULL */
+	char *route;        /* the send connector a rule routes it to, or NULL */
+	char *headers;      /* header fields to add, "Name: value\r\n" each, or NULL */
 };
 
 #define SMTP_MSGID_MAX 40
@@ -228,6 +233,10 @@ size_t smtp_server_begin_message(struct smtp_server *s, const char *msgid,
  * message is on stable storage), ENOSPC-like when storage is full (full=true),
  * else any failure. Queues the reply. */
 void smtp_server_stored(struct smtp_server *s, bool ok, bool full);
+
+/* After SMTP_EV_DATA_END, instead of storing: the message is refused
+ * with reply (a policy's 5xx); the session goes on as after RSET. */
+void smtp_server_refuse_message(struct smtp_server *s, const char *reply);
 
 /* Ends the session gracefully: idle sessions get 421 now (returns true: send
  * and close), sessions inside a transaction finish it first. */

@@ -71,11 +71,45 @@ static void test_refused(void **state)
 	assert_int_equal(n, 4);
 }
 
+/* MIME base64: any split of the input gives the same bytes; line breaks
+ * and stray characters are skipped; '=' ends the data. */
+static void test_stream(void **state)
+{
+	static const struct {
+		const char *name, *in, *want;
+	} cases[] = {
+		{"plain", "Zm9vYmFy", "foobar"},
+		{"lines", "Zm9v\r\nYmFy\r\n", "foobar"},
+		{"pad1", "Zm9vYmE=", "fooba"},
+		{"pad2", "Zm9vYg==\r\n", "foob"},
+		{"after pad ignored", "Zg==Zm9v", "f"},
+		{"stray", "Zm 9v*Ym\tFy", "foobar"},
+		{"partial dropped", "Zm9vY", "foo"},
+		{"empty", "", ""},
+		{"MZ header", "TVqQAAMAAAAEAAAA", "MZ\x90\0\x03\0\0\0\x04\0\0\0"},
+	};
+	for (size_t i = 0; i < N_ELEMS(cases); i++) {
+		size_t len = strlen(cases[i].in);
+		size_t wl = i == N_ELEMS(cases) - 1 ? 12 : strlen(cases[i].want);
+		for (size_t cut = 0; cut <= len; cut++) {
+			struct base64_stream s;
+			base64_stream_init(&s);
+			unsigned char out[64];
+			size_t n = base64_stream_decode(&s, cases[i].in, cut, out);
+			n += base64_stream_decode(&s, cases[i].in + cut, len - cut, out + n);
+			CHECK_INT(cases[i].name, n, wl);
+			if (memcmp(out, cases[i].want, wl) != 0)
+				fail_msg("%s: cut %zu: wrong bytes", cases[i].name, cut);
+		}
+	}
+}
+
 int main(void)
 {
 	const struct CMUnitTest tests[] = {
 		cmocka_unit_test(test_vectors),
 		cmocka_unit_test(test_refused),
+		cmocka_unit_test(test_stream),
 	};
 	return cmocka_run_group_tests(tests, NULL, NULL);
 }

@@ -395,6 +395,45 @@ static void test_read_lenient(void **state)
 	}
 }
 
+/* Content rules' marks (B.9): held, route and added header fields are
+ * written as their own lines and read back as they were. */
+static void test_content_marks(void **state)
+{
+	struct smtp_rcpt r = {.addr = "ops@corp.example"};
+	struct smtp_envelope env = {.from = "app@corp.example", .rcpt = &r, .nrcpt = 1,
+				    .held = "card-numbers", .route = "Legal Archive",
+				    .headers = "X-Classification: confidential\r\nX-Two: 2\r\n"};
+	char *text = NULL;
+	size_t len = 0;
+	FILE *f = open_memstream(&text, &len);
+	envelope_write(f, "1", &env, "c", "127.0.0.1", "h", 5);
+	fclose(f);
+	CHECK_STR("text", text,
+		  "POSTERN/1\r\nid: 1\r\narrival: 5\r\nconnector: c\r\nclient: 127.0.0.1\r\n"
+		  "helo: h\r\nheld: card-numbers\r\nroute: Legal Archive\r\n"
+		  "header: X-Classification: confidential\r\nheader: X-Two: 2\r\n"
+		  "from: <app@corp.example>\r\nrcpt: <ops@corp.example>\r\n\r\n");
+	struct envelope_full e;
+	assert_int_equal(envelope_read(text, len, &e), 0);
+	CHECK_STR("held", e.env.held, "card-numbers");
+	CHECK_STR("route", e.env.route, "Legal Archive");
+	CHECK_STR("headers", e.env.headers, "X-Classification: confidential\r\nX-Two: 2\r\n");
+	envelope_full_free(&e);
+	free(text);
+	/* Without them: none is written, none read. */
+	env.held = env.route = env.headers = NULL;
+	f = open_memstream(&text, &len);
+	envelope_write(f, "1", &env, "c", "127.0.0.1", "h", 5);
+	fclose(f);
+	assert_null(strstr(text, "held:"));
+	assert_int_equal(envelope_read(text, len, &e), 0);
+	assert_null(e.env.held);
+	assert_null(e.env.route);
+	assert_null(e.env.headers);
+	envelope_full_free(&e);
+	free(text);
+}
+
 int main(void)
 {
 	const struct CMUnitTest tests[] = {
@@ -403,6 +442,7 @@ int main(void)
 		cmocka_unit_test(test_read_rejects),
 		cmocka_unit_test(test_read_truncated),
 		cmocka_unit_test(test_read_lenient),
+		cmocka_unit_test(test_content_marks),
 	};
 	return cmocka_run_group_tests_name("envelope", tests, NULL, NULL);
 }
