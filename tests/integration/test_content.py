@@ -370,3 +370,51 @@ def test_added_header_over_outbound_tls(postern, tmp_path):
         if p:
             p.stop()  # before its next hop goes
         sink.close()
+
+
+def bdat_chunks(chunks):
+    out = b""
+    for i, ch in enumerate(chunks):
+        out += b"BDAT %d%s\r\n" % (len(ch), b" LAST" if i == len(chunks) - 1 else b"") + ch
+    return out
+
+
+def test_rules_on_bdat_chunks_and_outbound_bdat_with_added_header(postern, tmp_path):
+    """BDAT bytes are the message as it is (no dot-stuffing to undo), a
+    pattern split across chunks still matches, and a header a rule adds is
+    part of the one outbound BDAT chunk (its size counts it)."""
+    with Sink(chunking=True) as sink:
+        p = postern(config(sink.port, tmp_path / "legal"), server_extra=server_extra(tmp_path))
+        with RawClient(p.port, "127.0.0.10") as c:
+            c.cmd("EHLO client.example")
+
+            def bdat_send(chunks):
+                assert c.cmd("MAIL FROM:<app@corp.example>") == R_MAIL_OK
+                assert c.cmd("RCPT TO:<ops@other.example>") == R_RCPT_OK
+                c.send(bdat_chunks(chunks))
+                return c.replies(len(chunks))
+            # A line beginning with a dot, sent raw: the same rule as DATA's
+            # "..hidden-line" hits it.
+            first = b"Subject: dots\r\n\r\nfine\r\n"
+            r = bdat_send([first, b".hidden-line\r\nend\r\n"])
+            assert r == ["250 2.0.0 %d bytes received" % len(first),
+                         reject_reply("stuffed-dot")], r
+            # The decoded-text rule, its words split between two chunks.
+            r = bdat_send([b"Subject: s\r\n\r\nplans for Project NIGH", b"TJAR inside\r\n"])
+            assert r[-1] == reject_reply("decoded-secret"), r
+            # Tagged by a rule, relayed by BDAT to a CHUNKING next hop.
+            body = [b"Subject: Quarterly CONFIDENTIAL numbers\r\n", b"\r\nx\r\n"]
+            r = bdat_send(body)
+            qid = queued_id(r[-1])
+            assert c.cmd("QUIT") == R_QUIT
+        wait_event(p, "deliver", id=qid)
+        [txn] = sink.snapshot()
+        assert txn["via"] == "BDAT", txn
+        data = txn["data"]
+        assert data.startswith(b"X-Classification: confidential\r\nReceived: from "), data[:200]
+        assert data.endswith(b"".join(body))
+        assert txn["chunks"] == [len(data)]
+        assert sink.commands("BDAT") == ["BDAT %d LAST" % len(data)]
+        assert [(h["rule"], h["action"]) for h in events(p, "content_rule")] == [
+            ("stuffed-dot", "reject"), ("decoded-secret", "reject"),
+            ("tag-confidential", "add_header")]
