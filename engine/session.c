@@ -512,6 +512,7 @@ static void message_begin(struct wctx *w, struct conn *c)
 	wctx_msgid_text(id, c->msgid);
 	c->msg_err = 0;
 	c->msg_size = 0;
+	header_value_init(&c->message_id, "Message-ID");
 	c->arrival = (int64_t)time(NULL);
 	c->smsg = spool_msg_begin(w->spool, id, &c->msg_err);
 	if (c->smsg)
@@ -584,11 +585,18 @@ static void log_received(struct wctx *w, struct conn *c)
 			 tls_cipher(c->tls));
 	if (c->smtp.authenticated)
 		snprintf(au, sizeof(au), " auth=%s", log_quote(qa, sizeof(qa), c->smtp.auth_user));
+	/* The Message-ID header (capped), for track message_id=. */
+	char mid[HEADER_VALUE_MAX + 1], qm[LOG_QUOTE_CAP(HEADER_VALUE_MAX) + 16] = "";
+	if (header_value_get(&c->message_id, mid, sizeof(mid))) {
+		memcpy(qm, " message_id=", 12);
+		log_quote(qm + 12, sizeof(qm) - 12, mid);
+	}
 	log_msg(LOG_INFO,
-		"event=receive id=%s from=%s to=%s nrcpt=%u connector=%s client=%s size=%llu%s%s reply=%s worker=%u",
+		"event=receive id=%s from=%s to=%s nrcpt=%u connector=%s client=%s size=%llu%s%s%s reply=%s worker=%u",
 		c->msgid, log_quote(q2, sizeof(q2), from), log_quote(q3, sizeof(q3), to),
 		e->nrcpt, log_quote(q1, sizeof(q1), c->rc->name), c->peer,
-		(unsigned long long)c->msg_size, tls, au, log_quote(q4, sizeof(q4), reply), w->id);
+		(unsigned long long)c->msg_size, tls, au, qm, log_quote(q4, sizeof(q4), reply),
+		w->id);
 }
 
 /* Feeds input to the state machine until it needs more, must wait (send or
@@ -606,6 +614,8 @@ static size_t feed(struct wctx *w, struct conn *c, const char *in, size_t len,
 			message_begin(w, c);
 			break;
 		case SMTP_EV_DATA_CHUNK:
+			if (!c->message_id.done)
+				header_value_feed(&c->message_id, ev.data, ev.len);
 			message_append(w, c, ev.data, ev.len, bid);
 			break;
 		case SMTP_EV_DATA_REJECT:
