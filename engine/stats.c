@@ -19,6 +19,7 @@
 #include "envelope.h"
 #include "listener.h"
 #include "log.h"
+#include "track.h"
 #include "wctx.h"
 
 #define STATS_LINE_MAX 512
@@ -26,7 +27,12 @@
 static const char *const commands_help =
 	"commands: show info [json] | show stat [json] | show queue [json] | "
 	"show connectors [json] | show throttle | show metrics | match <ip>[:<port>] [json] | "
-	"flush | reload | drain | help";
+	"flush | reload | drain | "
+	"track [id=ID] [sender=S] [rcpt=R] [message_id=M] [since=TIME] [until=TIME] [limit=N] [json] | "
+	"help";
+
+/* track runs on this thread: it answers with what it found by then. */
+#define TRACK_BUDGET_MS 2000
 
 /* Queued messages and their bytes (message and envelope), read from the
  * segments as recovery would. */
@@ -367,6 +373,16 @@ int stats_command(const struct stats_host *h, const char *line, FILE *out)
 			conf_print(c, out);
 	} else if (strncmp(cmd, "match ", 6) == 0) {
 		ret = match(c, cmd + 6, out, json);
+	} else if (strcmp(cmd, "track") == 0 || strncmp(cmd, "track ", 6) == 0) {
+		struct track_query q;
+		char err[300];
+		if (!track_parse(cmd + 5, wctx_wall_ms(), &q, err, sizeof(err))) {
+			fprintf(out, "error: %s\n", err);
+			ret = -1;
+		} else {
+			q.json = q.json || json;
+			ret = track_run(c->log_file, &q, TRACK_BUDGET_MS, out);
+		}
 	} else if (strcmp(cmd, "help") == 0) {
 		fprintf(out, "%s\n", commands_help);
 	} else {
@@ -500,6 +516,9 @@ static void client_respond(struct stats_server *s, struct stats_client *k)
 	fclose(out);
 	k->writing = true;
 	k->outoff = 0;
+	/* The reply gets its own time to be taken (track may have used some
+	 * of the request's). */
+	k->deadline_ms = wctx_clock_ms() + STATS_DEADLINE_MS;
 }
 
 static bool request_complete(const struct stats_client *k)
