@@ -78,6 +78,10 @@ struct worker_metrics {
 	_Atomic uint64_t fsyncs;          /* fdatasync calls of the spool */
 	_Atomic uint64_t dirsyncs;        /* group-commit flushes */
 	_Atomic uint64_t flushed_messages;/* messages made durable by them */
+	_Atomic uint64_t pickup_accepted; /* pickup files spooled */
+	/* pickup files renamed *.bad: worker 0's only, written by the pickup
+	 * thread (the one exception to "written by this worker only") */
+	_Atomic uint64_t pickup_bad;
 };
 
 static inline void metric_add(_Atomic uint64_t *m, uint64_t n)
