@@ -458,7 +458,7 @@ static void summarize(const struct tmsg *m, struct summary *s)
 		while (k < nr && strcasecmp(r[k].addr, to) != 0)
 			k++;
 		if (k == nr && nr < 64)
-			snprintf(r[nr++].addr, sizeof(r[0].addr), "%s", to);
+			snprintf(r[nr++].addr, sizeof(r[0].addr), "%.519s", to);
 		if (k < nr)
 			r[k].st = st;
 	}
