@@ -259,7 +259,7 @@ static void take_line(struct track *t, const char *line, size_t len)
 	logfmt_value(idf, id, sizeof(id));
 	int k = msg_find(t, id);
 	if (k < 0) {
-		if (q->has_id && strcmp(id, q->id) != 0)
+		if (q->has_id && strcasecmp(id, q->id) != 0)
 			return;
 		if (!line_matches(q, f, n))
 			return;
@@ -478,12 +478,56 @@ static void summarize(const struct tmsg *m, struct summary *s)
 		: "partially delivered";
 }
 
+/* The length of the valid UTF-8 sequence at s, 0 when there is none. */
+static size_t utf8_len(const unsigned char *s)
+{
+	unsigned char c = s[0];
+	size_t n = c < 0x80 ? 1 : (c & 0xe0) == 0xc0 ? 2 : (c & 0xf0) == 0xe0 ? 3
+		 : (c & 0xf8) == 0xf0 ? 4 : 0;
+	if (n == 2 && c < 0xc2)
+		return 0; /* overlong */
+	for (size_t i = 1; i < n; i++)
+		if ((s[i] & 0xc0) != 0x80)
+			return 0;
+	if (n == 3 && ((c == 0xe0 && s[1] < 0xa0) || (c == 0xed && s[1] >= 0xa0)))
+		return 0; /* overlong, or a surrogate */
+	if (n == 4 && ((c == 0xf0 && s[1] < 0x90) || c > 0xf4 || (c == 0xf4 && s[1] >= 0x90)))
+		return 0;
+	return n;
+}
+
+/* A JSON string of a value from the log: what was 8-bit there and is not
+ * UTF-8 becomes U+FFFD, so the answer is always valid JSON text. */
+static void json_value(FILE *out, const char *v)
+{
+	fputc('"', out);
+	for (const unsigned char *s = (const unsigned char *)v; *s;) {
+		size_t n = utf8_len(s);
+		if (n == 0) {
+			fputs("\\ufffd", out);
+			s++;
+		} else if (n > 1) {
+			fwrite(s, 1, n, out);
+			s += n;
+		} else {
+			if (*s == '"' || *s == '\\')
+				fprintf(out, "\\%c", *s);
+			else if (*s < 0x20 || *s == 0x7f)
+				fprintf(out, "\\u%04x", *s);
+			else
+				fputc(*s, out);
+			s++;
+		}
+	}
+	fputc('"', out);
+}
+
 static void json_kv(FILE *out, bool *first, const char *k, const char *v)
 {
 	if (!*v)
 		return;
 	fprintf(out, "%s\"%s\":", *first ? "" : ",", k);
-	json_write_string(out, v);
+	json_value(out, v);
 	*first = false;
 }
 
@@ -508,7 +552,7 @@ static void print_json_message(FILE *out, const struct tmsg *m)
 			char a[600];
 			strip_angles(a, sizeof(a), t, strlen(t));
 			fprintf(out, "%s", k++ ? "," : "");
-			json_write_string(out, a);
+			json_value(out, a);
 		}
 		fputc(']', out);
 	}
@@ -534,9 +578,9 @@ static void print_json_message(FILE *out, const struct tmsg *m)
 				continue;
 			logfmt_value(&f[k], v, sizeof(v));
 			fprintf(out, "%s", ef ? "" : ",");
-			json_write_string(out, key);
+			json_value(out, key);
 			fputc(':', out);
-			json_write_string(out, v);
+			json_value(out, v);
 			ef = false;
 		}
 		fputc('}', out);
@@ -638,7 +682,7 @@ int track_run(const char *log_path, const struct track_query *q, uint64_t budget
 		fprintf(out, ",\"lines_read\":%lu,\"files\":[", t.lines_read);
 		for (unsigned k = nf; k-- > 0;) {
 			fprintf(out, "{\"path\":");
-			json_write_string(out, files[k].path);
+			json_value(out, files[k].path);
 			fprintf(out, ",\"read\":%s", files[k].read ? "true" : "false");
 			if (!files[k].read && files[k].why) {
 				fprintf(out, ",\"skipped\":");

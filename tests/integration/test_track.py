@@ -188,3 +188,43 @@ def test_track_errors(postern, tmp_path):
                        (["since=1h", "until=2h"], "error: track: since= is later than until=")):
         rc, out, _ = ctl(sock, "track", *args)
         assert rc == 1 and out.startswith(want), (args, out)
+
+
+def test_track_hostile_message_id_and_pickup(postern, tmp_path):
+    """A Message-ID full of what could forge a field stays one value (the
+    receive line parses strictly, the JSON is valid); a picked-up message
+    is tracked like any other."""
+    pickup = tmp_path / "pickup"
+    pickup.mkdir()
+    with Sink() as sink:
+        sock = tmp_path / "run" / "stats.sock"
+        logf = tmp_path / "logs" / "postern.log"
+        logf.parent.mkdir()
+        p = postern(config(smart("Smart", ["*"], sink.port)),
+                    server_extra='  stats_socket = "%s";\n  log_file = "%s";\n'
+                                 '  pickup_directory = "%s";\n' % (sock, logf, pickup))
+        wait_until(lambda: sock.exists(), 10, what="stats socket")
+        hostile = b'<a" id=forged event=deliver\x01\xff\xc3\xa9@x>'
+        qid = submit(p.port, "h@corp.example", ["r@remote.example"],
+                     b"Subject: x\r\nMessage-ID: " + hostile + b"\r\n\r\nhi\r\n")
+        tmp = pickup / "f.tmp"
+        tmp.write_bytes(b"X-Sender: app@corp.example\nX-Receiver: <p@remote.example>\n"
+                        b"Message-ID: <picked@app>\nSubject: y\n\nbody\n")
+        os.rename(tmp, pickup / "f.eml")
+        wait_until(lambda: len(log_events(logf, "deliver")) >= 2, 20, what="both delivered")
+        line = [l for l in open(logf, "rb").read().split(b"\n") if b"event=receive " in l
+                and qid.encode() in l][0]
+        assert b'message_id="<a\\" id=forged event=deliver\\x01\\xff\\xc3\\xa9@x>" ' in line, line
+        keys = [k for k, _ in LOG_FIELD.findall(line.decode("ascii"))]
+        assert keys.count("event") == 1 and keys.count("id") == 1, keys
+        out = track(sock, "id=" + qid.lower())  # ids match in any case
+        assert out["count"] == 1, out
+        m = out["messages"][0]
+        assert m["message_id"] == '<a" id=forged event=deliver\x01\ufffd\u00e9@x>', m
+        assert [e["event"] for e in m["events"]] == ["receive", "deliver"]
+        out = track(sock, "message_id=picked@app")
+        assert out["count"] == 1, out
+        m = out["messages"][0]
+        assert m["connector"] == "Pickup" and m["client"] == "127.0.0.1", m
+        assert m["status"] == "delivered" and m["to"] == ["p@remote.example"], m
+        assert m["events"][0]["file"] == "f.eml", m["events"][0]
