@@ -53,6 +53,7 @@ struct pickup_job {
 	int64_t arrival;
 	bool ok;
 	char error[160];
+	const char *bad_reason;     /* set: the file goes to *.bad, error says why */
 };
 
 /* A file waiting to be read. */
@@ -357,8 +358,13 @@ static void collect(struct pickup *p)
 	for (struct mailbox_node *n = mailbox_take(&p->done), *next; n; n = next) {
 		next = n->next;
 		struct pickup_job *j = (struct pickup_job *)n;
-		finish(p, j, !atomic_load(&p->stop));
 		forget_inflight(p, j->name);
+		if (j->bad_reason) {
+			bad(p, j->name, j->bad_reason, j->error);
+			job_free(j);
+			continue;
+		}
+		finish(p, j, !atomic_load(&p->stop));
 		if (!j->ok && !atomic_load(&p->stop))
 			enqueue(p, j->name, now_ms() + RETRY_MS);
 		job_free(j);
@@ -475,7 +481,10 @@ void pickup_free(struct pickup *p)
 	for (struct mailbox_node *n = mailbox_take(&p->done), *next; n; n = next) {
 		next = n->next;
 		struct pickup_job *j = (struct pickup_job *)n;
-		finish(p, j, false);
+		if (j->bad_reason)
+			bad(p, j->name, j->bad_reason, j->error);
+		else
+			finish(p, j, false);
 		job_free(j);
 	}
 	for (struct pending *q = p->pending, *next; q; q = next) {
@@ -510,10 +519,30 @@ static void back(struct wctx *w, struct pickup_job *j, bool ok, const char *why)
 	(void)!write(j->p->wake_fd, &one, sizeof(one));
 }
 
+/* As RCPT TO would have refused it: a recipient no send connector covers
+ * (<Postmaster> goes where server.hostname does). */
+static const char *unroutable(const struct wctx *w, const struct pickup_job *j)
+{
+	for (unsigned i = 0; i < j->nrcpt; i++) {
+		const char *at = strrchr(j->rcpt[i].addr, '@');
+		const char *dom = at ? at + 1 : w->conf->hostname;
+		if (!conf_route(w->conf, dom, strlen(dom)))
+			return j->rcpt[i].addr;
+	}
+	return NULL;
+}
+
 static void spool_one(struct wctx *w, struct pickup_job *j)
 {
 	if (w->stopping || w->draining) {
 		back(w, j, false, "postern is stopping");
+		return;
+	}
+	const char *nr = unroutable(w, j);
+	if (nr) {
+		j->bad_reason = "no_route";
+		snprintf(j->error, sizeof(j->error), "no send connector for <%.120s>", nr);
+		back(w, j, false, NULL);
 		return;
 	}
 	uint64_t id = wctx_next_msgid(w);

@@ -27,14 +27,14 @@ def log_events(p, event):
     return out
 
 
-def start(postern, tmp_path, sink, pickup_extra="", name="postern"):
+def start(postern, tmp_path, sink, pickup_extra="", name="postern", spaces=("*",)):
     d = tmp_path / "pickup"
     d.mkdir(exist_ok=True)
     sock = tmp_path / ("%s.sock" % name)
     mport = free_port()
     extra = ('  stats_socket = "%s";\n  metrics_listen = "127.0.0.1:%d";\n'
              '  pickup = { directory = "%s"; %s };\n' % (sock, mport, d, pickup_extra))
-    p = postern(config(smart("Smart", ["*"], sink.port)), server_extra=extra, name=name)
+    p = postern(config(smart("Smart", list(spaces), sink.port)), server_extra=extra, name=name)
     p.metrics_port = mport
     wait_until(lambda: log_events(p, "pickup_start"), 10, what="pickup_start")
     return p, d
@@ -110,7 +110,8 @@ def test_good_files_at_start_and_renamed_in(postern, tmp_path):
 def test_bad_files_renamed_with_reason(postern, tmp_path):
     with Sink() as sink:
         p, d = start(postern, tmp_path, sink,
-                     'max_message_size = "2KB"; max_recipients_per_message = 2;')
+                     'max_message_size = "2KB"; max_recipients_per_message = 2;',
+                     spaces=("remote.example",))
         cases = {
             "no-sender": (b"X-Receiver: <bob@remote.example>\nSubject: x\n\nhi\n", "no_sender"),
             "no-receiver": (b"X-Sender: <app@corp.example>\nSubject: x\n\nhi\n", "no_receiver"),
@@ -128,6 +129,9 @@ def test_bad_files_renamed_with_reason(postern, tmp_path):
                            b"Subject: x\n\nhi\n", "too_many_recipients"),
             "bare-cr": (b"X-Sender: <app@corp.example>\nX-Receiver: <bob@remote.example>\n"
                         b"Subject: x\r\n\r\nh\ri\r\n", "bare_cr"),
+            # As RCPT TO would refuse it: no send connector for the domain.
+            "no-route": (b"X-Sender: <app@corp.example>\nX-Receiver: <bob@remote.example>\n"
+                         b"X-Receiver: <x@elsewhere.example>\nSubject: x\n\nhi\n", "no_route"),
         }
         for name, (data, _) in cases.items():
             drop_in(d, name + ".eml", data)
@@ -144,11 +148,12 @@ def test_bad_files_renamed_with_reason(postern, tmp_path):
             assert e["reason"] == reason and e["renamed"] == name + ".bad", e
             assert (d / (name + ".bad")).read_bytes() == data  # kept as it was
         assert "max_message_size 2048" in got["too-big.eml"]["detail"], got["too-big.eml"]
-        assert pickup_counts(p) == (0, 9, 0)
+        assert got["no-route.eml"]["detail"] == "no send connector for <x@elsewhere.example>"
+        assert pickup_counts(p) == (0, 10, 0)
         # A good file after them still goes through.
         drop_in(d, "fine.eml", GOOD)
         wait_until(lambda: len(sink.messages) == 1, 20, what="the good file")
-        assert pickup_counts(p) == (1, 9, 1)
+        assert pickup_counts(p) == (1, 10, 1)
         assert log_events(p, "receive")[0]["file"] == "fine.eml"
 
 
