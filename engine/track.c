@@ -176,9 +176,23 @@ static bool rcpt_matches(const struct logfmt_field *f, const char *want)
 	return false;
 }
 
+/* Lines whose from= and to= are the message's own envelope: a dsn line's
+ * to= is the notice's recipient, an admin line has neither. */
+static bool envelope_event(const struct logfmt_field *f, int n)
+{
+	static const char *const events[] = {"receive", "deliver", "defer", "bounce", "expire"};
+	const struct logfmt_field *e = logfmt_find(f, n, "event");
+	for (size_t i = 0; e && i < sizeof(events) / sizeof(events[0]); i++)
+		if (e->vlen == strlen(events[i]) && memcmp(e->val, events[i], e->vlen) == 0)
+			return true;
+	return false;
+}
+
 static bool line_matches(const struct track_query *q, const struct logfmt_field *f, int n)
 {
 	const struct logfmt_field *x;
+	if ((q->has_sender || q->has_rcpt || q->has_message_id) && !envelope_event(f, n))
+		return false;
 	if (q->has_sender && (!(x = logfmt_find(f, n, "from")) || !field_is(x, q->sender)))
 		return false;
 	if (q->has_rcpt && (!(x = logfmt_find(f, n, "to")) || !rcpt_matches(x, q->rcpt)))
