@@ -222,3 +222,18 @@ def test_missing_or_unwritable_directory_stops_the_start(tmp_path):
     assert r.returncode == 0
     assert ("pickup: directory=%s connector=Pickup max_parallel=4 max_message_size=37748736 "
             "max_recipients_per_message=200" % (tmp_path / "nowhere")) in r.stdout.decode()
+
+
+def test_drain_stops_taking_files(postern, tmp_path):
+    with Sink() as sink:
+        p, d = start(postern, tmp_path, sink)
+        drop_in(d, "before.eml", GOOD)
+        wait_until(lambda: len(sink.messages) == 1 and os.listdir(d) == [], 20,
+                   what="the file before the drain")
+        r = subprocess.run([CTL, "-s", str(tmp_path / "postern.sock"), "drain"],
+                           capture_output=True, timeout=30)
+        assert r.returncode == 0, r
+        drop_in(d, "after.eml", GOOD)
+        assert p.wait_exit() == 0  # the queue was empty: the drain ends at once
+        assert os.listdir(d) == ["after.eml"] and len(sink.messages) == 1
+        assert [e["file"] for e in log_events(p, "receive")] == ["before.eml"]
