@@ -382,6 +382,10 @@ static void read_events(struct pickup *p)
 			struct inotify_event *e = (struct inotify_event *)at;
 			if (e->mask & IN_Q_OVERFLOW)
 				scan(p);
+			else if (e->mask & (IN_DELETE_SELF | IN_MOVE_SELF))
+				log_msg(LOG_ERROR,
+					"event=pickup_error directory=%s error=\"the directory was deleted or moved: no more files are taken until a restart\"",
+					p->dir);
 			else if ((e->mask & IN_MOVED_TO) && e->len)
 				enqueue(p, e->name, 0);
 			at += sizeof(*e) + e->len;
@@ -442,7 +446,8 @@ struct pickup *pickup_start(const struct conf *conf, unsigned stats_id, struct w
 	p->inotify_fd = inotify_init1(IN_NONBLOCK | IN_CLOEXEC);
 	p->wake_fd = eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC);
 	if (!p->inflight || p->inotify_fd < 0 || p->wake_fd < 0 ||
-	    inotify_add_watch(p->inotify_fd, p->dir, IN_MOVED_TO | IN_ONLYDIR) < 0) {
+	    inotify_add_watch(p->inotify_fd, p->dir,
+			      IN_MOVED_TO | IN_DELETE_SELF | IN_MOVE_SELF | IN_ONLYDIR) < 0) {
 		snprintf(err, errlen, "pickup_directory %s: cannot watch it: %s", p->dir,
 			 strerror(errno));
 		pickup_free(p);
