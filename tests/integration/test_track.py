@@ -228,3 +228,52 @@ def test_track_hostile_message_id_and_pickup(postern, tmp_path):
         assert m["connector"] == "Pickup" and m["client"] == "127.0.0.1", m
         assert m["status"] == "delivered" and m["to"] == ["p@remote.example"], m
         assert m["events"][0]["file"] == "f.eml", m["events"][0]
+
+
+def test_track_runs_beside_health_checks(postern, tmp_path):
+    """A long track never makes /healthz or the stats socket wait: it runs
+    on a thread of its own."""
+    import threading
+    import urllib.request
+    from conftest import free_port
+    sock = tmp_path / "run" / "stats.sock"
+    logf = tmp_path / "logs" / "postern.log"
+    logf.parent.mkdir()
+    mport = free_port()
+    # A big rotated file of lines that all need parsing and match nothing.
+    line = ('ts=2026-12-02T13:00:00.000Z level=info event=defer id=%016X from=<a@b.example> '
+            'to=c@d.example send_connector="Smart" relay=[127.0.0.1]:25 status=4.0.0 '
+            'reply="451 4.3.0 try again later" delay=1.0 attempts=1\n')
+    with open(str(logf) + ".1", "w") as f:
+        for chunk in range(40):
+            f.write("".join(line % (chunk * 10000 + i) for i in range(10000)))
+    p = postern(RELAY, server_extra='  stats_socket = "%s";\n  log_file = "%s";\n'
+                '  metrics_listen = "127.0.0.1:%d";\n' % (sock, logf, mport))
+    wait_until(lambda: sock.exists(), 10, what="stats socket")
+    results = []
+
+    def one():
+        t0 = time.monotonic()
+        out = track(sock, "sender=nobody@b.example")
+        results.append((time.monotonic() - t0, out))
+
+    threads = [threading.Thread(target=one) for _ in range(2)]
+    for t in threads:
+        t.start()
+    time.sleep(0.05)
+    t0 = time.monotonic()
+    body = urllib.request.urlopen("http://127.0.0.1:%d/healthz" % mport, timeout=10).read()
+    health = time.monotonic() - t0
+    rc, out, _ = ctl(sock, "show", "info")
+    info = time.monotonic() - t0
+    for t in threads:
+        t.join(30)
+    assert rc == 0 and "io_backend:" in out
+    assert len(results) == 2
+    slowest = min(r[0] for r in results)
+    for took, out in results:
+        assert out["count"] == 0, out
+        assert out["lines_read"] >= 400000 or out["truncated"] == "deadline", out
+    # The queries were long enough to matter; the others did not wait for them.
+    assert slowest > 0.3, [r[0] for r in results]
+    assert health < 0.3 and info < 0.3 and info < slowest, (health, info, slowest)
