@@ -21,7 +21,6 @@
 #include <sys/eventfd.h>
 #include <sys/inotify.h>
 #include <sys/stat.h>
-#include <time.h>
 #include <unistd.h>
 
 #include "header_value.h"
@@ -86,11 +85,6 @@ struct pickup {
 	unsigned ninflight;
 	_Atomic uint64_t *bad;      /* worker 0's pickup_bad: this thread writes it */
 };
-
-static uint64_t now_ms(void)
-{
-	return wctx_clock_ms();
-}
 
 static bool eml_name(const char *n)
 {
@@ -302,7 +296,7 @@ static void hand_over(struct pickup *p, struct pickup_job *j)
 /* Starts what is due, up to max_parallel in flight. */
 static void start_due(struct pickup *p)
 {
-	uint64_t now = now_ms();
+	uint64_t now = wctx_clock_ms();
 	struct pending **q = &p->pending;
 	while (*q && p->ninflight < p->max_parallel && !atomic_load(&p->stop)) {
 		struct pending *it = *q;
@@ -366,7 +360,7 @@ static void collect(struct pickup *p)
 		}
 		finish(p, j, !atomic_load(&p->stop));
 		if (!j->ok && !atomic_load(&p->stop))
-			enqueue(p, j->name, now_ms() + RETRY_MS);
+			enqueue(p, j->name, wctx_clock_ms() + RETRY_MS);
 		job_free(j);
 	}
 }

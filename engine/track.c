@@ -5,7 +5,6 @@
  * messages are dropped at once, so memory follows the answer, not the log. */
 #include "track.h"
 
-#include <ctype.h>
 #include <errno.h>
 #include <stdlib.h>
 #include <string.h>
