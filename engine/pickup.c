@@ -38,6 +38,8 @@ struct pickup_job {
 	struct mailbox_node node;   /* first: the mailboxes */
 	struct pickup *p;
 	char name[NAME_MAX_BYTES + 1];
+	dev_t dev;                  /* the file read: a new one renamed over the */
+	ino_t ino;                  /* name meanwhile is not deleted for it */
 	char *wire;                 /* the message, wire form (the spool takes it) */
 	size_t wire_len;
 	char *from;
@@ -257,6 +259,8 @@ static struct pickup_job *load(struct pickup *p, const char *name)
 	}
 	j->p = p;
 	snprintf(j->name, sizeof(j->name), "%s", name);
+	j->dev = sb.st_dev;
+	j->ino = sb.st_ino;
 	j->wire = malloc(f.wire_len);
 	j->from = strndup(f.sender.p, f.sender.len);
 	j->rcpt = calloc(f.nrcpt, sizeof(*j->rcpt));
@@ -329,10 +333,22 @@ static void forget_inflight(struct pickup *p, const char *name)
 		}
 }
 
-/* A durable message's file goes; a failed one is tried again later. */
-static void finish(struct pickup *p, struct pickup_job *j, bool retry)
+/* The name still holds the file that was read (not one renamed over it
+ * since: that one's event was taken for this one's and it is still to do). */
+static bool same_file(const struct pickup *p, const struct pickup_job *j)
+{
+	struct stat sb;
+	return fstatat(p->dirfd, j->name, &sb, AT_SYMLINK_NOFOLLOW) == 0 && sb.st_dev == j->dev &&
+	       sb.st_ino == j->ino;
+}
+
+/* A durable message's file goes; a failed one is tried again later.
+ * Returns true when the name is to be read again (a new file under it). */
+static bool finish(struct pickup *p, struct pickup_job *j, bool retry)
 {
 	char qf[LOG_QUOTE_CAP(NAME_MAX_BYTES)];
+	if (j->ok && !same_file(p, j))
+		return true;
 	if (j->ok) {
 		if (unlinkat(p->dirfd, j->name, 0) != 0 && errno != ENOENT)
 			log_msg(LOG_ERROR,
@@ -345,6 +361,7 @@ static void finish(struct pickup *p, struct pickup_job *j, bool retry)
 			log_quote(qf, sizeof(qf), j->name), j->error,
 			retry ? " note=\"tried again in 5s\"" : " note=\"left for the next start\"");
 	}
+	return false;
 }
 
 static void collect(struct pickup *p)
@@ -354,12 +371,17 @@ static void collect(struct pickup *p)
 		struct pickup_job *j = (struct pickup_job *)n;
 		forget_inflight(p, j->name);
 		if (j->bad_reason) {
-			bad(p, j->name, j->bad_reason, j->error);
+			if (same_file(p, j))
+				bad(p, j->name, j->bad_reason, j->error);
+			else if (!atomic_load(&p->stop))
+				enqueue(p, j->name, 0); /* replaced meanwhile: the new one */
 			job_free(j);
 			continue;
 		}
-		finish(p, j, !atomic_load(&p->stop));
-		if (!j->ok && !atomic_load(&p->stop))
+		bool again = finish(p, j, !atomic_load(&p->stop));
+		if (again && !atomic_load(&p->stop))
+			enqueue(p, j->name, 0);
+		else if (!j->ok && !atomic_load(&p->stop))
 			enqueue(p, j->name, wctx_clock_ms() + RETRY_MS);
 		job_free(j);
 	}
