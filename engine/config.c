@@ -1740,7 +1740,7 @@ void conf_print(const struct conf *c, FILE *out)
 	for (unsigned i = 0; i < c->ntrusted_proxies; i++)
 		fprintf(out, "proxy_protocol: trusted proxy %s\n", c->trusted_proxies[i].text);
 	if (c->pickup_dir)
-		fprintf(out, "pickup: directory=%s connector=Pickup max_parallel=%u max_message_size=%llu max_recipients_per_message=%u (trusted: may relay; read at start)\n",
+		fprintf(out, "pickup: directory=%s connector=Pickup max_parallel=%u max_message_size=%llu max_recipients_per_message=%u permissions=anonymous_relay (read at start)\n",
 			c->pickup_dir, c->pickup_max_parallel,
 			(unsigned long long)c->pickup_max_message_size, c->pickup_max_recipients);
 	for (unsigned i = 0; i < c->nmetrics_allow; i++)

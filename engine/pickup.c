@@ -5,8 +5,8 @@
  * time. A file is deleted only after the worker's group commit has made
  * its message durable and the queue has it: a crash in between delivers
  * it twice at worst, never loses it. Policy is the Pickup connector's:
- * size and recipient limits; a local, trusted submission (it may relay,
- * as Exchange's pickup directory may). */
+ * size and recipient limits, the rights of anonymous_relay (it may relay,
+ * as Exchange's pickup directory may), routing by the send connectors. */
 #include "pickup.h"
 
 #include <dirent.h>

@@ -221,7 +221,8 @@ def test_missing_or_unwritable_directory_stops_the_start(tmp_path):
     r = subprocess.run([BINARY, "-c", str(conf), "--check"], capture_output=True, timeout=30)
     assert r.returncode == 0
     assert ("pickup: directory=%s connector=Pickup max_parallel=4 max_message_size=37748736 "
-            "max_recipients_per_message=200" % (tmp_path / "nowhere")) in r.stdout.decode()
+            "max_recipients_per_message=200 permissions=anonymous_relay (read at start)\n"
+            % (tmp_path / "nowhere")) in r.stdout.decode()
 
 
 def test_drain_stops_taking_files(postern, tmp_path):
