@@ -577,13 +577,69 @@ bool conf_metrics_allowed(const struct conf *c, const struct sockaddr *sa)
 	return range_find(c->metrics_allow, c->nmetrics_allow, sa) != NULL;
 }
 
+/* server.pickup = { directory; max_parallel; max_message_size;
+ * max_recipients_per_message; } and its shorthand server.pickup_directory. */
+static bool load_pickup(struct loader *ld, struct conf *c, config_setting_t *srv)
+{
+	static const char *const known[] = {"directory", "max_parallel", "max_message_size",
+					    "max_recipients_per_message", NULL};
+	c->pickup_max_parallel = 4;
+	c->pickup_max_message_size = 36ull << 20;
+	c->pickup_max_recipients = 200;
+	const char *dir = get_string(ld, srv, "pickup_directory", false);
+	config_setting_t *pk = config_setting_get_member(srv, "pickup");
+	if (ld->failed)
+		return false;
+	if (pk) {
+		if (!config_setting_is_group(pk))
+			return fail(ld, line_of(pk), "pickup: expected { directory = \"...\"; ... }");
+		if (!check_members(ld, pk, known, NULL, 0))
+			return false;
+		const char *d = get_string(ld, pk, "directory", true);
+		if (!d)
+			return false;
+		if (dir && strcmp(dir, d) != 0)
+			return fail(ld, line_of(pk),
+				    "pickup: directory \"%s\" and pickup_directory \"%s\" differ: set one", d, dir);
+		dir = d;
+		config_setting_t *mp = config_setting_get_member(pk, "max_parallel");
+		if (mp && (config_setting_type(mp) != CONFIG_TYPE_INT ||
+			   config_setting_get_int(mp) < 1 || config_setting_get_int(mp) > 256))
+			return fail(ld, line_of(mp), "pickup: max_parallel: a number from 1 to 256");
+		if (mp)
+			c->pickup_max_parallel = (unsigned)config_setting_get_int(mp);
+		const char *sz = get_string(ld, pk, "max_message_size", false);
+		if (ld->failed)
+			return false;
+		if (sz && (!conf_parse_size(sz, &c->pickup_max_message_size) ||
+			   c->pickup_max_message_size < 1024))
+			return fail(ld, line_of(config_setting_get_member(pk, "max_message_size")),
+				    "pickup: max_message_size: \"%s\" is not a size of at least 1KB", sz);
+		config_setting_t *mr = config_setting_get_member(pk, "max_recipients_per_message");
+		if (mr && (config_setting_type(mr) != CONFIG_TYPE_INT ||
+			   config_setting_get_int(mr) < 1 || config_setting_get_int(mr) > 100000))
+			return fail(ld, line_of(mr),
+				    "pickup: max_recipients_per_message: a number from 1 to 100000");
+		if (mr)
+			c->pickup_max_recipients = (unsigned)config_setting_get_int(mr);
+	}
+	if (dir && !*dir)
+		return fail(ld, line_of(config_setting_get_member(pk ? pk : srv,
+								 pk ? "directory" : "pickup_directory")),
+			    "pickup_directory: empty");
+	if (dir)
+		c->pickup_dir = xstrdup(dir);
+	return true;
+}
+
 static bool load_server(struct loader *ld, struct conf *c, config_t *cf)
 {
 	static const char *const known[] = {
 		"hostname", "workers", "spool_dir", "stats_socket",
 		"metrics_listen", "shutdown_grace", "log_level", "log_file",
 		"spool_segment_size", "dns_servers", "io_backend", "max_open_files", "user",
-		"proxy_protocol", "drain_timeout", "metrics_allow", "throttle_table_size", NULL};
+		"proxy_protocol", "drain_timeout", "metrics_allow", "throttle_table_size",
+		"pickup_directory", "pickup", NULL};
 	config_setting_t *srv = config_lookup(cf, "server");
 	char host[256] = "localhost";
 	gethostname(host, sizeof(host) - 1);
@@ -632,6 +688,8 @@ static bool load_server(struct loader *ld, struct conf *c, config_t *cf)
 	}
 	if ((s = get_string(ld, srv, "log_file", false)))
 		c->log_file = xstrdup(s);
+	if (!load_pickup(ld, c, srv))
+		return false;
 	c->spool_segment_bytes = 64ull << 20;
 	if ((s = get_string(ld, srv, "spool_segment_size", false)) &&
 	    (!conf_parse_size(s, &c->spool_segment_bytes) || c->spool_segment_bytes < (1 << 20)))
@@ -1784,6 +1842,7 @@ void conf_free(struct conf *c)
 	free(c->stats_socket);
 	free(c->metrics_listen);
 	free(c->log_file);
+	free(c->pickup_dir);
 	free(c);
 }
 
@@ -1894,6 +1953,10 @@ void conf_print(const struct conf *c, FILE *out)
 		c->throttle_table_size, (double)c->throttle_table_size * 72.5 / (1 << 20));
 	for (unsigned i = 0; i < c->ntrusted_proxies; i++)
 		fprintf(out, "proxy_protocol: trusted proxy %s\n", c->trusted_proxies[i].text);
+	if (c->pickup_dir)
+		fprintf(out, "pickup: directory=%s connector=Pickup max_parallel=%u max_message_size=%llu max_recipients_per_message=%u permissions=anonymous_relay (read at start)\n",
+			c->pickup_dir, c->pickup_max_parallel,
+			(unsigned long long)c->pickup_max_message_size, c->pickup_max_recipients);
 	for (unsigned i = 0; i < c->nmetrics_allow; i++)
 		fprintf(out, "metrics_allow: %s\n", c->metrics_allow[i].text);
 	fprintf(out, "accepted_domains:%s\n", c->ndomains ? "" : " (none)");

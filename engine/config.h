@@ -209,6 +209,12 @@ struct conf {
 	struct queue_conf queue;
 	char *dns_servers;         /* c-ares CSV, NULL: /etc/resolv.conf */
 	struct content_rules content; /* content_rules (B.9), compiled */
+	/* The pickup directory (B.11): server.pickup_directory, or
+	 * server.pickup = { directory; ... }. NULL: none. Read at start. */
+	char *pickup_dir;
+	unsigned pickup_max_parallel;      /* files read and being spooled at once */
+	uint64_t pickup_max_message_size;  /* the message, in wire form */
+	unsigned pickup_max_recipients;
 };
 
 /* Reads and validates path. On error returns NULL and writes

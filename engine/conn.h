@@ -10,6 +10,7 @@
 #include <stdint.h>
 
 #include "config.h"
+#include "header_value.h"
 #include "smtp_server.h"
 #include "wctx.h"
 
@@ -60,6 +61,7 @@ struct conn {
 	char msgid[WCTX_MSGID_LEN];
 	int msg_err;              /* why the spool could not take it */
 	uint64_t msg_size;
+	struct header_value message_id; /* the Message-ID header, for the log */
 	int64_t arrival;
 	struct throttle_entry *th_source;  /* this client's address on this connector */
 	struct throttle_entry *th_rate;    /* the message-rate bucket it draws on */

@@ -17,6 +17,7 @@
 #include "listener.h"
 #include "log.h"
 #include "notify.h"
+#include "pickup.h"
 #include "privilege.h"
 #include "spool.h"
 #include "stats.h"
@@ -211,6 +212,19 @@ static int reload_config(const char *path, struct app *app, struct worker *worke
 			free(n->spool_dir);
 			n->spool_dir = keep;
 		}
+	}
+	bool same_pickup = (!n->pickup_dir && !old->pickup_dir) ||
+		(n->pickup_dir && old->pickup_dir && strcmp(n->pickup_dir, old->pickup_dir) == 0 &&
+		 n->pickup_max_parallel == old->pickup_max_parallel &&
+		 n->pickup_max_message_size == old->pickup_max_message_size &&
+		 n->pickup_max_recipients == old->pickup_max_recipients);
+	if (!same_pickup) {
+		log_msg(LOG_WARN, "event=reload note=\"pickup change needs a restart\"");
+		free(n->pickup_dir);
+		n->pickup_dir = old->pickup_dir ? strdup(old->pickup_dir) : NULL;
+		n->pickup_max_parallel = old->pickup_max_parallel;
+		n->pickup_max_message_size = old->pickup_max_message_size;
+		n->pickup_max_recipients = old->pickup_max_recipients;
 	}
 	struct worker_reload **rs = calloc(nw, sizeof(*rs));
 	bool ok = rs != NULL;
@@ -625,6 +639,14 @@ int main(int argc, char **argv)
 		return startup_failed(workers, nw, wm, peers, resolver, authd, &throttle, &app,
 				      &store);
 	}
+	/* The pickup directory is ours to read and rename in, as server.user. */
+	if (conf->pickup_dir && access(conf->pickup_dir, R_OK | W_OK | X_OK) != 0) {
+		fprintf(stderr, "postern: pickup_directory %s: %s (it must exist and be readable and writable by the user postern runs as)\n",
+			conf->pickup_dir, strerror(errno));
+		stats_stop(&stats);
+		return startup_failed(workers, nw, wm, peers, resolver, authd, &throttle, &app,
+				      &store);
+	}
 	if (spool_open(&store, conf->spool_dir, conf->spool_segment_bytes, err, sizeof(err)) < 0) {
 		fprintf(stderr, "postern: %s\n", err);
 		stats_stop(&stats);
@@ -642,6 +664,20 @@ int main(int argc, char **argv)
 	spool_owner_free(&store); /* every worker has recovered its share */
 	app.workers = workers;
 	app.nworkers = nw;
+	struct pickup *pickup = NULL;
+	struct wctx **wx = calloc(nw, sizeof(*wx));
+	int exit_status = 0;
+	if (conf->pickup_dir) {
+		for (unsigned i = 0; wx && i < nw; i++)
+			wx[i] = &workers[i].ctx;
+		unsigned pid = metrics_registry_id(&app.registry, PICKUP_CONNECTOR);
+		pickup = wx ? pickup_start(conf, pid, wx, nw, err, sizeof(err)) : NULL;
+		if (!pickup) {
+			fprintf(stderr, "postern: %s\n", wx ? err : "out of memory");
+			log_msg(LOG_ERROR, "event=pickup_error error=%s", log_quote(why, sizeof(why), wx ? err : "out of memory"));
+			exit_status = 1;
+		}
+	}
 	char bl[512] = "";
 	for (unsigned b = 0; b < conf->nbindings; b++) {
 		size_t n = strlen(bl);
@@ -656,7 +692,7 @@ int main(int argc, char **argv)
 	 * queue and exited, or at server.drain_timeout. */
 	bool draining = false;
 	uint64_t drain_deadline = 0;
-	for (;;) {
+	for (; exit_status == 0;) {
 		struct timespec tick = {0, 200 * 1000 * 1000};
 		int sig = draining ? sigtimedwait(&sigs, NULL, &tick) : sigwaitinfo(&sigs, NULL);
 		if (sig < 0 && errno != EAGAIN) {
@@ -686,6 +722,7 @@ int main(int argc, char **argv)
 			log_msg(LOG_INFO, "event=drain status=started queued=%ld timeout_ms=%llu", queued,
 				(unsigned long long)app.conf->drain_timeout_ms);
 			notify_manager("STOPPING=1\nSTATUS=draining");
+			pickup_stop(pickup); /* a drain takes no new mail, from files either */
 			for (unsigned i = 0; i < nw; i++)
 				worker_request_drain(&workers[i]);
 			continue;
@@ -718,10 +755,13 @@ int main(int argc, char **argv)
 	atomic_store(&app.inbound_closed, true);
 	notify_manager("STOPPING=1");
 	stats_stop(&stats);
+	pickup_stop(pickup);
 	for (unsigned i = 0; i < nw; i++)
 		worker_request_stop(&workers[i]);
 	for (unsigned i = 0; i < nw; i++)
 		worker_join(&workers[i]);
+	pickup_free(pickup); /* deletes the files that became durable meanwhile */
+	free(wx);
 	free(workers);
 	free(wm);
 	free(peers);
@@ -731,6 +771,6 @@ int main(int argc, char **argv)
 	spool_close(&store);
 	throttle_free(&throttle);
 	conf_unref(app.conf);
-	log_msg(LOG_INFO, "event=exit status=0");
-	return 0;
+	log_msg(LOG_INFO, "event=exit status=%d", exit_status);
+	return exit_status;
 }

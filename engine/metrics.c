@@ -366,6 +366,15 @@ void metrics_print_prometheus(FILE *out, struct metrics_registry *r,
 	/* Before any connector: connector="" (B.10). */
 	fprintf(out, "postern_messages_rejected_total{connector=\"\",reason=\"proxy\"} %llu\n",
 		(unsigned long long)t.proxy_rejected);
+	family(out, "postern_pickup_files_total", "counter",
+	       "Pickup directory files: spooled and deleted (accepted) or renamed *.bad (bad).");
+	uint64_t pa = 0, pb = 0;
+	for (unsigned i = 0; i < nw; i++) {
+		pa += metric_get(&w[i]->pickup_accepted);
+		pb += metric_get(&w[i]->pickup_bad);
+	}
+	fprintf(out, "postern_pickup_files_total{result=\"accepted\"} %llu\n", (unsigned long long)pa);
+	fprintf(out, "postern_pickup_files_total{result=\"bad\"} %llu\n", (unsigned long long)pb);
 	family(out, "postern_throttled_total", "counter",
 	       "Throttle events, by connector (receive or send) and reason.");
 	for (unsigned id = 0; id < n; id++)

@@ -81,6 +81,10 @@ struct worker_metrics {
 	_Atomic uint64_t flushed_messages;/* messages made durable by them */
 	/* Content rule hits, by rule (registry id) and action. */
 	_Atomic uint64_t rule_hits[METRIC_CONNECTORS_MAX][CONTENT_ACTION_COUNT];
+	_Atomic uint64_t pickup_accepted; /* pickup files spooled */
+	/* pickup files renamed *.bad: worker 0's only, written by the pickup
+	 * thread (the one exception to "written by this worker only") */
+	_Atomic uint64_t pickup_bad;
 };
 
 static inline void metric_add(_Atomic uint64_t *m, uint64_t n)

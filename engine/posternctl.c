@@ -12,10 +12,12 @@
 static int usage(void)
 {
 	fprintf(stderr,
-		"usage: posternctl -s SOCKET [--json] COMMAND...\n"
+		"usage: posternctl -s SOCKET [--json] COMMAND... [--json]\n"
 		"  commands: show info | show stat | show queue | show connectors | show metrics |\n"
-		"            match <ip>[:<port>] | show throttle | flush | reload | drain | help\n"
-		"  --json    ask for JSON (show info, show stat, show queue, match)\n");
+		"            match <ip>[:<port>] | show throttle | flush | reload | drain | help |\n"
+		"            track [id=ID] [sender=S] [rcpt=R] [message_id=M] [since=TIME] [until=TIME] [limit=N]\n"
+		"  --json    ask for JSON (show info, show stat, show queue, match, track)\n"
+		"  TIME      2026-12-02T13:54:19Z, 2026-12-02 13:54, 2026-12-02, or an age: 30s 15m 1h 2d 1w\n");
 	return 2;
 }
 
@@ -31,6 +33,10 @@ int main(int argc, char **argv)
 	if (i < argc && strcmp(argv[i], "--json") == 0) {
 		json = true;
 		i++;
+	}
+	if (argc > i && strcmp(argv[argc - 1], "--json") == 0) {
+		json = true;
+		argc--;
 	}
 	if (!path || i >= argc)
 		return usage();

@@ -567,6 +567,7 @@ static void message_begin(struct wctx *w, struct conn *c)
 	wctx_msgid_text(id, c->msgid);
 	c->msg_err = 0;
 	c->msg_size = 0;
+	header_value_init(&c->message_id, "Message-ID");
 	c->arrival = (int64_t)time(NULL);
 	c->smsg = spool_msg_begin(w->spool, id, &c->msg_err);
 	if (c->smsg)
@@ -752,16 +753,22 @@ static void log_received(struct wctx *w, struct conn *c)
 	if (c->smtp.authenticated)
 		snprintf(au, sizeof(au), " auth=%s", log_quote(qa, sizeof(qa), c->smtp.auth_user));
 	/* Content rules' marks: held (the rule) and route (the send connector). */
-	char marks[400] = "", qm[180];
+	char marks[400] = "", qk[180];
 	if (e->held)
-		snprintf(marks, sizeof(marks), " held=%s", log_quote(qm, sizeof(qm), e->held));
+		snprintf(marks, sizeof(marks), " held=%s", log_quote(qk, sizeof(qk), e->held));
 	else if (e->route)
-		snprintf(marks, sizeof(marks), " route=%s", log_quote(qm, sizeof(qm), e->route));
+		snprintf(marks, sizeof(marks), " route=%s", log_quote(qk, sizeof(qk), e->route));
+	/* The Message-ID header (capped), for track message_id=. */
+	char mid[HEADER_VALUE_MAX + 1], qm[LOG_QUOTE_CAP(HEADER_VALUE_MAX) + 16] = "";
+	if (header_value_get(&c->message_id, mid, sizeof(mid))) {
+		memcpy(qm, " message_id=", 12);
+		log_quote(qm + 12, sizeof(qm) - 12, mid);
+	}
 	log_msg(LOG_INFO,
-		"event=receive id=%s from=%s to=%s nrcpt=%u connector=%s client=%s size=%llu%s%s%s reply=%s worker=%u",
+		"event=receive id=%s from=%s to=%s nrcpt=%u connector=%s client=%s size=%llu%s%s%s%s reply=%s worker=%u",
 		c->msgid, log_quote(q2, sizeof(q2), from), log_quote(q3, sizeof(q3), to),
 		e->nrcpt, log_quote(q1, sizeof(q1), c->rc->name), c->peer,
-		(unsigned long long)c->msg_size, tls, au, marks, log_quote(q4, sizeof(q4), reply),
+		(unsigned long long)c->msg_size, tls, au, marks, qm, log_quote(q4, sizeof(q4), reply),
 		w->id);
 }
 
@@ -788,11 +795,14 @@ static size_t feed(struct wctx *w, struct conn *c, const char *in, size_t len,
 			 * lie in the input and are scanned as such; STUFFING is
 			 * the state machine's own (the stored form's dots and a
 			 * last CRLF), copied, and not content. */
-			if (ev.form == SMTP_CHUNK_STUFFING)
+			if (ev.form == SMTP_CHUNK_STUFFING) {
 				message_append(w, c, ev.data, ev.len, -1);
-			else
+			} else {
+				if (!c->message_id.done)
+					header_value_feed(&c->message_id, ev.data, ev.len);
 				message_data(w, c, ev.data, ev.len, bid,
 					     ev.form == SMTP_CHUNK_WIRE);
+			}
 			break;
 		case SMTP_EV_DATA_REJECT:
 			message_abandon(w, c);

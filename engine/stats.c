@@ -6,6 +6,7 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <poll.h>
+#include <pthread.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/socket.h>
@@ -19,6 +20,7 @@
 #include "envelope.h"
 #include "listener.h"
 #include "log.h"
+#include "track.h"
 #include "wctx.h"
 
 #define STATS_LINE_MAX 512
@@ -26,7 +28,13 @@
 static const char *const commands_help =
 	"commands: show info [json] | show stat [json] | show queue [json] | "
 	"show connectors [json] | show throttle | show metrics | match <ip>[:<port>] [json] | "
-	"flush | reload | drain | help";
+	"flush | reload | drain | "
+	"track [id=ID] [sender=S] [rcpt=R] [message_id=M] [since=TIME] [until=TIME] [limit=N] [json] | "
+	"help";
+
+/* track runs on a thread of its own (stats_task), so that /readyz and
+ * /metrics never wait for it; after this it answers with what it found. */
+#define TRACK_BUDGET_MS 3000
 
 /* Queued messages and their bytes (message and envelope), read from the
  * segments as recovery would. */
@@ -386,6 +394,16 @@ int stats_command(const struct stats_host *h, const char *line, FILE *out)
 			conf_print(c, out);
 	} else if (strncmp(cmd, "match ", 6) == 0) {
 		ret = match(c, cmd + 6, out, json);
+	} else if (strcmp(cmd, "track") == 0 || strncmp(cmd, "track ", 6) == 0) {
+		struct track_query q;
+		char err[300];
+		if (!track_parse(cmd + 5, wctx_wall_ms(), &q, err, sizeof(err))) {
+			fprintf(out, "error: %s\n", err);
+			ret = -1;
+		} else {
+			q.json = q.json || json;
+			ret = track_run(c->log_file, &q, TRACK_BUDGET_MS, out);
+		}
 	} else if (strcmp(cmd, "help") == 0) {
 		fprintf(out, "%s\n", commands_help);
 	} else {
@@ -476,6 +494,8 @@ struct stats_client {
 	bool http;
 	bool writing;
 	uint64_t deadline_ms;
+	uint64_t serial;
+	bool waiting;             /* its reply is being made by a task */
 	struct sockaddr_storage peer;
 	size_t inlen;
 	char in[STATS_REQ_MAX];
@@ -489,6 +509,89 @@ static void client_close(struct stats_client *k)
 	free(k->out);
 	k->fd = -1;
 	k->out = NULL;
+	k->waiting = false;
+}
+
+/* A command that may take long (track), run off the stats thread: the
+ * client waits for it, every other client is served meanwhile. */
+struct stats_task {
+	struct stats_server *s;
+	unsigned slot;
+	uint64_t serial;
+	pthread_t thread;
+	char cmd[STATS_LINE_MAX];
+	char *out;
+	size_t outlen;
+};
+
+static void *task_main(void *arg)
+{
+	struct stats_task *t = arg;
+	FILE *out = open_memstream(&t->out, &t->outlen);
+	if (out) {
+		stats_command(t->s->host, t->cmd, out);
+		fclose(out);
+	}
+	ssize_t w = write(t->s->task_pipe[1], &t, sizeof(t));
+	(void)w; /* a pipe write this small is whole */
+	return NULL;
+}
+
+static bool long_command(const char *line)
+{
+	return strncmp(line, "track", 5) == 0 &&
+	       (line[5] == '\0' || line[5] == ' ' || line[5] == '\r');
+}
+
+/* false: not started (busy or out of resources): answered at once. */
+static bool task_start(struct stats_server *s, struct stats_client *k, const char *line)
+{
+	unsigned free_at = STATS_TASKS_MAX;
+	for (unsigned i = 0; i < STATS_TASKS_MAX; i++)
+		if (!s->tasks[i])
+			free_at = i;
+	struct stats_task *t = free_at < STATS_TASKS_MAX ? calloc(1, sizeof(*t)) : NULL;
+	if (!t)
+		return false;
+	t->s = s;
+	t->slot = (unsigned)(k - s->clients);
+	t->serial = k->serial;
+	snprintf(t->cmd, sizeof(t->cmd), "%s", line);
+	if (pthread_create(&t->thread, NULL, task_main, t) != 0) {
+		free(t);
+		return false;
+	}
+	s->tasks[free_at] = t;
+	k->waiting = true;
+	k->deadline_ms = wctx_clock_ms() + TRACK_BUDGET_MS + STATS_DEADLINE_MS;
+	return true;
+}
+
+static void task_reap(struct stats_server *s, struct stats_task *t)
+{
+	pthread_join(t->thread, NULL);
+	for (unsigned i = 0; i < STATS_TASKS_MAX; i++)
+		if (s->tasks[i] == t)
+			s->tasks[i] = NULL;
+	struct stats_client *k = &s->clients[t->slot];
+	if (k->fd >= 0 && k->serial == t->serial && k->waiting) {
+		k->waiting = false;
+		k->out = t->out;
+		k->outlen = t->outlen;
+		k->outoff = 0;
+		k->writing = true;
+		k->deadline_ms = wctx_clock_ms() + STATS_DEADLINE_MS;
+	} else {
+		free(t->out); /* its client gave up */
+	}
+	free(t);
+}
+
+static void tasks_done(struct stats_server *s)
+{
+	struct stats_task *t;
+	while (read(s->task_pipe[0], &t, sizeof(t)) == (ssize_t)sizeof(t))
+		task_reap(s, t);
 }
 
 /* The request is whole (or as whole as it will get): the reply is made
@@ -496,6 +599,31 @@ static void client_close(struct stats_client *k)
 static void client_respond(struct stats_server *s, struct stats_client *k)
 {
 	k->in[k->inlen] = '\0';
+	if (!k->http) {
+		char *nl = memchr(k->in, '\n', k->inlen);
+		bool whole = nl || k->inlen < STATS_LINE_MAX - 1; /* a line, or all before EOF */
+		if (whole && strlen(k->in) < STATS_LINE_MAX && long_command(k->in)) {
+			if (nl)
+				*nl = '\0';
+			if (task_start(s, k, k->in))
+				return;
+			/* Never on this thread: that would stall the others. */
+			free(k->out);
+			k->out = NULL;
+			FILE *out = open_memstream(&k->out, &k->outlen);
+			if (!out) {
+				client_close(k);
+				return;
+			}
+			fprintf(out, "error: track: %d queries are running already; try again in a moment\n",
+				STATS_TASKS_MAX);
+			fclose(out);
+			k->writing = true;
+			k->outoff = 0;
+			k->deadline_ms = wctx_clock_ms() + STATS_DEADLINE_MS;
+			return;
+		}
+	}
 	FILE *out = open_memstream(&k->out, &k->outlen);
 	if (!out) {
 		client_close(k);
@@ -519,6 +647,8 @@ static void client_respond(struct stats_server *s, struct stats_client *k)
 	fclose(out);
 	k->writing = true;
 	k->outoff = 0;
+	/* The reply gets its own time to be taken. */
+	k->deadline_ms = wctx_clock_ms() + STATS_DEADLINE_MS;
 }
 
 static bool request_complete(const struct stats_client *k)
@@ -572,6 +702,8 @@ static void client_accept(struct stats_server *s, int lfd, bool http)
 	k->fd = fd;
 	k->http = http;
 	k->writing = false;
+	k->waiting = false;
+	k->serial = ++s->next_serial;
 	k->inlen = 0;
 	k->peer = peer;
 	k->deadline_ms = wctx_clock_ms() + STATS_DEADLINE_MS;
@@ -580,13 +712,14 @@ static void client_accept(struct stats_server *s, int lfd, bool http)
 static void *stats_main(void *arg)
 {
 	struct stats_server *s = arg;
-	struct pollfd pf[3 + STATS_CLIENTS];
-	struct stats_client *who[3 + STATS_CLIENTS];
+	struct pollfd pf[4 + STATS_CLIENTS];
+	struct stats_client *who[4 + STATS_CLIENTS];
 	for (;;) {
 		uint64_t now = wctx_clock_ms();
 		int timeout = -1;
 		unsigned n = 0, busy = 0;
 		pf[n++] = (struct pollfd){s->stop_pipe[0], POLLIN, 0};
+		pf[n++] = (struct pollfd){s->task_pipe[0], POLLIN, 0};
 		for (unsigned i = 0; i < STATS_CLIENTS; i++) {
 			struct stats_client *k = &s->clients[i];
 			if (k->fd < 0)
@@ -599,6 +732,8 @@ static void *stats_main(void *arg)
 			int left = (int)(k->deadline_ms - now);
 			if (timeout < 0 || left < timeout)
 				timeout = left;
+			if (k->waiting)
+				continue; /* nothing to read or write until its task is done */
 			who[n] = k;
 			pf[n++] = (struct pollfd){k->fd, k->writing ? POLLOUT : POLLIN, 0};
 		}
@@ -616,7 +751,9 @@ static void *stats_main(void *arg)
 		}
 		if (pf[0].revents)
 			break;
-		for (unsigned i = 1; i < first_listener; i++) {
+		if (pf[1].revents)
+			tasks_done(s);
+		for (unsigned i = 2; i < first_listener; i++) {
 			if (!pf[i].revents)
 				continue;
 			struct stats_client *k = who[i];
@@ -631,6 +768,17 @@ static void *stats_main(void *arg)
 		for (unsigned i = first_listener; i < n; i++)
 			if (pf[i].revents)
 				client_accept(s, pf[i].fd, pf[i].fd == s->metrics_fd);
+	}
+	/* Tasks still running end within their budget; their pipe is open
+	 * until they have. */
+	for (unsigned i = 0; i < STATS_TASKS_MAX; i++) {
+		struct stats_task *t = s->tasks[i];
+		if (!t)
+			continue;
+		pthread_join(t->thread, NULL);
+		free(t->out);
+		free(t);
+		s->tasks[i] = NULL;
 	}
 	for (unsigned i = 0; i < STATS_CLIENTS; i++)
 		if (s->clients[i].fd >= 0)
@@ -727,6 +875,7 @@ int stats_start(struct stats_server *s, const struct stats_host *h,
 	s->host = h;
 	s->fd = s->metrics_fd = -1;
 	s->stop_pipe[0] = s->stop_pipe[1] = -1;
+	s->task_pipe[0] = s->task_pipe[1] = -1;
 	s->running = false;
 	if (!path && !metrics_listen)
 		return 0;
@@ -736,8 +885,15 @@ int stats_start(struct stats_server *s, const struct stats_host *h,
 		return -1;
 	}
 	s->clients = calloc(STATS_CLIENTS, sizeof(*s->clients));
-	if (!s->clients || pipe2(s->stop_pipe, O_CLOEXEC) < 0) {
+	if (!s->clients || pipe2(s->stop_pipe, O_CLOEXEC) < 0 ||
+	    pipe2(s->task_pipe, O_CLOEXEC | O_NONBLOCK) < 0) {
 		snprintf(err, errlen, "stats: %s", s->clients ? strerror(errno) : "out of memory");
+		for (int i = 0; i < 2; i++) {
+			if (s->stop_pipe[i] >= 0)
+				close(s->stop_pipe[i]);
+			if (s->task_pipe[i] >= 0)
+				close(s->task_pipe[i]);
+		}
 		free(s->clients);
 		s->clients = NULL;
 		close_all(s);
@@ -766,6 +922,8 @@ void stats_stop(struct stats_server *s)
 	close_all(s);
 	close(s->stop_pipe[0]);
 	close(s->stop_pipe[1]);
+	close(s->task_pipe[0]);
+	close(s->task_pipe[1]);
 	if (had_unix)
 		unlink(s->path);
 	free(s->clients);

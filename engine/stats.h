@@ -41,6 +41,9 @@ struct stats_host {
 };
 
 struct stats_client;
+struct stats_task;
+
+#define STATS_TASKS_MAX 2   /* track queries running at once, off this thread */
 
 struct stats_server {
 	const struct stats_host *host;
@@ -48,6 +51,9 @@ struct stats_server {
 	int metrics_fd;           /* HTTP GET /metrics, or -1 */
 	int stop_pipe[2];
 	struct stats_client *clients; /* served side by side (stats.c) */
+	int task_pipe[2];         /* finished tasks come back through it */
+	struct stats_task *tasks[STATS_TASKS_MAX];
+	uint64_t next_serial;     /* tells a client from the next one in its slot */
 	pthread_t thread;
 	bool running;
 	char path[108];

@@ -44,6 +44,8 @@ struct wctx {
 	struct resolver *resolver;     /* shared, owned by main */
 	struct authd *authd;           /* shared AUTH verifiers, owned by main */
 	struct mailbox auth_done;      /* their answers (struct auth_req) */
+	struct mailbox pickup_in;      /* pickup files to spool (pickup.c) */
+	unsigned pickup_inflight;      /* ... of them in the spool, not yet durable */
 	struct spool_worker *spool;
 	struct queue *queue;
 	struct deliver *dl;

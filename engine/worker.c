@@ -18,6 +18,7 @@
 #include "auth.h"
 #include "deliver.h"
 #include "log.h"
+#include "pickup.h"
 #include "session.h"
 #include "smtp_reply.h"
 
@@ -318,6 +319,8 @@ static void on_spool_write(struct worker *w, const struct io_cqe *e)
 		return;
 	if (m->internal)
 		queue_internal_written(&w->queue, m);
+	else if (m->pickup)
+		pickup_on_written(&w->ctx, m);
 	else
 		session_on_written(&w->ctx, m);
 }
@@ -360,6 +363,7 @@ static void on_wake(struct worker *w, const struct io_cqe *e)
 	check_requests(w);
 	deliver_wake(w->ctx.dl);
 	session_auth_results(&w->ctx);
+	pickup_take(&w->ctx);
 	if (atomic_exchange(&w->flush_requested, false))
 		queue_flush_all(&w->queue);
 }
@@ -393,7 +397,10 @@ static void dispatch(struct worker *w, const struct io_cqe *e)
 
 static void hook_durable(void *arg, struct spool_msg *m, bool ok)
 {
-	session_on_durable(arg, m, ok);
+	if (m->pickup)
+		pickup_on_durable(arg, m, ok);
+	else
+		session_on_durable(arg, m, ok);
 }
 
 static void hook_flush_started(void *arg)
@@ -437,6 +444,7 @@ static int setup(struct worker *w)
 	x->m = &w->m;
 	x->buf_returned = session_buffers_returned;
 	mailbox_init(&x->auth_done);
+	mailbox_init(&x->pickup_in);
 	w->accept_paused = calloc(w->nlisten ? w->nlisten : 1, sizeof(*w->accept_paused));
 	/* Kept for the day descriptors run out (accept_exhausted). */
 	w->spare_fd = open("/dev/null", O_RDONLY | O_CLOEXEC);
@@ -507,7 +515,7 @@ static void *worker_main(void *arg)
 		 * complete later in the same turn. */
 		spool_commit_start(&w->spool);
 		bool quiet = w->conns.nconns == 0 && !w->spool.flushing &&
-			     !w->spool.pending_writes && deliver_idle(x->dl) &&
+			     !w->spool.pending_writes && !x->pickup_inflight && deliver_idle(x->dl) &&
 			     queue_idle(&w->queue);
 		if (quiet && (x->stopping ||
 			      (x->draining && metric_get(&w->m.queue_messages) == 0)))
@@ -574,6 +582,8 @@ void worker_join(struct worker *w)
 	authd_forget(w->ctx.authd, &w->ctx.auth_done);
 	session_auth_discard(&w->ctx);
 	mailbox_destroy(&w->ctx.auth_done);
+	pickup_discard(&w->ctx);
+	mailbox_destroy(&w->ctx.pickup_in);
 	/* Closed here, not on the worker thread: other threads may still
 	 * wake it until it is joined. */
 	if (w->peers)

@@ -263,4 +263,5 @@ def test_unknown_command_lists_commands(traffic):
     assert out == ('error: unknown command "frobnicate"; commands: show info [json] | '
                    'show stat [json] | show queue [json] | show connectors [json] | '
                    'show throttle | show metrics | match <ip>[:<port>] [json] | flush | reload | '
-                   'drain | help\n')
+                   'drain | track [id=ID] [sender=S] [rcpt=R] [message_id=M] [since=TIME] '
+                   '[until=TIME] [limit=N] [json] | help\n')

@@ -555,6 +555,23 @@ static void test_errors(void **state)
 		{"receive_connectors = ( { name = \"a\"; bindings = [\"127.0.0.1:25\"]; } );\n"
 		 "send_connectors = (\n { name = \"s\"; address_spaces = [ \"*\" ];\n  auth = { mechanism = \"login\"; username = \"u\"; password_file = \"/nonexistent/pw\"; }; }\n);\n",
 		 4, "auth.password_file: /nonexistent/pw: No such file or directory"},
+		/* The pickup directory (B.11) */
+		{"server = {\n pickup = \"/p\"; };\nreceive_connectors = ( { name = \"a\"; bindings = [\"127.0.0.1:25\"]; } );\n",
+		 2, "pickup: expected { directory"},
+		{"server = {\n pickup = { max_parallel = 2; }; };\nreceive_connectors = ( { name = \"a\"; bindings = [\"127.0.0.1:25\"]; } );\n",
+		 2, "directory"},
+		{"server = {\n pickup = { directory = \"/p\";\n  max_parallel = 0; }; };\nreceive_connectors = ( { name = \"a\"; bindings = [\"127.0.0.1:25\"]; } );\n",
+		 3, "pickup: max_parallel: a number from 1 to 256"},
+		{"server = {\n pickup = { directory = \"/p\";\n  max_message_size = \"12XB\"; }; };\nreceive_connectors = ( { name = \"a\"; bindings = [\"127.0.0.1:25\"]; } );\n",
+		 3, "pickup: max_message_size: \"12XB\" is not a size of at least 1KB"},
+		{"server = {\n pickup = { directory = \"/p\";\n  max_recipients_per_message = -1; }; };\nreceive_connectors = ( { name = \"a\"; bindings = [\"127.0.0.1:25\"]; } );\n",
+		 3, "pickup: max_recipients_per_message: a number from 1 to 100000"},
+		{"server = {\n pickup = { directory = \"/p\";\n  connector = \"x\"; }; };\nreceive_connectors = ( { name = \"a\"; bindings = [\"127.0.0.1:25\"]; } );\n",
+		 3, "unknown setting \"connector\""},
+		{"server = { pickup_directory = \"/a\";\n pickup = { directory = \"/b\"; }; };\nreceive_connectors = ( { name = \"a\"; bindings = [\"127.0.0.1:25\"]; } );\n",
+		 2, "pickup: directory \"/b\" and pickup_directory \"/a\" differ: set one"},
+		{"server = {\n pickup_directory = \"\"; };\nreceive_connectors = ( { name = \"a\"; bindings = [\"127.0.0.1:25\"]; } );\n",
+		 2, "pickup_directory: empty"},
 	};
 	for (size_t i = 0; i < sizeof(cases) / sizeof(cases[0]); i++) {
 		char err[512] = "";
@@ -571,6 +588,43 @@ static void test_errors(void **state)
 	char err[512];
 	assert_null(conf_load("/nonexistent/postern.conf", err, sizeof(err)));
 	assert_true(strncmp(err, "/nonexistent/postern.conf:0: ", 29) == 0);
+}
+
+/* The pickup keys: the shorthand, the group, their defaults. */
+static void test_pickup_keys(void **state)
+{
+	(void)state;
+	static const char rc[] = "receive_connectors = ( { name = \"a\"; bindings = [\"127.0.0.1:25\"]; } );\n";
+	static const struct {
+		const char *server;
+		const char *dir;
+		unsigned parallel;
+		unsigned long long size;
+		unsigned rcpts;
+	} cases[] = {
+		{"", NULL, 0, 0, 0},
+		{"pickup_directory = \"/var/spool/postern-pickup\";", "/var/spool/postern-pickup", 4,
+		 36ull << 20, 200},
+		{"pickup = { directory = \"/p\"; max_parallel = 16; max_message_size = \"10MB\"; max_recipients_per_message = 5; };",
+		 "/p", 16, 10ull << 20, 5},
+		{"pickup_directory = \"/p\"; pickup = { directory = \"/p\"; };", "/p", 4, 36ull << 20, 200},
+	};
+	for (size_t i = 0; i < N_ELEMS(cases); i++) {
+		char text[1024], err[1024];
+		snprintf(text, sizeof(text), "server = { %s };\n%s", cases[i].server, rc);
+		struct conf *c = conf_load(write_conf(text), err, sizeof(err));
+		if (!c)
+			fail_msg("%s: %s", cases[i].server, err);
+		if (!cases[i].dir) {
+			assert_null(c->pickup_dir);
+		} else {
+			CHECK_STR(cases[i].server, c->pickup_dir, cases[i].dir);
+			CHECK_INT(cases[i].server, c->pickup_max_parallel, cases[i].parallel);
+			CHECK_INT(cases[i].server, c->pickup_max_message_size, cases[i].size);
+			CHECK_INT(cases[i].server, c->pickup_max_recipients, cases[i].rcpts);
+		}
+		conf_free(c);
+	}
 }
 
 /* server.io_backend: each word maps to its backend (enum io_backend order). */
@@ -598,6 +652,7 @@ int main(void)
 {
 	const struct CMUnitTest tests[] = {
 		cmocka_unit_test(test_io_backend_values),
+		cmocka_unit_test(test_pickup_keys),
 		cmocka_unit_test(test_sizes),
 		cmocka_unit_test(test_durations),
 		cmocka_unit_test(test_ranges),
