@@ -12,6 +12,10 @@
 #include <string.h>
 #include <strings.h>
 
+#include "log.h"
+#include "metrics.h"
+#include "smtp_server.h"
+
 const char *const content_action_names[CONTENT_ACTION_COUNT] = {"reject", "hold", "route",
 								 "add_header"};
 const char *const content_where_names[CONTENT_WHERE_COUNT] = {"body", "headers", "header",
@@ -307,4 +311,40 @@ void content_scan_free(struct content_scan *s)
 	close_stream(s, &s->field, CONTENT_HEADER);
 	free(s->hit);
 	free(s);
+}
+
+bool content_mark(const struct content_rules *cr, const struct content_scan *s,
+		  const struct content_verdict *v, struct smtp_envelope *e)
+{
+	if (v->hold && !(e->held = strdup(v->hold->name)))
+		return false;
+	if (!v->hold && v->route && !(e->route = strdup(v->route->send_connector)))
+		return false;
+	size_t hl = 0;
+	for (unsigned i = 0; i < cr->n; i++) {
+		const struct content_rule *r = &cr->rule[i];
+		if (r->action != CONTENT_ADD_HEADER || !content_scan_hit(s, i))
+			continue;
+		size_t n = strlen(r->header);
+		char *nh = realloc(e->headers, hl + n + 3);
+		if (!nh)
+			return false;
+		memcpy(nh + hl, r->header, n);
+		memcpy(nh + hl + n, "\r\n", 3);
+		e->headers = nh;
+		hl += n + 2;
+	}
+	return true;
+}
+
+void content_hit_note(struct worker_metrics *m, unsigned worker, const char *id,
+		      const char *client, const struct content_rule *r, enum content_where where)
+{
+	char qn[160], qw[200], wh[100];
+	metric_add(&m->rule_hits[r->stats_id][r->action], 1);
+	snprintf(wh, sizeof(wh), "%s%s%s", content_where_names[where], r->field ? ":" : "",
+		 r->field ? r->field : "");
+	log_msg(LOG_INFO, "event=content_rule rule=%s action=%s id=%s where=%s client=%s worker=%u",
+		log_quote(qn, sizeof(qn), r->name), content_action_names[r->action], id,
+		log_quote(qw, sizeof(qw), wh), client, worker);
 }

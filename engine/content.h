@@ -83,6 +83,19 @@ void content_scan_end(struct content_scan *s, const char *sender, const char *co
 		      void *ctx);
 /* After content_scan_end: did rule i match? */
 bool content_scan_hit(const struct content_scan *s, unsigned i);
+
+struct smtp_envelope;
+struct worker_metrics;
+/* After a verdict that neither failed nor rejected: its marks into the
+ * envelope: held (the holding rule's name), route (its send connector,
+ * when nothing holds) and the field of every matching add_header rule, in
+ * the order of the rules. false: out of memory. */
+bool content_mark(const struct content_rules *cr, const struct content_scan *s,
+		  const struct content_verdict *v, struct smtp_envelope *e);
+/* One hit, whichever action wins: counted in m (worker's) and logged
+ * event=content_rule with the message id and the client. */
+void content_hit_note(struct worker_metrics *m, unsigned worker, const char *id,
+		      const char *client, const struct content_rule *r, enum content_where where);
 void content_scan_free(struct content_scan *s);
 
 #endif

@@ -23,6 +23,7 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include "content.h"
 #include "header_value.h"
 #include "log.h"
 #include "pickup_file.h"
@@ -48,6 +49,8 @@ struct pickup_job {
 	bool eightbit;
 	bool has_message_id;
 	char message_id[HEADER_VALUE_MAX + 1];
+	/* content rules' marks (B.9): NULL when none */
+	char *held, *route, *headers;
 	/* filled in by the worker */
 	struct spool_msg *sm;
 	char idtxt[WCTX_MSGID_LEN];
@@ -103,6 +106,9 @@ static void job_free(struct pickup_job *j)
 	for (unsigned i = 0; i < j->nrcpt; i++)
 		free(j->rcpt[i].addr);
 	free(j->rcpt);
+	free(j->held);
+	free(j->route);
+	free(j->headers);
 	free(j);
 }
 
@@ -553,6 +559,63 @@ static const char *unroutable(const struct wctx *w, const struct pickup_job *j)
 	return NULL;
 }
 
+struct pickup_hit_ctx {
+	struct wctx *w;
+	const struct pickup_job *j;
+};
+
+static void on_rule_hit(void *arg, const struct content_rule *r, enum content_where where)
+{
+	struct pickup_hit_ctx *h = arg;
+	content_hit_note(h->w->m, h->w->id, h->j->idtxt, "127.0.0.1", r, where);
+}
+
+/* The content rules, as a receive connector without externally_secured
+ * applies them: 1 passed (marks in j), 0 refused (j is bad), -1 not
+ * judged (out of memory, a Hyperscan error: tried again later). */
+static int judge(struct wctx *w, struct pickup_job *j)
+{
+	const struct content_rules *cr = &w->conf->content;
+	if (!cr->n)
+		return 1;
+	struct content_scan *s = content_scan_begin(cr, w->content);
+	const char **rcpt = calloc(j->nrcpt ? j->nrcpt : 1, sizeof(*rcpt));
+	struct content_verdict v = {.failed = true};
+	if (s && rcpt) {
+		for (unsigned i = 0; i < j->nrcpt; i++)
+			rcpt[i] = j->rcpt[i].addr;
+		content_scan_data(s, j->wire, j->wire_len, true);
+		struct pickup_hit_ctx h = {w, j};
+		content_scan_end(s, j->from, rcpt, j->nrcpt, &v, on_rule_hit, &h);
+	}
+	free(rcpt);
+	int res = 1;
+	struct smtp_envelope marks = {0};
+	if (v.failed) {
+		res = -1;
+	} else if (v.reject) {
+		j->bad_reason = "content_rule";
+		snprintf(j->error, sizeof(j->error), "rejected by content rule %s", v.reject->name);
+		res = 0;
+	} else if (!content_mark(cr, s, &v, &marks)) {
+		res = -1;
+	}
+	content_scan_free(s);
+	if (res == 1) {
+		j->held = marks.held;
+		j->route = marks.route;
+		j->headers = marks.headers;
+	} else {
+		free(marks.held);
+		free(marks.route);
+		free(marks.headers);
+	}
+	if (res < 0)
+		log_msg(LOG_ERROR, "event=content_error id=%s file=%s error=\"%s\"", j->idtxt,
+			j->name, v.failed ? "scan failed" : "out of memory");
+	return res;
+}
+
 static void spool_one(struct wctx *w, struct pickup_job *j)
 {
 	if (w->stopping || w->draining) {
@@ -569,6 +632,11 @@ static void spool_one(struct wctx *w, struct pickup_job *j)
 	uint64_t id = wctx_next_msgid(w);
 	wctx_msgid_text(id, j->idtxt);
 	j->arrival = (int64_t)(w->wall_ms / 1000);
+	int verdict = judge(w, j);
+	if (verdict <= 0) {
+		back(w, j, false, verdict < 0 ? "content rules could not judge it" : NULL);
+		return;
+	}
 	int err = 0;
 	struct spool_msg *sm = spool_msg_begin(w->spool, id, &err);
 	if (!sm) {
@@ -597,6 +665,9 @@ static void spool_one(struct wctx *w, struct pickup_job *j)
 		.body = j->eightbit ? SMTP_BODY_8BITMIME : SMTP_BODY_NONE,
 		.rcpt = j->rcpt,
 		.nrcpt = j->nrcpt,
+		.held = j->held,
+		.route = j->route,
+		.headers = j->headers,
 	};
 	if (ok)
 		ok = spool_msg_commit_envelope(w->spool, sm, j->idtxt, &env, PICKUP_CONNECTOR,
@@ -649,10 +720,16 @@ static void log_received(struct wctx *w, const struct pickup_job *j, uint64_t si
 		memcpy(qm, " message_id=", 12);
 		log_quote(qm + 12, sizeof(qm) - 12, j->message_id);
 	}
+	/* content rules' marks, as the session's receive line has them */
+	char marks[400] = "", qk[180];
+	if (j->held)
+		snprintf(marks, sizeof(marks), " held=%s", log_quote(qk, sizeof(qk), j->held));
+	else if (j->route)
+		snprintf(marks, sizeof(marks), " route=%s", log_quote(qk, sizeof(qk), j->route));
 	log_msg(LOG_INFO,
-		"event=receive id=%s from=%s to=%s nrcpt=%u connector=%s client=127.0.0.1 size=%llu%s file=%s worker=%u",
+		"event=receive id=%s from=%s to=%s nrcpt=%u connector=%s client=127.0.0.1 size=%llu%s%s file=%s worker=%u",
 		j->idtxt, log_quote(qf, sizeof(qf), from), log_quote(qt, sizeof(qt), to), j->nrcpt,
-		PICKUP_CONNECTOR, (unsigned long long)size, qm,
+		PICKUP_CONNECTOR, (unsigned long long)size, marks, qm,
 		log_quote(qn, sizeof(qn), j->name), w->id);
 }
 
@@ -668,6 +745,9 @@ void pickup_on_durable(struct wctx *w, struct spool_msg *m, bool ok)
 		.body = j->eightbit ? SMTP_BODY_8BITMIME : SMTP_BODY_NONE,
 		.rcpt = j->rcpt,
 		.nrcpt = j->nrcpt,
+		.held = j->held,
+		.route = j->route,
+		.headers = j->headers,
 	};
 	struct connector_counters *cc = &w->m->conn[j->p->stats_id];
 	metric_add(&cc->messages, 1);

@@ -653,13 +653,7 @@ struct rule_hit_ctx {
 static void on_rule_hit(void *arg, const struct content_rule *r, enum content_where where)
 {
 	struct rule_hit_ctx *h = arg;
-	char qn[160], qw[200], wh[100];
-	metric_add(&h->w->m->rule_hits[r->stats_id][r->action], 1);
-	snprintf(wh, sizeof(wh), "%s%s%s", content_where_names[where],
-		 r->field ? ":" : "", r->field ? r->field : "");
-	log_msg(LOG_INFO, "event=content_rule rule=%s action=%s id=%s where=%s client=%s worker=%u",
-		log_quote(qn, sizeof(qn), r->name), content_action_names[r->action], h->c->msgid,
-		log_quote(qw, sizeof(qw), wh), h->c->peer, h->w->id);
+	content_hit_note(h->w->m, h->w->id, h->c->msgid, h->c->peer, r, where);
 }
 
 /* At the end of data, before the envelope is committed: the rules'
@@ -698,29 +692,8 @@ static bool content_verdict(struct wctx *w, struct conn *c)
 		smtp_server_refuse_message(&c->smtp, reply);
 		return false;
 	}
-	struct smtp_envelope *e = &c->smtp.env;
-	const struct content_rules *cr = &c->conf->content;
-	if (v.hold && !(e->held = strdup(v.hold->name)))
+	if (!content_mark(&c->conf->content, c->scan, &v, &c->smtp.env))
 		v.failed = true;
-	if (!v.hold && v.route && !(e->route = strdup(v.route->send_connector)))
-		v.failed = true;
-	/* Every matching add_header, in the order of the rules. */
-	size_t hl = 0;
-	for (unsigned i = 0; i < cr->n && !v.failed; i++) {
-		const struct content_rule *r = &cr->rule[i];
-		if (r->action != CONTENT_ADD_HEADER || !content_scan_hit(c->scan, i))
-			continue;
-		size_t n = strlen(r->header);
-		char *nh = realloc(e->headers, hl + n + 3);
-		if (!nh) {
-			v.failed = true;
-			break;
-		}
-		memcpy(nh + hl, r->header, n);
-		memcpy(nh + hl + n, "\r\n", 3);
-		e->headers = nh;
-		hl += n + 2;
-	}
 	content_scan_free(c->scan);
 	c->scan = NULL;
 	if (v.failed) {

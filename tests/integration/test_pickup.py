@@ -286,3 +286,50 @@ def test_kill_9_loses_no_file(postern, tmp_path):
         dups = len(got) - len(set(got))
         assert dups <= 4, dups  # max_parallel: the files in flight at the kill
         q.stop()
+
+
+PICKUP_RULES = r"""content_rules = (
+  { name = "no-secrets"; where = "body"; pattern = "(?i)project nightjar"; action = "reject"; },
+  { name = "audit-hold"; where = "recipient"; pattern = "^audit@"; action = "hold"; },
+  { name = "tag-batch"; where = "header:Subject"; pattern = "(?i)batch"; action = "add_header"; header = "X-Batch: yes"; }
+);
+"""
+
+
+def test_content_rules_apply_to_pickup_files(postern, tmp_path):
+    """The pickup is a connector without externally_secured: its files go
+    through the content rules like a session's messages. A reject makes the
+    file bad (reason content_rule), a hold keeps it queued, an added field
+    reaches the next hop."""
+    with Sink() as sink:
+        d = tmp_path / "pickup"
+        d.mkdir()
+        sock = tmp_path / "postern.sock"
+        extra = ('  stats_socket = "%s";\n  pickup = { directory = "%s"; };\n' % (sock, d))
+        p = postern(config(smart("Smart", ["*"], sink.port)) + PICKUP_RULES, server_extra=extra)
+        wait_until(lambda: log_events(p, "pickup_start"), 10, what="pickup_start")
+        head = b"X-Sender: <app@corp.example>\nX-Receiver: <%s>\nSubject: %s\n\n"
+        drop_in(d, "secret.eml", head % (b"bob@remote.example", b"plans") +
+                b"about Project NIGHTJAR\n")
+        drop_in(d, "held.eml", head % (b"audit@remote.example", b"report") + b"numbers\n")
+        drop_in(d, "tagged.eml", head % (b"bob@remote.example", b"nightly batch run") +
+                b"all done\n")
+        wait_until(lambda: len(sink.messages) >= 1, 20, what="the tagged file delivered")
+        wait_until(lambda: sorted(os.listdir(d)) == ["secret.bad"], 10,
+                   what="good files deleted, the rejected one renamed")
+        [m] = sink.messages
+        assert m["data"].startswith(b"X-Batch: yes\r\nReceived: from pickup"), m["data"][:200]
+        [bad] = log_events(p, "pickup_bad")
+        assert (bad["file"], bad["reason"]) == ("secret.eml", "content_rule"), bad
+        assert "no-secrets" in bad["detail"], bad
+        hits = sorted((h["rule"], h["action"], h["client"]) for h in log_events(p, "content_rule"))
+        assert hits == [("audit-hold", "hold", "127.0.0.1"), ("no-secrets", "reject", "127.0.0.1"),
+                        ("tag-batch", "add_header", "127.0.0.1")], hits
+        held = [e for e in log_events(p, "receive") if e.get("held")]
+        assert [(e["held"], e["connector"]) for e in held] == [("audit-hold", "Pickup")], held
+        # held: stored and queued, never delivered (a flush does not move it)
+        subprocess.run([CTL, "-s", str(sock), "flush"], check=True, capture_output=True,
+                       timeout=30)
+        time.sleep(1.0)
+        assert len(sink.messages) == 1
+        p.stop()
