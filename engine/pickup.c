@@ -616,6 +616,20 @@ static int judge(struct wctx *w, struct pickup_job *j)
 	return res;
 }
 
+/* The envelope of a job's message: its strings stay the job's. */
+static struct smtp_envelope job_envelope(const struct pickup_job *j)
+{
+	return (struct smtp_envelope){
+		.from = j->from,
+		.body = j->eightbit ? SMTP_BODY_8BITMIME : SMTP_BODY_NONE,
+		.rcpt = j->rcpt,
+		.nrcpt = j->nrcpt,
+		.held = j->held,
+		.route = j->route,
+		.headers = j->headers,
+	};
+}
+
 static void spool_one(struct wctx *w, struct pickup_job *j)
 {
 	if (w->stopping || w->draining) {
@@ -660,15 +674,7 @@ static void spool_one(struct wctx *w, struct pickup_job *j)
 	char *wire = j->wire;
 	j->wire = NULL;
 	ok = ok ? spool_msg_append_owned(w->spool, sm, wire, j->wire_len) : (free(wire), false);
-	struct smtp_envelope env = {
-		.from = j->from,
-		.body = j->eightbit ? SMTP_BODY_8BITMIME : SMTP_BODY_NONE,
-		.rcpt = j->rcpt,
-		.nrcpt = j->nrcpt,
-		.held = j->held,
-		.route = j->route,
-		.headers = j->headers,
-	};
+	struct smtp_envelope env = job_envelope(j);
 	if (ok)
 		ok = spool_msg_commit_envelope(w->spool, sm, j->idtxt, &env, PICKUP_CONNECTOR,
 					       "127.0.0.1", "pickup", j->arrival);
@@ -740,15 +746,7 @@ void pickup_on_durable(struct wctx *w, struct spool_msg *m, bool ok)
 		back(w, j, false, "the spool's fdatasync failed");
 		return;
 	}
-	struct smtp_envelope env = {
-		.from = j->from,
-		.body = j->eightbit ? SMTP_BODY_8BITMIME : SMTP_BODY_NONE,
-		.rcpt = j->rcpt,
-		.nrcpt = j->nrcpt,
-		.held = j->held,
-		.route = j->route,
-		.headers = j->headers,
-	};
+	struct smtp_envelope env = job_envelope(j);
 	struct connector_counters *cc = &w->m->conn[j->p->stats_id];
 	metric_add(&cc->messages, 1);
 	metric_add(&cc->bytes, m->bytes);

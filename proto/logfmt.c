@@ -5,6 +5,8 @@
 
 #include <string.h>
 
+#include "smtp_path.h"
+
 static bool key_byte(unsigned char c)
 {
 	return (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9') ||
@@ -72,16 +74,6 @@ int logfmt_parse(const char *line, size_t len, struct logfmt_field *f, unsigned 
 	}
 }
 
-static int hexval(char c)
-{
-	if (c >= '0' && c <= '9')
-		return c - '0';
-	if (c >= 'a' && c <= 'f')
-		return c - 'a' + 10;
-	if (c >= 'A' && c <= 'F')
-		return c - 'A' + 10;
-	return -1;
-}
 
 size_t logfmt_value(const struct logfmt_field *f, char *dst, size_t cap)
 {
@@ -92,9 +84,10 @@ size_t logfmt_value(const struct logfmt_field *f, char *dst, size_t cap)
 		char c = f->val[i];
 		if (f->quoted && c == '\\' && i + 1 < f->vlen) {
 			char e = f->val[++i];
-			if (e == 'x' && i + 2 < f->vlen && hexval(f->val[i + 1]) >= 0 &&
-			    hexval(f->val[i + 2]) >= 0) {
-				c = (char)(hexval(f->val[i + 1]) * 16 + hexval(f->val[i + 2]));
+			if (e == 'x' && i + 2 < f->vlen && smtp_hexval((unsigned char)f->val[i + 1]) >= 0 &&
+			    smtp_hexval((unsigned char)f->val[i + 2]) >= 0) {
+				c = (char)(smtp_hexval((unsigned char)f->val[i + 1]) * 16 +
+					   smtp_hexval((unsigned char)f->val[i + 2]));
 				i += 2;
 			} else {
 				c = e;

@@ -10,6 +10,8 @@
 #include <stdio.h>
 #include <string.h>
 
+#include "smtp_path.h"
+
 static const unsigned char v2_signature[12] = {
 	0x0d, 0x0a, 0x0d, 0x0a, 0x00, 0x0d, 0x0a, 0x51, 0x55, 0x49, 0x54, 0x0a,
 };
@@ -68,21 +70,11 @@ static unsigned text_max_groups(const struct text_addr *a)
 	return a->dcolon ? 7 : 8;
 }
 
-static int hex_value(unsigned char c)
-{
-	if (c >= '0' && c <= '9')
-		return c - '0';
-	if (c >= 'a' && c <= 'f')
-		return c - 'a' + 10;
-	if (c >= 'A' && c <= 'F')
-		return c - 'A' + 10;
-	return -1;
-}
 
 /* false when c leaves no way to complete the text into an address. */
 static bool text_step(struct text_addr *a, unsigned char c)
 {
-	int x = hex_value(c);
+	int x = smtp_hexval(c);
 
 	if (a->state == T_DOTTED) {
 		if (c >= '0' && c <= '9') {

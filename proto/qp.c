@@ -1,16 +1,8 @@
 /* Quoted-printable decoding (see qp.h). */
 #include "qp.h"
 
-static int hex(unsigned char c)
-{
-	if (c >= '0' && c <= '9')
-		return c - '0';
-	if (c >= 'A' && c <= 'F')
-		return c - 'A' + 10;
-	if (c >= 'a' && c <= 'f')
-		return c - 'a' + 10;
-	return -1;
-}
+#include "smtp_path.h"
+
 
 size_t qp_decode_line(const char *in, size_t n, char *out, bool *soft)
 {
@@ -22,8 +14,8 @@ size_t qp_decode_line(const char *in, size_t n, char *out, bool *soft)
 	size_t o = 0;
 	for (size_t i = 0; i < n; i++) {
 		if (in[i] == '=') {
-			int h = i + 1 < n ? hex((unsigned char)in[i + 1]) : -1;
-			int l = i + 2 < n ? hex((unsigned char)in[i + 2]) : -1;
+			int h = i + 1 < n ? smtp_hexval((unsigned char)in[i + 1]) : -1;
+			int l = i + 2 < n ? smtp_hexval((unsigned char)in[i + 2]) : -1;
 			if (h >= 0 && l >= 0) {
 				out[o++] = (char)(h << 4 | l);
 				i += 2;
