@@ -275,5 +275,6 @@ def test_track_runs_beside_health_checks(postern, tmp_path):
         assert out["count"] == 0, out
         assert out["lines_read"] >= 400000 or out["truncated"] == "deadline", out
     # The queries were long enough to matter; the others did not wait for them.
-    assert slowest > 0.3, [r[0] for r in results]
-    assert health < 0.3 and info < 0.3 and info < slowest, (health, info, slowest)
+    # (How long a query takes depends on the machine: the bound is its own.)
+    assert slowest > 0.1, [r[0] for r in results]
+    assert health < slowest / 2 and info < slowest / 2, (health, info, slowest)
