@@ -37,6 +37,10 @@ void envelope_write(FILE *out, const char *id, const struct smtp_envelope *env,
 		fputs("\r\nauth: ", out);
 		field(out, env->auth);
 	}
+	if (env->held) {
+		fputs("\r\nheld: ", out);
+		field(out, env->held);
+	}
 	fputs("\r\nfrom: <", out);
 	field(out, env->from);
 	fprintf(out, ">%s%s", body[env->body], ret[env->ret]);
@@ -186,6 +190,10 @@ int envelope_read(const char *p, size_t len, struct envelope_full *e)
 			if (!(e->env.auth = strndup(v, vl)))
 				return -1;
 		}
+		else if (param(line, n, "held: ", &v, &vl) && !e->env.held) {
+			if (!(e->env.held = strndup(v, vl)))
+				return -1;
+		}
 		else if (param(line, n, "from: ", &v, &vl) && !e->env.from) {
 			if (!(e->env.from = read_path(v, vl, &used, true)))
 				return -1;
@@ -215,6 +223,7 @@ void envelope_full_free(struct envelope_full *e)
 	free(e->env.from);
 	free(e->env.envid);
 	free(e->env.auth);
+	free(e->env.held);
 	for (unsigned i = 0; i < e->env.nrcpt; i++) {
 		free(e->env.rcpt[i].addr);
 		free(e->env.rcpt[i].orcpt);

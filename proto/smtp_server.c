@@ -26,6 +26,7 @@ static void envelope_reset(struct smtp_envelope *e)
 	free(e->from);
 	free(e->envid);
 	free(e->auth);
+	free(e->held);
 	for (unsigned i = 0; i < e->nrcpt; i++) {
 		free(e->rcpt[i].addr);
 		free(e->rcpt[i].orcpt);

@@ -135,6 +135,8 @@ struct smtp_envelope {
 	char *envid;        /* or NULL */
 	bool smtputf8;
 	char *auth;         /* the AUTH user of the session, or NULL */
+	char *held;         /* why it starts held in the queue (a content rule's
+	                     * name), or NULL: released by posternctl release */
 	struct smtp_rcpt *rcpt;
 	unsigned nrcpt;
 	unsigned rcpt_cap;
