@@ -13,6 +13,7 @@
 #include "smtp_client.h"
 
 struct spool_seg;
+struct qctl_part;
 
 struct qrcpt {
 	char *addr;               /* mailbox */
@@ -49,7 +50,13 @@ struct qmsg {
 	char *last_error;
 	bool delay_notified;
 	bool attempted_round;     /* a job of this round reached a next hop */
-	size_t heap;              /* index in the schedule, or SIZE_MAX */
+	bool held;                /* never attempted until released (B.11) */
+	char *held_reason;        /* a content rule's name, "operator"... */
+	size_t heap;              /* index in the schedule, or SIZE_MAX; a held
+	                           * message waits there with next_ms INT64_MAX */
+	struct qmsg *all_prev, *all_next; /* every message of the queue */
+	struct qctl_part *ctl;    /* an operator's bounce under way: told when
+	                           * its records are written */
 };
 
 /* One delivery attempt: recipients of one message for one destination. */

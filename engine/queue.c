@@ -56,7 +56,7 @@ static void heap_down(struct queue *q, size_t i)
 
 static void schedule(struct queue *q, struct qmsg *m, int64_t at)
 {
-	m->next_ms = at;
+	m->next_ms = m->held ? INT64_MAX : at;
 	if (q->n == q->cap) {
 		size_t nc = q->cap ? q->cap * 2 : 256;
 		struct qmsg **nh = realloc(q->heap, nc * sizeof(*nh));
@@ -101,8 +101,28 @@ static struct qmsg *heap_pop(struct queue *q)
 
 /* ---- messages ---------------------------------------------------------- */
 
+static void ctl_note(struct queue *q, struct qctl_part *p, struct spool_seg *seg);
+static void ctl_settle(struct queue *q, struct qctl_part *p);
+static void ctl_finish(struct queue *q, struct qctl_part *p);
+
 static void qmsg_free(struct queue *q, struct qmsg *m)
 {
+	if (m->ctl) {
+		/* An operator's bounce: its records are written (or lost with
+		 * the exit); the part waits for their flush. */
+		struct qctl_part *p = m->ctl;
+		m->ctl = NULL;
+		ctl_note(q, p, m->seg);
+		p->inflight--;
+		ctl_settle(q, p);
+	}
+	if (m->all_prev)
+		m->all_prev->all_next = m->all_next;
+	else
+		q->all = m->all_next;
+	if (m->all_next)
+		m->all_next->all_prev = m->all_prev;
+	q->nall--;
 	for (unsigned i = 0; i < m->nrcpt; i++) {
 		free(m->r[i].addr);
 		free(m->r[i].orcpt);
@@ -121,6 +141,7 @@ static void qmsg_free(struct queue *q, struct qmsg *m)
 	free(m->client);
 	free(m->connector);
 	free(m->last_error);
+	free(m->held_reason);
 	free(m);
 }
 
@@ -172,6 +193,11 @@ static struct qmsg *qmsg_new(struct queue *q, uint64_t id, struct spool_seg *seg
 		ok = m->r[i].addr && (!env->rcpt[i].orcpt || m->r[i].orcpt);
 	}
 	m->seg = seg;
+	m->all_next = q->all;
+	if (q->all)
+		q->all->all_prev = m;
+	q->all = m;
+	q->nall++;
 	spool_seg_hold(seg, m->bytes);
 	metric_add(&q->w->m->queue_messages, 1);
 	metric_add(&q->w->m->queue_bytes, m->bytes);
@@ -225,6 +251,13 @@ void queue_free(struct queue *q)
 		qmsg_free(q, heap_pop(q));
 	free(q->heap);
 	q->heap = NULL;
+	/* Changes not known durable at exit: answered as such. */
+	while (q->ctl_wait) {
+		struct qctl_part *p = q->ctl_wait;
+		q->ctl_wait = p->next;
+		p->failed = true;
+		ctl_finish(q, p);
+	}
 }
 
 /* The queue takes over the chunk table the spool built while writing. */
@@ -251,6 +284,14 @@ void queue_add_received(struct queue *q, struct spool_msg *sm,
 		wctx_msgid_text(sm->id, id);
 		log_msg(LOG_ERROR, "event=queue_error id=%s error=\"out of memory\"", id);
 		return;
+	}
+	if (env->held) {
+		/* A content rule's hold: the envelope says so, recovery too. */
+		m->held = true;
+		m->held_reason = strdup(env->held);
+		char qr[LOG_QUOTE_CAP(100)];
+		log_msg(LOG_INFO, "event=held id=%s reason=%s", m->idtxt,
+			log_quote(qr, sizeof(qr), env->held));
 	}
 	schedule(q, m, 0);
 }
@@ -315,10 +356,16 @@ static void recover_one(void *arg, const struct spool_found *f)
 	}
 	struct qmsg *m = qmsg_new(rc->q, f->id, rc->seg, f->chunks, off, len, &e.env, e.client,
 				  e.connector, e.arrival);
+	const struct spool_msg_state *st = f->state;
+	/* Held by the envelope (a content rule) unless released since, or
+	 * by an operator's record. */
+	if (m && (st->hold > 0 || (st->hold == 0 && e.env.held))) {
+		m->held = true;
+		m->held_reason = strdup(st->hold > 0 ? st->last_held : e.env.held);
+	}
 	envelope_full_free(&e);
 	if (!m)
 		return;
-	const struct spool_msg_state *st = f->state;
 	for (unsigned i = 0; i < m->nrcpt; i++)
 		if (st->rcpt[i] != SPOOL_RCPT_PENDING) {
 			m->r[i].state = st->rcpt[i];
@@ -610,7 +657,7 @@ static void notice_continue(struct queue *q, struct qmsg *m, enum notice_then th
 		if (sent)
 			record(q, m, SPOOL_STATE_MSG, SPOOL_ST_DELAY_NOTIFIED, NULL);
 		/* A stop or a hold may have come while the original was read. */
-		if (q->w->stopping || q->w->conf->queue.hold)
+		if (q->w->stopping || q->w->conf->queue.hold || m->held)
 			schedule(q, m, m->next_ms);
 		else
 			start_attempt(q, m, now_ms);
@@ -1028,10 +1075,16 @@ static void start_attempt(struct queue *q, struct qmsg *m, int64_t now_ms)
 
 void queue_flush_all(struct queue *q)
 {
-	/* All keys become 0: any order is a heap. */
+	/* Every key becomes 0 but the held ones' (INT64_MAX): the held go
+	 * to the end, and 0s then INT64_MAXs is a heap. */
+	size_t due = 0;
 	for (size_t i = 0; i < q->n; i++)
-		q->heap[i]->next_ms = 0;
-	log_msg(LOG_INFO, "event=flush worker=%u messages=%zu", q->w->id, q->n);
+		if (!q->heap[i]->held) {
+			q->heap[i]->next_ms = 0;
+			heap_swap(q, i, due++);
+		}
+	log_msg(LOG_INFO, "event=flush worker=%u messages=%zu held=%zu", q->w->id, due,
+		q->n - due);
 }
 
 void queue_run(struct queue *q)
@@ -1129,12 +1182,428 @@ void queue_tick(struct queue *q)
 	spool_compact_tick(&q->compact, q->heap, q->n);
 }
 
+static void ctl_flush_started(struct queue *q);
+static void ctl_flush_done(struct queue *q, bool ok);
+
 void queue_flush_started(struct queue *q)
 {
 	spool_compact_flush_started(&q->compact);
+	ctl_flush_started(q);
 }
 
 void queue_flush_done(struct queue *q, bool ok)
 {
 	spool_compact_flush_done(&q->compact, ok);
+	ctl_flush_done(q, ok);
+}
+
+/* ---- operator requests (B.11) ------------------------------------------------ */
+
+/* A segment an operator's records went into, and where they end. Held
+ * until the part is answered, so that it is still there to look at. */
+struct qctl_seg {
+	struct spool_seg *seg;
+	uint64_t end;
+};
+
+static void ctl_note(struct queue *q, struct qctl_part *p, struct spool_seg *seg)
+{
+	(void)q;
+	uint64_t end = spool_seg_tail(seg);
+	for (unsigned i = p->nsegs; i-- > 0;)
+		if (p->segs[i].seg == seg) {
+			p->segs[i].end = end;
+			return;
+		}
+	if (p->nsegs == p->segs_cap) {
+		unsigned nc = p->segs_cap ? p->segs_cap * 2 : 8;
+		struct qctl_seg *ns = realloc(p->segs, nc * sizeof(*ns));
+		if (!ns) {
+			p->failed = true;
+			return;
+		}
+		p->segs = ns;
+		p->segs_cap = nc;
+	}
+	spool_seg_hold(seg, 0);
+	p->segs[p->nsegs++] = (struct qctl_seg){seg, end};
+}
+
+static void ctl_finish(struct queue *q, struct qctl_part *p)
+{
+	for (unsigned i = 0; i < p->nsegs; i++)
+		spool_seg_put(q->w->spool, p->segs[i].seg, 0);
+	p->nsegs = 0;
+	qctl_part_done(p);
+}
+
+static void ctl_unlink(struct queue *q, struct qctl_part *p)
+{
+	for (struct qctl_part **pp = &q->ctl_wait; *pp; pp = &(*pp)->next)
+		if (*pp == p) {
+			*pp = p->next;
+			return;
+		}
+}
+
+/* Nothing was written, or something could not be: answered now. Else it
+ * waits for the flush that covers its records (queue_flush_*). */
+static void ctl_settle(struct queue *q, struct qctl_part *p)
+{
+	if (p->inflight || (p->nsegs && !p->failed))
+		return;
+	ctl_unlink(q, p);
+	ctl_finish(q, p);
+}
+
+static void ctl_flush_started(struct queue *q)
+{
+	for (struct qctl_part *p = q->ctl_wait; p; p = p->next) {
+		if (p->inflight || p->covered)
+			continue;
+		bool all = true;
+		for (unsigned i = 0; all && i < p->nsegs; i++)
+			all = p->segs[i].end <= spool_seg_written_prefix(p->segs[i].seg);
+		if (!all)
+			continue;
+		p->covered = true;
+		for (unsigned i = 0; i < p->nsegs; i++)
+			p->failed |= spool_seg_lost_before(p->segs[i].seg, p->segs[i].end);
+	}
+}
+
+static void ctl_flush_done(struct queue *q, bool ok)
+{
+	struct qctl_part **pp = &q->ctl_wait;
+	while (*pp) {
+		struct qctl_part *p = *pp;
+		if (!p->covered) {
+			pp = &p->next;
+			continue;
+		}
+		*pp = p->next;
+		p->failed |= !ok;
+		ctl_finish(q, p);
+	}
+}
+
+static enum qctl_state msg_state(const struct queue *q, const struct qmsg *m)
+{
+	if (m->held)
+		return QCTL_HELD;
+	if (m->heap == SIZE_MAX || m->next_ms <= q->w->wall_ms)
+		return QCTL_ACTIVE;
+	return QCTL_DEFERRED;
+}
+
+/* The view of m the filters and rows take; r has room for m->nrcpt. */
+static void msg_view(const struct queue *q, const struct qmsg *m, struct qctl_view *v,
+		     struct qctl_rview *r)
+{
+	for (unsigned i = 0; i < m->nrcpt; i++)
+		r[i] = (struct qctl_rview){
+			.addr = m->r[i].addr, .status = m->r[i].status, .reply = m->r[i].reply,
+			.state = m->r[i].state == SPOOL_RCPT_DELIVERED ? QCTL_R_DELIVERED
+				: m->r[i].state == SPOOL_RCPT_FAILED ? QCTL_R_FAILED : QCTL_R_PENDING,
+		};
+	*v = (struct qctl_view){
+		.id = m->id, .arrival = m->arrival, .size = m->bytes, .from = m->from,
+		.client = m->client, .connector = m->connector, .state = msg_state(q, m),
+		.held_reason = m->held_reason, .attempts = m->attempts,
+		.next_ms = m->next_ms == INT64_MAX ? 0 : m->next_ms, .last_error = m->last_error,
+		.nrcpt = m->nrcpt, .pending = m->pending, .r = r,
+	};
+}
+
+/* The rview scratch of a scan, grown to the largest message. */
+struct ctl_scratch {
+	struct qctl_rview *r;
+	unsigned cap;
+};
+
+static bool scratch_fit(struct ctl_scratch *s, unsigned n)
+{
+	if (n <= s->cap)
+		return true;
+	struct qctl_rview *nr = realloc(s->r, n * sizeof(*nr));
+	if (!nr)
+		return false;
+	s->r = nr;
+	s->cap = n;
+	return true;
+}
+
+/* show queue: the offset+limit smallest ids matched, in a max-heap on
+ * id, so a listing of a million messages costs one pass and keeps only
+ * what can be shown. */
+static void pick_push(struct qmsg **h, size_t *n, size_t k, struct qmsg *m)
+{
+	size_t i;
+	if (*n < k) {
+		i = (*n)++;
+		h[i] = m;
+		while (i > 0 && h[(i - 1) / 2]->id < h[i]->id) {
+			struct qmsg *t = h[i];
+			h[i] = h[(i - 1) / 2];
+			h[(i - 1) / 2] = t;
+			i = (i - 1) / 2;
+		}
+		return;
+	}
+	if (m->id >= h[0]->id)
+		return;
+	h[0] = m;
+	for (i = 0;;) {
+		size_t l = 2 * i + 1, r = l + 1, big = i;
+		if (l < *n && h[l]->id > h[big]->id)
+			big = l;
+		if (r < *n && h[r]->id > h[big]->id)
+			big = r;
+		if (big == i)
+			break;
+		struct qmsg *t = h[i];
+		h[i] = h[big];
+		h[big] = t;
+		i = big;
+	}
+}
+
+static int pick_cmp(const void *a, const void *b)
+{
+	const struct qmsg *x = *(struct qmsg *const *)a, *y = *(struct qmsg *const *)b;
+	return x->id < y->id ? -1 : x->id > y->id;
+}
+
+static void ctl_show(struct queue *q, struct qctl_part *p, struct ctl_scratch *sc)
+{
+	const struct qctl_cmd *c = &p->req->cmd;
+	size_t k = (size_t)c->offset + c->limit, n = 0;
+	struct qmsg **h = malloc((k < q->nall ? k : q->nall + 1) * sizeof(*h));
+	if (!h) {
+		p->failed = true;
+		return;
+	}
+	if (k > q->nall)
+		k = q->nall;
+	struct qctl_view v;
+	for (struct qmsg *m = q->all; m; m = m->all_next) {
+		if (!scratch_fit(sc, m->nrcpt))
+			continue;
+		msg_view(q, m, &v, sc->r);
+		if (!qctl_match(&c->f, &v))
+			continue;
+		p->matched++;
+		if (k)
+			pick_push(h, &n, k, m);
+	}
+	qsort(h, n, sizeof(*h), pick_cmp);
+	p->rows = calloc(n ? n : 1, sizeof(*p->rows));
+	for (size_t i = 0; p->rows && i < n; i++) {
+		struct qmsg *m = h[i];
+		if (!scratch_fit(sc, m->nrcpt))
+			continue;
+		msg_view(q, m, &v, sc->r);
+		char *text = NULL;
+		size_t len = 0;
+		FILE *f = open_memstream(&text, &len);
+		if (!f)
+			continue;
+		qctl_write_row(f, &v, c->json, p->req->now);
+		if (fclose(f) != 0) {
+			free(text);
+			continue;
+		}
+		p->rows[p->nrows++] = (struct qctl_row){m->id, text};
+	}
+	free(h);
+}
+
+/* Where a pending recipient goes: its send connector, or its domain for
+ * MX delivery, as start_attempt would split it. */
+static const char *dest_of(struct queue *q, const char *addr, char *buf, size_t cap)
+{
+	const char *dom = rcpt_domain(q, addr);
+	const struct sconn *sc = conf_route(q->w->conf, dom, strlen(dom));
+	if (!sc)
+		return "(no send connector)";
+	if (sc->nhosts || sc->drop_dir)
+		return sc->name;
+	snprintf(buf, cap, "%s", dom);
+	for (char *t = buf; *t; t++)
+		if (*t >= 'A' && *t <= 'Z')
+			*t = (char)(*t - 'A' + 'a');
+	return buf;
+}
+
+static void ctl_destinations(struct queue *q, struct qctl_part *p, struct ctl_scratch *sc)
+{
+	const struct qctl_cmd *c = &p->req->cmd;
+	struct qctl_view v;
+	char buf[256];
+	for (struct qmsg *m = q->all; m; m = m->all_next) {
+		if (!scratch_fit(sc, m->nrcpt))
+			continue;
+		msg_view(q, m, &v, sc->r);
+		if (!qctl_match(&c->f, &v))
+			continue;
+		p->matched++;
+		for (unsigned i = 0; i < m->nrcpt; i++)
+			if (m->r[i].state == SPOOL_RCPT_PENDING &&
+			    !qctl_dests_add(&p->dests, dest_of(q, m->r[i].addr, buf, sizeof(buf)), &v,
+					    false))
+				p->failed = true;
+	}
+}
+
+static void ctl_log(struct queue *q, const struct qmsg *m, enum qctl_op op)
+{
+	(void)q;
+	log_msg(LOG_INFO, "event=admin action=%s id=%s by=stats", qctl_op_name(op), m->idtxt);
+}
+
+static bool ctl_record(struct queue *q, struct qctl_part *p, struct qmsg *m, uint8_t kind,
+		       const char *text)
+{
+	struct spool_state_rec r = {.rcpt = SPOOL_STATE_MSG, .kind = kind, .attempts = m->attempts,
+				    .time_ms = q->w->wall_ms, .next_ms = m->next_ms};
+	if (!spool_state_write(q->w->spool, m->seg, m->id, &r, text)) {
+		p->failed = true;
+		return false;
+	}
+	ctl_note(q, p, m->seg);
+	return true;
+}
+
+/* One change to one message the filters matched. */
+static void ctl_apply(struct queue *q, struct qctl_part *p, struct qmsg *m, enum qctl_op op)
+{
+	bool idle = m->heap != SIZE_MAX && !m->ctl;
+	int64_t now = q->w->wall_ms;
+	switch (op) {
+	case QCTL_HOLD: {
+		if (m->held) {
+			p->skipped++;
+			return;
+		}
+		char *why = strdup("operator");
+		if (!why) {
+			p->failed = true;
+			return;
+		}
+		m->held = true;
+		free(m->held_reason);
+		m->held_reason = why;
+		if (!ctl_record(q, p, m, SPOOL_ST_HELD, why)) {
+			m->held = false;
+			return;
+		}
+		if (idle) {
+			/* Its key becomes INT64_MAX: down to the end. */
+			heap_remove(q, m);
+			schedule(q, m, m->next_ms);
+		}
+		break;
+	}
+	case QCTL_RELEASE:
+	case QCTL_RETRY: {
+		if (op == QCTL_RELEASE ? !m->held : m->held) {
+			p->skipped++;
+			return;
+		}
+		if (op == QCTL_RETRY && !idle) {
+			p->busy++;
+			return;
+		}
+		int64_t was = m->next_ms;
+		bool held = m->held;
+		m->next_ms = now;
+		m->held = false;
+		if (!ctl_record(q, p, m, SPOOL_ST_RELEASED, NULL)) {
+			m->next_ms = was;
+			m->held = held;
+			return;
+		}
+		free(m->held_reason);
+		m->held_reason = NULL;
+		if (idle) {
+			heap_remove(q, m);
+			schedule(q, m, now);
+		}
+		break;
+	}
+	case QCTL_DELETE:
+		if (!idle) {
+			p->busy++;
+			return;
+		}
+		if (!ctl_record(q, p, m, SPOOL_ST_REMOVED, "deleted by an operator"))
+			return;
+		ctl_log(q, m, op);
+		p->touched++;
+		heap_remove(q, m);
+		qmsg_free(q, m);
+		return;
+	case QCTL_BOUNCE:
+		if (!idle) {
+			p->busy++;
+			return;
+		}
+		ctl_log(q, m, op);
+		p->touched++;
+		heap_remove(q, m);
+		for (unsigned i = 0; i < m->nrcpt; i++) {
+			struct qrcpt *r = &m->r[i];
+			if (r->state != SPOOL_RCPT_PENDING)
+				continue;
+			set_result(r, "5.0.0",
+				   "550 5.0.0 Message removed from the queue by the relay's administrator",
+				   NULL);
+			r->failed_now = true;
+		}
+		/* The notice, then the FAILED records, then the end of m:
+		 * qmsg_free tells the part. */
+		m->ctl = p;
+		p->inflight++;
+		finish_round(q, m, false, now);
+		return;
+	case QCTL_SHOW:
+	case QCTL_DESTINATIONS:
+		return;
+	}
+	ctl_log(q, m, op);
+	p->touched++;
+}
+
+void queue_ctl(struct queue *q, struct qctl_part *p)
+{
+	const struct qctl_cmd *c = &p->req->cmd;
+	struct ctl_scratch sc = {0};
+	p->next = q->ctl_wait;
+	q->ctl_wait = p;
+	if (c->op == QCTL_SHOW) {
+		ctl_show(q, p, &sc);
+	} else if (c->op == QCTL_DESTINATIONS) {
+		ctl_destinations(q, p, &sc);
+	} else {
+		struct qctl_view v;
+		/* A message freed by the change (delete, bounce) is stepped
+		 * past first. A bounce's notice may add a message (the DSN)
+		 * at the head: behind the walk, never in it. */
+		for (struct qmsg *m = q->all, *next; m; m = next) {
+			next = m->all_next;
+			if (!scratch_fit(&sc, m->nrcpt)) {
+				p->failed = true;
+				continue;
+			}
+			msg_view(q, m, &v, sc.r);
+			if (!qctl_match(&c->f, &v))
+				continue;
+			p->matched++;
+			ctl_apply(q, p, m, c->op);
+			if (c->f.by_id)
+				break;
+		}
+	}
+	free(sc.r);
+	ctl_settle(q, p);
 }

@@ -158,6 +158,23 @@ void worker_flush_queue(struct worker *w)
 	io_wake(w->ctx.io);
 }
 
+void worker_queue_ctl(struct worker *w, struct qctl_part *p)
+{
+	mailbox_post(&w->ctl, &p->node);
+	io_wake(w->ctx.io);
+}
+
+/* Requests that came too late for the loop: answered with nothing done. */
+static void refuse_ctl(struct worker *w)
+{
+	for (struct mailbox_node *n = mailbox_take(&w->ctl), *next; n; n = next) {
+		next = n->next;
+		struct qctl_part *p = (struct qctl_part *)n;
+		p->failed = p->req->cmd.op != QCTL_SHOW && p->req->cmd.op != QCTL_DESTINATIONS;
+		qctl_part_done(p);
+	}
+}
+
 bool worker_reload_pending(struct worker *w)
 {
 	return atomic_load(&w->reload) != NULL;
@@ -362,6 +379,10 @@ static void on_wake(struct worker *w, const struct io_cqe *e)
 	session_auth_results(&w->ctx);
 	if (atomic_exchange(&w->flush_requested, false))
 		queue_flush_all(&w->queue);
+	for (struct mailbox_node *n = mailbox_take(&w->ctl), *next; n; n = next) {
+		next = n->next;
+		queue_ctl(&w->queue, (struct qctl_part *)n);
+	}
 }
 
 typedef void (*handler_fn)(struct worker *w, const struct io_cqe *e);
@@ -436,6 +457,7 @@ static int setup(struct worker *w)
 	x->m = &w->m;
 	x->buf_returned = session_buffers_returned;
 	mailbox_init(&x->auth_done);
+	mailbox_init(&w->ctl);
 	w->accept_paused = calloc(w->nlisten ? w->nlisten : 1, sizeof(*w->accept_paused));
 	/* Kept for the day descriptors run out (accept_exhausted). */
 	w->spare_fd = open("/dev/null", O_RDONLY | O_CLOEXEC);
@@ -518,6 +540,7 @@ static void *worker_main(void *arg)
 	x->dl = NULL;
 	w->spool.stopping = true;
 	queue_free(&w->queue);
+	refuse_ctl(w);
 	spool_worker_free(&w->spool);
 	struct worker_reload *r = atomic_exchange(&w->reload, NULL);
 	if (r) {
@@ -565,6 +588,8 @@ void worker_join(struct worker *w)
 	authd_forget(w->ctx.authd, &w->ctx.auth_done);
 	session_auth_discard(&w->ctx);
 	mailbox_destroy(&w->ctx.auth_done);
+	refuse_ctl(w);
+	mailbox_destroy(&w->ctl);
 	/* Closed here, not on the worker thread: other threads may still
 	 * wake it until it is joined. */
 	if (w->peers)
