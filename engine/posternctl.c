@@ -15,7 +15,12 @@ static int usage(void)
 		"usage: posternctl -s SOCKET [--json] COMMAND...\n"
 		"  commands: show info | show stat | show queue | show connectors | show metrics |\n"
 		"            match <ip>[:<port>] | show throttle | flush | reload | drain | help\n"
-		"  --json    ask for JSON (show info, show stat, show queue, match)\n");
+		"  queue:    show queue [sender=S] [rcpt=R] [domain=D] [client=IP]\n"
+		"                       [state=active|deferred|held] [limit=N] [offset=N]\n"
+		"            show destinations [filters]\n"
+		"            hold|release|delete|bounce|retry ID|all [filters]\n"
+		"  --json    ask for JSON (show info, show stat, show queue, show destinations,\n"
+		"            match, and the queue commands)\n");
 	return 2;
 }
 

@@ -263,4 +263,7 @@ def test_unknown_command_lists_commands(traffic):
     assert out == ('error: unknown command "frobnicate"; commands: show info [json] | '
                    'show stat [json] | show queue [json] | show connectors [json] | '
                    'show throttle | show metrics | match <ip>[:<port>] [json] | flush | reload | '
-                   'drain | help\n')
+                   'drain | help | show queue [sender=S] [rcpt=R] [domain=D] [client=IP] '
+                   '[state=active|deferred|held] [limit=N] [offset=N] [json] | '
+                   'show destinations [filters] [json] | '
+                   'hold|release|delete|bounce|retry ID|all [filters] [json]\n')
