@@ -46,8 +46,9 @@ static bool set_pattern(char *dst, size_t cap, const char *v, size_t n)
 	}
 	if (n >= cap)
 		return false;
+	/* A filter given twice: the last one, and nothing of the first. */
+	memset(dst, 0, cap);
 	memcpy(dst, v, n);
-	dst[n] = '\0';
 	return true;
 }
 
