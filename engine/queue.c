@@ -12,6 +12,7 @@
 #include <string.h>
 #include <strings.h>
 
+#include "deliver.h"
 #include "dsn.h"
 #include "envelope.h"
 #include "log.h"
@@ -1420,18 +1421,23 @@ static void ctl_show(struct queue *q, struct qctl_part *p, struct ctl_scratch *s
 
 /* Where a pending recipient goes: its send connector, or its domain for
  * MX delivery, as start_attempt would split it. */
-static const char *dest_of(struct queue *q, const char *addr, char *buf, size_t cap)
+static const char *dest_of(struct queue *q, const char *addr, char *buf, size_t cap,
+			   bool *throttled)
 {
 	const char *dom = rcpt_domain(q, addr);
 	const struct sconn *sc = conf_route(q->w->conf, dom, strlen(dom));
+	*throttled = false;
 	if (!sc)
 		return "(no send connector)";
-	if (sc->nhosts || sc->drop_dir)
+	if (sc->nhosts || sc->drop_dir) {
+		*throttled = deliver_throttled(q->dl, sc->name, "");
 		return sc->name;
+	}
 	snprintf(buf, cap, "%s", dom);
 	for (char *t = buf; *t; t++)
 		if (*t >= 'A' && *t <= 'Z')
 			*t = (char)(*t - 'A' + 'a');
+	*throttled = deliver_throttled(q->dl, sc->name, buf);
 	return buf;
 }
 
@@ -1447,11 +1453,14 @@ static void ctl_destinations(struct queue *q, struct qctl_part *p, struct ctl_sc
 		if (!qctl_match(&c->f, &v))
 			continue;
 		p->matched++;
-		for (unsigned i = 0; i < m->nrcpt; i++)
-			if (m->r[i].state == SPOOL_RCPT_PENDING &&
-			    !qctl_dests_add(&p->dests, dest_of(q, m->r[i].addr, buf, sizeof(buf)), &v,
-					    false))
+		for (unsigned i = 0; i < m->nrcpt; i++) {
+			if (m->r[i].state != SPOOL_RCPT_PENDING)
+				continue;
+			bool th;
+			const char *d = dest_of(q, m->r[i].addr, buf, sizeof(buf), &th);
+			if (!qctl_dests_add(&p->dests, d, &v, th))
 				p->failed = true;
+		}
 	}
 }
 

@@ -19,7 +19,7 @@ CTL = os.path.join(BUILD, "posternctl")
 SPOOL_TOOL = os.path.join(BUILD, "postern-spool")
 
 
-def config(one_port, two_port, drop_dir, retry="1h"):
+def config(one_port, two_port, drop_dir, retry="1h", two_extra=""):
     """one.test and two.test each behind their own smart host; a DSN to
     x.test or y.test lands in drop_dir."""
     return """receive_connectors = (
@@ -28,11 +28,11 @@ def config(one_port, two_port, drop_dir, retry="1h"):
 );
 send_connectors = (
   { name = "One"; address_spaces = [ "one.test" ]; smart_hosts = [ "127.0.0.1:%d" ]; },
-  { name = "Two"; address_spaces = [ "two.test" ]; smart_hosts = [ "127.0.0.1:%d" ]; },
+  { name = "Two"; address_spaces = [ "two.test" ]; smart_hosts = [ "127.0.0.1:%d" ]; %s },
   { name = "Senders"; address_spaces = [ "x.test", "y.test" ]; drop_directory = "%s"; }
 );
 queue = { retry_interval = "%s"; };
-""" % (one_port, two_port, drop_dir, retry)
+""" % (one_port, two_port, two_extra, drop_dir, retry)
 
 
 def submit(port, sender, rcpts, subject, source="127.0.0.10"):
@@ -71,12 +71,12 @@ def ids(q):
 
 
 class Node:
-    def __init__(self, postern, tmp_path, retry="1h"):
+    def __init__(self, postern, tmp_path, retry="1h", two_extra=""):
         self.one, self.two = free_port(), free_port()
         self.drop = tmp_path / "drop"
         self.drop.mkdir(exist_ok=True)
         self.sock = tmp_path / "stats.sock"
-        self.p = postern(config(self.one, self.two, self.drop, retry),
+        self.p = postern(config(self.one, self.two, self.drop, retry, two_extra),
                          server_extra='  stats_socket = "%s";\n' % self.sock)
 
     def wait_tried(self, n):
@@ -230,6 +230,38 @@ def test_filtered_hold_delete_bounce(postern, tmp_path):
         wait_until(lambda: len(sink.messages) == 2, 10 * SLOW, what="the released delivered")
         assert sorted(m["rcpts"][0] for m in sink.messages) == ["r1@one.test", "r2@one.test"]
     wait_until(lambda: queue(n.sock)["total"] == 0, 10 * SLOW, what="an empty queue")
+
+
+def test_destination_throttled_by_its_send_rate(postern, tmp_path):
+    with Sink() as sink:
+        n = Node.__new__(Node)
+        n.one, n.two = free_port(), sink.port
+        n.drop = tmp_path / "drop"
+        n.drop.mkdir()
+        n.sock = tmp_path / "stats.sock"
+        n.p = postern(config(n.one, n.two, n.drop, two_extra="max_message_rate = 1;"),
+                      server_extra='  stats_socket = "%s";\n' % n.sock)
+        sent = [submit(n.p.port, "app@x.test", ["r%d@two.test" % i], "t%d" % i)
+                for i in range(3)]
+        wait_until(lambda: len(sink.messages) == 1, 10 * SLOW, what="the first delivered")
+
+        def two():
+            d = ctl_json(n.sock, "show", "destinations")["destinations"]
+            return {x["destination"]: x for x in d}.get("Two")
+        wait_until(lambda: two() and two()["throttled"] and two()["messages"] == 2,
+                   10 * SLOW, what="Two throttled with 2 messages waiting")
+        q = queue(n.sock, "domain=two.test")
+        assert q["total"] == 2 and all(m["state"] == "active" for m in q["messages"]), q
+        assert sorted(ids(q) + [i for i in sent if i not in ids(q)]) == sorted(sent)
+        rc, text = ctl(n.sock, "show", "destinations")
+        assert re.search(r"^Two +2 +2 +\d+ +0 +\S+ +yes ", text, re.M), text
+        # In delivery (waiting for the rate): not deleted under the job.
+        rc, out = ctl(n.sock, "delete", "all", "domain=two.test")
+        assert (rc, out) == (0, "deleted: 0 (busy: 2 in delivery or being moved; try again)\n")
+        rc, out = ctl(n.sock, "delete", ids(q)[0])
+        assert rc == 1 and out == ("error: message %s is being delivered or moved now; "
+                                   "try again\n" % ids(q)[0])
+        n.p.stop()
 
 
 def test_retry_makes_due_now(postern, tmp_path):
