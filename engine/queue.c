@@ -1297,11 +1297,12 @@ static enum qctl_state msg_state(const struct queue *q, const struct qmsg *m)
 	return QCTL_DEFERRED;
 }
 
-/* The view of m the filters and rows take; r has room for m->nrcpt. */
+/* The view of m the filters and rows take; r has room for m->nrcpt, or
+ * is NULL for a view without recipients. */
 static void msg_view(const struct queue *q, const struct qmsg *m, struct qctl_view *v,
 		     struct qctl_rview *r)
 {
-	for (unsigned i = 0; i < m->nrcpt; i++)
+	for (unsigned i = 0; r && i < m->nrcpt; i++)
 		r[i] = (struct qctl_rview){
 			.addr = m->r[i].addr, .status = m->r[i].status, .reply = m->r[i].reply,
 			.state = m->r[i].state == SPOOL_RCPT_DELIVERED ? QCTL_R_DELIVERED
@@ -1375,22 +1376,77 @@ static int pick_cmp(const void *a, const void *b)
 	return x->id < y->id ? -1 : x->id > y->id;
 }
 
+static bool row_add(struct qctl_part *p, size_t *cap, uint64_t id, char *text)
+{
+	if (p->nrows == *cap) {
+		size_t nc = *cap ? *cap * 2 : 64;
+		struct qctl_row *nr = realloc(p->rows, nc * sizeof(*nr));
+		if (!nr) {
+			free(text);
+			return false;
+		}
+		p->rows = nr;
+		*cap = nc;
+	}
+	p->rows[p->nrows++] = (struct qctl_row){id, text};
+	return true;
+}
+
+static char *row_text(struct queue *q, struct qctl_part *p, struct qmsg *m,
+		      struct ctl_scratch *sc)
+{
+	struct qctl_view v;
+	if (!scratch_fit(sc, m->nrcpt))
+		return NULL;
+	msg_view(q, m, &v, sc->r);
+	char *text = NULL;
+	size_t len = 0;
+	FILE *f = open_memstream(&text, &len);
+	if (!f)
+		return NULL;
+	qctl_write_row(f, &v, p->req->cmd.json, p->req->now);
+	if (fclose(f) != 0) {
+		free(text);
+		return NULL;
+	}
+	return text;
+}
+
 static void ctl_show(struct queue *q, struct qctl_part *p, struct ctl_scratch *sc)
 {
-	const struct qctl_cmd *c = &p->req->cmd;
+	const struct qctl_req *req = p->req;
+	const struct qctl_cmd *c = &req->cmd;
+	bool rcpts = qctl_filter_needs_rcpts(&c->f);
+	struct qctl_view v;
+	size_t cap = 0;
+	if (req->render) {
+		/* The second round: the page's rows. */
+		for (struct qmsg *m = q->all; m; m = m->all_next) {
+			if (m->id < req->render_lo || m->id > req->render_hi ||
+			    (rcpts && !scratch_fit(sc, m->nrcpt)))
+				continue;
+			msg_view(q, m, &v, rcpts ? sc->r : NULL);
+			if (!qctl_match(&c->f, &v))
+				continue;
+			p->matched++;
+			char *text = row_text(q, p, m, sc);
+			if (!text || !row_add(p, &cap, m->id, text))
+				p->failed = true;
+		}
+		return;
+	}
 	size_t k = (size_t)c->offset + c->limit, n = 0;
-	struct qmsg **h = malloc((k < q->nall ? k : q->nall + 1) * sizeof(*h));
+	if (k > q->nall)
+		k = q->nall;
+	struct qmsg **h = malloc((k ? k : 1) * sizeof(*h));
 	if (!h) {
 		p->failed = true;
 		return;
 	}
-	if (k > q->nall)
-		k = q->nall;
-	struct qctl_view v;
 	for (struct qmsg *m = q->all; m; m = m->all_next) {
-		if (!scratch_fit(sc, m->nrcpt))
+		if (rcpts && !scratch_fit(sc, m->nrcpt))
 			continue;
-		msg_view(q, m, &v, sc->r);
+		msg_view(q, m, &v, rcpts ? sc->r : NULL);
 		if (!qctl_match(&c->f, &v))
 			continue;
 		p->matched++;
@@ -1399,22 +1455,14 @@ static void ctl_show(struct queue *q, struct qctl_part *p, struct ctl_scratch *s
 	}
 	qsort(h, n, sizeof(*h), pick_cmp);
 	p->rows = calloc(n ? n : 1, sizeof(*p->rows));
+	cap = n;
 	for (size_t i = 0; p->rows && i < n; i++) {
-		struct qmsg *m = h[i];
-		if (!scratch_fit(sc, m->nrcpt))
-			continue;
-		msg_view(q, m, &v, sc->r);
-		char *text = NULL;
-		size_t len = 0;
-		FILE *f = open_memstream(&text, &len);
-		if (!f)
-			continue;
-		qctl_write_row(f, &v, c->json, p->req->now);
-		if (fclose(f) != 0) {
-			free(text);
+		char *text = req->ids_only ? NULL : row_text(q, p, h[i], sc);
+		if (!req->ids_only && !text) {
+			p->failed = true;
 			continue;
 		}
-		p->rows[p->nrows++] = (struct qctl_row){m->id, text};
+		p->rows[p->nrows++] = (struct qctl_row){h[i]->id, text};
 	}
 	free(h);
 }
@@ -1441,15 +1489,51 @@ static const char *dest_of(struct queue *q, const char *addr, char *buf, size_t 
 	return buf;
 }
 
+/* Routes of the domains seen in one show destinations: most recipients
+ * share a few domains, and routing one is a connector lookup. */
+#define ROUTE_CACHE 512
+struct route_memo {
+	char dom[256];            /* "" empty slot */
+	char name[256];
+	bool throttled;
+};
+
+static const char *dest_cached(struct queue *q, struct route_memo *memo, const char *addr,
+			       bool *throttled)
+{
+	const char *dom = rcpt_domain(q, addr);
+	uint64_t h = 1469598103934665603ull;
+	for (const char *t = dom; *t; t++)
+		h = (h ^ (unsigned char)(*t >= 'A' && *t <= 'Z' ? *t + 32 : *t)) * 1099511628211ull;
+	struct route_memo *e = &memo[h % ROUTE_CACHE];
+	if (e->dom[0] && strcasecmp(e->dom, dom) == 0) {
+		*throttled = e->throttled;
+		return e->name;
+	}
+	char buf[256];
+	const char *name = dest_of(q, addr, buf, sizeof(buf), throttled);
+	if (strlen(dom) >= sizeof(e->dom))
+		return name == buf ? "(domain too long)" : name;
+	snprintf(e->dom, sizeof(e->dom), "%s", dom);
+	snprintf(e->name, sizeof(e->name), "%s", name);
+	e->throttled = *throttled;
+	return e->name;
+}
+
 static void ctl_destinations(struct queue *q, struct qctl_part *p, struct ctl_scratch *sc)
 {
 	const struct qctl_cmd *c = &p->req->cmd;
+	bool rcpts = qctl_filter_needs_rcpts(&c->f);
+	struct route_memo *memo = calloc(ROUTE_CACHE, sizeof(*memo));
+	if (!memo) {
+		p->failed = true;
+		return;
+	}
 	struct qctl_view v;
-	char buf[256];
 	for (struct qmsg *m = q->all; m; m = m->all_next) {
-		if (!scratch_fit(sc, m->nrcpt))
+		if (rcpts && !scratch_fit(sc, m->nrcpt))
 			continue;
-		msg_view(q, m, &v, sc->r);
+		msg_view(q, m, &v, rcpts ? sc->r : NULL);
 		if (!qctl_match(&c->f, &v))
 			continue;
 		p->matched++;
@@ -1457,11 +1541,12 @@ static void ctl_destinations(struct queue *q, struct qctl_part *p, struct ctl_sc
 			if (m->r[i].state != SPOOL_RCPT_PENDING)
 				continue;
 			bool th;
-			const char *d = dest_of(q, m->r[i].addr, buf, sizeof(buf), &th);
+			const char *d = dest_cached(q, memo, m->r[i].addr, &th);
 			if (!qctl_dests_add(&p->dests, d, &v, th))
 				p->failed = true;
 		}
 	}
+	free(memo);
 }
 
 static void ctl_log(struct queue *q, const struct qmsg *m, enum qctl_op op)
@@ -1595,16 +1680,17 @@ void queue_ctl(struct queue *q, struct qctl_part *p)
 		ctl_destinations(q, p, &sc);
 	} else {
 		struct qctl_view v;
+		bool rcpts = qctl_filter_needs_rcpts(&c->f);
 		/* A message freed by the change (delete, bounce) is stepped
 		 * past first. A bounce's notice may add a message (the DSN)
 		 * at the head: behind the walk, never in it. */
 		for (struct qmsg *m = q->all, *next; m; m = next) {
 			next = m->all_next;
-			if (!scratch_fit(&sc, m->nrcpt)) {
+			if (rcpts && !scratch_fit(&sc, m->nrcpt)) {
 				p->failed = true;
 				continue;
 			}
-			msg_view(q, m, &v, sc.r);
+			msg_view(q, m, &v, rcpts ? sc.r : NULL);
 			if (!qctl_match(&c->f, &v))
 				continue;
 			p->matched++;

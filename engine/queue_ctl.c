@@ -228,6 +228,11 @@ static const char *domain_of(const char *addr)
 	return at ? at + 1 : "";
 }
 
+bool qctl_filter_needs_rcpts(const struct qctl_filter *f)
+{
+	return !f->by_id && (f->rcpt[0] || f->domain[0]);
+}
+
 bool qctl_match(const struct qctl_filter *f, const struct qctl_view *v)
 {
 	if (f->by_id)
@@ -606,26 +611,58 @@ static int row_cmp(const void *a, const void *b)
 	return x->id < y->id ? -1 : x->id > y->id;
 }
 
-static int answer_show(FILE *out, struct qctl_req *r)
+/* Every part's rows, by id (malloc'd; the texts stay the parts'). */
+static struct qctl_row *all_rows(struct qctl_req *r, size_t *np, uint64_t *total)
 {
-	const struct qctl_cmd *c = &r->cmd;
-	uint64_t total = 0;
 	size_t n = 0;
+	*total = 0;
 	for (unsigned i = 0; i < r->nparts; i++) {
-		total += r->part[i].matched;
+		*total += r->part[i].matched;
 		n += r->part[i].nrows;
 	}
 	struct qctl_row *all = malloc((n ? n : 1) * sizeof(*all));
-	if (!all) {
-		fprintf(out, "error: out of memory\n");
-		return -1;
-	}
+	if (!all)
+		return NULL;
 	size_t k = 0;
 	for (unsigned i = 0; i < r->nparts; i++)
 		for (size_t j = 0; j < r->part[i].nrows; j++)
 			all[k++] = r->part[i].rows[j];
 	qsort(all, n, sizeof(*all), row_cmp);
-	size_t from = c->offset < n ? (size_t)c->offset : n;
+	*np = n;
+	return all;
+}
+
+bool qctl_page(struct qctl_req *r, uint64_t *lo, uint64_t *hi, uint64_t *total)
+{
+	size_t n = 0;
+	struct qctl_row *all = all_rows(r, &n, total);
+	bool any = all && r->cmd.offset < n;
+	if (any) {
+		size_t from = (size_t)r->cmd.offset;
+		size_t to = from + r->cmd.limit < n ? from + r->cmd.limit : n;
+		*lo = all[from].id;
+		*hi = all[to - 1].id;
+	}
+	free(all);
+	return any;
+}
+
+static int answer_show(FILE *out, struct qctl_req *r)
+{
+	const struct qctl_cmd *c = &r->cmd;
+	uint64_t total = 0;
+	size_t n = 0;
+	struct qctl_row *all = all_rows(r, &n, &total);
+	if (!all) {
+		fprintf(out, "error: out of memory\n");
+		return -1;
+	}
+	/* The second round holds the page alone (a message gone since the
+	 * first is simply not in it). */
+	size_t skip = r->render ? 0 : (size_t)c->offset;
+	if (r->render)
+		total = r->total;
+	size_t from = skip < n ? skip : n;
 	size_t to = from + c->limit < n ? from + c->limit : n;
 	if (c->json)
 		fputs("{\"messages\": [", out);

@@ -84,6 +84,9 @@ struct qctl_view {
 };
 
 bool qctl_match(const struct qctl_filter *f, const struct qctl_view *v);
+/* The filter looks at recipients (a view without them, r NULL, is enough
+ * otherwise: a scan of a million messages builds none). */
+bool qctl_filter_needs_rcpts(const struct qctl_filter *f);
 /* The message's row for show queue, text or JSON (one element of
  * "messages"), now in unix seconds. */
 void qctl_write_row(FILE *out, const struct qctl_view *v, bool json, int64_t now);
@@ -149,9 +152,18 @@ struct qctl_part {
 	struct qctl_part *next;   /* the queue's parts waiting for durability */
 };
 
+/* show queue deep into a large queue goes in two rounds, so that no
+ * worker formats rows that are not shown: ids first (ids_only: rows
+ * without text), then the rows of the page's id range (render). */
+#define QCTL_ONE_ROUND 1000       /* offset + limit up to this: one round */
+
 struct qctl_req {
 	struct qctl_cmd cmd;
 	int64_t now;              /* unix seconds at the start */
+	bool ids_only;
+	bool render;
+	uint64_t render_lo, render_hi;
+	uint64_t total;           /* render: what the first round counted */
 	pthread_mutex_t lock;
 	pthread_cond_t cond;
 	unsigned left;            /* parts not done */
@@ -168,6 +180,10 @@ void qctl_part_done(struct qctl_part *p);
 bool qctl_req_wait(struct qctl_req *r, unsigned timeout_ms);
 /* The asker lets go (the parts still out keep it alive). */
 void qctl_req_put(struct qctl_req *r);
+
+/* The first round's page: the ids from offset, limit of them, as the
+ * range [lo, hi]; false when the page is empty. *total: matched. */
+bool qctl_page(struct qctl_req *r, uint64_t *lo, uint64_t *hi, uint64_t *total);
 
 /* The whole answer, from the parts: the listing, the destinations or
  * "held: N" with what was busy. 0, or -1 when the reply is an error (an

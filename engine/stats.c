@@ -129,8 +129,29 @@ static int queue_control(const struct stats_host *h, enum qctl_op op, const char
 		return -1;
 	}
 	uint64_t t0 = wctx_clock_us();
+	bool two = op == QCTL_SHOW && c.offset + c.limit > QCTL_ONE_ROUND;
+	r->ids_only = two;
 	h->queue_ctl(h->arg, r);
 	bool complete = qctl_req_wait(r, QCTL_TIMEOUT_MS);
+	uint64_t lo = 0, hi = 0, total = 0;
+	if (two && complete && qctl_page(r, &lo, &hi, &total)) {
+		/* The page is known: its rows, and only those, are made. */
+		qctl_req_put(r);
+		if (!(r = qctl_req_new(&c, h->nworkers))) {
+			fprintf(out, "error: out of memory\n");
+			return -1;
+		}
+		r->render = true;
+		r->render_lo = lo;
+		r->render_hi = hi;
+		r->total = total;
+		h->queue_ctl(h->arg, r);
+		complete = qctl_req_wait(r, QCTL_TIMEOUT_MS);
+	} else if (two && complete) {
+		/* Nothing from offset on: the first round's rows are none to
+		 * show, and it counted the total. */
+		r->ids_only = false;
+	}
 	int ret = qctl_answer(out, r, complete);
 	if (op != QCTL_SHOW && op != QCTL_DESTINATIONS) {
 		uint64_t matched = 0, touched = 0, busy = 0;
