@@ -54,7 +54,8 @@ struct qmsg {
 	char *held_reason;        /* a content rule's name, "operator"... */
 	size_t heap;              /* index in the schedule, or SIZE_MAX; a held
 	                           * message waits there with next_ms INT64_MAX */
-	struct qmsg *all_prev, *all_next; /* every message of the queue */
+	struct qmsg *out_prev, *out_next; /* out of the schedule (heap SIZE_MAX):
+	                           * in delivery, moving, being read, new */
 	struct qctl_part *ctl;    /* an operator's bounce under way: told when
 	                           * its records are written */
 };

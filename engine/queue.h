@@ -33,8 +33,9 @@ struct queue {
 	unsigned nreads;
 	struct qmsg **heap;       /* waiting messages, earliest next_ms first */
 	size_t n, cap;
-	struct qmsg *all;         /* every message, waiting or not (show queue) */
-	size_t nall;
+	struct qmsg *out;         /* the messages not in heap (show queue sees
+	                           * both: every message is in one of them) */
+	size_t nout;
 	struct qctl_part *ctl_wait; /* operator changes waiting to be durable */
 };
 
