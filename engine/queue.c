@@ -1544,35 +1544,38 @@ struct route_memo {
 	char dom[256];            /* "" empty slot */
 	char name[256];
 	bool throttled;
+	struct qctl_dest *d;      /* its entry in the part's table ... */
+	size_t cap;               /* ... while the table has this size */
 };
 
-static const char *dest_cached(struct queue *q, struct route_memo *memo, const char *addr,
-			       bool *throttled)
+static struct route_memo *dest_cached(struct queue *q, struct route_memo *memo,
+				      const char *addr, struct route_memo *spill)
 {
 	const char *dom = rcpt_domain(q, addr);
 	uint64_t h = 1469598103934665603ull;
 	for (const char *t = dom; *t; t++)
 		h = (h ^ (unsigned char)(*t >= 'A' && *t <= 'Z' ? *t + 32 : *t)) * 1099511628211ull;
 	struct route_memo *e = &memo[h % ROUTE_CACHE];
-	if (e->dom[0] && strcasecmp(e->dom, dom) == 0) {
-		*throttled = e->throttled;
-		return e->name;
-	}
+	if (e->dom[0] && strcasecmp(e->dom, dom) == 0)
+		return e;
 	char buf[256];
-	const char *name = dest_of(q, addr, buf, sizeof(buf), throttled);
+	bool th;
+	const char *name = dest_of(q, addr, buf, sizeof(buf), &th);
+	/* A domain too long to remember is routed every time. */
 	if (strlen(dom) >= sizeof(e->dom))
-		return name == buf ? "(domain too long)" : name;
-	snprintf(e->dom, sizeof(e->dom), "%s", dom);
+		e = spill;
+	snprintf(e->dom, sizeof(e->dom), "%.*s", (int)sizeof(e->dom) - 1, dom);
 	snprintf(e->name, sizeof(e->name), "%s", name);
-	e->throttled = *throttled;
-	return e->name;
+	e->throttled = th;
+	e->d = NULL;
+	return e;
 }
 
 static void ctl_destinations(struct queue *q, struct qctl_part *p, struct ctl_scratch *sc)
 {
 	const struct qctl_cmd *c = &p->req->cmd;
 	bool rcpts = qctl_filter_needs_rcpts(&c->f);
-	struct route_memo *memo = calloc(ROUTE_CACHE, sizeof(*memo));
+	struct route_memo *memo = calloc(ROUTE_CACHE + 1, sizeof(*memo));
 	if (!memo) {
 		p->failed = true;
 		return;
@@ -1589,10 +1592,15 @@ static void ctl_destinations(struct queue *q, struct qctl_part *p, struct ctl_sc
 		for (unsigned i = 0; i < m->nrcpt; i++) {
 			if (m->r[i].state != SPOOL_RCPT_PENDING)
 				continue;
-			bool th;
-			const char *d = dest_cached(q, memo, m->r[i].addr, &th);
-			if (!qctl_dests_add(&p->dests, d, &v, th))
+			struct route_memo *e = dest_cached(q, memo, m->r[i].addr, &memo[ROUTE_CACHE]);
+			if (!e->d || e->cap != p->dests.cap) {
+				e->d = qctl_dests_entry(&p->dests, e->name);
+				e->cap = p->dests.cap;
+			}
+			if (!e->d || !qctl_dest_count(e->d, &v, e->throttled))
 				p->failed = true;
+			/* the spill slot is for one recipient only */
+			memo[ROUTE_CACHE].d = NULL;
 		}
 	}
 	free(memo);

@@ -413,12 +413,20 @@ static bool set_error(struct qctl_dest *d, const char *err, int64_t when)
 	return true;
 }
 
+struct qctl_dest *qctl_dests_entry(struct qctl_dests *t, const char *name)
+{
+	return dest_slot(t, name);
+}
+
 bool qctl_dests_add(struct qctl_dests *t, const char *name, const struct qctl_view *v,
 		    bool throttled)
 {
 	struct qctl_dest *d = dest_slot(t, name);
-	if (!d)
-		return false;
+	return d && qctl_dest_count(d, v, throttled);
+}
+
+bool qctl_dest_count(struct qctl_dest *d, const struct qctl_view *v, bool throttled)
+{
 	d->recipients++;
 	d->throttled |= throttled;
 	if (d->last_msg == v->id && d->messages)

@@ -114,6 +114,10 @@ struct qctl_dests {
  * memory. */
 bool qctl_dests_add(struct qctl_dests *t, const char *name, const struct qctl_view *v,
 		    bool throttled);
+/* The same in two steps, for a caller that remembers the entry of a name
+ * (valid while t->cap stays what it was: the table grows by rehashing). */
+struct qctl_dest *qctl_dests_entry(struct qctl_dests *t, const char *name);
+bool qctl_dest_count(struct qctl_dest *d, const struct qctl_view *v, bool throttled);
 /* Adds every entry of from into t. */
 bool qctl_dests_merge(struct qctl_dests *t, const struct qctl_dests *from);
 void qctl_dests_free(struct qctl_dests *t);
