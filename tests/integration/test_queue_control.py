@@ -81,7 +81,7 @@ class Node:
 
     def wait_tried(self, n):
         """Every one of n messages tried once (next hop down): deferred."""
-        wait_until(lambda: sum(1 for m in queue(self.sock)["messages"]
+        wait_until(lambda: sum(1 for m in queue(self.sock, "limit=1000")["messages"]
                                if m["attempts"] >= 1) == n,
                    10 * SLOW, what="%d messages deferred" % n)
 
@@ -385,3 +385,28 @@ def test_spool_tool_views_of_a_stopped_node(postern, tmp_path):
     r = subprocess.run([SPOOL_TOOL, str(n.p.spool), "queue", "state=bogus"],
                        capture_output=True, timeout=30)
     assert r.returncode == 2 and b"state must be" in r.stderr
+
+
+def test_bounce_and_delete_many(postern, tmp_path):
+    """A filtered bounce of many messages at once: a notice each, every
+    one gone, the rest untouched; then a delete of the rest."""
+    n = Node(postern, tmp_path)
+    with RawClient(n.p.port, "127.0.0.10") as c:
+        c.cmd("EHLO client.example")
+        for i in range(150):
+            assert c.cmd("MAIL FROM:<app%d@x.test>" % (i % 3)) == R_MAIL_OK
+            assert c.cmd("RCPT TO:<r%d@one.test>" % i) == R_RCPT_OK
+            assert c.cmd("DATA") == R_START_DATA
+            c.send(b"Subject: many\r\n\r\nbody\r\n.\r\n")
+            assert c.reply().startswith("250 2.6.0 ")
+    n.wait_tried(150)
+    rc, out = ctl(n.sock, "bounce", "all", "sender=app1@x.test")
+    assert (rc, out) == (0, "bounced: 50\n")
+    wait_until(lambda: len(n.dsns()) == 50, 20 * SLOW, what="50 notices")
+    assert queue(n.sock, "sender=app1@x.test")["total"] == 0
+    assert queue(n.sock)["total"] == 100
+    rc, out = ctl(n.sock, "delete", "all")
+    assert (rc, out) == (0, "deleted: 100\n")
+    assert queue(n.sock)["total"] == 0
+    time.sleep(0.5)
+    assert len(n.dsns()) == 50
