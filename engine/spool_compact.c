@@ -130,10 +130,18 @@ static void move_write_state(struct spool_worker *sw, struct spool_seg *to, cons
 			spool_state_write(sw, to, m->id, &r, m->r[i].reply);
 		}
 	if (m->attempts) {
+		/* A held message waits at INT64_MAX: its HELD record says so. */
 		struct spool_state_rec r = {.rcpt = SPOOL_STATE_MSG, .kind = SPOOL_ST_DEFERRED,
 					    .attempts = m->attempts, .time_ms = now,
-					    .next_ms = m->next_ms};
+					    .next_ms = m->next_ms == INT64_MAX ? 0 : m->next_ms};
 		spool_state_write(sw, to, m->id, &r, m->last_error);
+	}
+	if (m->held) {
+		/* The copy's envelope has no held: line; held (by a rule or an
+		 * operator) it stays by record. */
+		struct spool_state_rec r = {.rcpt = SPOOL_STATE_MSG, .kind = SPOOL_ST_HELD,
+					    .attempts = m->attempts, .time_ms = now};
+		spool_state_write(sw, to, m->id, &r, m->held_reason);
 	}
 	if (m->delay_notified) {
 		struct spool_state_rec r = {.rcpt = SPOOL_STATE_MSG,

@@ -1084,6 +1084,59 @@ static void test_operator_hold_delete_bounce(void **state)
 	rig_close(&g);
 }
 
+/* Compaction moves a held message: the copy's envelope has no held: line,
+ * so its HELD record keeps it held across a restart. */
+static void test_compaction_keeps_a_held_message_held(void **state)
+{
+	struct rig g;
+	const char *qs = "retry_interval = \"1h\"; message_expiration = \"1d\"; delay_notification = \"0\";";
+	if (!rig_open(&g, qs, 64 << 10))
+		skip();
+	const char *keep_rc[] = {"bob@keep.test"};
+	next_held = "card-numbers";
+	struct qmsg *keep = receive(&g, "alice@app.test", keep_rc, NULL, 1, SMTP_RET_NONE);
+	next_held = NULL;
+	uint64_t id = keep->id;
+	const char *go_rc[] = {"carol@go.test"};
+	static struct inbound in[400];
+	unsigned k = 0;
+	for (; k < N_ELEMS(in); k++) {
+		store(&g, &in[k], "alice@app.test", go_rc, NULL, 1, SMTP_RET_NONE);
+		pump(&g);
+		struct qmsg *m = queued(&g, in[k].id);
+		assert_non_null(m);
+		bool rolled = m->seg != keep->seg;
+		queue_run(&g.q);
+		answer(&g, m, &accept_, 1);
+		pump(&g);
+		if (rolled)
+			break;
+	}
+	assert_true(k < N_ELEMS(in));
+	struct spool_seg *old = keep->seg;
+	set_time(&g, g.w.wall_ms + 5000);
+	queue_tick(&g.q);
+	pump(&g);
+	assert_ptr_equal(queued(&g, id), keep);
+	assert_ptr_not_equal(keep->seg, old);
+	assert_true(keep->held);
+	CHECK_INT("no job", njobs, 0);
+	size_t nseg = 0;
+	free(spool_segments(g.dirfd, &nseg));
+	CHECK_INT("the old segment went", nseg, 1);
+	char dir[64];
+	snprintf(dir, sizeof(dir), "%s", g.dir);
+	rig_close_keep(&g, true);
+	assert_true(rig_open_in(&g, qs, 64 << 10, dir));
+	keep = queued(&g, id);
+	assert_non_null(keep);
+	assert_true(keep->held);
+	CHECK_STR("reason", keep->held_reason, "card-numbers");
+	queue_run(&g.q);
+	CHECK_INT("still no job", njobs, 0);
+	rig_close(&g);
+}
+
 int main(void)
 {
 	const struct CMUnitTest tests[] = {
@@ -1098,6 +1151,7 @@ int main(void)
 		cmocka_unit_test(test_compaction_moves_a_deferred_message),
 		cmocka_unit_test(test_held_at_arrival_until_released),
 		cmocka_unit_test(test_operator_hold_delete_bounce),
+		cmocka_unit_test(test_compaction_keeps_a_held_message_held),
 	};
 	log_set_level(LOG_WARN);
 	char why[200];
