@@ -712,7 +712,15 @@ int main(int argc, char **argv)
 		for (unsigned i = 0; i < nw; i++)
 			left += atomic_load(&workers[i].state) != 2;
 		if (!left) {
-			log_msg(LOG_INFO, "event=drain status=done note=\"queue empty\"");
+			/* The workers have exited: their counts no longer move. */
+			size_t held = 0;
+			for (unsigned i = 0; i < nw; i++)
+				held += workers[i].held_left;
+			if (held)
+				log_msg(LOG_INFO, "event=drain status=done held=%zu note=\"only held messages left: in the spool, held, for the next start\"",
+					held);
+			else
+				log_msg(LOG_INFO, "event=drain status=done note=\"queue empty\"");
 			break;
 		}
 		if (wctx_clock_ms() >= drain_deadline) {

@@ -128,6 +128,15 @@ static struct qmsg *heap_pop(struct queue *q)
 
 /* ---- messages ---------------------------------------------------------- */
 
+/* held, with the queue's count of them kept (a drain ends when only
+ * held messages are left). */
+static void set_held(struct queue *q, struct qmsg *m, bool held)
+{
+	if (m->held != held)
+		q->nheld += held ? 1 : (size_t)-1;
+	m->held = held;
+}
+
 static void ctl_note(struct queue *q, struct qctl_part *p, struct spool_seg *seg);
 static void ctl_settle(struct queue *q, struct qctl_part *p);
 static void ctl_finish(struct queue *q, struct qctl_part *p);
@@ -146,6 +155,7 @@ static void qmsg_free(struct queue *q, struct qmsg *m)
 	if (m->heap != SIZE_MAX)
 		heap_remove(q, m);
 	out_unlink(q, m);
+	set_held(q, m, false);
 	for (unsigned i = 0; i < m->nrcpt; i++) {
 		free(m->r[i].addr);
 		free(m->r[i].orcpt);
@@ -306,7 +316,7 @@ void queue_add_received(struct queue *q, struct spool_msg *sm,
 	}
 	if (env->held) {
 		/* A content rule's hold: the envelope says so, recovery too. */
-		m->held = true;
+		set_held(q, m, true);
 		m->held_reason = strdup(env->held);
 		char qr[LOG_QUOTE_CAP(100)];
 		log_msg(LOG_INFO, "event=held id=%s reason=%s", m->idtxt,
@@ -379,7 +389,7 @@ static void recover_one(void *arg, const struct spool_found *f)
 	/* Held by the envelope (a content rule) unless released since, or
 	 * by an operator's record. */
 	if (m && (st->hold > 0 || (st->hold == 0 && e.env.held))) {
-		m->held = true;
+		set_held(rc->q, m, true);
 		m->held_reason = strdup(st->hold > 0 ? st->last_held : e.env.held);
 	}
 	envelope_full_free(&e);
@@ -1641,11 +1651,11 @@ static void ctl_apply(struct queue *q, struct qctl_part *p, struct qmsg *m, enum
 			p->failed = true;
 			return;
 		}
-		m->held = true;
+		set_held(q, m, true);
 		free(m->held_reason);
 		m->held_reason = why;
 		if (!ctl_record(q, p, m, SPOOL_ST_HELD, why)) {
-			m->held = false;
+			set_held(q, m, false);
 			return;
 		}
 		if (idle) {
@@ -1668,10 +1678,10 @@ static void ctl_apply(struct queue *q, struct qctl_part *p, struct qmsg *m, enum
 		int64_t was = m->next_ms;
 		bool held = m->held;
 		m->next_ms = now;
-		m->held = false;
+		set_held(q, m, false);
 		if (!ctl_record(q, p, m, SPOOL_ST_RELEASED, NULL)) {
 			m->next_ms = was;
-			m->held = held;
+			set_held(q, m, held);
 			return;
 		}
 		free(m->held_reason);

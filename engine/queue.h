@@ -36,6 +36,7 @@ struct queue {
 	struct qmsg *out;         /* the messages not in heap (show queue sees
 	                           * both: every message is in one of them) */
 	size_t nout;
+	size_t nheld;             /* messages held (of n + nout) */
 	struct qctl_part *ctl_wait; /* operator changes waiting to be durable */
 };
 

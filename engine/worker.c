@@ -523,8 +523,10 @@ static void *worker_main(void *arg)
 		bool quiet = w->conns.nconns == 0 && !w->spool.flushing &&
 			     !w->spool.pending_writes && deliver_idle(x->dl) &&
 			     queue_idle(&w->queue);
+		/* A drain is over once only held messages are left: they
+		 * stay in the spool, held, for the next start. */
 		if (quiet && (x->stopping ||
-			      (x->draining && metric_get(&w->m.queue_messages) == 0)))
+			      (x->draining && metric_get(&w->m.queue_messages) == w->queue.nheld)))
 			break;
 	}
 	log_batch_flush();
@@ -539,6 +541,7 @@ static void *worker_main(void *arg)
 	deliver_free(x->dl);
 	x->dl = NULL;
 	w->spool.stopping = true;
+	w->held_left = w->queue.nheld;
 	queue_free(&w->queue);
 	refuse_ctl(w);
 	spool_worker_free(&w->spool);

@@ -57,6 +57,7 @@ struct worker {
 	atomic_bool drain_requested;  /* posternctl drain (B.10) */
 	atomic_bool inbound_closed;   /* its listeners are closed (drain or stop) */
 	atomic_int state;         /* 0 starting, 1 running, -1 failed, 2 exited */
+	size_t held_left;         /* held messages left in the spool at exit */
 	char err[256];
 };
 

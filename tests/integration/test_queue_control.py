@@ -410,3 +410,28 @@ def test_bounce_and_delete_many(postern, tmp_path):
     assert queue(n.sock)["total"] == 0
     time.sleep(0.5)
     assert len(n.dsns()) == 50
+
+
+def test_drain_leaves_held_messages_held(postern, tmp_path):
+    """A drain delivers everything but the held, then exits at once (not
+    at drain_timeout), the held ones left in the spool, still held."""
+    n = Node(postern, tmp_path)
+    a = submit(n.p.port, "app@x.test", ["r@one.test"], "held")
+    b = submit(n.p.port, "app@x.test", ["s@one.test"], "delivered")
+    n.wait_tried(2)
+    assert ctl(n.sock, "hold", a) == (0, "held: 1\n")
+    with Sink(port=n.one) as sink:
+        rc, out = ctl(n.sock, "drain")
+        assert rc == 0, out
+        assert n.p.wait_exit(20) == 0
+        assert [m["rcpts"] for m in sink.messages] == [["s@one.test"]]
+    err = n.p.stderr()
+    assert ('event=drain status=done held=1 note="only held messages left: in the spool, '
+            'held, for the next start"') in err, err[-2000:]
+    n.p.stop()
+    assert n.p.messages() == [a]
+    n.p.stopped = False
+    n.p.start()
+    q = queue(n.sock)
+    assert ids(q) == [a] and q["messages"][0]["state"] == "held", q
+    assert b not in ids(q)
