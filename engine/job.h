@@ -56,6 +56,7 @@ struct qmsg {
 	                           * message waits there with next_ms INT64_MAX */
 	struct qmsg *out_prev, *out_next; /* out of the schedule (heap SIZE_MAX):
 	                           * in delivery, moving, being read, new */
+	struct qmsg *id_prev, *id_next; /* every message, by id (arrival order) */
 	struct qctl_part *ctl;    /* an operator's bounce under way: told when
 	                           * its records are written */
 };

@@ -128,6 +128,64 @@ static struct qmsg *heap_pop(struct queue *q)
 
 /* ---- messages ---------------------------------------------------------- */
 
+/* The id list: new messages have the largest ids (wctx_next_msgid), so
+ * they go at the end; recovery appends in segment order and sorts once
+ * (id_sort). A smaller id (a clock set back across a restart) walks back. */
+static void id_link(struct queue *q, struct qmsg *m, bool append)
+{
+	struct qmsg *after = q->id_tail;
+	while (!append && after && after->id > m->id)
+		after = after->id_prev;
+	m->id_prev = after;
+	m->id_next = after ? after->id_next : q->id_head;
+	if (m->id_next)
+		m->id_next->id_prev = m;
+	else
+		q->id_tail = m;
+	if (after)
+		after->id_next = m;
+	else
+		q->id_head = m;
+}
+
+static void id_unlink(struct queue *q, struct qmsg *m)
+{
+	if (m->id_prev)
+		m->id_prev->id_next = m->id_next;
+	else
+		q->id_head = m->id_next;
+	if (m->id_next)
+		m->id_next->id_prev = m->id_prev;
+	else
+		q->id_tail = m->id_prev;
+	m->id_prev = m->id_next = NULL;
+}
+
+static int id_cmp(const void *a, const void *b)
+{
+	const struct qmsg *x = *(struct qmsg *const *)a, *y = *(struct qmsg *const *)b;
+	return x->id < y->id ? -1 : x->id > y->id;
+}
+
+static void id_sort(struct queue *q)
+{
+	size_t n = 0, cap = q->n + q->nout;
+	struct qmsg **v = malloc((cap ? cap : 1) * sizeof(*v));
+	if (!v) {
+		/* Stays in segment order: show queue's fast page may then be
+		 * out of order, never wrong in what it counts. */
+		log_msg(LOG_WARN, "event=queue_error error=\"out of memory sorting the queue by id\"");
+		return;
+	}
+	for (struct qmsg *m = q->id_head; m && n < cap; m = m->id_next)
+		v[n++] = m;
+	qsort(v, n, sizeof(*v), id_cmp);
+	q->id_head = q->id_tail = NULL;
+	for (size_t i = 0; i < n; i++)
+		id_link(q, v[i], true);
+	free(v);
+}
+
 /* held, with the queue's count of them kept (a drain ends when only
  * held messages are left). */
 static void set_held(struct queue *q, struct qmsg *m, bool held)
@@ -155,6 +213,7 @@ static void qmsg_free(struct queue *q, struct qmsg *m)
 	if (m->heap != SIZE_MAX)
 		heap_remove(q, m);
 	out_unlink(q, m);
+	id_unlink(q, m);
 	set_held(q, m, false);
 	for (unsigned i = 0; i < m->nrcpt; i++) {
 		free(m->r[i].addr);
@@ -227,6 +286,7 @@ static struct qmsg *qmsg_new(struct queue *q, uint64_t id, struct spool_seg *seg
 	}
 	m->seg = seg;
 	out_link(q, m);
+	id_link(q, m, q->recovering);
 	spool_seg_hold(seg, m->bytes);
 	metric_add(&q->w->m->queue_messages, 1);
 	metric_add(&q->w->m->queue_bytes, m->bytes);
@@ -419,6 +479,7 @@ void queue_recover(struct queue *q, unsigned nworkers)
 	const uint64_t *seqs = w->spool->sp->recover;
 	struct recover_ctx rc = {.q = q};
 	struct spool_scan_stats st;
+	q->recovering = true;
 	memset(&st, 0, sizeof(st));
 	unsigned segs = 0;
 	for (size_t i = 0; i < n; i++) {
@@ -438,6 +499,8 @@ void queue_recover(struct queue *q, unsigned nworkers)
 		spool_seg_put(w->spool, rc.seg, 0);
 		segs++;
 	}
+	q->recovering = false;
+	id_sort(q);
 	log_msg(LOG_INFO,
 		"event=queue_recovered worker=%u segments=%u messages=%llu recipients=%llu finished=%llu",
 		w->id, segs, (unsigned long long)rc.messages, (unsigned long long)rc.recipients,
@@ -1475,6 +1538,18 @@ static void ctl_show(struct queue *q, struct qctl_part *p, struct ctl_scratch *s
 	bool rcpts = qctl_filter_needs_rcpts(&c->f);
 	struct qctl_view v;
 	size_t cap = 0;
+	if (req->render && qctl_filter_empty(&c->f)) {
+		/* The page's rows from the id list, up to its last id. */
+		for (struct qmsg *m = q->id_head; m && m->id <= req->render_hi; m = m->id_next) {
+			if (m->id < req->render_lo)
+				continue;
+			p->matched++;
+			char *text = row_text(q, p, m, sc);
+			if (!text || !row_add(p, &cap, m->id, text))
+				p->failed = true;
+		}
+		return;
+	}
 	if (req->render) {
 		/* The second round: the page's rows. */
 		struct msg_iter it = {0};
@@ -1495,6 +1570,23 @@ static void ctl_show(struct queue *q, struct qctl_part *p, struct ctl_scratch *s
 	size_t k = (size_t)c->offset + c->limit, n = 0;
 	if (k > q->n + q->nout)
 		k = q->n + q->nout;
+	if (qctl_filter_empty(&c->f)) {
+		/* Every message matches: the first k by id are the list's. */
+		p->matched = q->n + q->nout;
+		p->rows = calloc(k ? k : 1, sizeof(*p->rows));
+		struct qmsg *m = q->id_head;
+		for (size_t i = 0; p->rows && m && i < k; i++, m = m->id_next) {
+			char *text = req->ids_only ? NULL : row_text(q, p, m, sc);
+			if (!req->ids_only && !text) {
+				p->failed = true;
+				continue;
+			}
+			p->rows[p->nrows++] = (struct qctl_row){m->id, text};
+		}
+		if (!p->rows)
+			p->failed = true;
+		return;
+	}
 	struct qmsg **h = malloc((k ? k : 1) * sizeof(*h));
 	if (!h) {
 		p->failed = true;

@@ -37,6 +37,9 @@ struct queue {
 	                           * both: every message is in one of them) */
 	size_t nout;
 	size_t nheld;             /* messages held (of n + nout) */
+	struct qmsg *id_head, *id_tail; /* every message by id: show queue without
+	                           * filters reads its first page, no scan */
+	bool recovering;          /* queue_recover: appended now, sorted after */
 	struct qctl_part *ctl_wait; /* operator changes waiting to be durable */
 };
 

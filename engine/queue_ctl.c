@@ -228,6 +228,12 @@ static const char *domain_of(const char *addr)
 	return at ? at + 1 : "";
 }
 
+bool qctl_filter_empty(const struct qctl_filter *f)
+{
+	return !f->by_id && !f->has_sender && !f->rcpt[0] && !f->domain[0] && !f->client[0] &&
+	       f->state == QCTL_ANY;
+}
+
 bool qctl_filter_needs_rcpts(const struct qctl_filter *f)
 {
 	return !f->by_id && (f->rcpt[0] || f->domain[0]);

@@ -87,6 +87,8 @@ bool qctl_match(const struct qctl_filter *f, const struct qctl_view *v);
 /* The filter looks at recipients (a view without them, r NULL, is enough
  * otherwise: a scan of a million messages builds none). */
 bool qctl_filter_needs_rcpts(const struct qctl_filter *f);
+/* No filter at all: every message matches. */
+bool qctl_filter_empty(const struct qctl_filter *f);
 /* The message's row for show queue, text or JSON (one element of
  * "messages"), now in unix seconds. */
 void qctl_write_row(FILE *out, const struct qctl_view *v, bool json, int64_t now);

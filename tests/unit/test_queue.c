@@ -319,6 +319,16 @@ static struct qctl_req *control(struct rig *g, enum qctl_op op, const char *args
 	return r;
 }
 
+/* The id list holds every message once, ascending (show queue's page). */
+static void check_id_order(struct rig *g)
+{
+	size_t n = 0;
+	for (struct qmsg *m = g->q.id_head; m; m = m->id_next, n++)
+		if (m->id_next)
+			assert_true(m->id < m->id_next->id);
+	CHECK_INT("id list", n, g->q.n + g->q.nout);
+}
+
 static bool answered(struct qctl_req *r)
 {
 	return qctl_req_wait(r, 0);
@@ -982,6 +992,8 @@ static void test_held_at_arrival_until_released(void **state)
 	assert_non_null(m);
 	assert_true(m->held);
 	CHECK_STR("reason after a restart", m->held_reason, "card-numbers");
+	check_id_order(&g);
+	CHECK_INT("two messages", g.q.n + g.q.nout, 2);
 	set_time(&g, T0 + 2 * 3600 * 1000LL);
 	queue_run(&g.q);
 	CHECK_INT("the other one is due, the held one is not", njobs, 1);
@@ -1075,6 +1087,7 @@ static void test_operator_hold_delete_bounce(void **state)
 	assert_contains(text, "Action: failed");
 	assert_contains(text, "Final-Recipient: rfc822; bob@far.test");
 	assert_contains(text, "Final-Recipient: rfc822; dave@other.test");
+	check_id_order(&g);
 	/* an unknown id */
 	r = control(&g, QCTL_HOLD, "0123456789ABCDEF");
 	assert_true(answered(r));
@@ -1128,6 +1141,7 @@ static void test_compaction_keeps_a_held_message_held(void **state)
 	snprintf(dir, sizeof(dir), "%s", g.dir);
 	rig_close_keep(&g, true);
 	assert_true(rig_open_in(&g, qs, 64 << 10, dir));
+	check_id_order(&g);
 	keep = queued(&g, id);
 	assert_non_null(keep);
 	assert_true(keep->held);
