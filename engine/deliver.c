@@ -391,6 +391,18 @@ static unsigned dest_hash(const char *name, const char *domain)
 	return h % DEST_BUCKETS;
 }
 
+bool deliver_throttled(const struct deliver *dl, const char *sc_name, const char *domain)
+{
+	if (!dl)
+		return false;
+	unsigned h = dest_hash(sc_name, domain);
+	for (const struct dest *d = dl->bucket[h]; d; d = d->hnext)
+		if (d->sc && strcmp(d->sc->name, sc_name) == 0 && strcmp(d->domain, domain) == 0)
+			return d->throttled || d->domain_capped || d->starved ||
+			       d->backoff_until > dl->w->now_ms;
+	return false;
+}
+
 /* The connector's connections and rate across workers (throttle.h); NULL
  * when the throttle table has no slot: see dest_capped(). */
 static struct throttle_entry *dest_throttle(struct wctx *w, const struct sconn *sc)

@@ -32,6 +32,11 @@ void deliver_wake(struct deliver *dl);
 void deliver_tick(struct deliver *dl);
 /* Stopping: no new connections; waiting jobs go back to the queue. */
 void deliver_stop(struct deliver *dl);
+/* The destination (send connector by name, and the recipient domain for
+ * MX delivery, else "") is held back now: by the connector's send rate,
+ * a connection cap, connections held elsewhere, or a 421 backoff. For
+ * show destinations; false for a NULL dl (tests) or one never used. */
+bool deliver_throttled(const struct deliver *dl, const char *sc_name, const char *domain);
 /* Nothing in flight (connections, lookups, drop writes). */
 bool deliver_idle(const struct deliver *dl);
 

@@ -1,5 +1,6 @@
 /* The envelope block stored with every message: sender, recipients with
- * their DSN parameters, connector, client, arrival. Text, CRLF lines,
+ * their DSN parameters, connector, client, arrival, and "held: <reason>"
+ * for a message that starts held (a content rule's hold). Text, CRLF lines,
  * "POSTERN/1" first and an empty line last, so it reads like a header. */
 #ifndef POSTERN_ENVELOPE_H
 #define POSTERN_ENVELOPE_H

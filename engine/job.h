@@ -13,6 +13,7 @@
 #include "smtp_client.h"
 
 struct spool_seg;
+struct qctl_part;
 
 struct qrcpt {
 	char *addr;               /* mailbox */
@@ -51,12 +52,19 @@ struct qmsg {
 	char *last_error;
 	bool delay_notified;
 	bool attempted_round;     /* a job of this round reached a next hop */
-	char *held;               /* held until released (content rule): the reason */
+	bool held;                /* never attempted until released (B.11) */
+	char *held_reason;        /* a content rule's name, "operator"... */
 	char *route;              /* a content rule's send connector, or NULL */
 	char *prefix;             /* header fields added by content rules, sent
 	                           * before the stored bytes; NULL: none */
 	uint32_t prefix_len;
-	size_t heap;              /* index in the schedule, or SIZE_MAX */
+	size_t heap;              /* index in the schedule, or SIZE_MAX; a held
+	                           * message waits there with next_ms INT64_MAX */
+	struct qmsg *out_prev, *out_next; /* out of the schedule (heap SIZE_MAX):
+	                           * in delivery, moving, being read, new */
+	struct qmsg *id_prev, *id_next; /* every message, by id (arrival order) */
+	struct qctl_part *ctl;    /* an operator's bounce under way: told when
+	                           * its records are written */
 };
 
 /* One delivery attempt: recipients of one message for one destination. */

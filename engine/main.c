@@ -95,6 +95,21 @@ static void app_flush(void *arg)
 		worker_flush_queue(&a->workers[i]);
 }
 
+/* An operator's queue request: a part for each worker; one that is not
+ * running (drained and gone) answers at once with nothing. */
+static void app_queue_ctl(void *arg, struct qctl_req *r)
+{
+	struct app *a = arg;
+	for (unsigned i = 0; i < a->nworkers && i < r->nparts; i++) {
+		if (atomic_load(&a->workers[i].state) == 1)
+			worker_queue_ctl(&a->workers[i], &r->part[i]);
+		else
+			qctl_part_done(&r->part[i]);
+	}
+	for (unsigned i = a->nworkers; i < r->nparts; i++)
+		qctl_part_done(&r->part[i]);
+}
+
 static struct conf *app_current(void *arg)
 {
 	struct app *a = arg;
@@ -607,6 +622,7 @@ int main(int argc, char **argv)
 		.nworkers = nw,
 		.io_backend = io_backend_name(backend),
 		.flush = app_flush,
+		.queue_ctl = app_queue_ctl,
 		.start_ms = wctx_clock_ms(),
 		.current = app_current,
 		.reload = app_reload,
@@ -740,7 +756,15 @@ int main(int argc, char **argv)
 		for (unsigned i = 0; i < nw; i++)
 			left += atomic_load(&workers[i].state) != 2;
 		if (!left) {
-			log_msg(LOG_INFO, "event=drain status=done note=\"queue empty\"");
+			/* The workers have exited: their counts no longer move. */
+			size_t held = 0;
+			for (unsigned i = 0; i < nw; i++)
+				held += workers[i].held_left;
+			if (held)
+				log_msg(LOG_INFO, "event=drain status=done held=%zu note=\"only held messages left: in the spool, held, for the next start\"",
+					held);
+			else
+				log_msg(LOG_INFO, "event=drain status=done note=\"queue empty\"");
 			break;
 		}
 		if (wctx_clock_ms() >= drain_deadline) {

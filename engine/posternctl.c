@@ -14,9 +14,14 @@ static int usage(void)
 	fprintf(stderr,
 		"usage: posternctl -s SOCKET [--json] COMMAND... [--json]\n"
 		"  commands: show info | show stat | show queue | show connectors | show metrics |\n"
-		"            match <ip>[:<port>] | show throttle | flush | reload | drain | help |\n"
-		"            track [id=ID] [sender=S] [rcpt=R] [message_id=M] [since=TIME] [until=TIME] [limit=N]\n"
-		"  --json    ask for JSON (show info, show stat, show queue, match, track)\n"
+		"            match <ip>[:<port>] | show throttle | flush | reload | drain | help\n"
+		"  queue:    show queue [sender=S] [rcpt=R] [domain=D] [client=IP]\n"
+		"                       [state=active|deferred|held] [limit=N] [offset=N]\n"
+		"            show destinations [filters]\n"
+		"            hold|release|delete|bounce|retry ID|all [filters]\n"
+		"  track:    track [id=ID] [sender=S] [rcpt=R] [message_id=M] [since=TIME] [until=TIME] [limit=N]\n"
+		"  --json    ask for JSON (show info, show stat, show queue, show destinations,\n"
+		"            match, track, and the queue commands)\n"
 		"  TIME      2026-12-02T13:54:19Z, 2026-12-02 13:54, 2026-12-02, or an age: 30s 15m 1h 2d 1w\n");
 	return 2;
 }

@@ -12,12 +12,36 @@
 #include <string.h>
 #include <strings.h>
 
+#include "deliver.h"
 #include "dsn.h"
 #include "envelope.h"
 #include "log.h"
 #include "wctx.h"
 
 /* ---- schedule: a binary heap on next_ms -------------------------------- */
+
+/* A message is in the heap or in the out list, never both or neither. */
+static void out_link(struct queue *q, struct qmsg *m)
+{
+	m->out_prev = NULL;
+	m->out_next = q->out;
+	if (q->out)
+		q->out->out_prev = m;
+	q->out = m;
+	q->nout++;
+}
+
+static void out_unlink(struct queue *q, struct qmsg *m)
+{
+	if (m->out_prev)
+		m->out_prev->out_next = m->out_next;
+	else
+		q->out = m->out_next;
+	if (m->out_next)
+		m->out_next->out_prev = m->out_prev;
+	m->out_prev = m->out_next = NULL;
+	q->nout--;
+}
 
 static void heap_swap(struct queue *q, size_t a, size_t b)
 {
@@ -56,7 +80,7 @@ static void heap_down(struct queue *q, size_t i)
 
 static void schedule(struct queue *q, struct qmsg *m, int64_t at)
 {
-	m->next_ms = at;
+	m->next_ms = m->held ? INT64_MAX : at;
 	if (q->n == q->cap) {
 		size_t nc = q->cap ? q->cap * 2 : 256;
 		struct qmsg **nh = realloc(q->heap, nc * sizeof(*nh));
@@ -68,6 +92,7 @@ static void schedule(struct queue *q, struct qmsg *m, int64_t at)
 		q->heap = nh;
 		q->cap = nc;
 	}
+	out_unlink(q, m);
 	m->heap = q->n;
 	q->heap[q->n++] = m;
 	heap_up(q, m->heap);
@@ -84,6 +109,7 @@ static void heap_remove(struct queue *q, struct qmsg *m)
 		heap_up(q, i);
 	}
 	m->heap = SIZE_MAX;
+	out_link(q, m);
 }
 
 static struct qmsg *heap_pop(struct queue *q)
@@ -96,16 +122,99 @@ static struct qmsg *heap_pop(struct queue *q)
 		heap_down(q, 0);
 	}
 	m->heap = SIZE_MAX;
+	out_link(q, m);
 	return m;
 }
 
 /* ---- messages ---------------------------------------------------------- */
 
-/* A held message waits behind every other: never due until released. */
-#define HELD_MS INT64_MAX
+/* The id list: new messages have the largest ids (wctx_next_msgid), so
+ * they go at the end; recovery appends in segment order and sorts once
+ * (id_sort). A smaller id (a clock set back across a restart) walks back. */
+static void id_link(struct queue *q, struct qmsg *m, bool append)
+{
+	struct qmsg *after = q->id_tail;
+	while (!append && after && after->id > m->id)
+		after = after->id_prev;
+	m->id_prev = after;
+	m->id_next = after ? after->id_next : q->id_head;
+	if (m->id_next)
+		m->id_next->id_prev = m;
+	else
+		q->id_tail = m;
+	if (after)
+		after->id_next = m;
+	else
+		q->id_head = m;
+}
+
+static void id_unlink(struct queue *q, struct qmsg *m)
+{
+	if (m->id_prev)
+		m->id_prev->id_next = m->id_next;
+	else
+		q->id_head = m->id_next;
+	if (m->id_next)
+		m->id_next->id_prev = m->id_prev;
+	else
+		q->id_tail = m->id_prev;
+	m->id_prev = m->id_next = NULL;
+}
+
+static int id_cmp(const void *a, const void *b)
+{
+	const struct qmsg *x = *(struct qmsg *const *)a, *y = *(struct qmsg *const *)b;
+	return x->id < y->id ? -1 : x->id > y->id;
+}
+
+static void id_sort(struct queue *q)
+{
+	size_t n = 0, cap = q->n + q->nout;
+	struct qmsg **v = malloc((cap ? cap : 1) * sizeof(*v));
+	if (!v) {
+		/* Stays in segment order: show queue's fast page may then be
+		 * out of order, never wrong in what it counts. */
+		log_msg(LOG_WARN, "event=queue_error error=\"out of memory sorting the queue by id\"");
+		return;
+	}
+	for (struct qmsg *m = q->id_head; m && n < cap; m = m->id_next)
+		v[n++] = m;
+	qsort(v, n, sizeof(*v), id_cmp);
+	q->id_head = q->id_tail = NULL;
+	for (size_t i = 0; i < n; i++)
+		id_link(q, v[i], true);
+	free(v);
+}
+
+/* held, with the queue's count of them kept (a drain ends when only
+ * held messages are left). */
+static void set_held(struct queue *q, struct qmsg *m, bool held)
+{
+	if (m->held != held)
+		q->nheld += held ? 1 : (size_t)-1;
+	m->held = held;
+}
+
+static void ctl_note(struct queue *q, struct qctl_part *p, struct spool_seg *seg);
+static void ctl_settle(struct queue *q, struct qctl_part *p);
+static void ctl_finish(struct queue *q, struct qctl_part *p);
 
 static void qmsg_free(struct queue *q, struct qmsg *m)
 {
+	if (m->ctl) {
+		/* An operator's bounce: its records are written (or lost with
+		 * the exit); the part waits for their flush. */
+		struct qctl_part *p = m->ctl;
+		m->ctl = NULL;
+		ctl_note(q, p, m->seg);
+		p->inflight--;
+		ctl_settle(q, p);
+	}
+	if (m->heap != SIZE_MAX)
+		heap_remove(q, m);
+	out_unlink(q, m);
+	id_unlink(q, m);
+	set_held(q, m, false);
 	for (unsigned i = 0; i < m->nrcpt; i++) {
 		free(m->r[i].addr);
 		free(m->r[i].orcpt);
@@ -124,7 +233,7 @@ static void qmsg_free(struct queue *q, struct qmsg *m)
 	free(m->client);
 	free(m->connector);
 	free(m->last_error);
-	free(m->held);
+	free(m->held_reason);
 	free(m->route);
 	free(m->prefix);
 	free(m);
@@ -159,12 +268,11 @@ static struct qmsg *qmsg_new(struct queue *q, uint64_t id, struct spool_seg *seg
 	m->client = xdup(client);
 	m->connector = xdup(connector);
 	m->heap = SIZE_MAX;
-	m->held = xdup(env->held);
 	m->route = xdup(env->route);
 	m->prefix = xdup(env->headers);
 	m->prefix_len = m->prefix ? (uint32_t)strlen(m->prefix) : 0;
 	bool ok = m->off && m->len && m->r && m->from && m->client && m->connector &&
-		  (!env->envid || m->envid) && (!env->held || m->held) &&
+		  (!env->envid || m->envid) &&
 		  (!env->route || m->route) && (!env->headers || m->prefix);
 	for (uint32_t i = 0; ok && i < nchunks; i++)
 		m->bytes += len[i];
@@ -185,6 +293,8 @@ static struct qmsg *qmsg_new(struct queue *q, uint64_t id, struct spool_seg *seg
 		ok = m->r[i].addr && (!env->rcpt[i].orcpt || m->r[i].orcpt);
 	}
 	m->seg = seg;
+	out_link(q, m);
+	id_link(q, m, q->recovering);
 	spool_seg_hold(seg, m->bytes);
 	metric_add(&q->w->m->queue_messages, 1);
 	metric_add(&q->w->m->queue_bytes, m->bytes);
@@ -238,6 +348,13 @@ void queue_free(struct queue *q)
 		qmsg_free(q, heap_pop(q));
 	free(q->heap);
 	q->heap = NULL;
+	/* Changes not known durable at exit: answered as such. */
+	while (q->ctl_wait) {
+		struct qctl_part *p = q->ctl_wait;
+		q->ctl_wait = p->next;
+		p->failed = true;
+		ctl_finish(q, p);
+	}
 }
 
 /* The queue takes over the chunk table the spool built while writing. */
@@ -265,7 +382,15 @@ void queue_add_received(struct queue *q, struct spool_msg *sm,
 		log_msg(LOG_ERROR, "event=queue_error id=%s error=\"out of memory\"", id);
 		return;
 	}
-	schedule(q, m, m->held ? HELD_MS : 0);
+	if (env->held) {
+		/* A content rule's hold: the envelope says so, recovery too. */
+		set_held(q, m, true);
+		m->held_reason = strdup(env->held);
+		char qr[LOG_QUOTE_CAP(100)];
+		log_msg(LOG_INFO, "event=held id=%s reason=%s", m->idtxt,
+			log_quote(qr, sizeof(qr), env->held));
+	}
+	schedule(q, m, 0);
 }
 
 /* ---- recovery ---------------------------------------------------------- */
@@ -328,10 +453,16 @@ static void recover_one(void *arg, const struct spool_found *f)
 	}
 	struct qmsg *m = qmsg_new(rc->q, f->id, rc->seg, f->chunks, off, len, &e.env, e.client,
 				  e.connector, e.arrival);
+	const struct spool_msg_state *st = f->state;
+	/* Held by the envelope (a content rule) unless released since, or
+	 * by an operator's record. */
+	if (m && (st->hold > 0 || (st->hold == 0 && e.env.held))) {
+		set_held(rc->q, m, true);
+		m->held_reason = strdup(st->hold > 0 ? st->last_held : e.env.held);
+	}
 	envelope_full_free(&e);
 	if (!m)
 		return;
-	const struct spool_msg_state *st = f->state;
 	for (unsigned i = 0; i < m->nrcpt; i++)
 		if (st->rcpt[i] != SPOOL_RCPT_PENDING) {
 			m->r[i].state = st->rcpt[i];
@@ -344,7 +475,7 @@ static void recover_one(void *arg, const struct spool_found *f)
 	rc->messages++;
 	rc->recipients += m->pending;
 	/* Retry when it was due; a crash does not reset the backoff. */
-	schedule(rc->q, m, m->held ? HELD_MS : st->next_ms);
+	schedule(rc->q, m, st->next_ms);  /* a held one waits at INT64_MAX */
 }
 
 void queue_recover(struct queue *q, unsigned nworkers)
@@ -356,6 +487,7 @@ void queue_recover(struct queue *q, unsigned nworkers)
 	const uint64_t *seqs = w->spool->sp->recover;
 	struct recover_ctx rc = {.q = q};
 	struct spool_scan_stats st;
+	q->recovering = true;
 	memset(&st, 0, sizeof(st));
 	unsigned segs = 0;
 	for (size_t i = 0; i < n; i++) {
@@ -375,6 +507,8 @@ void queue_recover(struct queue *q, unsigned nworkers)
 		spool_seg_put(w->spool, rc.seg, 0);
 		segs++;
 	}
+	q->recovering = false;
+	id_sort(q);
 	log_msg(LOG_INFO,
 		"event=queue_recovered worker=%u segments=%u messages=%llu recipients=%llu finished=%llu",
 		w->id, segs, (unsigned long long)rc.messages, (unsigned long long)rc.recipients,
@@ -623,7 +757,7 @@ static void notice_continue(struct queue *q, struct qmsg *m, enum notice_then th
 		if (sent)
 			record(q, m, SPOOL_STATE_MSG, SPOOL_ST_DELAY_NOTIFIED, NULL);
 		/* A stop or a hold may have come while the original was read. */
-		if (q->w->stopping || q->w->conf->queue.hold)
+		if (q->w->stopping || q->w->conf->queue.hold || m->held)
 			schedule(q, m, m->next_ms);
 		else
 			start_attempt(q, m, now_ms);
@@ -1058,10 +1192,16 @@ static void start_attempt(struct queue *q, struct qmsg *m, int64_t now_ms)
 
 void queue_flush_all(struct queue *q)
 {
-	/* All keys become 0: any order is a heap. */
+	/* Every key becomes 0 but the held ones' (INT64_MAX): the held go
+	 * to the end, and 0s then INT64_MAXs is a heap. */
+	size_t due = 0;
 	for (size_t i = 0; i < q->n; i++)
-		q->heap[i]->next_ms = 0;
-	log_msg(LOG_INFO, "event=flush worker=%u messages=%zu", q->w->id, q->n);
+		if (!q->heap[i]->held) {
+			q->heap[i]->next_ms = 0;
+			heap_swap(q, i, due++);
+		}
+	log_msg(LOG_INFO, "event=flush worker=%u messages=%zu held=%zu", q->w->id, due,
+		q->n - due);
 }
 
 void queue_run(struct queue *q)
@@ -1074,8 +1214,8 @@ void queue_run(struct queue *q)
 	while (q->n && q->heap[0]->next_ms <= now_ms) {
 		struct qmsg *m = heap_pop(q);
 		if (m->held) {
-			/* Made due by a flush: still held until released. */
-			schedule(q, m, HELD_MS);
+			/* Never due while held (schedule keeps it at INT64_MAX). */
+			schedule(q, m, 0);
 			continue;
 		}
 		if (now_ms - m->arrival_ms >= (int64_t)qc->message_expiration_ms) {
@@ -1164,12 +1304,608 @@ void queue_tick(struct queue *q)
 	spool_compact_tick(&q->compact, q->heap, q->n);
 }
 
+static void ctl_flush_started(struct queue *q);
+static void ctl_flush_done(struct queue *q, bool ok);
+
 void queue_flush_started(struct queue *q)
 {
 	spool_compact_flush_started(&q->compact);
+	ctl_flush_started(q);
 }
 
 void queue_flush_done(struct queue *q, bool ok)
 {
 	spool_compact_flush_done(&q->compact, ok);
+	ctl_flush_done(q, ok);
+}
+
+/* ---- operator requests (B.11) ------------------------------------------------ */
+
+/* A segment an operator's records went into, and where they end. Held
+ * until the part is answered, so that it is still there to look at. */
+struct qctl_seg {
+	struct spool_seg *seg;
+	uint64_t end;
+};
+
+static void ctl_note(struct queue *q, struct qctl_part *p, struct spool_seg *seg)
+{
+	(void)q;
+	uint64_t end = spool_seg_tail(seg);
+	for (unsigned i = p->nsegs; i-- > 0;)
+		if (p->segs[i].seg == seg) {
+			p->segs[i].end = end;
+			return;
+		}
+	if (p->nsegs == p->segs_cap) {
+		unsigned nc = p->segs_cap ? p->segs_cap * 2 : 8;
+		struct qctl_seg *ns = realloc(p->segs, nc * sizeof(*ns));
+		if (!ns) {
+			p->failed = true;
+			return;
+		}
+		p->segs = ns;
+		p->segs_cap = nc;
+	}
+	spool_seg_hold(seg, 0);
+	p->segs[p->nsegs++] = (struct qctl_seg){seg, end};
+}
+
+static void ctl_finish(struct queue *q, struct qctl_part *p)
+{
+	for (unsigned i = 0; i < p->nsegs; i++)
+		spool_seg_put(q->w->spool, p->segs[i].seg, 0);
+	p->nsegs = 0;
+	qctl_part_done(p);
+}
+
+static void ctl_unlink(struct queue *q, struct qctl_part *p)
+{
+	for (struct qctl_part **pp = &q->ctl_wait; *pp; pp = &(*pp)->next)
+		if (*pp == p) {
+			*pp = p->next;
+			return;
+		}
+}
+
+/* Nothing was written, or something could not be: answered now. Else it
+ * waits for the flush that covers its records (queue_flush_*). */
+static void ctl_settle(struct queue *q, struct qctl_part *p)
+{
+	if (p->inflight || (p->nsegs && !p->failed))
+		return;
+	ctl_unlink(q, p);
+	ctl_finish(q, p);
+}
+
+static void ctl_flush_started(struct queue *q)
+{
+	for (struct qctl_part *p = q->ctl_wait; p; p = p->next) {
+		if (p->inflight || p->covered)
+			continue;
+		bool all = true;
+		for (unsigned i = 0; all && i < p->nsegs; i++)
+			all = p->segs[i].end <= spool_seg_written_prefix(p->segs[i].seg);
+		if (!all)
+			continue;
+		p->covered = true;
+		for (unsigned i = 0; i < p->nsegs; i++)
+			p->failed |= spool_seg_lost_before(p->segs[i].seg, p->segs[i].end);
+	}
+}
+
+static void ctl_flush_done(struct queue *q, bool ok)
+{
+	struct qctl_part **pp = &q->ctl_wait;
+	while (*pp) {
+		struct qctl_part *p = *pp;
+		if (!p->covered) {
+			pp = &p->next;
+			continue;
+		}
+		*pp = p->next;
+		p->failed |= !ok;
+		ctl_finish(q, p);
+	}
+}
+
+static enum qctl_state msg_state(const struct queue *q, const struct qmsg *m)
+{
+	if (m->held)
+		return QCTL_HELD;
+	if (m->heap == SIZE_MAX || m->next_ms <= q->w->wall_ms)
+		return QCTL_ACTIVE;
+	return QCTL_DEFERRED;
+}
+
+/* The view of m the filters and rows take; r has room for m->nrcpt, or
+ * is NULL for a view without recipients. */
+static void msg_view(const struct queue *q, const struct qmsg *m, struct qctl_view *v,
+		     struct qctl_rview *r)
+{
+	for (unsigned i = 0; r && i < m->nrcpt; i++)
+		r[i] = (struct qctl_rview){
+			.addr = m->r[i].addr, .status = m->r[i].status, .reply = m->r[i].reply,
+			.state = m->r[i].state == SPOOL_RCPT_DELIVERED ? QCTL_R_DELIVERED
+				: m->r[i].state == SPOOL_RCPT_FAILED ? QCTL_R_FAILED : QCTL_R_PENDING,
+		};
+	*v = (struct qctl_view){
+		.id = m->id, .arrival = m->arrival, .size = m->bytes, .from = m->from,
+		.client = m->client, .connector = m->connector, .state = msg_state(q, m),
+		.held_reason = m->held_reason, .attempts = m->attempts,
+		.next_ms = m->next_ms == INT64_MAX ? 0 : m->next_ms, .last_error = m->last_error,
+		.nrcpt = m->nrcpt, .pending = m->pending, .r = r,
+	};
+}
+
+/* Every message once, for a scan that changes nothing: the schedule's
+ * array (its messages prefetched ahead: a million of them are mostly
+ * cache misses, and independent ones overlap), then the out list. */
+struct msg_iter {
+	size_t i;
+	struct qmsg *out;
+	bool in_out;
+};
+
+#define PREFETCH_AHEAD 16
+
+static struct qmsg *iter_next(const struct queue *q, struct msg_iter *it)
+{
+	if (!it->in_out) {
+		if (it->i < q->n) {
+			if (it->i + PREFETCH_AHEAD < q->n)
+				__builtin_prefetch(q->heap[it->i + PREFETCH_AHEAD]);
+			return q->heap[it->i++];
+		}
+		it->in_out = true;
+		it->out = q->out;
+	}
+	struct qmsg *m = it->out;
+	if (m)
+		it->out = m->out_next;
+	return m;
+}
+
+/* The rview scratch of a scan, grown to the largest message. */
+struct ctl_scratch {
+	struct qctl_rview *r;
+	unsigned cap;
+};
+
+static bool scratch_fit(struct ctl_scratch *s, unsigned n)
+{
+	if (n <= s->cap)
+		return true;
+	struct qctl_rview *nr = realloc(s->r, n * sizeof(*nr));
+	if (!nr)
+		return false;
+	s->r = nr;
+	s->cap = n;
+	return true;
+}
+
+/* show queue: the offset+limit smallest ids matched, in a max-heap on
+ * id, so a listing of a million messages costs one pass and keeps only
+ * what can be shown. */
+static void pick_push(struct qmsg **h, size_t *n, size_t k, struct qmsg *m)
+{
+	size_t i;
+	if (*n < k) {
+		i = (*n)++;
+		h[i] = m;
+		while (i > 0 && h[(i - 1) / 2]->id < h[i]->id) {
+			struct qmsg *t = h[i];
+			h[i] = h[(i - 1) / 2];
+			h[(i - 1) / 2] = t;
+			i = (i - 1) / 2;
+		}
+		return;
+	}
+	if (m->id >= h[0]->id)
+		return;
+	h[0] = m;
+	for (i = 0;;) {
+		size_t l = 2 * i + 1, r = l + 1, big = i;
+		if (l < *n && h[l]->id > h[big]->id)
+			big = l;
+		if (r < *n && h[r]->id > h[big]->id)
+			big = r;
+		if (big == i)
+			break;
+		struct qmsg *t = h[i];
+		h[i] = h[big];
+		h[big] = t;
+		i = big;
+	}
+}
+
+static int pick_cmp(const void *a, const void *b)
+{
+	const struct qmsg *x = *(struct qmsg *const *)a, *y = *(struct qmsg *const *)b;
+	return x->id < y->id ? -1 : x->id > y->id;
+}
+
+static bool row_add(struct qctl_part *p, size_t *cap, uint64_t id, char *text)
+{
+	if (p->nrows == *cap) {
+		size_t nc = *cap ? *cap * 2 : 64;
+		struct qctl_row *nr = realloc(p->rows, nc * sizeof(*nr));
+		if (!nr) {
+			free(text);
+			return false;
+		}
+		p->rows = nr;
+		*cap = nc;
+	}
+	p->rows[p->nrows++] = (struct qctl_row){id, text};
+	return true;
+}
+
+static char *row_text(struct queue *q, struct qctl_part *p, struct qmsg *m,
+		      struct ctl_scratch *sc)
+{
+	struct qctl_view v;
+	if (!scratch_fit(sc, m->nrcpt))
+		return NULL;
+	msg_view(q, m, &v, sc->r);
+	char *text = NULL;
+	size_t len = 0;
+	FILE *f = open_memstream(&text, &len);
+	if (!f)
+		return NULL;
+	qctl_write_row(f, &v, p->req->cmd.json, p->req->now);
+	if (fclose(f) != 0) {
+		free(text);
+		return NULL;
+	}
+	return text;
+}
+
+static void ctl_show(struct queue *q, struct qctl_part *p, struct ctl_scratch *sc)
+{
+	const struct qctl_req *req = p->req;
+	const struct qctl_cmd *c = &req->cmd;
+	bool rcpts = qctl_filter_needs_rcpts(&c->f);
+	struct qctl_view v;
+	size_t cap = 0;
+	if (req->render && qctl_filter_empty(&c->f)) {
+		/* The page's rows from the id list, up to its last id. */
+		for (struct qmsg *m = q->id_head; m && m->id <= req->render_hi; m = m->id_next) {
+			if (m->id < req->render_lo)
+				continue;
+			p->matched++;
+			char *text = row_text(q, p, m, sc);
+			if (!text || !row_add(p, &cap, m->id, text))
+				p->failed = true;
+		}
+		return;
+	}
+	if (req->render) {
+		/* The second round: the page's rows. */
+		struct msg_iter it = {0};
+		for (struct qmsg *m; (m = iter_next(q, &it));) {
+			if (m->id < req->render_lo || m->id > req->render_hi ||
+			    (rcpts && !scratch_fit(sc, m->nrcpt)))
+				continue;
+			msg_view(q, m, &v, rcpts ? sc->r : NULL);
+			if (!qctl_match(&c->f, &v))
+				continue;
+			p->matched++;
+			char *text = row_text(q, p, m, sc);
+			if (!text || !row_add(p, &cap, m->id, text))
+				p->failed = true;
+		}
+		return;
+	}
+	size_t k = (size_t)c->offset + c->limit, n = 0;
+	if (k > q->n + q->nout)
+		k = q->n + q->nout;
+	if (qctl_filter_empty(&c->f)) {
+		/* Every message matches: the first k by id are the list's. */
+		p->matched = q->n + q->nout;
+		p->rows = calloc(k ? k : 1, sizeof(*p->rows));
+		struct qmsg *m = q->id_head;
+		for (size_t i = 0; p->rows && m && i < k; i++, m = m->id_next) {
+			char *text = req->ids_only ? NULL : row_text(q, p, m, sc);
+			if (!req->ids_only && !text) {
+				p->failed = true;
+				continue;
+			}
+			p->rows[p->nrows++] = (struct qctl_row){m->id, text};
+		}
+		if (!p->rows)
+			p->failed = true;
+		return;
+	}
+	struct qmsg **h = malloc((k ? k : 1) * sizeof(*h));
+	if (!h) {
+		p->failed = true;
+		return;
+	}
+	struct msg_iter it = {0};
+	for (struct qmsg *m; (m = iter_next(q, &it));) {
+		if (rcpts && !scratch_fit(sc, m->nrcpt))
+			continue;
+		msg_view(q, m, &v, rcpts ? sc->r : NULL);
+		if (!qctl_match(&c->f, &v))
+			continue;
+		p->matched++;
+		if (k)
+			pick_push(h, &n, k, m);
+	}
+	qsort(h, n, sizeof(*h), pick_cmp);
+	p->rows = calloc(n ? n : 1, sizeof(*p->rows));
+	cap = n;
+	for (size_t i = 0; p->rows && i < n; i++) {
+		char *text = req->ids_only ? NULL : row_text(q, p, h[i], sc);
+		if (!req->ids_only && !text) {
+			p->failed = true;
+			continue;
+		}
+		p->rows[p->nrows++] = (struct qctl_row){h[i]->id, text};
+	}
+	free(h);
+}
+
+/* Where a pending recipient goes: its send connector, or its domain for
+ * MX delivery, as start_attempt would split it. */
+static const char *dest_of(struct queue *q, const char *addr, char *buf, size_t cap,
+			   bool *throttled)
+{
+	const char *dom = rcpt_domain(q, addr);
+	const struct sconn *sc = conf_route(q->w->conf, dom, strlen(dom));
+	*throttled = false;
+	if (!sc)
+		return "(no send connector)";
+	if (sc->nhosts || sc->drop_dir) {
+		*throttled = deliver_throttled(q->dl, sc->name, "");
+		return sc->name;
+	}
+	snprintf(buf, cap, "%s", dom);
+	for (char *t = buf; *t; t++)
+		if (*t >= 'A' && *t <= 'Z')
+			*t = (char)(*t - 'A' + 'a');
+	*throttled = deliver_throttled(q->dl, sc->name, buf);
+	return buf;
+}
+
+/* Routes of the domains seen in one show destinations: most recipients
+ * share a few domains, and routing one is a connector lookup. */
+#define ROUTE_CACHE 512
+struct route_memo {
+	char dom[256];            /* "" empty slot */
+	char name[256];
+	bool throttled;
+	struct qctl_dest *d;      /* its entry in the part's table ... */
+	size_t cap;               /* ... while the table has this size */
+};
+
+static struct route_memo *dest_cached(struct queue *q, struct route_memo *memo,
+				      const char *addr, struct route_memo *spill)
+{
+	const char *dom = rcpt_domain(q, addr);
+	uint64_t h = 1469598103934665603ull;
+	for (const char *t = dom; *t; t++)
+		h = (h ^ (unsigned char)(*t >= 'A' && *t <= 'Z' ? *t + 32 : *t)) * 1099511628211ull;
+	struct route_memo *e = &memo[h % ROUTE_CACHE];
+	if (e->dom[0] && strcasecmp(e->dom, dom) == 0)
+		return e;
+	char buf[256];
+	bool th;
+	const char *name = dest_of(q, addr, buf, sizeof(buf), &th);
+	/* A domain too long to remember is routed every time. */
+	if (strlen(dom) >= sizeof(e->dom))
+		e = spill;
+	snprintf(e->dom, sizeof(e->dom), "%.*s", (int)sizeof(e->dom) - 1, dom);
+	snprintf(e->name, sizeof(e->name), "%s", name);
+	e->throttled = th;
+	e->d = NULL;
+	return e;
+}
+
+static void ctl_destinations(struct queue *q, struct qctl_part *p, struct ctl_scratch *sc)
+{
+	const struct qctl_cmd *c = &p->req->cmd;
+	bool rcpts = qctl_filter_needs_rcpts(&c->f);
+	struct route_memo *memo = calloc(ROUTE_CACHE + 1, sizeof(*memo));
+	if (!memo) {
+		p->failed = true;
+		return;
+	}
+	struct qctl_view v;
+	struct msg_iter it = {0};
+	for (struct qmsg *m; (m = iter_next(q, &it));) {
+		if (rcpts && !scratch_fit(sc, m->nrcpt))
+			continue;
+		msg_view(q, m, &v, rcpts ? sc->r : NULL);
+		if (!qctl_match(&c->f, &v))
+			continue;
+		p->matched++;
+		for (unsigned i = 0; i < m->nrcpt; i++) {
+			if (m->r[i].state != SPOOL_RCPT_PENDING)
+				continue;
+			struct route_memo *e = dest_cached(q, memo, m->r[i].addr, &memo[ROUTE_CACHE]);
+			if (!e->d || e->cap != p->dests.cap) {
+				e->d = qctl_dests_entry(&p->dests, e->name);
+				e->cap = p->dests.cap;
+			}
+			if (!e->d || !qctl_dest_count(e->d, &v, e->throttled))
+				p->failed = true;
+			/* the spill slot is for one recipient only */
+			memo[ROUTE_CACHE].d = NULL;
+		}
+	}
+	free(memo);
+}
+
+static void ctl_log(struct queue *q, const struct qmsg *m, enum qctl_op op)
+{
+	(void)q;
+	log_msg(LOG_INFO, "event=admin action=%s id=%s by=stats", qctl_op_name(op), m->idtxt);
+}
+
+static bool ctl_record(struct queue *q, struct qctl_part *p, struct qmsg *m, uint8_t kind,
+		       const char *text)
+{
+	struct spool_state_rec r = {.rcpt = SPOOL_STATE_MSG, .kind = kind, .attempts = m->attempts,
+				    .time_ms = q->w->wall_ms, .next_ms = m->next_ms};
+	if (!spool_state_write(q->w->spool, m->seg, m->id, &r, text)) {
+		p->failed = true;
+		return false;
+	}
+	ctl_note(q, p, m->seg);
+	return true;
+}
+
+/* One change to one message the filters matched. */
+static void ctl_apply(struct queue *q, struct qctl_part *p, struct qmsg *m, enum qctl_op op)
+{
+	bool idle = m->heap != SIZE_MAX && !m->ctl;
+	int64_t now = q->w->wall_ms;
+	switch (op) {
+	case QCTL_HOLD: {
+		if (m->held) {
+			p->skipped++;
+			return;
+		}
+		char *why = strdup("operator");
+		if (!why) {
+			p->failed = true;
+			return;
+		}
+		set_held(q, m, true);
+		free(m->held_reason);
+		m->held_reason = why;
+		if (!ctl_record(q, p, m, SPOOL_ST_HELD, why)) {
+			set_held(q, m, false);
+			return;
+		}
+		if (idle) {
+			/* Its key becomes INT64_MAX: down to the end. */
+			heap_remove(q, m);
+			schedule(q, m, m->next_ms);
+		}
+		break;
+	}
+	case QCTL_RELEASE:
+	case QCTL_RETRY: {
+		if (op == QCTL_RELEASE ? !m->held : m->held) {
+			p->skipped++;
+			return;
+		}
+		if (op == QCTL_RETRY && !idle) {
+			p->busy++;
+			return;
+		}
+		int64_t was = m->next_ms;
+		bool held = m->held;
+		m->next_ms = now;
+		set_held(q, m, false);
+		if (!ctl_record(q, p, m, SPOOL_ST_RELEASED, NULL)) {
+			m->next_ms = was;
+			set_held(q, m, held);
+			return;
+		}
+		free(m->held_reason);
+		m->held_reason = NULL;
+		if (idle) {
+			heap_remove(q, m);
+			schedule(q, m, now);
+		}
+		break;
+	}
+	case QCTL_DELETE:
+		if (!idle) {
+			p->busy++;
+			return;
+		}
+		if (!ctl_record(q, p, m, SPOOL_ST_REMOVED, "deleted by an operator"))
+			return;
+		ctl_log(q, m, op);
+		p->touched++;
+		heap_remove(q, m);
+		qmsg_free(q, m);
+		return;
+	case QCTL_BOUNCE:
+		if (!idle) {
+			p->busy++;
+			return;
+		}
+		ctl_log(q, m, op);
+		p->touched++;
+		heap_remove(q, m);
+		for (unsigned i = 0; i < m->nrcpt; i++) {
+			struct qrcpt *r = &m->r[i];
+			if (r->state != SPOOL_RCPT_PENDING)
+				continue;
+			set_result(r, "5.0.0",
+				   "550 5.0.0 Message removed from the queue by the relay's administrator",
+				   NULL);
+			r->failed_now = true;
+		}
+		/* The notice, then the FAILED records, then the end of m:
+		 * qmsg_free tells the part. */
+		m->ctl = p;
+		p->inflight++;
+		finish_round(q, m, false, now);
+		return;
+	case QCTL_SHOW:
+	case QCTL_DESTINATIONS:
+		return;
+	}
+	ctl_log(q, m, op);
+	p->touched++;
+}
+
+/* hold, release...: the matching messages are picked first, then
+ * changed, since a change moves them in the schedule, frees them (delete,
+ * bounce) or adds one (a bounce's notice, never picked). */
+static void ctl_change(struct queue *q, struct qctl_part *p, struct ctl_scratch *sc)
+{
+	const struct qctl_cmd *c = &p->req->cmd;
+	bool rcpts = qctl_filter_needs_rcpts(&c->f);
+	size_t total = q->n + q->nout, n = 0;
+	struct qmsg **pick = malloc((total ? total : 1) * sizeof(*pick));
+	if (!pick) {
+		p->failed = true;
+		return;
+	}
+	struct qctl_view v;
+	struct msg_iter it = {0};
+	for (struct qmsg *m; (m = iter_next(q, &it));) {
+		if (rcpts && !scratch_fit(sc, m->nrcpt)) {
+			p->failed = true;
+			continue;
+		}
+		msg_view(q, m, &v, rcpts ? sc->r : NULL);
+		if (!qctl_match(&c->f, &v))
+			continue;
+		pick[n++] = m;
+		if (c->f.by_id)
+			break;
+	}
+	/* In arrival order, as show queue lists them. */
+	qsort(pick, n, sizeof(*pick), pick_cmp);
+	for (size_t i = 0; i < n; i++) {
+		p->matched++;
+		ctl_apply(q, p, pick[i], c->op);
+	}
+	free(pick);
+}
+
+void queue_ctl(struct queue *q, struct qctl_part *p)
+{
+	const struct qctl_cmd *c = &p->req->cmd;
+	struct ctl_scratch sc = {0};
+	p->next = q->ctl_wait;
+	q->ctl_wait = p;
+	if (c->op == QCTL_SHOW) {
+		ctl_show(q, p, &sc);
+	} else if (c->op == QCTL_DESTINATIONS) {
+		ctl_destinations(q, p, &sc);
+	} else {
+		ctl_change(q, p, &sc);
+	}
+	free(sc.r);
+	ctl_settle(q, p);
 }

@@ -12,6 +12,7 @@
 #include "config.h"
 #include "io.h"
 #include "job.h"
+#include "queue_ctl.h"
 #include "spool.h"
 #include "spool_compact.h"
 
@@ -32,6 +33,14 @@ struct queue {
 	unsigned nreads;
 	struct qmsg **heap;       /* waiting messages, earliest next_ms first */
 	size_t n, cap;
+	struct qmsg *out;         /* the messages not in heap (show queue sees
+	                           * both: every message is in one of them) */
+	size_t nout;
+	size_t nheld;             /* messages held (of n + nout) */
+	struct qmsg *id_head, *id_tail; /* every message by id: show queue without
+	                           * filters reads its first page, no scan */
+	bool recovering;          /* queue_recover: appended now, sorted after */
+	struct qctl_part *ctl_wait; /* operator changes waiting to be durable */
 };
 
 void queue_init(struct queue *q, struct wctx *w, queue_submit_fn *submit, struct deliver *dl);
@@ -48,8 +57,13 @@ void queue_add_received(struct queue *q, struct spool_msg *sm,
  * seq % nworkers == worker id); logs what it found. */
 void queue_recover(struct queue *q, unsigned nworkers);
 
-/* Every waiting message becomes due now (posternctl flush). */
+/* Every waiting message becomes due now (posternctl flush); held ones
+ * stay held. */
 void queue_flush_all(struct queue *q);
+
+/* An operator's request (queue_ctl.h): this worker's part is answered
+ * with qctl_part_done once every change it made is durable. */
+void queue_ctl(struct queue *q, struct qctl_part *p);
 
 /* Starts every attempt that is due (once per loop turn). */
 void queue_run(struct queue *q);

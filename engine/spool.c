@@ -227,6 +227,11 @@ int spool_seg_fd(const struct spool_seg *s)
 	return s->fd;
 }
 
+uint64_t spool_seg_tail(const struct spool_seg *s)
+{
+	return s->tail;
+}
+
 uint64_t spool_seg_seq(const struct spool_seg *s)
 {
 	return s->seq;

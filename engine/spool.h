@@ -51,6 +51,9 @@ enum spool_state_kind {
 	SPOOL_ST_DELAY_NOTIFIED = 4, /* message: the delay DSN was written */
 	SPOOL_ST_MOVED = 5,       /* message: a durable copy is in a later segment;
 				   * this one is finished, whatever becomes of that */
+	SPOOL_ST_REMOVED = 6,     /* message: deleted by an operator: finished */
+	SPOOL_ST_HELD = 7,        /* message: held by an operator (text: why) */
+	SPOOL_ST_RELEASED = 8,    /* message: released (or retried): due at next_ms */
 };
 #define SPOOL_STATE_MSG 0xffffffffu
 
@@ -75,7 +78,11 @@ struct spool_msg_state {
 	int64_t last_ms, next_ms;
 	bool delay_notified;
 	bool moved;              /* SPOOL_ST_MOVED: superseded by a later copy */
+	bool removed;            /* SPOOL_ST_REMOVED */
+	int8_t hold;             /* the last of HELD (1) and RELEASED (-1); 0: neither,
+				  * the envelope's held: line decides */
 	char last_error[256];
+	char last_held[64];      /* the HELD record's reason */
 	uint8_t *rcpt;           /* SPOOL_RCPT_* per recipient (nrcpt) */
 };
 
@@ -281,6 +288,8 @@ void spool_seg_put(struct spool_worker *sw, struct spool_seg *s, uint64_t bytes)
  * quarter of what it holds is still queued. NULL when there is none. */
 struct spool_seg *spool_compact_candidate(struct spool_worker *sw);
 int spool_seg_fd(const struct spool_seg *s);
+/* Where the segment's next record goes (the end of the last one). */
+uint64_t spool_seg_tail(const struct spool_seg *s);
 uint64_t spool_seg_seq(const struct spool_seg *s);
 
 /* Takes over a segment found at start (recovery): new records go at tail.
@@ -288,7 +297,9 @@ uint64_t spool_seg_seq(const struct spool_seg *s);
 struct spool_seg *spool_seg_adopt(struct spool_worker *sw, uint64_t seq, uint64_t tail);
 
 /* Appends a STATE record to the segment; text is copied. Durable after the
- * next group commit (spool_dirty() tells one is due). */
+ * next group commit (spool_dirty() tells one is due) that starts once
+ * spool_seg_written_prefix() has passed spool_seg_tail() as it was right
+ * after the write. */
 bool spool_state_write(struct spool_worker *sw, struct spool_seg *s, uint64_t msg,
 		       const struct spool_state_rec *rec, const char *text);
 /* Starts a message in a given segment (generated notices go into the

@@ -130,10 +130,18 @@ static void move_write_state(struct spool_worker *sw, struct spool_seg *to, cons
 			spool_state_write(sw, to, m->id, &r, m->r[i].reply);
 		}
 	if (m->attempts) {
+		/* A held message waits at INT64_MAX: its HELD record says so. */
 		struct spool_state_rec r = {.rcpt = SPOOL_STATE_MSG, .kind = SPOOL_ST_DEFERRED,
 					    .attempts = m->attempts, .time_ms = now,
-					    .next_ms = m->next_ms};
+					    .next_ms = m->next_ms == INT64_MAX ? 0 : m->next_ms};
 		spool_state_write(sw, to, m->id, &r, m->last_error);
+	}
+	if (m->held) {
+		/* The copy's envelope has no held: line; held (by a rule or an
+		 * operator) it stays by record. */
+		struct spool_state_rec r = {.rcpt = SPOOL_STATE_MSG, .kind = SPOOL_ST_HELD,
+					    .attempts = m->attempts, .time_ms = now};
+		spool_state_write(sw, to, m->id, &r, m->held_reason);
 	}
 	if (m->delay_notified) {
 		struct spool_state_rec r = {.rcpt = SPOOL_STATE_MSG,
@@ -171,7 +179,8 @@ static bool move_write(struct spool_compact *c, struct qmove *mv, char *bytes, s
 			.from = m->from, .body = m->body, .ret = m->ret, .envid = m->envid,
 			.smtputf8 = m->smtputf8, .rcpt = rc, .nrcpt = m->nrcpt,
 			/* Content rules' marks as they stand now. */
-			.held = m->held, .route = m->route, .headers = m->prefix};
+			.held = m->held ? m->held_reason : NULL, .route = m->route,
+			.headers = m->prefix};
 		mv->nchunks = sm->chunks;
 		mv->off = malloc(sm->chunks * sizeof(*mv->off));
 		mv->len = malloc(sm->chunks * sizeof(*mv->len));

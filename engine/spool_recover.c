@@ -215,6 +215,21 @@ void spool_state_apply(struct spool_msg_state *st, const void *payload, size_t l
 		st->moved = true;
 		st->pending = 0;
 		break;
+	case SPOOL_ST_REMOVED:
+		st->removed = true;
+		st->pending = 0;
+		break;
+	case SPOOL_ST_HELD:
+		st->hold = 1;
+		if (tl >= sizeof(st->last_held))
+			tl = sizeof(st->last_held) - 1;
+		memcpy(st->last_held, (const char *)payload + sizeof(r), tl);
+		st->last_held[tl] = '\0';
+		break;
+	case SPOOL_ST_RELEASED:
+		st->hold = -1;
+		st->next_ms = r.next_ms;
+		break;
 	}
 }
 

@@ -26,11 +26,13 @@
 #define STATS_LINE_MAX 512
 
 static const char *const commands_help =
-	"commands: show info [json] | show stat [json] | show queue [json] | "
+	"commands: show info [json] | show stat [json] | "
 	"show connectors [json] | show throttle | show metrics | match <ip>[:<port>] [json] | "
-	"flush | reload | drain | "
-	"track [id=ID] [sender=S] [rcpt=R] [message_id=M] [since=TIME] [until=TIME] [limit=N] [json] | "
-	"help";
+	"flush | reload | drain | help | "
+	"show queue [sender=S] [rcpt=R] [domain=D] [client=IP] [state=active|deferred|held] "
+	"[limit=N] [offset=N] [json] | show destinations [filters] [json] | "
+	"hold|release|delete|bounce|retry ID|all [filters] [json] | "
+	"track [id=ID] [sender=S] [rcpt=R] [message_id=M] [since=TIME] [until=TIME] [limit=N] [json]";
 
 /* track runs on a thread of its own (stats_task), so that /readyz and
  * /metrics never wait for it; after this it answers with what it found. */
@@ -111,92 +113,81 @@ static void show_info(const struct stats_host *h, const struct conf *c,
 		(unsigned long long)t.dirsyncs, (unsigned long long)t.flushed_messages);
 }
 
-struct queue_out {
-	FILE *out;
-	bool json;
-	long n;
-	int64_t now;
-};
+/* How long an operator's queue request may take: a million messages are
+ * scanned in well under a second; the rest is one group commit. */
+#define QCTL_TIMEOUT_MS 20000
 
-/* "<addr>" for show queue: paths as they were given. */
-static const char *bracketed(char *buf, size_t cap, const char *addr)
+/* show queue, show destinations, hold, release, delete, bounce, retry
+ * (B.11): every worker answers for its own messages, changes once they
+ * are durable; logged as one event=admin line besides each message's. */
+static int queue_control(const struct stats_host *h, enum qctl_op op, const char *args,
+			 bool json, FILE *out)
 {
-	snprintf(buf, cap, "<%s>", addr);
-	return buf;
-}
-
-static void queue_row(void *arg, const struct spool_found *f)
-{
-	struct queue_out *q = arg;
-	struct envelope_full m;
-	if (envelope_read(f->env, f->envlen, &m) < 0) {
-		envelope_full_free(&m);
-		return;
+	struct qctl_cmd c;
+	char err[256];
+	if (qctl_parse(op, args, &c, err, sizeof(err)) < 0) {
+		fprintf(out, "%s\n", err);
+		return -1;
 	}
-	uint64_t size = f->bytes + f->envlen;
-	const struct spool_msg_state *st = f->state;
-	unsigned nrcpt = m.env.nrcpt, shown = nrcpt < 256 ? nrcpt : 256;
-	char from[SMTP_PATH_MAX + 3], rcpt[SMTP_PATH_MAX + 3];
-	bracketed(from, sizeof(from), m.env.from);
-	if (q->json) {
-		fputs(q->n++ ? ", {\"id\": " : "{\"id\": ", q->out);
-		json_write_string(q->out, m.id);
-		fputs(", \"sender\": ", q->out);
-		json_write_string(q->out, from);
-		fputs(", \"recipients\": [", q->out);
-		for (unsigned i = 0; i < shown; i++) {
-			if (i)
-				fputs(", ", q->out);
-			json_write_string(q->out, bracketed(rcpt, sizeof(rcpt), m.env.rcpt[i].addr));
+	c.json = json;
+	struct qctl_req *r = qctl_req_new(&c, h->nworkers);
+	if (!r) {
+		fprintf(out, "error: out of memory\n");
+		return -1;
+	}
+	uint64_t t0 = wctx_clock_us();
+	bool two = op == QCTL_SHOW && c.offset + c.limit > QCTL_ONE_ROUND;
+	r->ids_only = two;
+	h->queue_ctl(h->arg, r);
+	bool complete = qctl_req_wait(r, QCTL_TIMEOUT_MS);
+	uint64_t lo = 0, hi = 0, total = 0;
+	if (two && complete && qctl_page(r, &lo, &hi, &total)) {
+		/* The page is known: its rows, and only those, are made. */
+		qctl_req_put(r);
+		if (!(r = qctl_req_new(&c, h->nworkers))) {
+			fprintf(out, "error: out of memory\n");
+			return -1;
 		}
-		fprintf(q->out, "], \"recipient_count\": %u, \"pending\": %u, \"size\": %llu, "
-			"\"age_s\": %lld, \"attempts\": %u, \"next_attempt\": ",
-			nrcpt, st->pending, (unsigned long long)size,
-			(long long)(q->now - m.arrival), st->attempts);
-		if (st->attempts)
-			fprintf(q->out, "%lld, \"next_attempt_in_s\": %lld", (long long)(st->next_ms / 1000),
-				(long long)(st->next_ms / 1000 - q->now));
-		else
-			fputs("null", q->out);
-		fputs(", \"last_error\": ", q->out);
-		if (st->last_error[0])
-			json_write_string(q->out, st->last_error);
-		else
-			fputs("null", q->out);
-		fputs(", \"connector\": ", q->out);
-		json_write_string(q->out, m.connector);
-		fputs(", \"client\": ", q->out);
-		json_write_string(q->out, m.client);
-		fputc('}', q->out);
-	} else {
-		q->n++;
-		char next[24] = "now";
-		if (st->attempts && st->next_ms / 1000 > q->now)
-			snprintf(next, sizeof(next), "in %llds", (long long)(st->next_ms / 1000 - q->now));
-		fprintf(q->out, "%-20s %8llu %7lld %8u %-12s %-30s %s%s\n", m.id,
-			(unsigned long long)size, (long long)(q->now - m.arrival), st->attempts, next,
-			from, shown ? bracketed(rcpt, sizeof(rcpt), m.env.rcpt[0].addr) : "",
-			nrcpt > 1 ? " ..." : "");
-		if (st->last_error[0])
-			fprintf(q->out, "%20s last error: %s\n", "", st->last_error);
+		r->render = true;
+		r->render_lo = lo;
+		r->render_hi = hi;
+		r->total = total;
+		h->queue_ctl(h->arg, r);
+		complete = qctl_req_wait(r, QCTL_TIMEOUT_MS);
+	} else if (two && complete) {
+		/* Nothing from offset on: the first round's rows are none to
+		 * show, and it counted the total. */
+		r->ids_only = false;
 	}
-	envelope_full_free(&m);
+	int ret = qctl_answer(out, r, complete);
+	if (op != QCTL_SHOW && op != QCTL_DESTINATIONS) {
+		uint64_t matched = 0, touched = 0, busy = 0;
+		for (unsigned i = 0; complete && i < r->nparts; i++) {
+			matched += r->part[i].matched;
+			touched += r->part[i].touched;
+			busy += r->part[i].busy;
+		}
+		char ft[600], qf[LOG_QUOTE_CAP(600)];
+		qctl_filter_text(&c, ft, sizeof(ft));
+		log_msg(ret ? LOG_WARN : LOG_INFO,
+			"event=admin action=%s filter=%s by=stats matched=%llu touched=%llu busy=%llu result=%s ms=%.1f",
+			qctl_op_name(op), log_quote(qf, sizeof(qf), ft), (unsigned long long)matched,
+			(unsigned long long)touched, (unsigned long long)busy,
+			!complete ? "timeout" : ret ? "error" : "ok",
+			(double)(wctx_clock_us() - t0) / 1000.0);
+	}
+	qctl_req_put(r);
+	return ret;
 }
 
-static void show_queue(const struct stats_host *h, FILE *out, bool json)
+/* "show queue", "show queue sender=x": the arguments after name, or NULL
+ * when cmd is not that command. */
+static const char *command_args(const char *cmd, const char *name)
 {
-	struct queue_out q = {out, json, 0, (int64_t)time(NULL)};
-	if (json)
-		fputs("{\"messages\": [", out);
-	else
-		fprintf(out, "%-20s %8s %7s %8s %-12s %-30s %s\n", "id", "size", "age_s",
-			"attempts", "next_attempt", "sender", "recipients");
-	struct spool_scan_stats st;
-	spool_scan(h->store->dirfd, queue_row, &q, &st);
-	if (json)
-		fprintf(out, "], \"count\": %ld}\n", q.n);
-	else
-		fprintf(out, "%ld message%s queued\n", q.n, q.n == 1 ? "" : "s");
+	size_t n = strlen(name);
+	if (strncmp(cmd, name, n) != 0 || (cmd[n] && cmd[n] != ' '))
+		return NULL;
+	return cmd + n;
 }
 
 /* The content rules' names, and the action each has in c. */
@@ -368,6 +359,18 @@ int stats_command(const struct stats_host *h, const char *line, FILE *out)
 		fprintf(out, "%s%s\n", ret ? "error: " : "", result);
 		return ret;
 	}
+	const char *args;
+	enum qctl_op op;
+	char word[16];
+	size_t wl = strcspn(cmd, " ");
+	snprintf(word, sizeof(word), "%.*s", (int)(wl < sizeof(word) - 1 ? wl : sizeof(word) - 1),
+		 cmd);
+	if ((args = command_args(cmd, "show queue")))
+		return queue_control(h, QCTL_SHOW, args, json, out);
+	if ((args = command_args(cmd, "show destinations")))
+		return queue_control(h, QCTL_DESTINATIONS, args, json, out);
+	if (wl < sizeof(word) && qctl_op_of(word, &op))
+		return queue_control(h, op, cmd + wl, json, out);
 	if (strcmp(cmd, "flush") == 0 && !json) {
 		/* Every queued message is due now (after a next hop came back). */
 		h->flush(h->arg);
@@ -381,8 +384,6 @@ int stats_command(const struct stats_host *h, const char *line, FILE *out)
 		struct metrics_rules mr;
 		metrics_print_stat(out, h->registry, h->send_registry, h->metrics, h->nworkers, json,
 				   rules_of(h, c, &mr));
-	} else if (strcmp(cmd, "show queue") == 0) {
-		show_queue(h, out, json);
 	} else if (strcmp(cmd, "show throttle") == 0 && !json) {
 		throttle_print(h->throttle, c, wctx_clock_ms(), out);
 	} else if (strcmp(cmd, "show metrics") == 0 && !json) {
@@ -647,7 +648,8 @@ static void client_respond(struct stats_server *s, struct stats_client *k)
 	fclose(out);
 	k->writing = true;
 	k->outoff = 0;
-	/* The reply gets its own time to be taken. */
+	/* A queue request may have waited for the workers: the reply gets
+	 * its own time to go out. */
 	k->deadline_ms = wctx_clock_ms() + STATS_DEADLINE_MS;
 }
 

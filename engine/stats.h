@@ -12,6 +12,7 @@
 
 #include "config.h"
 #include "metrics.h"
+#include "queue_ctl.h"
 #include "spool.h"
 #include "throttle.h"
 
@@ -27,6 +28,9 @@ struct stats_host {
 	uint64_t start_ms;        /* wctx_clock_ms() at start */
 	/* Every queued message is due now (posternctl flush). */
 	void (*flush)(void *arg);
+	/* Hands each worker its part of an operator's queue request (one
+	 * part per worker, r->nparts == nworkers). */
+	void (*queue_ctl)(void *arg, struct qctl_req *r);
 	/* The configuration in force, with a reference for the caller. */
 	struct conf *(*current)(void *arg);
 	/* Reloads like SIGHUP; writes the outcome. 0 on success. */

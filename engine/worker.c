@@ -159,6 +159,23 @@ void worker_flush_queue(struct worker *w)
 	io_wake(w->ctx.io);
 }
 
+void worker_queue_ctl(struct worker *w, struct qctl_part *p)
+{
+	mailbox_post(&w->ctl, &p->node);
+	io_wake(w->ctx.io);
+}
+
+/* Requests that came too late for the loop: answered with nothing done. */
+static void refuse_ctl(struct worker *w)
+{
+	for (struct mailbox_node *n = mailbox_take(&w->ctl), *next; n; n = next) {
+		next = n->next;
+		struct qctl_part *p = (struct qctl_part *)n;
+		p->failed = p->req->cmd.op != QCTL_SHOW && p->req->cmd.op != QCTL_DESTINATIONS;
+		qctl_part_done(p);
+	}
+}
+
 bool worker_reload_pending(struct worker *w)
 {
 	return atomic_load(&w->reload) != NULL;
@@ -366,6 +383,10 @@ static void on_wake(struct worker *w, const struct io_cqe *e)
 	pickup_take(&w->ctx);
 	if (atomic_exchange(&w->flush_requested, false))
 		queue_flush_all(&w->queue);
+	for (struct mailbox_node *n = mailbox_take(&w->ctl), *next; n; n = next) {
+		next = n->next;
+		queue_ctl(&w->queue, (struct qctl_part *)n);
+	}
 }
 
 typedef void (*handler_fn)(struct worker *w, const struct io_cqe *e);
@@ -445,6 +466,7 @@ static int setup(struct worker *w)
 	x->buf_returned = session_buffers_returned;
 	mailbox_init(&x->auth_done);
 	mailbox_init(&x->pickup_in);
+	mailbox_init(&w->ctl);
 	w->accept_paused = calloc(w->nlisten ? w->nlisten : 1, sizeof(*w->accept_paused));
 	/* Kept for the day descriptors run out (accept_exhausted). */
 	w->spare_fd = open("/dev/null", O_RDONLY | O_CLOEXEC);
@@ -517,8 +539,10 @@ static void *worker_main(void *arg)
 		bool quiet = w->conns.nconns == 0 && !w->spool.flushing &&
 			     !w->spool.pending_writes && !x->pickup_inflight && deliver_idle(x->dl) &&
 			     queue_idle(&w->queue);
+		/* A drain is over once only held messages are left: they
+		 * stay in the spool, held, for the next start. */
 		if (quiet && (x->stopping ||
-			      (x->draining && metric_get(&w->m.queue_messages) == 0)))
+			      (x->draining && metric_get(&w->m.queue_messages) == w->queue.nheld)))
 			break;
 	}
 	log_batch_flush();
@@ -533,7 +557,9 @@ static void *worker_main(void *arg)
 	deliver_free(x->dl);
 	x->dl = NULL;
 	w->spool.stopping = true;
+	w->held_left = w->queue.nheld;
 	queue_free(&w->queue);
+	refuse_ctl(w);
 	spool_worker_free(&w->spool);
 	content_worker_free(&w->content);
 	struct worker_reload *r = atomic_exchange(&w->reload, NULL);
@@ -584,6 +610,8 @@ void worker_join(struct worker *w)
 	mailbox_destroy(&w->ctx.auth_done);
 	pickup_discard(&w->ctx);
 	mailbox_destroy(&w->ctx.pickup_in);
+	refuse_ctl(w);
+	mailbox_destroy(&w->ctl);
 	/* Closed here, not on the worker thread: other threads may still
 	 * wake it until it is joined. */
 	if (w->peers)

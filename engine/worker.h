@@ -55,9 +55,11 @@ struct worker {
 	int spare_fd;
 	atomic_bool stop_requested;
 	atomic_bool flush_requested;  /* posternctl flush: retry everything now */
+	struct mailbox ctl;           /* operators' queue requests (struct qctl_part) */
 	atomic_bool drain_requested;  /* posternctl drain (B.10) */
 	atomic_bool inbound_closed;   /* its listeners are closed (drain or stop) */
 	atomic_int state;         /* 0 starting, 1 running, -1 failed, 2 exited */
+	size_t held_left;         /* held messages left in the spool at exit */
 	char err[256];
 };
 
@@ -72,6 +74,9 @@ void worker_reload(struct worker *w, struct worker_reload *r);
 bool worker_reload_pending(struct worker *w);
 /* Makes every message queued on the worker due now (any thread). */
 void worker_flush_queue(struct worker *w);
+/* Hands the worker its part of an operator's queue request (any thread);
+ * answered with qctl_part_done, at the latest when it is joined. */
+void worker_queue_ctl(struct worker *w, struct qctl_part *p);
 void worker_join(struct worker *w);
 
 #endif

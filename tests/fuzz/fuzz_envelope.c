@@ -1,7 +1,8 @@
 /* libFuzzer target for the stored envelope reader (engine/envelope.c),
  * which recovery runs on whatever a segment holds. Anything it accepts must
  * survive a round trip: written back with envelope_write() and read again,
- * the sender, recipients and DSN parameters come out the same. */
+ * the sender, recipients, DSN parameters and a held: reason come out the
+ * same. */
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -35,6 +36,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 			if (envelope_read(out, len, &g) != 0)
 				abort();
 			same(e.env.from, g.env.from);
+			same(e.env.held, g.env.held);
 			if (e.env.nrcpt != g.env.nrcpt || e.env.body != g.env.body ||
 			    e.env.ret != g.env.ret || e.env.smtputf8 != g.env.smtputf8 ||
 			    e.env.anonymous != g.env.anonymous || e.env.dotless != g.env.dotless)

@@ -261,7 +261,11 @@ def test_unknown_command_lists_commands(traffic):
     rc, out = ctl(traffic.sock, "frobnicate")
     assert rc == 1
     assert out == ('error: unknown command "frobnicate"; commands: show info [json] | '
-                   'show stat [json] | show queue [json] | show connectors [json] | '
+                   'show stat [json] | show connectors [json] | '
                    'show throttle | show metrics | match <ip>[:<port>] [json] | flush | reload | '
-                   'drain | track [id=ID] [sender=S] [rcpt=R] [message_id=M] [since=TIME] '
-                   '[until=TIME] [limit=N] [json] | help\n')
+                   'drain | help | show queue [sender=S] [rcpt=R] [domain=D] [client=IP] '
+                   '[state=active|deferred|held] [limit=N] [offset=N] [json] | '
+                   'show destinations [filters] [json] | '
+                   'hold|release|delete|bounce|retry ID|all [filters] [json] | '
+                   'track [id=ID] [sender=S] [rcpt=R] [message_id=M] [since=TIME] '
+                   '[until=TIME] [limit=N] [json]\n')

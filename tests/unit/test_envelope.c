@@ -34,12 +34,14 @@ struct env_case {
 	const char *envid;
 	bool smtputf8;
 	bool anonymous, dotless;
+	const char *held;
 	unsigned nrcpt;
 	struct rcpt_in rcpt[MAX_RCPT];
 	const char *want;
 	/* What envelope_read gives back where the writer had to change the
 	 * value (line breaks inside it); NULL: the value itself. */
 	const char *back_connector;
+	const char *back_held;
 };
 
 static const struct env_case write_cases[] = {
@@ -134,6 +136,26 @@ static const struct env_case write_cases[] = {
 		.back_connector = "evil  rcpt: <x@evil.example>",
 	},
 	{
+		.name = "held by a content rule", .id = "7", .arrival = 9, .connector = "c",
+		.client = "10.0.0.1", .helo = "h", .from = "a@b.example", .held = "card-numbers",
+		.nrcpt = 1, .rcpt = {{"x@y.example"}},
+		.want = "POSTERN/1\r\nid: 7\r\narrival: 9\r\nconnector: c\r\nclient: 10.0.0.1\r\nhelo: h\r\n"
+			"held: card-numbers\r\n"
+			"from: <a@b.example>\r\n"
+			"rcpt: <x@y.example>\r\n\r\n",
+	},
+	{
+		.name = "a held reason with a line break cannot add a recipient", .id = "8",
+		.arrival = 9, .connector = "c", .client = "10.0.0.1", .helo = "h",
+		.from = "a@b.example", .held = "rule\r\nrcpt: <evil@x.example>", .nrcpt = 1,
+		.rcpt = {{"x@y.example"}},
+		.want = "POSTERN/1\r\nid: 8\r\narrival: 9\r\nconnector: c\r\nclient: 10.0.0.1\r\nhelo: h\r\n"
+			"held: rule  rcpt: <evil@x.example>\r\n"
+			"from: <a@b.example>\r\n"
+			"rcpt: <x@y.example>\r\n\r\n",
+		.back_held = "rule  rcpt: <evil@x.example>",
+	},
+	{
 		.name = "no recipients", .id = "6", .arrival = 8, .connector = "c", .client = "c",
 		.helo = "h", .from = "a@b.example", .nrcpt = 0,
 		.want = "POSTERN/1\r\nid: 6\r\narrival: 8\r\nconnector: c\r\nclient: c\r\nhelo: h\r\n"
@@ -149,7 +171,7 @@ static struct smtp_envelope env_of(const struct env_case *c, struct smtp_rcpt *r
 					  .notify = c->rcpt[i].notify};
 	return (struct smtp_envelope){
 		.from = (char *)c->from, .body = c->body, .ret = c->ret,
-		.envid = (char *)c->envid, .smtputf8 = c->smtputf8,
+		.envid = (char *)c->envid, .smtputf8 = c->smtputf8, .held = (char *)c->held,
 		.anonymous = c->anonymous, .dotless = c->dotless,
 		.rcpt = r, .nrcpt = c->nrcpt, .rcpt_cap = c->nrcpt,
 	};
@@ -207,6 +229,8 @@ static void test_read_round_trip(void **state)
 		CHECK_INT(c->name, e.env.smtputf8, c->smtputf8);
 		CHECK_INT(c->name, e.env.anonymous, c->anonymous);
 		CHECK_INT(c->name, e.env.dotless, c->dotless);
+		CHECK_STR(c->name, or_empty(e.env.held),
+			  or_empty(c->back_held ? c->back_held : c->held));
 		CHECK_INT(c->name, e.env.nrcpt, c->nrcpt);
 		for (unsigned k = 0; k < c->nrcpt && k < e.env.nrcpt; k++) {
 			char what[160];

@@ -135,13 +135,20 @@ static const char conf_text[] =
 	"  smart_hosts = [ \"127.0.0.1:2526\" ]; } );\n"
 	"queue = { %s };\n";
 
-/* queue_settings: the body of the queue group. false: no such backend. */
-static bool rig_open(struct rig *g, const char *queue_settings, uint64_t segment_bytes)
+/* queue_settings: the body of the queue group. false: no such backend.
+ * reuse: the directory of a rig closed with rig_close_keep (a restart:
+ * the queue recovers what is there). */
+static bool rig_open_in(struct rig *g, const char *queue_settings, uint64_t segment_bytes,
+			const char *reuse)
 {
 	memset(g, 0, sizeof(*g));
 	njobs = 0;
-	snprintf(g->dir, sizeof(g->dir), "/tmp/postern-queue-test-XXXXXX");
-	assert_non_null(mkdtemp(g->dir));
+	if (reuse) {
+		snprintf(g->dir, sizeof(g->dir), "%s", reuse);
+	} else {
+		snprintf(g->dir, sizeof(g->dir), "/tmp/postern-queue-test-XXXXXX");
+		assert_non_null(mkdtemp(g->dir));
+	}
 	g->dirfd = open(g->dir, O_RDONLY | O_DIRECTORY);
 	assert_true(g->dirfd >= 0);
 	char err[512], path[128];
@@ -167,10 +174,17 @@ static bool rig_open(struct rig *g, const char *queue_settings, uint64_t segment
 			     .now_ms = 1000, .wall_ms = T0, .spool = &g->sw, .queue = &g->q,
 			     .m = g->m};
 	queue_init(&g->q, &g->w, fake_submit, NULL);
+	if (reuse)
+		queue_recover(&g->q, 1);
 	return true;
 }
 
-static void rig_close(struct rig *g)
+static bool rig_open(struct rig *g, const char *queue_settings, uint64_t segment_bytes)
+{
+	return rig_open_in(g, queue_settings, segment_bytes, NULL);
+}
+
+static void rig_close_keep(struct rig *g, bool keep)
 {
 	while (njobs) {
 		struct djob *j = next_job();
@@ -185,9 +199,16 @@ static void rig_close(struct rig *g)
 	conf_unref(g->w.conf);
 	free(g->m);
 	close(g->dirfd);
+	if (keep)
+		return;
 	char cmd[128];
 	snprintf(cmd, sizeof(cmd), "rm -rf %s", g->dir);
 	assert_int_equal(system(cmd), 0);
+}
+
+static void rig_close(struct rig *g)
+{
+	rig_close_keep(g, false);
 }
 
 /* The fake clock: wall time, and the monotonic clock with it. */
@@ -248,6 +269,9 @@ static void pump(struct rig *g)
 	CHECK_INT("waiting for a flush", g->sw.nready, 0);
 }
 
+/* A content rule's hold for the next message stored (NULL: none). */
+static const char *next_held;
+
 /* Stores a message as a session does (two chunks), without waiting. */
 static void store(struct rig *g, struct inbound *in, const char *from,
 		  const char *const *rcpt, const unsigned *notify, unsigned n, enum smtp_ret ret)
@@ -258,7 +282,7 @@ static void store(struct rig *g, struct inbound *in, const char *from,
 		in->rcpt[i] = (struct smtp_rcpt){.addr = (char *)rcpt[i],
 						 .notify = notify ? notify[i] : 0};
 	in->env = (struct smtp_envelope){.from = (char *)from, .ret = ret, .rcpt = in->rcpt,
-					 .nrcpt = n};
+					 .nrcpt = n, .held = (char *)next_held};
 	in->arrival = g->w.wall_ms / 1000;
 	in->id = wctx_next_msgid(&g->w);
 	char idtxt[WCTX_MSGID_LEN];
@@ -279,6 +303,44 @@ static struct qmsg *queued(struct rig *g, uint64_t id)
 		if (g->q.heap[i]->id == id)
 			return g->q.heap[i];
 	return NULL;
+}
+
+/* An operator's request on the rig's one queue, as the stats thread
+ * makes it; answered (r->left 0) once its changes are durable. */
+static struct qctl_req *control(struct rig *g, enum qctl_op op, const char *args)
+{
+	struct qctl_cmd c;
+	char err[256];
+	if (qctl_parse(op, args, &c, err, sizeof(err)) < 0)
+		fail_msg("qctl_parse(%s): %s", args, err);
+	struct qctl_req *r = qctl_req_new(&c, 1);
+	assert_non_null(r);
+	queue_ctl(&g->q, &r->part[0]);
+	return r;
+}
+
+/* The id list holds every message once, ascending (show queue's page). */
+static void check_id_order(struct rig *g)
+{
+	size_t n = 0;
+	for (struct qmsg *m = g->q.id_head; m; m = m->id_next, n++)
+		if (m->id_next)
+			assert_true(m->id < m->id_next->id);
+	CHECK_INT("id list", n, g->q.n + g->q.nout);
+}
+
+static bool answered(struct qctl_req *r)
+{
+	return qctl_req_wait(r, 0);
+}
+
+static char *answer_text(struct qctl_req *r, char *buf, size_t cap)
+{
+	FILE *f = fmemopen(buf, cap, "w");
+	assert_non_null(f);
+	qctl_answer(f, r, true);
+	fclose(f);
+	return buf;
 }
 
 /* A message received now, durable and queued. */
@@ -891,6 +953,204 @@ static void test_compaction_moves_a_deferred_message(void **state)
 	rig_close(&g);
 }
 
+
+/* A content rule's hold (env.held, the envelope's held: line): never
+ * attempted, not by flush either, held again after a restart; release
+ * makes it due now, is answered only once its record is durable, and
+ * holds after a restart too. */
+static void test_held_at_arrival_until_released(void **state)
+{
+	struct rig g;
+	if (!rig_open(&g, "retry_interval = \"1h\"; message_expiration = \"1d\";", 1 << 20))
+		skip();
+	const char *rc[] = {"bob@far.test"};
+	next_held = "card-numbers";
+	struct qmsg *m = receive(&g, "alice@app.test", rc, NULL, 1, SMTP_RET_NONE);
+	next_held = NULL;
+	uint64_t id = m->id;
+	struct qmsg *o = receive(&g, "carol@app.test", rc, NULL, 1, SMTP_RET_NONE);
+	uint64_t oid = o->id;
+	assert_true(m->held);
+	CHECK_STR("reason", m->held_reason, "card-numbers");
+	queue_run(&g.q);
+	CHECK_INT("only the other one", njobs, 1);
+	answer(&g, o, &defer, 1);
+	pump(&g);
+	queue_flush_all(&g.q);
+	queue_run(&g.q);
+	CHECK_INT("flush skips the held", njobs, 1);
+	CHECK_INT("flushed the other", jobs[0]->m->id, oid);
+	answer(&g, o, &defer, 1);
+	pump(&g);
+	char dir[64];
+	snprintf(dir, sizeof(dir), "%s", g.dir);
+	rig_close_keep(&g, true);
+
+	assert_true(rig_open_in(&g, "retry_interval = \"1h\"; message_expiration = \"1d\";",
+				1 << 20, dir));
+	m = queued(&g, id);
+	assert_non_null(m);
+	assert_true(m->held);
+	CHECK_STR("reason after a restart", m->held_reason, "card-numbers");
+	check_id_order(&g);
+	CHECK_INT("two messages", g.q.n + g.q.nout, 2);
+	set_time(&g, T0 + 2 * 3600 * 1000LL);
+	queue_run(&g.q);
+	CHECK_INT("the other one is due, the held one is not", njobs, 1);
+	CHECK_INT("the other", jobs[0]->m->id, oid);
+	answer(&g, jobs[0]->m, &defer, 1);
+	pump(&g);
+
+	char buf[512];
+	struct qctl_req *r = control(&g, QCTL_RELEASE, "all state=held");
+	assert_false(answered(r)); /* its record is not durable yet */
+	pump(&g);
+	assert_true(answered(r));
+	CHECK_STR("answer", answer_text(r, buf, sizeof(buf)), "released: 1\n");
+	qctl_req_put(r);
+	assert_false(m->held);
+	unsigned n = records(&g, recs, N_ELEMS(recs), 0, NULL, 0);
+	CHECK_INT("release record", count_rec(recs, n, SPOOL_REC_STATE, id, SPOOL_ST_RELEASED), 1);
+	queue_run(&g.q);
+	CHECK_INT("due now", njobs, 1);
+	CHECK_INT("the released one", jobs[0]->m->id, id);
+	answer(&g, m, &defer, 1);
+	pump(&g);
+	rig_close_keep(&g, true);
+
+	assert_true(rig_open_in(&g, "retry_interval = \"1h\"; message_expiration = \"1d\";",
+				1 << 20, dir));
+	m = queued(&g, id);
+	assert_non_null(m);
+	assert_false(m->held); /* the record wins over the envelope's line */
+	rig_close(&g);
+}
+
+/* hold, retry, delete and bounce on the queue itself: what each touches,
+ * its records, and that a bounce's FAILED record follows its notice. */
+static void test_operator_hold_delete_bounce(void **state)
+{
+	struct rig g;
+	if (!rig_open(&g, "retry_interval = \"1h\"; message_expiration = \"1d\";", 1 << 20))
+		skip();
+	const char *rc[] = {"bob@far.test", "dave@other.test"};
+	struct qmsg *a = receive(&g, "alice@app.test", rc, NULL, 2, SMTP_RET_NONE);
+	struct qmsg *b = receive(&g, "mallory@spam.test", rc + 1, NULL, 1, SMTP_RET_NONE);
+	struct qmsg *c = receive(&g, "mallory@spam.test", rc, NULL, 1, SMTP_RET_NONE);
+	uint64_t aid = a->id, bid = b->id, cid = c->id;
+	char buf[512];
+	struct qctl_req *r = control(&g, QCTL_HOLD, "all domain=far.test");
+	pump(&g);
+	assert_true(answered(r));
+	CHECK_STR("hold", answer_text(r, buf, sizeof(buf)), "held: 2\n");
+	qctl_req_put(r);
+	assert_true(a->held && c->held && !b->held);
+	queue_run(&g.q);
+	CHECK_INT("only b", njobs, 1);
+	CHECK_INT("b", jobs[0]->m->id, bid);
+	/* b is in delivery: not deleted under its job's feet */
+	r = control(&g, QCTL_DELETE, "all sender=mallory@spam.test");
+	pump(&g);
+	CHECK_STR("delete", answer_text(r, buf, sizeof(buf)),
+		  "deleted: 1 (busy: 1 in delivery or being moved; try again)\n");
+	qctl_req_put(r);
+	assert_null(queued(&g, cid));
+	answer(&g, b, &defer, 1);
+	pump(&g);
+	r = control(&g, QCTL_RETRY, "all");
+	pump(&g);
+	CHECK_STR("retry", answer_text(r, buf, sizeof(buf)),
+		  "retried: 1 (unchanged: 1 held: use release)\n");
+	qctl_req_put(r);
+	queue_run(&g.q);
+	CHECK_INT("b again", njobs, 1);
+	answer(&g, b, &accept_, 1);
+	pump(&g);
+	/* bounce a held message: a failure notice to alice, then FAILED
+	 * for both recipients, and it is gone */
+	snprintf(buf, sizeof(buf), "%s", a->idtxt);
+	r = control(&g, QCTL_BOUNCE, buf);
+	pump(&g);
+	assert_true(answered(r));
+	CHECK_STR("bounce", answer_text(r, buf, sizeof(buf)), "bounced: 1\n");
+	qctl_req_put(r);
+	assert_null(queued(&g, aid));
+	unsigned n = records(&g, recs, N_ELEMS(recs), 0, NULL, 0);
+	uint64_t nid = 0;
+	CHECK_INT("one notice", disk_notices(recs, n, &nid), 1);
+	int commit = find_rec(recs, n, SPOOL_REC_COMMIT, nid, 0, 0);
+	assert_written_before(recs, commit, find_rec(recs, n, SPOOL_REC_STATE, aid, SPOOL_ST_FAILED, 0));
+	assert_written_before(recs, commit, find_rec(recs, n, SPOOL_REC_STATE, aid, SPOOL_ST_FAILED, 1));
+	CHECK_INT("removed record", count_rec(recs, n, SPOOL_REC_STATE, cid, SPOOL_ST_REMOVED), 1);
+	CHECK_INT("held records", count_rec(recs, n, SPOOL_REC_STATE, aid, SPOOL_ST_HELD), 1);
+	records(&g, recs, N_ELEMS(recs), nid, text, sizeof(text));
+	assert_contains(text, "Action: failed");
+	assert_contains(text, "Final-Recipient: rfc822; bob@far.test");
+	assert_contains(text, "Final-Recipient: rfc822; dave@other.test");
+	check_id_order(&g);
+	/* an unknown id */
+	r = control(&g, QCTL_HOLD, "0123456789ABCDEF");
+	assert_true(answered(r));
+	CHECK_STR("unknown", answer_text(r, buf, sizeof(buf)),
+		  "error: no message 0123456789ABCDEF in the queue\n");
+	qctl_req_put(r);
+	rig_close(&g);
+}
+
+/* Compaction moves a held message: the copy's envelope has no held: line,
+ * so its HELD record keeps it held across a restart. */
+static void test_compaction_keeps_a_held_message_held(void **state)
+{
+	struct rig g;
+	const char *qs = "retry_interval = \"1h\"; message_expiration = \"1d\"; delay_notification = \"0\";";
+	if (!rig_open(&g, qs, 64 << 10))
+		skip();
+	const char *keep_rc[] = {"bob@keep.test"};
+	next_held = "card-numbers";
+	struct qmsg *keep = receive(&g, "alice@app.test", keep_rc, NULL, 1, SMTP_RET_NONE);
+	next_held = NULL;
+	uint64_t id = keep->id;
+	const char *go_rc[] = {"carol@go.test"};
+	static struct inbound in[400];
+	unsigned k = 0;
+	for (; k < N_ELEMS(in); k++) {
+		store(&g, &in[k], "alice@app.test", go_rc, NULL, 1, SMTP_RET_NONE);
+		pump(&g);
+		struct qmsg *m = queued(&g, in[k].id);
+		assert_non_null(m);
+		bool rolled = m->seg != keep->seg;
+		queue_run(&g.q);
+		answer(&g, m, &accept_, 1);
+		pump(&g);
+		if (rolled)
+			break;
+	}
+	assert_true(k < N_ELEMS(in));
+	struct spool_seg *old = keep->seg;
+	set_time(&g, g.w.wall_ms + 5000);
+	queue_tick(&g.q);
+	pump(&g);
+	assert_ptr_equal(queued(&g, id), keep);
+	assert_ptr_not_equal(keep->seg, old);
+	assert_true(keep->held);
+	CHECK_INT("no job", njobs, 0);
+	size_t nseg = 0;
+	free(spool_segments(g.dirfd, &nseg));
+	CHECK_INT("the old segment went", nseg, 1);
+	char dir[64];
+	snprintf(dir, sizeof(dir), "%s", g.dir);
+	rig_close_keep(&g, true);
+	assert_true(rig_open_in(&g, qs, 64 << 10, dir));
+	check_id_order(&g);
+	keep = queued(&g, id);
+	assert_non_null(keep);
+	assert_true(keep->held);
+	CHECK_STR("reason", keep->held_reason, "card-numbers");
+	queue_run(&g.q);
+	CHECK_INT("still no job", njobs, 0);
+	rig_close(&g);
+}
+
 int main(void)
 {
 	const struct CMUnitTest tests[] = {
@@ -903,6 +1163,9 @@ int main(void)
 		cmocka_unit_test(test_notify_success_sends_a_relayed_notice),
 		cmocka_unit_test(test_failed_read_sends_no_notice),
 		cmocka_unit_test(test_compaction_moves_a_deferred_message),
+		cmocka_unit_test(test_held_at_arrival_until_released),
+		cmocka_unit_test(test_operator_hold_delete_bounce),
+		cmocka_unit_test(test_compaction_keeps_a_held_message_held),
 	};
 	log_set_level(LOG_WARN);
 	char why[200];

@@ -211,6 +211,8 @@ struct state_found {
 	uint8_t rcpt[8][4];
 	uint64_t off0[8];
 	bool delay[8];
+	int8_t hold[8];
+	char held[8][64];
 };
 
 static void collect_state(void *arg, const struct spool_found *m)
@@ -222,6 +224,8 @@ static void collect_state(void *arg, const struct spool_found *m)
 	f->attempts[i] = m->state->attempts;
 	f->next_ms[i] = m->state->next_ms;
 	f->delay[i] = m->state->delay_notified;
+	f->hold[i] = m->state->hold;
+	snprintf(f->held[i], sizeof(f->held[i]), "%.60s", m->state->last_held);
 	snprintf(f->error[i], sizeof(f->error[i]), "%.60s", m->state->last_error);
 	for (unsigned k = 0; k < m->state->nrcpt && k < 4; k++)
 		f->rcpt[i][k] = m->state->rcpt[k];
@@ -298,6 +302,42 @@ static void test_state_records(void **state_)
 	CHECK_INT("tail", tail, good);
 	char name[128];
 	snprintf(name, sizeof(name), "%s/seg-%016llx.log", dir, 4ULL);
+	unlink(name);
+}
+
+/* An operator's records (B.11): HELD and RELEASED, the last one wins and
+ * RELEASED carries when it is due; REMOVED finishes the message. */
+static void test_operator_records(void **state_)
+{
+	(void)state_;
+	static struct seg_builder b;
+	b.len = 0;
+	static const char env[] = "POSTERN/1\r\nrcpt: <a@x>\r\n\r\n";
+	for (uint64_t id = 1; id <= 4; id++) {
+		chunk(&b, id, "msg\r\n");
+		commit(&b, id, 5, 1, env);
+	}
+	state(&b, 1, SPOOL_STATE_MSG, SPOOL_ST_HELD, 0, 0, "operator");
+	state(&b, 2, SPOOL_STATE_MSG, SPOOL_ST_HELD, 0, 0, "operator");
+	state(&b, 2, SPOOL_STATE_MSG, SPOOL_ST_RELEASED, 0, 777, "");
+	state(&b, 3, SPOOL_STATE_MSG, SPOOL_ST_REMOVED, 0, 0, "deleted by an operator");
+	state(&b, 4, SPOOL_STATE_MSG, SPOOL_ST_RELEASED, 0, 555, "");
+	state(&b, 4, SPOOL_STATE_MSG, SPOOL_ST_HELD, 0, 0, "again");
+	write_seg(5, &b, 64);
+	struct state_found f = {0};
+	struct spool_scan_stats st;
+	assert_int_equal(spool_scan(dirfd_, collect_state, &f, &st), 0);
+	CHECK_INT("live", f.n, 3);
+	CHECK_INT("removed is finished", st.finished, 1);
+	assert_true(f.id[0] == 1 && f.id[1] == 2 && f.id[2] == 4);
+	CHECK_INT("1 held", f.hold[0], 1);
+	CHECK_STR("1 why", f.held[0], "operator");
+	CHECK_INT("2 released", f.hold[1], -1);
+	CHECK_INT("2 due", f.next_ms[1], 777);
+	CHECK_INT("4 held again", f.hold[2], 1);
+	CHECK_STR("4 why", f.held[2], "again");
+	char name[128];
+	snprintf(name, sizeof(name), "%s/seg-%016llx.log", dir, 5ULL);
 	unlink(name);
 }
 
@@ -768,6 +808,7 @@ int main(void)
 		cmocka_unit_test_setup_teardown(test_torn_tails, setup, teardown),
 		cmocka_unit_test_setup_teardown(test_inconsistent_commit_is_ignored, setup, teardown),
 		cmocka_unit_test_setup_teardown(test_state_records, setup, teardown),
+		cmocka_unit_test_setup_teardown(test_operator_records, setup, teardown),
 		cmocka_unit_test_setup_teardown(test_moved_copy_wins, setup, teardown),
 		cmocka_unit_test_setup_teardown(test_finished_moved_copy_wins, setup, teardown),
 		cmocka_unit_test_setup_teardown(test_copy_state_precedes_commit, setup, teardown),
