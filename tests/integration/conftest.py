@@ -235,6 +235,7 @@ class Postern:
 
     def start(self):
         assert os.access(BINARY, os.X_OK), "no postern binary at " + BINARY
+        self.stopped = False
         self._err = open(self.stderr_path, "wb")
         self.proc = subprocess.Popen(self.wrapper + [BINARY, "-c", str(self.config)],
                                      stdin=subprocess.DEVNULL,

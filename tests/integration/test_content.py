@@ -169,6 +169,23 @@ def test_hold_survives_restart_and_is_not_delivered(postern, tmp_path):
         assert len(sink.messages) == 1
         assert held in p.messages() and held_rcpt in p.messages()
         assert events(p, "deliver") == []
+        # show queue says why; release (the queue-control command) lets one go.
+        rc, out, _ = ctl(tmp_path, "--json", "show", "queue", "state=held")
+        assert rc == 0, out
+        shown = {m["id"]: m["held_reason"] for m in json.loads(out)["messages"]}
+        assert shown == {held: "card-numbers", held_rcpt: "hold-rcpt"}, out
+        rc, out, _ = ctl(tmp_path, "release", held)
+        assert (rc, out) == (0, "released: 1\n"), out
+        wait_event(p, "deliver", id=held)
+        assert len(sink.messages) == 2
+        assert b"card 41111111=\r\n11111111" in sink.messages[1]["data"]
+        # released is durable: a restart does not hold it again; the other
+        # one stays held.
+        p.stop()
+        p.start()
+        time.sleep(2 * SLOW)
+        assert len(sink.messages) == 2
+        assert held_rcpt in p.messages() and held not in p.messages()
 
 
 def test_add_header_and_route(postern, tmp_path):
