@@ -64,8 +64,15 @@ struct pickup_job {
 struct pending {
 	struct pending *next;
 	uint64_t due_ms;
+	bool listed;            /* found by listing the directory, not by a rename */
 	char name[NAME_MAX_BYTES + 1];
 };
+
+/* A listed file (not announced by a rename: there at start, or after the
+ * kernel's event queue overflowed) is taken once it has not changed for
+ * this long, so that one still being written in place is not read half
+ * written at least while its writer keeps writing. */
+#define LISTED_QUIET_MS 2000
 
 struct pickup {
 	char dir[4096];
@@ -125,7 +132,7 @@ static bool known(const struct pickup *p, const char *name)
 	return false;
 }
 
-static void enqueue(struct pickup *p, const char *name, uint64_t due_ms)
+static void enqueue(struct pickup *p, const char *name, uint64_t due_ms, bool listed)
 {
 	if (!eml_name(name) || known(p, name))
 		return;
@@ -136,6 +143,7 @@ static void enqueue(struct pickup *p, const char *name, uint64_t due_ms)
 	}
 	snprintf(q->name, sizeof(q->name), "%s", name);
 	q->due_ms = due_ms;
+	q->listed = listed;
 	struct pending **t = &p->pending;
 	while (*t)
 		t = &(*t)->next;
@@ -157,7 +165,7 @@ static void scan(struct pickup *p)
 	}
 	struct dirent *e;
 	while ((e = readdir(d)))
-		enqueue(p, e->d_name, 0);
+		enqueue(p, e->d_name, 0, true);
 	closedir(d);
 }
 
@@ -314,6 +322,14 @@ static void start_due(struct pickup *p)
 			q = &it->next;
 			continue;
 		}
+		struct stat st;
+		if (it->listed && fstatat(p->dirfd, it->name, &st, AT_SYMLINK_NOFOLLOW) == 0 &&
+		    wctx_wall_ms() - ((int64_t)st.st_mtim.tv_sec * 1000 +
+				      st.st_mtim.tv_nsec / 1000000) < LISTED_QUIET_MS) {
+			it->due_ms = now + LISTED_QUIET_MS / 2;  /* changed lately: later */
+			q = &it->next;
+			continue;
+		}
 		*q = it->next;
 		struct pickup_job *j = load(p, it->name);
 		if (j) {
@@ -380,15 +396,15 @@ static void collect(struct pickup *p)
 			if (same_file(p, j))
 				bad(p, j->name, j->bad_reason, j->error);
 			else if (!atomic_load(&p->stop))
-				enqueue(p, j->name, 0); /* replaced meanwhile: the new one */
+				enqueue(p, j->name, 0, false); /* replaced meanwhile: the new one */
 			job_free(j);
 			continue;
 		}
 		bool again = finish(p, j, !atomic_load(&p->stop));
 		if (again && !atomic_load(&p->stop))
-			enqueue(p, j->name, 0);
+			enqueue(p, j->name, 0, false);
 		else if (!j->ok && !atomic_load(&p->stop))
-			enqueue(p, j->name, wctx_clock_ms() + RETRY_MS);
+			enqueue(p, j->name, wctx_clock_ms() + RETRY_MS, false);
 		job_free(j);
 	}
 }
@@ -409,7 +425,7 @@ static void read_events(struct pickup *p)
 					"event=pickup_error directory=%s error=\"the directory was deleted or moved: no more files are taken until a restart\"",
 					p->dir);
 			else if ((e->mask & IN_MOVED_TO) && e->len)
-				enqueue(p, e->name, 0);
+				enqueue(p, e->name, 0, false);
 			at += sizeof(*e) + e->len;
 		}
 	}
@@ -418,7 +434,6 @@ static void read_events(struct pickup *p)
 static void *pickup_main(void *arg)
 {
 	struct pickup *p = arg;
-	scan(p);
 	while (!atomic_load(&p->stop)) {
 		collect(p);
 		start_due(p);
@@ -475,6 +490,9 @@ struct pickup *pickup_start(const struct conf *conf, unsigned stats_id, struct w
 		pickup_free(p);
 		return NULL;
 	}
+	/* Listed once watched (a rename meanwhile is not missed) and before
+	 * pickup_start is logged: "there at start" means there by then. */
+	scan(p);
 	if (pthread_create(&p->thread, NULL, pickup_main, p) != 0) {
 		snprintf(err, errlen, "pickup_directory %s: cannot start its thread", p->dir);
 		pickup_free(p);

@@ -333,3 +333,30 @@ def test_content_rules_apply_to_pickup_files(postern, tmp_path):
         time.sleep(1.0)
         assert len(sink.messages) == 1
         p.stop()
+
+
+def test_file_being_written_at_start_waits_until_quiet(postern, tmp_path):
+    """A *.eml listed at start (no rename announced it) may still be being
+    written in place: it is taken only once it has not changed for 2 s."""
+    with Sink() as sink:
+        d = tmp_path / "pickup"
+        d.mkdir()
+        half = GOOD[:len(GOOD) // 2]
+        with open(d / "writing.eml", "wb") as f:
+            f.write(half)
+            f.flush()
+            p, d = start(postern, tmp_path, sink)
+            # The writer goes on a little every 0.5 s for 3 s.
+            rest = GOOD[len(half):]
+            step = len(rest) // 6 + 1
+            for i in range(6):
+                time.sleep(0.5)
+                assert sink.messages == [] and log_events(p, "pickup_bad") == [], i
+                f.write(rest[i * step:(i + 1) * step])
+                f.flush()
+        done = time.monotonic()
+        wait_until(lambda: len(sink.messages) == 1, 20, what="the file, once quiet")
+        assert time.monotonic() - done >= 1.5
+        assert sink.messages[0]["data"].endswith(GOOD_WIRE)
+        assert log_events(p, "pickup_bad") == []
+        wait_until(lambda: os.listdir(d) == [], 10, what="writing.eml deleted")
