@@ -11,6 +11,7 @@
 #include <time.h>
 
 #include "content.h"
+#include "smtp_server.h"
 
 static double now(void)
 {
@@ -143,7 +144,7 @@ static void bench_engine(const char *name, const char *msg, size_t len, int roun
 	}
 	cr.gen = 1;
 	struct content_worker cw = {0};
-	const char *rc[1] = {"ops@corp.example"};
+	struct smtp_rcpt rc[1] = {{.addr = (char *)"ops@corp.example"}};
 	double t0 = now();
 	for (int r = 0; r < rounds; r++) {
 		struct content_scan *s = content_scan_begin(&cr, &cw);

@@ -252,8 +252,8 @@ static void close_stream(struct content_scan *s, hs_stream_t **st, enum content_
 	*st = NULL;
 }
 
-void content_scan_end(struct content_scan *s, const char *sender, const char *const *rcpt,
-		      unsigned nrcpt, struct content_verdict *v,
+void content_scan_end(struct content_scan *s, const char *sender,
+		      const struct smtp_rcpt *rcpt, unsigned nrcpt, struct content_verdict *v,
 		      void (*hit)(void *ctx, const struct content_rule *r, enum content_where w),
 		      void *ctx)
 {
@@ -268,7 +268,7 @@ void content_scan_end(struct content_scan *s, const char *sender, const char *co
 	if (s->cr->wheres & (1u << CONTENT_RECIPIENT))
 		for (unsigned i = 0; i < nrcpt; i++) {
 			field_reset(s, CONTENT_HEADER);
-			scan_field(s, CONTENT_RECIPIENT, rcpt[i], strlen(rcpt[i]));
+			scan_field(s, CONTENT_RECIPIENT, rcpt[i].addr, strlen(rcpt[i].addr));
 			field_reset(s, CONTENT_RECIPIENT);
 		}
 	close_stream(s, &s->body, CONTENT_BODY);
@@ -335,6 +335,17 @@ bool content_mark(const struct content_rules *cr, const struct content_scan *s,
 		hl += n + 2;
 	}
 	return true;
+}
+
+const char *content_marks_log(char *buf, size_t cap, const char *held, const char *route)
+{
+	char q[180];
+	buf[0] = '\0';
+	if (held)
+		snprintf(buf, cap, " held=%s", log_quote(q, sizeof(q), held));
+	else if (route)
+		snprintf(buf, cap, " route=%s", log_quote(q, sizeof(q), route));
+	return buf;
 }
 
 void content_hit_note(struct worker_metrics *m, unsigned worker, const char *id,

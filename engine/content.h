@@ -77,8 +77,9 @@ void content_scan_data(struct content_scan *s, const char *p, size_t n, bool stu
 /* The end of data: the envelope's sender and recipients are scanned, the
  * streams closed, and the verdict given. hit(ctx, rule, where) is called
  * for each rule that matched, once. */
-void content_scan_end(struct content_scan *s, const char *sender, const char *const *rcpt,
-		      unsigned nrcpt, struct content_verdict *v,
+struct smtp_rcpt;
+void content_scan_end(struct content_scan *s, const char *sender,
+		      const struct smtp_rcpt *rcpt, unsigned nrcpt, struct content_verdict *v,
 		      void (*hit)(void *ctx, const struct content_rule *r, enum content_where w),
 		      void *ctx);
 /* After content_scan_end: did rule i match? */
@@ -92,6 +93,9 @@ struct worker_metrics;
  * the order of the rules. false: out of memory. */
 bool content_mark(const struct content_rules *cr, const struct content_scan *s,
 		  const struct content_verdict *v, struct smtp_envelope *e);
+/* " held=<rule>" or " route=<send connector>" (quoted for the log) for
+ * the receive line of a message with those marks, else "". */
+const char *content_marks_log(char *buf, size_t cap, const char *held, const char *route);
 /* One hit, whichever action wins: counted in m (worker's) and logged
  * event=content_rule with the message id and the client. */
 void content_hit_note(struct worker_metrics *m, unsigned worker, const char *id,

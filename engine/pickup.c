@@ -597,16 +597,12 @@ static int judge(struct wctx *w, struct pickup_job *j)
 	if (!cr->n)
 		return 1;
 	struct content_scan *s = content_scan_begin(cr, w->content);
-	const char **rcpt = calloc(j->nrcpt ? j->nrcpt : 1, sizeof(*rcpt));
 	struct content_verdict v = {.failed = true};
-	if (s && rcpt) {
-		for (unsigned i = 0; i < j->nrcpt; i++)
-			rcpt[i] = j->rcpt[i].addr;
+	if (s) {
 		content_scan_data(s, j->wire, j->wire_len, true);
 		struct pickup_hit_ctx h = {w, j};
-		content_scan_end(s, j->from, rcpt, j->nrcpt, &v, on_rule_hit, &h);
+		content_scan_end(s, j->from, j->rcpt, j->nrcpt, &v, on_rule_hit, &h);
 	}
-	free(rcpt);
 	int res = 1;
 	struct smtp_envelope marks = {0};
 	if (v.failed) {
@@ -744,12 +740,8 @@ static void log_received(struct wctx *w, const struct pickup_job *j, uint64_t si
 		memcpy(qm, " message_id=", 12);
 		log_quote(qm + 12, sizeof(qm) - 12, j->message_id);
 	}
-	/* content rules' marks, as the session's receive line has them */
-	char marks[400] = "", qk[180];
-	if (j->held)
-		snprintf(marks, sizeof(marks), " held=%s", log_quote(qk, sizeof(qk), j->held));
-	else if (j->route)
-		snprintf(marks, sizeof(marks), " route=%s", log_quote(qk, sizeof(qk), j->route));
+	char marks[200];
+	content_marks_log(marks, sizeof(marks), j->held, j->route);
 	log_msg(LOG_INFO,
 		"event=receive id=%s from=%s to=%s nrcpt=%u connector=%s client=127.0.0.1 size=%llu%s%s file=%s worker=%u",
 		j->idtxt, log_quote(qf, sizeof(qf), from), log_quote(qt, sizeof(qt), to), j->nrcpt,

@@ -1212,12 +1212,8 @@ void queue_run(struct queue *q)
 		return;
 	const struct queue_conf *qc = &w->conf->queue;
 	while (q->n && q->heap[0]->next_ms <= now_ms) {
+		/* never a held one: schedule() keeps them at INT64_MAX */
 		struct qmsg *m = heap_pop(q);
-		if (m->held) {
-			/* Never due while held (schedule keeps it at INT64_MAX). */
-			schedule(q, m, 0);
-			continue;
-		}
 		if (now_ms - m->arrival_ms >= (int64_t)qc->message_expiration_ms) {
 			expire(q, m, now_ms);
 			continue;

@@ -664,23 +664,22 @@ static bool content_verdict(struct wctx *w, struct conn *c)
 	if (!c->scan && !c->scan_lost)
 		return true;
 	struct content_verdict v = {.failed = true};
+	const char *why = "out of memory";
 	if (c->scan) {
-		const struct smtp_envelope *e = &c->smtp.env;
-		const char **rcpt = calloc(e->nrcpt ? e->nrcpt : 1, sizeof(*rcpt));
-		if (rcpt) {
-			for (unsigned i = 0; i < e->nrcpt; i++)
-				rcpt[i] = e->rcpt[i].addr;
-			struct rule_hit_ctx h = {w, c};
-			content_scan_end(c->scan, e->from ? e->from : "", rcpt, e->nrcpt, &v,
-					 on_rule_hit, &h);
-			free(rcpt);
-		}
+		struct smtp_envelope *e = &c->smtp.env;
+		struct rule_hit_ctx h = {w, c};
+		content_scan_end(c->scan, e->from ? e->from : "", e->rcpt, e->nrcpt, &v,
+				 on_rule_hit, &h);
+		if (v.failed)
+			why = "scan failed";
+		else if (!v.reject && !content_mark(&c->conf->content, c->scan, &v, e))
+			v.failed = true;
 	}
 	if (v.failed) {
 		/* Unjudged mail is not let through: the client retries. */
 		log_msg(LOG_ERROR, "event=content_error id=%s client=%s error=\"%s\"", c->msgid,
-			c->peer, c->scan ? "scan failed" : "out of memory");
-		message_abandon(w, c);
+			c->peer, why);
+		message_abandon(w, c);  /* frees the scan */
 		smtp_server_stored(&c->smtp, false, false);
 		return false;
 	}
@@ -692,17 +691,8 @@ static bool content_verdict(struct wctx *w, struct conn *c)
 		smtp_server_refuse_message(&c->smtp, reply);
 		return false;
 	}
-	if (!content_mark(&c->conf->content, c->scan, &v, &c->smtp.env))
-		v.failed = true;
 	content_scan_free(c->scan);
 	c->scan = NULL;
-	if (v.failed) {
-		log_msg(LOG_ERROR, "event=content_error id=%s client=%s error=\"out of memory\"",
-			c->msgid, c->peer);
-		message_abandon(w, c);
-		smtp_server_stored(&c->smtp, false, false);
-		return false;
-	}
 	return true;
 }
 
@@ -725,12 +715,8 @@ static void log_received(struct wctx *w, struct conn *c)
 			 tls_cipher(c->tls));
 	if (c->smtp.authenticated)
 		snprintf(au, sizeof(au), " auth=%s", log_quote(qa, sizeof(qa), c->smtp.auth_user));
-	/* Content rules' marks: held (the rule) and route (the send connector). */
-	char marks[400] = "", qk[180];
-	if (e->held)
-		snprintf(marks, sizeof(marks), " held=%s", log_quote(qk, sizeof(qk), e->held));
-	else if (e->route)
-		snprintf(marks, sizeof(marks), " route=%s", log_quote(qk, sizeof(qk), e->route));
+	char marks[200];
+	content_marks_log(marks, sizeof(marks), e->held, e->route);
 	/* The Message-ID header (capped), for track message_id=. */
 	char mid[HEADER_VALUE_MAX + 1], qm[LOG_QUOTE_CAP(HEADER_VALUE_MAX) + 16] = "";
 	if (header_value_get(&c->message_id, mid, sizeof(mid))) {

@@ -723,6 +723,18 @@ static const char *data_error_reply(unsigned errors, enum smtp_reject *why)
 	return R_DATA_LINE_TOO_LONG;
 }
 
+/* The end of a message the DATA scanner found fault with (DATA or the
+ * last BDAT chunk): refused, the transaction reset. */
+static size_t refuse_scanned(struct smtp_server *s, struct smtp_event *ev)
+{
+	enum smtp_reject why;
+	const char *text = data_error_reply(s->scan.errors, &why);
+	refuse(s, why, text, NULL);
+	reset_transaction(s);
+	ev->type = SMTP_EV_DATA_REJECT;
+	return 0;
+}
+
 static size_t finish_data(struct smtp_server *s, struct smtp_event *ev)
 {
 	if (smtp_reply_room(&s->out) < SMTP_REPLY_LINE_MAX) {
@@ -730,14 +742,8 @@ static size_t finish_data(struct smtp_server *s, struct smtp_event *ev)
 		return 0;
 	}
 	s->data_end_pending = false;
-	if (s->scan.errors) {
-		enum smtp_reject why;
-		const char *text = data_error_reply(s->scan.errors, &why);
-		refuse(s, why, text, NULL);
-		reset_transaction(s);
-		ev->type = SMTP_EV_DATA_REJECT;
-		return 0;
-	}
+	if (s->scan.errors)
+		return refuse_scanned(s, ev);
 	s->env.dotless = s->scan.dot_lines == 0;
 	set_state(s, SMTP_S_STORING);
 	ev->type = SMTP_EV_DATA_END;
@@ -807,14 +813,8 @@ static size_t finish_bdat(struct smtp_server *s, struct smtp_event *ev)
 			return 0;
 		}
 	}
-	if (s->scan.errors) {
-		enum smtp_reject why;
-		const char *text = data_error_reply(s->scan.errors, &why);
-		refuse(s, why, text, NULL);
-		reset_transaction(s);
-		ev->type = SMTP_EV_DATA_REJECT;
-		return 0;
-	}
+	if (s->scan.errors)
+		return refuse_scanned(s, ev);
 	if (s->bdat_last) {
 		s->env.dotless = s->scan.dot_lines == 0;
 		set_state(s, SMTP_S_STORING);

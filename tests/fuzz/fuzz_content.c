@@ -8,6 +8,7 @@
 #include <string.h>
 
 #include "content.h"
+#include "smtp_server.h"
 
 static struct content_rules rules;
 static struct content_worker worker;
@@ -52,7 +53,7 @@ static uint32_t scan(const uint8_t *d, size_t n, size_t step, bool stuffed)
 		abort();
 	for (size_t i = 0; i < n; i += step)
 		content_scan_data(s, (const char *)d + i, n - i < step ? n - i : step, stuffed);
-	const char *rc[2] = {"audit@x", "y@z"};
+	struct smtp_rcpt rc[2] = {{.addr = (char *)"audit@x"}, {.addr = (char *)"y@z"}};
 	struct content_verdict v;
 	content_scan_end(s, "bad@corp", rc, 2, &v, NULL, NULL);
 	if (v.failed)

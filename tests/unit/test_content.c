@@ -15,6 +15,7 @@
 #include <string.h>
 
 #include "content.h"
+#include "smtp_server.h"
 
 struct rule_in {
 	const char *name;
@@ -94,7 +95,7 @@ static void scan_one(const struct content_rules *cr, struct content_worker *cw, 
 	size_t len = strlen(m);
 	for (size_t o = 0; o < len; o += step)
 		content_scan_data(s, m + o, len - o < step ? len - o : step, cases[i].stuffed);
-	const char *rc[1] = {cases[i].rcpt};
+	struct smtp_rcpt rc[1] = {{.addr = (char *)cases[i].rcpt}};
 	hits[0] = '\0';
 	content_scan_end(s, cases[i].from, rc, 1, v, on_hit, NULL);
 	content_scan_free(s);
