@@ -145,9 +145,20 @@ def test_hold_release_by_id_with_next_hop_down_then_up(postern, tmp_path):
 
 def test_filters_paging_destinations_and_text(postern, tmp_path):
     n = Node(postern, tmp_path)
-    sent = [submit(n.p.port, "app@x.test", ["r%d@one.test" % i], "a%d" % i) for i in range(3)]
-    sent += [submit(n.p.port, "spam@y.test", ["s%d@two.test" % i, "t@one.test"], "b%d" % i,
-                    source="127.0.0.66") for i in range(2)]
+
+    def submit_apart(*a, **k):
+        # The queue lists messages by id: arrival ms, then worker. Two
+        # messages accepted in the same ms by different workers are listed
+        # by worker, whatever order they were sent in: keep them a ms apart
+        # so that the order sent is the order listed.
+        qid = submit(*a, **k)
+        time.sleep(0.005)
+        return qid
+    sent = [submit_apart(n.p.port, "app@x.test", ["r%d@one.test" % i], "a%d" % i)
+            for i in range(3)]
+    sent += [submit_apart(n.p.port, "spam@y.test", ["s%d@two.test" % i, "t@one.test"],
+                          "b%d" % i, source="127.0.0.66") for i in range(2)]
+    assert sent == sorted(sent)  # hex ids of one width: text order is id order
     n.wait_tried(5)
     assert queue(n.sock)["total"] == 5
     assert ids(queue(n.sock, "sender=app@x.test")) == sent[:3]
