@@ -3,7 +3,9 @@
 # machine facts, postern-sink, one Postern under a private config, the
 # postern-bench runs and the end-to-end and idle-memory measurements.
 # Expects: ROOT WORK PY BENCH SINK_BIN POSTERN SESSIONS DUR E2E_MSGS E2E_WAIT
-# IDLE_HOLD; IO_BACKEND (optional) goes into Postern's server group.
+# IDLE_HOLD; IO_BACKEND (optional) goes into Postern's server group;
+# RECV_EXTRA and SEND_EXTRA (optional): more keys for the receive and the
+# send connector (the send connector has its shipped defaults otherwise).
 
 free_port() { $PY -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
 wait_port() {
@@ -66,9 +68,9 @@ accepted_domains = ( { domain = "corp.example"; type = "authoritative"; } );
 receive_connectors = ( { name = "Bench relay"; bindings = [ "127.0.0.1:$P_PORT" ];
   remote_ip_ranges = [ "127.0.0.0/8" ]; permission_groups = [ "anonymous_relay" ];
   max_inbound_connection = 100000; max_inbound_connection_per_source = 100000;
-  max_inbound_connection_percentage_per_source = 100; } );
+  max_inbound_connection_percentage_per_source = 100; ${RECV_EXTRA:-} } );
 send_connectors = ( { name = "Sink"; address_spaces = [ "*" ]; smart_hosts = [ "127.0.0.1:$SINK_PORT" ];
-  max_messages_per_connection = 1000; } );
+  ${SEND_EXTRA:-} } );
 queue = { hold = $hold; };
 CONF
   if [ -n "${IO_BACKEND:-}" ]; then

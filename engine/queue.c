@@ -333,6 +333,7 @@ void queue_init(struct queue *q, struct wctx *w, queue_submit_fn *submit, struct
 	q->w = w;
 	q->submit = submit;
 	q->dl = dl;
+	q->active_max = QUEUE_ACTIVE_MAX;
 	struct spool_compact_ops ops = {.take = compact_take, .put_back = compact_put_back,
 					.read = compact_read, .arg = q};
 	spool_compact_init(&q->compact, w, &ops);
@@ -1211,7 +1212,9 @@ void queue_run(struct queue *q)
 	if (w->stopping || w->conf->queue.hold || !q->n || q->heap[0]->next_ms > now_ms)
 		return;
 	const struct queue_conf *qc = &w->conf->queue;
-	while (q->n && q->heap[0]->next_ms <= now_ms) {
+	/* What is left due waits for the turn after some finish (completions
+	 * are loop events, and the tick runs this again). */
+	while (q->n && q->heap[0]->next_ms <= now_ms && q->nout < q->active_max) {
 		/* never a held one: schedule() keeps them at INT64_MAX */
 		struct qmsg *m = heap_pop(q);
 		if (now_ms - m->arrival_ms >= (int64_t)qc->message_expiration_ms) {

@@ -24,6 +24,12 @@ struct wctx;
  * tests. Every job submitted comes back through queue_job_done. */
 typedef void queue_submit_fn(struct deliver *dl, struct djob *j);
 
+/* Messages a worker has out of its schedule at once (being attempted:
+ * delivery jobs, notices, reads of the stored message). Each holds its
+ * jobs' recipient and result arrays, about 3 KB; Postfix's active queue
+ * limit is 20,000 messages (qmgr_message_active_limit). */
+#define QUEUE_ACTIVE_MAX 10000
+
 struct queue {
 	struct wctx *w;
 	queue_submit_fn *submit;
@@ -37,6 +43,10 @@ struct queue {
 	                           * both: every message is in one of them) */
 	size_t nout;
 	size_t nheld;             /* messages held (of n + nout) */
+	size_t active_max;        /* at most this many in nout: a flush or a burst
+	                           * of retries of many thousands of messages
+	                           * starts them as earlier ones finish, not all
+	                           * in one turn (QUEUE_ACTIVE_MAX) */
 	struct qmsg *id_head, *id_tail; /* every message by id: show queue without
 	                           * filters reads its first page, no scan */
 	bool recovering;          /* queue_recover: appended now, sorted after */

@@ -571,6 +571,37 @@ static void test_retry_backoff_doubles_up_to_the_cap(void **state)
 	rig_close(&g);
 }
 
+/* A flush of more messages than may be active at once (or any burst that
+ * comes due together) starts them as earlier ones finish: never more than
+ * active_max out of the schedule, and every one delivered in the end. */
+static void test_due_messages_wait_for_an_active_slot(void **state)
+{
+	struct rig g;
+	if (!rig_open(&g, "retry_interval = \"1m\"; message_expiration = \"1d\";", 1 << 20))
+		skip();
+	g.q.active_max = 8;
+	const char *rc[] = {"bob@far.test"};
+	struct qmsg *m[40];
+	for (unsigned i = 0; i < N_ELEMS(m); i++)
+		m[i] = receive(&g, "alice@app.test", rc, NULL, 1, SMTP_RET_NONE);
+	unsigned turns = 0, delivered = 0;
+	while (delivered < N_ELEMS(m)) {
+		queue_run(&g.q);
+		unsigned want = N_ELEMS(m) - delivered < 8 ? N_ELEMS(m) - delivered : 8;
+		CHECK_INT("jobs in flight", njobs, want);
+		CHECK_INT("out of the schedule", g.q.nout, want);
+		/* Three finish; the rest stay in flight across the turn. */
+		for (unsigned k = 0; k < 3 && njobs; k++, delivered++)
+			answer_job(&g, next_job(), &accept_, 1);
+		pump(&g);
+		assert_true(++turns < 100);
+	}
+	queue_run(&g.q);
+	CHECK_INT("nothing left", njobs, 0);
+	CHECK_INT("queue empty", g.q.n + g.q.nout, 0);
+	rig_close(&g);
+}
+
 /* A job that never reached a next hop (stopping, rate limits) comes back
  * in a second, without counting as an attempt. */
 static void test_not_attempted_is_retried_without_an_attempt(void **state)
@@ -1166,6 +1197,7 @@ int main(void)
 		cmocka_unit_test(test_held_at_arrival_until_released),
 		cmocka_unit_test(test_operator_hold_delete_bounce),
 		cmocka_unit_test(test_compaction_keeps_a_held_message_held),
+		cmocka_unit_test(test_due_messages_wait_for_an_active_slot),
 	};
 	log_set_level(LOG_WARN);
 	char why[200];
