@@ -195,9 +195,14 @@ def test_send_connector_message_rate_observed_at_the_sink(postern, tmp_path):
         t = sorted(m["t"] for m in sink.snapshot())
         # The burst: 120 at once (within the time it took to send them).
         assert t[119] - t[0] < 3 * SLOW
-        # Then the refill rate: 10 more over 5 s, within 10%.
-        rate = 10 / (t[129] - t[119])
-        assert 1.8 <= rate <= 2.2, "observed %.2f msg/s after the burst, limit 2/s" % rate
+        # Then the refill rate, 2/s within 10%: the gaps between the last
+        # messages. (Not 10 over t[129] - t[119]: the bucket also refills
+        # while the burst arrives, so the first few after it may go at once,
+        # more of them the longer the burst took on a loaded machine.)
+        gaps = sorted(t[i + 1] - t[i] for i in range(123, 129))
+        rate = 1 / ((gaps[2] + gaps[3]) / 2)
+        assert 1.8 <= rate <= 2.2, "observed %.2f msg/s after the burst (gaps %s), limit 2/s" % (
+            rate, ["%.3f" % g for g in gaps])
     log = p.stderr()
     assert re.search(r'event=throttle reason=send_message_rate send_connector="Quota" '
                      r'limit=120 current=\d+', log)
@@ -206,7 +211,10 @@ def test_send_connector_message_rate_observed_at_the_sink(postern, tmp_path):
     out = ctl(sock, "show", "stat", "json")
     quota = [c for c in json.loads(out)["send_connectors"] if c["name"] == "Quota"][0]
     assert quota["delivered"] == 130 and quota["deferred"] == 0
-    assert quota["throttled"] == 10
+    # Those after the burst waited, but for what the bucket regained while
+    # the burst itself came in (2/s of t[119] - t[0]).
+    regained = 2 * (t[119] - t[0])
+    assert 10 - regained - 1 <= quota["throttled"] <= 10, (quota["throttled"], regained)
 
 
 def test_send_connector_max_connections_across_workers(postern):
