@@ -419,7 +419,7 @@ else
     [ -f "$l" ] || continue
     ct=$(grep -E '^[0-9]+% tests passed' "$LOGS/make-test.log" | sed -n "$([ $b = build ] && echo 1 || echo 2)p" | awk '{ print $NF - $4 "/" $NF " passed" }')
     py=$(grep -E '^=* *[0-9]+ (passed|failed|skipped|errors?)\b' "$l" | sed 's/=//g; s/^ *//; s/ in [0-9.]*s.*$//' | paste -sd'+')
-    results="${results:+$results; }$b: ctest ${ct:-?}, pytest (integration+integration_epoll) ${py:-?}"
+    results="${results:+$results; }$b: ctest ${ct:-?}, pytest (integration_1,_2 + integration_epoll_1,_2) ${py:-?}"
     skipped+=$(grep -E '^SKIPPED' "$l" | sed "s|^|    $b: |")
     failed+=$(grep -E '^FAILED ' "$l" | sed "s|^FAILED \(\.\./\)*tests/integration/||; s| - .*||; s|^|$b:|; s|\$|, |" | tr -d '\n')
   done

@@ -14,7 +14,7 @@ Environment:
                     `io_backend = "<value>";` into the server group of every
                     configuration make_config() builds, unless the test's
                     server_extra sets io_backend itself (ctest's
-                    integration_epoll runs the suite this way). Unset: the
+                    integration_epoll_1 and _2 run the suite this way). Unset: the
                     key is not written and postern's default (auto) applies.
 """
 import os
