@@ -45,7 +45,8 @@
  * receive buffer filled whole: the socket holds more) reads one buffer a
  * turn with io_recv_once until it has caught up: a multishot recv posts
  * all its socket holds in one turn (megabytes on io_uring, copied into the
- * backlog), and every other client waits for that turn to end. */
+ * backlog), and every other client waits for that turn to end. A new
+ * session reads so too until a few reads show that it keeps up. */
 static void arm_recv(struct wctx *w, struct conn *c)
 {
 	if (c->recv_armed || c->closing || c->read_eof)
@@ -72,6 +73,7 @@ static void recv_pace(struct wctx *w, struct conn *c, int res)
 	bool full = res > 0 && (unsigned)res >= w->buf_size;
 	bool behind = full || c->in_len > c->in_off || c->runnable;
 	if (behind) {
+		c->behind = true;
 		c->recv_calm = 0;
 		if (!c->recv_once) {
 			c->recv_once = true;
@@ -81,6 +83,7 @@ static void recv_pace(struct wctx *w, struct conn *c, int res)
 	} else if (c->recv_once && res > 0 && (unsigned)res < w->buf_size / 2 &&
 		   ++c->recv_calm >= RECV_CALM_READS) {
 		c->recv_once = false;
+		c->behind = false;
 	}
 }
 
@@ -116,7 +119,7 @@ static bool slice_spent(struct wctx *w, const struct conn *c)
 {
 	if (w->slice_units++ == 0)
 		return false;
-	uint64_t limit = c->recv_once ? SESSION_SLICE_US : 2 * SESSION_SLICE_US;
+	uint64_t limit = c->behind ? SESSION_SLICE_US : 2 * SESSION_SLICE_US;
 	return wctx_clock_us() - w->slice_start_us > limit;
 }
 
@@ -267,7 +270,7 @@ static void session_begin(struct wctx *w, struct conn *c, int fd, unsigned bindi
 		int one = 1;
 		setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one));
 		c->fd = fd;
-		c->recv_once = true; /* until its first read shows it keeps up */
+		c->recv_once = true; /* until a few reads show it keeps up */
 		c->binding = binding;
 		c->conf = w->conf;
 		conf_ref(c->conf);
@@ -392,7 +395,7 @@ void session_accept(struct wctx *w, unsigned binding, int fd)
 	int one = 1;
 	setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one));
 	c->fd = fd;
-	c->recv_once = true; /* until its first read shows it keeps up */
+	c->recv_once = true; /* until a few reads show it keeps up */
 	c->binding = binding;
 	c->proxy_wait = true;
 	c->conf = w->conf;
