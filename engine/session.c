@@ -36,8 +36,8 @@
  * turn tens of milliseconds long, and every other client's reply waited
  * for it (bench/floods). A turn's first step always runs. An accepted
  * message's 250 waits for about three turn ends (its writes, the group
- * commit's fdatasync, the send), so the slice is short: with 1 ms, a
- * flood kept other clients' p99 at 2.5-6x of idle. */
+ * commit's fdatasync, the send), so the slice is short: every turn of a
+ * flood adds up to a slice or two to each of them. */
 #define SESSION_SLICE_US 250
 
 /* A session that keeps up with its client reads with a multishot recv. One
