@@ -29,6 +29,10 @@ struct conn {
 	int fd;
 	unsigned inflight;        /* I/O operations not yet completed, and holds */
 	bool recv_armed;
+	bool recv_multishot;      /* the armed recv is io_recv, not io_recv_once */
+	bool recv_once;           /* one buffer a loop turn (new, or behind) */
+	bool behind;              /* fell behind its client: a turn's first slice only */
+	uint8_t recv_calm;        /* small reads in a row, all consumed, since */
 	bool recv_paused;         /* input backlog: recv cancelled until drained */
 	bool read_eof;            /* client closed its side */
 	bool sending;

@@ -102,6 +102,11 @@ void io_accept(struct io *io, int fd, uint64_t tag);
  * res = 0 end of stream, -ENOBUFS when every buffer is held (ends it: re-arm
  * once a buffer came back), more=false when it ended. */
 void io_recv(struct io *io, int fd, uint64_t tag);
+/* One recv into a provided buffer: a single completion (more=false) with
+ * what io_recv's would hold. A session that falls behind its client reads
+ * one buffer a loop turn this way: a multishot recv on io_uring posts all
+ * the socket holds (megabytes) before a cancel reaches the kernel. */
+void io_recv_once(struct io *io, int fd, uint64_t tag);
 /* One recv into the caller's buffer: res bytes, 0 at end of stream. */
 void io_recv_into(struct io *io, int fd, void *buf, size_t len, uint64_t tag);
 /* One send; res may be short: the caller sends the rest. */

@@ -9,6 +9,7 @@ struct io_ops {
 	void (*close)(struct io *io);
 	void (*accept)(struct io *io, int fd, uint64_t tag);
 	void (*recv)(struct io *io, int fd, uint64_t tag);
+	void (*recv_once)(struct io *io, int fd, uint64_t tag);
 	void (*recv_into)(struct io *io, int fd, void *buf, size_t len, uint64_t tag);
 	void (*send)(struct io *io, int fd, const void *buf, size_t len, uint64_t tag);
 	void (*sendfile)(struct io *io, int sock, int file, uint64_t off, size_t len,

@@ -38,6 +38,7 @@ enum ep_kind {
 	/* input side of an fd */
 	EP_ACCEPT,
 	EP_RECV,
+	EP_RECV_ONCE,
 	EP_RECV_INTO,
 	/* output side */
 	EP_SEND,
@@ -633,7 +634,8 @@ static void ep_input(struct io_ep *e, int fd, struct ep_fdent *f)
 			break;
 		}
 		break;
-	case EP_RECV: {
+	case EP_RECV:
+	case EP_RECV_ONCE: {
 		if (!e->nfree) {
 			ep_finish(e, &f->in, -ENOBUFS);
 			break;
@@ -641,6 +643,15 @@ static void ep_input(struct io_ep *e, int fd, struct ep_fdent *f)
 		/* One recv per wake-up: a fast sender does not starve the rest. */
 		unsigned bid = e->free_bids[--e->nfree];
 		ssize_t n = recv(fd, e->bufs + (size_t)bid * e->bufsz, e->bufsz, MSG_DONTWAIT);
+		if (n > 0 && f->in.kind == EP_RECV_ONCE) {
+			uint64_t tag = f->in.tag;
+			ep_unclaim(e, &f->in);
+			if (ep_post(e, tag, (int)n, false, (int)bid))
+				break;
+			e->free_bids[e->nfree++] = bid;
+			ep_post(e, tag, -ENOMEM, false, -1);
+			break;
+		}
 		if (n > 0 && ep_post(e, f->in.tag, (int)n, true, (int)bid))
 			break;
 		int err = errno;
@@ -774,6 +785,14 @@ static void ep_recv(struct io *io, int fd, uint64_t tag)
 {
 	struct io_ep *e = ep(io);
 	struct ep_fdent *f = ep_claim(e, fd, true, EP_RECV, tag);
+	if (f)
+		ep_watch(e, fd, f);
+}
+
+static void ep_recv_once(struct io *io, int fd, uint64_t tag)
+{
+	struct io_ep *e = ep(io);
+	struct ep_fdent *f = ep_claim(e, fd, true, EP_RECV_ONCE, tag);
 	if (f)
 		ep_watch(e, fd, f);
 }
@@ -1003,7 +1022,8 @@ static int ep_wait(struct io *io, struct io_cqe *out, unsigned max)
 }
 
 static const struct io_ops ep_ops = {
-	.close = ep_close, .accept = ep_accept, .recv = ep_recv, .recv_into = ep_recv_into,
+	.close = ep_close, .accept = ep_accept, .recv = ep_recv, .recv_once = ep_recv_once,
+	.recv_into = ep_recv_into,
 	.send = ep_send, .sendfile = ep_sendfile, .connect = ep_connect, .writev = ep_writev,
 	.read = ep_read, .fsync = ep_fsync, .timeout = ep_timeout, .cancel = ep_cancel,
 	.buf = ep_buf, .buf_recycle = ep_buf_recycle, .wake = ep_wake, .wait = ep_wait,

@@ -63,6 +63,7 @@ void io_close(struct io *io)
 enum io_backend io_kind(const struct io *io) { return io->kind; }
 void io_accept(struct io *io, int fd, uint64_t tag) { io->ops->accept(io, fd, tag); }
 void io_recv(struct io *io, int fd, uint64_t tag) { io->ops->recv(io, fd, tag); }
+void io_recv_once(struct io *io, int fd, uint64_t tag) { io->ops->recv_once(io, fd, tag); }
 
 void io_recv_into(struct io *io, int fd, void *buf, size_t len, uint64_t tag)
 {

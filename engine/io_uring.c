@@ -192,6 +192,16 @@ static void ur_recv(struct io *io, int fd, uint64_t tag)
 	io_uring_sqe_set_data64(sqe, tag);
 }
 
+static void ur_recv_once(struct io *io, int fd, uint64_t tag)
+{
+	struct io_uring_sqe *sqe = get_sqe(ur(io));
+	/* len 0: as much as the selected buffer holds */
+	io_uring_prep_recv(sqe, fd, NULL, 0, 0);
+	sqe->flags |= IOSQE_BUFFER_SELECT;
+	sqe->buf_group = 0;
+	io_uring_sqe_set_data64(sqe, tag);
+}
+
 static void ur_recv_into(struct io *io, int fd, void *buf, size_t len, uint64_t tag)
 {
 	struct io_uring_sqe *sqe = get_sqe(ur(io));
@@ -444,7 +454,8 @@ static int ur_wait(struct io *io, struct io_cqe *out, unsigned max)
 }
 
 static const struct io_ops ur_ops = {
-	.close = ur_close, .accept = ur_accept, .recv = ur_recv, .recv_into = ur_recv_into,
+	.close = ur_close, .accept = ur_accept, .recv = ur_recv, .recv_once = ur_recv_once,
+	.recv_into = ur_recv_into,
 	.send = ur_send, .sendfile = ur_sendfile, .connect = ur_connect, .writev = ur_writev,
 	.read = ur_read, .fsync = ur_fsync, .timeout = ur_timeout, .cancel = ur_cancel,
 	.buf = ur_buf, .buf_recycle = ur_buf_recycle, .wake = ur_wake, .wait = ur_wait,

@@ -34,17 +34,57 @@
  * commands without end (or sends megabytes of junk) gets its share of a
  * turn, not the whole turn: without it, a hundred such clients made every
  * turn tens of milliseconds long, and every other client's reply waited
- * for it (bench/floods). A turn's first step always runs. */
-#define SESSION_SLICE_US 1000
+ * for it (bench/floods). A turn's first step always runs. An accepted
+ * message's 250 waits for about three turn ends (its writes, the group
+ * commit's fdatasync, the send), so the slice is short: every turn of a
+ * flood adds up to a slice or two to each of them. */
+#define SESSION_SLICE_US 250
 
+/* A session that keeps up with its client reads with a multishot recv. One
+ * that falls behind (input left over, deferred to the next turn, or a
+ * receive buffer filled whole: the socket holds more) reads one buffer a
+ * turn with io_recv_once until it has caught up: a multishot recv posts
+ * all its socket holds in one turn (megabytes on io_uring, copied into the
+ * backlog), and every other client waits for that turn to end. A new
+ * session reads so too until a few reads show that it keeps up. */
 static void arm_recv(struct wctx *w, struct conn *c)
 {
 	if (c->recv_armed || c->closing || c->read_eof)
 		return;
 	c->recv_armed = true;
 	c->recv_paused = false;
+	c->recv_multishot = !c->recv_once;
 	c->inflight++;
-	io_recv(w->io, c->fd, conn_tag(IO_OP_RECV, c));
+	if (c->recv_once)
+		io_recv_once(w->io, c->fd, conn_tag(IO_OP_RECV, c));
+	else
+		io_recv(w->io, c->fd, conn_tag(IO_OP_RECV, c));
+}
+
+/* After a recv completion: is the session behind its client (or caught
+ * up again)? A multishot recv still armed is cancelled on falling behind:
+ * its last completion (more=false) arms the single one. Caught up means
+ * a few small reads in a row, each consumed at once: a client that sends
+ * without pause is read as fast as it arrives now and then, and must not
+ * get a multishot recv (and its burst) back for that. */
+#define RECV_CALM_READS 4
+static void recv_pace(struct wctx *w, struct conn *c, int res)
+{
+	bool full = res > 0 && (unsigned)res >= w->buf_size;
+	bool behind = full || c->in_len > c->in_off || c->runnable;
+	if (behind) {
+		c->behind = true;
+		c->recv_calm = 0;
+		if (!c->recv_once) {
+			c->recv_once = true;
+			if (c->recv_armed && c->recv_multishot)
+				io_cancel(w->io, conn_tag(IO_OP_RECV, c));
+		}
+	} else if (c->recv_once && res > 0 && (unsigned)res < w->buf_size / 2 &&
+		   ++c->recv_calm >= RECV_CALM_READS) {
+		c->recv_once = false;
+		c->behind = false;
+	}
 }
 
 static void process_input(struct wctx *w, struct conn *c, const char *direct,
@@ -71,11 +111,16 @@ static void process(struct wctx *w, struct conn *c)
 
 static void maybe_free(struct wctx *w, struct conn *c);
 
-static bool slice_spent(struct wctx *w)
+/* Sessions that are behind their clients get the turn's first slice;
+ * those that keep up may go on for a second one, so that a client that
+ * sends a command now and then is answered in this turn even when a
+ * hundred others pipeline without end. */
+static bool slice_spent(struct wctx *w, const struct conn *c)
 {
 	if (w->slice_units++ == 0)
 		return false;
-	return wctx_clock_us() - w->slice_start_us > SESSION_SLICE_US;
+	uint64_t limit = c->behind ? SESSION_SLICE_US : 2 * SESSION_SLICE_US;
+	return wctx_clock_us() - w->slice_start_us > limit;
 }
 
 /* The rest of c's input waits for the next turn. */
@@ -97,11 +142,21 @@ static void defer(struct wctx *w, struct conn *c)
 bool session_run_deferred(struct wctx *w)
 {
 	struct conn_table *t = w->conns;
-	struct conn *c = t->run_head;
+	struct conn *c = t->run_head, *last = t->run_tail;
 	t->run_head = t->run_tail = NULL;
 	w->slice_start_us = wctx_clock_us();
 	w->slice_units = 0;
 	while (c) {
+		if (w->slice_units && wctx_clock_us() - w->slice_start_us > SESSION_SLICE_US) {
+			/* Those not reached go first next time, ahead of those
+			 * that ran and were deferred again: else the list's
+			 * head would take every slice. They keep their hold. */
+			last->run_next = t->run_head;
+			t->run_head = c;
+			if (!t->run_tail)
+				t->run_tail = last;
+			break;
+		}
 		struct conn *next = c->run_next;
 		c->runnable = false;
 		c->run_next = NULL;
@@ -215,6 +270,7 @@ static void session_begin(struct wctx *w, struct conn *c, int fd, unsigned bindi
 		int one = 1;
 		setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one));
 		c->fd = fd;
+		c->recv_once = true; /* until a few reads show it keeps up */
 		c->binding = binding;
 		c->conf = w->conf;
 		conf_ref(c->conf);
@@ -339,6 +395,7 @@ void session_accept(struct wctx *w, unsigned binding, int fd)
 	int one = 1;
 	setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one));
 	c->fd = fd;
+	c->recv_once = true; /* until a few reads show it keeps up */
 	c->binding = binding;
 	c->proxy_wait = true;
 	c->conf = w->conf;
@@ -739,7 +796,7 @@ static size_t feed(struct wctx *w, struct conn *c, const char *in, size_t len,
 {
 	size_t used = 0;
 	for (;;) {
-		if (slice_spent(w)) {
+		if (slice_spent(w, c)) {
 			defer(w, c);
 			return used;
 		}
@@ -1108,10 +1165,13 @@ static void on_recv(struct wctx *w, struct conn *c, int res, int bid)
 	}
 	if (c->closing)
 		return;
+	recv_pace(w, c, res);
 	if (c->in_len - c->in_off >= IN_PAUSE) {
-		if (c->recv_armed && !c->recv_paused) {
+		/* A single recv ends by itself; a multishot one is cancelled. */
+		if (!c->recv_paused) {
 			c->recv_paused = true;
-			io_cancel(w->io, conn_tag(IO_OP_RECV, c));
+			if (c->recv_armed && c->recv_multishot)
+				io_cancel(w->io, conn_tag(IO_OP_RECV, c));
 		}
 		return;
 	}

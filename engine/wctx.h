@@ -54,6 +54,7 @@ struct wctx {
 	struct worker_metrics *m;      /* written by this worker only */
 	/* provided receive buffers: holders per buffer (recv, spool writes) */
 	uint16_t *buf_refs;
+	unsigned buf_size;        /* bytes each */
 	/* called when a buffer went back to the kernel while a connection
 	 * waits for one (set by the worker) */
 	void (*buf_returned)(struct wctx *w);

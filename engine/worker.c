@@ -475,6 +475,7 @@ static int setup(struct worker *w)
 		return -1;
 	}
 	x->buf_refs = calloc(BUF_COUNT, sizeof(*x->buf_refs));
+	x->buf_size = BUF_SIZE;
 	if (!x->buf_refs || conn_table_init(&w->conns, MAX_CONNS_PER_WORKER) < 0) {
 		snprintf(w->err, sizeof(w->err), "out of memory");
 		return -1;

@@ -1,6 +1,8 @@
 /* DATA scanner (see smtp_data.h). A byte-at-a-time state machine: only a
  * line start that follows CR LF can begin the end marker, so LF.LF, CR.CR
- * and LF.CRLF never end the data. */
+ * and LF.CRLF never end the data. Inside a line, the run of octets up to
+ * the next CR, LF or NUL is counted at once (text_run): a client that sends
+ * megabyte lines must not cost a state step per octet. */
 #include "smtp_data.h"
 
 #include <ctype.h>
@@ -48,6 +50,45 @@ static void count_octet(struct smtp_data_scan *s, unsigned char c)
 			}
 		}
 	}
+}
+
+/* Octets before the first CR, LF or NUL of p[0..n): memchr for each, each
+ * one bounded by what the previous found. */
+static size_t text_run(const char *p, size_t n)
+{
+	static const char stops[] = {'\r', '\n', '\0'};
+	for (size_t i = 0; i < sizeof(stops) && n; i++) {
+		const char *q = memchr(p, stops[i], n);
+		if (q)
+			n = (size_t)(q - p);
+	}
+	return n;
+}
+
+/* count_octet() for a run of n octets that are none of CR, LF and NUL, on a
+ * line where no "Received:" is being matched. */
+static void count_run(struct smtp_data_scan *s, size_t n)
+{
+	s->size += n;
+	/* Saturates: a line longer than 4 GiB stays too long. */
+	if (n > SMTP_DATA_LINE_MAX || s->line_len + n > SMTP_DATA_LINE_MAX) {
+		s->errors |= SMTP_DATA_LINE_TOO_LONG;
+		s->line_len = SMTP_DATA_LINE_MAX + 1;
+	} else {
+		s->line_len += (uint32_t)n;
+	}
+	if (s->in_header)
+		s->header_size += n;
+}
+
+/* The run that may be counted at once from buf, or 0 when the next octet
+ * needs the state machine (a header line start still matching
+ * "Received:"). */
+static size_t fast_run(const struct smtp_data_scan *s, const char *buf, size_t len)
+{
+	if (s->in_header && s->rcvd_match >= 0)
+		return 0;
+	return text_run(buf, len);
 }
 
 static void end_line(struct smtp_data_scan *s)
@@ -119,13 +160,20 @@ size_t smtp_data_scan(struct smtp_data_scan *s, const char *buf, size_t len,
 			s->errors |= SMTP_DATA_BARE_CR_LF;
 			s->state = c == '\r' ? ST_CR : ST_TEXT;
 			break;
-		case ST_TEXT:
+		case ST_TEXT: {
+			size_t k = fast_run(s, buf + i, len - i);
+			if (k) {
+				count_run(s, k);
+				i += k - 1;
+				continue;
+			}
 			count_octet(s, c);
 			if (c == '\r')
 				s->state = ST_CR;
 			else if (c == '\n')
 				s->errors |= SMTP_DATA_BARE_CR_LF;
 			break;
+		}
 		case ST_CR:
 			count_octet(s, c);
 			if (c == '\n') {
@@ -151,6 +199,15 @@ size_t smtp_data_scan(struct smtp_data_scan *s, const char *buf, size_t len,
 void smtp_data_scan_octets(struct smtp_data_scan *s, const char *buf, size_t len)
 {
 	for (size_t i = 0; i < len; i++) {
+		if (s->state != ST_CR) {
+			size_t k = fast_run(s, buf + i, len - i);
+			if (k) {
+				count_run(s, k);
+				s->state = ST_TEXT;
+				i += k - 1;
+				continue;
+			}
+		}
 		unsigned char c = (unsigned char)buf[i];
 		count_octet(s, c);
 		if (s->state == ST_CR && c == '\n') {

@@ -350,6 +350,52 @@ static void test_recv_multishot(void **state)
 	CHECK_INT("recv at end of stream", c.more, false);
 }
 
+/* io_recv_once: one buffer and one completion (more=false), however much
+ * the socket holds; nothing more comes until it is armed again. */
+static void test_recv_once(void **state)
+{
+	struct rig *r = *state;
+	int srv, cli;
+	rig_pair(r, &srv, &cli);
+	enum { N = 4 * RIG_BUFSZ };
+	static char want[N], got[N];
+	fill_pattern(want, N, 3);
+	peer_send(cli, want, N);
+	uint64_t tag = io_tag(IO_OP_RECV, 12, 4);
+	size_t total = 0;
+	for (int i = 0; total < N && i < 100; i++) {
+		io_recv_once(r->io, srv, tag);
+		struct io_cqe c = rig_await(r, tag, "recv once");
+		CHECK_INT("recv once", c.more, false);
+		assert_true(c.res > 0 && c.res <= RIG_BUFSZ && total + (size_t)c.res <= N);
+		assert_true(c.bid >= 0 && c.bid < RIG_NBUFS);
+		memcpy(got + total, io_buf(r->io, (unsigned)c.bid), (size_t)c.res);
+		io_buf_recycle(r->io, (unsigned)c.bid);
+		total += (size_t)c.res;
+		if (i == 0) {
+			/* the socket still holds the rest: nothing more is posted */
+			uint64_t t = io_tag(IO_OP_TICK, 1, 1);
+			io_timeout(r->io, 50, t);
+			rig_await(r, t, "quiet after one recv");
+			struct io_cqe extra;
+			assert_false(rig_take(r, false, tag, &extra));
+		}
+	}
+	CHECK_INT("recv once", total, N);
+	assert_memory_equal(got, want, N);
+	/* cancelled while it waits; then the end of the stream */
+	io_recv_once(r->io, srv, tag);
+	io_cancel(r->io, tag);
+	struct io_cqe c = rig_await(r, tag, "recv once cancelled");
+	CHECK_INT("recv once cancelled", c.res, -ECANCELED);
+	CHECK_INT("recv once cancelled", c.more, false);
+	shutdown(cli, SHUT_WR);
+	io_recv_once(r->io, srv, tag);
+	c = rig_await(r, tag, "recv once at end of stream");
+	CHECK_INT("recv once at end of stream", c.res, 0);
+	CHECK_INT("recv once at end of stream", c.more, false);
+}
+
 static void test_send(void **state)
 {
 	struct rig *r = *state;
@@ -630,6 +676,7 @@ static void test_wake(void **state)
 #define RIG_TESTS(kind)                                   \
 	RIG_TEST(test_accept_two, kind),                  \
 	RIG_TEST(test_recv_multishot, kind),              \
+	RIG_TEST(test_recv_once, kind),                   \
 	RIG_TEST(test_send, kind),                        \
 	RIG_TEST(test_recv_enobufs, kind),                \
 	RIG_TEST(test_recv_into, kind),                   \
