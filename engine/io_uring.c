@@ -183,24 +183,22 @@ static void ur_accept(struct io *io, int fd, uint64_t tag)
 	io_uring_sqe_set_data64(sqe, tag);
 }
 
-static void ur_recv(struct io *io, int fd, uint64_t tag)
+/* A recv into a provided buffer of group 0 (len 0: as much as the selected
+ * buffer holds); multishot: one completion per buffer until it ends. */
+static void recv_select(struct io *io, int fd, uint64_t tag, bool multishot)
 {
 	struct io_uring_sqe *sqe = get_sqe(ur(io));
-	io_uring_prep_recv_multishot(sqe, fd, NULL, 0, 0);
+	if (multishot)
+		io_uring_prep_recv_multishot(sqe, fd, NULL, 0, 0);
+	else
+		io_uring_prep_recv(sqe, fd, NULL, 0, 0);
 	sqe->flags |= IOSQE_BUFFER_SELECT;
 	sqe->buf_group = 0;
 	io_uring_sqe_set_data64(sqe, tag);
 }
 
-static void ur_recv_once(struct io *io, int fd, uint64_t tag)
-{
-	struct io_uring_sqe *sqe = get_sqe(ur(io));
-	/* len 0: as much as the selected buffer holds */
-	io_uring_prep_recv(sqe, fd, NULL, 0, 0);
-	sqe->flags |= IOSQE_BUFFER_SELECT;
-	sqe->buf_group = 0;
-	io_uring_sqe_set_data64(sqe, tag);
-}
+static void ur_recv(struct io *io, int fd, uint64_t tag) { recv_select(io, fd, tag, true); }
+static void ur_recv_once(struct io *io, int fd, uint64_t tag) { recv_select(io, fd, tag, false); }
 
 static void ur_recv_into(struct io *io, int fd, void *buf, size_t len, uint64_t tag)
 {
