@@ -141,6 +141,9 @@ def test_bad_files_renamed_with_reason(postern, tmp_path):
         want = sorted([n + ".bad" for n in cases] + ["folder.bad"])
         wait_until(lambda: sorted(os.listdir(d)) == want, 20,
                    what="every bad file renamed; have %r" % sorted(os.listdir(d)))
+        # Each file is renamed, then its line logged: wait for the lines too.
+        wait_until(lambda: len(log_events(p, "pickup_bad")) >= len(cases) + 1, 10,
+                   what="a pickup_bad line for every bad file")
         got = {e["file"]: e for e in log_events(p, "pickup_bad")}
         assert got["folder.eml"]["reason"] == "not_a_file", got
         for name, (data, reason) in cases.items():
