@@ -41,6 +41,7 @@ def test_out_of_descriptors_does_not_spin_and_recovers(tmp_path):
     sock = tmp_path / "stats.sock"
     p = Postern(tmp_path, CONNECTOR, server_extra='  stats_socket = "%s";\n' % sock,
                 wrapper=("prlimit", "--nofile=%d:%d" % (NOFILE, NOFILE), "--"))
+    started = time.monotonic()
     p.start()
     try:
         # max_open_files (65536 by default) cannot be had: one warning.
@@ -73,8 +74,11 @@ def test_out_of_descriptors_does_not_spin_and_recovers(tmp_path):
         log = p.stderr()
         errors = re.findall(r"event=accept_error error=\"Too many open files\" count=(\d+)", log)
         assert errors, log[-2000:]
-        # At most one line a second per worker (2 workers, ~2.5 s + startup).
-        assert len(errors) <= 12, len(errors)
+        # At most one line a second per worker (2 workers) since the start:
+        # the banners above take 0.5 s for each client left unanswered, so
+        # the time this took is the bound, not a fixed count.
+        bound = 2 * (time.monotonic() - started + 2)
+        assert len(errors) <= bound, (len(errors), bound)
         assert "out of descriptors: accepting paused" in log
         # Descriptors come back: accepting resumes by itself.
         for s in socks:
