@@ -71,7 +71,7 @@ static void count_run(struct smtp_data_scan *s, size_t n)
 {
 	s->size += n;
 	/* Saturates: a line longer than 4 GiB stays too long. */
-	if (n > SMTP_DATA_LINE_MAX || s->line_len + n > SMTP_DATA_LINE_MAX) {
+	if (s->line_len + n > SMTP_DATA_LINE_MAX) {
 		s->errors |= SMTP_DATA_LINE_TOO_LONG;
 		s->line_len = SMTP_DATA_LINE_MAX + 1;
 	} else {
