@@ -22,7 +22,9 @@
  *              session; then each finishes the transaction under way, writes
  *              QUIT and reads every reply, checking their order. Reports what
  *              was written, when writing stopped making progress (the
- *              server's back-pressure) and the 250s to DATA (acknowledged)
+ *              server's back-pressure) and the 250s to DATA (acknowledged);
+ *              a session the server ends meanwhile (its writes fail: a junk
+ *              command limit) is opened again, its replies never read
  *   storm      --rate new connections/s for --duration s (at most
  *              --max-inflight at once): connect, greeting, QUIT, 221;
  *              connect -> greeting latency
@@ -134,7 +136,7 @@ static struct {
 	long acks, order_errors;
 	long long units, replies_read, written_in_phase;
 	double last_progress;
-	long stalled, capped;
+	long stalled, capped, ended_writing;
 	bool ready_written, ending;
 	volatile sig_atomic_t stop, phase_req;
 } g;
@@ -250,6 +252,16 @@ static void conn_close(struct conn *c, const char *why)
 		return;
 	if (why)
 		tally(g.closes, why);
+	if (opt.mode == M_PIPE) {
+		/* the slot may be opened again: its session's figures go */
+		g.acks += c->acks;
+		g.order_errors += c->order_errors;
+		g.units += c->units;
+		g.replies_read += c->replies;
+		c->acks = c->order_errors = c->units = c->replies = 0;
+		if (c->st == S_PIPE_WRITE)
+			g.ended_writing++;
+	}
 	close(c->fd);
 	c->fd = -1;
 	c->st = S_FREE;
@@ -844,9 +856,9 @@ static void report(double t_flood_end)
 		printf(",\"units_written\":%lld,\"replies_read\":%lld,\"acks\":%ld,"
 		       "\"order_errors\":%ld,\"written_in_write_phase\":%lld,"
 		       "\"last_progress_s\":%.3f,\"stalled_writers\":%ld,\"capped_writers\":%ld,"
-		       "\"write_phase_s\":%.3f",
+		       "\"write_phase_s\":%.3f,\"ended_while_writing\":%ld",
 		       g.units, g.replies_read, g.acks, g.order_errors, g.written_in_phase,
-		       g.last_progress, g.stalled, g.capped, elapsed);
+		       g.last_progress, g.stalled, g.capped, elapsed, g.ended_writing);
 		break;
 	default:
 		break;
@@ -1151,12 +1163,13 @@ int main(int argc, char **argv)
 				for (int turn = 0; opened < opt.conns && turn < 256; turn++)
 					conn_open(&g.c[opened++]);
 			}
-			/* longline, steady: a closed session is opened again (steady:
-			 * not more often than twice a second a slot) */
-			if ((opt.mode == M_LONG || opt.mode == M_STEADY) && opened >= opt.conns)
+			/* longline, pipeline, steady: a closed session is opened
+			 * again (steady: not more often than twice a second a slot) */
+			if ((opt.mode == M_LONG || opt.mode == M_PIPE || opt.mode == M_STEADY) &&
+			    opened >= opt.conns)
 				for (int i = 0; i < g.nconn; i++)
 					if (g.c[i].fd < 0 &&
-					    (opt.mode == M_LONG || t - g.c[i].t_open > 0.5)) {
+					    (opt.mode != M_STEADY || t - g.c[i].t_open > 0.5)) {
 						g.reopened++;
 						conn_open(&g.c[i]);
 					}
@@ -1177,12 +1190,6 @@ int main(int argc, char **argv)
 	g.ph[g.phase].t1 = paced || opt.mode == M_STEADY ? t_flood_end : g.t_end;
 	for (int i = 0; i < g.nconn; i++) {
 		struct conn *c = &g.c[i];
-		if (opt.mode == M_PIPE) {
-			g.acks += c->acks;
-			g.order_errors += c->order_errors;
-			g.units += c->units;
-			g.replies_read += c->replies;
-		}
 		if (c->fd >= 0) {
 			g.open_at_end++;
 			conn_close(c, opt.mode == M_PIPE ? "client timeout" : NULL);

@@ -44,6 +44,7 @@ static const struct setting rconn_settings[] = {
 	{"max_recipients_per_message", K_COUNT, RC(max_recipients), "200", 1000000},
 	{"max_hop_count", K_COUNT, RC(max_hop_count), "60", 500},
 	{"max_protocol_errors", K_COUNT, RC(max_protocol_errors), "5", 1000000},
+	{"max_junk_commands", K_COUNT, RC(max_junk_commands), "100", 1000000},
 	{"message_rate_limit", K_COUNT, RC(message_rate_limit), "unlimited", 60000},
 	{"message_rate_source", K_RATE_SOURCE, RC(message_rate_source), "ip", 0},
 	{"max_inbound_connection", K_COUNT, RC(max_inbound_connection), "5000", 0},
@@ -1247,6 +1248,7 @@ static bool load_connector(struct loader *ld, struct conf *c, struct rconn *rc,
 		.max_recipients = (unsigned)rc->max_recipients,
 		.max_hop_count = (unsigned)rc->max_hop_count,
 		.max_protocol_errors = (unsigned)rc->max_protocol_errors,
+		.max_junk_commands = (unsigned)rc->max_junk_commands,
 		/* "authenticated" alone admits a client once AUTH succeeded
 		 * (smtp_server: authenticated). */
 		.may_submit = (rc->perms & ~PERM_AUTHENTICATED) != 0,

@@ -64,6 +64,7 @@ struct rconn {
 	uint64_t max_recipients;          /* 0 = unlimited */
 	uint64_t max_hop_count;
 	uint64_t max_protocol_errors;
+	uint64_t max_junk_commands;       /* 0 = unlimited */
 	uint64_t message_rate_limit;      /* per minute, 0 = unlimited */
 	uint64_t message_rate_source;     /* enum rate_source */
 	uint64_t max_inbound_connection;  /* 0 = unlimited */

@@ -106,19 +106,41 @@ static enum smtp_ev close_with(struct smtp_server *s, const char *text)
 	return SMTP_EV_CLOSE;
 }
 
+static bool errors_over(const struct smtp_server *s)
+{
+	return s->p->max_protocol_errors && s->errors > s->p->max_protocol_errors;
+}
+
+static enum smtp_ev too_many_errors(struct smtp_server *s)
+{
+	s->rejects++;
+	if (s->hooks.reject)
+		s->hooks.reject(s->hooks.ctx, SMTP_REJECT_TOO_MANY_ERRORS, R_TOO_MANY_ERRORS, NULL);
+	return close_with(s, R_TOO_MANY_ERRORS);
+}
+
 /* Counts a protocol error; past the connector's limit the session ends. */
 static enum smtp_ev proto_error(struct smtp_server *s, const char *text)
 {
 	s->errors++;
-	if (s->p->max_protocol_errors && s->errors > s->p->max_protocol_errors) {
-		s->rejects++;
-		if (s->hooks.reject)
-			s->hooks.reject(s->hooks.ctx, SMTP_REJECT_TOO_MANY_ERRORS,
-					R_TOO_MANY_ERRORS, NULL);
-		return close_with(s, R_TOO_MANY_ERRORS);
-	}
+	if (errors_over(s))
+		return too_many_errors(s);
 	refuse(s, SMTP_REJECT_PROTOCOL, text, NULL);
 	return SMTP_EV_NEED_INPUT;
+}
+
+/* NOOP, RSET, VRFY, EXPN and HELP move no mail. Past the connector's
+ * max_junk_commands since the session's last accepted message (Postfix's
+ * smtpd_junk_command_limit, 100 there too), each one also counts as a
+ * protocol error: a client that only keeps a worker busy with them, reading
+ * the replies or not, ends at max_protocol_errors instead of never. True
+ * when the session must end now. */
+static bool junk_over(struct smtp_server *s)
+{
+	if (!s->p->max_junk_commands || ++s->junk <= s->p->max_junk_commands)
+		return false;
+	s->errors++;
+	return errors_over(s);
 }
 
 static uint64_t size_limit(const struct smtp_server *s)
@@ -369,6 +391,8 @@ static enum smtp_ev cmd_bdat(struct smtp_server *s, const struct smtp_cmd *c)
 
 static enum smtp_ev cmd_rset(struct smtp_server *s, const struct smtp_cmd *c)
 {
+	if (junk_over(s))
+		return too_many_errors(s);
 	if (c->arg_len)
 		return proto_error(s, R_SYNTAX);
 	bool open = s->bdat_open;
@@ -379,6 +403,8 @@ static enum smtp_ev cmd_rset(struct smtp_server *s, const struct smtp_cmd *c)
 
 static enum smtp_ev cmd_noop(struct smtp_server *s, const struct smtp_cmd *c)
 {
+	if (junk_over(s))
+		return too_many_errors(s);
 	(void)c;
 	reply(s, R_NOOP_OK);
 	return SMTP_EV_NEED_INPUT;
@@ -392,6 +418,8 @@ static enum smtp_ev cmd_quit(struct smtp_server *s, const struct smtp_cmd *c)
 
 static enum smtp_ev cmd_vrfy(struct smtp_server *s, const struct smtp_cmd *c)
 {
+	if (junk_over(s))
+		return too_many_errors(s);
 	if (!c->arg_len)
 		return proto_error(s, R_SYNTAX);
 	reply(s, R_VRFY);
@@ -400,6 +428,8 @@ static enum smtp_ev cmd_vrfy(struct smtp_server *s, const struct smtp_cmd *c)
 
 static enum smtp_ev cmd_expn(struct smtp_server *s, const struct smtp_cmd *c)
 {
+	if (junk_over(s))
+		return too_many_errors(s);
 	(void)c;
 	reply(s, R_NOT_IMPLEMENTED);
 	return SMTP_EV_NEED_INPUT;
@@ -407,6 +437,8 @@ static enum smtp_ev cmd_expn(struct smtp_server *s, const struct smtp_cmd *c)
 
 static enum smtp_ev cmd_help(struct smtp_server *s, const struct smtp_cmd *c)
 {
+	if (junk_over(s))
+		return too_many_errors(s);
 	(void)c;
 	reply(s, R_HELP);
 	return SMTP_EV_NEED_INPUT;
@@ -957,6 +989,7 @@ void smtp_server_stored(struct smtp_server *s, bool ok, bool full)
 		smtp_reply_addf(&s->out, "250 2.6.0 <%s> Queued mail for delivery",
 				s->msgid);
 		s->messages++;
+		s->junk = 0;
 	} else {
 		refuse(s, SMTP_REJECT_STORAGE, full ? R_STORAGE_FULL : R_LOCAL_ERROR, NULL);
 	}

@@ -71,6 +71,7 @@ struct smtp_server_params {
 	unsigned max_recipients;      /* 0 = unlimited */
 	unsigned max_hop_count;       /* 0 = unlimited */
 	unsigned max_protocol_errors; /* 0 = unlimited */
+	unsigned max_junk_commands;   /* NOOP RSET VRFY EXPN HELP per message; 0 = unlimited */
 	bool may_submit;              /* the connector has a permission group */
 	bool bypass_size_limit;       /* externally secured */
 	bool starttls;                /* offered: the connector has a certificate */
@@ -189,6 +190,7 @@ struct smtp_server {
 	char auth_user[SMTP_AUTH_NAME_MAX + 1];  /* the name (once authenticated: who) */
 	char auth_pass[SMTP_AUTH_NAME_MAX + 1];  /* only until the result: then wiped */
 	unsigned errors;
+	unsigned junk;      /* junk commands since the last accepted message */
 	char client_ip[64];
 	char helo[SMTP_HELO_MAX + 1];
 	char msgid[SMTP_MSGID_MAX + 1];

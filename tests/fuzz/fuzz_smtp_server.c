@@ -207,6 +207,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 	p.max_recipients = data[2] % 4;
 	p.max_hop_count = data[3] % 3;
 	p.max_protocol_errors = (data[4] >> 4) % 8;
+	p.max_junk_commands = (data[5] >> 6) * 3; /* 0 (unlimited), 3, 6, 9 */
 	p.may_submit = !(data[4] & 1);
 	p.bypass_size_limit = data[4] & 2;
 	p.starttls = data[4] & 8;

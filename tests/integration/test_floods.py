@@ -18,6 +18,7 @@ import time
 
 import pytest
 
+from test_tls import ctl  # noqa: E402
 from conftest import (R_DATA_LINE_TOO_LONG, R_LINE_TOO_LONG, R_MAIL_OK, R_NOOP_OK, R_QUIT,
                       R_RCPT_OK, R_RESET, R_START_DATA, R_TIMEOUT, R_TOO_MANY_ERRORS, R_VRFY,
                       SANITIZE, SLOW, RawClient, rss_kb, wait_until)
@@ -299,7 +300,9 @@ def ehlo_reply(port, source):
 
 
 def test_pipelined_flood_50000_commands_replies_in_order(postern):
-    p = postern(relay())
+    # 37,500 of these are junk commands: without max_junk_commands (100 by
+    # default) the session lives to answer them all.
+    p = postern(relay("max_junk_commands = 0;"))
     src = "127.0.40.1"
     ehlo = ehlo_reply(p.port, src)
     rss0 = rss_kb(p.pid)
@@ -338,6 +341,61 @@ def test_pipelined_flood_50000_commands_replies_in_order(postern):
     p.stop()
 
 
+def test_junk_command_flood_ends_at_the_limit(postern, tmp_path):
+    """A client that pipelines NOOPs without end (never reading) gets its
+    100 junk commands (max_junk_commands' default) answered, then each
+    further one counts as a protocol error: the sixth ends the session with
+    421 4.7.0, as any protocol errors do (max_protocol_errors 5). The
+    replies arrive complete and in order, Postern closes the connection,
+    and a message in between starts the count again."""
+    sock = tmp_path / "junk.sock"
+    p = postern(relay(), server_extra='  stats_socket = "%s";\n' % sock)
+    src = "127.0.42.1"
+    ehlo = ehlo_reply(p.port, src)
+    s = raw_socket(p.port, src, rcvbuf=16384)
+    try:
+        assert read_reply(s).startswith(b"220 ")
+        w = Writer(s, b"EHLO flood.example\r\n" + b"NOOP\r\n" * 200000)
+        w.start()
+        want = ehlo + (R_NOOP_OK.encode() + b"\r\n") * 105 + R_TOO_MANY_ERRORS.encode() + b"\r\n"
+        got = read_exactly(s, len(want), 10 * SLOW)
+        assert got == want, got[-300:]
+        s.settimeout(10 * SLOW)
+        rest = b""
+        try:
+            while True:
+                b = s.recv(65536)
+                if not b:
+                    break
+                rest += b
+        except ConnectionResetError:
+            pass  # what the writer still sent meets a closed socket
+        assert rest == b"", rest[:200]
+        w.join(timeout=10 * SLOW)
+        assert not w.is_alive()
+    finally:
+        s.close()
+    line = 'postern_messages_rejected_total{connector="Loopback Relay",reason="too_many_errors"} 1\n'
+    wait_until(lambda: line in ctl(sock, "show", "metrics")[1], 5 * SLOW)
+    # A message resets the count: 100 junk commands, one message, 100 more,
+    # and the session is still there.
+    with RawClient(p.port, "127.0.42.2") as c:
+        assert c.cmd("EHLO client.example")[0].startswith("250-")
+        for _ in range(100):
+            assert c.cmd("NOOP") == R_NOOP_OK
+        assert c.cmd("MAIL FROM:<a@b.example>") == R_MAIL_OK
+        assert c.cmd("RCPT TO:<x@corp.example>") == R_RCPT_OK
+        assert c.cmd("DATA") == R_START_DATA
+        c.send(b"Subject: between\r\n\r\nbody\r\n.\r\n")
+        assert R_QUEUED.fullmatch(c.reply())
+        for _ in range(100):
+            assert c.cmd("RSET") == R_RESET
+        assert c.cmd("NOOP") == R_NOOP_OK  # the 101st: answered, one error
+        assert c.cmd("QUIT") == R_QUIT
+    assert len(p.messages()) == 1
+    p.stop()
+
+
 def test_clients_that_never_read_cost_postern_little(postern):
     """postern stops reading a session once 256 KiB of its input wait
     unprocessed (IN_PAUSE, engine/session.c) and reads again below half of
@@ -357,7 +415,7 @@ def test_clients_that_never_read_cost_postern_little(postern):
     io_uring, the provided buffers the kernel takes in ring order (2 workers
     x 512 x 16 KiB, touched once). The bound: 768 KiB a client plus those
     16 MiB."""
-    p = postern(relay())
+    p = postern(relay("max_junk_commands = 0;"))  # 3,000 NOOPs a client
     ehlo = ehlo_reply(p.port, "127.0.41.1")
     n_conns, n_ehlo, n_noop = 32, 10000, 3000
     noop = b"NOOP " + b"z" * 994 + b"\r\n"

@@ -3,7 +3,7 @@ import re
 import threading
 
 from conftest import (HOSTNAME, R_MAIL_OK, R_NOOP_OK, R_QUIT, R_RCPT_OK,
-                      R_START_DATA, SLOW)
+                      R_START_DATA, SLOW, TWO_CONNECTORS)
 
 QUEUED = re.compile(r"250 2\.6\.0 <(\w+)> Queued mail for delivery")
 
@@ -47,7 +47,10 @@ def test_pipelined_transactions(postern, smtp_raw):
 
 
 def test_ten_thousand_pipelined_noops(postern, smtp_raw):
-    p = postern()
+    # Junk commands without limit (max_junk_commands = 0; the default of
+    # 100 ends such a session: test_floods)
+    p = postern(TWO_CONNECTORS.replace('max_message_size = "64KB";',
+                                       'max_message_size = "64KB"; max_junk_commands = 0;'))
     c = smtp_raw(p.port, "127.0.0.10")
     n = 10000
     got = []

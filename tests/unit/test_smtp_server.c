@@ -877,6 +877,63 @@ static void test_max_protocol_errors(void **state)
 	h_free(h);
 }
 
+/* ---- junk commands ---------------------------------------------------- */
+
+/* Past max_junk_commands since the last accepted message, NOOP, RSET, VRFY,
+ * EXPN and HELP each count as a protocol error too; an accepted message
+ * starts the count again. */
+static void test_max_junk_commands(void **state)
+{
+	(void)state;
+	struct smtp_server_params p;
+	h_params_default(&p);
+	p.max_junk_commands = 4;
+	p.max_protocol_errors = 2;
+	struct h *h = h_new_with(&p, OUT_MAX);
+	h_feed(h, "EHLO c.example\r\n");
+	buf_clear(&h->log);
+	/* four allowed, each kind of junk counts */
+	h_feed(h, "NOOP\r\nRSET\r\nVRFY x\r\nHELP\r\n");
+	assert_int_equal(h->s.errors, 0);
+	buf_clear(&h->log);
+	/* a message accepted: the count starts again */
+	h_feed(h, "MAIL FROM:<a@b.example>\r\nRCPT TO:<x@corp.example>\r\nDATA\r\n"
+		  "Subject: s\r\n\r\nbody\r\n.\r\n");
+	assert_int_equal(h->s.messages, 1);
+	buf_clear(&h->log);
+	h_feed(h, "NOOP\r\nNOOP\r\nNOOP\r\nNOOP\r\n");
+	assert_int_equal(h->s.errors, 0);
+	/* the fifth and sixth are answered and counted, the seventh ends it */
+	buf_clear(&h->log);
+	h_feed(h, "EXPN list\r\nNOOP\r\nNOOP\r\nNOOP\r\n");
+	EXPECT(h, "502 5.5.1 Command not implemented\r\n"
+		  "250 2.0.0 OK\r\n"
+		  "421 4.7.0 Too many errors on this connection, closing transmission channel\r\n");
+	assert_true(h->closed);
+	assert_int_equal(h->s.errors, 3);
+	h_free(h);
+
+	/* without max_protocol_errors the count goes on, the session too */
+	h_params_default(&p);
+	p.max_junk_commands = 2;
+	h = h_new_with(&p, OUT_MAX);
+	for (int i = 0; i < 50; i++)
+		h_feed(h, "NOOP\r\n");
+	assert_false(h->closed);
+	assert_int_equal(h->s.errors, 48);
+	h_free(h);
+
+	/* 0: unlimited */
+	h_params_default(&p);
+	p.max_protocol_errors = 1;
+	h = h_new_with(&p, OUT_MAX);
+	for (int i = 0; i < 500; i++)
+		h_feed(h, "RSET\r\n");
+	assert_false(h->closed);
+	assert_int_equal(h->s.errors, 0);
+	h_free(h);
+}
+
 /* ---- DATA content checks ---------------------------------------------- */
 
 static void test_data_rejections(void **state)
@@ -2050,6 +2107,7 @@ int main(void)
 		cmocka_unit_test(test_rcpt_policy),
 		cmocka_unit_test(test_may_not_submit),
 		cmocka_unit_test(test_max_protocol_errors),
+		cmocka_unit_test(test_max_junk_commands),
 		cmocka_unit_test(test_data_rejections),
 		cmocka_unit_test(test_data_line_too_long),
 		cmocka_unit_test(test_smuggled_commands_not_executed),
