@@ -669,6 +669,9 @@ int main(int argc, char **argv)
 		return startup_failed(workers, nw, wm, peers, resolver, authd, &throttle, &app,
 				      &store);
 	}
+	if (spool_reaper_start(&store) < 0)
+		log_msg(LOG_WARN, "event=spool_reaper_unavailable error=\"%s\" (finished segments are deleted on the workers)",
+			strerror(errno));
 	for (unsigned i = 0; i < nw; i++) {
 		if (worker_start(&workers[i]) < 0) {
 			fprintf(stderr, "postern: worker %u: %s\n", i, workers[i].err);

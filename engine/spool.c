@@ -16,6 +16,7 @@
 #include <sys/file.h>
 #include <sys/mman.h>
 #include <sys/stat.h>
+#include <time.h>
 #include <unistd.h>
 
 #include "dirs.h"
@@ -155,6 +156,173 @@ void spool_worker_init(struct spool_worker *sw, struct spool *sp, struct io *io,
 }
 
 
+struct reap_item {
+	struct reap_item *next;
+	int fd;
+	uint64_t seq;
+};
+
+struct spool_reaper {
+	pthread_mutex_t mu;
+	pthread_cond_t more, done;
+	struct reap_item *head, *tail;
+	bool stop, busy;
+	int dirfd;
+	pthread_t thread;
+};
+
+static void seg_delete(int dirfd, int fd, uint64_t seq)
+{
+	char name[64];
+	spool_seg_name(name, sizeof(name), seq);
+	if (unlinkat(dirfd, name, 0) == 0)
+		log_msg(LOG_DEBUG, "event=segment_deleted segment=%016" PRIx64, seq);
+	else
+		log_msg(LOG_WARN, "event=store_error op=unlink segment=%016" PRIx64 " error=\"%s\"",
+			seq, strerror(errno));
+	close(fd);
+}
+
+/* The reaper's way: a segment's blocks freed all at once hold the ext4
+ * journal so long that every fdatasync meanwhile waits for it (a 64 MiB
+ * segment: 13 ms; a concurrent fdatasync's p99.9 went from 0.9 to 10.7
+ * ms, measured), so they go a few MiB at a time. The file is first
+ * renamed out of recovery's sight, durably (the directory's fsync), so a
+ * crash part way never leaves a shortened segment for recovery to read:
+ * spool_open() removes what such a crash left. Anything failing: the
+ * whole file at once, as on a worker. */
+#define REAP_STEP (2ull << 20)
+
+static void seg_delete_gradually(struct spool_reaper *r, int fd, uint64_t seq)
+{
+	char name[64], gone[64 + sizeof(SPOOL_SEG_GONE)];
+	spool_seg_name(name, sizeof(name), seq);
+	snprintf(gone, sizeof(gone), "%s" SPOOL_SEG_GONE, name);
+	struct stat st;
+	if (fstat(fd, &st) < 0 || renameat(r->dirfd, name, r->dirfd, gone) < 0) {
+		seg_delete(r->dirfd, fd, seq);
+		return;
+	}
+	if (fsync(r->dirfd) == 0) {
+		uint64_t size = (uint64_t)st.st_blocks * 512;
+		if ((uint64_t)st.st_size > size)
+			size = (uint64_t)st.st_size;
+		while (size > REAP_STEP) {
+			size -= REAP_STEP;
+			if (ftruncate(fd, (off_t)size) < 0)
+				break;
+			pthread_mutex_lock(&r->mu);
+			bool behind = r->head && r->head->next; /* two more wait */
+			pthread_mutex_unlock(&r->mu);
+			if (!behind)
+				nanosleep(&(struct timespec){0, 1000000}, NULL);
+		}
+	}
+	if (unlinkat(r->dirfd, gone, 0) == 0)
+		log_msg(LOG_DEBUG, "event=segment_deleted segment=%016" PRIx64, seq);
+	else
+		log_msg(LOG_WARN, "event=store_error op=unlink segment=%016" PRIx64 " error=\"%s\"",
+			seq, strerror(errno));
+	close(fd);
+}
+
+static void *reaper_main(void *arg)
+{
+	struct spool_reaper *r = arg;
+	pthread_mutex_lock(&r->mu);
+	for (;;) {
+		while (!r->head && !r->stop)
+			pthread_cond_wait(&r->more, &r->mu);
+		struct reap_item *it = r->head;
+		if (!it)
+			break; /* stopping, and nothing left */
+		r->head = it->next;
+		if (!r->head)
+			r->tail = NULL;
+		r->busy = true;
+		pthread_mutex_unlock(&r->mu);
+		seg_delete_gradually(r, it->fd, it->seq);
+		free(it);
+		pthread_mutex_lock(&r->mu);
+		r->busy = false;
+		if (!r->head)
+			pthread_cond_broadcast(&r->done);
+	}
+	pthread_mutex_unlock(&r->mu);
+	return NULL;
+}
+
+int spool_reaper_start(struct spool *sp)
+{
+	struct spool_reaper *r = calloc(1, sizeof(*r));
+	if (!r)
+		return -1;
+	pthread_mutex_init(&r->mu, NULL);
+	pthread_cond_init(&r->more, NULL);
+	pthread_cond_init(&r->done, NULL);
+	r->dirfd = sp->dirfd;
+	int e = pthread_create(&r->thread, NULL, reaper_main, r);
+	if (e) {
+		pthread_cond_destroy(&r->done);
+		pthread_cond_destroy(&r->more);
+		pthread_mutex_destroy(&r->mu);
+		free(r);
+		errno = e;
+		return -1;
+	}
+	sp->reaper = r;
+	return 0;
+}
+
+void spool_reaper_wait(struct spool *sp)
+{
+	struct spool_reaper *r = sp->reaper;
+	if (!r)
+		return;
+	pthread_mutex_lock(&r->mu);
+	while (r->head || r->busy)
+		pthread_cond_wait(&r->done, &r->mu);
+	pthread_mutex_unlock(&r->mu);
+}
+
+void spool_reaper_stop(struct spool *sp)
+{
+	struct spool_reaper *r = sp->reaper;
+	if (!r)
+		return;
+	pthread_mutex_lock(&r->mu);
+	r->stop = true;
+	pthread_cond_signal(&r->more);
+	pthread_mutex_unlock(&r->mu);
+	pthread_join(r->thread, NULL);
+	pthread_cond_destroy(&r->done);
+	pthread_cond_destroy(&r->more);
+	pthread_mutex_destroy(&r->mu);
+	free(r);
+	sp->reaper = NULL;
+}
+
+/* Queued for the reaper when there is one (and memory for the item). */
+static bool reap_later(struct spool *sp, int fd, uint64_t seq)
+{
+	struct spool_reaper *r = sp->reaper;
+	struct reap_item *it = r ? malloc(sizeof(*it)) : NULL;
+	if (!it)
+		return false;
+	it->next = NULL;
+	it->fd = fd;
+	it->seq = seq;
+	pthread_mutex_lock(&r->mu);
+	if (r->tail)
+		r->tail->next = it;
+	else
+		r->head = it;
+	r->tail = it;
+	pthread_cond_signal(&r->more);
+	pthread_mutex_unlock(&r->mu);
+	return true;
+}
+
 /* Once nothing pins a segment that is no longer written to, every message
  * in it is finished and that is durable: it goes. */
 static void seg_maybe_close(struct spool_worker *sw, struct spool_seg *s)
@@ -165,16 +333,10 @@ static void seg_maybe_close(struct spool_worker *sw, struct spool_seg *s)
 	while (*pp != s)
 		pp = &(*pp)->next;
 	*pp = s->next;
-	if (!sw->stopping) {
-		char name[64];
-		spool_seg_name(name, sizeof(name), s->seq);
-		if (unlinkat(sw->sp->dirfd, name, 0) == 0)
-			log_msg(LOG_DEBUG, "event=segment_deleted segment=%016" PRIx64, s->seq);
-		else
-			log_msg(LOG_WARN, "event=store_error op=unlink segment=%016" PRIx64 " error=\"%s\"",
-				s->seq, strerror(errno));
-	}
-	close(s->fd);
+	if (sw->stopping)
+		close(s->fd);
+	else if (!reap_later(sw->sp, s->fd, s->seq))
+		seg_delete(sw->sp->dirfd, s->fd, s->seq);
 	free(s);
 }
 

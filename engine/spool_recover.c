@@ -35,6 +35,39 @@ static bool seg_name_seq(const char *name, uint64_t *seq)
 	return end == name + strlen(SPOOL_SEG_PREFIX) + 16;
 }
 
+/* What a crash left of the reaper's deletions (spool.c): segments renamed
+ * out of recovery's sight, whole or shortened; they go. */
+static void remove_gone(int dirfd)
+{
+	int dfd = dup(dirfd);
+	DIR *d = dfd >= 0 ? fdopendir(dfd) : NULL;
+	if (!d) {
+		if (dfd >= 0)
+			close(dfd);
+		return;
+	}
+	struct dirent *e;
+	size_t glen = strlen(SPOOL_SEG_GONE);
+	while ((e = readdir(d))) {
+		size_t n = strlen(e->d_name);
+		char seg[64];
+		uint64_t seq;
+		if (n <= glen || n - glen >= sizeof(seg) ||
+		    strcmp(e->d_name + n - glen, SPOOL_SEG_GONE) != 0)
+			continue;
+		memcpy(seg, e->d_name, n - glen);
+		seg[n - glen] = 0;
+		if (!seg_name_seq(seg, &seq))
+			continue;
+		if (unlinkat(dirfd, e->d_name, 0) == 0)
+			log_msg(LOG_INFO, "event=segment_deleted segment=%016" PRIx64 " reason=left_by_a_crash", seq);
+		else
+			log_msg(LOG_WARN, "event=store_error op=unlink file=%s error=\"%s\"", e->d_name,
+				strerror(errno));
+	}
+	closedir(d);
+}
+
 static int cmp_u64(const void *a, const void *b)
 {
 	uint64_t x = *(const uint64_t *)a, y = *(const uint64_t *)b;
@@ -465,6 +498,7 @@ int spool_open(struct spool *sp, const char *dir, uint64_t segment_bytes, char *
 	sp->owner_cap = 0;
 	sp->recover = NULL;
 	sp->nrecover = 0;
+	sp->reaper = NULL;
 	sp->segment_bytes = segment_bytes ? segment_bytes : SPOOL_SEGMENT_BYTES;
 	int ret = dirs_make(dir);
 	if (ret < 0) {
@@ -483,6 +517,7 @@ int spool_open(struct spool *sp, const char *dir, uint64_t segment_bytes, char *
 		spool_close(sp);
 		return -1;
 	}
+	remove_gone(sp->dirfd);
 	size_t n;
 	uint64_t *seqs = spool_segments(sp->dirfd, &n);
 	if (!seqs) {
@@ -517,6 +552,7 @@ int spool_open(struct spool *sp, const char *dir, uint64_t segment_bytes, char *
 
 void spool_close(struct spool *sp)
 {
+	spool_reaper_stop(sp);
 	spool_owner_free(sp);
 	if (sp->lockfd >= 0)
 		close(sp->lockfd);

@@ -138,6 +138,22 @@ static const char conf_text[] =
 /* queue_settings: the body of the queue group. false: no such backend.
  * reuse: the directory of a rig closed with rig_close_keep (a restart:
  * the queue recovers what is there). */
+/* Finished segments deleted by the spool's reaper thread (as postern
+ * runs) instead of on the worker: the checks of what is left wait for it. */
+static bool with_reaper;
+
+static size_t segments_now(struct rig *g)
+{
+	size_t n = 0;
+	spool_reaper_wait(&g->sp);
+	free(spool_segments(g->dirfd, &n));
+	/* and nothing half deleted is left (the reaper's ".deleting" names) */
+	char cmd[256];
+	snprintf(cmd, sizeof(cmd), "ls %s | grep -q '\\" SPOOL_SEG_GONE "$'", g->dir);
+	assert_int_not_equal(system(cmd), 0);
+	return n;
+}
+
 static bool rig_open_in(struct rig *g, const char *queue_settings, uint64_t segment_bytes,
 			const char *reuse)
 {
@@ -165,6 +181,8 @@ static bool rig_open_in(struct rig *g, const char *queue_settings, uint64_t segm
 	if (!c)
 		fail_msg("conf_load: %s", err);
 	assert_int_equal(spool_open(&g->sp, g->dir, segment_bytes, err, sizeof(err)), 0);
+	if (with_reaper)
+		assert_int_equal(spool_reaper_start(&g->sp), 0);
 	g->m = calloc(1, sizeof(*g->m));
 	assert_non_null(g->m);
 	struct spool_hooks h = {.durable = hook_durable, .flush_started = hook_flush_started,
@@ -942,8 +960,7 @@ static void test_compaction_moves_a_deferred_message(void **state)
 			break;
 	}
 	assert_true(k < N_ELEMS(in));
-	size_t nseg = 0;
-	free(spool_segments(g.dirfd, &nseg));
+	size_t nseg = segments_now(&g);
 	CHECK_INT("segments", nseg, 2);
 	uint64_t next_ms = (uint64_t)keep->next_ms;
 	struct spool_seg *old = keep->seg;
@@ -955,7 +972,7 @@ static void test_compaction_moves_a_deferred_message(void **state)
 	assert_ptr_equal(queued(&g, keep->id), keep);
 	assert_ptr_equal(keep->seg, old);
 	CHECK_INT("two chunks still", keep->nchunks, 2);
-	free(spool_segments(g.dirfd, &nseg));
+	nseg = segments_now(&g);
 	CHECK_INT("segments", nseg, 2);
 	g.read_fault = 0;
 	queue_tick(&g.q);
@@ -971,7 +988,7 @@ static void test_compaction_moves_a_deferred_message(void **state)
 	assert_ptr_not_equal(keep->seg, old);
 	CHECK_INT("one chunk", keep->nchunks, 1);
 	CHECK_INT("when", keep->next_ms, next_ms);
-	free(spool_segments(g.dirfd, &nseg));
+	nseg = segments_now(&g);
 	CHECK_INT("the old segment went", nseg, 1);
 	unsigned n = records(&g, recs, N_ELEMS(recs), keep->id, text, sizeof(text));
 	char want[256];
@@ -1165,8 +1182,7 @@ static void test_compaction_keeps_a_held_message_held(void **state)
 	assert_ptr_not_equal(keep->seg, old);
 	assert_true(keep->held);
 	CHECK_INT("no job", njobs, 0);
-	size_t nseg = 0;
-	free(spool_segments(g.dirfd, &nseg));
+	size_t nseg = segments_now(&g);
 	CHECK_INT("the old segment went", nseg, 1);
 	char dir[64];
 	snprintf(dir, sizeof(dir), "%s", g.dir);
@@ -1180,6 +1196,15 @@ static void test_compaction_keeps_a_held_message_held(void **state)
 	queue_run(&g.q);
 	CHECK_INT("still no job", njobs, 0);
 	rig_close(&g);
+}
+
+/* The same with the reaper thread deleting finished segments. */
+static void test_compaction_with_the_reaper(void **state)
+{
+	with_reaper = true;
+	test_compaction_moves_a_deferred_message(state);
+	test_compaction_keeps_a_held_message_held(state);
+	with_reaper = false;
 }
 
 int main(void)
@@ -1197,6 +1222,7 @@ int main(void)
 		cmocka_unit_test(test_held_at_arrival_until_released),
 		cmocka_unit_test(test_operator_hold_delete_bounce),
 		cmocka_unit_test(test_compaction_keeps_a_held_message_held),
+		cmocka_unit_test(test_compaction_with_the_reaper),
 		cmocka_unit_test(test_due_messages_wait_for_an_active_slot),
 	};
 	log_set_level(LOG_WARN);

@@ -800,12 +800,48 @@ static void test_failed_dirsync_is_retried(void **state_)
 	rig_close(&g);
 }
 
+/* A crash while the reaper deleted a segment: it was renamed out of sight
+ * first, so its shortened rest is never recovered (here it holds a
+ * committed message whose DELIVERED record the truncation took), and
+ * spool_open removes it; the live segment beside it is kept. */
+static void test_half_deleted_segment_is_never_read(void **state_)
+{
+	(void)state_;
+	static struct seg_builder gone, live;
+	gone.len = live.len = 0;
+	chunk(&gone, 9, "nine\r\n");
+	commit(&gone, 9, 6, 1, "POSTERN/1\r\nrcpt: <a@x>\r\n\r\n");
+	chunk(&live, 10, "ten\r\n");
+	commit(&live, 10, 5, 1, "POSTERN/1\r\nrcpt: <a@x>\r\n\r\n");
+	write_seg(40, &gone, 0);
+	write_seg(41, &live, 0);
+	char from[128], to[160];
+	snprintf(from, sizeof(from), "%s/seg-%016llx.log", dir, 40ULL);
+	snprintf(to, sizeof(to), "%s" SPOOL_SEG_GONE, from);
+	assert_int_equal(rename(from, to), 0);
+	struct found f = {0};
+	struct spool_scan_stats st;
+	assert_int_equal(spool_scan(dirfd_, collect, &f, &st), 0);
+	CHECK_INT("only the live segment's message", f.n, 1);
+	assert_true(f.id[0] == 10);
+	struct spool sp;
+	char err[256];
+	assert_int_equal(spool_open(&sp, dir, 1 << 20, err, sizeof(err)), 0);
+	CHECK_INT("segments to recover", sp.nrecover, 1);
+	spool_close(&sp);
+	assert_int_equal(access(to, F_OK), -1);
+	snprintf(from, sizeof(from), "%s/seg-%016llx.log", dir, 41ULL);
+	assert_int_equal(access(from, F_OK), 0);
+	unlink(from);
+}
+
 int main(void)
 {
 	const struct CMUnitTest tests[] = {
 		cmocka_unit_test(test_crc32c_known_values),
 		cmocka_unit_test_setup_teardown(test_interleaved_messages_and_partials, setup, teardown),
 		cmocka_unit_test_setup_teardown(test_torn_tails, setup, teardown),
+		cmocka_unit_test_setup_teardown(test_half_deleted_segment_is_never_read, setup, teardown),
 		cmocka_unit_test_setup_teardown(test_inconsistent_commit_is_ignored, setup, teardown),
 		cmocka_unit_test_setup_teardown(test_state_records, setup, teardown),
 		cmocka_unit_test_setup_teardown(test_operator_records, setup, teardown),
