@@ -171,16 +171,22 @@ struct spool_reaper {
 	pthread_t thread;
 };
 
-static void seg_delete(int dirfd, int fd, uint64_t seq)
+/* name: the segment's file name (as spool_seg_name, or the reaper's). */
+static void seg_unlink(int dirfd, int fd, uint64_t seq, const char *name)
 {
-	char name[64];
-	spool_seg_name(name, sizeof(name), seq);
 	if (unlinkat(dirfd, name, 0) == 0)
 		log_msg(LOG_DEBUG, "event=segment_deleted segment=%016" PRIx64, seq);
 	else
 		log_msg(LOG_WARN, "event=store_error op=unlink segment=%016" PRIx64 " error=\"%s\"",
 			seq, strerror(errno));
 	close(fd);
+}
+
+static void seg_delete(int dirfd, int fd, uint64_t seq)
+{
+	char name[64];
+	spool_seg_name(name, sizeof(name), seq);
+	seg_unlink(dirfd, fd, seq, name);
 }
 
 /* The reaper's way: a segment's blocks freed all at once hold the ext4
@@ -204,9 +210,7 @@ static void seg_delete_gradually(struct spool_reaper *r, int fd, uint64_t seq)
 		return;
 	}
 	if (fsync(r->dirfd) == 0) {
-		uint64_t size = (uint64_t)st.st_blocks * 512;
-		if ((uint64_t)st.st_size > size)
-			size = (uint64_t)st.st_size;
+		uint64_t size = (uint64_t)st.st_size; /* preallocated: every block within it */
 		while (size > REAP_STEP) {
 			size -= REAP_STEP;
 			if (ftruncate(fd, (off_t)size) < 0)
@@ -218,12 +222,7 @@ static void seg_delete_gradually(struct spool_reaper *r, int fd, uint64_t seq)
 				nanosleep(&(struct timespec){0, 1000000}, NULL);
 		}
 	}
-	if (unlinkat(r->dirfd, gone, 0) == 0)
-		log_msg(LOG_DEBUG, "event=segment_deleted segment=%016" PRIx64, seq);
-	else
-		log_msg(LOG_WARN, "event=store_error op=unlink segment=%016" PRIx64 " error=\"%s\"",
-			seq, strerror(errno));
-	close(fd);
+	seg_unlink(r->dirfd, fd, seq, gone);
 }
 
 static void *reaper_main(void *arg)

@@ -117,7 +117,7 @@ struct spool {
 
 /* Finished segments are deleted by a thread of their own once it runs:
  * the last close of a written 64 MiB segment frees its blocks and page
- * cache, 12 ms on ext4 (measured), a stall of every session on the worker
+ * cache, 13 ms on ext4 (measured), a stall of every session on the worker
  * that did it. Deferring a deletion is what a crash before it does, which
  * recovery handles already (the segment's messages are all finished and
  * that is durable). 0, or -1 (errno) and deletions stay on the workers.

@@ -391,8 +391,6 @@ static enum smtp_ev cmd_bdat(struct smtp_server *s, const struct smtp_cmd *c)
 
 static enum smtp_ev cmd_rset(struct smtp_server *s, const struct smtp_cmd *c)
 {
-	if (junk_over(s))
-		return too_many_errors(s);
 	if (c->arg_len)
 		return proto_error(s, R_SYNTAX);
 	bool open = s->bdat_open;
@@ -403,8 +401,6 @@ static enum smtp_ev cmd_rset(struct smtp_server *s, const struct smtp_cmd *c)
 
 static enum smtp_ev cmd_noop(struct smtp_server *s, const struct smtp_cmd *c)
 {
-	if (junk_over(s))
-		return too_many_errors(s);
 	(void)c;
 	reply(s, R_NOOP_OK);
 	return SMTP_EV_NEED_INPUT;
@@ -418,8 +414,6 @@ static enum smtp_ev cmd_quit(struct smtp_server *s, const struct smtp_cmd *c)
 
 static enum smtp_ev cmd_vrfy(struct smtp_server *s, const struct smtp_cmd *c)
 {
-	if (junk_over(s))
-		return too_many_errors(s);
 	if (!c->arg_len)
 		return proto_error(s, R_SYNTAX);
 	reply(s, R_VRFY);
@@ -428,8 +422,6 @@ static enum smtp_ev cmd_vrfy(struct smtp_server *s, const struct smtp_cmd *c)
 
 static enum smtp_ev cmd_expn(struct smtp_server *s, const struct smtp_cmd *c)
 {
-	if (junk_over(s))
-		return too_many_errors(s);
 	(void)c;
 	reply(s, R_NOT_IMPLEMENTED);
 	return SMTP_EV_NEED_INPUT;
@@ -437,8 +429,6 @@ static enum smtp_ev cmd_expn(struct smtp_server *s, const struct smtp_cmd *c)
 
 static enum smtp_ev cmd_help(struct smtp_server *s, const struct smtp_cmd *c)
 {
-	if (junk_over(s))
-		return too_many_errors(s);
 	(void)c;
 	reply(s, R_HELP);
 	return SMTP_EV_NEED_INPUT;
@@ -624,6 +614,7 @@ void smtp_server_auth_result(struct smtp_server *s, bool ok, bool temp)
 enum cmd_flags {
 	CMD_NEEDS_HELLO = 1 << 0, /* refused with 503 before HELO/EHLO */
 	CMD_ENDS_IDLE = 1 << 1,   /* a draining session closes before it */
+	CMD_JUNK = 1 << 2,        /* moves no mail: counted by junk_over() */
 };
 
 static const struct {
@@ -636,12 +627,12 @@ static const struct {
 	[SMTP_VERB_MAIL] = {cmd_mail, CMD_NEEDS_HELLO | CMD_ENDS_IDLE},
 	[SMTP_VERB_RCPT] = {cmd_rcpt, CMD_NEEDS_HELLO},
 	[SMTP_VERB_DATA] = {cmd_data, CMD_NEEDS_HELLO},
-	[SMTP_VERB_RSET] = {cmd_rset, 0},
-	[SMTP_VERB_NOOP] = {cmd_noop, 0},
+	[SMTP_VERB_RSET] = {cmd_rset, CMD_JUNK},
+	[SMTP_VERB_NOOP] = {cmd_noop, CMD_JUNK},
 	[SMTP_VERB_QUIT] = {cmd_quit, 0},
-	[SMTP_VERB_VRFY] = {cmd_vrfy, CMD_ENDS_IDLE},
-	[SMTP_VERB_EXPN] = {cmd_expn, CMD_ENDS_IDLE},
-	[SMTP_VERB_HELP] = {cmd_help, 0},
+	[SMTP_VERB_VRFY] = {cmd_vrfy, CMD_ENDS_IDLE | CMD_JUNK},
+	[SMTP_VERB_EXPN] = {cmd_expn, CMD_ENDS_IDLE | CMD_JUNK},
+	[SMTP_VERB_HELP] = {cmd_help, CMD_JUNK},
 	[SMTP_VERB_STARTTLS] = {cmd_starttls, CMD_ENDS_IDLE},
 	[SMTP_VERB_AUTH] = {cmd_auth, CMD_ENDS_IDLE},
 	[SMTP_VERB_BDAT] = {cmd_bdat, 0},
@@ -721,6 +712,8 @@ static size_t feed_commands(struct smtp_server *s, const char *in, size_t len,
 				e = close_with(s, R_SHUTTING_DOWN);
 			else if ((f & CMD_NEEDS_HELLO) && s->state == SMTP_S_GREETED)
 				e = proto_error(s, R_BAD_SEQUENCE);
+			else if ((f & CMD_JUNK) && junk_over(s))
+				e = too_many_errors(s);
 			else
 				e = commands[c.verb].fn(s, &c);
 		}

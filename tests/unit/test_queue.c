@@ -135,9 +135,6 @@ static const char conf_text[] =
 	"  smart_hosts = [ \"127.0.0.1:2526\" ]; } );\n"
 	"queue = { %s };\n";
 
-/* queue_settings: the body of the queue group. false: no such backend.
- * reuse: the directory of a rig closed with rig_close_keep (a restart:
- * the queue recovers what is there). */
 /* Finished segments deleted by the spool's reaper thread (as postern
  * runs) instead of on the worker: the checks of what is left wait for it. */
 static bool with_reaper;
@@ -154,6 +151,9 @@ static size_t segments_now(struct rig *g)
 	return n;
 }
 
+/* queue_settings: the body of the queue group. false: no such backend.
+ * reuse: the directory of a rig closed with rig_close_keep (a restart:
+ * the queue recovers what is there). */
 static bool rig_open_in(struct rig *g, const char *queue_settings, uint64_t segment_bytes,
 			const char *reuse)
 {
