@@ -50,6 +50,16 @@ def submit(port, sender, rcpts, subject, source="127.0.0.10"):
     return m.group(1)
 
 
+def submit_apart(*a, **k):
+    """submit, then 5 ms: the queue lists messages by id (arrival ms, then
+    worker), so two accepted in the same ms by different workers are listed
+    by worker whatever order they were sent in; a ms apart, the order sent
+    is the order listed."""
+    qid = submit(*a, **k)
+    time.sleep(0.005)
+    return qid
+
+
 def ctl(sock, *args):
     r = subprocess.run([CTL, "-s", str(sock)] + list(args), capture_output=True,
                        timeout=60 * SLOW)
@@ -146,14 +156,6 @@ def test_hold_release_by_id_with_next_hop_down_then_up(postern, tmp_path):
 def test_filters_paging_destinations_and_text(postern, tmp_path):
     n = Node(postern, tmp_path)
 
-    def submit_apart(*a, **k):
-        # The queue lists messages by id: arrival ms, then worker. Two
-        # messages accepted in the same ms by different workers are listed
-        # by worker, whatever order they were sent in: keep them a ms apart
-        # so that the order sent is the order listed.
-        qid = submit(*a, **k)
-        time.sleep(0.005)
-        return qid
     sent = [submit_apart(n.p.port, "app@x.test", ["r%d@one.test" % i], "a%d" % i)
             for i in range(3)]
     sent += [submit_apart(n.p.port, "spam@y.test", ["s%d@two.test" % i, "t@one.test"],
@@ -211,10 +213,10 @@ def test_filters_paging_destinations_and_text(postern, tmp_path):
 
 def test_filtered_hold_delete_bounce(postern, tmp_path):
     n = Node(postern, tmp_path)
-    good = [submit(n.p.port, "app@x.test", ["r%d@one.test" % i], "good%d" % i)
+    good = [submit_apart(n.p.port, "app@x.test", ["r%d@one.test" % i], "good%d" % i)
             for i in range(3)]
-    spam = [submit(n.p.port, "spam@y.test", ["s%d@two.test" % i], "spam%d" % i,
-                   source="127.0.0.66") for i in range(4)]
+    spam = [submit_apart(n.p.port, "spam@y.test", ["s%d@two.test" % i], "spam%d" % i,
+                         source="127.0.0.66") for i in range(4)]
     n.wait_tried(7)
     # Hold everything for one.test while it is broken.
     assert ctl_json(n.sock, "hold", "all", "domain=one.test") == {
