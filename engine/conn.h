@@ -34,6 +34,7 @@ struct conn {
 	bool behind;              /* fell behind its client: a turn's first slice only */
 	uint8_t recv_calm;        /* small reads in a row, all consumed, since */
 	bool recv_paused;         /* input backlog: recv cancelled until drained */
+	bool recv_pacing;         /* discarding input: the next recv waits for IO_OP_PACE */
 	bool read_eof;            /* client closed its side */
 	bool sending;
 	bool closing;             /* shut down; freed when inflight reaches 0 */

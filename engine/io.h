@@ -29,6 +29,7 @@ enum io_op {
 	IO_OP_TARPIT,     /* slot/gen: a connection's delayed 5xx reply is due */
 	IO_OP_OUT,        /* pointer: outbound connection, low 3 bits: its op */
 	IO_OP_READ,       /* pointer: a file read (queue: DSN originals) */
+	IO_OP_PACE,       /* slot/gen: a session reading discarded input may read again */
 	IO_OP_MAX_
 };
 

@@ -20,6 +20,8 @@ void session_accept(struct wctx *w, unsigned binding, int fd);
 void session_on_recv(struct wctx *w, struct conn *c, int res, bool more, int bid);
 void session_on_send(struct wctx *w, struct conn *c, int res);
 void session_on_tarpit(struct wctx *w, struct conn *c);
+/* IO_OP_PACE: the pause after discarded input is over. */
+void session_on_pace(struct wctx *w, struct conn *c);
 /* A message's spool writes are all done (its COMMIT included). */
 void session_on_written(struct wctx *w, struct spool_msg *m);
 /* The group commit covering the message finished (spool hook). */

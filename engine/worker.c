@@ -326,6 +326,13 @@ static void on_tarpit(struct worker *w, const struct io_cqe *e)
 		session_on_tarpit(&w->ctx, c);
 }
 
+static void on_pace(struct worker *w, const struct io_cqe *e)
+{
+	struct conn *c = conn_lookup(&w->conns, e->slot, e->gen);
+	if (c)
+		session_on_pace(&w->ctx, c);
+}
+
 static void on_spool_write(struct worker *w, const struct io_cqe *e)
 {
 	int bid;
@@ -402,6 +409,7 @@ static const handler_fn handlers[IO_OP_MAX_] = {
 	[IO_OP_TARPIT] = on_tarpit,
 	[IO_OP_OUT] = on_out,
 	[IO_OP_READ] = on_read,
+	[IO_OP_PACE] = on_pace,
 };
 
 static void dispatch(struct worker *w, const struct io_cqe *e)

@@ -272,4 +272,20 @@ static inline bool smtp_server_in_transaction(const struct smtp_server *s)
 	return s->state >= SMTP_S_MAIL && s->state <= SMTP_S_STORING;
 }
 
+/* Is the input that comes next read only to be thrown away? Inside a
+ * command line longer than SMTP_CMD_LINE_MAX, the body of a DATA message
+ * the scanner has already refused (a long line, a NUL, over the size
+ * limit, too many hops), or a BDAT chunk that is dropped. */
+static inline bool smtp_server_discarding(const struct smtp_server *s)
+{
+	switch (s->state) {
+	case SMTP_S_DATA:
+		return s->scan.errors != 0 && !s->data_end_pending;
+	case SMTP_S_BDAT:
+		return s->bdat_refusal != NULL || s->scan.errors != 0;
+	default:
+		return s->rd.discarding;
+	}
+}
+
 #endif

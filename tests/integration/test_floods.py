@@ -289,6 +289,47 @@ def test_megabyte_lines_refused_memory_bounded_nothing_stored(postern):
     p.stop()
 
 
+def test_discarded_input_is_read_at_a_bounded_rate(postern):
+    """Input read only to be thrown away (the rest of an overlong command
+    line, the body of a message refused for a long line) is read at most 16
+    MiB/s a session (engine/session.c DISCARD_RATE): 8 MiB of it takes at
+    least half a second, where a plain read takes a few ms. The client
+    still gets its reply and the session goes on, and another client is
+    served meanwhile."""
+    p = postern(relay())
+    served = {}
+
+    def other():
+        time.sleep(0.1)
+        served["r"] = send_message(p.port, "127.0.0.2")
+    with RawClient(p.port, "127.0.30.20", timeout=30) as c:
+        assert c.cmd("EHLO flood.example")[0].startswith("250-")
+        t = threading.Thread(target=other, daemon=True)
+        t.start()
+        t0 = time.monotonic()
+        c.send(b"NOOP " + b"x" * (8 * MB) + b"\r\n")
+        assert c.reply() == R_LINE_TOO_LONG
+        took_cmd = time.monotonic() - t0
+        assert c.cmd("NOOP") == R_NOOP_OK
+        assert c.cmd("MAIL FROM:<a@b.example>") == R_MAIL_OK
+        assert c.cmd("RCPT TO:<x@corp.example>") == R_RCPT_OK
+        assert c.cmd("DATA") == R_START_DATA
+        t0 = time.monotonic()
+        c.send(b"Subject: long\r\n\r\n" + b"y" * (8 * MB) + b"\r\n.\r\n")
+        assert c.reply() == R_DATA_LINE_TOO_LONG
+        took_data = time.monotonic() - t0
+        assert c.cmd("QUIT") == R_QUIT
+        t.join(timeout=10 * SLOW)
+    assert took_cmd >= 0.45, took_cmd
+    assert took_data >= 0.45, took_data
+    r, took = served["r"]
+    m = R_QUEUED.fullmatch(r)
+    assert m, r
+    assert took < 2.0 * SLOW, took
+    assert p.messages() == [m.group(1)]
+    p.stop()
+
+
 # ---- pipelining without reading the replies ---------------------------------------
 
 

@@ -1379,6 +1379,57 @@ static void test_long_command_line(void **state)
 	h_free(h);
 }
 
+/* What the engine reads at a slow pace: input that is thrown away. */
+static void test_discarding(void **state)
+{
+	struct h *h = h_ehlo();
+	char x[1100];
+	memset(x, 'x', sizeof(x));
+	assert_false(smtp_server_discarding(&h->s));
+	/* inside a command line over 2048 octets, up to its end */
+	h_feed(h, "NOOP ");
+	h_feed_n(h, x, 1100);
+	assert_false(smtp_server_discarding(&h->s));
+	h_feed_n(h, x, 1100);
+	assert_true(smtp_server_discarding(&h->s));
+	h_feed_n(h, x, 1100);
+	assert_true(smtp_server_discarding(&h->s));
+	h_feed(h, "\r\n");
+	EXPECT(h, "500 5.5.2 Line too long\r\n");
+	assert_false(smtp_server_discarding(&h->s));
+	/* a DATA body: from the first fault to the end of the message */
+	h_feed(h, TXN "Subject: a\r\n\r\n");
+	EXPECT(h, TXN_REPLIES);
+	assert_false(smtp_server_discarding(&h->s));
+	h_feed_n(h, x, 999);
+	assert_false(smtp_server_discarding(&h->s));
+	h_feed_n(h, x, 2);
+	assert_true(smtp_server_discarding(&h->s));
+	h_feed(h, "\r\nmore\r\n");
+	assert_true(smtp_server_discarding(&h->s));
+	h_feed(h, ".\r\n");
+	EXPECT(h, "550 5.6.0 Message line longer than 1000 octets\r\n");
+	assert_false(smtp_server_discarding(&h->s));
+	/* a good message is never discarded */
+	h_feed(h, TXN "Subject: b\r\n\r\nbody\r\n");
+	assert_false(smtp_server_discarding(&h->s));
+	h_feed(h, ".\r\n");
+	EXPECT(h, TXN_REPLIES "250 2.6.0 <MSG2> Queued mail for delivery\r\n");
+	/* a BDAT chunk out of sequence is read and dropped */
+	h_feed(h, "BDAT 10\r\nabc");
+	assert_true(smtp_server_discarding(&h->s));
+	h_feed(h, "defghij");
+	assert_false(smtp_server_discarding(&h->s));
+	EXPECT(h, "503 5.5.1 Bad sequence of commands\r\n");
+	/* a BDAT chunk of a message already refused for a NUL */
+	h_feed(h, "MAIL FROM:<a@b.example>\r\nRCPT TO:<x@corp.example>\r\nBDAT 4\r\na");
+	h_feed_n(h, "\0", 1);
+	assert_true(smtp_server_discarding(&h->s));
+	h_feed(h, "bc");
+	assert_false(smtp_server_discarding(&h->s));
+	h_free(h);
+}
+
 /* ---- drain ------------------------------------------------------------ */
 
 static void test_drain_idle(void **state)
@@ -2119,6 +2170,7 @@ int main(void)
 		cmocka_unit_test(test_many_pipelined_commands),
 		cmocka_unit_test(test_flush_does_not_consume),
 		cmocka_unit_test(test_long_command_line),
+		cmocka_unit_test(test_discarding),
 		cmocka_unit_test(test_drain_idle),
 		cmocka_unit_test(test_drain_in_transaction),
 		cmocka_unit_test(test_drain_while_storing),
