@@ -49,7 +49,8 @@
  * session reads so too until a few reads show that it keeps up. */
 static void arm_recv(struct wctx *w, struct conn *c)
 {
-	if (c->recv_armed || c->recv_pacing || c->closing || c->read_eof)
+	if (c->recv_armed || c->recv_pacing || c->closing || c->read_eof ||
+	    c->close_after_send)
 		return;
 	c->recv_armed = true;
 	c->recv_paused = false;
@@ -619,15 +620,23 @@ static void send_out(struct wctx *w, struct conn *c)
  * tarpit_interval, which slows down address harvesting and spam runs. */
 static bool tarpit_due(const struct conn *c)
 {
+	static const char too_many[] = R_TOO_MANY_ERRORS;
 	const struct rconn *rc = c->rc;
 	if (!rc->tarpit_interval_ms)
 		return false;
 	/* A refused AUTH always waits (password guessing), whatever the
-	 * connector's rights; other refusals only without relay rights. */
+	 * connector's rights; other refusals only without relay rights. The
+	 * 421 that ends a session for its errors always waits too, and
+	 * nothing is read meanwhile: a client that loops on junk (NOOPs
+	 * pipelined without end, 1 MiB lines) and connects again at once
+	 * had Postern set up and close ten thousand sessions a second. */
 	bool trusted = (rc->perms & (PERM_ANONYMOUS_RELAY | PERM_EXTERNALLY_SECURED)) != 0;
 	const char *p = c->smtp.out.p, *end = p + c->smtp.out.len;
 	for (; p < end; p = memchr(p, '\n', (size_t)(end - p)) + 1) {
 		if (*p == '5' && (!trusted || (end - p >= 4 && memcmp(p, "535 ", 4) == 0)))
+			return true;
+		if (c->close_after_send && (size_t)(end - p) >= sizeof(too_many) - 1 &&
+		    memcmp(p, too_many, sizeof(too_many) - 1) == 0)
 			return true;
 		if (!memchr(p, '\n', (size_t)(end - p)))
 			break;

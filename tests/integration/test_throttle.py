@@ -7,7 +7,7 @@ import socket
 import subprocess
 import time
 
-from conftest import BUILD, RawClient, free_port, wait_until
+from conftest import BUILD, R_TOO_MANY_ERRORS, R_UNRECOGNIZED, RawClient, free_port, wait_until
 
 CTL = os.path.join(BUILD, "posternctl")
 
@@ -159,6 +159,27 @@ def test_tarpit_delays_5xx_to_anonymous_clients(postern):
     assert r == "550 5.1.7 Invalid address" and t < 0.5, t
     d.cmd("QUIT")
     d.close()
+
+
+def test_tarpit_delays_the_close_for_too_many_errors_on_every_connector(postern, tmp_path):
+    """The 421 that ends a session for its protocol errors waits
+    tarpit_interval on a connector with relay rights too (its 5xx replies
+    do not): a client looping on junk cannot have Postern set up and tear
+    down sessions as fast as it reconnects."""
+    sock = tmp_path / "stats.sock"
+    p = postern(TARPIT, server_extra='  stats_socket = "%s";\n' % sock)
+    d = RawClient(p.port, "127.0.0.10")
+    d.cmd("EHLO client.example")
+    for _ in range(5):  # max_protocol_errors
+        r, t = timed(d, "BOGUS")
+        assert r == R_UNRECOGNIZED and t < 0.5, (r, t)
+    r, t = timed(d, "BOGUS")
+    assert r == R_TOO_MANY_ERRORS
+    assert 0.95 <= t < 3, t
+    d.expect_closed()
+    d.close()
+    assert re.search(r'postern_messages_rejected_total\{connector="Relay",'
+                     r'reason="too_many_errors"\} 1\n', ctl(sock, "show", "metrics"))
 
 
 SEND_RATE = """receive_connectors = (
