@@ -69,18 +69,23 @@ static void arm_recv(struct wctx *w, struct conn *c)
  * without pause is read as fast as it arrives now and then, and must not
  * get a multishot recv (and its burst) back for that. */
 #define RECV_CALM_READS 4
+static void recv_one_a_turn(struct wctx *w, struct conn *c)
+{
+	c->recv_calm = 0;
+	if (!c->recv_once) {
+		c->recv_once = true;
+		if (c->recv_armed && c->recv_multishot)
+			io_cancel(w->io, conn_tag(IO_OP_RECV, c));
+	}
+}
+
 static void recv_pace(struct wctx *w, struct conn *c, int res)
 {
 	bool full = res > 0 && (unsigned)res >= w->buf_size;
 	bool behind = full || c->in_len > c->in_off || c->runnable;
 	if (behind) {
 		c->behind = true;
-		c->recv_calm = 0;
-		if (!c->recv_once) {
-			c->recv_once = true;
-			if (c->recv_armed && c->recv_multishot)
-				io_cancel(w->io, conn_tag(IO_OP_RECV, c));
-		}
+		recv_one_a_turn(w, c);
 	} else if (c->recv_once && res > 0 && (unsigned)res < w->buf_size / 2 &&
 		   ++c->recv_calm >= RECV_CALM_READS) {
 		c->recv_once = false;
@@ -103,15 +108,9 @@ static void maybe_free(struct wctx *w, struct conn *c);
 
 static bool discard_pace(struct wctx *w, struct conn *c, int res)
 {
-	if (res <= 0 || c->tls_starting || !smtp_server_discarding(&c->smtp))
+	if (res <= 0 || !smtp_server_discarding(&c->smtp))
 		return false;
-	if (!c->recv_once) {
-		/* a multishot recv would post all the socket holds */
-		c->recv_once = true;
-		c->recv_calm = 0;
-		if (c->recv_armed && c->recv_multishot)
-			io_cancel(w->io, conn_tag(IO_OP_RECV, c));
-	}
+	recv_one_a_turn(w, c); /* a multishot recv would post all the socket holds */
 	if (c->recv_armed || c->recv_pacing)
 		return true;
 	uint64_t ms = ((uint64_t)res * 1000 + DISCARD_RATE - 1) / DISCARD_RATE;
@@ -620,7 +619,6 @@ static void send_out(struct wctx *w, struct conn *c)
  * tarpit_interval, which slows down address harvesting and spam runs. */
 static bool tarpit_due(const struct conn *c)
 {
-	static const char too_many[] = R_TOO_MANY_ERRORS;
 	const struct rconn *rc = c->rc;
 	if (!rc->tarpit_interval_ms)
 		return false;
@@ -630,13 +628,12 @@ static bool tarpit_due(const struct conn *c)
 	 * nothing is read meanwhile: a client that loops on junk (NOOPs
 	 * pipelined without end, 1 MiB lines) and connects again at once
 	 * had Postern set up and close ten thousand sessions a second. */
+	if (smtp_server_ended_for_errors(&c->smtp))
+		return true;
 	bool trusted = (rc->perms & (PERM_ANONYMOUS_RELAY | PERM_EXTERNALLY_SECURED)) != 0;
 	const char *p = c->smtp.out.p, *end = p + c->smtp.out.len;
 	for (; p < end; p = memchr(p, '\n', (size_t)(end - p)) + 1) {
 		if (*p == '5' && (!trusted || (end - p >= 4 && memcmp(p, "535 ", 4) == 0)))
-			return true;
-		if (c->close_after_send && (size_t)(end - p) >= sizeof(too_many) - 1 &&
-		    memcmp(p, too_many, sizeof(too_many) - 1) == 0)
 			return true;
 		if (!memchr(p, '\n', (size_t)(end - p)))
 			break;

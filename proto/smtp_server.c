@@ -111,6 +111,16 @@ static bool errors_over(const struct smtp_server *s)
 	return s->p->max_protocol_errors && s->errors > s->p->max_protocol_errors;
 }
 
+static bool logons_over(const struct smtp_server *s)
+{
+	return s->p->max_logon_failures && s->auth_failures >= s->p->max_logon_failures;
+}
+
+bool smtp_server_ended_for_errors(const struct smtp_server *s)
+{
+	return s->state == SMTP_S_CLOSING && (errors_over(s) || logons_over(s));
+}
+
 static enum smtp_ev too_many_errors(struct smtp_server *s)
 {
 	s->rejects++;
@@ -601,7 +611,7 @@ void smtp_server_auth_result(struct smtp_server *s, bool ok, bool temp)
 	}
 	s->auth_failures++;
 	s->rejects++;
-	if (s->p->max_logon_failures && s->auth_failures >= s->p->max_logon_failures) {
+	if (logons_over(s)) {
 		if (s->hooks.reject)
 			s->hooks.reject(s->hooks.ctx, SMTP_REJECT_TOO_MANY_ERRORS, R_TOO_MANY_ERRORS,
 					NULL);

@@ -272,6 +272,10 @@ static inline bool smtp_server_in_transaction(const struct smtp_server *s)
 	return s->state >= SMTP_S_MAIL && s->state <= SMTP_S_STORING;
 }
 
+/* Is the session ending for its errors (the 421 4.7.0 of max_protocol_errors
+ * or max_logon_failures is queued)? */
+bool smtp_server_ended_for_errors(const struct smtp_server *s);
+
 /* Is the input that comes next read only to be thrown away? Inside a
  * command line longer than SMTP_CMD_LINE_MAX, the body of a DATA message
  * the scanner has already refused (a long line, a NUL, over the size

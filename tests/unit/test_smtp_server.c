@@ -864,6 +864,16 @@ static void test_max_protocol_errors(void **state)
 		  "421 4.7.0 Too many errors on this connection, closing transmission channel\r\n");
 	assert_true(h->closed);
 	assert_int_equal(h->closes, 1);
+	assert_true(smtp_server_ended_for_errors(&h->s));
+	h_free(h);
+
+	/* errors below the limit, then QUIT: not ended for them */
+	h = h_new_with(&p, OUT_MAX);
+	h_feed(h, "FOO\r\nBAR\r\n");
+	assert_false(smtp_server_ended_for_errors(&h->s));
+	h_feed(h, "QUIT\r\n");
+	assert_true(h->closed);
+	assert_false(smtp_server_ended_for_errors(&h->s));
 	h_free(h);
 
 	/* 0 means unlimited */
@@ -1923,9 +1933,11 @@ static void test_auth_failure_limit_and_temporary(void **state)
 	EXPECT(h, "535 5.7.8 Authentication credentials invalid\r\n"
 		  "535 5.7.8 Authentication credentials invalid\r\n");
 	assert_false(h->closed);
+	assert_false(smtp_server_ended_for_errors(&h->s));
 	h_feed(h, "AUTH PLAIN AGFsaWNlAHMzY3JldA==\r\nNOOP\r\n");
 	EXPECT(h, "421 4.7.0 Too many errors on this connection, closing transmission channel\r\n");
 	assert_true(h->closed);
+	assert_true(smtp_server_ended_for_errors(&h->s));
 	assert_int_equal(h->s.auth_failures, 3);
 	h_free(h);
 }
