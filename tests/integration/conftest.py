@@ -97,10 +97,29 @@ SANITIZER_MARKERS = ("ERROR: AddressSanitizer", "ERROR: LeakSanitizer",
                      "runtime error:")
 
 
+_PORTS_GIVEN = set()
+
+
 def free_port():
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+    """A port nothing is bound to on 127.0.0.1, outside the kernel's
+    ephemeral range (32768-60999): a port the kernel picks for us is one it
+    may hand, in the instant before the server binds it, to any client
+    socket of the tests running beside this one (CI saw "metrics_listen
+    ...: Address already in use"). No port is handed out twice by one
+    test process."""
+    import random
+    for _ in range(500):
+        port = random.randint(20000, 32000)
+        if port in _PORTS_GIVEN:
+            continue
+        try:
+            with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+                s.bind(("127.0.0.1", port))
+        except OSError:
+            continue
+        _PORTS_GIVEN.add(port)
+        return port
+    raise AssertionError("no free port")
 
 
 def free_wildcard_port():
