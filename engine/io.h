@@ -119,7 +119,16 @@ void io_send(struct io *io, int fd, const void *buf, size_t len, uint64_t tag);
  * range is not in the page cache): then the caller submits io_send or
  * io_sendfile. No completion follows either way. */
 long io_try_send(struct io *io, int fd, const void *buf, size_t len);
-long io_try_sendfile(struct io *io, int sock, int file, uint64_t off, size_t len,
+/* A stretch of a file. */
+struct io_range {
+	uint64_t off, len;
+};
+/* io_try_sendfile sends the n ranges of file in order, and tail behind
+ * them when all of them go in this one send (see io_sendfile): one send,
+ * one segment on the wire, for a message stored in several pieces (the
+ * Received field and the body), so the next hop is woken once. res counts
+ * the ranges' bytes first, then the tail's. */
+long io_try_sendfile(struct io *io, int sock, int file, const struct io_range *r, unsigned n,
 		     const void *tail, size_t taillen);
 /* Up to len bytes of file at off to the socket, then tail (at most
  * IO_TAIL_MAX bytes, copied; NULL for none) when the whole range goes out

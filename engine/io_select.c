@@ -117,21 +117,35 @@ long io_try_send(struct io *io, int fd, const void *buf, size_t len)
 	return n >= 0 ? (long)n : errno == EWOULDBLOCK ? -EAGAIN : -errno;
 }
 
-long io_try_sendfile(struct io *io, int sock, int file, uint64_t off, size_t len,
+long io_try_sendfile(struct io *io, int sock, int file, const struct io_range *r, unsigned n,
 		     const void *tail, size_t taillen)
 {
 	if (!tail || taillen > IO_TAIL_MAX)
 		taillen = 0;
 	/* The segment was usually written a moment ago: a read that may not
-	 * wait (RWF_NOWAIT) gets the range from the page cache; a cold one
+	 * wait (RWF_NOWAIT) gets the ranges from the page cache; a cold one
 	 * is left to io_sendfile, which never reads on the loop. */
-	size_t want = len < IO_STAGE - taillen ? len : IO_STAGE - taillen;
-	struct iovec iov = {io->stage, want};
-	if (!want || preadv2(file, &iov, 1, (off_t)off, RWF_NOWAIT) != (ssize_t)want)
+	size_t out = 0, cap = IO_STAGE - taillen;
+	uint64_t all = 0;
+	for (unsigned i = 0; i < n; i++)
+		all += r[i].len;
+	for (unsigned i = 0; i < n && out < cap; i++) {
+		size_t want = r[i].len < cap - out ? (size_t)r[i].len : cap - out;
+		struct iovec iov = {io->stage + out, want};
+		if (!want)
+			continue;
+		ssize_t got = preadv2(file, &iov, 1, (off_t)r[i].off, RWF_NOWAIT);
+		if (got <= 0)
+			break;
+		out += (size_t)got;
+		if ((size_t)got < r[i].len)
+			break;
+	}
+	if (!out)
 		return -EAGAIN;
-	size_t out = want;
-	if (want == len && taillen) {
-		memcpy(io->stage + want, tail, taillen);
+	bool whole = out == all;
+	if (whole && taillen) {
+		memcpy(io->stage + out, tail, taillen);
 		out += taillen;
 	}
 	return io_try_send(io, sock, io->stage, out);

@@ -528,55 +528,77 @@ static bool take_tls_output(struct oconn *oc)
 	return true;
 }
 
-/* The body's bytes went out: n of them, the end-of-data line's last. */
+/* The body's bytes went out: n of them from the current piece on, the
+ * end-of-data line's last. */
 static void body_sent(struct oconn *oc, uint64_t n)
 {
-	uint64_t left = oc->job->m->len[oc->ext] - oc->ext_off;
-	oc->ext_off += n < left ? n : left;
-	if (n > left)
-		oc->dot_off += (size_t)(n - left);
+	const struct qmsg *m = oc->job->m;
+	while (n && oc->ext < m->nchunks) {
+		uint64_t left = m->len[oc->ext] - oc->ext_off;
+		uint64_t k = n < left ? n : left;
+		oc->ext_off += k;
+		n -= k;
+		if (oc->ext_off < m->len[oc->ext])
+			break;
+		oc->ext++;
+		oc->ext_off = 0;
+	}
+	if (n)
+		oc->dot_off += (size_t)n;
 	arm_body(oc);
 }
 
 static const char dot[] = ".\r\n";
 
+/* Pieces of the stored message one send takes from the page cache. */
+#define BODY_RANGES 8
+
 /* Sends the stored message, the end-of-data line riding with its last
- * piece: at once while the socket and the page cache allow, then by a
- * submitted io_sendfile. false once all of it is sent; true when an
- * operation is under way or the connection was lost. */
+ * piece: at once while the socket and the page cache allow, several
+ * pieces in one send, then by a submitted io_sendfile. false once all of
+ * it is sent; true when an operation is under way or the connection was
+ * lost. */
 static bool send_body(struct oconn *oc)
 {
 	const struct qmsg *m = oc->job->m;
-	while (oc->ext < m->nchunks) {
-		uint64_t left = m->len[oc->ext] - oc->ext_off;
-		if (left == 0) {
+	int seg = spool_seg_fd(m->seg);
+	for (;;) {
+		while (oc->ext < m->nchunks && m->len[oc->ext] == oc->ext_off) {
 			oc->ext++;
 			oc->ext_off = 0;
-			continue;
 		}
-		bool last = oc->ext + 1 == m->nchunks;
+		if (oc->ext == m->nchunks)
+			return false;
+		struct io_range r[BODY_RANGES];
+		unsigned n = 0;
+		for (uint32_t i = oc->ext; i < m->nchunks && n < BODY_RANGES; i++) {
+			uint64_t skip = i == oc->ext ? oc->ext_off : 0;
+			if (m->len[i] > skip)
+				r[n++] = (struct io_range){m->off[i] + skip, m->len[i] - skip};
+		}
+		bool last = oc->ext + n >= m->nchunks || n < BODY_RANGES;
 		/* a BDAT chunk has no end-of-data line (dot_off 3) */
 		const char *tail = last && oc->dot_off < 3 ? dot + oc->dot_off : NULL;
 		size_t taillen = tail ? 3 - oc->dot_off : 0;
-		int seg = spool_seg_fd(m->seg);
-		uint64_t off = m->off[oc->ext] + oc->ext_off;
-		long n = io_try_sendfile(oc->w->io, oc->fd, seg, off, (size_t)left, tail, taillen);
-		if (n > 0) {
-			body_sent(oc, (uint64_t)n);
+		long sent = io_try_sendfile(oc->w->io, oc->fd, seg, r, n, tail, taillen);
+		if (sent > 0) {
+			body_sent(oc, (uint64_t)sent);
 			continue;
 		}
-		if (n != -EAGAIN) {
-			lost(oc, n == 0 ? "connection closed by the next hop" : strerror((int)-n));
+		if (sent != -EAGAIN) {
+			lost(oc, sent == 0 ? "connection closed by the next hop" : strerror((int)-sent));
 			return true;
 		}
+		/* One piece by the ring (the file is read off the loop), the
+		 * end-of-data line with it when it is the last. */
+		bool only = oc->ext + 1 == m->nchunks;
 		oc->out_busy = true;
 		oc->out_sub = SUB_SENDFILE;
 		oc->inflight++;
-		io_sendfile(oc->w->io, oc->fd, seg, off, (size_t)left, tail, taillen,
-			    tag(oc, SUB_SENDFILE));
+		io_sendfile(oc->w->io, oc->fd, seg, r[0].off, (size_t)r[0].len, only ? tail : NULL,
+			    only ? taillen : 0, tag(oc, SUB_SENDFILE));
 		return true;
 	}
-	return false;
 }
 
 /* The stored message under TLS: no sendfile (the bytes must pass through

@@ -567,6 +567,89 @@ static void test_sendfile(void **state)
 	free(data);
 }
 
+/* io_try_sendfile: several ranges of a file in one send, the tail behind
+ * them only when all of them went; a stretch longer than the stage goes
+ * in parts, and the caller goes on from what was sent. */
+static void test_try_sendfile_ranges(void **state)
+{
+	struct rig *r = *state;
+	int srv, cli;
+	rig_pair(r, &srv, &cli);
+	size_t size = 256u << 10;
+	char *data = malloc(size);
+	assert_non_null(data);
+	fill_pattern(data, size, 4);
+	int file = rig_tmpfile(r);
+	assert_int_equal(pwrite(file, data, size, 0), (ssize_t)size);
+	static const char tail[] = ".\r\n";
+	/* small: a Received field and a body, an empty piece between */
+	struct io_range small[] = {{10, 194}, {500, 0}, {700, 1163}};
+	long n = io_try_sendfile(r->io, srv, file, small, 3, tail, 3);
+	CHECK_INT("small", n, 194 + 1163 + 3);
+	char got[194 + 1163 + 3];
+	size_t have = 0;
+	while (have < sizeof(got)) {
+		ssize_t k = recv(cli, got + have, sizeof(got) - have, 0);
+		assert_true(k > 0);
+		have += (size_t)k;
+	}
+	assert_memory_equal(got, data + 10, 194);
+	assert_memory_equal(got + 194, data + 700, 1163);
+	assert_memory_equal(got + 194 + 1163, tail, 3);
+	/* large: 40 KiB + 150 KiB + 7 bytes, more than one stage holds */
+	struct io_range big[] = {{1000, 40u << 10}, {60000, 150u << 10}, {250000, 7}};
+	size_t want = (40u << 10) + (150u << 10) + 7;
+	char *expect = malloc(want + 3);
+	assert_non_null(expect);
+	memcpy(expect, data + 1000, 40u << 10);
+	memcpy(expect + (40u << 10), data + 60000, 150u << 10);
+	memcpy(expect + (190u << 10), data + 250000, 7);
+	memcpy(expect + want, tail, 3);
+	struct reader *rd = rig_reader_start(r, cli, want + 3);
+	size_t done = 0, calls = 0;
+	bool tail_went = false;
+	while (done < want && calls < 100000) {
+		/* the ranges from done on, as outconn's send_body builds them */
+		struct io_range left[3];
+		unsigned nl = 0;
+		uint64_t skip = done;
+		for (unsigned i = 0; i < 3; i++) {
+			if (skip >= big[i].len) {
+				skip -= big[i].len;
+				continue;
+			}
+			left[nl++] = (struct io_range){big[i].off + skip, big[i].len - skip};
+			skip = 0;
+		}
+		calls++;
+		n = io_try_sendfile(r->io, srv, file, left, nl, tail, 3);
+		if (n == -EAGAIN) {
+			struct timespec ts = {.tv_nsec = 1000000};
+			nanosleep(&ts, NULL);
+			continue;
+		}
+		assert_true(n > 0);
+		/* never more than the stage, and the tail only behind all */
+		assert_true((size_t)n <= 64u << 10);
+		if ((size_t)n > want - done) {
+			CHECK_INT("tail", (size_t)n - (want - done), 3);
+			tail_went = true;
+			n = (long)(want - done);
+		}
+		done += (size_t)n;
+	}
+	CHECK_INT("large", done, want);
+	assert_true(calls >= 3);
+	if (!tail_went)
+		assert_int_equal(send(srv, tail, 3, MSG_NOSIGNAL), 3);
+	rd = rig_reader_join(r);
+	CHECK_INT("peer", rd->got, want + 3);
+	assert_memory_equal(rd->buf, expect, want + 3);
+	reader_free(rd);
+	free(expect);
+	free(data);
+}
+
 static void test_file_write_sync_read(void **state)
 {
 	struct rig *r = *state;
@@ -682,6 +765,7 @@ static void test_wake(void **state)
 	RIG_TEST(test_recv_into, kind),                   \
 	RIG_TEST(test_connect, kind),                     \
 	RIG_TEST(test_sendfile, kind),                    \
+	RIG_TEST(test_try_sendfile_ranges, kind),         \
 	RIG_TEST(test_file_write_sync_read, kind),        \
 	RIG_TEST(test_timeout, kind),                     \
 	RIG_TEST(test_cancel_recv, kind),                 \
