@@ -178,6 +178,19 @@ static void finalize(struct oconn *oc)
 	oc_free(oc);
 }
 
+/* The job queued behind the current one goes back untouched: none of
+ * it reached the next hop's queue. */
+static void next_give_back(struct oconn *oc)
+{
+	struct djob *j = oc->job_next;
+	if (!j)
+		return;
+	oc->job_next = NULL;
+	oc->next_queued = false;
+	j->not_attempted = true;
+	oc->ops->job_done(oc, j);
+}
+
 static void job_give_back(struct oconn *oc)
 {
 	struct djob *j = oc->job;
@@ -350,6 +363,21 @@ bool outconn_open(struct wctx *w, const struct outconn_ops *ops, void *owner,
 	return true;
 }
 
+/* While a body goes out: the next job of the destination, its commands
+ * to follow the body (the client queues them when it can, else it starts
+ * after the reply). */
+static void take_next(struct oconn *oc)
+{
+	if (oc->job_next || oc->w->stopping)
+		return;
+	struct djob *j = oc->ops->next_job(oc);
+	if (!j)
+		return;
+	oc->job_next = j;
+	oc->msgs++;
+	oc->next_queued = smtp_client_start_next(&oc->cl, &j->cmsg, j->res);
+}
+
 static void job_start(struct oconn *oc, struct djob *j)
 {
 	oc->job = j;
@@ -385,6 +413,7 @@ void outconn_close(struct oconn *oc)
 	if (oc->job && !oc->job_started)
 		oc->job->not_attempted = true;
 	job_give_back(oc);
+	next_give_back(oc);
 	quiesce(oc);
 	enter(oc, OC_CLOSING);
 	if (!oc->inflight)
@@ -430,6 +459,7 @@ static void lost(struct oconn *oc, const char *why)
 		djob_result_all(oc->job, 451, "4.4.2", text);
 		job_give_back(oc);
 	}
+	next_give_back(oc);
 	outconn_close(oc);
 }
 
@@ -1054,6 +1084,8 @@ static void run(struct oconn *oc)
 						   ? UINT64_MAX
 						   : oc->w->now_ms + oc->txn_ms;
 			arm_body(oc);
+			if (!ev.bdat)
+				take_next(oc);
 			if (oc->job->m->prefix_len) {
 				/* Header fields content rules added go first, like
 				 * a command line; the stored bytes follow. */
@@ -1099,7 +1131,14 @@ static void run(struct oconn *oc)
 				job_start(oc, oc->job);
 				continue;
 			}
-			struct djob *j = oc->ops->next_job(oc);
+			struct djob *j = oc->job_next;
+			if (j) {
+				/* taken behind a body, not queued in the client */
+				oc->job_next = NULL;
+				oc->msgs--; /* job_start counts it */
+			} else {
+				j = oc->ops->next_job(oc);
+			}
 			if (j) {
 				job_start(oc, j);
 				continue;
@@ -1117,6 +1156,17 @@ static void run(struct oconn *oc)
 		case SMTPC_EV_MSG_DONE:
 			oc->txn_deadline = 0;
 			job_finished(oc);
+			if (oc->job_next && oc->next_queued) {
+				if (smtp_client_current(&oc->cl) == &oc->job_next->cmsg) {
+					/* its replies come next */
+					oc->job = oc->job_next;
+					oc->job_started = true;
+					oc->job_next = NULL;
+					oc->next_queued = false;
+				} else {
+					next_give_back(oc); /* the session ended */
+				}
+			}
 			continue;
 		case SMTPC_EV_CLOSE:
 			if (oc->job && !oc->job_started) {

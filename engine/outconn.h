@@ -123,6 +123,11 @@ struct oconn {
 	struct smtp_client cl;
 	struct djob *job;
 	bool job_started;
+	/* The job taken while job's body went out: its MAIL, RCPT and DATA
+	 * follow the body (next_queued, smtp_client_start_next), or, when
+	 * the client could not queue it, it starts after the reply. */
+	struct djob *job_next;
+	bool next_queued;
 	unsigned msgs;                    /* messages started on it */
 	char in[4096];
 	size_t in_off, in_len;

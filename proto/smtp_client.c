@@ -38,6 +38,7 @@ enum client_cmd {
 	CMD_AUTH,       /* AUTH <mechanism> [initial response] */
 	CMD_AUTH_RESP,  /* the response numbered auth_step */
 	CMD_BATCH,      /* MAIL, every RCPT and DATA (RFC 2920) */
+	CMD_NEXT,       /* ... of next_msg, behind the current body */
 	CMD_MAIL,
 	CMD_RCPT,       /* the one numbered rcpt_sent */
 	CMD_DATA,
@@ -252,9 +253,8 @@ static void out_end(struct smtp_client *c)
 	c->out[c->out_len++] = '\n';
 }
 
-static void put_mail(struct smtp_client *c)
+static void put_mail(struct smtp_client *c, const struct smtp_client_msg *m)
 {
-	const struct smtp_client_msg *m = c->msg;
 	out_str(c, "MAIL FROM:<");
 	out_str(c, m->from);
 	out_str(c, ">");
@@ -284,9 +284,9 @@ static void put_mail(struct smtp_client *c)
 	out_end(c);
 }
 
-static void put_rcpt(struct smtp_client *c, unsigned i)
+static void put_rcpt(struct smtp_client *c, const struct smtp_client_msg *m, unsigned i)
 {
-	const struct smtp_client_rcpt *r = &c->msg->rcpt[i];
+	const struct smtp_client_rcpt *r = &m->rcpt[i];
 	out_str(c, "RCPT TO:<");
 	out_str(c, r->addr);
 	/* <Postmaster> was ours; unqualified, the next hop would take it
@@ -484,10 +484,20 @@ static bool emit(struct smtp_client *c, struct smtp_client_event *ev)
 	case CMD_STARTTLS:
 		put_line(c, "STARTTLS", NULL);
 		break;
+	case CMD_NEXT:
+		/* The next transaction, while the reply to this body's dot
+		 * is awaited (RFC 2920 3.1: the message content may begin a
+		 * group, so what follows it may ride with it). */
+		put_mail(c, c->next_msg);
+		for (unsigned i = 0; i < c->next_msg->nrcpt; i++)
+			put_rcpt(c, c->next_msg, i);
+		put_line(c, "DATA", NULL);
+		c->next_sent = true;
+		break;
 	case CMD_BATCH:
-		put_mail(c);
+		put_mail(c, c->msg);
 		for (unsigned i = 0; i < c->msg->nrcpt; i++)
-			put_rcpt(c, i);
+			put_rcpt(c, c->msg, i);
 		/* With CHUNKING the chunk waits for the RCPT replies: octets
 		 * sent after a refused envelope would be read for nothing. */
 		if (!c->chunking)
@@ -502,10 +512,10 @@ static bool emit(struct smtp_client *c, struct smtp_client_event *ev)
 		break;
 	}
 	case CMD_MAIL:
-		put_mail(c);
+		put_mail(c, c->msg);
 		break;
 	case CMD_RCPT:
-		put_rcpt(c, c->rcpt_sent++);
+		put_rcpt(c, c->msg, c->rcpt_sent++);
 		break;
 	case CMD_DATA:
 		put_line(c, "DATA", NULL);
@@ -952,8 +962,9 @@ static void handle_reply(struct smtp_client *c)
 		end_session_with_reply(c);
 		return;
 	}
-	/* queued: a reply to a command not even handed out yet. */
-	if (c->queued != CMD_NONE || !class_expected(c, cls)) {
+	/* queued: a reply to a command not even handed out yet (the next
+	 * transaction waits for this body to be sent: the reply is its dot's). */
+	if ((c->queued != CMD_NONE && c->queued != CMD_NEXT) || !class_expected(c, cls)) {
 		unexpected_reply(c);
 		return;
 	}
@@ -1129,6 +1140,24 @@ void smtp_client_free(struct smtp_client *c)
 	c->out_len = c->out_cap = 0;
 }
 
+/* The message queued behind the body becomes the current one, its
+ * MAIL, RCPT and DATA already sent (or, if not yet, about to be). */
+static void promote_next(struct smtp_client *c)
+{
+	c->msg = c->next_msg;
+	c->res = c->next_res;
+	c->mail_replied = c->mail_failed = false;
+	c->rcpt_sent = c->rcpt_replied = c->rcpt_accepted = 0;
+	c->pipelined = true;
+	c->chunking = false;
+	if (c->next_sent) {
+		c->rcpt_sent = c->msg->nrcpt;
+		c->state = ST_TXN;
+	} else {
+		queue(c, CMD_BATCH, ST_TXN);
+	}
+}
+
 /* Events that need no input: in the order MSG_DONE, CLOSE, STARTTLS, SEND. */
 static bool next_event(struct smtp_client *c, struct smtp_client_event *ev)
 {
@@ -1136,6 +1165,11 @@ static bool next_event(struct smtp_client *c, struct smtp_client_event *ev)
 		c->done_pending = false;
 		c->msg = NULL;
 		c->res = NULL;
+		if (c->next_msg && c->state != ST_CLOSED)
+			promote_next(c);
+		c->next_msg = NULL;
+		c->next_res = NULL;
+		c->next_sent = false;
 		ev->type = SMTPC_EV_MSG_DONE;
 		return true;
 	}
@@ -1279,6 +1313,26 @@ void smtp_client_start(struct smtp_client *c, const struct smtp_client_msg *m,
 	queue(c, c->pipelined ? CMD_BATCH : CMD_MAIL, ST_TXN);
 }
 
+bool smtp_client_start_next(struct smtp_client *c, const struct smtp_client_msg *m,
+			    struct smtp_client_result *res)
+{
+	int code = 0;
+	const char *status = NULL;
+	char text[sizeof(res->text)];
+	if (c->state != ST_BODY || !c->sent_pending || c->queued != CMD_NONE || !c->msg ||
+	    !c->pipelined || c->chunking || c->next_msg || c->quit_wanted || m->nrcpt == 0 ||
+	    ((c->ext & SMTPC_EXT_CHUNKING) && m->dotless) ||
+	    local_refusal(c, m, &code, &status, text, sizeof(text)))
+		return false;
+	for (unsigned i = 0; i < m->nrcpt; i++)
+		memset(&res[i], 0, sizeof(res[i]));
+	c->next_msg = m;
+	c->next_res = res;
+	c->next_sent = false;
+	c->queued = CMD_NEXT;
+	return true;
+}
+
 void smtp_client_quit(struct smtp_client *c)
 {
 	if (c->state == ST_CLOSED)
@@ -1297,6 +1351,9 @@ bool smtp_client_fail(struct smtp_client *c, int code, const char *status,
 	fail_open(c, code, status, text, SMTPC_STAGE_CONNECT);
 	c->msg = NULL;
 	c->res = NULL;
+	c->next_msg = NULL;
+	c->next_res = NULL;
+	c->next_sent = false;
 	c->done_pending = false;
 	c->queued = CMD_NONE;
 	c->state = ST_CLOSED;

@@ -193,6 +193,9 @@ struct smtp_client {
 	bool out_oom;
 	const struct smtp_client_msg *msg;
 	struct smtp_client_result *res;
+	const struct smtp_client_msg *next_msg; /* smtp_client_start_next */
+	struct smtp_client_result *next_res;
+	bool next_sent;               /* its MAIL, RCPT and DATA went out */
 	unsigned rcpt_sent, rcpt_replied, rcpt_accepted;
 	char *out;                    /* commands to send (owned) */
 	size_t out_len, out_cap;
@@ -239,6 +242,24 @@ void smtp_client_sent(struct smtp_client *c);
 /* Starts a message (only after SMTPC_EV_READY). res has m->nrcpt entries. */
 void smtp_client_start(struct smtp_client *c, const struct smtp_client_msg *m,
 		       struct smtp_client_result *res);
+
+/* Right after SMTPC_EV_SEND_BODY (a DATA body, not BDAT) with the next
+ * hop offering PIPELINING: the next message's MAIL, RCPT and DATA are
+ * sent behind this body's end-of-data line (an SMTPC_EV_SEND once the
+ * body is sent), not a round trip after its reply (RFC 2920 3.1). When
+ * this message's SMTPC_EV_MSG_DONE is returned, m is the current message
+ * (smtp_client_current) and its replies follow; if the session ended
+ * instead (a 421 to the dot, say), m was never started: nothing of it
+ * was delivered. false (nothing queued) when it cannot go that way:
+ * start it after SMTPC_EV_READY as usual. res has m->nrcpt entries. */
+bool smtp_client_start_next(struct smtp_client *c, const struct smtp_client_msg *m,
+			    struct smtp_client_result *res);
+
+/* The message under way, NULL when none. */
+static inline const struct smtp_client_msg *smtp_client_current(const struct smtp_client *c)
+{
+	return c->msg;
+}
 
 /* The TLS handshake after SMTPC_EV_STARTTLS is complete: what EHLO said
  * before is forgotten (RFC 3207 4.2) and EHLO is sent again; STARTTLS is

@@ -1028,7 +1028,7 @@ static void test_delivery(void **state)
 	peer_ok(p);
 	CHECK_INT("connections", p->nconn, 1);
 	CHECK_STR("bytes the peer got", peer_got(p, 0), rig_str(r, EHLO "%s" QUIT, wire_txn(r, t)));
-	CHECK_STR("callbacks", r->calls, "opened done(1) next(-) idle?0 closed");
+	CHECK_STR("callbacks", r->calls, "opened next(-) done(1) next(-) idle?0 closed");
 	check_all("delivered", t, 250, "2.0.0", OK_TEXT, SMTPC_STAGE_DOT);
 	CHECK_STR("job remote", t->j.remote, remote(r, p->port));
 	CHECK_INT("dsn passed", t->j.dsn_passed, false);
@@ -1104,7 +1104,7 @@ static void test_rcpt_refused(void **state)
 			     "RCPT TO:<bad@dst.test> NOTIFY=FAILURE ORCPT=rfc822;bad@dst.test\r\n"
 			     "RCPT TO:<good@dst.test> NOTIFY=SUCCESS,DELAY\r\n"
 			     "DATA\r\n%s.\r\n" QUIT, t->bytes));
-	CHECK_STR("callbacks", r->calls, "opened done(1) next(-) idle?0 closed");
+	CHECK_STR("callbacks", r->calls, "opened next(-) done(1) next(-) idle?0 closed");
 	check_result("refused", t, 0, 550, "5.1.1",
 		     "550 5.1.1 <bad@dst.test>: Recipient address rejected", SMTPC_STAGE_RCPT);
 	check_result("taken", t, 1, 250, "2.0.0", "250 2.0.0 Ok: queued as 4712", SMTPC_STAGE_DOT);
@@ -1129,7 +1129,7 @@ static void test_rcpt_refused_pipelined(void **state)
 	assert_true(drive(r, is_closed, WAIT_MS));
 	peer_ok(p);
 	CHECK_STR("bytes the peer got", peer_got(p, 0), rig_str(r, EHLO "%s" QUIT, wire_txn(r, t)));
-	CHECK_STR("callbacks", r->calls, "opened done(1) next(-) idle?0 closed");
+	CHECK_STR("callbacks", r->calls, "opened next(-) done(1) next(-) idle?0 closed");
 	check_result("taken", t, 0, 250, "2.0.0", "250 2.0.0 Ok: queued as 4713", SMTPC_STAGE_DOT);
 	check_result("refused", t, 1, 550, "5.7.1", "550 5.7.1 <b@dst.test>: Relay access denied",
 		     SMTPC_STAGE_RCPT);
@@ -1147,7 +1147,7 @@ static void test_refused_then_next(void **state)
 	assert_true(drive(r, is_closed, WAIT_MS));
 	peer_ok(p);
 	CHECK_STR("bytes the peer got", peer_got(p, 0), rig_str(r, EHLO "%s" QUIT, wire_txn(r, t)));
-	CHECK_STR("callbacks", r->calls, "opened done(1) next(-) idle?0 closed");
+	CHECK_STR("callbacks", r->calls, "opened next(-) done(1) next(-) idle?0 closed");
 	check_all("delivered", t, 250, "2.0.0", OK_TEXT, SMTPC_STAGE_DOT);
 	CHECK_STR("job remote", t->j.remote, remote(r, p->port));
 	CHECK_STR("log", log_lines(r, "event=connect_failed"),
@@ -1201,7 +1201,7 @@ static void test_greeting_554(void **state)
 	CHECK_STR("bytes the first peer got", peer_got(p1, 0), "");
 	CHECK_STR("bytes the second peer got", peer_got(p2, 0),
 		  rig_str(r, EHLO "%s" QUIT, wire_txn(r, t)));
-	CHECK_STR("callbacks", r->calls, "opened done(1) next(-) idle?0 closed");
+	CHECK_STR("callbacks", r->calls, "opened next(-) done(1) next(-) idle?0 closed");
 	check_all("delivered", t, 250, "2.0.0", OK_TEXT, SMTPC_STAGE_DOT);
 	CHECK_STR("job remote", t->j.remote, remote(r, p2->port));
 	CHECK_STR("log", log_lines(r, "event=connect_failed"),
@@ -1237,7 +1237,7 @@ static void test_closed_mid_data(void **state)
 	size_t cmds = (size_t)(cmds_end - all) + 6;
 	if (strlen(got) < cmds || strncmp(got, all, strlen(got)) != 0)
 		CHECK_STR("bytes the peer got", got, all);
-	CHECK_STR("callbacks", r->calls, "opened done(1) closed");
+	CHECK_STR("callbacks", r->calls, "opened next(-) done(1) closed");
 	check_all("lost", t, 451, "4.4.2",
 		  rig_str(r, "451 4.4.2 [127.0.0.1]:%u: connection closed by the next hop", p->port),
 		  SMTPC_STAGE_CONNECT);
@@ -1266,7 +1266,7 @@ static void test_reset_mid_data(void **state)
 	assert_true(p->nconn == 1);
 	if (strncmp(peer_got(p, 0), head, strlen(head)) != 0)
 		fail_msg("the peer got \"%.300s\"", peer_got(p, 0));
-	CHECK_STR("callbacks", r->calls, "opened done(1) closed");
+	CHECK_STR("callbacks", r->calls, "opened next(-) done(1) closed");
 	const char *why[] = {"Connection reset by peer", "Broken pipe",
 			     "connection closed by the next hop"};
 	for (unsigned k = 0; k < t->j.n; k++) {
@@ -1280,6 +1280,75 @@ static void test_reset_mid_data(void **state)
 		if (!known)
 			fail_msg("rcpt %u: unexpected text \"%s\"", k, t->res[k].text);
 	}
+}
+
+/* (g2) The next transaction rides behind the body (RFC 2920 3.1): the
+ * peer reads the second message's MAIL, RCPT and DATA before it answers
+ * the first one's dot (an engine that waited for that reply would stall
+ * here until the deadline), and answers both in one write. */
+static void test_next_behind_body(void **state)
+{
+	struct rig *r = *state;
+	static const struct msg_spec s2 = {
+		.from = "", .body = SMTP_BODY_7BIT, .nrcpt = 1, .rcpt = {{"c@dst.test"}},
+	};
+	struct tjob *t1 = job_std(r, &two_rcpts);
+	static const char second[] = "Subject: second\r\n\r\nbye\r\n";
+	struct tjob *t2 = job_new(r, &s2, &(struct iovec){(void *)second, strlen(second)}, 1);
+	r->queue[r->nqueue++] = &t2->j;
+	static const struct step script[] = {
+		GREET, EHLO_PIPELINING,
+		{P_UNTIL, "DATA\r\n"},
+		{P_SEND, "250 2.1.0 Ok\r\n250 2.1.5 Ok\r\n250 2.1.5 Ok\r\n354 go\r\n"},
+		{P_UNTIL, "\r\n.\r\n"},
+		{P_UNTIL, "DATA\r\n"},
+		{P_SEND, "250 2.0.0 Ok: queued as 4711\r\n250 2.1.0 Ok\r\n250 2.1.5 Ok\r\n"
+			 "354 go ahead\r\n"},
+		{P_UNTIL, "\r\n.\r\n"}, {P_SEND, "250 2.0.0 Ok: queued as 4714\r\n"},
+		QUIT_OK, {P_END, NULL},
+	};
+	struct peer *p = peer_start(r, script);
+	conn_open(r, params(), t1, &p->port, 1);
+	assert_true(drive(r, is_closed, WAIT_MS));
+	peer_ok(p);
+	CHECK_INT("connections", p->nconn, 1);
+	CHECK_STR("bytes the peer got", peer_got(p, 0),
+		  rig_str(r, EHLO "%sMAIL FROM:<> SIZE=%zu BODY=7BIT\r\nRCPT TO:<c@dst.test>\r\n"
+			     "DATA\r\n%s.\r\n" QUIT, wire_txn(r, t1), strlen(second), second));
+	CHECK_STR("callbacks", r->calls, "opened next(2) done(1) next(-) done(2) next(-) idle?0 closed");
+	check_all("first", t1, 250, "2.0.0", OK_TEXT, SMTPC_STAGE_DOT);
+	check_all("second", t2, 250, "2.0.0", "250 2.0.0 Ok: queued as 4714", SMTPC_STAGE_DOT);
+}
+
+/* (g3) A 421 to the first dot: the second message, whose commands went
+ * behind the body, goes back untouched (not attempted), not deferred
+ * with an error it never met. */
+static void test_next_behind_body_421(void **state)
+{
+	struct rig *r = *state;
+	static const struct msg_spec s2 = {
+		.from = "", .body = SMTP_BODY_7BIT, .nrcpt = 1, .rcpt = {{"c@dst.test"}},
+	};
+	struct tjob *t1 = job_std(r, &two_rcpts);
+	static const char second[] = "Subject: second\r\n\r\nbye\r\n";
+	struct tjob *t2 = job_new(r, &s2, &(struct iovec){(void *)second, strlen(second)}, 1);
+	r->queue[r->nqueue++] = &t2->j;
+	static const struct step script[] = {
+		GREET, EHLO_PIPELINING,
+		{P_UNTIL, "DATA\r\n"},
+		{P_SEND, "250 2.1.0 Ok\r\n250 2.1.5 Ok\r\n250 2.1.5 Ok\r\n354 go\r\n"},
+		{P_UNTIL, "\r\n.\r\n"},
+		{P_UNTIL, "DATA\r\n"},
+		{P_SEND, "421 4.3.2 Shutting down\r\n"}, {P_EOF, NULL},
+		{P_END, NULL},
+	};
+	struct peer *p = peer_start(r, script);
+	conn_open(r, params(), t1, &p->port, 1);
+	assert_true(drive(r, is_closed, WAIT_MS));
+	peer_ok(p);
+	check_all("first", t1, 421, "4.3.2", "421 4.3.2 Shutting down", SMTPC_STAGE_DOT);
+	CHECK_INT("second not attempted", t2->j.not_attempted, true);
+	CHECK_STR("callbacks", r->calls, "opened next(2) done(1) done(2) closed");
 }
 
 /* (g) Connection reuse: next_job hands over a second message after the
@@ -1309,7 +1378,7 @@ static void test_reuse(void **state)
 	CHECK_STR("bytes the peer got", peer_got(p, 0),
 		  rig_str(r, EHLO "%sMAIL FROM:<> SIZE=%zu BODY=7BIT\r\nRCPT TO:<c@dst.test>\r\n"
 			     "DATA\r\n%s.\r\n" QUIT, wire_txn(r, t1), strlen(second), second));
-	CHECK_STR("callbacks", r->calls, "opened done(1) next(2) done(2) next(-) idle?0 closed");
+	CHECK_STR("callbacks", r->calls, "opened next(2) done(1) next(-) done(2) next(-) idle?0 closed");
 	check_all("first", t1, 250, "2.0.0", OK_TEXT, SMTPC_STAGE_DOT);
 	check_all("second", t2, 250, "2.0.0", "250 2.0.0 Ok: queued as 4714", SMTPC_STAGE_DOT);
 	CHECK_STR("second job remote", t2->j.remote, remote(r, p->port));
@@ -1329,7 +1398,7 @@ static void test_idle_then_peer_closes(void **state)
 	struct peer *p = peer_start(r, script);
 	conn_open(r, params(), t, &p->port, 1);
 	assert_true(drive(r, is_idle, WAIT_MS));
-	CHECK_STR("callbacks when idle", r->calls, "opened done(1) next(-) idle?1");
+	CHECK_STR("callbacks when idle", r->calls, "opened next(-) done(1) next(-) idle?1");
 	CHECK_INT("idle deadline", r->oc->deadline, r->w.now_ms + 5000);
 	CHECK_INT("a recv is armed", r->oc->in_busy, true);
 	check_all("delivered", t, 250, "2.0.0", OK_TEXT, SMTPC_STAGE_DOT);
@@ -1340,7 +1409,7 @@ static void test_idle_then_peer_closes(void **state)
 	assert_true(drive(r, is_closed, WAIT_MS));
 	peer_ok(p);
 	CHECK_STR("bytes the peer got", peer_got(p, 0), rig_str(r, EHLO "%s", wire_txn(r, t)));
-	CHECK_STR("callbacks", r->calls, "opened done(1) next(-) idle?1 closed");
+	CHECK_STR("callbacks", r->calls, "opened next(-) done(1) next(-) idle?1 closed");
 }
 
 /* (h) An idle connection takes another job (outconn_take), then quits. */
@@ -1362,7 +1431,7 @@ static void test_idle_take(void **state)
 	peer_ok(p);
 	CHECK_STR("bytes the peer got", peer_got(p, 0),
 		  rig_str(r, EHLO "%s%s" QUIT, wire_txn(r, t1), wire_txn(r, t2)));
-	CHECK_STR("callbacks", r->calls, "opened done(1) next(-) idle?1 done(2) next(-) idle?0 closed");
+	CHECK_STR("callbacks", r->calls, "opened next(-) done(1) next(-) idle?1 next(-) done(2) next(-) idle?0 closed");
 	check_all("second", t2, 250, "2.0.0", OK_TEXT, SMTPC_STAGE_DOT);
 }
 
@@ -1387,7 +1456,7 @@ static void test_idle_timeout(void **state)
 	assert_true(drive(r, is_closed, WAIT_MS));
 	peer_ok(p);
 	CHECK_STR("bytes the peer got", peer_got(p, 0), rig_str(r, EHLO "%s", wire_txn(r, t)));
-	CHECK_STR("callbacks", r->calls, "opened done(1) next(-) idle?1 closed");
+	CHECK_STR("callbacks", r->calls, "opened next(-) done(1) next(-) idle?1 closed");
 }
 
 /* (i) A connect that never completes: at connect_timeout the next target
@@ -1413,7 +1482,7 @@ static void test_connect_timeout(void **state)
 	assert_true(drive(r, is_closed, WAIT_MS));
 	peer_ok(p);
 	CHECK_STR("bytes the peer got", peer_got(p, 0), rig_str(r, EHLO "%s" QUIT, wire_txn(r, t)));
-	CHECK_STR("callbacks", r->calls, "opened done(1) next(-) idle?0 closed");
+	CHECK_STR("callbacks", r->calls, "opened next(-) done(1) next(-) idle?0 closed");
 	check_all("delivered", t, 250, "2.0.0", OK_TEXT, SMTPC_STAGE_DOT);
 	CHECK_STR("log", log_lines(r, "event=connect_failed"),
 		  connect_failed(r, ports[0],
@@ -1450,7 +1519,7 @@ static void test_greeting_timeout(void **state)
 	CHECK_STR("bytes the silent peer got", peer_got(silent, 0), "");
 	CHECK_STR("bytes the second peer got", peer_got(p, 0),
 		  rig_str(r, EHLO "%s" QUIT, wire_txn(r, t)));
-	CHECK_STR("callbacks", r->calls, "opened done(1) next(-) idle?0 closed");
+	CHECK_STR("callbacks", r->calls, "opened next(-) done(1) next(-) idle?0 closed");
 	check_all("delivered", t, 250, "2.0.0", OK_TEXT, SMTPC_STAGE_DOT);
 	CHECK_STR("log", log_lines(r, "event=connect_failed"),
 		  connect_failed(r, silent->port, "no complete greeting within 5m"));
@@ -1594,7 +1663,7 @@ static void test_body_deadline_per_send(void **state)
 	const char *want = rig_str(r, EHLO "%s" QUIT, wire_txn(r, t));
 	CHECK_INT("bytes the peer got", p->t[0].len, strlen(want));
 	CHECK_INT("bytes the peer got", memcmp(p->t[0].p, want, strlen(want)), 0);
-	CHECK_STR("callbacks", r->calls, "opened done(1) next(-) idle?0 closed");
+	CHECK_STR("callbacks", r->calls, "opened next(-) done(1) next(-) idle?0 closed");
 }
 
 
@@ -1827,7 +1896,7 @@ static void test_loop_greeting_next(void **state)
 	peer_ok(p2);
 	CHECK_STR("bytes the first peer got", peer_got(p1, 0), "");
 	check_all("delivered", t, 250, "2.0.0", OK_TEXT, SMTPC_STAGE_DOT);
-	CHECK_STR("callbacks", r->calls, "opened done(1) next(-) idle?0 closed");
+	CHECK_STR("callbacks", r->calls, "opened next(-) done(1) next(-) idle?0 closed");
 	CHECK_STR("log", log_lines(r, "event=loop"), LOOP_LOG(p1->port, "greeting"));
 }
 
@@ -1966,7 +2035,7 @@ static void test_auth_login(void **state)
 	CHECK_STR("bytes the peer got", peer_got(p, 0),
 		  rig_str(r, EHLO "AUTH LOGIN\r\n" B64_USER "\r\n" B64_PASS "\r\n%s" QUIT,
 			  wire_txn(r, t)));
-	CHECK_STR("callbacks", r->calls, "opened done(1) next(-) idle?0 closed");
+	CHECK_STR("callbacks", r->calls, "opened next(-) done(1) next(-) idle?0 closed");
 	check_all("delivered", t, 250, "2.0.0", OK_TEXT, SMTPC_STAGE_DOT);
 	CHECK_STR("log", log_lines(r, "event=auth"),
 		  rig_str(r, "event=auth dir=out send_connector=test-sc remote=peer.test[127.0.0.1]:%u "
@@ -2093,7 +2162,7 @@ static void test_auth_432_then_next(void **state)
 	assert_true(drive(r, is_closed, WAIT_MS));
 	peer_ok(p1);
 	peer_ok(p2);
-	CHECK_STR("callbacks", r->calls, "opened done(1) next(-) idle?0 closed");
+	CHECK_STR("callbacks", r->calls, "opened next(-) done(1) next(-) idle?0 closed");
 	check_all("delivered", t, 250, "2.0.0", OK_TEXT, SMTPC_STAGE_DOT);
 	CHECK_INT("temporary counted", auth_count(r, AUTH_RESULT_TEMPORARY), 1);
 	CHECK_INT("ok counted", auth_count(r, AUTH_RESULT_OK), 1);
@@ -2136,6 +2205,8 @@ static void test_421_backoff(void **state)
 	RIG_TEST(test_closed_mid_data, kind),            \
 	RIG_TEST(test_reset_mid_data, kind),             \
 	RIG_TEST(test_reuse, kind),                      \
+	RIG_TEST(test_next_behind_body, kind),           \
+	RIG_TEST(test_next_behind_body_421, kind),       \
 	RIG_TEST(test_idle_then_peer_closes, kind),      \
 	RIG_TEST(test_idle_take, kind),                  \
 	RIG_TEST(test_idle_timeout, kind),               \

@@ -174,6 +174,9 @@ enum op {
 	OP_REPLIES, /* smtp_client_replies() == n */
 	OP_STAGE,   /* smtp_client_stage() == stage */
 	OP_LOOP,    /* smtp_client_loop() == n */
+	OP_NEXT,    /* smtp_client_start_next(msg) into res2 returns i */
+	OP_RES2,    /* result of recipient i of the message queued by OP_NEXT */
+	OP_CUR,     /* smtp_client_current() is msg (NULL: none) */
 };
 
 struct step {
@@ -210,6 +213,11 @@ struct step {
 #define REPLIES(k) {.op = OP_REPLIES, .n = (k)}
 #define STAGE(stg) {.op = OP_STAGE, .stage = SMTPC_STAGE_##stg}
 #define LOOP(b) {.op = OP_LOOP, .n = (b)}
+#define NEXT(m, ret) {.op = OP_NEXT, .msg = (m), .i = (ret)}
+#define RES2(idx, c, st, stg, t)                                            \
+	{.op = OP_RES2, .i = (idx), .code = (c), .status = (st),            \
+	 .stage = SMTPC_STAGE_##stg, .s = (t)}
+#define CUR(m) {.op = OP_CUR, .msg = (m)}
 #define END {.op = OP_END}
 
 /* Greeting and EHLO: the machine is READY afterwards. */
@@ -243,6 +251,10 @@ struct h {
 	struct smtp_client_params p;
 	struct smtp_client_result res[MAX_RCPT];
 	unsigned nrcpt;
+	struct smtp_client_result res2[MAX_RCPT]; /* OP_NEXT's message */
+	unsigned nrcpt2;
+	const struct smtp_client_msg *next; /* queued by OP_NEXT, not yet current */
+	bool on_res2;        /* the current message is OP_NEXT's */
 	char log[16384];
 	size_t log_len;
 	bool manual, outstanding, closed;
@@ -284,8 +296,9 @@ static void check_commands(struct h *h, const char *p, size_t n)
 
 static void check_results_complete(struct h *h)
 {
-	for (unsigned i = 0; i < h->nrcpt; i++) {
-		const struct smtp_client_result *r = &h->res[i];
+	unsigned n = h->on_res2 ? h->nrcpt2 : h->nrcpt;
+	for (unsigned i = 0; i < n; i++) {
+		const struct smtp_client_result *r = h->on_res2 ? &h->res2[i] : &h->res[i];
 		if (r->code < 200 || r->code > 599 || r->code / 100 == 3 ||
 		    (r->stage == SMTPC_STAGE_RCPT && r->code / 100 == 2))
 			fail_msg("%s (split %zu, step %zu): recipient %u unfinished at "
@@ -348,6 +361,13 @@ static void h_run(struct h *h, const char *in, size_t n)
 			return;
 		case SMTPC_EV_MSG_DONE:
 			check_results_complete(h);
+			if (h->next) {
+				/* OP_NEXT's message is current now, or was dropped */
+				h->on_res2 = smtp_client_current(&h->c) == h->next;
+				h->next = NULL;
+			} else {
+				h->on_res2 = false;
+			}
 			h->dones++;
 			log_add(h, "[DONE]", 6);
 			break;
@@ -528,6 +548,27 @@ static void run_dialogue(const struct dialogue *d, size_t split)
 			break;
 		case OP_LOOP:
 			CHECK_INT(d->name, smtp_client_loop(&h->c), s->n);
+			break;
+		case OP_NEXT: {
+			assert_true(s->msg->nrcpt <= MAX_RCPT);
+			memset(h->res2, 0x5a, sizeof(h->res2));
+			bool r = smtp_client_start_next(&h->c, s->msg, h->res2);
+			CHECK_INT(d->name, r, s->i);
+			if (r) {
+				h->nrcpt2 = s->msg->nrcpt;
+				h->next = s->msg;
+			}
+			break;
+		}
+		case OP_RES2: {
+			char what[32];
+			snprintf(what, sizeof(what), "next rcpt %d", s->i);
+			check_result(h, what, &h->res2[s->i], s->code, s->status, s->stage, s->s);
+			break;
+		}
+		case OP_CUR:
+			if (smtp_client_current(&h->c) != s->msg)
+				fail_msg("%s step %zu: another current message", d->name, h->step);
 			break;
 		default:
 			fail_msg("bad step");
@@ -747,6 +788,80 @@ static void test_chunking(void **state)
 static void test_transactions(void **state)
 {
 	run_dialogues(transactions, N_ELEMS(transactions));
+}
+
+/* ---- the next transaction behind the body (RFC 2920 3.1) ------------------------ */
+
+#define BATCH_ONE "MAIL FROM:<a@example.org> SIZE=10\r\nRCPT TO:<z@example.net>\r\nDATA\r\n"
+/* msg_two's envelope accepted, its body handed out */
+#define TWO_IN_BODY                                                         \
+	S(GREET), C(EHLO), SENT, S(EHLO_FULL), C("[READY]"),                \
+	START(&msg_two), C(BATCH_TWO), SENT,                                \
+	S("250 2.1.0 Ok\r\n250 2.1.5 Ok\r\n250 2.1.5 Ok\r\n354 go\r\n"), C("[BODY]")
+
+static const struct dialogue nexts[] = {
+	{"the next message's commands follow the body", .manual = true, .steps = STEPS(
+		TWO_IN_BODY,
+		NEXT(&msg_one, true), C(""), CUR(&msg_two),
+		/* the body is sent: the next batch goes at once */
+		SENT, C(BATCH_ONE), TMO(600000), STAGE(DOT), SENT, C(""),
+		/* one read: the dot's reply and the next envelope's */
+		S("250 2.0.0 Ok: queued as B2\r\n250 2.1.0 Ok\r\n250 2.1.5 Ok\r\n354 go\r\n"),
+		C("[DONE][BODY]"), CUR(&msg_one),
+		RES(0, 250, "2.0.0", DOT, "250 2.0.0 Ok: queued as B2"),
+		RES(1, 250, "2.0.0", DOT, "250 2.0.0 Ok: queued as B2"),
+		SENT, S("250 2.0.0 Ok: queued as C3\r\n"), C("[DONE][READY]"), CUR(NULL),
+		RES2(0, 250, "2.0.0", DOT, "250 2.0.0 Ok: queued as C3"),
+		QUIT, C("QUIT\r\n"), SENT, S("221 Bye\r\n"), C("[CLOSE]"))},
+	{"the dot refused: the next message goes on", .manual = true, .steps = STEPS(
+		TWO_IN_BODY, NEXT(&msg_one, true), SENT, C(BATCH_ONE), SENT,
+		S("554 5.7.1 Message refused\r\n250 2.1.0 Ok\r\n550 5.1.1 No such user\r\n"
+		  "554 5.5.1 No valid recipients\r\n"),
+		C("[DONE][DONE]RSET\r\n"),
+		RES(0, 554, "5.7.1", DOT, "554 5.7.1 Message refused"),
+		RES2(0, 550, "5.1.1", RCPT, "550 5.1.1 No such user"),
+		SENT, S("250 Ok\r\n"), C("[READY]"))},
+	{"a 421 to the dot: the next message was never started", .manual = true,
+	 .steps = STEPS(
+		TWO_IN_BODY, NEXT(&msg_one, true), SENT, C(BATCH_ONE), SENT,
+		S("421 4.3.2 Shutting down\r\n"), C("[DONE][CLOSE]"), CUR(NULL),
+		RES(0, 421, "4.3.2", DOT, "421 4.3.2 Shutting down"),
+		SESS(421, "4.3.2", DOT, "421 4.3.2 Shutting down"))},
+	{"the dot's reply before the body is acknowledged", .manual = true, .steps = STEPS(
+		TWO_IN_BODY, NEXT(&msg_one, true),
+		S("250 2.0.0 Ok\r\n"), C("[DONE]"), CUR(&msg_one),
+		/* not sent yet: it goes as this message's own batch */
+		SENT, C(BATCH_ONE), SENT,
+		S("250 2.1.0 Ok\r\n250 2.1.5 Ok\r\n354 go\r\n"), C("[BODY]"),
+		SENT, S("250 2.0.0 Ok\r\n"), C("[DONE][READY]"),
+		RES2(0, 250, "2.0.0", DOT, "250 2.0.0 Ok"))},
+	{"fail() while the body is sent, a next message queued", .manual = true,
+	 .steps = STEPS(
+		TWO_IN_BODY, NEXT(&msg_one, true),
+		FAIL(451, "4.4.2", "451 4.4.2 lost", true), C("[CLOSE]"), CUR(NULL),
+		RES(0, 451, "4.4.2", CONNECT, "451 4.4.2 lost"))},
+	{"no next without PIPELINING", .manual = true, .steps = STEPS(
+		S(GREET), C(EHLO), SENT, S(EHLO_NOPIPE), C("[READY]"),
+		START(&msg_one), C("MAIL FROM:<a@example.org> SIZE=10\r\n"), SENT,
+		S("250 ok\r\n"), C("RCPT TO:<z@example.net>\r\n"), SENT,
+		S("250 ok\r\n"), C("DATA\r\n"), SENT,
+		S("354 go\r\n"), C("[BODY]"), NEXT(&msg_two, false), SENT,
+		S("250 ok\r\n"), C("[DONE][READY]"))},
+	{"no next the next hop would refuse, none twice, none before the body",
+	 .manual = true, .steps = STEPS(
+		S(GREET), C(EHLO), SENT, S(EHLO_FULL), C("[READY]"),
+		START(&msg_two), C(BATCH_TWO), NEXT(&msg_one, false), SENT,
+		S("250 2.1.0 Ok\r\n250 2.1.5 Ok\r\n250 2.1.5 Ok\r\n354 go\r\n"), C("[BODY]"),
+		NEXT(&msg_big, false), NEXT(&msg_none, false), NEXT(&msg_one, true),
+		NEXT(&msg_one, false), SENT, C(BATCH_ONE), SENT,
+		S("250 ok\r\n250 ok\r\n250 ok\r\n354 go\r\n"), C("[DONE][BODY]"), SENT,
+		S("250 ok\r\n"), C("[DONE][READY]"))},
+};
+
+static void test_next_behind_body(void **state)
+{
+	(void)state;
+	run_dialogues(nexts, N_ELEMS(nexts));
 }
 
 /* ---- greeting, EHLO, HELO ------------------------------------------------------ */
@@ -1957,6 +2072,7 @@ int main(void)
 {
 	const struct CMUnitTest tests[] = {
 		cmocka_unit_test(test_transactions),
+		cmocka_unit_test(test_next_behind_body),
 		cmocka_unit_test(test_chunking),
 		cmocka_unit_test(test_hellos),
 		cmocka_unit_test(test_failures),
