@@ -26,6 +26,11 @@ struct ctx {
 	struct smtp_client_msg msg;
 	struct smtp_client_rcpt rcpt[MAX_RCPT];
 	struct smtp_client_result res[MAX_RCPT];
+	/* the message queued behind a body (smtp_client_start_next) */
+	struct smtp_client_msg msg2;
+	struct smtp_client_result res2[MAX_RCPT];
+	bool next_behind, next_queued, on_res2;
+	bool next_dropped;            /* CLOSE must follow */
 	unsigned messages_left;
 	bool in_msg, outstanding, late_ack, closed, quit_called;
 	bool tls_done;                /* STARTTLS reported once */
@@ -135,6 +140,13 @@ static void run(struct ctx *x, const char *in, size_t len)
 				check_commands(&x->c, ev.data, ev.len);
 			else if (!x->in_msg || (ev.bdat && !x->msg.dotless))
 				abort();
+			if (ev.type == SMTPC_EV_SEND_BODY && x->next_behind && x->messages_left &&
+			    !x->next_queued && smtp_client_start_next(&x->c, &x->msg2, x->res2)) {
+				if (ev.bdat)
+					abort(); /* never behind a BDAT chunk */
+				x->next_queued = true;
+				x->messages_left--;
+			}
 			if (x->late_ack)
 				x->outstanding = true;
 			else
@@ -145,13 +157,14 @@ static void run(struct ctx *x, const char *in, size_t len)
 				abort();
 			return;
 		case SMTPC_EV_READY:
-			if (off != len || x->in_msg || x->outstanding)
+			if (off != len || x->in_msg || x->outstanding || x->next_dropped)
 				abort();
 			if (x->c.p.auth && x->c.auth_state != SMTPC_AUTHST_OK)
 				abort(); /* no MAIL before AUTH succeeded */
 			if (x->messages_left) {
 				x->messages_left--;
 				x->in_msg = true;
+				x->on_res2 = false;
 				smtp_client_start(&x->c, &x->msg, x->res);
 			} else if (!x->quit_called) {
 				x->quit_called = true;
@@ -164,8 +177,16 @@ static void run(struct ctx *x, const char *in, size_t len)
 			if (!x->in_msg)
 				abort();
 			for (unsigned i = 0; i < x->msg.nrcpt; i++)
-				check_result(&x->res[i]);
+				check_result(x->on_res2 ? &x->res2[i] : &x->res[i]);
 			x->in_msg = false;
+			if (x->next_queued) {
+				/* current now, or dropped with the session */
+				x->next_queued = false;
+				x->on_res2 = smtp_client_current(&x->c) == &x->msg2;
+				x->in_msg = x->on_res2;
+				/* dropped only when the session ended */
+				x->next_dropped = !x->in_msg;
+			}
 			break;
 		case SMTPC_EV_CLOSE:
 			if (x->in_msg)
@@ -249,6 +270,8 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 		x->rcpt[i].orcpt = i % 2 ? "rfc822;x@example.com" : NULL;
 	}
 	x->msg.rcpt = x->rcpt;
+	x->msg2 = x->msg;
+	x->next_behind = data[0] & 0x40;
 	data += 6;
 	size -= 6;
 
@@ -272,8 +295,9 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 				abort();
 			if (had)
 				for (unsigned i = 0; i < x->msg.nrcpt; i++)
-					check_result(&x->res[i]);
+					check_result(x->on_res2 ? &x->res2[i] : &x->res[i]);
 			x->in_msg = false;
+			x->next_queued = false;
 			run(x, "", 0);
 			if (!x->closed)
 				abort();
