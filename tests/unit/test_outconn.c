@@ -1282,31 +1282,11 @@ static void test_reset_mid_data(void **state)
 	}
 }
 
-/* (g2) The next transaction rides behind the body (RFC 2920 3.1): the
- * peer reads the second message's MAIL, RCPT and DATA before it answers
- * the first one's dot (an engine that waited for that reply would stall
- * here until the deadline), and answers both in one write. */
-static void test_next_behind_body(void **state)
+/* Runs the peer's script for t1 with t2 queued behind it: both go on one
+ * connection, both are delivered (250 ... 4711, then 4714). */
+static struct peer *two_on_one(struct rig *r, const struct step *script, struct tjob *t1,
+			       struct tjob *t2, const char *second)
 {
-	struct rig *r = *state;
-	static const struct msg_spec s2 = {
-		.from = "", .body = SMTP_BODY_7BIT, .nrcpt = 1, .rcpt = {{"c@dst.test"}},
-	};
-	struct tjob *t1 = job_std(r, &two_rcpts);
-	static const char second[] = "Subject: second\r\n\r\nbye\r\n";
-	struct tjob *t2 = job_new(r, &s2, &(struct iovec){(void *)second, strlen(second)}, 1);
-	r->queue[r->nqueue++] = &t2->j;
-	static const struct step script[] = {
-		GREET, EHLO_PIPELINING,
-		{P_UNTIL, "DATA\r\n"},
-		{P_SEND, "250 2.1.0 Ok\r\n250 2.1.5 Ok\r\n250 2.1.5 Ok\r\n354 go\r\n"},
-		{P_UNTIL, "\r\n.\r\n"},
-		{P_UNTIL, "DATA\r\n"},
-		{P_SEND, "250 2.0.0 Ok: queued as 4711\r\n250 2.1.0 Ok\r\n250 2.1.5 Ok\r\n"
-			 "354 go ahead\r\n"},
-		{P_UNTIL, "\r\n.\r\n"}, {P_SEND, "250 2.0.0 Ok: queued as 4714\r\n"},
-		QUIT_OK, {P_END, NULL},
-	};
 	struct peer *p = peer_start(r, script);
 	conn_open(r, params(), t1, &p->port, 1);
 	assert_true(drive(r, is_closed, WAIT_MS));
@@ -1318,6 +1298,46 @@ static void test_next_behind_body(void **state)
 	CHECK_STR("callbacks", r->calls, "opened next(2) done(1) next(-) done(2) next(-) idle?0 closed");
 	check_all("first", t1, 250, "2.0.0", OK_TEXT, SMTPC_STAGE_DOT);
 	check_all("second", t2, 250, "2.0.0", "250 2.0.0 Ok: queued as 4714", SMTPC_STAGE_DOT);
+	return p;
+}
+
+/* The first message's envelope and body, then the second one's MAIL,
+ * RCPT and DATA, all read before the first dot is answered. */
+#define BODY_THEN_NEXT_ENVELOPE                                                  \
+	GREET, EHLO_PIPELINING, {P_UNTIL, "DATA\r\n"},                            \
+	{P_SEND, "250 2.1.0 Ok\r\n250 2.1.5 Ok\r\n250 2.1.5 Ok\r\n354 go\r\n"},   \
+	{P_UNTIL, "\r\n.\r\n"}, {P_UNTIL, "DATA\r\n"}
+
+/* The first job and, queued behind it, a second one (one recipient). */
+static const char second_body[] = "Subject: second\r\n\r\nbye\r\n";
+static struct tjob *job_and_second(struct rig *r, struct tjob **t2)
+{
+	static const struct msg_spec s2 = {
+		.from = "", .body = SMTP_BODY_7BIT, .nrcpt = 1, .rcpt = {{"c@dst.test"}},
+	};
+	struct tjob *t1 = job_std(r, &two_rcpts);
+	*t2 = job_new(r, &s2, &(struct iovec){(void *)second_body, strlen(second_body)}, 1);
+	r->queue[r->nqueue++] = &(*t2)->j;
+	return t1;
+}
+
+/* (g2) The next transaction rides behind the body (RFC 2920 3.1): the
+ * peer reads the second message's MAIL, RCPT and DATA before it answers
+ * the first one's dot (an engine that waited for that reply would stall
+ * here until the deadline), and answers both in one write. */
+static void test_next_behind_body(void **state)
+{
+	struct rig *r = *state;
+	struct tjob *t2;
+	struct tjob *t1 = job_and_second(r, &t2);
+	static const struct step script[] = {
+		BODY_THEN_NEXT_ENVELOPE,
+		{P_SEND, "250 2.0.0 Ok: queued as 4711\r\n250 2.1.0 Ok\r\n250 2.1.5 Ok\r\n"
+			 "354 go ahead\r\n"},
+		{P_UNTIL, "\r\n.\r\n"}, {P_SEND, "250 2.0.0 Ok: queued as 4714\r\n"},
+		QUIT_OK, {P_END, NULL},
+	};
+	two_on_one(r, script, t1, t2, second_body);
 }
 
 /* (g3) A 421 to the first dot: the second message, whose commands went
@@ -1326,19 +1346,10 @@ static void test_next_behind_body(void **state)
 static void test_next_behind_body_421(void **state)
 {
 	struct rig *r = *state;
-	static const struct msg_spec s2 = {
-		.from = "", .body = SMTP_BODY_7BIT, .nrcpt = 1, .rcpt = {{"c@dst.test"}},
-	};
-	struct tjob *t1 = job_std(r, &two_rcpts);
-	static const char second[] = "Subject: second\r\n\r\nbye\r\n";
-	struct tjob *t2 = job_new(r, &s2, &(struct iovec){(void *)second, strlen(second)}, 1);
-	r->queue[r->nqueue++] = &t2->j;
+	struct tjob *t2;
+	struct tjob *t1 = job_and_second(r, &t2);
 	static const struct step script[] = {
-		GREET, EHLO_PIPELINING,
-		{P_UNTIL, "DATA\r\n"},
-		{P_SEND, "250 2.1.0 Ok\r\n250 2.1.5 Ok\r\n250 2.1.5 Ok\r\n354 go\r\n"},
-		{P_UNTIL, "\r\n.\r\n"},
-		{P_UNTIL, "DATA\r\n"},
+		BODY_THEN_NEXT_ENVELOPE,
 		{P_SEND, "421 4.3.2 Shutting down\r\n"}, {P_EOF, NULL},
 		{P_END, NULL},
 	};
@@ -1370,17 +1381,7 @@ static void test_reuse(void **state)
 		{P_UNTIL, "\r\n.\r\n"}, {P_SEND, "250 2.0.0 Ok: queued as 4714\r\n"},
 		QUIT_OK, {P_END, NULL},
 	};
-	struct peer *p = peer_start(r, script);
-	conn_open(r, params(), t1, &p->port, 1);
-	assert_true(drive(r, is_closed, WAIT_MS));
-	peer_ok(p);
-	CHECK_INT("connections", p->nconn, 1);
-	CHECK_STR("bytes the peer got", peer_got(p, 0),
-		  rig_str(r, EHLO "%sMAIL FROM:<> SIZE=%zu BODY=7BIT\r\nRCPT TO:<c@dst.test>\r\n"
-			     "DATA\r\n%s.\r\n" QUIT, wire_txn(r, t1), strlen(second), second));
-	CHECK_STR("callbacks", r->calls, "opened next(2) done(1) next(-) done(2) next(-) idle?0 closed");
-	check_all("first", t1, 250, "2.0.0", OK_TEXT, SMTPC_STAGE_DOT);
-	check_all("second", t2, 250, "2.0.0", "250 2.0.0 Ok: queued as 4714", SMTPC_STAGE_DOT);
+	struct peer *p = two_on_one(r, script, t1, t2, second);
 	CHECK_STR("second job remote", t2->j.remote, remote(r, p->port));
 	CHECK_INT("connections counted", connections(r), 1);
 }
