@@ -1362,6 +1362,29 @@ static void test_next_behind_body_421(void **state)
 	CHECK_STR("callbacks", r->calls, "opened next(2) done(1) done(2) closed");
 }
 
+/* (g4) The connection ends after the second envelope arrived but before
+ * the first dot is answered: the first message is deferred (lost), the
+ * second goes back untouched. */
+static void test_next_behind_body_lost(void **state)
+{
+	struct rig *r = *state;
+	struct tjob *t2;
+	struct tjob *t1 = job_and_second(r, &t2);
+	static const struct step script[] = {
+		BODY_THEN_NEXT_ENVELOPE, {P_SHUT_WR, NULL}, {P_EOF, NULL}, {P_END, NULL},
+	};
+	struct peer *p = peer_start(r, script);
+	conn_open(r, params(), t1, &p->port, 1);
+	assert_true(drive(r, is_closed, WAIT_MS));
+	peer_ok(p);
+	check_all("first", t1, 451, "4.4.2",
+		  rig_str(r, "451 4.4.2 [127.0.0.1]:%u: connection closed by the next hop", p->port),
+		  SMTPC_STAGE_CONNECT);
+	CHECK_INT("first attempted", t1->j.not_attempted, false);
+	CHECK_INT("second not attempted", t2->j.not_attempted, true);
+	CHECK_STR("callbacks", r->calls, "opened next(2) done(1) done(2) closed");
+}
+
 /* (g) Connection reuse: next_job hands over a second message after the
  * first; two transactions on one connection, then QUIT. */
 static void test_reuse(void **state)
@@ -2208,6 +2231,7 @@ static void test_421_backoff(void **state)
 	RIG_TEST(test_reuse, kind),                      \
 	RIG_TEST(test_next_behind_body, kind),           \
 	RIG_TEST(test_next_behind_body_421, kind),       \
+	RIG_TEST(test_next_behind_body_lost, kind),      \
 	RIG_TEST(test_idle_then_peer_closes, kind),      \
 	RIG_TEST(test_idle_take, kind),                  \
 	RIG_TEST(test_idle_timeout, kind),               \
