@@ -701,7 +701,11 @@ static bool wanted_by_peer(const struct dest *d, const struct wctx *w)
 static bool wanted_elsewhere(const struct oconn *oc)
 {
 	const struct dest *d = dest_of(oc);
-	return wanted_by_peer(d, oc->w) && d->nconns > fair_share(d, oc->w);
+	const struct wctx *w = oc->w;
+	/* Fewer connections than workers: a share is less than one, and an
+	 * idle one always goes to a peer that waits. */
+	bool small = d->sc->max_connections < (w->nworkers ? w->nworkers : 1);
+	return peer_wants(d, w) && (small || d->nconns > fair_share(d, w));
 }
 
 /* May the job at the head of the queue start now under the connector's

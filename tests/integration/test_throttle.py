@@ -272,6 +272,33 @@ def test_send_connector_max_connections_across_workers(postern):
         assert sink.connections >= 8
 
 
+def test_send_connector_one_connection_moves_between_workers(postern):
+    """max_connections = 1 on two workers: a share is less than one
+    connection, so the worker holding it idle gives it to the other when
+    that one has a message, at the other's next tick, not after the idle
+    timeout (5 s). Clients from six addresses (both workers), one message
+    each, one after the other: each is at the sink within 3 s."""
+    import smtplib
+    import time
+    from conftest import SLOW
+    from sink import Sink
+    sink_port = free_port()
+    text = SEND_RATE.replace("max_message_rate = 120;", "max_connections = 1;") % sink_port
+    with Sink(sink_port) as sink:
+        p = postern(text)
+        for k in range(6):
+            t0 = time.monotonic()
+            s = smtplib.SMTP("127.0.0.1", p.port, source_address=("127.0.0.%d" % (10 + k), 0),
+                             timeout=10 * SLOW)
+            s.sendmail("app@app.example", ["m%d@dest.example" % k], "Subject: m\r\n\r\nx\r\n")
+            s.quit()
+            wait_until(lambda: sink.count() == k + 1, 10 * SLOW, interval=0.02,
+                       what="message %d at the sink" % k)
+            took = time.monotonic() - t0
+            assert took < 3 * SLOW, "message %d took %.1f s (idle timeout 5 s)" % (k, took)
+        assert sink.max_active == 1
+
+
 def test_send_connector_connections_are_not_traded_between_workers(postern, tmp_path):
     """Two workers share a send connector's max_connections (20, a share of
     10 each) and both have messages for it: neither may close the other's
