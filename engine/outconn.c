@@ -368,14 +368,17 @@ bool outconn_open(struct wctx *w, const struct outconn_ops *ops, void *owner,
  * after the reply). */
 static void take_next(struct oconn *oc)
 {
-	if (oc->job_next || oc->w->stopping)
+	if (oc->job_next || oc->w->stopping || !smtp_client_next_wanted(&oc->cl))
 		return;
 	struct djob *j = oc->ops->next_job(oc);
 	if (!j)
 		return;
 	oc->job_next = j;
-	oc->msgs++;
+	/* One the client refuses (too big for the next hop, BDAT-able)
+	 * starts after the reply; job_start counts it then. */
 	oc->next_queued = smtp_client_start_next(&oc->cl, &j->cmsg, j->res);
+	if (oc->next_queued)
+		oc->msgs++;
 }
 
 static void job_start(struct oconn *oc, struct djob *j)
@@ -601,12 +604,13 @@ static bool send_body(struct oconn *oc)
 			return false;
 		struct io_range r[BODY_RANGES];
 		unsigned n = 0;
-		for (uint32_t i = oc->ext; i < m->nchunks && n < BODY_RANGES; i++) {
+		uint32_t i = oc->ext;
+		for (; i < m->nchunks && n < BODY_RANGES; i++) {
 			uint64_t skip = i == oc->ext ? oc->ext_off : 0;
 			if (m->len[i] > skip)
 				r[n++] = (struct io_range){m->off[i] + skip, m->len[i] - skip};
 		}
-		bool last = oc->ext + n >= m->nchunks || n < BODY_RANGES;
+		bool last = i == m->nchunks; /* every piece left is in r */
 		/* a BDAT chunk has no end-of-data line (dot_off 3) */
 		const char *tail = last && oc->dot_off < 3 ? dot + oc->dot_off : NULL;
 		size_t taillen = tail ? 3 - oc->dot_off : 0;
@@ -621,7 +625,7 @@ static bool send_body(struct oconn *oc)
 		}
 		/* One piece by the ring (the file is read off the loop), the
 		 * end-of-data line with it when it is the last. */
-		bool only = oc->ext + 1 == m->nchunks;
+		bool only = n == 1;
 		oc->out_busy = true;
 		oc->out_sub = SUB_SENDFILE;
 		oc->inflight++;
@@ -1084,8 +1088,7 @@ static void run(struct oconn *oc)
 						   ? UINT64_MAX
 						   : oc->w->now_ms + oc->txn_ms;
 			arm_body(oc);
-			if (!ev.bdat)
-				take_next(oc);
+			take_next(oc);
 			if (oc->job->m->prefix_len) {
 				/* Header fields content rules added go first, like
 				 * a command line; the stored bytes follow. */
@@ -1131,14 +1134,11 @@ static void run(struct oconn *oc)
 				job_start(oc, oc->job);
 				continue;
 			}
+			/* one taken behind a body, not queued in the client */
 			struct djob *j = oc->job_next;
-			if (j) {
-				/* taken behind a body, not queued in the client */
-				oc->job_next = NULL;
-				oc->msgs--; /* job_start counts it */
-			} else {
+			oc->job_next = NULL;
+			if (!j)
 				j = oc->ops->next_job(oc);
-			}
 			if (j) {
 				job_start(oc, j);
 				continue;

@@ -1147,15 +1147,11 @@ static void promote_next(struct smtp_client *c)
 	c->msg = c->next_msg;
 	c->res = c->next_res;
 	c->mail_replied = c->mail_failed = false;
-	c->rcpt_sent = c->rcpt_replied = c->rcpt_accepted = 0;
+	c->rcpt_replied = c->rcpt_accepted = 0;
+	c->rcpt_sent = c->next_sent ? c->msg->nrcpt : 0;
 	c->pipelined = true;
 	c->chunking = false;
-	if (c->next_sent) {
-		c->rcpt_sent = c->msg->nrcpt;
-		c->state = ST_TXN;
-	} else {
-		queue(c, CMD_BATCH, ST_TXN);
-	}
+	queue(c, c->next_sent ? CMD_NONE : CMD_BATCH, ST_TXN);
 }
 
 /* Events that need no input: in the order MSG_DONE, CLOSE, STARTTLS, SEND. */
@@ -1313,14 +1309,19 @@ void smtp_client_start(struct smtp_client *c, const struct smtp_client_msg *m,
 	queue(c, c->pipelined ? CMD_BATCH : CMD_MAIL, ST_TXN);
 }
 
+bool smtp_client_next_wanted(const struct smtp_client *c)
+{
+	return c->state == ST_BODY && c->sent_pending && c->queued == CMD_NONE && c->pipelined &&
+	       !c->chunking && !c->next_msg && !c->quit_wanted;
+}
+
 bool smtp_client_start_next(struct smtp_client *c, const struct smtp_client_msg *m,
 			    struct smtp_client_result *res)
 {
 	int code = 0;
 	const char *status = NULL;
 	char text[sizeof(res->text)];
-	if (c->state != ST_BODY || !c->sent_pending || c->queued != CMD_NONE || !c->msg ||
-	    !c->pipelined || c->chunking || c->next_msg || c->quit_wanted || m->nrcpt == 0 ||
+	if (!smtp_client_next_wanted(c) || m->nrcpt == 0 ||
 	    ((c->ext & SMTPC_EXT_CHUNKING) && m->dotless) ||
 	    local_refusal(c, m, &code, &status, text, sizeof(text)))
 		return false;

@@ -254,6 +254,11 @@ void smtp_client_start(struct smtp_client *c, const struct smtp_client_msg *m,
  * start it after SMTPC_EV_READY as usual. res has m->nrcpt entries. */
 bool smtp_client_start_next(struct smtp_client *c, const struct smtp_client_msg *m,
 			    struct smtp_client_result *res);
+/* Could a next message go behind the body now (what start_next asks of
+ * the session: the body just handed out, a DATA body, PIPELINING, no
+ * QUIT asked for, none queued yet)? The engine asks before it takes a
+ * job for it, so that none waits behind a body for nothing. */
+bool smtp_client_next_wanted(const struct smtp_client *c);
 
 /* The message under way, NULL when none. */
 static inline const struct smtp_client_msg *smtp_client_current(const struct smtp_client *c)

@@ -1104,7 +1104,7 @@ static void test_rcpt_refused(void **state)
 			     "RCPT TO:<bad@dst.test> NOTIFY=FAILURE ORCPT=rfc822;bad@dst.test\r\n"
 			     "RCPT TO:<good@dst.test> NOTIFY=SUCCESS,DELAY\r\n"
 			     "DATA\r\n%s.\r\n" QUIT, t->bytes));
-	CHECK_STR("callbacks", r->calls, "opened next(-) done(1) next(-) idle?0 closed");
+	CHECK_STR("callbacks", r->calls, "opened done(1) next(-) idle?0 closed");
 	check_result("refused", t, 0, 550, "5.1.1",
 		     "550 5.1.1 <bad@dst.test>: Recipient address rejected", SMTPC_STAGE_RCPT);
 	check_result("taken", t, 1, 250, "2.0.0", "250 2.0.0 Ok: queued as 4712", SMTPC_STAGE_DOT);
@@ -1284,8 +1284,22 @@ static void test_reset_mid_data(void **state)
 
 /* Runs the peer's script for t1 with t2 queued behind it: both go on one
  * connection, both are delivered (250 ... 4711, then 4714). */
+/* The second transaction on the wire, by DATA (dot-stuffed second) or as
+ * one BDAT LAST. */
+static const char *second_txn(struct rig *r, const char *second, bool bdat)
+{
+	size_t n = strlen(second);
+	return bdat ? rig_str(r, "MAIL FROM:<> SIZE=%zu BODY=7BIT\r\nRCPT TO:<c@dst.test>\r\n"
+				 "BDAT %zu LAST\r\n%s", n, n, second)
+		    : rig_str(r, "MAIL FROM:<> SIZE=%zu BODY=7BIT\r\nRCPT TO:<c@dst.test>\r\n"
+				 "DATA\r\n%s.\r\n", n, second);
+}
+
+/* Runs the peer's script for t1 with t2 queued behind it: both go on one
+ * connection (the second as txn, the owner's calls as calls), both are
+ * delivered (250 ... 4711, then 4714). */
 static struct peer *two_on_one(struct rig *r, const struct step *script, struct tjob *t1,
-			       struct tjob *t2, const char *second)
+			       struct tjob *t2, const char *txn, const char *calls)
 {
 	struct peer *p = peer_start(r, script);
 	conn_open(r, params(), t1, &p->port, 1);
@@ -1293,13 +1307,14 @@ static struct peer *two_on_one(struct rig *r, const struct step *script, struct 
 	peer_ok(p);
 	CHECK_INT("connections", p->nconn, 1);
 	CHECK_STR("bytes the peer got", peer_got(p, 0),
-		  rig_str(r, EHLO "%sMAIL FROM:<> SIZE=%zu BODY=7BIT\r\nRCPT TO:<c@dst.test>\r\n"
-			     "DATA\r\n%s.\r\n" QUIT, wire_txn(r, t1), strlen(second), second));
-	CHECK_STR("callbacks", r->calls, "opened next(2) done(1) next(-) done(2) next(-) idle?0 closed");
+		  rig_str(r, EHLO "%s%s" QUIT, wire_txn(r, t1), txn));
+	CHECK_STR("callbacks", r->calls, calls);
 	check_all("first", t1, 250, "2.0.0", OK_TEXT, SMTPC_STAGE_DOT);
 	check_all("second", t2, 250, "2.0.0", "250 2.0.0 Ok: queued as 4714", SMTPC_STAGE_DOT);
 	return p;
 }
+
+#define CALLS_BEHIND "opened next(2) done(1) next(-) done(2) next(-) idle?0 closed"
 
 /* The first message's envelope and body, then the second one's MAIL,
  * RCPT and DATA, all read before the first dot is answered. */
@@ -1337,7 +1352,7 @@ static void test_next_behind_body(void **state)
 		{P_UNTIL, "\r\n.\r\n"}, {P_SEND, "250 2.0.0 Ok: queued as 4714\r\n"},
 		QUIT_OK, {P_END, NULL},
 	};
-	two_on_one(r, script, t1, t2, second_body);
+	two_on_one(r, script, t1, t2, second_txn(r, second_body, false), CALLS_BEHIND);
 }
 
 /* (g3) A 421 to the first dot: the second message, whose commands went
@@ -1385,6 +1400,34 @@ static void test_next_behind_body_lost(void **state)
 	CHECK_STR("callbacks", r->calls, "opened next(2) done(1) done(2) closed");
 }
 
+/* (g5) A next job the client will not queue behind the body (dotless,
+ * and the next hop offers CHUNKING: it goes as BDAT, whose envelope
+ * waits for its replies) is held and started after the first dot's
+ * reply, on the same connection, not handed back. */
+static void test_next_held_until_the_reply(void **state)
+{
+	struct rig *r = *state;
+	struct tjob *t2;
+	struct tjob *t1 = job_and_second(r, &t2);
+	t2->j.cmsg.dotless = true;
+	static const struct step script[] = {
+		GREET,
+		{P_UNTIL, "\r\n"},
+		{P_SEND, "250-peer.test\r\n250-PIPELINING\r\n250-SIZE 10240000\r\n250-CHUNKING\r\n"
+			 "250 8BITMIME\r\n"},
+		{P_UNTIL, "DATA\r\n"},
+		{P_SEND, "250 2.1.0 Ok\r\n250 2.1.5 Ok\r\n250 2.1.5 Ok\r\n354 go\r\n"},
+		{P_UNTIL, "\r\n.\r\n"}, {P_SEND, "250 2.0.0 Ok: queued as 4711\r\n"},
+		{P_UNTIL, "RCPT TO:<c@dst.test>\r\n"}, {P_SEND, "250 2.1.0 Ok\r\n250 2.1.5 Ok\r\n"},
+		{P_UNTIL, "bye\r\n"}, {P_SEND, "250 2.0.0 Ok: queued as 4714\r\n"},
+		QUIT_OK, {P_END, NULL},
+	};
+	/* no next(-) after done(1): the held job starts, none is asked for */
+	two_on_one(r, script, t1, t2, second_txn(r, second_body, true),
+		   "opened next(2) done(1) done(2) next(-) idle?0 closed");
+	CHECK_INT("second attempted", t2->j.not_attempted, false);
+}
+
 /* (g) Connection reuse: next_job hands over a second message after the
  * first; two transactions on one connection, then QUIT. */
 static void test_reuse(void **state)
@@ -1404,7 +1447,7 @@ static void test_reuse(void **state)
 		{P_UNTIL, "\r\n.\r\n"}, {P_SEND, "250 2.0.0 Ok: queued as 4714\r\n"},
 		QUIT_OK, {P_END, NULL},
 	};
-	struct peer *p = two_on_one(r, script, t1, t2, second);
+	struct peer *p = two_on_one(r, script, t1, t2, second_txn(r, second, false), CALLS_BEHIND);
 	CHECK_STR("second job remote", t2->j.remote, remote(r, p->port));
 	CHECK_INT("connections counted", connections(r), 1);
 }
@@ -2232,6 +2275,7 @@ static void test_421_backoff(void **state)
 	RIG_TEST(test_next_behind_body, kind),           \
 	RIG_TEST(test_next_behind_body_421, kind),       \
 	RIG_TEST(test_next_behind_body_lost, kind),      \
+	RIG_TEST(test_next_held_until_the_reply, kind),  \
 	RIG_TEST(test_idle_then_peer_closes, kind),      \
 	RIG_TEST(test_idle_take, kind),                  \
 	RIG_TEST(test_idle_timeout, kind),               \
