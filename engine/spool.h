@@ -257,6 +257,9 @@ struct spool_worker {
 	unsigned sync_inflight;    /* fsyncs of the current batch not yet done */
 	unsigned ndirty;           /* segments with s->dirty set */
 	unsigned pending_writes;   /* all writes in flight */
+	uint64_t dirt_since;       /* ns: written bytes no message waits for, since */
+	bool dirt_timer;           /* a timeout is armed for them */
+	bool dirt_now;             /* the worker stops or drains: sync them at once */
 	bool sync_ok;
 	bool stopping;             /* closing down: segments are kept */
 };
@@ -375,6 +378,13 @@ void spool_commit_on_sync(struct spool_worker *sw, int res, uint64_t tag);
 unsigned spool_sync_start(struct spool_worker *sw, uint64_t tag);
 /* The directory's fsync carries this bit in its tag (slot 1). */
 #define SPOOL_SYNC_DIR (1ull << 32)
+/* The timeout that ends the wait of bytes no message waits for (slot 2):
+ * see spool_commit_start. */
+#define SPOOL_SYNC_TIMER (2ull << 32)
+/* How long bytes no message waits for (state records, notices, moves, a
+ * new segment's directory entry) wait for a message's flush to carry them
+ * before they get one of their own. */
+#define SPOOL_DIRT_WAIT_MS 5
 /* One fsync of the batch completed; true when the batch is done, with *ok
  * telling whether every fsync succeeded. */
 bool spool_sync_done(struct spool_worker *sw, int res, bool dir, bool *ok);

@@ -269,13 +269,14 @@ static void dispatch(struct rig *g, const struct io_cqe *e)
 	}
 }
 
-/* Loop turns until nothing is in flight: every write done, flushed, and
- * every read back. */
+/* Loop turns until nothing is in flight: every write done, flushed (state
+ * records after their SPOOL_DIRT_WAIT_MS), and every read back. */
 static void pump(struct rig *g)
 {
 	for (;;) {
 		spool_commit_start(&g->sw);
-		if (!g->sw.pending_writes && !g->sw.flushing && g->q.nreads == 0)
+		if (!g->sw.pending_writes && !g->sw.flushing && !spool_dirty(&g->sw) &&
+		    g->q.nreads == 0)
 			break;
 		struct io_cqe cqe[32];
 		int n = io_wait(g->io, cqe, N_ELEMS(cqe));

@@ -12,6 +12,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 #include <unistd.h>
 
 #include "check.h"
@@ -835,6 +836,129 @@ static void test_half_deleted_segment_is_never_read(void **state_)
 	unlink(from);
 }
 
+/* ---- bytes no message waits for ride a message's flush ----------------- */
+
+struct dirt_rig {
+	struct rig g;
+	unsigned durable, fsyncs, timers;
+};
+
+static void dirt_durable(void *arg, struct spool_msg *m, bool ok)
+{
+	struct dirt_rig *d = arg;
+	assert_true(ok);
+	d->durable++;
+	spool_msg_release(&d->g.sw, m);
+}
+
+/* One loop turn as a worker runs it: completions, then the group commit. */
+static void dirt_turn(struct dirt_rig *d)
+{
+	struct io_cqe cqe[16];
+	int n = io_wait(d->g.r, cqe, 16);
+	assert_true(n > 0);
+	for (int i = 0; i < n; i++) {
+		if (cqe[i].op == IO_OP_SPOOL_WRITE) {
+			int bid;
+			spool_write_done(&d->g.sw, io_cqe_ptr(&cqe[i]), cqe[i].res, &bid);
+		} else {
+			assert_int_equal(cqe[i].op, IO_OP_SPOOL_SYNC);
+			if (cqe[i].tag & SPOOL_SYNC_TIMER)
+				d->timers++;
+			else
+				d->fsyncs++;
+			spool_commit_on_sync(&d->g.sw, cqe[i].res, cqe[i].tag);
+		}
+	}
+	spool_commit_start(&d->g.sw);
+}
+
+static void dirt_state(struct dirt_rig *d, struct spool_seg *s, uint64_t id)
+{
+	struct spool_state_rec r = {.rcpt = 0, .kind = SPOOL_ST_DELIVERED, .time_ms = 1};
+	assert_true(spool_state_write(&d->g.sw, s, id, &r, "250 ok"));
+	while (d->g.sw.pending_writes)
+		dirt_turn(d);
+}
+
+static uint64_t dirt_now_ms(void)
+{
+	struct timespec ts;
+	clock_gettime(CLOCK_MONOTONIC, &ts);
+	return (uint64_t)ts.tv_sec * 1000 + (uint64_t)ts.tv_nsec / 1000000;
+}
+
+/* A STATE record (a delivery's outcome) gets no fdatasync of its own at
+ * once: the next message's flush covers it (one fdatasync for both), and
+ * alone it is synced SPOOL_DIRT_WAIT_MS later, or at once when the worker
+ * stops (dirt_now). Before, the record's own flush made the next message
+ * wait for it and then for its own. */
+static void test_state_records_ride_a_message_flush(void **state_)
+{
+	(void)state_;
+	struct dirt_rig d = {0};
+	if (!rig_open(&d.g))
+		skip();
+	struct spool_worker *sw = &d.g.sw;
+	sw->hooks = (struct spool_hooks){.durable = dirt_durable, .arg = &d};
+	/* A first message: its segment's directory entry and its records. */
+	struct spool_msg *a = stored(sw, 0xA1, "aaaa\r\n");
+	struct spool_seg *seg = a->seg; /* a is released once durable */
+	while (sw->pending_writes)
+		dirt_turn(&d);
+	assert_true(spool_commit_add(sw, a));
+	spool_commit_start(sw);
+	assert_true(sw->flushing);
+	while (sw->flushing)
+		dirt_turn(&d);
+	CHECK_INT("a durable", d.durable, 1);
+	CHECK_INT("segment and directory", d.fsyncs, 2);
+	assert_false(spool_dirty(sw));
+
+	/* A STATE record alone: no flush yet. */
+	dirt_state(&d, seg, 0xA1);
+	assert_true(spool_dirty(sw));
+	assert_false(sw->flushing);
+	/* The next message's flush carries it: one fdatasync. */
+	struct spool_msg *b = stored(sw, 0xB2, "bbbb\r\n");
+	while (sw->pending_writes)
+		dirt_turn(&d);
+	assert_true(spool_commit_add(sw, b));
+	spool_commit_start(sw);
+	assert_true(sw->flushing);
+	while (sw->flushing)
+		dirt_turn(&d);
+	CHECK_INT("b durable", d.durable, 2);
+	CHECK_INT("one more fdatasync for b and the record", d.fsyncs, 3);
+	assert_false(spool_dirty(sw));
+
+	/* Alone, it waits SPOOL_DIRT_WAIT_MS; a timeout wakes the loop. */
+	uint64_t t0 = dirt_now_ms();
+	dirt_state(&d, seg, 0xB2);
+	spool_commit_start(sw);
+	assert_false(sw->flushing);
+	assert_true(sw->dirt_timer);
+	while (spool_dirty(sw) || sw->flushing)
+		dirt_turn(&d);
+	assert_true(dirt_now_ms() - t0 >= SPOOL_DIRT_WAIT_MS - 1);
+	CHECK_INT("the record's own fdatasync", d.fsyncs, 4);
+	assert_true(d.timers >= 1);
+
+	/* A stopping worker syncs it at once. */
+	sw->dirt_now = true;
+	dirt_state(&d, seg, 0xA1);
+	spool_commit_start(sw);
+	assert_true(sw->flushing);
+	while (sw->flushing)
+		dirt_turn(&d);
+	CHECK_INT("synced at once", d.fsyncs, 5);
+	assert_false(spool_dirty(sw));
+	/* A timer still armed comes back before the ring closes. */
+	while (sw->dirt_timer)
+		dirt_turn(&d);
+	rig_close(&d.g);
+}
+
 int main(void)
 {
 	const struct CMUnitTest tests[] = {
@@ -854,6 +978,7 @@ int main(void)
 		cmocka_unit_test_setup_teardown(test_flushable_waits_for_earlier_writes, setup, teardown),
 		cmocka_unit_test_setup_teardown(test_failed_write_fails_what_follows, setup, teardown),
 		cmocka_unit_test_setup_teardown(test_failed_dirsync_is_retried, setup, teardown),
+		cmocka_unit_test_setup_teardown(test_state_records_ride_a_message_flush, setup, teardown),
 	};
 	char why[200];
 	int failed = 0;
