@@ -144,9 +144,17 @@ void io_connect(struct io *io, int fd, const struct sockaddr *sa, socklen_t len,
 
 /* Files (on a helper thread with epoll). iov and buf must stay valid until
  * the completion; res is bytes or -errno, short at end of file (a read may
- * also come back short on io_uring: callers treat short as an error). */
+ * also come back short on io_uring: callers treat short as an error).
+ * A small write (up to 16 KiB) on a filesystem that cannot write to its
+ * page cache without waiting (RWF_NOWAIT refused, as ext4 does) is made on
+ * the calling thread instead of a woken one: a copy that waits for memory,
+ * not for the disk (one that waited over a millisecond, for the kernel's
+ * dirty page throttling, sends writes to the backend for a second). Its
+ * completion still comes from io_wait. */
 void io_writev(struct io *io, int fd, const struct iovec *iov, unsigned n, uint64_t off,
 	       uint64_t tag);
+/* Small writes are made on the calling thread (learnt at the first one). */
+bool io_writes_inline(const struct io *io);
 void io_read(struct io *io, int fd, void *buf, size_t len, uint64_t off, uint64_t tag);
 void io_fsync(struct io *io, int fd, bool datasync, uint64_t tag);
 

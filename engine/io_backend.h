@@ -26,13 +26,23 @@ struct io_ops {
 	void (*buf_recycle)(struct io *io, unsigned bid);
 	void (*wake)(struct io *io);
 	int (*wait)(struct io *io, struct io_cqe *out, unsigned max);
+	/* A completion decided without the kernel (a write done on the
+	 * calling thread): handed out by the next wait, never by this call. */
+	void (*post)(struct io *io, uint64_t tag, int res);
 };
+
+/* io_writev's small writes on a filesystem that cannot do them without
+ * waiting (see io_select.c). */
+enum io_inline { IO_INLINE_UNKNOWN, IO_INLINE_NO, IO_INLINE_YES };
 
 /* Every backend's state begins with this. */
 struct io {
 	const struct io_ops *ops;
 	enum io_backend kind;
 	char *stage;              /* IO_STAGE bytes for io_try_sendfile */
+	enum io_inline inline_writes;
+	uint64_t inline_paused_until_ns; /* a slow one: the backend's until then */
+	uint64_t inline_stalls;   /* how often that happened */
 };
 
 #define IO_STAGE (64u * 1024)

@@ -1021,12 +1021,18 @@ static int ep_wait(struct io *io, struct io_cqe *out, unsigned max)
 	}
 }
 
+static void ep_post_op(struct io *io, uint64_t tag, int res)
+{
+	ep_post(ep(io), tag, res, false, -1);
+}
+
 static const struct io_ops ep_ops = {
 	.close = ep_close, .accept = ep_accept, .recv = ep_recv, .recv_once = ep_recv_once,
 	.recv_into = ep_recv_into,
 	.send = ep_send, .sendfile = ep_sendfile, .connect = ep_connect, .writev = ep_writev,
 	.read = ep_read, .fsync = ep_fsync, .timeout = ep_timeout, .cancel = ep_cancel,
 	.buf = ep_buf, .buf_recycle = ep_buf_recycle, .wake = ep_wake, .wait = ep_wait,
+	.post = ep_post_op,
 };
 
 static int ep_watch_eventfd(struct io_ep *e, int *fd)

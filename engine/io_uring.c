@@ -222,6 +222,8 @@ static void early_post(struct io_ur *u, uint64_t tag, int res)
 	io_cqe_decode(&u->early[u->nearly++], tag, res, false, -1);
 }
 
+static void ur_post(struct io *io, uint64_t tag, int res) { early_post(ur(io), tag, res); }
+
 static void ur_send(struct io *io, int fd, const void *buf, size_t len, uint64_t tag)
 {
 	struct io_uring_sqe *sqe = get_sqe(ur(io));
@@ -457,6 +459,7 @@ static const struct io_ops ur_ops = {
 	.send = ur_send, .sendfile = ur_sendfile, .connect = ur_connect, .writev = ur_writev,
 	.read = ur_read, .fsync = ur_fsync, .timeout = ur_timeout, .cancel = ur_cancel,
 	.buf = ur_buf, .buf_recycle = ur_buf_recycle, .wake = ur_wake, .wait = ur_wait,
+	.post = ur_post,
 };
 
 /* The whole setup a worker does (ring, provided buffers), once: a kernel

@@ -692,6 +692,76 @@ static void test_file_write_sync_read(void **state)
 	assert_memory_equal(got, want + total - 10, 10);
 }
 
+/* Small writes on a filesystem that cannot write without waiting are
+ * made on the calling thread (whether this one can, the test asks it as
+ * io_writev does); either way the completion comes from io_wait with the
+ * bytes, a large write goes to the backend, and an error is the
+ * completion's. */
+static void test_file_write_inline(void **state)
+{
+	struct rig *r = *state;
+	int fd = rig_tmpfile(r);
+	struct iovec one = {.iov_base = "x", .iov_len = 1};
+	ssize_t w = pwritev2(fd, &one, 1, 0, RWF_NOWAIT);
+	bool expect_inline = w < 0 && errno == EOPNOTSUPP;
+	print_message("filesystem of /tmp %s write without waiting\n",
+		      expect_inline ? "cannot" : "can");
+
+	char small[100];
+	fill_pattern(small, sizeof(small), 7);
+	struct iovec iov[3] = {
+		{.iov_base = small, .iov_len = 10},
+		{.iov_base = small + 10, .iov_len = 0},
+		{.iov_base = small + 10, .iov_len = 90},
+	};
+	uint64_t tag = io_tag(IO_OP_SPOOL_WRITE, 0, 11);
+	io_writev(r->io, fd, iov, 3, 8192, tag);
+	struct io_cqe c = rig_await(r, tag, "small writev");
+	CHECK_INT("small writev", c.res, 100);
+	CHECK_INT("small writev", c.more, false);
+	CHECK_INT("small writev", c.bid, -1);
+	assert_int_equal(io_writes_inline(r->io), expect_inline);
+	char got[20 * 1024];
+	assert_int_equal(pread(fd, got, 100, 8192), 100);
+	assert_memory_equal(got, small, 100);
+
+	/* A second one, and one over the limit, both in flight at once. */
+	static char large[20 * 1024];
+	fill_pattern(large, sizeof(large), 8);
+	struct iovec l = {.iov_base = large, .iov_len = sizeof(large)};
+	struct iovec s2 = {.iov_base = small, .iov_len = 50};
+	io_writev(r->io, fd, &l, 1, 16384, tag + 1);
+	io_writev(r->io, fd, &s2, 1, 100000, tag + 2);
+	bool seen1 = false, seen2 = false;
+	while (!seen1 || !seen2) {
+		struct io_cqe cs[4];
+		int n = io_wait(r->io, cs, 4);
+		assert_true(n > 0);
+		for (int i = 0; i < n; i++) {
+			if (cs[i].tag == tag + 1) {
+				CHECK_INT("large writev", cs[i].res, sizeof(large));
+				seen1 = true;
+			} else if (cs[i].tag == tag + 2) {
+				CHECK_INT("second small writev", cs[i].res, 50);
+				seen2 = true;
+			}
+		}
+	}
+	assert_int_equal(pread(fd, got, sizeof(large), 16384), (ssize_t)sizeof(large));
+	assert_memory_equal(got, large, sizeof(large));
+	assert_int_equal(pread(fd, got, 50, 100000), 50);
+	assert_memory_equal(got, small, 50);
+
+	/* A descriptor that cannot be written: the completion says so. */
+	char path[64];
+	snprintf(path, sizeof(path), "/proc/self/fd/%d", fd);
+	int ro = rig_track(r, open(path, O_RDONLY));
+	assert_true(ro >= 0);
+	io_writev(r->io, ro, &s2, 1, 0, tag + 3);
+	c = rig_await(r, tag + 3, "read-only writev");
+	CHECK_INT("read-only writev", c.res, -EBADF);
+}
+
 static void test_timeout(void **state)
 {
 	struct rig *r = *state;
@@ -767,6 +837,7 @@ static void test_wake(void **state)
 	RIG_TEST(test_sendfile, kind),                    \
 	RIG_TEST(test_try_sendfile_ranges, kind),         \
 	RIG_TEST(test_file_write_sync_read, kind),        \
+	RIG_TEST(test_file_write_inline, kind),           \
 	RIG_TEST(test_timeout, kind),                     \
 	RIG_TEST(test_cancel_recv, kind),                 \
 	RIG_TEST(test_wake, kind)
