@@ -148,8 +148,8 @@ void io_connect(struct io *io, int fd, const struct sockaddr *sa, socklen_t len,
  * A small write (up to 16 KiB) on a filesystem that cannot write to its
  * page cache without waiting (RWF_NOWAIT refused, as ext4 does) is made on
  * the calling thread instead of a woken one: a copy that waits for memory,
- * not for the disk (one that waited over a millisecond, for the kernel's
- * dirty page throttling, sends writes to the backend for a second). Its
+ * not for the disk (one that took over 5 ms, for the kernel's dirty page
+ * throttling, sends writes to the backend for a second). Its
  * completion still comes from io_wait. */
 void io_writev(struct io *io, int fd, const struct iovec *iov, unsigned n, uint64_t off,
 	       uint64_t tag);
