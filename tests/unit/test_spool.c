@@ -881,6 +881,23 @@ static void dirt_state(struct dirt_rig *d, struct spool_seg *s, uint64_t id)
 		dirt_turn(d);
 }
 
+/* A message stored as a session stores it, its flush started and done;
+ * its segment (the message is released once durable). */
+static struct spool_seg *dirt_message(struct dirt_rig *d, uint64_t id, const char *body)
+{
+	struct spool_worker *sw = &d->g.sw;
+	struct spool_msg *m = stored(sw, id, body);
+	struct spool_seg *seg = m->seg;
+	while (sw->pending_writes)
+		dirt_turn(d);
+	assert_true(spool_commit_add(sw, m));
+	spool_commit_start(sw);
+	assert_true(sw->flushing);
+	while (sw->flushing)
+		dirt_turn(d);
+	return seg;
+}
+
 static uint64_t dirt_now_ms(void)
 {
 	struct timespec ts;
@@ -902,15 +919,7 @@ static void test_state_records_ride_a_message_flush(void **state_)
 	struct spool_worker *sw = &d.g.sw;
 	sw->hooks = (struct spool_hooks){.durable = dirt_durable, .arg = &d};
 	/* A first message: its segment's directory entry and its records. */
-	struct spool_msg *a = stored(sw, 0xA1, "aaaa\r\n");
-	struct spool_seg *seg = a->seg; /* a is released once durable */
-	while (sw->pending_writes)
-		dirt_turn(&d);
-	assert_true(spool_commit_add(sw, a));
-	spool_commit_start(sw);
-	assert_true(sw->flushing);
-	while (sw->flushing)
-		dirt_turn(&d);
+	struct spool_seg *seg = dirt_message(&d, 0xA1, "aaaa\r\n");
 	CHECK_INT("a durable", d.durable, 1);
 	CHECK_INT("segment and directory", d.fsyncs, 2);
 	assert_false(spool_dirty(sw));
@@ -920,14 +929,7 @@ static void test_state_records_ride_a_message_flush(void **state_)
 	assert_true(spool_dirty(sw));
 	assert_false(sw->flushing);
 	/* The next message's flush carries it: one fdatasync. */
-	struct spool_msg *b = stored(sw, 0xB2, "bbbb\r\n");
-	while (sw->pending_writes)
-		dirt_turn(&d);
-	assert_true(spool_commit_add(sw, b));
-	spool_commit_start(sw);
-	assert_true(sw->flushing);
-	while (sw->flushing)
-		dirt_turn(&d);
+	assert_ptr_equal(dirt_message(&d, 0xB2, "bbbb\r\n"), seg);
 	CHECK_INT("b durable", d.durable, 2);
 	CHECK_INT("one more fdatasync for b and the record", d.fsyncs, 3);
 	assert_false(spool_dirty(sw));
