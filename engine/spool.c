@@ -879,10 +879,6 @@ static void commit_done(struct spool_worker *sw, bool ok)
 		sw->hooks.flush_done(sw->hooks.arg, ok);
 }
 
-/* One fdatasync covers everything written since the last one. A message
- * joins a flush only once every write before it in its segment is done
- * (spool_msg_flushable): recovery stops at the first hole, so an earlier
- * message's write still in flight would hide this one. */
 /* Bytes no message waits for (a delivery's STATE record, a notice, a
  * move, a new segment's directory entry) wait up to SPOOL_DIRT_WAIT_MS for
  * a message's flush, which covers every dirty segment, instead of getting
@@ -890,38 +886,34 @@ static void commit_done(struct spool_worker *sw, bool ok)
  * message wait for it and then for its own (holding every message: 1.67
  * flushes a message at 1,000 msg/s, p50 end of data -> 250 0.50 ms). A
  * timeout wakes the loop when the wait is over. */
-static uint64_t mono_ns(void)
-{
-	struct timespec ts;
-	clock_gettime(CLOCK_MONOTONIC, &ts);
-	return (uint64_t)ts.tv_sec * 1000000000ull + (uint64_t)ts.tv_nsec;
-}
-
-static bool dirt_due(struct spool_worker *sw)
+static bool dirt_due(struct spool_worker *sw, uint64_t now_ms, bool at_once)
 {
 	if (!spool_dirty(sw))
 		return false;
-	if (sw->dirt_now)
+	if (at_once)
 		return true;
-	uint64_t now = mono_ns();
-	if (!sw->dirt_since)
-		sw->dirt_since = now;
-	uint64_t waited = now - sw->dirt_since, wait = SPOOL_DIRT_WAIT_MS * 1000000ull;
-	if (waited >= wait)
+	if (!sw->dirt_since_ms)
+		sw->dirt_since_ms = now_ms;
+	uint64_t waited = now_ms - sw->dirt_since_ms;
+	if (waited >= SPOOL_DIRT_WAIT_MS)
 		return true;
 	if (!sw->dirt_timer) {
 		sw->dirt_timer = true;
-		io_timeout(sw->io, (wait - waited + 999999) / 1000000,
+		io_timeout(sw->io, SPOOL_DIRT_WAIT_MS - waited,
 			   io_tag(IO_OP_SPOOL_SYNC, 0, 0) | SPOOL_SYNC_TIMER);
 	}
 	return false;
 }
 
-void spool_commit_start(struct spool_worker *sw)
+/* One fdatasync covers everything written since the last one. A message
+ * joins a flush only once every write before it in its segment is done
+ * (spool_msg_flushable): recovery stops at the first hole, so an earlier
+ * message's write still in flight would hide this one. */
+void spool_commit_start(struct spool_worker *sw, uint64_t now_ms, bool at_once)
 {
 	if (sw->flushing)
 		return;
-	bool dirt = dirt_due(sw);
+	bool dirt = dirt_due(sw, now_ms, at_once);
 	if (!sw->nready && !dirt)
 		return;
 	unsigned keep = 0;
@@ -936,7 +928,7 @@ void spool_commit_start(struct spool_worker *sw)
 	if (sw->nbatch == 0 && !dirt)
 		return; /* the next loop turn tries again */
 	sw->flushing = true;
-	sw->dirt_since = 0;
+	sw->dirt_since_ms = 0;
 	if (sw->hooks.flush_started)
 		sw->hooks.flush_started(sw->hooks.arg);
 	unsigned n = spool_sync_start(sw, io_tag(IO_OP_SPOOL_SYNC, 0, 0));

@@ -257,9 +257,8 @@ struct spool_worker {
 	unsigned sync_inflight;    /* fsyncs of the current batch not yet done */
 	unsigned ndirty;           /* segments with s->dirty set */
 	unsigned pending_writes;   /* all writes in flight */
-	uint64_t dirt_since;       /* ns: written bytes no message waits for, since */
+	uint64_t dirt_since_ms;    /* written bytes no message waits for, since (0: none) */
 	bool dirt_timer;           /* a timeout is armed for them */
-	bool dirt_now;             /* the worker stops or drains: sync them at once */
 	bool sync_ok;
 	bool stopping;             /* closing down: segments are kept */
 };
@@ -367,8 +366,10 @@ static inline bool spool_msg_flushable(const struct spool_msg *m)
  * done. false: out of memory (not added). */
 bool spool_commit_add(struct spool_worker *sw, struct spool_msg *m);
 /* Once per loop turn, after that turn's completions: starts a flush when
- * none is in flight and something waits (messages, state records). */
-void spool_commit_start(struct spool_worker *sw);
+ * none is in flight and a message waits, or when bytes no message waits
+ * for (state records) have waited SPOOL_DIRT_WAIT_MS or at_once (the
+ * worker stops or drains). now_ms: the loop's monotonic clock. */
+void spool_commit_start(struct spool_worker *sw, uint64_t now_ms, bool at_once);
 /* An IO_OP_SPOOL_SYNC completion. */
 void spool_commit_on_sync(struct spool_worker *sw, int res, uint64_t tag);
 

@@ -544,8 +544,7 @@ static void *worker_main(void *arg)
 		 * all in: the fdatasync is submitted with the loop's next wait, so
 		 * starting it earlier would only leave out messages whose writes
 		 * complete later in the same turn. */
-		w->spool.dirt_now = x->stopping || x->draining;
-		spool_commit_start(&w->spool);
+		spool_commit_start(&w->spool, x->now_ms, x->stopping || x->draining);
 		bool quiet = w->conns.nconns == 0 && !w->spool.flushing &&
 			     !spool_dirty(&w->spool) &&
 			     !w->spool.pending_writes && !x->pickup_inflight && deliver_idle(x->dl) &&

@@ -274,7 +274,7 @@ static void dispatch(struct rig *g, const struct io_cqe *e)
 static void pump(struct rig *g)
 {
 	for (;;) {
-		spool_commit_start(&g->sw);
+		spool_commit_start(&g->sw, wctx_clock_ms(), false);
 		if (!g->sw.pending_writes && !g->sw.flushing && !spool_dirty(&g->sw) &&
 		    g->q.nreads == 0)
 			break;

@@ -841,6 +841,7 @@ static void test_half_deleted_segment_is_never_read(void **state_)
 struct dirt_rig {
 	struct rig g;
 	unsigned durable, fsyncs, timers;
+	bool at_once;           /* the worker stops */
 };
 
 static void dirt_durable(void *arg, struct spool_msg *m, bool ok)
@@ -849,6 +850,13 @@ static void dirt_durable(void *arg, struct spool_msg *m, bool ok)
 	assert_true(ok);
 	d->durable++;
 	spool_msg_release(&d->g.sw, m);
+}
+
+static uint64_t dirt_now_ms(void)
+{
+	struct timespec ts;
+	clock_gettime(CLOCK_MONOTONIC, &ts);
+	return (uint64_t)ts.tv_sec * 1000 + (uint64_t)ts.tv_nsec / 1000000;
 }
 
 /* One loop turn as a worker runs it: completions, then the group commit. */
@@ -870,7 +878,7 @@ static void dirt_turn(struct dirt_rig *d)
 			spool_commit_on_sync(&d->g.sw, cqe[i].res, cqe[i].tag);
 		}
 	}
-	spool_commit_start(&d->g.sw);
+	spool_commit_start(&d->g.sw, dirt_now_ms(), d->at_once);
 }
 
 static void dirt_state(struct dirt_rig *d, struct spool_seg *s, uint64_t id)
@@ -891,24 +899,17 @@ static struct spool_seg *dirt_message(struct dirt_rig *d, uint64_t id, const cha
 	while (sw->pending_writes)
 		dirt_turn(d);
 	assert_true(spool_commit_add(sw, m));
-	spool_commit_start(sw);
+	spool_commit_start(sw, dirt_now_ms(), d->at_once);
 	assert_true(sw->flushing);
 	while (sw->flushing)
 		dirt_turn(d);
 	return seg;
 }
 
-static uint64_t dirt_now_ms(void)
-{
-	struct timespec ts;
-	clock_gettime(CLOCK_MONOTONIC, &ts);
-	return (uint64_t)ts.tv_sec * 1000 + (uint64_t)ts.tv_nsec / 1000000;
-}
-
 /* A STATE record (a delivery's outcome) gets no fdatasync of its own at
  * once: the next message's flush covers it (one fdatasync for both), and
  * alone it is synced SPOOL_DIRT_WAIT_MS later, or at once when the worker
- * stops (dirt_now). Before, the record's own flush made the next message
+ * stops (at_once). Before, the record's own flush made the next message
  * wait for it and then for its own. */
 static void test_state_records_ride_a_message_flush(void **state_)
 {
@@ -937,7 +938,7 @@ static void test_state_records_ride_a_message_flush(void **state_)
 	/* Alone, it waits SPOOL_DIRT_WAIT_MS; a timeout wakes the loop. */
 	uint64_t t0 = dirt_now_ms();
 	dirt_state(&d, seg, 0xB2);
-	spool_commit_start(sw);
+	spool_commit_start(sw, dirt_now_ms(), d.at_once);
 	assert_false(sw->flushing);
 	assert_true(sw->dirt_timer);
 	while (spool_dirty(sw) || sw->flushing)
@@ -947,9 +948,9 @@ static void test_state_records_ride_a_message_flush(void **state_)
 	assert_true(d.timers >= 1);
 
 	/* A stopping worker syncs it at once. */
-	sw->dirt_now = true;
+	d.at_once = true;
 	dirt_state(&d, seg, 0xA1);
-	spool_commit_start(sw);
+	spool_commit_start(sw, dirt_now_ms(), d.at_once);
 	assert_true(sw->flushing);
 	while (sw->flushing)
 		dirt_turn(&d);
