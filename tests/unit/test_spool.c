@@ -14,6 +14,9 @@
 #include <string.h>
 #include <time.h>
 #include <unistd.h>
+#include <linux/fiemap.h>
+#include <linux/fs.h>
+#include <sys/ioctl.h>
 
 #include "check.h"
 #include "io.h"
@@ -962,6 +965,119 @@ static void test_state_records_ride_a_message_flush(void **state_)
 	rig_close(&d.g);
 }
 
+/* ---- small flushes get a zeroed segment ---------------------------------- */
+
+static size_t segments_on_disk(void)
+{
+	size_t n = 0;
+	free(spool_segments(dirfd_, &n));
+	return n;
+}
+
+/* 1: some of the file's blocks are unwritten extents (FIEMAP); 0: none;
+ * -1: the filesystem cannot tell. */
+static int unwritten_blocks(int fd, uint64_t len)
+{
+	enum { N = 64 };
+	struct fiemap *fm = calloc(1, sizeof(*fm) + N * sizeof(struct fiemap_extent));
+	assert_non_null(fm);
+	fm->fm_length = len;
+	fm->fm_flags = FIEMAP_FLAG_SYNC;
+	fm->fm_extent_count = N;
+	int r = ioctl(fd, FS_IOC_FIEMAP, fm) < 0 || fm->fm_mapped_extents == 0 ? -1 : 0;
+	for (unsigned i = 0; r == 0 && i < fm->fm_mapped_extents; i++)
+		if (fm->fm_extents[i].fe_flags & FIEMAP_EXTENT_UNWRITTEN)
+			r = 1;
+	free(fm);
+	return r;
+}
+
+/* Messages of 4 KiB, each flushed alone: once the segment is a quarter
+ * full the reaper makes the next one ahead, zeroed (no block of it left
+ * unwritten, so an fdatasync into it writes no extent tree), and the
+ * worker moves on into it, in the next segment number. */
+static void test_small_flushes_get_a_zeroed_segment(void **state_)
+{
+	(void)state_;
+	struct dirt_rig d = {0};
+	if (!rig_open(&d.g))
+		skip();
+	assert_int_equal(spool_reaper_start(&d.g.sp), 0);
+	struct spool_worker *sw = &d.g.sw;
+	sw->hooks = (struct spool_hooks){.durable = dirt_durable, .arg = &d};
+	uint64_t quarter = d.g.sp.segment_bytes / 4;
+	char body[4096];
+	memset(body, 'x', sizeof(body) - 1);
+	memcpy(body + sizeof(body) - 3, "\r\n", 3);
+	struct spool_seg *first = dirt_message(&d, 0x100, body);
+	uint64_t tail = spool_seg_tail(first);
+	for (unsigned i = 1; !sw->spare && i < 200; i++) {
+		CHECK_INT("below a quarter, no spare", tail >= quarter, 0);
+		tail = spool_seg_tail(first);
+		assert_ptr_equal(dirt_message(&d, 0x100 + i, body), first);
+	}
+	assert_non_null(sw->spare);
+	CHECK_INT("asked a quarter full", tail >= quarter, 1);
+	spool_reaper_wait(&d.g.sp);
+	CHECK_INT("the spare beside the first segment", segments_on_disk(), 2);
+	int before = unwritten_blocks(spool_seg_fd(first), d.g.sp.segment_bytes);
+	uint64_t first_seq = spool_seg_seq(first);
+	struct spool_seg *next = first;
+	for (unsigned i = 0; next == first && i < 400; i++)
+		next = dirt_message(&d, 0x200 + i, body);
+	/* The first segment went as the worker left it (nothing in it is
+	 * still queued here). */
+	CHECK_INT("the next number", (int)(spool_seg_seq(next) - first_seq), 1);
+	CHECK_INT("only the spare is left", segments_on_disk(), 1);
+	if (before >= 0) {
+		CHECK_INT("the first segment: fallocated", before, 1);
+		CHECK_INT("the spare: zeroed", unwritten_blocks(spool_seg_fd(next), d.g.sp.segment_bytes), 0);
+	}
+	assert_null(sw->spare);
+	rig_close(&d.g);
+}
+
+/* Flushes of 80 KiB (over SPOOL_ZERO_BELOW) get no spare: zeroing would
+ * write every byte twice. A spare the worker never used is deleted when
+ * it stops. */
+static void test_spare_only_for_small_flushes(void **state_)
+{
+	(void)state_;
+	struct dirt_rig d = {0};
+	char err[256];
+	struct io_params p = {.entries = 64, .nbufs = 4, .bufsz = 4096};
+	d.g.r = io_open(io_backend_under_test(), &p, err, sizeof(err));
+	if (!d.g.r)
+		skip();
+	assert_int_equal(spool_open(&d.g.sp, dir, 8 << 20, err, sizeof(err)), 0);
+	spool_worker_init(&d.g.sw, &d.g.sp, d.g.r, NULL, NULL);
+	assert_int_equal(spool_reaper_start(&d.g.sp), 0);
+	struct spool_worker *sw = &d.g.sw;
+	sw->hooks = (struct spool_hooks){.durable = dirt_durable, .arg = &d};
+	size_t big = 80 << 10;
+	char *body = malloc(big + 1);
+	assert_non_null(body);
+	memset(body, 'x', big);
+	memcpy(body + big - 2, "\r\n", 3);
+	struct spool_seg *first = dirt_message(&d, 0x400, body);
+	for (unsigned i = 1; i < 40; i++)
+		assert_ptr_equal(dirt_message(&d, 0x400 + i, body), first);
+	assert_null(sw->spare);
+	/* Small ones now: the segment's average per flush falls under 64
+	 * KiB once it has had over 50 flushes. Stop there, before the spare
+	 * is ready and the next message would go into it. */
+	unsigned small = 0;
+	while (!sw->spare && small < 20)
+		dirt_message(&d, 0x500 + small++, "small\r\n");
+	assert_non_null(sw->spare);
+	CHECK_INT("small flushes before the spare is asked", small, 12);
+	spool_reaper_wait(&d.g.sp);
+	CHECK_INT("the spare beside the first segment", segments_on_disk(), 2);
+	rig_close(&d.g);
+	CHECK_INT("the unused spare is gone", segments_on_disk(), 1);
+	free(body);
+}
+
 int main(void)
 {
 	const struct CMUnitTest tests[] = {
@@ -969,6 +1085,8 @@ int main(void)
 		cmocka_unit_test_setup_teardown(test_interleaved_messages_and_partials, setup, teardown),
 		cmocka_unit_test_setup_teardown(test_torn_tails, setup, teardown),
 		cmocka_unit_test_setup_teardown(test_half_deleted_segment_is_never_read, setup, teardown),
+		cmocka_unit_test_setup_teardown(test_small_flushes_get_a_zeroed_segment, setup, teardown),
+		cmocka_unit_test_setup_teardown(test_spare_only_for_small_flushes, setup, teardown),
 		cmocka_unit_test_setup_teardown(test_inconsistent_commit_is_ignored, setup, teardown),
 		cmocka_unit_test_setup_teardown(test_state_records, setup, teardown),
 		cmocka_unit_test_setup_teardown(test_operator_records, setup, teardown),
