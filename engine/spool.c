@@ -534,6 +534,19 @@ bool spool_dirty(const struct spool_worker *sw)
 	return sw->dir_dirty || sw->ndirty;
 }
 
+static struct spool_seg *seg_link(struct spool_worker *sw, int fd, uint64_t seq)
+{
+	struct spool_seg *s = calloc(1, sizeof(*s));
+	if (!s)
+		return NULL;
+	s->fd = fd;
+	s->seq = seq;
+	s->lost_from = NO_LOSS;
+	s->next = sw->segs;
+	sw->segs = s;
+	return s;
+}
+
 struct spool_seg *spool_seg_adopt(struct spool_worker *sw, uint64_t seq, uint64_t tail)
 {
 	char name[64];
@@ -541,19 +554,14 @@ struct spool_seg *spool_seg_adopt(struct spool_worker *sw, uint64_t seq, uint64_
 	int fd = openat(sw->sp->dirfd, name, O_RDWR | O_CLOEXEC);
 	if (fd < 0)
 		return NULL;
-	struct spool_seg *s = calloc(1, sizeof(*s));
+	struct spool_seg *s = seg_link(sw, fd, seq);
 	if (!s) {
 		close(fd);
 		errno = ENOMEM;
 		return NULL;
 	}
-	s->fd = fd;
-	s->seq = seq;
 	s->tail = tail;
 	s->durable = tail;
-	s->lost_from = NO_LOSS;
-	s->next = sw->segs;
-	sw->segs = s;
 	return s;
 }
 
@@ -580,19 +588,6 @@ void spool_worker_free(struct spool_worker *sw)
 	free(sw->batch);
 	sw->ready = sw->batch = NULL;
 	sw->nready = sw->nbatch = 0;
-}
-
-static struct spool_seg *seg_link(struct spool_worker *sw, int fd, uint64_t seq)
-{
-	struct spool_seg *s = calloc(1, sizeof(*s));
-	if (!s)
-		return NULL;
-	s->fd = fd;
-	s->seq = seq;
-	s->lost_from = NO_LOSS;
-	s->next = sw->segs;
-	sw->segs = s;
-	return s;
 }
 
 static struct spool_seg *new_segment(struct spool_worker *sw, int *err)

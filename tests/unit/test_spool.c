@@ -1025,9 +1025,10 @@ static void test_small_flushes_get_a_zeroed_segment(void **state_)
 	struct spool_seg *next = first;
 	for (unsigned i = 0; next == first && i < 400; i++)
 		next = dirt_message(&d, 0x200 + i, body);
-	/* The first segment went as the worker left it (nothing in it is
-	 * still queued here). */
+	/* The first segment goes as the worker leaves it (nothing in it is
+	 * still queued here), on the reaper. */
 	CHECK_INT("the next number", (int)(spool_seg_seq(next) - first_seq), 1);
+	spool_reaper_wait(&d.g.sp);
 	CHECK_INT("only the spare is left", segments_on_disk(), 1);
 	if (before >= 0) {
 		CHECK_INT("the first segment: fallocated", before, 1);
