@@ -34,6 +34,8 @@ struct spool_seg {
 	unsigned writes;         /* writes in flight */
 	bool dirty;              /* written since the last fsync was submitted */
 	bool syncing;
+	bool zeroed;             /* made ahead by the reaper: see ZERO_STEP */
+	bool left_early;         /* left for a zeroed spare before it was full */
 	unsigned holds;          /* queued messages stored here */
 	struct spool_write *inflight_head, *inflight_tail; /* by offset */
 	uint64_t live_bytes;     /* their message bytes */
@@ -258,8 +260,9 @@ static void seg_delete_gradually(struct spool_reaper *r, int fd, uint64_t seq)
  * pause between (a worker's flush queued behind a step waits for it: 1
  * MiB steps 1 ms apart put the client's p99 at 4-6 ms in the seconds they
  * ran), its directory entry synced. Large messages would pay a second
- * write of every byte for nothing, so they get none. The segment a
- * worker starts with is not zeroed. */
+ * write of every byte for nothing, so they get none. A worker's first
+ * segment is not zeroed: it asks at once and leaves it when the spare is
+ * ready. */
 #define ZERO_STEP (256ull << 10)
 /* Flushes of a segment before its bytes per flush count. */
 #define SPARE_FLUSHES 32
@@ -488,7 +491,7 @@ struct spool_seg *spool_compact_candidate(struct spool_worker *sw)
 	struct spool_seg *best = NULL;
 	for (struct spool_seg *s = sw->segs; s; s = s->next) {
 		if (s == sw->cur || s->users || s->writes || s->dirty || s->syncing ||
-		    !s->holds || s->tail < sw->sp->segment_bytes / 2 ||
+		    !s->holds || (s->tail < sw->sp->segment_bytes / 2 && !s->left_early) ||
 		    s->live_bytes * 4 >= s->tail)
 			continue;
 		if (!best || s->live_bytes * best->tail < best->live_bytes * s->tail)
@@ -649,21 +652,25 @@ static struct spool_seg *take_spare(struct spool_worker *sw)
 	struct spool_seg *s = NULL;
 	if (sp->state == SPARE_READY) {
 		s = seg_link(sw, sp->fd, sp->seq);
-		if (!s)
+		if (s)
+			s->zeroed = true;
+		else
 			seg_delete(sw->sp->dirfd, sp->fd, sp->seq);
 	}
 	free(sp);
 	return s;
 }
 
-/* Asks the reaper for the next segment, zeroed, once the current one is a
- * quarter full and its flushes have carried under SPOOL_ZERO_BELOW each
- * (see ZERO_STEP); once per segment. */
+/* Asks the reaper for the next segment, zeroed, once the current one's
+ * flushes have carried under SPOOL_ZERO_BELOW each (see ZERO_STEP): once
+ * it is a quarter full, or at once when it was not zeroed itself (a
+ * worker's first segment), which then gives way as soon as the spare is
+ * ready (spare_ready). Once per segment. */
 static void maybe_ask_spare(struct spool_worker *sw)
 {
 	struct spool_seg *c = sw->cur;
 	if (sw->spare || sw->spare_asked || !sw->sp->reaper || sw->stopping ||
-	    sw->cur_flushes < SPARE_FLUSHES || c->tail < sw->sp->segment_bytes / 4 ||
+	    sw->cur_flushes < SPARE_FLUSHES || (c->zeroed && c->tail < sw->sp->segment_bytes / 4) ||
 	    c->tail >= (uint64_t)sw->cur_flushes * SPOOL_ZERO_BELOW)
 		return;
 	sw->spare_asked = true;
@@ -677,6 +684,21 @@ static void maybe_ask_spare(struct spool_worker *sw)
 		return;
 	}
 	sw->spare = sp;
+}
+
+/* Whether the spare is made; a segment that was not zeroed is left for it
+ * then, full or not: with small messages each flush into it costs a
+ * third more. What it holds finishes as anywhere else (compaction takes
+ * it as if full: it holds the whole preallocation). */
+static bool spare_ready(struct spool_worker *sw)
+{
+	if (!sw->spare)
+		return false;
+	struct spool_reaper *r = sw->sp->reaper;
+	pthread_mutex_lock(&r->mu);
+	bool ready = sw->spare->state == SPARE_READY;
+	pthread_mutex_unlock(&r->mu);
+	return ready;
 }
 
 static void spare_drop(struct spool_worker *sw)
@@ -707,8 +729,9 @@ struct spool_msg *spool_msg_begin(struct spool_worker *sw, uint64_t id, int *err
 	/* A message stays in the segment it starts in (it may run past the
 	 * preallocated end); new messages move on once one is 7/8 full, or
 	 * once a write to it failed. */
+	bool early = sw->cur && !sw->cur->zeroed && spare_ready(sw);
 	if (!sw->cur || sw->cur->tail >= sw->sp->segment_bytes / 8 * 7 ||
-	    sw->cur->lost_from != NO_LOSS) {
+	    sw->cur->lost_from != NO_LOSS || early) {
 		struct spool_seg *s = take_spare(sw);
 		if (!s)
 			s = new_segment(sw, err);
@@ -718,8 +741,10 @@ struct spool_msg *spool_msg_begin(struct spool_worker *sw, uint64_t id, int *err
 		sw->cur = s;
 		sw->cur_flushes = 0;
 		sw->spare_asked = false;
-		if (old)
+		if (old) {
+			old->left_early = early;
 			seg_maybe_close(sw, old);
+		}
 	}
 	maybe_ask_spare(sw);
 	return spool_msg_begin_in(sw, sw->cur, id, err);

@@ -992,10 +992,12 @@ static int unwritten_blocks(int fd, uint64_t len)
 	return r;
 }
 
-/* Messages of 4 KiB, each flushed alone: once the segment is a quarter
- * full the reaper makes the next one ahead, zeroed (no block of it left
- * unwritten, so an fdatasync into it writes no extent tree), and the
- * worker moves on into it, in the next segment number. */
+/* Messages of 4 KiB, each flushed alone. The worker's first segment
+ * (fallocated) asks the reaper for the next one, zeroed, after
+ * SPARE_FLUSHES flushes, and is left for it once it is made: no block of
+ * the spare is left unwritten, so an fdatasync into it writes no extent
+ * tree. A zeroed segment asks for its own spare only a quarter full, and
+ * is left only when full. */
 static void test_small_flushes_get_a_zeroed_segment(void **state_)
 {
 	(void)state_;
@@ -1005,36 +1007,43 @@ static void test_small_flushes_get_a_zeroed_segment(void **state_)
 	assert_int_equal(spool_reaper_start(&d.g.sp), 0);
 	struct spool_worker *sw = &d.g.sw;
 	sw->hooks = (struct spool_hooks){.durable = dirt_durable, .arg = &d};
-	uint64_t quarter = d.g.sp.segment_bytes / 4;
+	uint64_t bytes = d.g.sp.segment_bytes;
 	char body[4096];
 	memset(body, 'x', sizeof(body) - 1);
 	memcpy(body + sizeof(body) - 3, "\r\n", 3);
 	struct spool_seg *first = dirt_message(&d, 0x100, body);
-	uint64_t tail = spool_seg_tail(first);
-	for (unsigned i = 1; !sw->spare && i < 200; i++) {
-		CHECK_INT("below a quarter, no spare", tail >= quarter, 0);
-		tail = spool_seg_tail(first);
-		assert_ptr_equal(dirt_message(&d, 0x100 + i, body), first);
-	}
-	assert_non_null(sw->spare);
-	CHECK_INT("asked a quarter full", tail >= quarter, 1);
+	unsigned n = 1;
+	while (!sw->spare && n < 100)
+		assert_ptr_equal(dirt_message(&d, 0x100 + n++, body), first);
+	CHECK_INT("asked at the 33rd message (32 flushes before it)", n, 33);
 	spool_reaper_wait(&d.g.sp);
 	CHECK_INT("the spare beside the first segment", segments_on_disk(), 2);
-	int before = unwritten_blocks(spool_seg_fd(first), d.g.sp.segment_bytes);
+	int before = unwritten_blocks(spool_seg_fd(first), bytes);
 	uint64_t first_seq = spool_seg_seq(first);
-	struct spool_seg *next = first;
-	for (unsigned i = 0; next == first && i < 400; i++)
-		next = dirt_message(&d, 0x200 + i, body);
-	/* The first segment goes as the worker leaves it (nothing in it is
-	 * still queued here), on the reaper. */
+	/* The next message goes into the spare; the first segment goes as
+	 * the worker leaves it (nothing in it is still queued here), on the
+	 * reaper. */
+	struct spool_seg *next = dirt_message(&d, 0x200, body);
 	CHECK_INT("the next number", (int)(spool_seg_seq(next) - first_seq), 1);
+	assert_null(sw->spare);
 	spool_reaper_wait(&d.g.sp);
 	CHECK_INT("only the spare is left", segments_on_disk(), 1);
 	if (before >= 0) {
 		CHECK_INT("the first segment: fallocated", before, 1);
-		CHECK_INT("the spare: zeroed", unwritten_blocks(spool_seg_fd(next), d.g.sp.segment_bytes), 0);
+		CHECK_INT("the spare: zeroed", unwritten_blocks(spool_seg_fd(next), bytes), 0);
 	}
-	assert_null(sw->spare);
+	/* In the zeroed segment: no spare below a quarter, one at a quarter,
+	 * and the segment is kept until full. */
+	uint64_t tail = spool_seg_tail(next);
+	for (unsigned i = 1; !sw->spare && i < 200; i++) {
+		CHECK_INT("below a quarter, no spare", tail >= bytes / 4, 0);
+		tail = spool_seg_tail(next);
+		assert_ptr_equal(dirt_message(&d, 0x200 + i, body), next);
+	}
+	assert_non_null(sw->spare);
+	CHECK_INT("asked a quarter full", tail >= bytes / 4, 1);
+	spool_reaper_wait(&d.g.sp);
+	assert_ptr_equal(dirt_message(&d, 0x400, body), next);
 	rig_close(&d.g);
 }
 
