@@ -122,6 +122,7 @@ static struct {
 	double duration;
 	double idle;
 	const char *ready_file;
+	const char *latency_log;  /* --latency-log: one line per 2xx after DATA */
 	struct size_class sizes[MAX_SIZES];
 	int nsizes;
 	unsigned weight_total;
@@ -156,6 +157,8 @@ static struct {
 	long long connects, connect_errors, established;
 	uint32_t *lat;      /* latency samples in units of 100 ns */
 	size_t nlat, lat_cap;
+	uint32_t *lat_at;   /* --latency-log: each sample's end of data, 100 ns after t0 */
+	size_t nlat_at, lat_at_cap;
 	long long bytes_sent;
 	int open_slots, ready_count;
 	volatile sig_atomic_t interrupted;
@@ -512,8 +515,11 @@ static void tx_final(struct conn *c, struct tx *t, int code, bool have_latency, 
 		if (code >= 0 && code < 600)
 			g.codes[code]++;
 	}
-	if (have_latency && code >= 200 && code < 300)
+	if (have_latency && code >= 200 && code < 300) {
 		lat_push(&g.lat, &g.nlat, &g.lat_cap, t_reply - t->t_dot);
+		if (opt.latency_log)
+			lat_push(&g.lat_at, &g.nlat_at, &g.lat_at_cap, t->t_dot - g.t0);
+	}
 	g.t_end = t_reply;
 	t->active = false;
 	(void)c;
@@ -1377,6 +1383,8 @@ static void usage(void)
 "  --sni NAME             server name to send (default: none)\n"
 "  --proxy v1|v2          begin every connection with a PROXY protocol header\n"
 "                         naming its own source address (as a load balancer does)\n"
+"  --latency-log F        after the run, write each message's end of data (s after\n"
+"                         the start) and its latency (ms) to F, in reply order\n"
 "  --json                 print one JSON object on stdout\n");
 	exit(2);
 }
@@ -1393,7 +1401,7 @@ static void parse_args(int argc, char **argv)
 		{"busy-poll", 0, 0, 'B'}, {"starttls", 0, 0, 'T'}, {"resume", 0, 0, 'E'},
 		{"tls-version", 1, 0, 'V'}, {"tls-groups", 1, 0, 'G'}, {"sni", 1, 0, 'N'},
 		{"proxy", 1, 0, 'P'}, {"per-connection", 1, 0, 'K'}, {"domains", 1, 0, 'D'},
-		{0, 0, 0, 0}};
+		{"latency-log", 1, 0, 'O'}, {0, 0, 0, 0}};
 	opt.connections = 100;
 	opt.messages = 10000;
 	opt.duration = 60;
@@ -1425,6 +1433,7 @@ static void parse_args(int argc, char **argv)
 		case 'j': opt.json = true; break;
 		case 'i': opt.idle = atof(optarg); break;
 		case 'F': opt.ready_file = optarg; break;
+		case 'O': opt.latency_log = optarg; break;
 		case 'H': opt.helo = optarg; break;
 		case 'B': opt.busy_poll = true; break;
 		case 'T': opt.starttls = true; break;
@@ -1479,12 +1488,31 @@ static void parse_args(int argc, char **argv)
 
 /* ---- report ------------------------------------------------------------ */
 
+/* --latency-log: "seconds latency_ms", one line per message in the order
+ * the replies came, written after the run (no file I/O during it): where
+ * in the run the slow ones were (a tail in bursts or spread out). */
+static void write_latency_log(void)
+{
+	FILE *f = fopen(opt.latency_log, "w");
+	if (!f) {
+		fprintf(stderr, "postern-bench: %s: %s\n", opt.latency_log, strerror(errno));
+		return;
+	}
+	fprintf(f, "# end of data (s after the start)  end of data -> 2xx (ms)\n");
+	for (size_t i = 0; i < g.nlat && i < g.nlat_at; i++)
+		fprintf(f, "%.6f %.4f\n", g.lat_at[i] / 1e7, g.lat[i] / 1e4);
+	if (fclose(f) != 0)
+		fprintf(stderr, "postern-bench: %s: %s\n", opt.latency_log, strerror(errno));
+}
+
 static void report(void)
 {
 	double elapsed = g.t_end - g.t0;
 	if (opt.idle > 0 || elapsed <= 0)
 		elapsed = now_s() - g.t0;
 	double rate = elapsed > 0 ? (double)g.ok / elapsed : 0;
+	if (opt.latency_log)
+		write_latency_log();
 	qsort(g.lat, g.nlat, sizeof *g.lat, cmp_u32);
 	double mean = 0;
 	for (size_t i = 0; i < g.nlat; i++)
