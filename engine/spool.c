@@ -252,9 +252,10 @@ static void seg_delete_gradually(struct spool_reaper *r, int fd, uint64_t seq)
  * to the disk beside the data and the cache flush. With small messages,
  * flushes come a few kilobytes apart and that is most of what they cost:
  * an fdatasync of 3.5 KiB appended took 232 us (p50) in a fallocated
- * file and 140 us in a zeroed one, and relaying at 12,000 msg/s the
- * client's p50 went from 0.76 to 0.61 ms with zeroed segments (measured
- * on the Xeon of BENCHMARKS.md, ext4). So while a worker's flushes carry
+ * file and 140 us in a zeroed one, and relaying at 12,000 msg/s for 20 s
+ * the client's p50 went from 0.83 to 0.67 ms, p99 from 2.85 to 2.52
+ * (medians of three pairs on the Xeon of BENCHMARKS.md, ext4). It costs
+ * one more segment of disk per worker. So while a worker's flushes carry
  * little (under SPOOL_ZERO_BELOW a flush), the reaper makes its next
  * segment ahead: created, zeroed and synced ZERO_STEP at a time with a
  * pause between (a worker's flush queued behind a step waits for it: 1
