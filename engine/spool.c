@@ -159,7 +159,9 @@ void spool_worker_init(struct spool_worker *sw, struct spool *sp, struct io *io,
 
 
 /* A segment the reaper makes ahead for a worker (see maybe_ask_spare).
- * state is read and written under the reaper's mutex. */
+ * Its state leaves SPARE_WAIT once, by a compare-and-swap: to READY or
+ * FAILED by the reaper, or to ABANDONED by the worker; whoever loses the
+ * race knows who owns it (fd and seq are set before READY). */
 enum spare_state {
 	SPARE_WAIT,      /* queued or being made */
 	SPARE_READY,     /* fd and seq: zeroed and durable, directory entry too */
@@ -168,7 +170,7 @@ enum spare_state {
 };
 
 struct spool_spare {
-	enum spare_state state;
+	_Atomic int state;        /* enum spare_state */
 	int fd;
 	uint64_t seq;
 };
@@ -265,16 +267,21 @@ static void seg_delete_gradually(struct spool_reaper *r, int fd, uint64_t seq)
  * segment is not zeroed: it asks at once and leaves it when the spare is
  * ready. */
 #define ZERO_STEP (256ull << 10)
+#define SPOOL_ZERO_BELOW (64u << 10)
 /* Flushes of a segment before its bytes per flush count. */
 #define SPARE_FLUSHES 32
 static const char zeros[ZERO_STEP];
 
-static bool spare_abandoned(struct spool_reaper *r, struct spool_spare *sp)
+static bool spare_abandoned(const struct spool_spare *sp)
 {
-	pthread_mutex_lock(&r->mu);
-	bool a = sp->state == SPARE_ABANDONED;
-	pthread_mutex_unlock(&r->mu);
-	return a;
+	return atomic_load(&sp->state) == SPARE_ABANDONED;
+}
+
+/* SPARE_WAIT -> to; false when the other side moved it first. */
+static bool spare_settle(struct spool_spare *sp, int to)
+{
+	int wait = SPARE_WAIT;
+	return atomic_compare_exchange_strong(&sp->state, &wait, to);
 }
 
 static bool write_zeros(int fd, uint64_t off, size_t len)
@@ -296,7 +303,7 @@ static bool write_zeros(int fd, uint64_t off, size_t len)
 
 static void spare_make(struct spool_reaper *r, struct spool_spare *sp)
 {
-	if (spare_abandoned(r, sp)) {
+	if (spare_abandoned(sp)) {
 		free(sp);
 		return;
 	}
@@ -315,7 +322,7 @@ static void spare_make(struct spool_reaper *r, struct spool_spare *sp)
 		size_t len = bytes - off < ZERO_STEP ? (size_t)(bytes - off) : ZERO_STEP;
 		op = "zero";
 		ok = write_zeros(fd, off, len) && fdatasync(fd) == 0;
-		if (ok && spare_abandoned(r, sp)) {
+		if (ok && spare_abandoned(sp)) {
 			gone = true;
 			break;
 		}
@@ -327,16 +334,11 @@ static void spare_make(struct spool_reaper *r, struct spool_spare *sp)
 		ok = fsync(r->dirfd) == 0;
 	}
 	int e = errno;
-	pthread_mutex_lock(&r->mu);
-	gone = sp->state == SPARE_ABANDONED;
 	if (ok && !gone) {
 		sp->fd = fd;
 		sp->seq = seq;
-		sp->state = SPARE_READY;
-	} else if (!gone) {
-		sp->state = SPARE_FAILED;
 	}
-	pthread_mutex_unlock(&r->mu);
+	gone = !spare_settle(sp, ok && !gone ? SPARE_READY : SPARE_FAILED);
 	if (ok && !gone) {
 		log_msg(LOG_DEBUG, "event=segment_zeroed segment=%016" PRIx64, seq);
 		return;
@@ -632,13 +634,7 @@ static struct spool_spare *spare_claim(struct spool_worker *sw)
 	if (!sp)
 		return NULL;
 	sw->spare = NULL;
-	struct spool_reaper *r = sw->sp->reaper;
-	pthread_mutex_lock(&r->mu);
-	bool wait = sp->state == SPARE_WAIT;
-	if (wait)
-		sp->state = SPARE_ABANDONED;
-	pthread_mutex_unlock(&r->mu);
-	return wait ? NULL : sp;
+	return spare_settle(sp, SPARE_ABANDONED) ? NULL : sp;
 }
 
 /* The spare as the new segment, if it is ready. One still being made is
@@ -651,7 +647,7 @@ static struct spool_seg *take_spare(struct spool_worker *sw)
 	if (!sp)
 		return NULL;
 	struct spool_seg *s = NULL;
-	if (sp->state == SPARE_READY) {
+	if (atomic_load(&sp->state) == SPARE_READY) {
 		s = seg_link(sw, sp->fd, sp->seq);
 		if (s)
 			s->zeroed = true;
@@ -666,20 +662,20 @@ static struct spool_seg *take_spare(struct spool_worker *sw)
  * flushes have carried under SPOOL_ZERO_BELOW each (see ZERO_STEP): once
  * it is a quarter full, or at once when it was not zeroed itself (a
  * worker's first segment), which then gives way as soon as the spare is
- * ready (spare_ready). Once per segment. */
+ * ready (spare_ready). Once per segment: a spare that failed stays until
+ * the next rollover. */
 static void maybe_ask_spare(struct spool_worker *sw)
 {
 	struct spool_seg *c = sw->cur;
-	if (sw->spare || sw->spare_asked || !sw->sp->reaper || sw->stopping ||
+	if (sw->spare || !sw->sp->reaper || sw->stopping ||
 	    sw->cur_flushes < SPARE_FLUSHES || (c->zeroed && c->tail < sw->sp->segment_bytes / 4) ||
 	    c->tail >= (uint64_t)sw->cur_flushes * SPOOL_ZERO_BELOW)
 		return;
-	sw->spare_asked = true;
 	struct spool_spare *sp = calloc(1, sizeof(*sp));
 	if (!sp)
 		return;
 	sp->fd = -1;
-	sp->state = SPARE_WAIT;
+	atomic_init(&sp->state, SPARE_WAIT);
 	if (!reap_queue(sw->sp, -1, 0, sp)) {
 		free(sp);
 		return;
@@ -691,21 +687,15 @@ static void maybe_ask_spare(struct spool_worker *sw)
  * then, full or not: with small messages each flush into it costs a
  * third more. What it holds finishes as anywhere else (compaction takes
  * it as if full: it holds the whole preallocation). */
-static bool spare_ready(struct spool_worker *sw)
+static bool spare_ready(const struct spool_worker *sw)
 {
-	if (!sw->spare)
-		return false;
-	struct spool_reaper *r = sw->sp->reaper;
-	pthread_mutex_lock(&r->mu);
-	bool ready = sw->spare->state == SPARE_READY;
-	pthread_mutex_unlock(&r->mu);
-	return ready;
+	return sw->spare && atomic_load(&sw->spare->state) == SPARE_READY;
 }
 
 static void spare_drop(struct spool_worker *sw)
 {
 	struct spool_spare *sp = spare_claim(sw);
-	if (sp && sp->state == SPARE_READY)
+	if (sp && atomic_load(&sp->state) == SPARE_READY)
 		seg_delete(sw->sp->dirfd, sp->fd, sp->seq);
 	free(sp);
 }
@@ -741,7 +731,6 @@ struct spool_msg *spool_msg_begin(struct spool_worker *sw, uint64_t id, int *err
 		struct spool_seg *old = sw->cur;
 		sw->cur = s;
 		sw->cur_flushes = 0;
-		sw->spare_asked = false;
 		if (old) {
 			old->left_early = early;
 			seg_maybe_close(sw, old);

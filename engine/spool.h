@@ -260,7 +260,6 @@ struct spool_worker {
 	uint64_t dirt_since_ms;    /* written bytes no message waits for, since (0: none) */
 	bool dirt_timer;           /* a timeout is armed for them */
 	struct spool_spare *spare; /* the next segment, being zeroed ahead (or NULL) */
-	bool spare_asked;          /* for the current segment already */
 	unsigned cur_flushes;      /* fdatasyncs of the current segment */
 	bool sync_ok;
 	bool stopping;             /* closing down: segments are kept */
@@ -326,10 +325,6 @@ bool spool_state_write(struct spool_worker *sw, struct spool_seg *s, uint64_t ms
  * segment of the message they are about: see spool_state_rec). */
 struct spool_msg *spool_msg_begin_in(struct spool_worker *sw, struct spool_seg *s,
 				     uint64_t id, int *err);
-
-/* A worker's next segment is zeroed ahead (by the reaper) while flushes
- * carry less than this each: see spool.c, ZERO_STEP. */
-#define SPOOL_ZERO_BELOW (64u << 10)
 
 /* Something written is not yet durable. */
 bool spool_dirty(const struct spool_worker *sw);

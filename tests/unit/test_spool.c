@@ -558,16 +558,21 @@ struct rig {
 	struct spool_worker sw;
 };
 
-static bool rig_open(struct rig *g)
+static bool rig_open_sized(struct rig *g, uint64_t segment_bytes)
 {
 	char err[256];
 	struct io_params p = {.entries = 64, .nbufs = 4, .bufsz = 4096};
 	g->r = io_open(io_backend_under_test(), &p, err, sizeof(err));
 	if (!g->r)
 		return false;
-	assert_int_equal(spool_open(&g->sp, dir, 1 << 20, err, sizeof(err)), 0);
+	assert_int_equal(spool_open(&g->sp, dir, segment_bytes, err, sizeof(err)), 0);
 	spool_worker_init(&g->sw, &g->sp, g->r, NULL, NULL);
 	return true;
+}
+
+static bool rig_open(struct rig *g)
+{
+	return rig_open_sized(g, 1 << 20);
 }
 
 static void rig_close(struct rig *g)
@@ -1047,20 +1052,15 @@ static void test_small_flushes_get_a_zeroed_segment(void **state_)
 	rig_close(&d.g);
 }
 
-/* Flushes of 80 KiB (over SPOOL_ZERO_BELOW) get no spare: zeroing would
+/* Flushes of 80 KiB (over 64 KiB, spool.c's SPOOL_ZERO_BELOW) get no spare: zeroing would
  * write every byte twice. A spare the worker never used is deleted when
  * it stops. */
 static void test_spare_only_for_small_flushes(void **state_)
 {
 	(void)state_;
 	struct dirt_rig d = {0};
-	char err[256];
-	struct io_params p = {.entries = 64, .nbufs = 4, .bufsz = 4096};
-	d.g.r = io_open(io_backend_under_test(), &p, err, sizeof(err));
-	if (!d.g.r)
+	if (!rig_open_sized(&d.g, 8 << 20))
 		skip();
-	assert_int_equal(spool_open(&d.g.sp, dir, 8 << 20, err, sizeof(err)), 0);
-	spool_worker_init(&d.g.sw, &d.g.sp, d.g.r, NULL, NULL);
 	assert_int_equal(spool_reaper_start(&d.g.sp), 0);
 	struct spool_worker *sw = &d.g.sw;
 	sw->hooks = (struct spool_hooks){.durable = dirt_durable, .arg = &d};
