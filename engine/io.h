@@ -145,7 +145,7 @@ void io_connect(struct io *io, int fd, const struct sockaddr *sa, socklen_t len,
 /* Files (on a helper thread with epoll). iov and buf must stay valid until
  * the completion; res is bytes or -errno, short at end of file (a read may
  * also come back short on io_uring: callers treat short as an error).
- * A small write (up to 16 KiB) on a filesystem that cannot write to its
+ * A write of up to 128 KiB on a filesystem that cannot write to its
  * page cache without waiting (RWF_NOWAIT refused, as ext4 does) is made on
  * the calling thread instead of a woken one: a copy that waits for memory,
  * not for the disk (one that took over 5 ms, for the kernel's dirty page

@@ -721,17 +721,18 @@ static void test_file_write_inline(void **state)
 	CHECK_INT("small writev", c.more, false);
 	CHECK_INT("small writev", c.bid, -1);
 	assert_int_equal(io_writes_inline(r->io), expect_inline);
-	char got[20 * 1024];
+	static char got[160 * 1024];
 	assert_int_equal(pread(fd, got, 100, 8192), 100);
 	assert_memory_equal(got, small, 100);
 
-	/* A second one, and one over the limit, both in flight at once. */
-	static char large[20 * 1024];
+	/* A second one, and one over the limit (128 KiB), both in flight at
+	 * once. */
+	static char large[160 * 1024];
 	fill_pattern(large, sizeof(large), 8);
 	struct iovec l = {.iov_base = large, .iov_len = sizeof(large)};
 	struct iovec s2 = {.iov_base = small, .iov_len = 50};
 	io_writev(r->io, fd, &l, 1, 16384, tag + 1);
-	io_writev(r->io, fd, &s2, 1, 100000, tag + 2);
+	io_writev(r->io, fd, &s2, 1, 400000, tag + 2);
 	bool seen1 = false, seen2 = false;
 	while (!seen1 || !seen2) {
 		struct io_cqe cs[4];
@@ -749,7 +750,7 @@ static void test_file_write_inline(void **state)
 	}
 	assert_int_equal(pread(fd, got, sizeof(large), 16384), (ssize_t)sizeof(large));
 	assert_memory_equal(got, large, sizeof(large));
-	assert_int_equal(pread(fd, got, 50, 100000), 50);
+	assert_int_equal(pread(fd, got, 50, 400000), 50);
 	assert_memory_equal(got, small, 50);
 
 	/* A descriptor that cannot be written: the completion says so. */
