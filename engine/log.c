@@ -86,15 +86,34 @@ void log_msg(enum log_level l, const char *fmt, ...)
 	static const char cut[] = " truncated=yes";
 	if (l > max_level)
 		return;
+	/* The date and time to the second, formatted once a second per
+	 * thread (a worker logs two lines a message). */
+	static __thread time_t sec = -1;
+	static __thread char stamp[40];
+	static __thread int stamp_len;
 	char line[4096];
 	struct timeval tv;
-	struct tm tm;
 	gettimeofday(&tv, NULL);
-	gmtime_r(&tv.tv_sec, &tm);
-	int n = snprintf(line, sizeof(line),
-			 "ts=%04d-%02d-%02dT%02d:%02d:%02d.%03ldZ level=%s ",
-			 tm.tm_year + 1900, tm.tm_mon + 1, tm.tm_mday, tm.tm_hour,
-			 tm.tm_min, tm.tm_sec, (long)tv.tv_usec / 1000, names[l]);
+	if (tv.tv_sec != sec) {
+		struct tm tm;
+		gmtime_r(&tv.tv_sec, &tm);
+		stamp_len = snprintf(stamp, sizeof(stamp), "ts=%04d-%02d-%02dT%02d:%02d:%02d.",
+				     tm.tm_year + 1900, tm.tm_mon + 1, tm.tm_mday, tm.tm_hour,
+				     tm.tm_min, tm.tm_sec);
+		sec = tv.tv_sec;
+	}
+	memcpy(line, stamp, (size_t)stamp_len);
+	int n = stamp_len;
+	unsigned ms = (unsigned)(tv.tv_usec / 1000);
+	line[n++] = (char)('0' + ms / 100);
+	line[n++] = (char)('0' + ms / 10 % 10);
+	line[n++] = (char)('0' + ms % 10);
+	memcpy(line + n, "Z level=", 8);
+	n += 8;
+	size_t nl = strlen(names[l]);
+	memcpy(line + n, names[l], nl);
+	n += (int)nl;
+	line[n++] = ' ';
 	/* Room kept for the marker and the newline. */
 	size_t room = sizeof(line) - (size_t)n - sizeof(cut) - 1;
 	va_list ap;

@@ -14,6 +14,8 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/time.h>
+#include <time.h>
 #include <unistd.h>
 
 #include "log.h"
@@ -332,6 +334,44 @@ static void test_msg_too_long(void **state)
 	assert_non_null(strstr(text, " after=1\n"));
 }
 
+/* The time stamp (its date and time formatted once a second per thread):
+ * each line's is the clock between the calls around it, to the
+ * millisecond, across a change of second. */
+static void test_msg_time_stamp(void **state)
+{
+	struct timeval before, after;
+	gettimeofday(&before, NULL);
+	time_t start = before.tv_sec;
+	unsigned lines = 0;
+	/* Until two seconds have passed: at least one change of second. */
+	do {
+		log_clear();
+		gettimeofday(&before, NULL);
+		log_msg(LOG_INFO, "event=t n=%u", lines++);
+		gettimeofday(&after, NULL);
+		const char *text = read_log(log_path);
+		struct tm tm;
+		int ms = -1;
+		char z = 0;
+		memset(&tm, 0, sizeof(tm));
+		assert_int_equal(sscanf(text, "ts=%4d-%2d-%2dT%2d:%2d:%2d.%3d%c level=info event=t ",
+					&tm.tm_year, &tm.tm_mon, &tm.tm_mday, &tm.tm_hour, &tm.tm_min,
+					&tm.tm_sec, &ms, &z),
+				 8);
+		CHECK_INT("zone", z, 'Z');
+		CHECK_INT("stamp length", strstr(text, " level=") - text, 27);
+		tm.tm_year -= 1900;
+		tm.tm_mon -= 1;
+		long long t = (long long)timegm(&tm) * 1000 + ms;
+		long long lo = (long long)before.tv_sec * 1000 + before.tv_usec / 1000;
+		long long hi = (long long)after.tv_sec * 1000 + after.tv_usec / 1000;
+		if (t < lo || t > hi)
+			fail_msg("stamp %lld ms outside [%lld, %lld]: %s", t, lo, hi, text);
+		if (lines % 64 == 0)
+			usleep(20000);
+	} while (after.tv_sec < start + 2);
+}
+
 int main(void)
 {
 	const struct CMUnitTest tests[] = {
@@ -342,6 +382,7 @@ int main(void)
 						teardown_log),
 		cmocka_unit_test_setup_teardown(test_msg_quoted_values, setup_log, teardown_log),
 		cmocka_unit_test_setup_teardown(test_msg_too_long, setup_log, teardown_log),
+		cmocka_unit_test_setup_teardown(test_msg_time_stamp, setup_log, teardown_log),
 	};
 	return cmocka_run_group_tests(tests, NULL, NULL);
 }
