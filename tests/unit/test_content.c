@@ -233,25 +233,15 @@ static void test_piece_at_unmapped_page(void **state)
 			  MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
 	assert_true(guard_base != MAP_FAILED);
 	assert_int_equal(mprotect(guard_base + guard_page, guard_page, PROT_NONE), 0);
-	static const struct rule_in set[] = {
-		{"exe", CONTENT_BODY, NULL, "TVqQAAMAAAAEAAAA", CONTENT_REJECT},
-		{"mz", CONTENT_BODY, NULL, "^MZ", CONTENT_HOLD},
-		{"card", CONTENT_BODY, NULL, "\\b4[0-9]{12}(?:[0-9]{3})?\\b", CONTENT_HOLD},
-		{"subject", CONTENT_HEADER, "Subject", "(?i)confidential", CONTENT_ADD_HEADER},
-		{"to", CONTENT_HEADER, "To", "@legal\\.example$", CONTENT_ROUTE},
-		{"hdrs", CONTENT_HEADERS, NULL, "^X-[A-Z]", CONTENT_ADD_HEADER},
-		{"from", CONTENT_SENDER, NULL, "^bad@", CONTENT_REJECT},
-		{"rcpt", CONTENT_RECIPIENT, NULL, "^audit@", CONTENT_HOLD},
-	};
 	struct content_rules cr;
-	build(&cr, set, N_ELEMS(set));
+	build(&cr, rules, N_ELEMS(rules));
 	unsigned bad;
 	char msg[256];
 	assert_true(content_compile(&cr, &bad, msg, sizeof(msg)));
 	cr.gen = 1;
 	struct content_worker cw = {0};
 	static const char text[] =
-		"Content-Type: multipart/mixed; boundary=a TVqQAAMAAAAEAAAA and 4111111111111 "
+		"Content-Type: multipart/mixed; boundary=a TVqQAAMAAAAEAAAA and 4111111111111111 "
 		"VAt hat pat sat fat rat mat ca, more words in a long line of a plain body that "
 		"goes on past the width of one vector load, twice over, and then a little more";
 	unsigned cards = 0;
@@ -260,7 +250,7 @@ static void test_piece_at_unmapped_page(void **state)
 	for (size_t len = 1; len + 2 <= sizeof(text); len++) {
 		struct content_scan *s = content_scan_begin(&cr, &cw);
 		assert_non_null(s);
-		static const char head[] = "Subject: x\r\nX-Y: z\r\n\r\n";
+		static const char head[] = "Subject: x\r\nX-Mailer: z\r\n\r\n";
 		content_scan_data(s, at_guard(head, sizeof(head) - 1), sizeof(head) - 1, true);
 		char line[sizeof(text) + 2];
 		memcpy(line, text, len);
@@ -274,8 +264,8 @@ static void test_piece_at_unmapped_page(void **state)
 		hits[0] = '\0';
 		content_scan_end(s, from, rc, 1, &v, on_hit, NULL);
 		CHECK_INT("failed", v.failed, 0);
-		/* The card ends at offset 76: a line shorter has none. */
-		CHECK_INT("card", content_scan_hit(s, 2), len >= 76);
+		/* The card ends at offset 79: a line shorter has none. */
+		CHECK_INT("card", content_scan_hit(s, 2), len >= 79);
 		cards += content_scan_hit(s, 2);
 		CHECK_INT("hdrs", content_scan_hit(s, 5), 1);
 		CHECK_INT("from", content_scan_hit(s, 6), 1);
