@@ -51,6 +51,16 @@ static const struct rule_in rules[] = {
 	{"rcpt", CONTENT_RECIPIENT, NULL, "^audit@", CONTENT_HOLD},
 };
 
+/* The rules above, compiled as a first generation. */
+static void build_rules(struct content_rules *cr)
+{
+	build(cr, rules, N_ELEMS(rules));
+	unsigned bad;
+	char msg[256];
+	assert_true(content_compile(cr, &bad, msg, sizeof(msg)));
+	cr->gen = 1;
+}
+
 static char hits[256];
 
 static void on_hit(void *ctx, const struct content_rule *r, enum content_where w)
@@ -106,11 +116,7 @@ static void scan_one(const struct content_rules *cr, struct content_worker *cw, 
 static void test_hits(void **state)
 {
 	struct content_rules cr;
-	build(&cr, rules, N_ELEMS(rules));
-	unsigned bad;
-	char msg[256];
-	assert_true(content_compile(&cr, &bad, msg, sizeof(msg)));
-	cr.gen = 1;
+	build_rules(&cr);
 	struct content_worker cw = {0};
 	for (size_t i = 0; i < N_ELEMS(cases); i++) {
 		for (size_t step = 1; step <= 64; step = step * 3 + 1) {
@@ -234,11 +240,7 @@ static void test_piece_at_unmapped_page(void **state)
 	assert_true(guard_base != MAP_FAILED);
 	assert_int_equal(mprotect(guard_base + guard_page, guard_page, PROT_NONE), 0);
 	struct content_rules cr;
-	build(&cr, rules, N_ELEMS(rules));
-	unsigned bad;
-	char msg[256];
-	assert_true(content_compile(&cr, &bad, msg, sizeof(msg)));
-	cr.gen = 1;
+	build_rules(&cr);
 	struct content_worker cw = {0};
 	static const char text[] =
 		"Content-Type: multipart/mixed; boundary=a TVqQAAMAAAAEAAAA and 4111111111111111 "
