@@ -29,8 +29,9 @@
 struct end {
 	int fd;
 	struct end *peer;
-	bool closed;
 };
+
+static char listener; /* the listening socket's epoll tag */
 
 static struct sockaddr_in listen_addr, target_addr;
 
@@ -62,8 +63,8 @@ static void set_opts(int fd)
 	setsockopt(fd, SOL_SOCKET, SO_SNDTIMEO, &tv, sizeof(tv));
 }
 
-/* Both ends go at once; each end is freed once both are closed and the
- * epoll set no longer holds them (close removes them). */
+/* Both ends go at once (close takes them out of the epoll set); events for
+ * them later in the same batch are dropped by the caller. */
 static void close_pair(struct end *e)
 {
 	struct end *p = e->peer;
@@ -145,7 +146,7 @@ static void *run(void *arg)
 		exit(1);
 	}
 	int ep = epoll_create1(EPOLL_CLOEXEC);
-	struct epoll_event lev = {.events = EPOLLIN, .data.ptr = NULL};
+	struct epoll_event lev = {.events = EPOLLIN, .data.ptr = &listener};
 	epoll_ctl(ep, EPOLL_CTL_ADD, ls, &lev);
 	char *buf = malloc(BUF_CAP);
 	struct epoll_event evs[256];
@@ -157,26 +158,20 @@ static void *run(void *arg)
 			continue;
 		if (n < 0)
 			exit(1);
-		/* A pair closed in this batch may still have an event in it. */
 		for (int i = 0; i < n; i++) {
 			struct end *e = evs[i].data.ptr;
-			if (e && e->closed)
-				continue;
 			if (!e)
+				continue; /* its pair was closed earlier in this batch */
+			if (e == (void *)&listener) {
 				accept_all(ep, ls);
-			else if (!forward(e, buf))
-				e->closed = e->peer->closed = true;
-		}
-		for (int i = 0; i < n; i++) {
-			struct end *e = evs[i].data.ptr;
-			if (e && e->closed) {
-				/* Once per pair: the other end's events are skipped. */
-				struct end *p = e->peer;
-				for (int k = i + 1; k < n; k++)
-					if (evs[k].data.ptr == p || evs[k].data.ptr == e)
-						evs[k].data.ptr = NULL, evs[k].events = 0;
-				close_pair(e);
+				continue;
 			}
+			if (forward(e, buf))
+				continue;
+			for (int k = i + 1; k < n; k++)
+				if (evs[k].data.ptr == e || evs[k].data.ptr == e->peer)
+					evs[k].data.ptr = NULL;
+			close_pair(e);
 		}
 	}
 	return NULL;
