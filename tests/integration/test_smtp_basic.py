@@ -48,6 +48,8 @@ def test_message_stored_byte_exact(postern):
     assert s.docmd("MAIL", "FROM:<sender@b.example> BODY=8BITMIME") == split(R_MAIL_OK)
     assert s.docmd("RCPT", "TO:<x@corp.example>") == split(R_RCPT_OK)
     assert s.docmd("RCPT", "TO:<y@other.example>") == split(R_RCPT_OK)
+    # The arrival is taken when DATA is accepted (the message begins).
+    t0 = int(time.time())
     assert s.docmd("DATA") == split(R_START_DATA)
     # The exact wire form: dot-stuffed lines, 8-bit bytes, a 998-octet line.
     wire = (b"From: <sender@b.example>\r\n"
@@ -60,7 +62,6 @@ def test_message_stored_byte_exact(postern):
             + b"L" * 998 + b"\r\n"
             b"tab\there, trailing space \r\n"
             b".\r\n")
-    t0 = int(time.time())
     s.send(wire)
     code, msg = s.getreply()
     t1 = int(time.time()) + 1
